@@ -1,0 +1,38 @@
+"""The one place that chooses between the Cython twin (``_speedups``) and the pure twin (``_pure``).
+
+``KN_SOCK_PURE=1`` in the environment before import, a Python other than CPython, or an
+extension that fails to import all select the pure twin. ``IMPLEMENTATION`` says which won.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+__all__ = ["IMPLEMENTATION", "backend", "pure", "speedups", "IMPORT_ERROR"]
+
+from . import _pure as pure
+
+speedups: ModuleType | None = None
+IMPORT_ERROR: str | None = None
+
+if TYPE_CHECKING:
+    backend = pure
+elif os.environ.get("KN_SOCK_PURE", "") not in ("", "0"):
+    backend = pure
+    IMPORT_ERROR = "KN_SOCK_PURE is set"
+elif platform.python_implementation() != "CPython":
+    backend = pure
+    IMPORT_ERROR = "not CPython"
+else:
+    try:
+        from . import _speedups as speedups  # type: ignore[no-redef]
+    except ImportError as exc:  # no compiler at install time: the pure twin serves
+        IMPORT_ERROR = str(exc)
+        backend = pure
+    else:
+        backend = speedups
+
+IMPLEMENTATION: str = "cython" if backend is speedups else "pure"

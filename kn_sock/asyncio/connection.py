@@ -1,0 +1,527 @@
+"""``AsyncWebSocket``: one connection, an ``asyncio.BufferedProtocol`` driving the sans-I/O core.
+
+The receive path is: the event loop writes into ``get_buffer()`` (the parser's own buffer,
+or for a large payload the final payload object itself) → ``buffer_updated`` → parser frames
+→ ``Protocol`` events → a message goes straight to the waiting ``recv()`` future, so each
+message received costs exactly one task wake-up. No stream reader, no per-frame task.
+(Hot-path layering exception, see STYLE.md: this class holds the parser of its Protocol.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+from collections import deque
+from typing import Any, AsyncIterator, Callable
+
+from ..exceptions import InvalidState
+from ..http11 import Headers
+from ..options import Options
+from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State
+
+__all__ = ["AsyncWebSocket"]
+
+logger = logging.getLogger("kn_sock")
+
+
+class AsyncWebSocket(asyncio.BufferedProtocol):
+    """A WebSocket connection for asyncio (client or server side); every I/O method is awaited."""
+
+    __slots__ = (
+        "__weakref__",
+        "_loop",
+        "_opts",
+        "side",
+        "transport",
+        "protocol",
+        "_parser",
+        "_messages",
+        "_waiter",
+        "_closed_fut",
+        "_paused_reading",
+        "_write_paused",
+        "_drain_waiter",
+        "_keepalive",
+        "_ka_handle",
+        "_close_handle",
+        "_hs_buf",
+        "_on_open",
+        "path",
+        "request_headers",
+        "response_headers",
+        "remote_address",
+        "local_address",
+        "latency",
+        "_max_queue",
+        "_handshake",
+    )
+
+    def __init__(self, side: str, opts: Options, loop: asyncio.AbstractEventLoop) -> None:
+        """Create the connection object; the I/O layer performs the handshake."""
+        self._loop = loop
+        self._opts = opts
+        self.side = side
+        self.transport: asyncio.Transport | None = None
+        self.protocol: Protocol | None = None
+        self._parser: Any = None
+        self._messages: deque[Any] = deque()
+        self._waiter: asyncio.Future[Any] | None = None
+        self._closed_fut: asyncio.Future[None] = loop.create_future()
+        self._paused_reading = False
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._keepalive: Keepalive | None = None
+        self._ka_handle: asyncio.TimerHandle | None = None
+        self._close_handle: asyncio.TimerHandle | None = None
+        self._hs_buf: bytearray | None = None
+        self._on_open: Callable[[], None] | None = None
+        self.path = "/"
+        self.request_headers = Headers()
+        self.response_headers = Headers()
+        self.remote_address: Any = None
+        self.local_address: Any = None
+        self.latency = 0.0
+        self._max_queue = opts.max_queue
+        self._handshake: Any = None
+
+    # ------------------------------------------------------------ public attributes
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closed (or closing: no more sends possible)."""
+        proto = self.protocol
+        return proto is None and self.transport is None or proto is not None and proto.state >= State.CLOSING
+
+    @property
+    def open(self) -> bool:
+        """True while messages can be sent."""
+        return self.protocol is not None and self.protocol.state is State.OPEN
+
+    @property
+    def close_code(self) -> int | None:
+        """The code of the peer's close frame (1005: none given, 1006: no close frame), None while open."""
+        proto = self.protocol
+        if proto is None:
+            return 1006 if self._closed_fut.done() else None
+        if proto.close_rcvd is not None:
+            return proto.close_rcvd[0]
+        return 1006 if proto.state is State.CLOSED else None
+
+    @property
+    def close_reason(self) -> str | None:
+        """The reason of the peer's close frame ("" if none), None while open."""
+        proto = self.protocol
+        if proto is not None and proto.close_rcvd is not None:
+            return proto.close_rcvd[1]
+        return "" if self.close_code is not None else None
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The negotiated subprotocol, or None."""
+        return self.protocol.subprotocol if self.protocol is not None else None
+
+    @property
+    def extensions(self) -> list[str]:
+        """Names of the negotiated extensions, e.g. ``["permessage-deflate"]``."""
+        return [ext.name for ext in self.protocol.extensions] if self.protocol is not None else []
+
+    # ------------------------------------------------------------ asyncio callbacks
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        """Record the transport and addresses; the handshake starts here."""
+        self.transport = transport  # type: ignore[assignment]
+        self.remote_address = transport.get_extra_info("peername")
+        self.local_address = transport.get_extra_info("sockname")
+        transport.set_write_buffer_limits(high=self._opts.write_limit)  # type: ignore[attr-defined]
+        if self._handshake is not None:
+            self._handshake.connection_made(self)
+
+    def get_buffer(self, sizehint: int) -> Any:
+        """Where the loop writes the next bytes: the parser's buffer once open."""
+        parser = self._parser
+        if parser is not None:
+            return parser.get_buffer(sizehint)
+        if self._hs_buf is None:
+            self._hs_buf = bytearray(16384)
+        return self._hs_buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Parse what arrived and dispatch it."""
+        parser = self._parser
+        if parser is not None:
+            frames = parser.buffer_updated(nbytes)
+            if frames or parser.error is not None:
+                self._dispatch(self.protocol.receive_frames(frames))  # type: ignore[union-attr]
+            return
+        data = bytes(memoryview(self._hs_buf)[:nbytes])  # type: ignore[arg-type]
+        if self._handshake is not None:
+            self._handshake.data_received(self, data)
+
+    def eof_received(self) -> bool:
+        """The peer closed its side: the connection is over (1006 unless a close frame came)."""
+        if self.protocol is not None:
+            self._dispatch(self.protocol.receive_eof())
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """TCP is gone: wake every waiter."""
+        proto = self.protocol
+        if proto is not None and proto.state is not State.CLOSED:
+            self._dispatch(proto.receive_eof())
+        self.transport = None
+        for handle in (self._ka_handle, self._close_handle):
+            if handle is not None:
+                handle.cancel()
+        self._ka_handle = self._close_handle = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._waiter = None
+        if proto is not None:
+            err = proto.closed_exception()
+            for _, tag in list(proto.pings.items()):
+                if tag is not None and not tag[0].done():
+                    tag[0].set_exception(err)
+                    tag[0].exception()  # mark retrieved: nobody may be awaiting it
+            proto.pings.clear()
+        self._wake_drain()
+        if self._handshake is not None:
+            self._handshake.connection_lost(self, exc)
+        if not self._closed_fut.done():
+            self._closed_fut.set_result(None)
+
+    def pause_writing(self) -> None:
+        """The transport's buffer passed ``write_limit``: sends now await drain."""
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        """The transport's buffer drained below its low-water mark."""
+        self._write_paused = False
+        self._wake_drain()
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None:
+            self._drain_waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+
+    # ------------------------------------------------------------ opening (called by client/server)
+
+    def start(self, protocol: Protocol, remainder: bytes = b"") -> None:
+        """The handshake succeeded: switch to frames and process what came with the handshake."""
+        self.protocol = protocol
+        self._parser = protocol.parser
+        self._hs_buf = None
+        opts = self._opts
+        if opts.ping_interval:
+            self._keepalive = Keepalive(opts.ping_interval, opts.ping_timeout, self._loop.time())
+            self._schedule_keepalive()
+        if remainder:
+            self._dispatch(protocol.receive_data(remainder))
+
+    # ------------------------------------------------------------ event dispatch (hot path)
+
+    def _dispatch(self, events: list[Any]) -> None:
+        messages = self._messages
+        for ev in events:
+            t = type(ev)
+            if t is str or t is bytes:
+                waiter = self._waiter
+                if waiter is not None and not messages:
+                    self._waiter = None
+                    if not waiter.done():
+                        waiter.set_result(ev)
+                        continue
+                messages.append(ev)
+            elif t is Pong:
+                self._on_pong(ev)
+            elif t is Closed:
+                self._on_closed(ev)
+            elif t is not Ping:  # pragma: no cover - no other event exists
+                logger.debug("ignored event %r", ev)
+        proto = self.protocol
+        out = proto.data_to_send()  # type: ignore[union-attr]
+        transport = self.transport
+        if out and transport is not None:
+            transport.write(out[0]) if len(out) == 1 else transport.writelines(out)
+        max_queue = self._max_queue
+        if max_queue is not None and len(messages) >= max_queue and not self._paused_reading and transport is not None:
+            self._paused_reading = True
+            transport.pause_reading()
+        if proto.state is State.CLOSED:  # type: ignore[union-attr]
+            self._after_closed()
+
+    def _on_pong(self, ev: Pong) -> None:
+        now = self._loop.time()
+        for _, tag in ev.acked:
+            if tag is None:
+                continue
+            fut, sent = tag
+            self.latency = now - sent
+            if fut is None:  # keepalive ping
+                if self._keepalive is not None:
+                    self._keepalive.pong_received(now)
+            elif not fut.done():
+                fut.set_result(now - sent)
+
+    def _on_closed(self, ev: Closed) -> None:
+        if ev.error is not None:
+            logger.info("failing connection %s: %s (code %d)", self.remote_address, ev.error.reason, ev.error.code)
+        waiter = self._waiter
+        if waiter is not None and not self._messages and not waiter.done():
+            self._waiter = None
+            waiter.set_result(None)
+
+    def _after_closed(self) -> None:
+        """CLOSED reached: close TCP now (server, failure) or after ``close_timeout`` (client)."""
+        transport = self.transport
+        if transport is None:
+            return
+        if self._ka_handle is not None:
+            self._ka_handle.cancel()
+            self._ka_handle = None
+        if self.protocol.close_transport:  # type: ignore[union-attr]
+            transport.close()
+        # Bounded: a peer that neither reads our buffer nor closes TCP is dropped after close_timeout.
+        self._arm_abort()
+
+    def _arm_abort(self) -> None:
+        if self._close_handle is None and self.transport is not None:
+            timeout = self._opts.close_timeout
+            self._close_handle = self._loop.call_later(timeout if timeout is not None else 10.0, self._abort)
+
+    def _abort(self) -> None:
+        self._close_handle = None
+        if self.transport is not None:
+            self.transport.abort()
+
+    # ------------------------------------------------------------ keepalive
+
+    def _schedule_keepalive(self) -> None:
+        ka = self._keepalive
+        if ka is None or ka.deadline is None:
+            return
+        self._ka_handle = self._loop.call_at(ka.deadline, self._keepalive_tick)
+
+    def _keepalive_tick(self) -> None:
+        self._ka_handle = None
+        ka = self._keepalive
+        proto = self.protocol
+        if ka is None or proto is None or proto.state is not State.OPEN or self.transport is None:
+            return
+        now = self._loop.time()
+        action = ka.poll(now)
+        if action == "ping":
+            payload = os.urandom(4)
+            self._write(proto.send_ping(payload, (None, now)))
+            ka.ping_sent(now)
+        elif action == "timeout":
+            logger.info("keepalive ping timeout on %s: closing with 1011", self.remote_address)
+            proto.fail(1011, "keepalive ping timeout")
+            self._dispatch([Closed(1006, "")])
+            return
+        self._schedule_keepalive()
+
+    # ------------------------------------------------------------ sending
+
+    def _write(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is not None and data:
+            transport.write(data)
+
+    async def _drain(self) -> None:
+        while self._write_paused and self.transport is not None:
+            if self._drain_waiter is None or self._drain_waiter.done():
+                self._drain_waiter = self._loop.create_future()
+            await asyncio.shield(self._drain_waiter)
+        if self.transport is None and self.protocol is not None and self.protocol.state is not State.CLOSED:
+            raise self.protocol.closed_exception()
+
+    async def send(self, message: Any, compress: bool | None = None) -> None:
+        """Send a message: str → text, bytes-like → binary, (async) iterable → fragmented.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            TypeError: a message of another type.
+        """
+        proto = self.protocol
+        if proto is None:
+            raise InvalidState("the connection is not open")
+        t = type(message)
+        if t is str or t is bytes or t is bytearray or t is memoryview or isinstance(message, (str, bytes, bytearray, memoryview)):
+            data = proto.send(message, compress)
+            transport = self.transport
+            if transport is None:
+                raise proto.closed_exception()
+            transport.write(data)
+        elif hasattr(message, "__aiter__"):
+            await self._send_fragments_async(message, compress)
+        elif hasattr(message, "__iter__") and not isinstance(message, dict):
+            await self._send_fragments(message, compress)
+        else:
+            proto.send(message, compress)  # raises the TypeError
+        if self._write_paused:
+            await self._drain()
+
+    async def _send_fragments(self, fragments: Any, compress: bool | None) -> None:
+        proto = self.protocol
+        assert proto is not None
+        it = iter(fragments)
+        try:
+            prev = next(it)
+        except StopIteration:
+            return
+        for item in it:
+            self._write(proto.send_fragment(prev, False, compress))
+            if self._write_paused:
+                await self._drain()
+            prev = item
+        self._write(proto.send_fragment(prev, True, compress))
+
+    async def _send_fragments_async(self, fragments: Any, compress: bool | None) -> None:
+        proto = self.protocol
+        assert proto is not None
+        it = fragments.__aiter__()
+        try:
+            prev = await it.__anext__()
+        except StopAsyncIteration:
+            return
+        while True:
+            try:
+                item = await it.__anext__()
+            except StopAsyncIteration:
+                break
+            self._write(proto.send_fragment(prev, False, compress))
+            if self._write_paused:
+                await self._drain()
+            prev = item
+        self._write(proto.send_fragment(prev, True, compress))
+
+    async def send_json(self, obj: Any) -> None:
+        """Send ``obj`` as a JSON text message."""
+        await self.send(json.dumps(obj))
+
+    async def ping(self, data: bytes | str = b"") -> asyncio.Future[float]:
+        """Send a ping; return a future resolving to the round-trip time when the pong arrives.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+        """
+        proto = self.protocol
+        if proto is None:
+            raise InvalidState("the connection is not open")
+        payload = data.encode() if isinstance(data, str) else bytes(data)
+        while not payload or payload in proto.pings:
+            payload = os.urandom(4)
+        fut: asyncio.Future[float] = self._loop.create_future()
+        self._write(proto.send_ping(payload, (fut, self._loop.time())))
+        if self._write_paused:
+            await self._drain()
+        return fut
+
+    async def pong(self, data: bytes | str = b"") -> None:
+        """Send an unsolicited pong."""
+        proto = self.protocol
+        if proto is None:
+            raise InvalidState("the connection is not open")
+        self._write(proto.send_pong(data))
+
+    # ------------------------------------------------------------ receiving
+
+    async def recv(self, timeout: float | None = None) -> Any:
+        """Return the next message (str or bytes), or None once the connection is closed.
+
+        Raises:
+            TimeoutError: no message within ``timeout`` seconds (the connection stays usable).
+            InvalidState: another coroutine is already waiting in ``recv``.
+        """
+        messages = self._messages
+        if messages:
+            msg = messages.popleft()
+            if self._paused_reading:
+                self._maybe_resume()
+            return msg
+        if self._closed_fut.done() or self.protocol is None or self.protocol.state is State.CLOSED:
+            return None
+        if self._waiter is not None and not self._waiter.done():
+            raise InvalidState("recv() is already being awaited by another task")
+        waiter = self._waiter = self._loop.create_future()
+        handle = self._loop.call_later(timeout, _timeout_waiter, waiter) if timeout is not None else None
+        try:
+            return await waiter
+        except asyncio.CancelledError:
+            # A message handed over just before the cancellation must not be lost.
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                msg = waiter.result()
+                if msg is not None:
+                    messages.appendleft(msg)
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+            if self._waiter is waiter:
+                self._waiter = None
+
+    def _maybe_resume(self) -> None:
+        max_queue = self._max_queue or 1
+        if len(self._messages) <= max_queue // 4 and self.transport is not None:
+            self._paused_reading = False
+            self.transport.resume_reading()
+
+    async def recv_json(self, timeout: float | None = None) -> Any:
+        """Receive a message and decode it as JSON; None once closed."""
+        msg = await self.recv(timeout)
+        return None if msg is None else json.loads(msg)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        """``async for message in ws`` yields messages until the connection closes."""
+        return self
+
+    async def __anext__(self) -> Any:
+        msg = await self.recv()
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
+
+    # ------------------------------------------------------------ closing
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Run the closing handshake (bounded by ``close_timeout``), then close TCP."""
+        proto = self.protocol
+        transport = self.transport
+        if proto is None:
+            if transport is not None:
+                transport.close()
+            return
+        if transport is not None and proto.state is State.OPEN:
+            transport.write(proto.send_close(code, reason))
+            self._arm_abort()
+        await self.wait_closed()
+
+    async def wait_closed(self) -> None:
+        """Wait until TCP is closed."""
+        await asyncio.shield(self._closed_fut)
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once, without a closing handshake."""
+        if self.transport is not None:
+            self.transport.abort()
+
+    async def __aenter__(self) -> "AsyncWebSocket":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = self.protocol.state.name if self.protocol is not None else "CONNECTING"
+        return f"<AsyncWebSocket {self.side} {state} {self.remote_address}>"
+
+
+def _timeout_waiter(waiter: asyncio.Future[Any]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("no message received in time"))
+

@@ -1,0 +1,270 @@
+"""asyncio WebSocket server: ``start_async_websocket_server`` and ``AsyncWebSocketServer``."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from typing import Any, Awaitable, Callable
+
+from ..exceptions import InvalidHandshake
+from ..handshake import ServerHandshake
+from ..options import Options, make_options
+from ..protocol import SERVER, Protocol
+from .connection import AsyncWebSocket
+
+__all__ = ["AsyncWebSocketServer", "start_async_websocket_server"]
+
+logger = logging.getLogger("kn_sock")
+
+Handler = Callable[..., Awaitable[Any]]
+
+
+def _wants_path(handler: Callable[..., Any]) -> bool:
+    """Tell whether ``handler`` takes ``(websocket, path)`` (the documented form) or ``(websocket)``."""
+    try:
+        params = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    positional = [p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return True
+    return len(positional) >= 2
+
+
+class _ServerOpening:
+    """Per-connection opening handshake on the server side, bounded by ``open_timeout``."""
+
+    __slots__ = ("server", "hs", "timer", "task")
+
+    def __init__(self, server: "AsyncWebSocketServer") -> None:
+        self.server = server
+        self.hs: ServerHandshake | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, ws: AsyncWebSocket) -> None:
+        server = self.server
+        opts = server.options
+        server.connections.add(ws)
+        self.hs = ServerHandshake(
+            subprotocols=opts.subprotocols,
+            origins=opts.origins,
+            extra_headers=opts.headers,
+            compression=opts.compression,
+            **({"server_header": opts.server_header} if opts.server_header else {}),
+        )
+        if opts.open_timeout is not None:
+            self.timer = server.loop.call_later(opts.open_timeout, self._timeout, ws)
+        if server.closing:
+            self._reject(ws, InvalidHandshake("server is shutting down", status=503))
+
+    def _timeout(self, ws: AsyncWebSocket) -> None:
+        self.timer = None
+        if ws.protocol is None and ws.transport is not None:
+            logger.info("opening handshake with %s timed out", ws.remote_address)
+            ws.transport.abort()
+
+    def data_received(self, ws: AsyncWebSocket, data: bytes) -> None:
+        hs = self.hs
+        if hs is None or self.task is not None:
+            return
+        try:
+            request = hs.receive_data(data)
+        except InvalidHandshake as exc:
+            self._reject(ws, exc)
+            return
+        if request is None:
+            return
+        if self.server.options.process_request is None:
+            self._accept(ws, request)
+        else:
+            if ws.transport is not None:
+                ws.transport.pause_reading()
+            self.task = self.server.loop.create_task(self._process_request(ws, request))
+
+    async def _process_request(self, ws: AsyncWebSocket, request: Any) -> None:
+        hook = self.server.options.process_request
+        try:
+            answer = hook(request.path, request.headers)  # type: ignore[misc]
+            if inspect.isawaitable(answer):
+                answer = await answer
+        except Exception:
+            logger.exception("process_request raised")
+            self._reject(ws, InvalidHandshake("process_request failed", status=500))
+            return
+        if ws.transport is None:
+            return
+        if answer is not None:
+            status, headers, body = answer
+            if isinstance(body, str):
+                body = body.encode("utf-8")
+            assert self.hs is not None
+            ws.transport.write(self.hs.reject(int(status), headers, body or b""))
+            ws.transport.close()
+            return
+        ws.transport.resume_reading()
+        self._accept(ws, request)
+
+    def _reject(self, ws: AsyncWebSocket, exc: InvalidHandshake) -> None:
+        logger.info("rejected opening handshake from %s: HTTP %d %s", ws.remote_address, exc.status, exc)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        transport = ws.transport
+        if transport is not None:
+            if self.hs is not None:
+                transport.write(self.hs.reject_from(exc))
+            transport.close()
+        self.hs = None
+
+    def _accept(self, ws: AsyncWebSocket, request: Any) -> None:
+        hs = self.hs
+        assert hs is not None
+        try:
+            response = hs.accept(request)
+        except InvalidHandshake as exc:
+            self._reject(ws, exc)
+            return
+        if ws.transport is None:
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        ws.transport.write(response)
+        ws.path = request.path
+        ws.request_headers = request.headers
+        ws.response_headers = hs.response_headers
+        opts = self.server.options
+        proto = Protocol(
+            SERVER,
+            max_size=opts.max_size,
+            extensions=hs.extensions,
+            subprotocol=hs.subprotocol,
+            backend=opts.backend,
+        )
+        remainder = hs.remainder
+        self.hs = None
+        ws.start(proto, remainder)
+        self.server._start_handler(ws)
+
+    def connection_lost(self, ws: AsyncWebSocket, exc: Exception | None) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        self.server.connections.discard(ws)
+
+
+class AsyncWebSocketServer:
+    """A listening asyncio WebSocket server; ``async with`` closes it on exit."""
+
+    def __init__(self, handler: Handler, options: Options, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        """Prepare the server; ``start()`` binds it."""
+        self.handler = handler
+        self.options = options
+        self.loop = loop or asyncio.get_running_loop()
+        self.connections: set[AsyncWebSocket] = set()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.closing = False
+        self._server: asyncio.base_events.Server | None = None
+        self._wants_path = _wants_path(handler)
+
+    def _factory(self) -> AsyncWebSocket:
+        ws = AsyncWebSocket(SERVER, self.options, self.loop)
+        ws._handshake = _ServerOpening(self)
+        return ws
+
+    async def start(self, host: str | None, port: int | None, **kwargs: Any) -> "AsyncWebSocketServer":
+        """Bind and listen (``unix=path`` for a Unix socket); return self."""
+        ssl = self.options.ssl
+        unix = kwargs.pop("unix", None)
+        if unix is not None:
+            self._server = await self.loop.create_unix_server(self._factory, unix, ssl=ssl, **kwargs)
+        else:
+            self._server = await self.loop.create_server(self._factory, host, port, ssl=ssl, **kwargs)
+        return self
+
+    @property
+    def sockets(self) -> tuple[Any, ...]:
+        """The listening sockets."""
+        return tuple(self._server.sockets) if self._server is not None else ()
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with ``port=0``)."""
+        for sock in self.sockets:
+            name = sock.getsockname()
+            if isinstance(name, tuple):
+                return int(name[1])
+        raise RuntimeError("the server is not listening on TCP")
+
+    def _start_handler(self, ws: AsyncWebSocket) -> None:
+        task = self.loop.create_task(self._run_handler(ws))
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def _run_handler(self, ws: AsyncWebSocket) -> None:
+        code = 1000
+        try:
+            if self._wants_path:
+                await self.handler(ws, ws.path)
+            else:
+                await self.handler(ws)
+        except asyncio.CancelledError:
+            code = 1001
+        except Exception:
+            logger.exception("connection handler failed for %s", ws.remote_address)
+            code = 1011
+        try:
+            await ws.close(code)
+        except Exception:  # pragma: no cover - close never raises on purpose
+            logger.exception("error while closing %s", ws.remote_address)
+
+    def close(self, close_connections: bool = True) -> None:
+        """Stop listening and close every connection with 1001 (going away)."""
+        self.closing = True
+        if self._server is not None:
+            self._server.close()
+        if close_connections:
+            for ws in list(self.connections):
+                if ws.protocol is None:
+                    ws.abort()
+                else:
+                    task = self.loop.create_task(ws.close(1001))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+
+    async def wait_closed(self) -> None:
+        """Wait until the server and every connection are closed."""
+        if self._server is not None:
+            await self._server.wait_closed()
+        while self.connections or self.tasks:
+            waits = [ws.wait_closed() for ws in list(self.connections)] + list(self.tasks)
+            await asyncio.gather(*waits, return_exceptions=True)
+
+    async def serve_forever(self) -> None:
+        """Serve until cancelled; the server is closed on the way out."""
+        try:
+            await asyncio.Future()
+        finally:
+            self.close()
+            await self.wait_closed()
+
+    async def __aenter__(self) -> "AsyncWebSocketServer":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.close()
+        await self.wait_closed()
+
+
+async def start_async_websocket_server(
+    host: str | None, port: int | None, handler: Handler, **options: Any
+) -> AsyncWebSocketServer:
+    """Start an asyncio WebSocket server calling ``await handler(websocket, path)`` per connection."""
+    listen = {k: options.pop(k) for k in ("unix", "reuse_port", "reuse_address", "backlog", "sock") if k in options}
+    opts = make_options(options)
+    server = AsyncWebSocketServer(handler, opts)
+    return await server.start(host, port, **listen)

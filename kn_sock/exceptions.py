@@ -1,0 +1,121 @@
+"""The kn_sock exception tree.
+
+::
+
+    WebSocketError                     base of everything kn_sock raises on purpose
+    ├── ConnectionClosed               the connection is closed (send on a closed socket, …)
+    │   ├── ConnectionClosedOK         … after a normal closing handshake (1000 / 1001)
+    │   └── ConnectionClosedError      … abnormally (1006) or with an error code
+    ├── InvalidHandshake               the opening handshake failed (client or server side)
+    │   ├── InvalidStatus              client: the server answered with a non-101 status
+    │   └── InvalidHeader              a header is missing or has a bad value
+    ├── ProtocolError                  the peer broke RFC 6455 / 7692; carries the close code
+    │   └── PayloadTooBig              a message exceeded ``max_size`` (close code 1009)
+    ├── InvalidURI                     not a ws:// or wss:// URI
+    └── InvalidState                   the API was misused (e.g. send before the handshake)
+
+Every ``ProtocolError`` carries ``code`` (the RFC 6455 close code to answer with) and every
+``InvalidHandshake`` raised on the server side carries ``status`` (the HTTP status to answer
+with). Errors raised because the *peer* misbehaved are ProtocolError / InvalidHandshake;
+errors raised because *the caller* misused the API are InvalidState / TypeError / ValueError.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+__all__ = [
+    "WebSocketError",
+    "ConnectionClosed",
+    "ConnectionClosedOK",
+    "ConnectionClosedError",
+    "InvalidHandshake",
+    "InvalidStatus",
+    "InvalidHeader",
+    "ProtocolError",
+    "PayloadTooBig",
+    "InvalidURI",
+    "InvalidState",
+]
+
+
+class WebSocketError(Exception):
+    """Base class of every exception kn_sock raises on purpose."""
+
+
+class ConnectionClosed(WebSocketError):
+    """The connection is closed; ``code`` and ``reason`` come from the peer's close frame."""
+
+    def __init__(self, code: int = 1006, reason: str = "", message: str | None = None) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(message or f"connection closed: code={code} reason={reason!r}")
+
+
+class ConnectionClosedOK(ConnectionClosed):
+    """The connection was closed normally (1000 or 1001)."""
+
+
+class ConnectionClosedError(ConnectionClosed):
+    """The connection was closed abnormally or with an error code."""
+
+
+class InvalidHandshake(WebSocketError):
+    """The opening handshake failed; ``status`` is the HTTP status to answer (server side)."""
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+    ) -> None:
+        self.status = status
+        self.headers: Any = headers if headers is not None else []
+        self.body = body
+        super().__init__(message)
+
+
+class InvalidStatus(InvalidHandshake):
+    """Client side: the server answered the upgrade with a status other than 101."""
+
+
+class InvalidHeader(InvalidHandshake):
+    """A handshake header is missing, repeated or has an invalid value."""
+
+
+class ProtocolError(WebSocketError):
+    """The peer broke the protocol; ``code`` is the close code to fail the connection with."""
+
+    def __init__(self, reason: str, code: int = 1002) -> None:
+        self.code = code
+        self.reason = reason
+        super().__init__(reason)
+
+    def __eq__(self, other: object) -> bool:
+        return (
+            type(self) is type(other)
+            and self.code == other.code  # type: ignore[attr-defined]
+            and self.reason == other.reason  # type: ignore[attr-defined]
+        )
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.code, self.reason))
+
+    def __reduce__(self) -> Any:
+        return (type(self), (self.reason, self.code))
+
+
+class PayloadTooBig(ProtocolError):
+    """An incoming message exceeds ``max_size`` (close code 1009)."""
+
+    def __init__(self, reason: str, code: int = 1009) -> None:
+        super().__init__(reason, code)
+
+
+class InvalidURI(WebSocketError, ValueError):
+    """The URI is not a valid ws:// or wss:// URI."""
+
+
+class InvalidState(WebSocketError):
+    """The connection is not in a state that allows this operation (API misuse)."""

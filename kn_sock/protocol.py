@@ -1,0 +1,512 @@
+"""The sans-I/O WebSocket protocol after the opening handshake (RFC 6455 §5-§7, RFC 7692).
+
+Bytes in, events and bytes out; no sockets, threads, asyncio or clocks (time is passed in).
+The asyncio and blocking layers drive one ``Protocol`` per connection:
+
+- ``receive_data(data)`` returns the events the bytes complete: a message is the bare
+  ``str`` (text) or ``bytes`` (binary) — no wrapper object on the hot path — and the rare
+  control events are ``Ping``, ``Pong`` and ``Closed`` instances;
+- ``data_to_send()`` returns the frames the protocol produced by itself (pongs, the close
+  reply, the close frame that fails the connection);
+- ``send_*`` methods return the frame bytes to write at once.
+
+States (RFC 6455 §4.1, §7)::
+
+    OPEN ──send_close──► CLOSING ──peer's close──► CLOSED
+      │                                              ▲
+      └──peer's close (reply sent)───────────────────┘
+    any state ──protocol error / EOF──► CLOSED (fail: close frame sent when possible)
+
+After CLOSED, ``close_transport`` says whether the I/O layer should now close TCP: at once on
+the server and after a failure; a client waits for the server to close first (§7.1.1),
+bounded by the I/O layer's ``close_timeout``.
+"""
+
+from __future__ import annotations
+
+import os
+from enum import IntEnum
+from typing import Any, Iterable, Union
+
+from . import _backend
+from .exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidState,
+    PayloadTooBig,
+    ProtocolError,
+)
+from .frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, build_close, parse_close
+
+__all__ = ["Protocol", "State", "Ping", "Pong", "Closed", "Keepalive", "CLIENT", "SERVER"]
+
+CLIENT, SERVER = "client", "server"
+Message = Union[str, bytes]
+
+
+class State(IntEnum):
+    """Connection states."""
+
+    CONNECTING = 0
+    OPEN = 1
+    CLOSING = 2
+    CLOSED = 3
+
+
+class Ping:
+    """The peer sent a ping (already answered with a pong)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def __repr__(self) -> str:
+        return f"Ping({self.data!r})"
+
+
+class Pong:
+    """The peer sent a pong; ``acked`` lists the pings it acknowledges, oldest first, with their tags."""
+
+    __slots__ = ("data", "acked")
+
+    def __init__(self, data: bytes, acked: list[tuple[bytes, Any]]) -> None:
+        self.data = data
+        self.acked = acked
+
+    def __repr__(self) -> str:
+        return f"Pong({self.data!r})"
+
+
+class Closed:
+    """The connection reached CLOSED; ``code`` / ``reason`` are the peer's (1006 if none arrived)."""
+
+    __slots__ = ("code", "reason", "error")
+
+    def __init__(self, code: int, reason: str, error: ProtocolError | None = None) -> None:
+        self.code = code
+        self.reason = reason
+        self.error = error
+
+    def __repr__(self) -> str:
+        return f"Closed({self.code}, {self.reason!r})"
+
+
+class _MaskSource:
+    """Masking keys from ``os.urandom`` (RFC 6455 §5.3), fetched 1 KiB at a time.
+
+    Micro-optimisation: one getrandom() call per 256 frames instead of one per frame.
+    """
+
+    __slots__ = ("_pool", "_pos")
+
+    def __init__(self) -> None:
+        self._pool = b""
+        self._pos = 0
+
+    def next(self) -> bytes:
+        pos = self._pos
+        if pos >= len(self._pool):
+            self._pool = os.urandom(1024)
+            pos = 0
+        self._pos = pos + 4
+        return self._pool[pos : pos + 4]
+
+
+class Protocol:
+    """One WebSocket connection's state machine, for either side.
+
+    Args:
+        side: ``"client"`` or ``"server"``.
+        max_size: largest incoming message in bytes (after decompression); None for no limit.
+        extensions: negotiated extension objects (at most a ``PerMessageDeflate``).
+        backend: the twin to use (``kn_sock._pure`` or ``kn_sock._speedups``); default: the selected one.
+        subprotocol: the negotiated subprotocol, kept for the I/O layers.
+    """
+
+    def __init__(
+        self,
+        side: str,
+        *,
+        max_size: int | None = 2**20,
+        extensions: Iterable[Any] = (),
+        backend: Any = None,
+        subprotocol: str | None = None,
+    ) -> None:
+        """Create the protocol in the OPEN state (the handshake is done by client/server)."""
+        if side not in (CLIENT, SERVER):
+            raise ValueError("side must be 'client' or 'server'")
+        self.side = side
+        self.is_client = side == CLIENT
+        self.backend = backend or _backend.backend
+        self.max_size = max_size
+        self.subprotocol = subprotocol
+        self.extensions = list(extensions)
+        self.deflate: Any = None
+        for ext in self.extensions:
+            if getattr(ext, "name", None) == "permessage-deflate":
+                self.deflate = ext
+        compressed_max = None
+        if self.deflate is not None and max_size is not None:
+            from .extensions.permessage_deflate import WORST_CASE_OVERHEAD
+
+            compressed_max = WORST_CASE_OVERHEAD(max_size)
+        self.parser = self.backend.FrameParser(
+            expect_mask=not self.is_client,
+            max_size=max_size,
+            compressed_max_size=compressed_max,
+            rsv1_allowed=self.deflate is not None,
+        )
+        self._build = self.backend.build_frame
+        self._validator_cls = self.backend.Utf8Validator
+        self._masks = _MaskSource() if self.is_client else None
+        self.state = State.OPEN
+        self._out: list[bytes] = []
+        # Incoming fragmented message.
+        self._parts: list[bytes] = []
+        self._part_opcode = 0
+        self._part_compressed = False
+        self._validator: Any = None
+        # Outgoing fragmented message.
+        self._send_frag_open = False
+        self._send_frag_compressed = False
+        # Closing handshake.
+        self.close_rcvd: tuple[int, str] | None = None
+        self.close_sent: tuple[int, str] | None = None
+        self.close_rcvd_then_sent: bool | None = None
+        self.close_transport = False
+        self.error: ProtocolError | None = None
+        self.eof_received = False
+        # Pings in flight: payload -> tag chosen by the I/O layer (waiter, send time, ...).
+        self.pings: dict[bytes, Any] = {}
+
+    # ---------------------------------------------------------------- receiving
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """Feed bytes from the peer; return the messages (str/bytes) and events they complete."""
+        if self.state is State.CLOSED or self.close_rcvd is not None:
+            return []
+        frames = self.parser.feed(data)
+        events = self._process(frames) if frames else []
+        if self.parser.error is not None and self.state is not State.CLOSED:
+            self._fail_with(self.parser.error, events)
+        return events
+
+    def receive_frames(self, frames: list[Any]) -> list[Any]:
+        """Process frames parsed elsewhere (by a parser fed through ``get_buffer``)."""
+        if self.state is State.CLOSED or self.close_rcvd is not None:
+            return []
+        events = self._process(frames) if frames else []
+        if self.parser.error is not None and self.state is not State.CLOSED:
+            self._fail_with(self.parser.error, events)
+        return events
+
+    def _process(self, frames: list[Any]) -> list[Any]:
+        """Turn frames into events; the fast path is one unfragmented uncompressed data frame."""
+        events: list[Any] = []
+        append = events.append
+        closing = self.state is State.CLOSING
+        for frame in frames:
+            opcode, fin, rsv1, payload = frame
+            if opcode < 3 and fin and not rsv1 and opcode:
+                # Hot path: whole uncompressed message; text already decoded by the parser.
+                if not closing:
+                    append(payload)
+                continue
+            try:
+                self._slow_frame(opcode, fin, rsv1, payload, events, closing)
+            except ProtocolError as exc:
+                self._fail_with(exc, events)
+                return events
+            if self.state is State.CLOSED or self.close_rcvd is not None:
+                break
+        return events
+
+    def _slow_frame(self, opcode: int, fin: bool, rsv1: bool, payload: Any, events: list[Any], closing: bool) -> None:
+        """Handle control frames, fragments, compressed and undecoded text frames."""
+        if opcode >= 8:
+            self._control_frame(opcode, payload, events)
+            return
+        if opcode == OP_CONT:
+            compressed = self._part_compressed
+        else:
+            compressed = rsv1
+            self._part_opcode = opcode
+            self._part_compressed = rsv1
+            self._parts = []
+            self._validator = self._validator_cls() if opcode == OP_TEXT and not fin else None
+        if compressed:
+            payload = self.deflate.decompress(payload, fin, self.max_size)
+        text = self._part_opcode == OP_TEXT
+        if fin and opcode != OP_CONT:
+            # A whole message that took the slow path: compressed, or text the parser left as bytes.
+            message: Message = payload
+            if text:
+                message = _decode_text(payload)
+            if not closing:
+                events.append(message)
+            return
+        if text and self._validator is not None and not self._validator.feed(payload, fin):
+            raise ProtocolError("invalid UTF-8 in text message", 1007)
+        self._parts.append(payload)
+        if fin:
+            data = b"".join(self._parts)
+            self._parts = []
+            self._part_opcode = 0
+            self._validator = None
+            if not closing:
+                events.append(_decode_text(data) if text else data)
+
+    def _control_frame(self, opcode: int, payload: bytes, events: list[Any]) -> None:
+        """Answer pings, match pongs, run the closing handshake (RFC 6455 §5.5)."""
+        if opcode == OP_PING:
+            if self.state is State.OPEN:
+                self._out.append(self._frame(OP_PONG, payload))
+            events.append(Ping(payload))
+        elif opcode == OP_PONG:
+            events.append(Pong(payload, self._ack_pings(payload)))
+        elif opcode == OP_CLOSE:
+            code, reason = parse_close(payload)
+            self.close_rcvd = (code, reason)
+            if self.state is State.OPEN:
+                # Echo the code (RFC 6455 §5.5.1); an empty close gets an empty reply.
+                self.close_sent = (code, "") if code != 1005 else (1005, "")
+                self.close_rcvd_then_sent = True
+                self._out.append(self._frame(OP_CLOSE, build_close(code) if code != 1005 else b""))
+            elif self.close_rcvd_then_sent is None:
+                self.close_rcvd_then_sent = False
+            self.state = State.CLOSED
+            self.close_transport = not self.is_client
+            events.append(Closed(code, reason))
+
+    def _ack_pings(self, payload: bytes) -> list[tuple[bytes, Any]]:
+        """Pop the ping with this payload and every older one (a pong acknowledges them all)."""
+        pings = self.pings
+        if payload not in pings:
+            return []
+        acked = []
+        for key in list(pings):
+            acked.append((key, pings.pop(key)))
+            if key == payload:
+                break
+        return acked
+
+    def receive_eof(self) -> list[Any]:
+        """The peer closed TCP: the connection is CLOSED (1006 unless a close frame came first)."""
+        self.eof_received = True
+        if self.state is State.CLOSED:
+            self.close_transport = True
+            return []
+        self.state = State.CLOSED
+        self.close_transport = True
+        return [Closed(1006, "")]
+
+    def data_to_send(self) -> list[bytes]:
+        """Return (and forget) the frames the protocol wants written: pongs, close frames."""
+        out = self._out
+        if out:
+            self._out = []
+        return out
+
+    # ---------------------------------------------------------------- failing
+
+    def fail(self, code: int = 1011, reason: str = "") -> None:
+        """Fail the connection (RFC 6455 §7.1.7): send a close frame if possible, go CLOSED."""
+        if self.state is State.CLOSED:
+            return
+        if self.state is State.OPEN and code not in (1005, 1006):
+            self.close_sent = (code, reason)
+            self._out.append(self._frame(OP_CLOSE, build_close(code, _truncate_reason(reason))))
+        self.state = State.CLOSED
+        self.close_transport = True
+
+    def _fail_with(self, exc: ProtocolError, events: list[Any]) -> None:
+        self.error = exc
+        self.fail(exc.code, exc.reason)
+        events.append(Closed(1006, "", exc))
+
+    # ---------------------------------------------------------------- sending
+
+    def _frame(self, opcode: int, payload: Any, fin: bool = True, rsv1: bool = False) -> bytes:
+        masks = self._masks
+        return self._build(opcode, payload, fin, rsv1, masks.next() if masks is not None else None)
+
+    def _check_open(self) -> None:
+        if self.state is not State.OPEN:
+            raise self.closed_exception()
+
+    def closed_exception(self) -> ConnectionClosed:
+        """The ConnectionClosed exception describing how the connection ended."""
+        if self.state is State.CONNECTING:
+            return ConnectionClosedError(1006, "", "connection is not open yet")
+        rcvd = self.close_rcvd
+        sent = self.close_sent
+        code, reason = rcvd if rcvd is not None else (1006, "")
+        if rcvd is not None and sent is not None and rcvd[0] in (1000, 1001, 1005) and sent[0] in (1000, 1001, 1005):
+            return ConnectionClosedOK(code, reason)
+        return ConnectionClosedError(code, reason)
+
+    def send(self, message: Any, compress: bool | None = None) -> bytes:
+        """Return the frame of one whole message: str → text, bytes-like → binary.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            TypeError: the message is neither str nor bytes-like.
+        """
+        if self.state is not State.OPEN or self._send_frag_open:
+            if self._send_frag_open:
+                raise InvalidState("a fragmented message is being sent")
+            raise self.closed_exception()
+        t = type(message)
+        if t is str:
+            opcode = OP_TEXT
+        elif t is bytes or t is bytearray or t is memoryview:
+            opcode = OP_BINARY
+        elif isinstance(message, str):
+            opcode, message = OP_TEXT, str(message)
+        else:
+            try:
+                message = memoryview(message)
+            except TypeError:
+                raise TypeError(f"message must be str or bytes-like, not {t.__name__}") from None
+            opcode = OP_BINARY
+        if self.deflate is not None and compress is not False:
+            data = message.encode("utf-8") if opcode == OP_TEXT else message
+            return self._frame(opcode, self.deflate.compress(data, True), True, True)
+        masks = self._masks
+        return self._build(opcode, message, True, False, masks.next() if masks is not None else None)
+
+    def send_fragment(self, message: Any, fin: bool, compress: bool | None = None) -> bytes:
+        """Return one frame of a fragmented message (the first fragment fixes text or binary).
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            TypeError: a fragment of the other type than the first, or not str/bytes-like.
+        """
+        self._check_open()
+        is_text = isinstance(message, str)
+        if not is_text:
+            try:
+                message = memoryview(message)
+            except TypeError:
+                raise TypeError(f"fragment must be str or bytes-like, not {type(message).__name__}") from None
+        if self._send_frag_open:
+            if is_text != self._send_frag_text:
+                raise TypeError("all fragments of a message must be of the same type")
+            opcode = OP_CONT
+            compressed = self._send_frag_compressed
+        else:
+            opcode = OP_TEXT if is_text else OP_BINARY
+            compressed = self.deflate is not None and compress is not False
+            self._send_frag_text = is_text
+            self._send_frag_compressed = compressed
+        self._send_frag_open = not fin
+        if compressed:
+            data = message.encode("utf-8") if is_text else message
+            return self._frame(opcode, self.deflate.compress(data, fin), fin, opcode != OP_CONT)
+        return self._frame(opcode, message, fin)
+
+    def send_ping(self, data: bytes | str = b"", tag: Any = None) -> bytes:
+        """Return a ping frame and remember it so the matching pong can be reported.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            ValueError: more than 125 bytes, or a ping with the same payload is in flight.
+        """
+        self._check_open()
+        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        if len(payload) > 125:
+            raise ValueError("ping payload must be at most 125 bytes")
+        if payload in self.pings:
+            raise ValueError("a ping with the same payload is already in flight")
+        self.pings[payload] = tag
+        return self._frame(OP_PING, payload)
+
+    def send_pong(self, data: bytes | str = b"") -> bytes:
+        """Return an unsolicited pong frame (RFC 6455 §5.5.3).
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            ValueError: more than 125 bytes.
+        """
+        self._check_open()
+        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        if len(payload) > 125:
+            raise ValueError("pong payload must be at most 125 bytes")
+        return self._frame(OP_PONG, payload)
+
+    def send_close(self, code: int = 1000, reason: str = "") -> bytes:
+        """Start the closing handshake: return the close frame and go CLOSING.
+
+        Returns b"" when the handshake has already started or the connection is closed.
+
+        Raises:
+            ValueError: an invalid code or a reason over 123 bytes.
+        """
+        payload = build_close(code, reason)
+        if self.state is not State.OPEN:
+            return b""
+        self.close_sent = (code, reason)
+        self.state = State.CLOSING
+        return self._frame(OP_CLOSE, payload)
+
+
+def _decode_text(data: Any) -> str:
+    try:
+        return bytes(data).decode("utf-8") if type(data) is not bytes else data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("invalid UTF-8 in text message", 1007) from None
+
+
+def _truncate_reason(reason: str) -> str:
+    data = reason.encode("utf-8")
+    if len(data) <= 123:
+        return reason
+    return data[:123].decode("utf-8", "ignore")
+
+
+class Keepalive:
+    """Keepalive bookkeeping (when to ping, when a ping is overdue), driven by the caller's clock.
+
+    One keepalive ping is in flight at a time. The I/O layer calls ``poll(now)`` once
+    ``deadline`` has passed; it answers ``"ping"`` (send one, then call ``ping_sent(now)``),
+    ``"timeout"`` (no pong within ``timeout``: fail with 1011) or None. ``pong_received(now)``
+    clears the ping in flight; the next ping is due ``interval`` after the previous one was sent.
+    """
+
+    __slots__ = ("interval", "timeout", "_next_ping", "_ping_at")
+
+    def __init__(self, interval: float | None, timeout: float | None, now: float) -> None:
+        """Start counting from ``now``; ``interval=None`` disables keepalive."""
+        self.interval = interval
+        self.timeout = timeout
+        self._ping_at: float | None = None
+        self._next_ping: float | None = now + interval if interval else None
+
+    @property
+    def deadline(self) -> float | None:
+        """When ``poll`` next has something to say; None when nothing is scheduled."""
+        if self._ping_at is not None:
+            return self._ping_at + self.timeout if self.timeout is not None else None
+        return self._next_ping
+
+    def ping_sent(self, now: float) -> None:
+        """A keepalive ping went out at ``now``."""
+        self._ping_at = now
+
+    def pong_received(self, now: float) -> None:
+        """The pong for the keepalive ping came back at ``now``."""
+        if self._ping_at is not None and self.interval:
+            self._next_ping = max(self._ping_at + self.interval, now)
+        self._ping_at = None
+
+    def poll(self, now: float) -> str | None:
+        """What to do at ``now``: ``"ping"``, ``"timeout"`` or None (not yet due)."""
+        if self._ping_at is not None:
+            if self.timeout is not None and now >= self._ping_at + self.timeout:
+                return "timeout"
+            return None
+        if self._next_ping is not None and now >= self._next_ping:
+            return "ping"
+        return None
