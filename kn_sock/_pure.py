@@ -145,6 +145,8 @@ class Utf8Validator:
             TypeError: when ``data`` does not support the buffer protocol.
         """
         view = memoryview(data)
+        if view.itemsize != 1 or view.ndim != 1:
+            view = view.cast("B")  # slice by bytes below, whatever the exporter's item format
         if not self._valid:
             return False
         chunk = self._pending + bytes(view) if self._pending else view

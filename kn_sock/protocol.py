@@ -170,6 +170,7 @@ class Protocol:
         self._validator: Any = None
         # Outgoing fragmented message.
         self._send_frag_open = False
+        self._send_frag_text = False
         self._send_frag_compressed = False
         # Closing handshake.
         self.close_rcvd: tuple[int, str] | None = None
@@ -261,8 +262,8 @@ class Protocol:
     def _control_frame(self, opcode: int, payload: bytes, events: list[Any]) -> None:
         """Answer pings, match pongs, run the closing handshake (RFC 6455 §5.5)."""
         if opcode == OP_PING:
-            if self.state is State.OPEN:
-                self._out.append(self._frame(OP_PONG, payload))
+            # OPEN or CLOSING here: §5.5.2 owes a pong "unless it already received a Close frame".
+            self._out.append(self._frame(OP_PONG, payload))
             events.append(Ping(payload))
         elif opcode == OP_PONG:
             events.append(Pong(payload, self._ack_pings(payload)))
@@ -355,9 +356,9 @@ class Protocol:
             TypeError: the message is neither str nor bytes-like.
         """
         if self.state is not State.OPEN or self._send_frag_open:
-            if self._send_frag_open:
-                raise InvalidState("a fragmented message is being sent")
-            raise self.closed_exception()
+            if self.state is not State.OPEN:
+                raise self.closed_exception()
+            raise InvalidState("a fragmented message is being sent")
         t = type(message)
         if t is str:
             opcode = OP_TEXT

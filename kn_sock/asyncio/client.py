@@ -21,29 +21,20 @@ class _ClientOpening:
 
     __slots__ = ("wsuri", "opts", "fut", "hs")
 
-    def __init__(self, wsuri: WebSocketURI, opts: Options, fut: asyncio.Future[AsyncWebSocket]) -> None:
+    def __init__(
+        self, wsuri: WebSocketURI, opts: Options, fut: asyncio.Future[AsyncWebSocket], hs: ClientHandshake
+    ) -> None:
         self.wsuri = wsuri
         self.opts = opts
         self.fut = fut
-        self.hs: ClientHandshake | None = None
+        self.hs: ClientHandshake | None = hs
 
     def connection_made(self, ws: AsyncWebSocket) -> None:
-        opts = self.opts
-        kwargs: dict[str, Any] = {}
-        if opts.user_agent:
-            kwargs["user_agent"] = opts.user_agent
-        self.hs = ClientHandshake(
-            self.wsuri,
-            subprotocols=opts.subprotocols,
-            extra_headers=opts.headers,
-            compression=opts.compression,
-            origin=opts.origin,
-            **kwargs,
-        )
+        hs = self.hs
+        assert hs is not None and ws.transport is not None
         ws.path = self.wsuri.path
-        ws.request_headers = self.hs.request.headers
-        assert ws.transport is not None
-        ws.transport.write(self.hs.data_to_send())
+        ws.request_headers = hs.request.headers
+        ws.transport.write(hs.data_to_send())
 
     def data_received(self, ws: AsyncWebSocket, data: bytes) -> None:
         hs = self.hs
@@ -76,8 +67,24 @@ class _ClientOpening:
             self.fut.set_exception(InvalidHandshake(f"connection closed during the opening handshake: {exc or 'EOF'}"))
 
 
+def _handshake(wsuri: WebSocketURI, opts: Options) -> ClientHandshake:
+    """Build the handshake before connecting, so invalid options raise from the caller's await."""
+    kwargs: dict[str, Any] = {}
+    if opts.user_agent:
+        kwargs["user_agent"] = opts.user_agent
+    return ClientHandshake(
+        wsuri,
+        subprotocols=opts.subprotocols,
+        extra_headers=opts.headers,
+        compression=opts.compression,
+        origin=opts.origin,
+        **kwargs,
+    )
+
+
 async def _open(wsuri: WebSocketURI, opts: Options) -> AsyncWebSocket:
     loop = asyncio.get_running_loop()
+    hs = _handshake(wsuri, opts)
     ssl = opts.ssl
     if wsuri.secure and not ssl:
         ssl = True
@@ -87,7 +94,7 @@ async def _open(wsuri: WebSocketURI, opts: Options) -> AsyncWebSocket:
 
     def factory() -> AsyncWebSocket:
         ws = AsyncWebSocket(CLIENT, opts, loop)
-        ws._handshake = _ClientOpening(wsuri, opts, fut)
+        ws._handshake = _ClientOpening(wsuri, opts, fut, hs)
         return ws
 
     transport = None

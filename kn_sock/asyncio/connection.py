@@ -13,6 +13,7 @@ import asyncio
 import json
 import logging
 import os
+import time
 from collections import deque
 from typing import Any, AsyncIterator, Callable
 
@@ -56,6 +57,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         "latency",
         "_max_queue",
         "_handshake",
+        "_frag_done",
     )
 
     def __init__(self, side: str, opts: Options, loop: asyncio.AbstractEventLoop) -> None:
@@ -85,6 +87,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         self.latency = 0.0
         self._max_queue = opts.max_queue
         self._handshake: Any = None
+        self._frag_done: asyncio.Future[None] | None = None  # set while a fragmented message is sent
 
     # ------------------------------------------------------------ public attributes
 
@@ -182,9 +185,10 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         if proto is not None:
             err = proto.closed_exception()
             for _, tag in list(proto.pings.items()):
-                if tag is not None and not tag[0].done():
-                    tag[0].set_exception(err)
-                    tag[0].exception()  # mark retrieved: nobody may be awaiting it
+                fut = tag[0] if tag is not None else None  # None: a keepalive ping
+                if fut is not None and not fut.done():
+                    fut.set_exception(err)
+                    fut.exception()  # mark retrieved: nobody may be awaiting it
             proto.pings.clear()
         self._wake_drain()
         if self._handshake is not None:
@@ -256,16 +260,26 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
 
     def _on_pong(self, ev: Pong) -> None:
         now = self._loop.time()
+        clock = time.perf_counter()
         for _, tag in ev.acked:
             if tag is None:
                 continue
             fut, sent = tag
-            self.latency = now - sent
+            # perf_counter, not loop.time(): uvloop's clock has millisecond steps, which
+            # would report a local round trip as 0.0.
+            self.latency = clock - sent
             if fut is None:  # keepalive ping
                 if self._keepalive is not None:
                     self._keepalive.pong_received(now)
+                    # The next tick may have been set at the ping's timeout, or not at all
+                    # (ping_timeout=None): schedule it from the new deadline.
+                    if self._ka_handle is not None:
+                        self._ka_handle.cancel()
+                        self._ka_handle = None
+                    if self.protocol is not None and self.protocol.state is State.OPEN:
+                        self._schedule_keepalive()
             elif not fut.done():
-                fut.set_result(now - sent)
+                fut.set_result(clock - sent)
 
     def _on_closed(self, ev: Closed) -> None:
         if ev.error is not None:
@@ -283,10 +297,30 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         if self._ka_handle is not None:
             self._ka_handle.cancel()
             self._ka_handle = None
+        self._stop_backpressure()  # a client must see the server's EOF even with a full queue
         if self.protocol.close_transport:  # type: ignore[union-attr]
             transport.close()
         # Bounded: a peer that neither reads our buffer nor closes TCP is dropped after close_timeout.
         self._arm_abort()
+
+    def _stop_backpressure(self) -> None:
+        """Closing: read regardless of the queue so the peer's close frame and EOF get through.
+
+        Messages arriving after our close frame are dropped by the protocol, so nothing
+        accumulates.
+        """
+        self._max_queue = None
+        if self._paused_reading:
+            self._paused_reading = False
+            if self.transport is not None:
+                self.transport.resume_reading()
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 §7.1.7): close frame if possible, then close TCP."""
+        proto = self.protocol
+        if proto is not None and proto.state is not State.CLOSED:
+            proto.fail(code, reason)
+            self._dispatch([Closed(1006, "")])
 
     def _arm_abort(self) -> None:
         if self._close_handle is None and self.transport is not None:
@@ -316,12 +350,11 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         action = ka.poll(now)
         if action == "ping":
             payload = os.urandom(4)
-            self._write(proto.send_ping(payload, (None, now)))
+            self._write(proto.send_ping(payload, (None, time.perf_counter())))
             ka.ping_sent(now)
         elif action == "timeout":
             logger.info("keepalive ping timeout on %s: closing with 1011", self.remote_address)
-            proto.fail(1011, "keepalive ping timeout")
-            self._dispatch([Closed(1006, "")])
+            self._fail(1011, "keepalive ping timeout")
             return
         self._schedule_keepalive()
 
@@ -333,12 +366,12 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
             transport.write(data)
 
     async def _drain(self) -> None:
-        while self._write_paused and self.transport is not None:
+        while self._write_paused:
+            if self.transport is None:  # lost with our data still buffered
+                raise self.protocol.closed_exception()  # type: ignore[union-attr]
             if self._drain_waiter is None or self._drain_waiter.done():
                 self._drain_waiter = self._loop.create_future()
             await asyncio.shield(self._drain_waiter)
-        if self.transport is None and self.protocol is not None and self.protocol.state is not State.CLOSED:
-            raise self.protocol.closed_exception()
 
     async def send(self, message: Any, compress: bool | None = None) -> None:
         """Send a message: str → text, bytes-like → binary, (async) iterable → fragmented.
@@ -352,7 +385,14 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
             raise InvalidState("the connection is not open")
         t = type(message)
         if t is str or t is bytes or t is bytearray or t is memoryview or isinstance(message, (str, bytes, bytearray, memoryview)):
-            data = proto.send(message, compress)
+            try:
+                data = proto.send(message, compress)
+            except InvalidState:
+                if self._frag_done is None:
+                    raise
+                # Another task is sending a fragmented message: wait for its end (off the hot path).
+                await self._wait_fragmented()
+                return await self.send(message, compress)
             transport = self.transport
             if transport is None:
                 raise proto.closed_exception()
@@ -366,7 +406,12 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         if self._write_paused:
             await self._drain()
 
+    async def _wait_fragmented(self) -> None:
+        while self._frag_done is not None:
+            await asyncio.shield(self._frag_done)
+
     async def _send_fragments(self, fragments: Any, compress: bool | None) -> None:
+        await self._wait_fragmented()
         proto = self.protocol
         assert proto is not None
         it = iter(fragments)
@@ -374,31 +419,54 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
             prev = next(it)
         except StopIteration:
             return
-        for item in it:
-            self._write(proto.send_fragment(prev, False, compress))
-            if self._write_paused:
-                await self._drain()
-            prev = item
-        self._write(proto.send_fragment(prev, True, compress))
+        self._frag_done = done = self._loop.create_future()
+        started = False
+        try:
+            for item in it:
+                self._write(proto.send_fragment(prev, False, compress))
+                started = True
+                if self._write_paused:
+                    await self._drain()
+                prev = item
+            self._write(proto.send_fragment(prev, True, compress))
+        except BaseException:
+            if started:  # half a message is out: the connection cannot be used any more
+                self._fail(1011, "error in fragmented message")
+            raise
+        finally:
+            self._frag_done = None
+            done.set_result(None)
 
     async def _send_fragments_async(self, fragments: Any, compress: bool | None) -> None:
+        await self._wait_fragmented()
         proto = self.protocol
         assert proto is not None
         it = fragments.__aiter__()
+        self._frag_done = done = self._loop.create_future()
+        started = False
         try:
-            prev = await it.__anext__()
-        except StopAsyncIteration:
-            return
-        while True:
             try:
-                item = await it.__anext__()
+                prev = await it.__anext__()
             except StopAsyncIteration:
-                break
-            self._write(proto.send_fragment(prev, False, compress))
-            if self._write_paused:
-                await self._drain()
-            prev = item
-        self._write(proto.send_fragment(prev, True, compress))
+                return
+            while True:
+                try:
+                    item = await it.__anext__()
+                except StopAsyncIteration:
+                    break
+                self._write(proto.send_fragment(prev, False, compress))
+                started = True
+                if self._write_paused:
+                    await self._drain()
+                prev = item
+            self._write(proto.send_fragment(prev, True, compress))
+        except BaseException:
+            if started:  # half a message is out: the connection cannot be used any more
+                self._fail(1011, "error in fragmented message")
+            raise
+        finally:
+            self._frag_done = None
+            done.set_result(None)
 
     async def send_json(self, obj: Any) -> None:
         """Send ``obj`` as a JSON text message."""
@@ -417,7 +485,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         while not payload or payload in proto.pings:
             payload = os.urandom(4)
         fut: asyncio.Future[float] = self._loop.create_future()
-        self._write(proto.send_ping(payload, (fut, self._loop.time())))
+        self._write(proto.send_ping(payload, (fut, time.perf_counter())))
         if self._write_paused:
             await self._drain()
         return fut
@@ -498,6 +566,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
             return
         if transport is not None and proto.state is State.OPEN:
             transport.write(proto.send_close(code, reason))
+            self._stop_backpressure()  # the peer's close frame may be behind a full queue
             self._arm_abort()
         await self.wait_closed()
 

@@ -47,13 +47,7 @@ class _ServerOpening:
         server = self.server
         opts = server.options
         server.connections.add(ws)
-        self.hs = ServerHandshake(
-            subprotocols=opts.subprotocols,
-            origins=opts.origins,
-            extra_headers=opts.headers,
-            compression=opts.compression,
-            **({"server_header": opts.server_header} if opts.server_header else {}),
-        )
+        self.hs = server._new_handshake()
         if opts.open_timeout is not None:
             self.timer = server.loop.call_later(opts.open_timeout, self._timeout, ws)
         if server.closing:
@@ -85,22 +79,27 @@ class _ServerOpening:
 
     async def _process_request(self, ws: AsyncWebSocket, request: Any) -> None:
         hook = self.server.options.process_request
+        response = None
         try:
             answer = hook(request.path, request.headers)  # type: ignore[misc]
             if inspect.isawaitable(answer):
                 answer = await answer
+            if answer is not None:
+                # A malformed answer (not a triple, status 101, bad headers) is the hook's
+                # failure too: answer 500 rather than leave the client hanging.
+                status, headers, body = answer
+                if isinstance(body, str):
+                    body = body.encode("utf-8")
+                assert self.hs is not None
+                response = self.hs.reject(int(status), headers, body or b"")
         except Exception:
-            logger.exception("process_request raised")
+            logger.exception("process_request failed")
             self._reject(ws, InvalidHandshake("process_request failed", status=500))
             return
         if ws.transport is None:
             return
-        if answer is not None:
-            status, headers, body = answer
-            if isinstance(body, str):
-                body = body.encode("utf-8")
-            assert self.hs is not None
-            ws.transport.write(self.hs.reject(int(status), headers, body or b""))
+        if response is not None:
+            ws.transport.write(response)
             ws.transport.close()
             return
         ws.transport.resume_reading()
@@ -134,7 +133,7 @@ class _ServerOpening:
         ws.transport.write(response)
         ws.path = request.path
         ws.request_headers = request.headers
-        ws.response_headers = hs.response_headers
+        ws.response_headers = hs.response_headers  # type: ignore[assignment]  # set by accept()
         opts = self.server.options
         proto = Protocol(
             SERVER,
@@ -170,6 +169,17 @@ class AsyncWebSocketServer:
         self.closing = False
         self._server: asyncio.base_events.Server | None = None
         self._wants_path = _wants_path(handler)
+        self._new_handshake()  # invalid options raise here, not in every connection_made
+
+    def _new_handshake(self) -> ServerHandshake:
+        opts = self.options
+        return ServerHandshake(
+            subprotocols=opts.subprotocols,
+            origins=opts.origins,
+            extra_headers=opts.headers,
+            compression=opts.compression,
+            **({"server_header": opts.server_header} if opts.server_header else {}),
+        )
 
     def _factory(self) -> AsyncWebSocket:
         ws = AsyncWebSocket(SERVER, self.options, self.loop)
@@ -180,6 +190,9 @@ class AsyncWebSocketServer:
         """Bind and listen (``unix=path`` for a Unix socket); return self."""
         ssl = self.options.ssl
         unix = kwargs.pop("unix", None)
+        if ssl is not None and self.options.open_timeout is not None:
+            # A silent client must not hold a connection through the TLS handshake either.
+            kwargs.setdefault("ssl_handshake_timeout", self.options.open_timeout)
         if unix is not None:
             self._server = await self.loop.create_unix_server(self._factory, unix, ssl=ssl, **kwargs)
         else:

@@ -1,0 +1,337 @@
+"""Shared plumbing for the benchmarks: child processes, line protocol, /proc readings, tables.
+
+Every benchmark runs its servers (and clients) as child processes of the script itself. A child
+reads commands from its stdin and answers on stdout, one line each; when its stdin reaches EOF
+(the parent exited, however it exited) the child exits too, so nothing is left running.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import resource
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from typing import Any, Callable
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+if ROOT not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, ROOT)
+
+_CHILDREN: list["Child"] = []
+
+
+def _kill_children() -> None:
+    for child in list(_CHILDREN):
+        child.kill()
+
+
+atexit.register(_kill_children)
+
+
+def _on_signal(signum: int, frame: Any) -> None:
+    _kill_children()
+    sys.exit(128 + signum)
+
+
+def install_parent_handlers() -> None:
+    """In the parent: kill every child on SIGTERM / SIGHUP too (atexit covers the rest)."""
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+
+
+class ChildError(RuntimeError):
+    pass
+
+
+class Child:
+    """A child process speaking the line protocol; stderr goes to a temp file for diagnostics."""
+
+    def __init__(self, args: list[str], env: dict[str, str] | None = None, label: str = "") -> None:
+        self.label = label or " ".join(args)
+        self.errfile = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(
+            [sys.executable, *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.errfile,
+            env=env,
+            cwd=ROOT,
+        )
+        self._buf = b""
+        _CHILDREN.append(self)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def send(self, line: str) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(line.encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def readline(self, timeout: float) -> str:
+        """Next stdout line (without newline); ChildError on timeout or exit."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise ChildError(f"{self.label}: no answer within {timeout:.0f} s{self.stderr_tail()}")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    self.proc.wait(timeout=5)
+                    raise ChildError(
+                        f"{self.label}: exited with code {self.proc.returncode}{self.stderr_tail()}"
+                    )
+                self._buf += chunk
+        line, _, self._buf = self._buf.partition(b"\n")
+        return line.decode()
+
+    def expect(self, prefix: str, timeout: float) -> list[str]:
+        """Read lines until one starts with ``prefix``; return its words after the prefix."""
+        while True:
+            line = self.readline(timeout)
+            if line.startswith(prefix):
+                return line[len(prefix):].split()
+            if line.startswith("ERROR"):
+                raise ChildError(f"{self.label}: {line}{self.stderr_tail()}")
+
+    def command(self, line: str, prefix: str, timeout: float) -> list[str]:
+        self.send(line)
+        return self.expect(prefix, timeout)
+
+    def stderr_tail(self, limit: int = 1500) -> str:
+        try:
+            self.errfile.seek(0)
+            data = self.errfile.read().decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return ""
+        return f"\n    stderr: ...{data[-limit:]}" if data else ""
+
+    def kill(self) -> None:
+        if self in _CHILDREN:
+            _CHILDREN.remove(self)
+        try:
+            if self.proc.stdin:
+                self.proc.stdin.close()
+        except OSError:
+            pass
+        if self.proc.poll() is None:
+            try:
+                self.proc.wait(timeout=0.5)  # EOF on stdin makes a child exit by itself
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                try:
+                    self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+        for f in (self.proc.stdout, self.errfile):
+            try:
+                f.close()  # type: ignore[union-attr]
+            except (OSError, AttributeError):
+                pass
+
+
+# ---------------------------------------------------------------- child side
+
+
+def out(line: str) -> None:
+    """Write one protocol line to stdout (thread-safe enough: one write call)."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def command_loop(handle: Callable[[str], str | None]) -> None:
+    """Child side: call ``handle(line)`` for each stdin line and print its answer; exit at EOF.
+
+    Runs in a daemon thread; ``handle`` must be thread-safe (asyncio children hop to their loop
+    with ``run_coroutine_threadsafe``).
+    """
+
+    def run() -> None:
+        for raw in sys.stdin.buffer:
+            line = raw.decode().strip()
+            if not line:
+                continue
+            try:
+                answer = handle(line)
+            except BaseException as exc:  # report, never die silently
+                answer = f"ERROR {type(exc).__name__}: {exc}".replace("\n", " ")
+            if answer is not None:
+                out(answer)
+        os._exit(0)
+
+    threading.Thread(target=run, name="bench-commands", daemon=True).start()
+
+
+def exit_on_eof() -> None:
+    """Child side: exit as soon as the parent goes away (stdin EOF)."""
+    command_loop(lambda line: None)
+
+
+def pin_cpu(spec: str) -> None:
+    """Child side: restrict this process to the CPUs in ``spec`` ("0" or "0,1"), if the machine has them."""
+    try:
+        wanted = {int(x) for x in spec.split(",") if x.strip()}
+        allowed = os.sched_getaffinity(0)
+        if wanted and wanted <= allowed:
+            os.sched_setaffinity(0, wanted)
+    except (AttributeError, OSError, ValueError):
+        pass
+
+
+def raise_nofile() -> int:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    return soft
+
+
+def run_event_loop(main: Any, use_uvloop: bool = False) -> Any:
+    if use_uvloop:
+        import uvloop
+
+        if hasattr(uvloop, "run"):
+            return uvloop.run(main)
+        uvloop.install()
+    import asyncio
+
+    return asyncio.run(main)
+
+
+# ---------------------------------------------------------------- /proc
+
+
+def proc_status(pid: int) -> dict[str, str]:
+    result = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            result[key] = value.strip()
+    return result
+
+
+def rss_kib(pid: int) -> int:
+    return int(proc_status(pid)["VmRSS"].split()[0])
+
+
+def threads(pid: int) -> int:
+    return int(proc_status(pid)["Threads"])
+
+
+def fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+# ---------------------------------------------------------------- formatting
+
+
+def median(values: list[float]) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def fmt_rate(x: float | None) -> str:
+    if x is None:
+        return "-"
+    if x >= 1e6:
+        return f"{x / 1e6:.2f}M"
+    if x >= 1e4:
+        return f"{x / 1e3:.1f}k"
+    if x >= 1e3:
+        return f"{x / 1e3:.2f}k"
+    if x >= 100:
+        return f"{x:.0f}"
+    return f"{x:.1f}"
+
+
+def fmt_ratio(x: float | None) -> str:
+    return "-" if x is None else f"{x:.2f}"
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    """A Markdown table, column-aligned so it also reads well in a terminal."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(cells, widths)) + " |"
+
+    sep = "| " + " | ".join("-" * w for w in widths) + " |"
+    return "\n".join([line(header), sep, *(line(r) for r in rows)])
+
+
+def machine_line() -> str:
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), "?")
+    except OSError:
+        model = "?"
+    return (
+        f"{platform.python_implementation()} {platform.python_version()}, {os.cpu_count()} CPUs ({model}), "
+        f"{platform.system()} {platform.release()}"
+    )
+
+
+def clean_env(**changes: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.pop("KN_SOCK_PURE", None)
+    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    for key, value in changes.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def module_available(name: str) -> bool:
+    import importlib.util
+
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def kn_probe(env: dict[str, str]) -> tuple[str | None, bool, str]:
+    """In a child with ``env``: (kn_sock implementation or None, sync layer importable, error text)."""
+    code = (
+        "import kn_sock._backend as b\n"
+        "try:\n"
+        "    from kn_sock.sync import WebSocketServer, connect_websocket\n"
+        "    s = 1\n"
+        "except Exception as e:\n"
+        "    s = 0\n"
+        "    import sys; print('sync layer:', type(e).__name__, e, file=sys.stderr)\n"
+        "print(b.IMPLEMENTATION, s, b.IMPORT_ERROR or '')\n"
+    )
+    try:
+        r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        return None, False, "import timed out"
+    if r.returncode != 0:
+        return None, False, r.stderr.strip()[-500:]
+    impl, sync, *err = r.stdout.split(maxsplit=2)
+    return impl, sync == "1", (err[0].strip() if err else "") + " " + r.stderr.strip()

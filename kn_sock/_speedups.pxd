@@ -1,0 +1,89 @@
+# The map of kn_sock._speedups: every C-level state field and internal routine, in one place.
+#
+# _speedups.pyx is the compiled twin of _pure.py (the specification: names, semantics,
+# exception types and messages). Python sees only what _pure.py exports; this file is what
+# the C code sees.
+
+from libc.stdint cimport uint64_t
+
+
+cdef class Utf8Validator:
+    cdef unsigned char _pending[4]   # an incomplete code point carried over between feeds
+    cdef int _npending
+    cdef bint _valid                 # sticky False once the bytes so far cannot begin valid UTF-8
+
+    cdef bint _feed(self, const unsigned char *s, Py_ssize_t n, bint final) noexcept
+
+
+cdef class _WritableRegion:
+    # The exporter behind get_buffer()'s memoryview: keeps ``owner`` (the bytes object the
+    # region lies in) alive for as long as the view lives, so a stale view can never point
+    # at freed memory.
+    cdef object owner
+    cdef char *ptr
+    cdef Py_ssize_t size
+
+
+cdef class FrameParser:
+    # Public attributes (the same names as the pure twin's).
+    cdef public bint expect_mask
+    cdef public bint rsv1_allowed
+    cdef public bint decode_text
+    cdef public object error
+    # max_size / compressed_max_size: the Python objects (for the getters and for the 1009
+    # message) and their C values, refreshed by the setters.
+    cdef object _max_size
+    cdef object _compressed_max_size
+    cdef bint _has_max
+    cdef bint _has_cmax
+    cdef long long _max
+    cdef long long _cmax
+
+    # Receive buffer: a bytes object we own (never resized: it is replaced when it must grow,
+    # so memoryviews handed out by get_buffer stay valid), live data in [_start, _end).
+    cdef object _buf
+    cdef unsigned char *_bp
+    cdef Py_ssize_t _cap
+    cdef Py_ssize_t _start
+    cdef Py_ssize_t _end
+
+    # Fragmentation state (RFC 6455 §5.4).
+    cdef int _frag_opcode
+    cdef bint _frag_compressed
+    cdef uint64_t _msg_size
+
+    # Zero-copy mode for one large payload: the final bytes object, filled in place.
+    cdef object _payload
+    cdef unsigned char *_pp
+    cdef Py_ssize_t _pl_len
+    cdef Py_ssize_t _pl_filled
+    cdef Py_ssize_t _pl_hdr
+    cdef int _pl_opcode
+    cdef bint _pl_fin
+    cdef bint _pl_rsv1
+    cdef bint _pl_masked
+    cdef unsigned char _pl_key[4]
+
+    # What the last get_buffer() handed out: 0 nothing, 1 the receive buffer's tail,
+    # 2 the large payload's unfilled part; _view_len bytes may be reported by buffer_updated.
+    cdef int _view_kind
+    cdef Py_ssize_t _view_len
+
+    cdef int _set_limit(self, object value, bint compressed) except -1
+    cdef int _fail(self, object exc) except -1
+    cdef int _reserve(self, Py_ssize_t extra) except -1
+    cdef int _append(self, const unsigned char *data, Py_ssize_t n) except -1
+    cdef void _drop_buffer(self) noexcept
+    cdef int _check_header(self, int b0, int b1) except -1
+    cdef int _check_size(self, int opcode, bint rsv1, uint64_t length) except -1
+    cdef Py_ssize_t _parse(self, unsigned char *data, Py_ssize_t n, bint writable,
+                           list frames) except -2
+    cdef int _emit(self, list frames, int opcode, bint fin, bint rsv1, uint64_t length,
+                   object payload) except -1
+    cdef bint _start_payload(self, const unsigned char *p, Py_ssize_t avail, Py_ssize_t hdr,
+                             uint64_t length, list frames) except -1
+    cdef int _fill_payload(self, const unsigned char *data, Py_ssize_t n, bint copy,
+                           list frames) except -1
+    cdef Py_ssize_t _head_need(self) noexcept
+    cdef int _consume(self, const unsigned char *data, Py_ssize_t n, list frames) except -1
+    cdef int _parse_buffer(self, list frames) except -1

@@ -1,0 +1,1062 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False, overflowcheck=False
+# cython: embedsignature=True, binding=True, auto_pickle=False
+#
+# ^ Every Cython directive of kn_sock, in one place. setup.py only adds the developer switch
+#   KN_SOCK_CYTHON_ANNOTATE=1 (annotate=True).
+"""Cython twin of ``kn_sock._pure``: masking, UTF-8 validation, frame parsing and building.
+
+``_pure.py`` is the specification (docstrings, semantics, exception types and messages);
+this module matches it result for result and error for error, and ``_speedups.pxd`` is the
+map of its C-level state. Only ``kn_sock._backend`` chooses between the two.
+
+Deliberate micro-optimisations are labelled "speed:". Loops over payloads release the GIL
+from ``_NOGIL_BYTES`` bytes on.
+"""
+
+from cpython.buffer cimport (
+    PyBUF_SIMPLE,
+    PyBuffer_FillInfo,
+    PyBuffer_Release,
+    PyObject_CheckBuffer,
+    PyObject_GetBuffer,
+)
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
+from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.number cimport PyNumber_Index
+from libc.stdint cimport int64_t, uint64_t
+from libc.string cimport memcpy, memmove
+
+from .exceptions import PayloadTooBig, ProtocolError
+
+cdef extern from "Python.h":
+    ctypedef struct PyTypeObject:
+        const char *tp_name
+    PyTypeObject *_Py_TYPE "Py_TYPE"(object o)
+    Py_ssize_t _Py_REFCNT "Py_REFCNT"(object o)
+    object PyErr_Format(object exc, const char *fmt, ...)
+    const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
+    object PyUnicode_DecodeUTF8(const char *s, Py_ssize_t size, const char *errors)
+    object PyMemoryView_FromObject(object o)
+    void PyObject_GC_UnTrack(object o)
+    bint PyBytes_CheckExact(object o)
+    bint PyUnicode_CheckExact(object o)
+    bint PyLong_CheckExact(object o)
+    long long PyLong_AsLongLongAndOverflow(object o, int *overflow) except? -1
+    const Py_ssize_t PY_SSIZE_T_MAX
+
+__all__ = [
+    "apply_mask",
+    "apply_mask_inplace",
+    "validate_utf8",
+    "Utf8Validator",
+    "FrameParser",
+    "build_frame",
+    "Frame",
+]
+
+Frame = tuple  # (opcode: int, fin: bool, rsv1: bool, payload: bytes | str)
+
+cdef enum:
+    _NOGIL_BYTES = 16384     # release the GIL around payload loops from this size on
+    _LARGE = 65536          # payloads from this size are received in place (zero copy)
+    _CHUNK = 65536          # the receive buffer get_buffer() normally offers
+    _MIN_READ = 4096        # never offer less than this to recv_into
+    _MAX_HINT = 1 << 22     # cap on a caller's sizehint
+    _SMALL_ALLOC = 512      # a buffer that only keeps a frame's first bytes
+    _SPARE_MAX = 4          # receive buffers kept for reuse across parsers
+    _STACK_TEXT = 512       # masked text up to this size is unmasked on the stack
+
+cdef uint64_t _HIGH_BITS = 0x8080808080808080ULL
+
+# speed: idle parsers hold no receive buffer; the few in use at a time are recycled here.
+cdef list _spare_buffers = []
+
+
+# --------------------------------------------------------------------------- helpers
+
+cdef int _raise_not_buffer(object obj, const char *fmt) except -1:
+    PyErr_Format(TypeError, fmt, _Py_TYPE(obj).tp_name)
+    return -1
+
+
+cdef inline int _get_view(object obj, Py_buffer *view) except -1:
+    """Acquire a contiguous byte view; the pure twin's memoryview() error when impossible."""
+    if not PyObject_CheckBuffer(obj):
+        _raise_not_buffer(obj, "memoryview: a bytes-like object is required, not '%.200s'")
+    PyObject_GetBuffer(obj, view, PyBUF_SIMPLE)
+    return 0
+
+
+cdef int _mask_key(object mask, unsigned char *key) except -1:
+    """Copy the 4-byte mask into ``key`` or raise like the pure twin's ``_mask_key``."""
+    cdef Py_buffer view
+    if PyBytes_CheckExact(mask):  # speed: the common case needs no buffer protocol
+        if PyBytes_GET_SIZE(mask) != 4:
+            raise ValueError("mask must be 4 bytes")
+        memcpy(key, PyBytes_AS_STRING(mask), 4)
+        return 0
+    _get_view(mask, &view)
+    if view.len != 4:
+        PyBuffer_Release(&view)
+        raise ValueError("mask must be 4 bytes")
+    memcpy(key, view.buf, 4)
+    PyBuffer_Release(&view)
+    return 0
+
+
+cdef extern from *:
+    """
+    /* The masking kernels (RFC 6455 §5.3), in C for `restrict` and for function
+       multiversioning: with GCC/Clang on x86-64 Linux the loops are also compiled for AVX2
+       and the best version is picked when the module loads; elsewhere the portable 8-byte
+       word loop is vectorised at -O3 for the baseline ISA. */
+    #include <stdint.h>
+    #include <string.h>
+    #if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__) \
+        && (defined(__clang__) ? __clang_major__ >= 14 : __GNUC__ >= 6)
+    #define KN_MASK_CLONES __attribute__((target_clones("avx2", "default")))
+    #else
+    #define KN_MASK_CLONES
+    #endif
+
+    /* The mask repeated over 8 bytes, starting at mask byte `phase` (j mod 4). */
+    static inline uint64_t kn_key_word(const unsigned char *key, Py_ssize_t phase) {
+        unsigned char k[8];
+        uint64_t word;
+        for (int j = 0; j < 8; j++) k[j] = key[(j + phase) & 3];
+        memcpy(&word, k, 8);
+        return word;
+    }
+
+    /* dst[i] = src[i] ^ key[(i + phase) % 4]: one pass, no overlap. (Measured: AVX2 does
+       not beat 16-byte vectors here, the fresh destination pages cost more than the XOR.) */
+    static void kn_xor_copy(unsigned char *restrict dst, const unsigned char *restrict src,
+                            Py_ssize_t n, const unsigned char *key, Py_ssize_t phase) {
+        uint64_t m = kn_key_word(key, phase), w;
+        Py_ssize_t i, words = n >> 3;
+        unsigned char k[8];
+        memcpy(k, &m, 8);
+        for (i = 0; i < words; i++) {
+            memcpy(&w, src + 8 * i, 8);
+            w ^= m;
+            memcpy(dst + 8 * i, &w, 8);
+        }
+        for (i = words * 8; i < n; i++) dst[i] = src[i] ^ k[i & 7];
+    }
+
+    /* p[i] ^= key[(i + phase) % 4]. */
+    KN_MASK_CLONES
+    static void kn_xor_inplace(unsigned char *restrict p, Py_ssize_t n,
+                               const unsigned char *key, Py_ssize_t phase) {
+        uint64_t m = kn_key_word(key, phase), w;
+        Py_ssize_t i, words = n >> 3;
+        unsigned char k[8];
+        memcpy(k, &m, 8);
+        for (i = 0; i < words; i++) {
+            memcpy(&w, p + 8 * i, 8);
+            w ^= m;
+            memcpy(p + 8 * i, &w, 8);
+        }
+        for (i = words * 8; i < n; i++) p[i] ^= k[i & 7];
+    }
+    """
+    void _xor_copy "kn_xor_copy"(unsigned char *dst, const unsigned char *src, Py_ssize_t n,
+                                 const unsigned char *key, Py_ssize_t phase) noexcept nogil
+    void _xor_inplace "kn_xor_inplace"(unsigned char *p, Py_ssize_t n,
+                                       const unsigned char *key, Py_ssize_t phase) noexcept nogil
+
+
+cdef inline void _copy_payload(unsigned char *dst, const unsigned char *src, Py_ssize_t n,
+                               bint masked, const unsigned char *key, Py_ssize_t phase) noexcept:
+    """Copy (and unmask) a payload, without the GIL when it is large."""
+    if n >= _NOGIL_BYTES:
+        with nogil:
+            if masked:
+                _xor_copy(dst, src, n, key, phase)
+            else:
+                memcpy(dst, src, n)
+    elif masked:
+        _xor_copy(dst, src, n, key, phase)
+    else:
+        memcpy(dst, src, n)
+
+
+# --------------------------------------------------------------------------- masking
+
+def apply_mask(data, mask):
+    """Return ``data`` XOR-ed with the repeating 4-byte ``mask`` (RFC 6455 §5.3) as new bytes.
+
+    Raises:
+        TypeError: when ``data`` or ``mask`` does not support the buffer protocol.
+        ValueError: when ``mask`` is not exactly 4 bytes long.
+    """
+    cdef Py_buffer view
+    cdef unsigned char key[4]
+    cdef const unsigned char *src
+    cdef Py_ssize_t n
+    cdef bint owned = not PyBytes_CheckExact(data)
+    if owned:
+        _get_view(data, &view)
+        src = <const unsigned char *>view.buf
+        n = view.len
+    else:  # speed: bytes need no buffer protocol
+        src = <const unsigned char *>PyBytes_AS_STRING(data)
+        n = PyBytes_GET_SIZE(data)
+    try:
+        _mask_key(mask, key)
+        # One pass: the fresh bytes object is written once, already masked.
+        out = PyBytes_FromStringAndSize(NULL, n)
+        _copy_payload(<unsigned char *>PyBytes_AS_STRING(out), src, n, True, key, 0)
+        return out
+    finally:
+        if owned:
+            PyBuffer_Release(&view)
+
+
+def apply_mask_inplace(buffer, mask, Py_ssize_t offset=0, Py_ssize_t length=-1):
+    """XOR ``buffer[offset:offset + length]`` in place with ``mask`` (mask phase 0 at ``offset``).
+
+    ``length=-1`` means up to the end of the buffer.
+
+    Raises:
+        TypeError: when ``buffer`` is not a writable bytes-like object.
+        ValueError: when ``mask`` is not 4 bytes or the range falls outside the buffer.
+    """
+    cdef Py_buffer view
+    cdef unsigned char key[4]
+    cdef Py_ssize_t size
+    _get_view(buffer, &view)
+    try:
+        if view.readonly:
+            raise TypeError("buffer must be writable")
+        _mask_key(mask, key)
+        size = view.len
+        if length < 0:
+            length = size - offset
+        if offset < 0 or offset > size or length > size - offset:
+            raise ValueError("range out of buffer")
+        if length == 0:
+            return
+        if length >= _NOGIL_BYTES:
+            with nogil:
+                _xor_inplace(<unsigned char *>view.buf + offset, length, key, 0)
+        else:
+            _xor_inplace(<unsigned char *>view.buf + offset, length, key, 0)
+    finally:
+        PyBuffer_Release(&view)
+
+
+# --------------------------------------------------------------------------- UTF-8
+
+cdef enum:
+    _UTF8_OK = 0        # every byte belongs to a complete, valid code point
+    _UTF8_PARTIAL = 1   # valid so far; the bytes from the returned index begin a code point
+    _UTF8_BAD = 2       # not UTF-8 (RFC 3629: overlong, surrogate, > U+10FFFF, stray byte)
+
+
+cdef inline bint _prefix_ok(const unsigned char *s, Py_ssize_t n) noexcept nogil:
+    """Can the ``n`` bytes at ``s`` (a lead byte >= 0x80, n < its length) begin a code point?
+
+    The second byte's range depends on the lead (RFC 3629 §4), which is what makes the
+    validator fail fast on a truncated overlong, surrogate or out-of-range sequence.
+    """
+    cdef unsigned char c = s[0], c1
+    if c < 0xC2 or c > 0xF4:
+        return False
+    if n >= 2:
+        c1 = s[1]
+        if c == 0xE0:
+            if c1 < 0xA0 or c1 > 0xBF:
+                return False
+        elif c == 0xED:
+            if c1 < 0x80 or c1 > 0x9F:
+                return False
+        elif c == 0xF0:
+            if c1 < 0x90 or c1 > 0xBF:
+                return False
+        elif c == 0xF4:
+            if c1 < 0x80 or c1 > 0x8F:
+                return False
+        elif (c1 & 0xC0) != 0x80:
+            return False
+    if n >= 3 and (s[2] & 0xC0) != 0x80:
+        return False
+    return True
+
+
+cdef inline int _seq_len(unsigned char c) noexcept nogil:
+    """Length of the sequence a (valid) lead byte starts."""
+    if c < 0xE0:
+        return 2
+    if c < 0xF0:
+        return 3
+    return 4
+
+
+cdef Py_ssize_t _utf8_scan(const unsigned char *s, Py_ssize_t n, int *status) noexcept nogil:
+    """Validate ``s[:n]``; set ``status`` and return where the scan stopped (see _UTF8_*)."""
+    cdef Py_ssize_t i = 0, need
+    cdef unsigned char c, c1
+    cdef uint64_t a, b
+    while i < n:
+        c = s[i]
+        if c < 0x80:
+            # speed: ASCII runs are skipped 16 bytes at a time.
+            i += 1
+            while i + 16 <= n:
+                memcpy(&a, s + i, 8)
+                memcpy(&b, s + i + 8, 8)
+                if (a | b) & _HIGH_BITS:
+                    break
+                i += 16
+            while i < n and s[i] < 0x80:
+                i += 1
+            continue
+        if c < 0xC2 or c > 0xF4:
+            status[0] = _UTF8_BAD
+            return i
+        need = _seq_len(c)
+        if n - i < need:
+            status[0] = _UTF8_PARTIAL if _prefix_ok(s + i, n - i) else _UTF8_BAD
+            return i
+        c1 = s[i + 1]
+        if need == 2:
+            if (c1 & 0xC0) != 0x80:
+                status[0] = _UTF8_BAD
+                return i
+        elif not _prefix_ok(s + i, need - 1) or (s[i + need - 1] & 0xC0) != 0x80:
+            status[0] = _UTF8_BAD
+            return i
+        i += need
+    status[0] = _UTF8_OK
+    return n
+
+
+cdef inline Py_ssize_t _utf8_scan_maybe_nogil(const unsigned char *s, Py_ssize_t n,
+                                              int *status) noexcept:
+    cdef Py_ssize_t r
+    if n >= _NOGIL_BYTES:
+        with nogil:
+            r = _utf8_scan(s, n, status)
+        return r
+    return _utf8_scan(s, n, status)
+
+
+def validate_utf8(data):
+    """Return True when ``data`` is entirely valid UTF-8 (RFC 3629: no overlongs, surrogates or > U+10FFFF).
+
+    Raises:
+        TypeError: when ``data`` does not support the buffer protocol.
+    """
+    cdef Py_buffer view
+    cdef int status
+    if PyBytes_CheckExact(data):
+        _utf8_scan_maybe_nogil(<const unsigned char *>PyBytes_AS_STRING(data),
+                               PyBytes_GET_SIZE(data), &status)
+        return status == _UTF8_OK
+    _get_view(data, &view)
+    _utf8_scan_maybe_nogil(<const unsigned char *>view.buf, view.len, &status)
+    PyBuffer_Release(&view)
+    return status == _UTF8_OK
+
+
+cdef class Utf8Validator:
+    """Incremental UTF-8 validator for fragmented text messages (RFC 6455 §8.1, fail fast).
+
+    ``feed`` returns False as soon as the bytes received so far can no longer begin a valid
+    UTF-8 string, even in the middle of a code point; once False it stays False until ``reset``.
+    """
+
+    def __init__(self):
+        """Start with an empty, valid state."""
+        self._npending = 0
+        self._valid = True
+
+    @property
+    def valid(self):
+        """False once invalid input has been seen."""
+        return self._valid
+
+    def reset(self):
+        """Forget everything fed so far."""
+        self._npending = 0
+        self._valid = True
+
+    def feed(self, data, bint final=False):
+        """Validate the next chunk; with ``final=True`` the message must also end on a code point.
+
+        Raises:
+            TypeError: when ``data`` does not support the buffer protocol.
+        """
+        cdef Py_buffer view
+        cdef bint ok
+        _get_view(data, &view)
+        try:
+            ok = self._valid and self._feed(<const unsigned char *>view.buf, view.len, final)
+        finally:
+            PyBuffer_Release(&view)
+        if not ok:
+            self._valid = False
+            self._npending = 0
+        return ok
+
+    cdef bint _feed(self, const unsigned char *s, Py_ssize_t n, bint final) noexcept:
+        cdef int status, need, k
+        cdef Py_ssize_t stop
+        if self._npending:
+            # Complete the code point the previous chunk ended in.
+            need = _seq_len(self._pending[0])
+            k = need - self._npending
+            if k > n:
+                k = <int>n
+            memcpy(self._pending + self._npending, s, k)
+            self._npending += k
+            if self._npending < need:
+                return _prefix_ok(self._pending, self._npending) and not final
+            _utf8_scan(self._pending, need, &status)
+            if status != _UTF8_OK:
+                return False
+            self._npending = 0
+            s += k
+            n -= k
+        stop = _utf8_scan_maybe_nogil(s, n, &status)
+        if status == _UTF8_BAD:
+            return False
+        if status == _UTF8_PARTIAL:
+            if final:
+                return False
+            self._npending = <int>(n - stop)
+            memcpy(self._pending, s + stop, self._npending)
+        return True
+
+
+# --------------------------------------------------------------------------- parsing
+
+cdef class _WritableRegion:
+    """Exports ``size`` writable bytes at ``ptr`` inside ``owner`` (see the .pxd)."""
+
+    def __getbuffer__(self, Py_buffer *buffer, int flags):
+        PyBuffer_FillInfo(buffer, self, self.ptr, self.size, 0, flags)
+
+    def __releasebuffer__(self, Py_buffer *buffer):
+        pass
+
+
+cdef object _region_view(object owner, unsigned char *ptr, Py_ssize_t size):
+    cdef _WritableRegion region = _WritableRegion.__new__(_WritableRegion)
+    region.owner = owner
+    region.ptr = <char *>ptr
+    region.size = size
+    return PyMemoryView_FromObject(region)
+
+
+cdef object _new_buffer(Py_ssize_t size):
+    if size == _CHUNK and _spare_buffers:
+        return _spare_buffers.pop()
+    return PyBytes_FromStringAndSize(NULL, size)
+
+
+cdef inline uint64_t _be64(const unsigned char *p) noexcept nogil:
+    cdef uint64_t v = 0
+    cdef int j
+    for j in range(8):
+        v = (v << 8) | p[j]
+    return v
+
+
+cdef object _decode_text(const unsigned char *s, Py_ssize_t n):
+    """Decode a whole text payload, or return None when it is not UTF-8 (close code 1007)."""
+    try:
+        return PyUnicode_DecodeUTF8(<const char *>s, n, NULL)
+    except UnicodeDecodeError:
+        return None
+
+
+cdef class FrameParser:
+    """Resumable RFC 6455 §5 frame parser, fed arbitrary chunks of the byte stream.
+
+    It enforces every rule that needs only the frame stream: reserved bits and opcodes,
+    control frames (≤ 125 bytes, unfragmented), masking by side, 64-bit lengths with the top
+    bit clear, continuation sequencing (RFC 6455 §5.4), RSV1 only on a message's first frame
+    (RFC 7692 §6.1) and the message size limit, decided from each frame header *before* its
+    payload is buffered. Errors are not raised: ``feed`` returns the frames parsed before the
+    error and sets ``error`` to the ``ProtocolError`` (code 1002, 1007 or 1009) to fail the
+    connection with; the parser then ignores further input.
+
+    A payload of 64 KiB or more is received in place: once its header is parsed, the final
+    bytes object is allocated and ``get_buffer`` returns a view of its unfilled part, so
+    ``recv_into`` writes the payload where it will be returned (unmasked in place).
+
+    Args:
+        expect_mask: True on a server (client frames must be masked), False on a client.
+        max_size: largest uncompressed message in bytes; None means no limit.
+        compressed_max_size: limit on the compressed bytes of an RSV1 message (defaults to max_size).
+        rsv1_allowed: True once permessage-deflate is negotiated.
+        decode_text: return unfragmented uncompressed text payloads as ``str``.
+    """
+
+    def __init__(self, *, bint expect_mask, max_size=2**20, compressed_max_size=None,
+                 bint rsv1_allowed=False, bint decode_text=True):
+        """Create a parser for one direction of one connection."""
+        self.expect_mask = expect_mask
+        self._set_limit(max_size, False)
+        self._set_limit(compressed_max_size, True)
+        self.rsv1_allowed = rsv1_allowed
+        self.decode_text = decode_text
+        self.error = None
+
+    def __dealloc__(self):
+        self._drop_buffer()
+
+    # ----------------------------------------------------------------- attributes
+
+    @property
+    def max_size(self):
+        """Largest uncompressed message in bytes; None means no limit."""
+        return self._max_size
+
+    @max_size.setter
+    def max_size(self, value):
+        self._set_limit(value, False)
+
+    @property
+    def compressed_max_size(self):
+        """Limit on the compressed bytes of an RSV1 message (None: ``max_size`` applies)."""
+        return self._compressed_max_size
+
+    @compressed_max_size.setter
+    def compressed_max_size(self, value):
+        self._set_limit(value, True)
+
+    cdef int _set_limit(self, object value, bint compressed) except -1:
+        cdef long long c = 0
+        cdef int overflow = 0
+        if value is not None:
+            index = PyNumber_Index(value)
+            c = PyLong_AsLongLongAndOverflow(index, &overflow)
+            if overflow > 0:
+                c = 0x7FFFFFFFFFFFFFFF
+            elif overflow < 0:
+                c = -1
+        if compressed:
+            self._compressed_max_size = value
+            self._has_cmax = value is not None
+            self._cmax = c
+        else:
+            self._max_size = value
+            self._has_max = value is not None
+            self._max = c
+        return 0
+
+    @property
+    def buffered(self):
+        """Number of bytes received but not yet returned as frames."""
+        cdef Py_ssize_t n = self._end - self._start
+        if self._pp != NULL:
+            n += self._pl_hdr + self._pl_filled
+        return n
+
+    @property
+    def in_message(self):
+        """True while a fragmented message is open (its last frame not yet received)."""
+        return self._frag_opcode != 0
+
+    # ----------------------------------------------------------------- public API
+
+    def get_buffer(self, Py_ssize_t sizehint=-1):
+        """Return a writable buffer for the next read (``recv_into`` / ``BufferedProtocol``).
+
+        While a large payload is pending this is a view of its unfilled part (exactly the
+        bytes still missing, so a read never runs into the next frame); otherwise it is the
+        free tail of the receive buffer, at least ``sizehint`` bytes (up to 4 MiB) and
+        normally 64 KiB.
+        """
+        cdef Py_ssize_t want, live
+        if self._pp != NULL:
+            self._view_kind = 2
+            self._view_len = self._pl_len - self._pl_filled
+            return _region_view(self._payload, self._pp + self._pl_filled, self._view_len)
+        live = self._end - self._start
+        want = _CHUNK - live if live < _CHUNK - _MIN_READ else _MIN_READ
+        if sizehint > want:
+            want = sizehint if sizehint < _MAX_HINT else _MAX_HINT
+        self._reserve(want)
+        self._view_kind = 1
+        self._view_len = self._cap - self._end
+        return _region_view(self._buf, self._bp + self._end, self._view_len)
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        """Parse the ``nbytes`` just written into the buffer from ``get_buffer``.
+
+        Raises:
+            ValueError: when no buffer was handed out or ``nbytes`` exceeds it (a buffer
+                handed out before the last ``feed``/``buffer_updated`` no longer counts).
+        """
+        if self._view_kind == 0 or nbytes < 0 or nbytes > self._view_len:
+            raise ValueError("nbytes out of range")
+        self._view_len = 0
+        cdef list frames = []
+        if self.error is not None:
+            return frames
+        if self._view_kind == 2:
+            if nbytes:
+                self._fill_payload(self._pp + self._pl_filled, nbytes, False, frames)
+        else:
+            self._end += nbytes
+            self._parse_buffer(frames)
+        return frames
+
+    def feed(self, data):
+        """Add bytes from the peer and return every frame they complete, in order."""
+        cdef Py_buffer view
+        cdef list frames = []
+        if self.error is not None:
+            return frames
+        if not PyObject_CheckBuffer(data):
+            _raise_not_buffer(data, "can't concat %.100s to bytearray")
+        self._view_len = 0  # the data may land where a handed-out view points
+        if PyBytes_CheckExact(data):  # speed: bytes need no buffer protocol
+            self._consume(<const unsigned char *>PyBytes_AS_STRING(data),
+                          PyBytes_GET_SIZE(data), frames)
+            return frames
+        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+        try:
+            self._consume(<const unsigned char *>view.buf, view.len, frames)
+        finally:
+            PyBuffer_Release(&view)
+        return frames
+
+    # ----------------------------------------------------------------- buffer management
+
+    cdef int _fail(self, object exc) except -1:
+        """Record the error to fail the connection with; drop everything buffered. Returns 1."""
+        self.error = exc
+        self._drop_buffer()
+        self._payload = None
+        self._pp = NULL
+        self._view_len = 0
+        return 1
+
+    cdef void _drop_buffer(self) noexcept:
+        """Release the (empty or abandoned) receive buffer, recycling a standard one."""
+        if self._buf is not None:
+            if (self._cap == _CHUNK and _Py_REFCNT(self._buf) == 1
+                    and _spare_buffers is not None and len(_spare_buffers) < _SPARE_MAX):
+                _spare_buffers.append(self._buf)
+            self._buf = None
+        self._bp = NULL
+        self._cap = self._start = self._end = 0
+
+    cdef int _reserve(self, Py_ssize_t extra) except -1:
+        """Make room for ``extra`` more bytes after ``_end`` (compaction amortised O(1))."""
+        cdef Py_ssize_t live = self._end - self._start, cap
+        if self._cap - self._end >= extra:
+            return 0
+        if live == 0:
+            self._start = self._end = 0
+            if self._cap >= extra:
+                return 0
+        elif live + extra <= self._cap and self._start >= live:
+            # Moving costs at most what has been consumed since the last move.
+            memmove(self._bp, self._bp + self._start, live)
+            self._start = 0
+            self._end = live
+            return 0
+        cap = 2 * self._cap
+        if cap < live + extra:
+            cap = live + extra
+        if cap <= _SMALL_ALLOC:
+            cap = _SMALL_ALLOC
+        elif cap < _CHUNK:
+            cap = _CHUNK
+        new = _new_buffer(cap)
+        if live:
+            memcpy(PyBytes_AS_STRING(new), self._bp + self._start, live)
+        self._drop_buffer()
+        self._buf = new
+        self._bp = <unsigned char *>PyBytes_AS_STRING(new)
+        self._cap = cap
+        self._end = live
+        return 0
+
+    cdef int _append(self, const unsigned char *data, Py_ssize_t n) except -1:
+        self._reserve(n)
+        memcpy(self._bp + self._end, data, n)
+        self._end += n
+        return 0
+
+    # ----------------------------------------------------------------- parsing
+
+    cdef int _consume(self, const unsigned char *data, Py_ssize_t n, list frames) except -1:
+        """Parse ``n`` bytes from the peer: straight from ``data`` whenever nothing is buffered."""
+        cdef Py_ssize_t k, need
+        while self.error is None:
+            if self._pp != NULL:  # a large payload is being received in place
+                if n == 0:
+                    return 0
+                k = self._pl_len - self._pl_filled
+                if k > n:
+                    k = n
+                self._fill_payload(data, k, True, frames)
+                data += k
+                n -= k
+                continue
+            if n == 0:
+                return 0
+            if self._end == self._start:
+                # speed: nothing buffered, parse in place; keep only an incomplete tail.
+                k = self._parse(<unsigned char *>data, n, False, frames)
+                data += k
+                n -= k
+                if self.error is None and self._pp == NULL and n:
+                    self._append(data, n)
+                    return 0
+                continue
+            # Top up the buffered head frame with just what it lacks, then go on in place.
+            need = self._head_need()
+            if need == 0:
+                self._parse_buffer(frames)
+                if self.error is None and self._pp == NULL:
+                    # No room could be allocated up front for the large payload: buffer it
+                    # like the pure twin does.
+                    self._append(data, n)
+                    self._parse_buffer(frames)
+                    return 0
+                continue
+            k = need if need < n else n
+            self._append(data, k)
+            data += k
+            n -= k
+            self._parse_buffer(frames)
+        return 0
+
+    cdef Py_ssize_t _head_need(self) noexcept:
+        """Bytes the buffered head frame still lacks; 0 when its (large) header is complete."""
+        cdef const unsigned char *p = self._bp + self._start
+        cdef Py_ssize_t live = self._end - self._start, hdr
+        cdef uint64_t length
+        cdef int l7
+        if live < 2:
+            return 2 - live
+        l7 = p[1] & 0x7F
+        hdr = 2 + (2 if l7 == 126 else 8 if l7 == 127 else 0) + (4 if p[1] & 0x80 else 0)
+        if live < hdr:
+            return hdr - live
+        if l7 == 126:
+            length = (p[2] << 8) | p[3]
+        elif l7 == 127:
+            length = _be64(p + 2)
+        else:
+            length = l7
+        if length >= _LARGE:
+            return 0
+        return hdr + <Py_ssize_t>length - live
+
+    cdef int _parse_buffer(self, list frames) except -1:
+        """Parse the receive buffer's live bytes; release the buffer once it is empty."""
+        cdef Py_ssize_t used = self._parse(self._bp + self._start, self._end - self._start,
+                                           True, frames)
+        if self.error is not None:
+            return 0
+        self._start += used
+        if self._start == self._end:
+            self._drop_buffer()
+        return 0
+
+    cdef Py_ssize_t _parse(self, unsigned char *data, Py_ssize_t n, bint writable,
+                           list frames) except -2:
+        """Parse every complete frame in ``data[:n]``; return the bytes consumed.
+
+        ``writable``: ``data`` is our receive buffer, so text may be unmasked in place. On a
+        protocol error ``self.error`` is set and the bytes before the bad frame are reported.
+        A large payload that is not complete switches to in-place mode and consumes all of
+        ``data``.
+        """
+        cdef Py_ssize_t pos = 0, avail, hdr, plen
+        cdef unsigned char *p
+        cdef unsigned char *key
+        cdef unsigned char *src
+        cdef unsigned char stack_text[_STACK_TEXT]
+        cdef int b0, b1, l7, opcode
+        cdef bint fin, rsv1, masked
+        cdef uint64_t length
+        while n - pos >= 2:
+            p = data + pos
+            avail = n - pos
+            b0 = p[0]
+            b1 = p[1]
+            if self._check_header(b0, b1):
+                return pos
+            opcode = b0 & 0x0F
+            fin = (b0 & 0x80) != 0
+            rsv1 = (b0 & 0x40) != 0
+            masked = (b1 & 0x80) != 0
+            l7 = b1 & 0x7F
+            if l7 < 126:
+                length = l7
+                hdr = 2
+            elif l7 == 126:
+                if avail < 4:
+                    break
+                length = (p[2] << 8) | p[3]
+                hdr = 4
+            else:
+                if avail < 10:
+                    break
+                length = _be64(p + 2)
+                if length >> 63:
+                    self._fail(ProtocolError("frame length has the most significant bit set", 1002))
+                    return pos
+                hdr = 10
+            # RFC 6455 §10.4 / SPEC: the limit is decided from the header, before any payload.
+            if opcode < 8 and self._check_size(opcode, rsv1, length):
+                return pos
+            if masked:
+                hdr += 4
+            if avail < hdr:
+                break
+            key = p + hdr - 4 if masked else NULL
+            if <uint64_t>(avail - hdr) < length:
+                if length >= _LARGE and self._start_payload(p, avail, hdr, length, frames):
+                    return n
+                break
+            plen = <Py_ssize_t>length
+            src = p + hdr
+            if opcode == 1 and fin and not rsv1 and self.decode_text:
+                # Decoded straight from the frame: one validation, no bytes object.
+                if masked:
+                    if writable:
+                        _xor_inplace(src, plen, key, 0)
+                    elif plen <= _STACK_TEXT:
+                        _xor_copy(stack_text, src, plen, key, 0)
+                        src = stack_text
+                    else:
+                        src = <unsigned char *>PyMem_Malloc(plen)
+                        if src == NULL:
+                            raise MemoryError()
+                        _xor_copy(src, p + hdr, plen, key, 0)
+                payload = _decode_text(src, plen)
+                if masked and not writable and plen > _STACK_TEXT:
+                    PyMem_Free(src)
+                if payload is None:
+                    self._fail(ProtocolError("invalid UTF-8 in text message", 1007))
+                    return pos
+            else:
+                payload = PyBytes_FromStringAndSize(NULL, plen)
+                _copy_payload(<unsigned char *>PyBytes_AS_STRING(payload), src, plen, masked,
+                              key, 0)
+            self._emit(frames, opcode, fin, rsv1, length, payload)
+            pos += hdr + plen
+        return pos
+
+    cdef bint _start_payload(self, const unsigned char *p, Py_ssize_t avail, Py_ssize_t hdr,
+                             uint64_t length, list frames) except -1:
+        """Allocate the final payload of a large frame and move its first bytes in.
+
+        Returns False when the allocation failed (the caller then buffers, like the pure twin).
+        """
+        cdef Py_ssize_t filled = avail - hdr
+        if length > <uint64_t>PY_SSIZE_T_MAX:
+            return False
+        try:
+            payload = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
+        except MemoryError:
+            return False
+        self._payload = payload
+        self._pp = <unsigned char *>PyBytes_AS_STRING(payload)
+        self._pl_len = <Py_ssize_t>length
+        self._pl_filled = 0
+        self._pl_hdr = hdr
+        self._pl_opcode = p[0] & 0x0F
+        self._pl_fin = (p[0] & 0x80) != 0
+        self._pl_rsv1 = (p[0] & 0x40) != 0
+        self._pl_masked = (p[1] & 0x80) != 0
+        if self._pl_masked:
+            memcpy(self._pl_key, p + hdr - 4, 4)
+        self._fill_payload(p + hdr, filled, True, frames)
+        return True
+
+    cdef int _fill_payload(self, const unsigned char *data, Py_ssize_t n, bint copy,
+                           list frames) except -1:
+        """Add ``n`` payload bytes (copied from ``data``, or already in place); finish the frame."""
+        cdef unsigned char *dst = self._pp + self._pl_filled
+        cdef Py_ssize_t phase = self._pl_filled & 3
+        if copy:
+            _copy_payload(dst, data, n, self._pl_masked, self._pl_key, phase)
+        elif self._pl_masked:
+            if n >= _NOGIL_BYTES:
+                with nogil:
+                    _xor_inplace(dst, n, self._pl_key, phase)
+            else:
+                _xor_inplace(dst, n, self._pl_key, phase)
+        self._pl_filled += n
+        if self._pl_filled < self._pl_len:
+            return 0
+        payload = self._payload
+        self._payload = None
+        self._pp = NULL
+        if self._pl_opcode == 1 and self._pl_fin and not self._pl_rsv1 and self.decode_text:
+            payload = _decode_text(<const unsigned char *>PyBytes_AS_STRING(payload),
+                                   self._pl_len)
+            if payload is None:
+                return self._fail(ProtocolError("invalid UTF-8 in text message", 1007))
+        return self._emit(frames, self._pl_opcode, self._pl_fin, self._pl_rsv1,
+                          <uint64_t>self._pl_len, payload)
+
+    cdef int _emit(self, list frames, int opcode, bint fin, bint rsv1, uint64_t length,
+                   object payload) except -1:
+        """Update the fragmentation state (RFC 6455 §5.4) and append the frame tuple."""
+        if opcode == 0:
+            if fin:
+                self._frag_opcode = 0
+                self._msg_size = 0
+            else:
+                self._msg_size += length
+        elif opcode < 8 and not fin:
+            self._frag_opcode = opcode
+            self._frag_compressed = rsv1
+            self._msg_size = length
+        frame = (opcode, fin, rsv1, payload)
+        # speed: the tuple holds only an int, two bools and bytes/str, so it can never be part
+        # of a reference cycle; untracking it now (as the collector would on its first pass)
+        # keeps a batch of thousands of frames from making every GC generation scan them.
+        PyObject_GC_UnTrack(frame)
+        frames.append(frame)
+        return 0
+
+    cdef int _check_header(self, int b0, int b1) except -1:
+        """Apply the rules that the first two bytes of a frame decide (RFC 6455 §5.2).
+
+        Returns 1 (with ``error`` set) when the frame is refused, else 0.
+        """
+        cdef int opcode = b0 & 0x0F
+        cdef bint fin = (b0 & 0x80) != 0
+        cdef bint rsv1 = (b0 & 0x40) != 0
+        cdef bint masked = (b1 & 0x80) != 0
+        cdef int length = b1 & 0x7F
+        if (b0 & 0x30) or (rsv1 and not self.rsv1_allowed):
+            return self._fail(ProtocolError("reserved bits must be 0", 1002))
+        if opcode >= 8:
+            if opcode > 10:
+                return self._fail(ProtocolError("reserved opcode 0x%x" % opcode, 1002))
+            if not fin:
+                return self._fail(ProtocolError("fragmented control frame", 1002))
+            if length > 125:
+                return self._fail(ProtocolError("control frame too long", 1002))
+            if rsv1:
+                return self._fail(ProtocolError("reserved bits must be 0", 1002))
+        elif opcode == 0:
+            if not self._frag_opcode:
+                return self._fail(ProtocolError("unexpected continuation frame", 1002))
+            if rsv1:
+                return self._fail(ProtocolError("RSV1 set on a continuation frame", 1002))
+        elif opcode <= 2:
+            if self._frag_opcode:
+                return self._fail(ProtocolError("expected a continuation frame", 1002))
+        else:
+            return self._fail(ProtocolError("reserved opcode 0x%x" % opcode, 1002))
+        if masked != self.expect_mask:
+            return self._fail(ProtocolError(
+                "incorrect masking: client frames must be masked"
+                if self.expect_mask
+                else "incorrect masking: server frames must not be masked",
+                1002,
+            ))
+        return 0
+
+    cdef int _check_size(self, int opcode, bint rsv1, uint64_t length) except -1:
+        """Refuse a data frame that would take its message past the limit (close code 1009)."""
+        cdef bint compressed = rsv1 if opcode else self._frag_compressed
+        cdef long long limit
+        cdef uint64_t size
+        if compressed and self._has_cmax:
+            limit = self._cmax
+            limit_obj = self._compressed_max_size
+        elif self._has_max:
+            limit = self._max
+            limit_obj = self._max_size
+        else:
+            return 0
+        size = length + (self._msg_size if opcode == 0 else 0)
+        if limit < 0 or size > <uint64_t>limit:
+            return self._fail(PayloadTooBig(f"message too big: {size} bytes > {limit_obj} bytes"))
+        return 0
+
+
+# --------------------------------------------------------------------------- building
+
+def build_frame(opcode, payload, bint fin=True, bint rsv1=False, mask=None):
+    """Build one frame: header and (masked, when ``mask`` is given) payload in one bytes object.
+
+    ``payload`` may be ``str`` (encoded as UTF-8) or any bytes-like object.
+
+    Raises:
+        TypeError: when ``payload`` is neither str nor bytes-like.
+        ValueError: when ``opcode`` is not 0..15 or ``mask`` is not 4 bytes.
+    """
+    cdef Py_buffer view
+    cdef bint owned = False
+    cdef const unsigned char *src
+    cdef Py_ssize_t n
+    if PyUnicode_CheckExact(payload):
+        # speed: the str's own UTF-8 form, no intermediate bytes object.
+        src = <const unsigned char *>PyUnicode_AsUTF8AndSize(payload, &n)
+    elif isinstance(payload, str):
+        payload = str(payload)
+        src = <const unsigned char *>PyUnicode_AsUTF8AndSize(payload, &n)
+    elif PyBytes_CheckExact(payload):
+        src = <const unsigned char *>PyBytes_AS_STRING(payload)
+        n = PyBytes_GET_SIZE(payload)
+    else:
+        _get_view(payload, &view)
+        owned = True
+        src = <const unsigned char *>view.buf
+        n = view.len
+    try:
+        return _build(opcode, src, n, fin, rsv1, mask)
+    finally:
+        if owned:
+            PyBuffer_Release(&view)
+
+
+cdef object _build(object opcode, const unsigned char *src, Py_ssize_t n, bint fin, bint rsv1,
+                   object mask):
+    cdef int overflow = 0, b0, hlen, mbit
+    cdef long long op
+    cdef unsigned char key[4]
+    cdef unsigned char *out
+    cdef uint64_t length = <uint64_t>n
+    cdef int j
+    if PyLong_CheckExact(opcode):
+        op = PyLong_AsLongLongAndOverflow(opcode, &overflow)
+        if overflow or op < 0 or op > 15:
+            raise ValueError("opcode must be between 0 and 15")
+        b0 = <int>op | (0x80 if fin else 0) | (0x40 if rsv1 else 0)
+    else:  # bool, IntEnum, …: the pure twin's exact operations and errors
+        if not 0 <= opcode <= 15:
+            raise ValueError("opcode must be between 0 and 15")
+        b0 = opcode | (0x80 if fin else 0) | (0x40 if rsv1 else 0)
+    mbit = 0x80 if mask is not None else 0
+    if mbit:
+        _mask_key(mask, key)
+    hlen = 2 if n < 126 else 4 if n < 65536 else 10
+    frame = PyBytes_FromStringAndSize(NULL, hlen + (4 if mbit else 0) + n)
+    out = <unsigned char *>PyBytes_AS_STRING(frame)
+    out[0] = <unsigned char>b0
+    if hlen == 2:
+        out[1] = <unsigned char>(mbit | n)
+    elif hlen == 4:
+        out[1] = <unsigned char>(mbit | 126)
+        out[2] = <unsigned char>(n >> 8)
+        out[3] = <unsigned char>n
+    else:
+        out[1] = <unsigned char>(mbit | 127)
+        for j in range(8):
+            out[2 + j] = <unsigned char>(length >> (56 - 8 * j))
+    if mbit:
+        memcpy(out + hlen, key, 4)
+        hlen += 4
+    # Header, key and (masked) payload in one allocation, the payload written in one pass.
+    _copy_payload(out + hlen, src, n, mbit != 0, key, 0)
+    return frame

@@ -1,0 +1,796 @@
+"""``WebSocket``: one blocking connection driving the sans-I/O core, with no thread of its own.
+
+Design (threads and who touches the socket):
+
+- The socket is non-blocking once the opening handshake is done. Two parties may read it:
+  an application thread inside ``recv()`` and the process's shared reactor thread
+  (:mod:`kn_sock.sync.reactor`). ``_read_lock`` says who: whoever holds it reads the socket
+  (``recv_into`` the parser's ``get_buffer()``) and feeds the parser. The reactor only ever
+  *tries* to take it and never waits.
+- ``recv()`` first pops the message queue. When the queue is empty, the calling thread takes
+  the socket: it takes ``_read_lock``, removes the socket from the reactor's interest set and
+  reads it itself (poll + ``recv_into``), so a request/response loop costs no thread switch.
+  On the way out it keeps the socket for a little longer (lazy hand-back): the reactor's
+  tick, running every ``HOLD_TICK`` (10 ms) only while some connection is held, gives the
+  socket back to the reactor once the application has stayed out of ``recv()`` for a tick.
+  A tight request/response loop therefore makes no ``epoll_ctl`` call and never wakes the
+  reactor; an application that goes elsewhere has its pings answered within 10-20 ms.
+- While no application thread is reading, the reactor watches the socket: it answers pings,
+  runs the closing handshake and keepalive, and queues messages; at ``max_queue`` queued
+  messages it stops reading (TCP backpressure) until ``recv()`` drains the queue to a quarter.
+- ``_lock`` guards the ``Protocol`` and the write buffer for short, never-blocking critical
+  sections. Frames are written at once with a non-blocking ``send``; what the kernel does
+  not take is buffered and flushed by the reactor; a sender blocks (flushing itself) while
+  more than ``write_limit`` bytes are pending. ``_send_lock`` serialises whole messages
+  between threads (a fragmented message is never interleaved with another one).
+- The socket is shut down to wake any thread blocked on it, and its descriptor is closed
+  only once no thread is using it (so it can never be reused under a poller).
+
+Timers (keepalive, ``close_timeout``) run in the reactor. Every wait is bounded by
+``close_timeout`` or by the caller's timeout, and is woken when the connection closes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import select
+import socket
+import ssl as ssl_module
+import threading
+import time
+from collections import deque
+from typing import Any, Iterator
+
+from ..http11 import Headers
+from ..options import Options
+from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State
+from .reactor import EVENT_READ, EVENT_WRITE, HOLD_TICK, Timer, get_reactor
+
+__all__ = ["WebSocket", "PongWaiter"]
+
+logger = logging.getLogger("kn_sock")
+
+_OPEN = State.OPEN
+_CLOSED = State.CLOSED
+_WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl_module.SSLWantReadError, ssl_module.SSLWantWriteError)
+_HAS_POLL = hasattr(select, "poll")
+
+
+class PongWaiter:
+    """What ``WebSocket.ping()`` returns: ``wait(timeout)`` is True once the pong arrived.
+
+    ``rtt`` (also ``latency``) is the round-trip time in seconds, None until the pong arrives.
+    If the connection closes first, ``wait`` returns False at once.
+    """
+
+    __slots__ = ("_event", "rtt")
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+        self.rtt: float | None = None
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the pong arrives (True), the connection closes or ``timeout`` passes (False)."""
+        return self._event.wait(timeout) and self.rtt is not None
+
+    def is_set(self) -> bool:
+        """True once the pong arrived."""
+        return self.rtt is not None
+
+    @property
+    def latency(self) -> float | None:
+        """Same as ``rtt``."""
+        return self.rtt
+
+    def _set(self, rtt: float | None) -> None:
+        self.rtt = rtt
+        self._event.set()
+
+
+class WebSocket:
+    """A blocking WebSocket connection (client or server side).
+
+    Created by ``connect_websocket`` or by the server after the opening handshake. Every
+    method may be called from any thread; ``send`` may be called by several at once.
+    """
+
+    __slots__ = (
+        "__weakref__",
+        "side",
+        "protocol",
+        "_opts",
+        "_sock",
+        "_fd",
+        "_ssl",
+        "_io_lock",
+        "_parser",
+        "_lock",
+        "_read_lock",
+        "_send_lock",
+        "_messages",
+        "_max_queue",
+        "_read_paused",
+        "_app_reading",
+        "_held",
+        "_held_since",
+        "_app_writers",
+        "_interest",
+        "_wbuf",
+        "_wbuf_size",
+        "_write_limit",
+        "_close_after_flush",
+        "_eof",
+        "_sock_done",
+        "_fd_closed",
+        "_done",
+        "_keepalive",
+        "_ka_timer",
+        "_close_timer",
+        "_rpoll",
+        "_reactor",
+        "path",
+        "request_headers",
+        "response_headers",
+        "remote_address",
+        "local_address",
+        "latency",
+    )
+
+    def __init__(self, sock: socket.socket, protocol: Protocol, opts: Options) -> None:
+        """Wrap a socket whose opening handshake succeeded; call ``_start`` to begin I/O."""
+        self.side = protocol.side
+        self.protocol = protocol
+        self._opts = opts
+        self._sock: Any = sock  # socket.socket or ssl.SSLSocket
+        self._fd = sock.fileno()
+        self._ssl = isinstance(sock, ssl_module.SSLSocket)
+        # OpenSSL objects must not be used by two threads at once: serialise TLS calls.
+        self._io_lock = threading.Lock() if self._ssl else None
+        self._parser = protocol.parser
+        self._lock = threading.Lock()
+        self._read_lock = threading.Lock()
+        self._send_lock = threading.Lock()
+        self._messages: deque[Any] = deque()
+        self._max_queue = opts.max_queue
+        self._read_paused = False
+        self._app_reading = False
+        self._held = False
+        self._held_since = 0.0
+        self._app_writers = 0
+        self._interest = 0
+        self._wbuf: deque[Any] = deque()
+        self._wbuf_size = 0
+        self._write_limit = opts.write_limit
+        self._close_after_flush = False
+        self._eof = False
+        self._sock_done = False
+        self._fd_closed = False
+        self._done = threading.Event()
+        self._keepalive: Keepalive | None = None
+        self._ka_timer: Timer | None = None
+        self._close_timer: Timer | None = None
+        self._rpoll: Any = None
+        self._reactor = get_reactor()
+        self.path = "/"
+        self.request_headers = Headers()
+        self.response_headers = Headers()
+        try:
+            self.remote_address: Any = sock.getpeername()
+        except OSError:
+            self.remote_address = None
+        self.local_address: Any = sock.getsockname()
+        self.latency = 0.0
+
+    # ------------------------------------------------------------ public attributes
+
+    @property
+    def closed(self) -> bool:
+        """True once the connection is closing or closed (no more sends possible)."""
+        return self._sock_done or self.protocol.state >= State.CLOSING
+
+    @property
+    def open(self) -> bool:
+        """True while messages can be sent."""
+        return not self._sock_done and self.protocol.state is _OPEN
+
+    @property
+    def close_code(self) -> int | None:
+        """The code of the peer's close frame (1005: none given, 1006: no close frame), None while open."""
+        proto = self.protocol
+        if proto.close_rcvd is not None:
+            return proto.close_rcvd[0]
+        return 1006 if proto.state is _CLOSED else None
+
+    @property
+    def close_reason(self) -> str | None:
+        """The reason of the peer's close frame ("" if none), None while open."""
+        proto = self.protocol
+        if proto.close_rcvd is not None:
+            return proto.close_rcvd[1]
+        return "" if proto.state is _CLOSED else None
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The negotiated subprotocol, or None."""
+        return self.protocol.subprotocol
+
+    @property
+    def extensions(self) -> list[str]:
+        """Names of the negotiated extensions, e.g. ``["permessage-deflate"]``."""
+        return [ext.name for ext in self.protocol.extensions]
+
+    # ------------------------------------------------------------ opening (called by client/server)
+
+    def _start(self, remainder: bytes = b"") -> None:
+        """The handshake succeeded: go non-blocking, start keepalive, hand the socket to the reactor."""
+        self._sock.setblocking(False)
+        opts = self._opts
+        with self._lock:
+            if opts.ping_interval:
+                self._keepalive = Keepalive(opts.ping_interval, opts.ping_timeout, time.monotonic())
+                self._schedule_keepalive()
+            if remainder:
+                self._dispatch(self.protocol.receive_data(remainder))
+            self._update_interest()
+
+    # ------------------------------------------------------------ reactor interface (reactor thread)
+
+    def _on_ready(self, mask: int) -> None:
+        """The socket is readable / writable and no application thread is using it that way."""
+        if mask & EVENT_WRITE:
+            with self._lock:
+                if not self._sock_done:
+                    self._flush()
+                    self._update_interest()
+        if mask & EVENT_READ:
+            if not self._read_lock.acquire(False):
+                return  # an application thread took the socket meanwhile
+            try:
+                self._reactor_read()
+            finally:
+                self._release_reader()
+
+    def _reactor_read(self) -> None:
+        sock = self._sock
+        parser = self._parser
+        io_lock = self._io_lock
+        while not self._sock_done:
+            try:
+                if io_lock is None:
+                    n = sock.recv_into(parser.get_buffer(-1))
+                else:
+                    with io_lock:
+                        n = sock.recv_into(parser.get_buffer(-1))
+            except _WOULD_BLOCK:
+                return
+            except OSError:
+                n = 0
+            self._feed(n)
+            # TLS may hold decrypted bytes that will never make the socket readable again.
+            if not n or not self._ssl or self._read_paused and self.protocol.state is _OPEN:
+                return
+            if not sock.pending():
+                return
+
+    def _release_reader(self) -> None:
+        with self._lock:
+            self._read_lock.release()
+            if self._sock_done:
+                self._maybe_close_fd()
+            else:
+                self._update_interest()
+
+    def _update_interest(self) -> None:
+        """Tell the reactor what to watch the socket for (called with ``_lock`` held)."""
+        if self._sock_done:
+            new = 0
+        else:
+            new = 0
+            # Backpressure both ways while OPEN: a full queue, or a peer that does not read
+            # what we send (its pings would pile up pongs), pauses reading.
+            if not self._app_reading and not self._held and not self._eof and (
+                self.protocol.state is not _OPEN or not self._read_paused and self._wbuf_size <= self._write_limit
+            ):
+                new = EVENT_READ
+            if self._wbuf and not self._app_writers:
+                new |= EVENT_WRITE
+        old = self._interest
+        if new != old:
+            self._interest = new
+            self._reactor.set_interest(self._fd, old, new, self)
+            if self._ssl and new & EVENT_READ and not old & EVENT_READ and self._sock.pending():
+                self._reactor.call_soon(lambda: self._on_ready(EVENT_READ))
+
+    # ------------------------------------------------------------ receive path (whoever holds _read_lock)
+
+    def _feed(self, n: int) -> None:
+        """Parse ``n`` bytes just read into the parser's buffer (0: end of stream)."""
+        if not n:
+            with self._lock:
+                self._eof = True
+                self._dispatch(self.protocol.receive_eof())
+            return
+        parser = self._parser
+        frames = parser.buffer_updated(n)
+        if frames or parser.error is not None:
+            with self._lock:
+                self._dispatch(self.protocol.receive_frames(frames))
+
+    def _dispatch(self, events: list[Any]) -> None:
+        """Queue messages, handle control events, write the protocol's frames (``_lock`` held)."""
+        messages = self._messages
+        for ev in events:
+            t = type(ev)
+            if t is str or t is bytes:
+                messages.append(ev)
+            elif t is Pong:
+                self._on_pong(ev)
+            elif t is Closed:
+                if ev.error is not None:
+                    logger.info(
+                        "failing connection %s: %s (code %d)", self.remote_address, ev.error.reason, ev.error.code
+                    )
+            elif t is not Ping:  # pragma: no cover - no other event exists
+                logger.debug("ignored event %r", ev)
+        proto = self.protocol
+        out = proto.data_to_send()
+        for data in out:
+            self._write(data)
+        max_queue = self._max_queue
+        if max_queue is not None and len(messages) >= max_queue:
+            self._read_paused = True
+        if proto.state is _CLOSED:
+            self._after_closed()
+
+    def _on_pong(self, ev: Pong) -> None:
+        now = time.monotonic()
+        for _, tag in ev.acked:
+            if tag is None:
+                continue
+            waiter, sent = tag
+            self.latency = now - sent
+            if waiter is None:  # keepalive ping
+                if self._keepalive is not None:
+                    self._keepalive.pong_received(now)
+            else:
+                waiter._set(now - sent)
+
+    def _after_closed(self) -> None:
+        """CLOSED reached: close TCP now (server, failure, EOF) or wait for the server's EOF (client)."""
+        if self._ka_timer is not None:
+            self._ka_timer.cancel()
+            self._ka_timer = None
+        if self.protocol.close_transport or self._eof:
+            if self._eof or not self._wbuf:
+                self._finalize()
+                return
+            self._close_after_flush = True
+        # Bounded: a peer that neither reads our buffer nor closes TCP is dropped after close_timeout.
+        self._arm_close_timer()
+        self._update_interest()
+
+    # ------------------------------------------------------------ writing (``_lock`` held)
+
+    def _write(self, data: Any) -> None:
+        if self._sock_done or not data:
+            return
+        wbuf = self._wbuf
+        if wbuf:
+            wbuf.append(data)
+            self._wbuf_size += len(data)
+            return
+        try:
+            if self._io_lock is None:
+                n = self._sock.send(data)
+            else:
+                with self._io_lock:
+                    n = self._sock.send(data)
+        except _WOULD_BLOCK:
+            n = 0
+        except OSError as exc:
+            self._connection_lost(exc)
+            return
+        size = len(data)
+        if n < size:
+            # TLS must retry with the very same buffer; plain sockets take the rest.
+            # After a would-block, TLS retries with the very same buffer (n is 0 then).
+            wbuf.append(memoryview(data)[n:] if n else data)
+            self._wbuf_size += size - n
+            self._update_interest()
+
+    def _flush(self) -> None:
+        wbuf = self._wbuf
+        sock = self._sock
+        io_lock = self._io_lock
+        while wbuf:
+            data = wbuf[0]
+            try:
+                if io_lock is None:
+                    n = sock.send(data)
+                else:
+                    with io_lock:
+                        n = sock.send(data)
+            except _WOULD_BLOCK:
+                break
+            except OSError as exc:
+                self._connection_lost(exc)
+                return
+            size = len(data)
+            self._wbuf_size -= n
+            if n < size:
+                wbuf[0] = memoryview(data)[n:]
+                break
+            wbuf.popleft()
+        if not wbuf and self._close_after_flush:
+            self._finalize()
+
+    def _connection_lost(self, exc: BaseException | None) -> None:
+        logger.debug("connection to %s lost: %s", self.remote_address, exc)
+        self._eof = True
+        self._wbuf.clear()
+        self._wbuf_size = 0
+        self._dispatch(self.protocol.receive_eof())
+        self._finalize()
+
+    # ------------------------------------------------------------ closing TCP (``_lock`` held)
+
+    def _finalize(self) -> None:
+        """Close TCP (after one last flush attempt) and wake every waiter; idempotent."""
+        if self._sock_done:
+            return
+        if self._wbuf and not self._eof:
+            self._close_after_flush = False
+            self._flush()
+            if self._sock_done:
+                return
+        proto = self.protocol
+        if proto.state is not _CLOSED:
+            self._eof = True
+            self._dispatch(proto.receive_eof())
+            if self._sock_done:
+                return
+        self._sock_done = True
+        for timer in (self._ka_timer, self._close_timer):
+            if timer is not None:
+                timer.cancel()
+        self._ka_timer = self._close_timer = None
+        self._update_interest()
+        try:
+            self._sock.shutdown(socket.SHUT_RDWR)  # wakes threads blocked on the socket
+        except OSError:
+            pass
+        self._wbuf.clear()
+        self._wbuf_size = 0
+        self._maybe_close_fd()
+        for _, tag in list(proto.pings.items()):
+            if tag is not None and tag[0] is not None:
+                tag[0]._set(None)
+        proto.pings.clear()
+        self._done.set()
+
+    def _maybe_close_fd(self) -> None:
+        """Close the descriptor once no thread can still be polling it."""
+        if self._fd_closed or self._read_lock.locked() or self._app_writers:
+            return
+        self._fd_closed = True
+        try:
+            self._sock.close()
+        except OSError:  # pragma: no cover
+            pass
+
+    def _abort_locked(self) -> None:
+        self._eof = True
+        self._wbuf.clear()
+        self._wbuf_size = 0
+        self._close_after_flush = False
+        self._finalize()
+
+    def _arm_close_timer(self) -> None:
+        if self._close_timer is None and not self._sock_done:
+            timeout = self._opts.close_timeout
+            when = time.monotonic() + (timeout if timeout is not None else 10.0)
+            self._close_timer = self._reactor.call_at(when, self._close_timeout_expired)
+
+    def _close_timeout_expired(self) -> None:
+        with self._lock:
+            self._close_timer = None
+            if not self._sock_done:
+                logger.debug("closing handshake with %s timed out", self.remote_address)
+                self._abort_locked()
+
+    # ------------------------------------------------------------ keepalive (reactor thread)
+
+    def _schedule_keepalive(self) -> None:
+        ka = self._keepalive
+        if ka is None or ka.deadline is None or self._sock_done:
+            return
+        self._ka_timer = self._reactor.call_at(ka.deadline, self._keepalive_tick)
+
+    def _keepalive_tick(self) -> None:
+        with self._lock:
+            self._ka_timer = None
+            ka = self._keepalive
+            proto = self.protocol
+            if ka is None or proto.state is not _OPEN or self._sock_done:
+                return
+            now = time.monotonic()
+            action = ka.poll(now)
+            if action == "ping":
+                payload = os.urandom(4)
+                while payload in proto.pings:
+                    payload = os.urandom(4)
+                self._write(proto.send_ping(payload, (None, now)))
+                ka.ping_sent(now)
+            elif action == "timeout":
+                logger.info("keepalive ping timeout on %s: closing with 1011", self.remote_address)
+                proto.fail(1011, "keepalive ping timeout")
+                self._dispatch([Closed(1006, "")])
+                return
+            self._schedule_keepalive()
+
+    # ------------------------------------------------------------ sending
+
+    def send(self, message: Any) -> None:
+        """Send a message: str → text, bytes-like → binary, iterable of str/bytes → fragmented.
+
+        Blocks while more than ``write_limit`` bytes are waiting to be sent.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            TypeError: a message of another type.
+        """
+        proto = self.protocol
+        with self._send_lock:
+            if isinstance(message, (str, bytes, bytearray, memoryview)):
+                with self._lock:
+                    data = proto.send(message)
+                    if self._sock_done:
+                        raise proto.closed_exception()
+                    self._write(data)
+                    over = self._wbuf_size > self._write_limit
+                if over:
+                    self._drain()
+            elif hasattr(message, "__iter__") and not isinstance(message, dict):
+                self._send_fragments(message)
+            else:
+                proto.send(message)  # raises the TypeError
+
+    def _send_fragments(self, fragments: Any) -> None:
+        proto = self.protocol
+        it = iter(fragments)
+        try:
+            prev = next(it)
+        except StopIteration:
+            return
+        for item in it:
+            self._send_frame(lambda p=prev: proto.send_fragment(p, False))
+            prev = item
+        self._send_frame(lambda: proto.send_fragment(prev, True))
+
+    def _send_frame(self, build: Any) -> None:
+        with self._lock:
+            data = build()
+            if self._sock_done:
+                raise self.protocol.closed_exception()
+            self._write(data)
+            over = self._wbuf_size > self._write_limit
+        if over:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Flush from this thread until at most ``write_limit`` bytes are pending."""
+        while True:
+            with self._lock:
+                if self._sock_done:
+                    raise self.protocol.closed_exception()
+                self._flush()
+                if self._wbuf_size <= self._write_limit:
+                    return
+                if self._sock_done:
+                    raise self.protocol.closed_exception()
+                self._app_writers += 1
+                self._update_interest()
+            try:
+                _wait_fd(self._fd, True, None, None)
+            finally:
+                with self._lock:
+                    self._app_writers -= 1
+                    if self._sock_done:
+                        self._maybe_close_fd()
+                    else:
+                        self._update_interest()
+
+    def send_json(self, obj: Any) -> None:
+        """Send ``obj`` as a JSON text message."""
+        self.send(json.dumps(obj))
+
+    def ping(self, data: bytes | str = b"") -> PongWaiter:
+        """Send a ping; return a waiter whose ``wait(timeout)`` is True once the pong arrived.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            ValueError: more than 125 bytes, or a ping with this payload is in flight.
+        """
+        proto = self.protocol
+        payload = data.encode() if isinstance(data, str) else bytes(data)
+        waiter = PongWaiter()
+        with self._lock:
+            while not payload or payload in proto.pings:
+                payload = os.urandom(4)
+            self._write(proto.send_ping(payload, (waiter, time.monotonic())))
+            over = self._wbuf_size > self._write_limit
+        if over:
+            self._drain()
+        return waiter
+
+    def pong(self, data: bytes | str = b"") -> None:
+        """Send an unsolicited pong."""
+        with self._lock:
+            self._write(self.protocol.send_pong(data))
+
+    # ------------------------------------------------------------ receiving
+
+    def recv(self, timeout: float | None = None) -> Any:
+        """Return the next message (str or bytes), or None once the connection is closed.
+
+        Raises:
+            TimeoutError: no message within ``timeout`` seconds (the connection stays usable).
+        """
+        messages = self._messages
+        if messages:
+            try:
+                msg = messages.popleft()
+            except IndexError:  # another thread took it
+                pass
+            else:
+                if self._read_paused:
+                    self._maybe_resume()
+                return msg
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if not self._read_lock.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
+            raise TimeoutError("no message received in time")
+        try:
+            with self._lock:
+                self._app_reading = True
+                self._update_interest()
+            while True:
+                if messages:
+                    msg = messages.popleft()
+                    if self._read_paused:
+                        self._maybe_resume()
+                    return msg
+                if self._sock_done or self.protocol.state is _CLOSED:
+                    return None
+                self._read_once(deadline)
+        finally:
+            with self._lock:
+                self._app_reading = False
+                self._read_lock.release()
+                if self._sock_done:
+                    self._maybe_close_fd()
+                else:
+                    # Lazy hand-back (Reactor.hold): keep the socket away from the reactor
+                    # for one more tick; the next recv() most likely comes much sooner.
+                    self._held_since = time.monotonic()
+                    if not self._held:
+                        self._held = True
+                        self._reactor.hold(self)
+                    self._update_interest()
+
+    def _release_hold(self, now: float) -> None:
+        """Reactor tick: give the socket back to the reactor if the application left it idle."""
+        with self._lock:
+            if self._held and not self._sock_done and (self._app_reading or now - self._held_since < HOLD_TICK):
+                return
+            self._held = False
+            self._reactor.unhold(self)
+            if not self._sock_done:
+                self._update_interest()
+
+    def _read_once(self, deadline: float | None) -> None:
+        """Wait for the socket (until ``deadline``) and feed what it has (``_read_lock`` held)."""
+        sock = self._sock
+        if self._wbuf_size > self._write_limit and self.protocol.state is _OPEN:
+            # Same backpressure as the reactor's: flush before reading more from this peer.
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if not _wait_fd(self._fd, True, timeout, None):
+                raise TimeoutError("no message received in time")
+            with self._lock:
+                if not self._sock_done:
+                    self._flush()
+            return
+        if not (self._ssl and sock.pending()):
+            if self._rpoll is None and _HAS_POLL:
+                self._rpoll = select.poll()
+                self._rpoll.register(self._fd, select.POLLIN)
+            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+            if not _wait_fd(self._fd, False, timeout, self._rpoll):
+                raise TimeoutError("no message received in time")
+        try:
+            if self._io_lock is None:
+                n = sock.recv_into(self._parser.get_buffer(-1))
+            else:
+                with self._io_lock:
+                    n = sock.recv_into(self._parser.get_buffer(-1))
+        except ssl_module.SSLWantWriteError:
+            _wait_fd(self._fd, True, 0.05, None)
+            return
+        except _WOULD_BLOCK:
+            return
+        except OSError:
+            n = 0
+        self._feed(n)
+
+    def _maybe_resume(self) -> None:
+        max_queue = self._max_queue or 1
+        if len(self._messages) <= max_queue // 4:
+            with self._lock:
+                if self._read_paused and len(self._messages) <= max_queue // 4:
+                    self._read_paused = False
+                    self._update_interest()
+
+    def recv_json(self, timeout: float | None = None) -> Any:
+        """Receive a message and decode it as JSON; None once closed."""
+        msg = self.recv(timeout)
+        return None if msg is None else json.loads(msg)
+
+    def __iter__(self) -> Iterator[Any]:
+        """``for message in ws`` yields messages until the connection closes."""
+        while (msg := self.recv()) is not None:
+            yield msg
+
+    # ------------------------------------------------------------ closing
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Run the closing handshake (bounded by ``close_timeout``), then close TCP."""
+        self._start_close(code, reason)
+        self.wait_closed(self._opts.close_timeout)
+        if not self._done.is_set():
+            self.abort()
+
+    def _start_close(self, code: int = 1000, reason: str = "") -> None:
+        """Send the close frame without waiting (the server's shutdown uses it)."""
+        with self._lock:
+            proto = self.protocol
+            if not self._sock_done and proto.state is _OPEN:
+                self._write(proto.send_close(code, reason))
+                self._arm_close_timer()
+                self._update_interest()
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait until TCP is closed; True if it is."""
+        if timeout is not None:
+            timeout += 0.5  # the reactor's close timer fires first; this only bounds a stuck wait
+        return self._done.wait(timeout)
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once, without a closing handshake."""
+        with self._lock:
+            self._abort_locked()
+
+    def __enter__(self) -> "WebSocket":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"<WebSocket {self.side} {self.protocol.state.name} {self.remote_address}>"
+
+
+def _wait_fd(fd: int, write: bool, timeout: float | None, poller: Any) -> bool:
+    """Wait until ``fd`` is readable (or writable); False on timeout."""
+    if _HAS_POLL:
+        if poller is None:
+            poller = select.poll()
+            poller.register(fd, select.POLLOUT if write else select.POLLIN)
+        ms = None if timeout is None else int(timeout * 1000 + 0.999)
+        return bool(poller.poll(ms))
+    if write:
+        _, w, x = select.select([], [fd], [fd], timeout)
+        return bool(w or x)
+    r, _, x = select.select([fd], [], [fd], timeout)  # pragma: no cover - no poll() (Windows)
+    return bool(r or x)
+

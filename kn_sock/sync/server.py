@@ -1,0 +1,403 @@
+"""Blocking WebSocket server: ``start_websocket_server`` and ``WebSocketServer``.
+
+Threads: the serving thread accepts connections; each accepted connection gets ONE thread,
+which runs the opening handshake on a blocking socket whose timeout is what is left of
+``open_timeout`` (so a silent or trickling TCP peer holds it at most that long), then the
+user's ``handler(ws, address)``, then closes the connection (1000, or 1011 if the handler
+raised). Everything else (reading while the handler is not in ``recv()``, pings, keepalive,
+close timeouts) runs in the one shared reactor thread of :mod:`kn_sock.sync.reactor`.
+
+Handler threads are daemon threads created with a small stack, ``thread_stack_size``
+(default 256 KiB; 0 or None keeps the interpreter's default), so that thousands of
+connections fit in memory.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+import selectors
+import socket
+import stat
+import threading
+import time
+from typing import Any, Callable
+
+from ..exceptions import InvalidHandshake
+from ..handshake import ServerHandshake
+from ..options import make_options
+from ..protocol import SERVER, Protocol
+from .client import _set_timeout
+from .connection import WebSocket
+
+__all__ = ["WebSocketServer", "start_websocket_server"]
+
+logger = logging.getLogger("kn_sock")
+
+#: Default stack size of handler threads (see the module docstring).
+DEFAULT_THREAD_STACK_SIZE = 256 * 1024
+#: How long ``shutdown()`` waits for closing handshakes (1001) before dropping connections.
+SHUTDOWN_GRACE = 0.35
+#: How often ``serve_forever`` checks a ``shutdown_event``.
+_EVENT_POLL = 0.05
+
+_stack_lock = threading.Lock()
+
+
+def _spawn(target: Callable[..., Any], args: tuple[Any, ...], stack_size: int | None, name: str) -> None:
+    """Start a daemon thread with ``stack_size`` bytes of stack (the setting is process-wide, hence the lock)."""
+    thread = threading.Thread(target=target, args=args, name=name, daemon=True)
+    if not stack_size:
+        thread.start()
+        return
+    with _stack_lock:
+        old = threading.stack_size(stack_size)
+        try:
+            thread.start()
+        finally:
+            threading.stack_size(old)
+
+
+def _wants_address(handler: Callable[..., Any]) -> bool:
+    """Tell whether ``handler`` takes ``(ws, address)`` (the documented form) or just ``(ws)``."""
+    try:
+        params = list(inspect.signature(handler).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    if any(p.kind is p.VAR_POSITIONAL for p in params):
+        return True
+    return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 2
+
+
+class WebSocketServer:
+    """A listening blocking WebSocket server calling ``handler(ws, address)`` in a thread per connection.
+
+    Binds at construction (``.port`` gives the port, so ``port=0`` works). ``serve_forever()``
+    accepts until ``shutdown()``; as a context manager it shuts down on exit.
+
+    Args:
+        host: Address to bind (``"::1"`` for IPv6; None or ``""`` for all interfaces).
+        port: TCP port; 0 picks a free one.
+        handler: ``handler(ws, address)`` (or ``handler(ws)``), run in its own thread.
+        **options: The connection options of SPEC.md, plus ``unix`` (path of a Unix socket to
+            listen on instead of TCP), ``backlog``, ``reuse_port``, ``thread_stack_size``
+            and ``shutdown_grace`` (seconds ``shutdown()`` waits for 1001 closing handshakes).
+    """
+
+    def __init__(self, host: str | None, port: int | None, handler: Callable[..., Any], **options: Any) -> None:
+        """Bind and listen."""
+        self._unix: str | None = options.pop("unix", None)
+        backlog = options.pop("backlog", 1024)
+        reuse_port = options.pop("reuse_port", False)
+        self._stack_size = options.pop("thread_stack_size", DEFAULT_THREAD_STACK_SIZE)
+        self._grace = options.pop("shutdown_grace", SHUTDOWN_GRACE)
+        self.options = make_options(options)
+        self.handler = handler
+        self._wants_address = _wants_address(handler)
+        self._lock = threading.Lock()
+        self.connections: set[WebSocket] = set()
+        self._pending: set[socket.socket] = set()
+        self._closing = False
+        self._closed_all = False
+        self._serving_ident: int | None = None
+        self._stopped = threading.Event()
+        self._shutdown_event: Any = None
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+        self.socket = self._bind(host, port, backlog, reuse_port)
+
+    def _bind(self, host: str | None, port: int | None, backlog: int, reuse_port: bool) -> socket.socket:
+        if self._unix is not None:
+            path = self._unix
+            try:
+                if stat.S_ISSOCK(os.stat(path).st_mode):
+                    os.unlink(path)  # a stale socket of a previous run
+            except FileNotFoundError:
+                pass
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(path)
+                sock.listen(backlog)
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        infos = socket.getaddrinfo(host or None, port or 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        family, _, _, _, sockaddr = infos[0]
+        return socket.create_server(sockaddr, family=family, backlog=backlog, reuse_port=reuse_port)
+
+    # ------------------------------------------------------------ properties
+
+    @property
+    def port(self) -> int:
+        """The bound TCP port (useful with ``port=0``)."""
+        name = self.socket.getsockname()
+        if isinstance(name, tuple):
+            return int(name[1])
+        raise RuntimeError("the server is not listening on TCP")
+
+    @property
+    def sockets(self) -> tuple[socket.socket, ...]:
+        """The listening sockets."""
+        return (self.socket,)
+
+    # ------------------------------------------------------------ serving
+
+    def serve_forever(self, poll_interval: float | None = None) -> None:
+        """Accept connections until ``shutdown()`` (or the ``shutdown_event``); then close them all."""
+        self._serving_ident = threading.get_ident()
+        self._stopped.clear()
+        event = self._shutdown_event
+        if event is not None:
+            poll_interval = _EVENT_POLL if poll_interval is None else min(poll_interval, _EVENT_POLL)
+        sel = selectors.DefaultSelector()
+        try:
+            self.socket.setblocking(False)
+            sel.register(self.socket, selectors.EVENT_READ, True)
+            sel.register(self._wake_r, selectors.EVENT_READ, False)
+            while not self._closing and not (event is not None and event.is_set()):
+                for key, _ in sel.select(poll_interval):
+                    if key.data:
+                        self._accept_all()
+                    else:
+                        _drain(self._wake_r)
+        finally:
+            sel.close()
+            self._close_all()
+            self._serving_ident = None
+            self._stopped.set()
+
+    def _accept_all(self) -> None:
+        while not self._closing:
+            try:
+                sock, address = self.socket.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # EMFILE and friends: back off instead of spinning
+                logger.error("accept() failed: %s", exc)
+                time.sleep(0.1)
+                return
+            if sock.family in (socket.AF_INET, socket.AF_INET6):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                _spawn(self._serve_connection, (sock, address), self._stack_size, f"kn_sock-handler-{address}")
+            except RuntimeError as exc:  # can't start a new thread
+                logger.error("cannot start a handler thread for %s: %s", address, exc)
+                sock.close()
+
+    def _serve_connection(self, sock: socket.socket, address: Any) -> None:
+        """Handler thread: handshake, then the user's handler, then close."""
+        with self._lock:
+            if self._closing:
+                sock.close()
+                return
+            self._pending.add(sock)
+        ws = None
+        try:
+            ws = self._handshake(sock, address)
+        except (socket.timeout, TimeoutError):
+            logger.info("opening handshake with %s timed out", address)
+        except OSError as exc:
+            logger.info("opening handshake with %s failed: %s", address, exc)
+        except Exception:
+            logger.exception("opening handshake with %s failed", address)
+        finally:
+            with self._lock:
+                self._pending.discard(sock)
+        if ws is None:
+            sock.close()
+            return
+        with self._lock:
+            closing = self._closing
+            self.connections.add(ws)
+        try:
+            if closing:
+                ws._start_close(1001)
+                ws.wait_closed(self._grace)
+                ws.abort()
+            else:
+                self._run_handler(ws, address)
+        finally:
+            with self._lock:
+                self.connections.discard(ws)
+
+    def _handshake(self, sock: socket.socket, address: Any) -> WebSocket | None:
+        opts = self.options
+        timeout = opts.open_timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
+        if opts.ssl is not None:
+            _set_timeout(sock, deadline)
+            tls = opts.ssl.wrap_socket(sock, server_side=True)
+            with self._lock:
+                self._pending.discard(sock)
+                self._pending.add(tls)
+            sock = tls
+        kwargs: dict[str, Any] = {"server_header": opts.server_header} if opts.server_header else {}
+        hs = ServerHandshake(
+            subprotocols=opts.subprotocols,
+            origins=opts.origins,
+            extra_headers=opts.headers,
+            compression=opts.compression,
+            **kwargs,
+        )
+        request = None
+        try:
+            while request is None:
+                _set_timeout(sock, deadline)
+                data = sock.recv(65536)
+                if not data:
+                    sock.close()
+                    return None
+                request = hs.receive_data(data)
+            if self._closing:
+                raise InvalidHandshake("server is shutting down", status=503)
+            hook = opts.process_request
+            if hook is not None and self._process_request(sock, hs, hook, request, deadline):
+                return None
+            response = hs.accept(request)
+        except InvalidHandshake as exc:
+            logger.info("rejected opening handshake from %s: HTTP %d %s", address, exc.status, exc)
+            self._answer(sock, hs.reject_from(exc), deadline)
+            return None
+        _set_timeout(sock, deadline)
+        sock.sendall(response)
+        proto = Protocol(
+            SERVER,
+            max_size=opts.max_size,
+            extensions=hs.extensions,
+            subprotocol=hs.subprotocol,
+            backend=opts.backend,
+        )
+        ws = WebSocket(sock, proto, opts)
+        ws.path = request.path
+        ws.request_headers = request.headers
+        ws.response_headers = hs.response_headers  # type: ignore[assignment]
+        ws._start(hs.remainder)
+        return ws
+
+    def _process_request(self, sock: socket.socket, hs: ServerHandshake, hook: Any, request: Any, deadline: Any) -> bool:
+        """Run the ``process_request`` hook; True if it answered with plain HTTP (sent here)."""
+        try:
+            answer = hook(request.path, request.headers)
+        except Exception:
+            logger.exception("process_request raised")
+            raise InvalidHandshake("process_request failed", status=500) from None
+        if answer is None:
+            return False
+        status, headers, body = answer
+        self._answer(sock, hs.reject(int(status), headers, body or b""), deadline)
+        return True
+
+    @staticmethod
+    def _answer(sock: socket.socket, data: bytes, deadline: float | None) -> None:
+        """Send a plain HTTP answer and close (half-close first so the answer is not reset)."""
+        try:
+            _set_timeout(sock, deadline)
+            sock.sendall(data)
+            sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        sock.close()
+
+    def _run_handler(self, ws: WebSocket, address: Any) -> None:
+        code = 1000
+        try:
+            if self._wants_address:
+                self.handler(ws, address if address else ws.remote_address)
+            else:
+                self.handler(ws)
+        except Exception:
+            logger.exception("connection handler failed for %s", address)
+            code = 1011
+        try:
+            ws.close(code)
+        except Exception:  # pragma: no cover - close never raises on purpose
+            logger.exception("error while closing %s", address)
+
+    # ------------------------------------------------------------ stopping
+
+    def shutdown(self) -> None:
+        """Stop accepting and close every connection with 1001; those still open after
+        ``shutdown_grace`` are dropped. Waits for ``serve_forever`` to return."""
+        self._closing = True
+        try:
+            self._wake_w.send(b"\0")
+        except OSError:
+            pass
+        serving = self._serving_ident
+        if serving is not None and serving != threading.get_ident():
+            self._stopped.wait()
+        else:
+            self._close_all()
+
+    close = shutdown
+
+    def _close_all(self) -> None:
+        with self._lock:
+            self._closing = True
+            if self._closed_all:
+                return
+            self._closed_all = True
+            conns = list(self.connections)
+            pending = list(self._pending)
+        try:
+            self.socket.close()
+        except OSError:  # pragma: no cover
+            pass
+        if self._unix is not None:
+            try:
+                os.unlink(self._unix)
+            except OSError:
+                pass
+        for sock in pending:  # handshakes in progress: wake their threads
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        for ws in conns:
+            ws._start_close(1001)
+        deadline = time.monotonic() + self._grace
+        for ws in conns:
+            ws._done.wait(max(0.0, deadline - time.monotonic()))
+        for ws in conns:
+            if not ws._done.is_set():
+                ws.abort()
+        for s in (self._wake_r, self._wake_w):
+            s.close()
+
+    def __enter__(self) -> "WebSocketServer":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+    def __repr__(self) -> str:
+        return f"<WebSocketServer {self.socket.getsockname() if not self._closed_all else 'closed'}>"
+
+
+def _drain(sock: socket.socket) -> None:
+    try:
+        while sock.recv(4096):
+            pass
+    except OSError:
+        pass
+
+
+def start_websocket_server(
+    host: str | None, port: int | None, handler: Callable[..., Any], shutdown_event: Any = None, **options: Any
+) -> None:
+    """Serve WebSocket connections, calling ``handler(ws, address)`` in a thread per connection.
+
+    Blocks until ``shutdown_event`` (a ``threading.Event``) is set — then returns within 0.5 s,
+    every connection having been sent a 1001 close — or, without one, until KeyboardInterrupt.
+    """
+    server = WebSocketServer(host, port, handler, **options)
+    server._shutdown_event = shutdown_event
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        logger.info("server interrupted")
+    finally:
+        server.shutdown()

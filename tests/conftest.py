@@ -1,0 +1,42 @@
+"""Shared fixtures: every twin-sensitive test runs under both implementations.
+
+``backend`` is parametrised with ids ``[pure]`` and ``[cython]``. The cython case skips
+when the extension is not loaded (with the import error as the reason), unless
+``KN_SOCK_REQUIRE_EXTENSION=1`` says it must be there, in which case it fails. With
+``KN_SOCK_PURE=1`` the extension is deliberately off, so the cython case always skips.
+"""
+
+from __future__ import annotations
+
+import os
+from types import ModuleType
+
+import pytest
+
+from kn_sock import _backend
+
+__all__ = ["BACKEND_IDS", "backend", "require_extension"]
+
+BACKEND_IDS = ["pure", "cython"]
+
+
+def require_extension() -> bool:
+    """True when the environment demands the compiled twin (CI sets KN_SOCK_REQUIRE_EXTENSION=1)."""
+    return os.environ.get("KN_SOCK_REQUIRE_EXTENSION", "") not in ("", "0")
+
+
+def _forced_pure() -> bool:
+    return os.environ.get("KN_SOCK_PURE", "") not in ("", "0")
+
+
+@pytest.fixture(params=BACKEND_IDS, ids=BACKEND_IDS)
+def backend(request: pytest.FixtureRequest) -> ModuleType:
+    """The twin module under test (``kn_sock._pure`` or ``kn_sock._speedups``)."""
+    if request.param == "pure":
+        return _backend.pure
+    if _backend.speedups is None:
+        reason = f"kn_sock._speedups is not loaded ({_backend.IMPORT_ERROR})"
+        if require_extension() and not _forced_pure():
+            pytest.fail(reason + " but KN_SOCK_REQUIRE_EXTENSION=1")
+        pytest.skip(reason)
+    return _backend.speedups

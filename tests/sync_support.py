@@ -1,0 +1,131 @@
+"""Helpers shared by the blocking-layer tests (this module holds no tests itself).
+
+- ``running_server(handler, **options)``: a ``WebSocketServer`` on 127.0.0.1 port 0 serving
+  in a thread, shut down on exit;
+- ``raw_client(port)``: a TCP socket that completed the opening handshake by hand, with
+  ``send_frame`` / ``recv_frame`` helpers (for peers that misbehave on purpose);
+- ``raw_server()``: a listening socket whose ``accept_ws()`` completes the server handshake
+  by hand and then does whatever the test says (usually nothing).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import struct
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+from kn_sock._pure import build_frame
+from kn_sock.handshake import ClientHandshake, ServerHandshake
+from kn_sock.sync import WebSocketServer
+from kn_sock.uri import parse_uri
+
+__all__ = ["running_server", "RawPeer", "raw_client", "raw_server", "wait_for"]
+
+
+@contextlib.contextmanager
+def running_server(handler: Callable[..., Any], **options: Any) -> Iterator[WebSocketServer]:
+    """A server on 127.0.0.1:0 serving in a daemon thread; shut down (and joined) on exit."""
+    server = WebSocketServer(options.pop("host", "127.0.0.1"), 0, handler, **options)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        thread.join(5)
+        assert not thread.is_alive()
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Poll ``predicate`` until it is true (for state that has no event to wait on)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(0.005)
+
+
+class RawPeer:
+    """A socket that speaks WebSocket frames by hand."""
+
+    def __init__(self, sock: socket.socket, client: bool, pending: bytes = b"") -> None:
+        self.sock = sock
+        self.client = client
+        self.buf = bytearray(pending)
+
+    def send_frame(self, opcode: int, payload: bytes = b"", fin: bool = True) -> None:
+        mask = os.urandom(4) if self.client else None
+        self.sock.sendall(build_frame(opcode, payload, fin, False, mask))
+
+    def _read(self, n: int) -> bytes:
+        while len(self.buf) < n:
+            data = self.sock.recv(65536)
+            if not data:
+                raise EOFError
+            self.buf += data
+        out = bytes(self.buf[:n])
+        del self.buf[:n]
+        return out
+
+    def recv_frame(self) -> tuple[int, bytes]:
+        """Return (opcode, payload) of the next frame (frames from the peer are never masked here)."""
+        b0, b1 = self._read(2)
+        length = b1 & 0x7F
+        if length == 126:
+            (length,) = struct.unpack("!H", self._read(2))
+        elif length == 127:
+            (length,) = struct.unpack("!Q", self._read(8))
+        key = self._read(4) if b1 & 0x80 else None
+        payload = self._read(length)
+        if key is not None:
+            payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))
+        return b0 & 0x0F, payload
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def raw_client(port: int, path: str = "/", timeout: float = 5.0, compression: str | None = None) -> RawPeer:
+    """Connect and complete the opening handshake by hand; no keepalive, no automatic pongs."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    hs = ClientHandshake(parse_uri("127.0.0.1", port, path), compression=compression)
+    sock.sendall(hs.data_to_send())
+    while hs.receive_data(sock.recv(65536)) is None:
+        pass
+    return RawPeer(sock, True, hs.remainder)
+
+
+class RawServer:
+    """A listening socket on 127.0.0.1 whose peers are handled by hand."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.settimeout(5)
+        self.port = self.sock.getsockname()[1]
+
+    def accept_ws(self, compression: str | None = None) -> RawPeer:
+        conn, _ = self.sock.accept()
+        conn.settimeout(5)
+        hs = ServerHandshake(compression=compression)
+        request = None
+        while request is None:
+            request = hs.receive_data(conn.recv(65536))
+        conn.sendall(hs.accept(request))
+        return RawPeer(conn, False, hs.remainder)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextlib.contextmanager
+def raw_server() -> Iterator[RawServer]:
+    server = RawServer()
+    try:
+        yield server
+    finally:
+        server.close()

@@ -1,0 +1,296 @@
+"""async_connect_websocket (kn_sock/asyncio/client.py): both call forms, URIs, the opening
+handshake from the client's side (RFC 6455 §4.1), failures, and interop with the
+``websockets`` server."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import websockets
+from websockets.asyncio.server import serve as ws_serve
+
+from asyncio_support import TIMEOUT, echo, raw_server, serving
+from kn_sock._pure import build_frame
+from kn_sock import (
+    AsyncWebSocket,
+    ConnectionClosed,
+    InvalidHandshake,
+    InvalidStatus,
+    InvalidURI,
+    async_connect_websocket,
+)
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(20)]
+
+
+# --------------------------------------------------------------------------- call forms
+
+
+async def test_await_form(backend):
+    async with serving(echo, backend=backend) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend)
+        assert isinstance(ws, AsyncWebSocket) and ws.side == "client" and ws.open
+        await ws.send("a")
+        assert await ws.recv(timeout=TIMEOUT) == "a"
+        await ws.close()
+        assert ws.closed and ws.close_code == 1000
+
+
+async def test_async_with_form_closes_on_exit(backend):
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            await ws.send(b"b")
+            assert await ws.recv(timeout=TIMEOUT) == b"b"
+        assert ws.closed and ws.transport is None and ws.close_code == 1000
+        # Also when the block raises.
+        with pytest.raises(KeyError):
+            async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+                raise KeyError
+        assert ws.closed and ws.close_code == 1000
+
+
+async def test_connection_object_is_its_own_context_manager(backend):
+    async with serving(echo, backend=backend) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend)
+        async with ws:
+            await ws.send("c")
+            assert await ws.recv(timeout=TIMEOUT) == "c"
+        assert ws.closed
+
+
+@pytest.mark.parametrize(
+    "make_args, expected_path",
+    [
+        (lambda port: (f"ws://127.0.0.1:{port}",), "/"),
+        (lambda port: (f"ws://127.0.0.1:{port}/chat?x=1",), "/chat?x=1"),
+        (lambda port: ("127.0.0.1", port), "/"),
+        (lambda port: ("127.0.0.1", port, "/p?q"), "/p?q"),
+        (lambda port: (f"ws://localhost:{port}/h",), "/h"),
+    ],
+    ids=["uri", "uri-path-query", "host-port", "host-port-path", "localhost"],
+)
+async def test_uri_forms(backend, make_args, expected_path):
+    async def handler(websocket, path):
+        await websocket.send(path)
+
+    async with serving(handler, backend=backend) as server:
+        async with async_connect_websocket(*make_args(server.port), backend=backend) as ws:
+            assert ws.path == expected_path
+            assert await ws.recv(timeout=TIMEOUT) == expected_path
+
+
+@pytest.mark.parametrize("uri", ["http://127.0.0.1:1/", "ws://", "ws://h:99999/", "ws://h/#frag"])
+async def test_invalid_uri(uri):
+    with pytest.raises(InvalidURI):
+        await async_connect_websocket(uri)
+
+
+async def test_unknown_option():
+    with pytest.raises(TypeError):
+        async_connect_websocket("ws://127.0.0.1:1/", bogus=True)
+
+
+@pytest.mark.parametrize(
+    "options, error",
+    [
+        ({"headers": {"Sec-WebSocket-Key": "x"}}, ValueError),
+        ({"subprotocols": ["bad token"]}, ValueError),
+        ({"compression": "brotli"}, ValueError),
+    ],
+)
+async def test_invalid_options_raise_at_once(options, error):
+    """Invalid options raise from the call / await, not as a hang until open_timeout."""
+    async with raw_server(answer=False) as (port, _):
+        with pytest.raises(error):
+            await asyncio.wait_for(async_connect_websocket("127.0.0.1", port, open_timeout=TIMEOUT, **options), 1)
+
+
+# --------------------------------------------------------------------------- failures
+
+
+async def test_connection_refused():
+    listener = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    listener.close()
+    await listener.wait_closed()
+    with pytest.raises(OSError):
+        await async_connect_websocket("127.0.0.1", port, open_timeout=TIMEOUT)
+
+
+async def test_open_timeout_against_silent_server(backend):
+    async with raw_server(answer=False) as (port, _):
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(TimeoutError):
+            await async_connect_websocket("127.0.0.1", port, backend=backend, open_timeout=0.2)
+        assert loop.time() - start < 2
+        with pytest.raises(TimeoutError):
+            async with async_connect_websocket("127.0.0.1", port, backend=backend, open_timeout=0.2):
+                pass
+
+
+async def test_server_closes_during_handshake():
+    async def on_connect(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    async with server:
+        with pytest.raises(InvalidHandshake):
+            await async_connect_websocket("127.0.0.1", server.sockets[0].getsockname()[1], open_timeout=TIMEOUT)
+
+
+@pytest.mark.parametrize(
+    "answer, error, status",
+    [
+        (b"HTTP/1.1 403 Forbidden\r\nContent-Length: 4\r\n\r\nnope", InvalidStatus, 403),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi", InvalidStatus, 200),
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Accept: wrong\r\n\r\n", InvalidHandshake, None),
+        (b"garbage\r\n\r\n", InvalidHandshake, None),
+    ],
+    ids=["403", "200", "bad-accept", "garbage"],
+)
+async def test_rejected_handshake(answer, error, status):
+    async def on_connect(reader, writer):
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(answer)
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    async with server:
+        with pytest.raises(error) as info:
+            await async_connect_websocket("127.0.0.1", server.sockets[0].getsockname()[1], open_timeout=TIMEOUT)
+        if status is not None:
+            assert info.value.status == status
+
+
+async def test_status_of_a_kn_sock_rejection(backend):
+    async with serving(echo, backend=backend, process_request=lambda p, h: (418, [], "tea")) as server:
+        with pytest.raises(InvalidStatus) as info:
+            await async_connect_websocket(f"ws://127.0.0.1:{server.port}/", backend=backend)
+        assert info.value.status == 418 and info.value.body == b"tea"
+
+
+async def test_server_first_frames_arrive_with_the_handshake(backend):
+    """Frames the server sends in the same packet as its 101 answer are not lost."""
+    first = build_frame(1, b"first") + build_frame(2, b"second")
+    async with raw_server(first_frames=first) as (port, peers):
+        ws = await async_connect_websocket("127.0.0.1", port, backend=backend, compression=None)
+        peer = await asyncio.wait_for(peers.get(), TIMEOUT)
+        assert await ws.recv(timeout=TIMEOUT) == "first"
+        assert await ws.recv(timeout=TIMEOUT) == b"second"
+        peer.close()
+        assert await ws.recv(timeout=TIMEOUT) is None
+        assert ws.close_code == 1006
+
+
+async def test_server_protocol_error_fails_client_1002(backend):
+    async with raw_server() as (port, peers):
+        ws = await async_connect_websocket("127.0.0.1", port, backend=backend, compression=None)
+        peer = await asyncio.wait_for(peers.get(), TIMEOUT)
+        peer.send_frame(3, b"")  # reserved opcode
+        assert await ws.recv(timeout=TIMEOUT) is None
+        assert await peer.read_close() == (1002, "reserved opcode 0x3")
+        with pytest.raises(ConnectionClosed):
+            await ws.send("x")
+
+
+async def test_server_invalid_utf8_fails_client_1007(backend):
+    async with raw_server() as (port, peers):
+        ws = await async_connect_websocket("127.0.0.1", port, backend=backend, compression=None)
+        peer = await asyncio.wait_for(peers.get(), TIMEOUT)
+        peer.send_frame(1, b"ok \xff", fin=False)
+        assert await ws.recv(timeout=TIMEOUT) is None
+        assert (await peer.read_close())[0] == 1007
+
+
+# --------------------------------------------------------------------------- interop: websockets server
+
+
+async def test_interop_websockets_server(backend):
+    paths = []
+
+    async def handler(connection):
+        paths.append(connection.request.path)
+        async for message in connection:
+            if message == "close-me":
+                await connection.close(4003, "server bye")
+                return
+            await connection.send(message)
+
+    async with ws_serve(handler, "127.0.0.1", 0, subprotocols=["v2", "v1"]) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with async_connect_websocket(
+            f"ws://127.0.0.1:{port}/room?id=7", backend=backend, subprotocols=["v1", "v2"]
+        ) as ws:
+            assert ws.subprotocol in ("v1", "v2")
+            assert ws.extensions == ["permessage-deflate"]
+            for message in ("text é", b"\x00bin", "", b"", "big" * 100_000, bytes(300_000)):
+                await ws.send(message)
+                assert await ws.recv(timeout=TIMEOUT) == message
+            await ws.send(["frag", "ment", "ed"])
+            assert await ws.recv(timeout=TIMEOUT) == "fragmented"
+            await ws.send([b"x", b"y"])
+            assert await ws.recv(timeout=TIMEOUT) == b"xy"
+            waiter = await ws.ping()
+            assert await asyncio.wait_for(waiter, TIMEOUT) > 0
+            await ws.send("close-me")
+            assert await ws.recv(timeout=TIMEOUT) is None
+            assert (ws.close_code, ws.close_reason) == (4003, "server bye")
+        assert paths == ["/room?id=7"]
+
+        async with async_connect_websocket(
+            "127.0.0.1", port, backend=backend, compression=None, subprotocols=["v1"]
+        ) as ws:
+            assert ws.extensions == [] and ws.subprotocol == "v1"
+            await ws.send("plain")
+            assert await ws.recv(timeout=TIMEOUT) == "plain"
+
+
+async def test_interop_websockets_server_sees_client_close_code(backend):
+    seen = asyncio.get_running_loop().create_future()
+
+    async def handler(connection):
+        try:
+            await connection.recv()
+        except websockets.ConnectionClosed as exc:
+            seen.set_result((exc.rcvd.code, exc.rcvd.reason))
+
+    async with ws_serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        ws = await async_connect_websocket("127.0.0.1", port, backend=backend)
+        await ws.close(4000, "bye")
+        assert await asyncio.wait_for(seen, TIMEOUT) == (4000, "bye")
+        await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+
+
+async def test_interop_websockets_server_compressed_fragments(backend):
+    """websockets sends a fragmented compressed message; kn_sock reassembles and inflates it."""
+
+    async def handler(connection):
+        await connection.send(["a" * 10_000, "b" * 10_000, "c"])
+        await connection.send((b"z" * 5000 for _ in range(4)))
+        await connection.wait_closed()
+
+    async with ws_serve(handler, "127.0.0.1", 0) as server:
+        port = server.sockets[0].getsockname()[1]
+        async with async_connect_websocket("127.0.0.1", port, backend=backend) as ws:
+            assert await ws.recv(timeout=TIMEOUT) == "a" * 10_000 + "b" * 10_000 + "c"
+            assert await ws.recv(timeout=TIMEOUT) == b"z" * 20_000
+
+
+async def test_interop_websockets_server_rejects(backend):
+    from websockets.http11 import Response
+    from websockets.datastructures import Headers
+
+    def process_request(connection, request):
+        return Response(401, "Unauthorized", Headers([("Content-Length", "6")]), b"go way")
+
+    async with ws_serve(echo, "127.0.0.1", 0, process_request=process_request) as server:
+        port = server.sockets[0].getsockname()[1]
+        with pytest.raises(InvalidStatus) as info:
+            await async_connect_websocket("127.0.0.1", port, backend=backend)
+        assert info.value.status == 401 and info.value.body == b"go way"

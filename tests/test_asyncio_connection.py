@@ -1,0 +1,658 @@
+"""AsyncWebSocket (kn_sock/asyncio/connection.py): messages, closing, pings, keepalive, limits.
+
+Every protocol-relevant test runs under both parser twins (``backend`` ids [pure] / [cython]).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+
+import pytest
+
+from asyncio_support import (
+    TIMEOUT,
+    echo,
+    raw_client,
+    raw_server,
+    serving,
+    wait_until,
+)
+from kn_sock import AsyncWebSocket, ConnectionClosed, InvalidState, async_connect_websocket
+from kn_sock._pure import build_frame
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(20)]
+
+
+# --------------------------------------------------------------------------- RFC 6455 §5.6: data frames
+
+
+@pytest.mark.parametrize(
+    "message, expected",
+    [
+        ("hello", "hello"),
+        ("héllo ☃ \U0001f600", "héllo ☃ \U0001f600"),
+        (b"\x00\x01\xfe\xff", b"\x00\x01\xfe\xff"),
+        ("", ""),
+        (b"", b""),
+        (bytearray(b"ba"), b"ba"),
+        (memoryview(b"mv"), b"mv"),
+    ],
+    ids=["text", "text-utf8", "binary", "empty-text", "empty-binary", "bytearray", "memoryview"],
+)
+@pytest.mark.parametrize("compression", ["deflate", None])
+async def test_echo_types(backend, message, expected, compression):
+    async with serving(echo, backend=backend, compression=compression) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=compression) as ws:
+            await ws.send(message)
+            got = await ws.recv(timeout=TIMEOUT)
+            assert got == expected and type(got) is type(expected)
+
+
+@pytest.mark.parametrize("compression", ["deflate", None])
+@pytest.mark.parametrize(
+    "fragments, expected",
+    [(["a", "é", "", "c"], "aéc"), ([b"a", bytearray(b"b"), memoryview(b"c")], b"abc"), (["only"], "only")],
+    ids=["text", "binary", "single"],
+)
+async def test_echo_fragmented_sync_iterable(backend, compression, fragments, expected):
+    async with serving(echo, backend=backend, compression=compression) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=compression) as ws:
+            await ws.send(fragments)
+            await ws.send(iter(fragments))  # a generator / iterator works too
+            assert await ws.recv(timeout=TIMEOUT) == expected
+            assert await ws.recv(timeout=TIMEOUT) == expected
+
+
+@pytest.mark.parametrize("compression", ["deflate", None])
+async def test_echo_fragmented_async_iterable(backend, compression):
+    async def parts():
+        for part in ("x" * 1000, "y" * 70000, "z"):
+            await asyncio.sleep(0)
+            yield part
+
+    async with serving(echo, backend=backend, compression=compression) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=compression) as ws:
+            await ws.send(parts())
+            assert await ws.recv(timeout=TIMEOUT) == "x" * 1000 + "y" * 70000 + "z"
+
+
+async def test_send_empty_iterable_sends_nothing(backend):
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            await ws.send([])
+            await ws.send("after")
+            assert await ws.recv(timeout=TIMEOUT) == "after"
+
+
+def _failing_parts():
+    yield "a"
+    yield "b"  # "a" is sent once "b" is known not to be the last fragment
+    raise RuntimeError("boom")
+
+
+async def _failing_aparts():
+    yield "a"
+    yield "b"
+    raise RuntimeError("boom")
+
+
+@pytest.mark.parametrize(
+    "fragments, error",
+    [(_failing_parts, RuntimeError), (_failing_aparts, RuntimeError), (lambda: ["text", b"bytes"], TypeError)],
+    ids=["sync-raises", "async-raises", "mixed-types"],
+)
+async def test_fragmented_send_that_fails_midway_fails_the_connection(backend, fragments, error):
+    """Half a message went out and cannot be finished: the connection fails with 1011."""
+    seen = asyncio.get_running_loop().create_future()
+
+    async def handler(websocket, path):
+        assert await websocket.recv() is None
+        seen.set_result(websocket.close_code)
+
+    async with serving(handler, backend=backend) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend)
+        with pytest.raises(error):
+            await ws.send(fragments())
+        assert await asyncio.wait_for(seen, TIMEOUT) == 1011
+        await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+        assert ws.closed
+        with pytest.raises(ConnectionClosed):
+            await ws.send("more")
+
+
+async def test_send_waits_for_a_fragmented_message_in_progress(backend):
+    """Another task's send() waits for the fragmented message instead of failing (as websockets)."""
+    gate = asyncio.Event()
+
+    async def parts():
+        yield "a"
+        yield "b"
+        await gate.wait()
+        yield "c"
+
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            frag = asyncio.create_task(ws.send(parts()))
+            await asyncio.sleep(0.01)
+            other = asyncio.create_task(ws.send("other"))
+            await asyncio.sleep(0.01)
+            assert not other.done()
+            gate.set()
+            await asyncio.wait_for(asyncio.gather(frag, other), TIMEOUT)
+            assert await ws.recv(timeout=TIMEOUT) == "abc"
+            assert await ws.recv(timeout=TIMEOUT) == "other"
+
+
+async def test_send_wrong_type(backend):
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            with pytest.raises(TypeError):
+                await ws.send(42)
+            with pytest.raises(TypeError):
+                await ws.send({"a": 1})
+            with pytest.raises(TypeError):
+                await ws.send([42])
+            # The connection is still usable after API misuse that sent nothing.
+            assert ws.open
+            await ws.send("fine")
+            assert await ws.recv(timeout=TIMEOUT) == "fine"
+
+
+@pytest.mark.parametrize("size", [2**20, 100_000, 65_537], ids=["1MiB", "100KB", "64KiB+1"])
+@pytest.mark.parametrize("compression", ["deflate", None])
+async def test_echo_large(backend, size, compression):
+    """Large payloads (random: incompressible) cross many reads and the get_buffer path."""
+    payload = os.urandom(size)
+    async with serving(echo, backend=backend, compression=compression) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=compression) as ws:
+            await ws.send(payload)
+            assert await ws.recv(timeout=TIMEOUT) == payload
+            text = "é" * (size // 2)
+            await ws.send(text)
+            assert await ws.recv(timeout=TIMEOUT) == text
+
+
+async def test_many_messages_in_order(backend):
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            for i in range(500):
+                await ws.send(str(i))
+            for i in range(500):
+                assert await ws.recv(timeout=TIMEOUT) == str(i)
+
+
+async def test_json(backend):
+    async def handler(websocket, path):
+        obj = await websocket.recv_json()
+        await websocket.send_json({"got": obj})
+
+    async with serving(handler, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            await ws.send_json({"a": [1, 2.5, None, "é"]})
+            assert await ws.recv_json(timeout=TIMEOUT) == {"got": {"a": [1, 2.5, None, "é"]}}
+            assert await ws.recv_json(timeout=TIMEOUT) is None  # closed by the handler
+
+
+# --------------------------------------------------------------------------- receiving
+
+
+async def test_recv_none_after_close_and_async_for_ends(backend):
+    async def handler(websocket, path):
+        for i in range(3):
+            await websocket.send(f"m{i}")
+
+    async with serving(handler, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            received = [message async for message in ws]
+            assert received == ["m0", "m1", "m2"]
+            assert await ws.recv() is None
+            assert await ws.recv(timeout=0.01) is None
+            assert ws.close_code == 1000 and ws.close_reason == ""
+            assert ws.closed and not ws.open
+            with pytest.raises(ConnectionClosed):
+                await ws.send("late")
+
+
+async def test_recv_timeout_leaves_connection_usable(backend):
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            with pytest.raises(TimeoutError):
+                await ws.recv(timeout=0.05)
+            with pytest.raises(TimeoutError):
+                await ws.recv(timeout=0)
+            await ws.send("still")
+            assert await ws.recv(timeout=TIMEOUT) == "still"
+
+
+async def test_cancelled_recv_does_not_lose_a_message(backend):
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            # Cancelled while nothing arrived: the next message goes to the next recv().
+            task = asyncio.create_task(ws.recv())
+            await asyncio.sleep(0.01)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            await ws.send("one")
+            assert await ws.recv(timeout=TIMEOUT) == "one"
+            # Cancelled after the message was handed over but before recv() resumed: kept.
+            task = asyncio.create_task(ws.recv())
+            await asyncio.sleep(0.01)
+            frame = build_frame(1, b"two")  # an unmasked server frame, fed as the loop would
+            buf = ws.get_buffer(-1)
+            buf[: len(frame)] = frame
+            ws.buffer_updated(len(frame))
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await ws.recv(timeout=TIMEOUT) == "two"
+
+
+async def test_wait_for_recv_timeout_does_not_lose_a_message(backend):
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            with pytest.raises(TimeoutError):
+                await asyncio.wait_for(ws.recv(), 0.02)
+            await ws.send("kept")
+            assert await ws.recv(timeout=TIMEOUT) == "kept"
+
+
+async def test_concurrent_recv_is_an_error(backend):
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            first = asyncio.create_task(ws.recv())
+            await asyncio.sleep(0.01)
+            with pytest.raises(InvalidState):
+                await ws.recv()
+            await ws.send("for the first")
+            assert await asyncio.wait_for(first, TIMEOUT) == "for the first"
+
+
+async def test_recv_waiting_when_peer_closes_returns_none(backend):
+    async def handler(websocket, path):
+        await websocket.recv()  # one message, then return → close 1000
+
+    async with serving(handler, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            waiting = asyncio.create_task(ws.recv())
+            await asyncio.sleep(0.01)
+            await ws.send("go")
+            assert await asyncio.wait_for(waiting, TIMEOUT) is None
+            assert ws.close_code == 1000
+
+
+# --------------------------------------------------------------------------- RFC 6455 §7: closing
+
+
+async def test_client_close_code_and_reason_reach_server(backend):
+    seen = asyncio.get_running_loop().create_future()
+
+    async def handler(websocket, path):
+        assert await websocket.recv() is None
+        seen.set_result((websocket.close_code, websocket.close_reason))
+
+    async with serving(handler, backend=backend) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend)
+        await ws.close(4000, "bye")
+        assert await asyncio.wait_for(seen, TIMEOUT) == (4000, "bye")
+        assert ws.close_code == 4000  # the server echoed the code (RFC 6455 §5.5.1)
+        assert ws.closed and ws.transport is None
+        await ws.close()  # idempotent
+
+
+async def test_close_with_invalid_code_is_rejected(backend):
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            with pytest.raises(ValueError):
+                await ws.close(1006)
+            assert ws.open
+
+
+async def test_tcp_dropped_without_close_is_1006(backend):
+    seen = asyncio.get_running_loop().create_future()
+
+    async def handler(websocket, path):
+        assert await websocket.recv() is None
+        seen.set_result(websocket.close_code)
+
+    async with serving(handler, backend=backend) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend)
+        ws.abort()
+        assert await asyncio.wait_for(seen, TIMEOUT) == 1006
+        await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+        assert ws.close_code == 1006
+        assert await ws.recv() is None
+
+
+async def test_server_drops_tcp_client_sees_1006(backend):
+    async def handler(websocket, path):
+        await websocket.recv()
+        websocket.abort()
+
+    async with serving(handler, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            await ws.send("x")
+            assert await ws.recv(timeout=TIMEOUT) is None
+            assert ws.close_code == 1006
+            with pytest.raises(ConnectionClosed) as info:
+                await ws.send("y")
+            assert info.value.code == 1006
+
+
+async def test_peer_close_without_code_is_1005(backend):
+    async with raw_server() as (port, peers):
+        ws = await async_connect_websocket("127.0.0.1", port, backend=backend, compression=None)
+        peer = await peers.get()
+        peer.send_frame(8, b"")
+        assert await ws.recv(timeout=TIMEOUT) is None
+        assert ws.close_code == 1005 and ws.close_reason == ""
+        opcode, payload = await peer.read_frame()
+        assert (opcode, payload) == (8, b"")
+        peer.close()
+        await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+
+
+async def test_client_close_is_bounded_by_close_timeout(backend):
+    """A server that never answers the close frame: close() returns after close_timeout."""
+    async with raw_server() as (port, peers):
+        ws = await async_connect_websocket("127.0.0.1", port, backend=backend, close_timeout=0.2)
+        await peers.get()
+        await asyncio.wait_for(ws.close(), 2)
+        assert ws.close_code == 1006
+
+
+# --------------------------------------------------------------------------- RFC 6455 §5.5.2-3: ping / pong
+
+
+async def test_ping_waiter_and_latency(backend):
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, ping_interval=None) as ws:
+            assert ws.latency == 0.0
+            waiter = await ws.ping()
+            rtt = await asyncio.wait_for(waiter, TIMEOUT)
+            assert rtt > 0 and ws.latency == rtt
+            waiter = await ws.ping(b"custom")
+            assert await asyncio.wait_for(waiter, TIMEOUT) > 0
+            waiter = await ws.ping("text payload")
+            assert await asyncio.wait_for(waiter, TIMEOUT) > 0
+            with pytest.raises(ValueError):
+                await ws.ping(b"x" * 126)
+            await ws.pong(b"unsolicited")  # ignored by the peer
+            await ws.send("ok")
+            assert await ws.recv(timeout=TIMEOUT) == "ok"
+        with pytest.raises(ConnectionClosed):
+            await ws.ping()
+
+
+async def test_ping_waiter_fails_when_connection_is_lost(backend):
+    async with raw_server() as (port, peers):
+        ws = await async_connect_websocket("127.0.0.1", port, backend=backend, ping_interval=None)
+        peer = await peers.get()
+        waiter = await ws.ping()
+        peer.writer.transport.abort()
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(waiter, TIMEOUT)
+
+
+async def test_server_answers_pings_while_app_does_not_recv(backend):
+    async with serving(lambda ws, path: ws.wait_closed(), backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            waiter = await ws.ping()
+            assert await asyncio.wait_for(waiter, TIMEOUT) > 0
+
+
+async def test_keepalive_timeout_server_side_closes_1011(backend):
+    """Server keepalive against a client that completed the handshake and then stays silent."""
+    result = asyncio.get_running_loop().create_future()
+
+    async def handler(websocket, path):
+        result.set_result(await websocket.recv())
+
+    async with serving(handler, backend=backend, ping_interval=0.05, ping_timeout=0.1) as server:
+        peer = await raw_client(server.port)
+        opcode, _ = await asyncio.wait_for(peer.read_frame(), TIMEOUT)
+        assert opcode == 9  # a ping, never answered
+        assert await peer.read_close() == (1011, "keepalive ping timeout")
+        assert await asyncio.wait_for(result, TIMEOUT) is None
+        assert await peer.at_eof()
+        peer.close()
+
+
+async def test_keepalive_timeout_client_side_closes_1011(backend):
+    async with raw_server() as (port, peers):
+        ws = await async_connect_websocket("127.0.0.1", port, backend=backend, ping_interval=0.05, ping_timeout=0.1)
+        peer = await peers.get()
+        assert await ws.recv(timeout=TIMEOUT) is None
+        assert ws.closed
+        assert await peer.read_close() == (1011, "keepalive ping timeout")
+        await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+
+
+async def test_keepalive_works_while_app_never_calls_recv(backend):
+    server_side = asyncio.get_running_loop().create_future()
+    done = asyncio.Event()
+
+    async def handler(websocket, path):
+        server_side.set_result(websocket)
+        await done.wait()
+
+    async with serving(handler, backend=backend, ping_interval=0.03, ping_timeout=3) as server:
+        async with async_connect_websocket(
+            "127.0.0.1", server.port, backend=backend, ping_interval=0.03, ping_timeout=3
+        ) as ws:
+            sws = await asyncio.wait_for(server_side, TIMEOUT)
+            await wait_until(lambda: ws.latency > 0 and sws.latency > 0)
+            first = ws.latency, sws.latency
+            # Several intervals later both are still open and pings keep flowing.
+            await wait_until(lambda: ws.latency != first[0] and sws.latency != first[1])
+            assert ws.open and sws.open
+            done.set()
+
+
+async def test_keepalive_without_ping_timeout_keeps_pinging(backend):
+    """ping_timeout=None: pings continue after the first pong."""
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket(
+            "127.0.0.1", server.port, backend=backend, ping_interval=0.02, ping_timeout=None
+        ) as ws:
+            await wait_until(lambda: ws.latency > 0)
+            first = ws.latency
+            await wait_until(lambda: ws.latency != first, timeout=2)
+
+
+# --------------------------------------------------------------------------- limits
+
+
+@pytest.mark.parametrize("compression", ["deflate", None])
+async def test_max_size_1009(backend, compression):
+    closed = asyncio.get_running_loop().create_future()
+
+    async def handler(websocket, path):
+        async for message in websocket:
+            await websocket.send(message)
+        closed.set_result(websocket.close_code)
+
+    async with serving(handler, backend=backend, max_size=1000, compression=compression) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=compression) as ws:
+            await ws.send(b"a" * 1000)  # exactly max_size: accepted
+            assert await ws.recv(timeout=TIMEOUT) == b"a" * 1000
+            await ws.send(b"a" * 1001 if compression is None else b"a" * 100_000)
+            assert await ws.recv(timeout=TIMEOUT) is None
+            assert ws.close_code == 1009
+        assert await asyncio.wait_for(closed, TIMEOUT) == 1006  # no close frame came from the client
+
+
+async def test_max_size_fragmented_1009(backend):
+    async with serving(echo, backend=backend, max_size=1000, compression=None) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=None) as ws:
+            await ws.send([b"a" * 600, b"b" * 600])
+            assert await ws.recv(timeout=TIMEOUT) is None
+            assert ws.close_code == 1009
+
+
+async def test_max_queue_pauses_reading(backend):
+    """A flooding client: the server buffers a bounded number of messages, then stops reading."""
+    server_side = asyncio.get_running_loop().create_future()
+    release = asyncio.Event()
+    got = []
+
+    async def handler(websocket, path):
+        server_side.set_result(websocket)
+        await release.wait()
+        async for message in websocket:
+            got.append(message)
+
+    count, size = 10_000, 1024  # 10 MB: more than the kernel's socket buffers hold
+    async with serving(handler, backend=backend, max_queue=4, compression=None) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=None) as ws:
+            sws = await asyncio.wait_for(server_side, TIMEOUT)
+            # Fixed kernel buffers (no autotuning), so the 10 MB cannot all sit in them.
+            sws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
+            ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
+            sender = asyncio.create_task(_flood(ws, count, size))
+            await wait_until(lambda: not sws.transport.is_reading())
+            # One read of the socket may complete many messages; past that, nothing more is read.
+            bound = 4 + 70_000 // size
+            queued = len(sws._messages)
+            assert 4 <= queued <= bound
+            await asyncio.sleep(0.05)
+            assert len(sws._messages) == queued
+            assert not sender.done()  # the client is blocked on drain: backpressure end to end
+            release.set()
+            await asyncio.wait_for(sender, TIMEOUT)
+            await wait_until(lambda: len(got) == count)
+            assert got == [i.to_bytes(4, "big") * (size // 4) for i in range(count)]
+
+
+async def _flood(ws: AsyncWebSocket, count: int, size: int) -> None:
+    for i in range(count):
+        await ws.send(i.to_bytes(4, "big") * (size // 4))
+
+
+async def test_close_while_reading_is_paused_is_prompt(backend):
+    """The handler returns with the queue full: the close handshake must still complete."""
+    server_side = asyncio.get_running_loop().create_future()
+    release = asyncio.Event()
+
+    async def handler(websocket, path):
+        server_side.set_result(websocket)
+        await release.wait()
+
+    async with serving(handler, backend=backend, max_queue=2, compression=None, close_timeout=3) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=None) as ws:
+            sws = await asyncio.wait_for(server_side, TIMEOUT)
+            for _ in range(200):
+                await ws.send(b"x" * 1000)
+            await wait_until(lambda: not sws.transport.is_reading())
+            loop = asyncio.get_running_loop()
+            start = loop.time()
+            release.set()
+            assert await ws.recv(timeout=TIMEOUT) is None
+            await asyncio.wait_for(sws.wait_closed(), TIMEOUT)
+            assert loop.time() - start < 1.0
+            assert ws.close_code == 1000 and sws.close_code == 1000
+
+
+async def test_write_limit_send_awaits_drain(backend):
+    """A peer that never reads: send() eventually blocks and the write buffer stays bounded."""
+    blocked = asyncio.get_running_loop().create_future()
+    limit = 2**16
+
+    async def handler(websocket, path):
+        chunk = os.urandom(2**16)
+        sent = 0
+        while True:
+            try:
+                await asyncio.wait_for(websocket.send(chunk), 0.3)
+            except TimeoutError:
+                blocked.set_result((sent, websocket.transport.get_write_buffer_size()))
+                return
+            sent += 1
+            assert websocket.transport.get_write_buffer_size() <= limit + len(chunk) + 16
+            if sent > 2000:  # 128 MB went through: not blocked
+                blocked.set_result((sent, None))
+                return
+
+    async with serving(handler, backend=backend, write_limit=limit, compression=None, close_timeout=0.2) as server:
+        peer = await raw_client(server.port)
+        sent, buffered = await asyncio.wait_for(blocked, 10)
+        assert buffered is not None, "send() never blocked"
+        assert buffered <= limit + 2**16 + 16
+        peer.writer.transport.abort()
+
+
+async def test_send_blocked_on_drain_raises_when_connection_is_lost(backend):
+    server_side = asyncio.get_running_loop().create_future()
+    outcome = asyncio.get_running_loop().create_future()
+
+    async def handler(websocket, path):
+        server_side.set_result(websocket)
+        chunk = os.urandom(2**16)
+        try:
+            for _ in range(5000):
+                await websocket.send(chunk)
+        except ConnectionClosed as exc:
+            outcome.set_result(exc)
+        else:
+            outcome.set_result(None)
+
+    async with serving(handler, backend=backend, compression=None) as server:
+        peer = await raw_client(server.port)
+        sws = await asyncio.wait_for(server_side, TIMEOUT)
+        await wait_until(lambda: sws._write_paused)
+        peer.writer.transport.abort()
+        exc = await asyncio.wait_for(outcome, TIMEOUT)
+        assert isinstance(exc, ConnectionClosed) and exc.code == 1006
+
+
+async def test_attributes(backend):
+    server_side = asyncio.get_running_loop().create_future()
+
+    async def handler(websocket, path):
+        server_side.set_result(websocket)
+        await websocket.recv()
+
+    async with serving(handler, backend=backend, headers={"X-Srv": "1"}) as server:
+        async with async_connect_websocket(
+            "127.0.0.1", server.port, path="/p?q=1", backend=backend, headers={"X-Cli": "2"}
+        ) as ws:
+            sws = await asyncio.wait_for(server_side, TIMEOUT)
+            assert isinstance(ws, AsyncWebSocket) and isinstance(sws, AsyncWebSocket)
+            assert ws.path == sws.path == "/p?q=1"
+            assert sws.request_headers["X-Cli"] == "2"
+            assert ws.response_headers["X-Srv"] == "1"
+            assert ws.remote_address[:2] == sws.local_address[:2] == ("127.0.0.1", server.port)
+            assert sws.remote_address[:2] == ws.local_address[:2]
+            assert ws.open and not ws.closed
+            assert ws.close_code is None and ws.close_reason is None
+            assert ws.subprotocol is None
+            assert "OPEN" in repr(ws)
+
+
+async def test_fragmented_send_waits_for_drain_between_fragments(backend):
+    fragments = [os.urandom(2**16) for _ in range(16)]
+    async with serving(echo, backend=backend, compression=None) as server:
+        async with async_connect_websocket(
+            "127.0.0.1", server.port, backend=backend, compression=None, write_limit=1024
+        ) as ws:
+            await ws.send(fragments)
+            await ws.send((f for f in fragments))
+            assert await ws.recv(timeout=TIMEOUT) == b"".join(fragments)
+            assert await ws.recv(timeout=TIMEOUT) == b"".join(fragments)
+
+
+async def test_many_concurrent_clients(backend):
+    async with serving(echo, backend=backend) as server:
+
+        async def client(i: int) -> list:
+            async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+                out = []
+                for j in range(10):
+                    await ws.send(f"{i}:{j}")
+                    out.append(await ws.recv(timeout=TIMEOUT))
+                return out
+
+        results = await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(50))), 10)
+        assert results == [[f"{i}:{j}" for j in range(10)] for i in range(50)]

@@ -1,0 +1,496 @@
+"""start_async_websocket_server / AsyncWebSocketServer (kn_sock/asyncio/server.py).
+
+The documented example, handler lifecycle and close codes, shutdown, the opening handshake
+(RFC 6455 §4.2) with its HTTP answers, process_request, negotiation, interop with the
+``websockets`` client, TLS and uvloop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+import websockets
+from websockets.asyncio.client import connect as ws_connect
+
+from asyncio_support import (
+    TIMEOUT,
+    echo,
+    http_exchange,
+    make_tls_contexts,
+    raw_client,
+    serving,
+    upgrade_request,
+)
+from kn_sock import (
+    AsyncWebSocketServer,
+    InvalidStatus,
+    async_connect_websocket,
+    start_async_websocket_server,
+)
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(20)]
+
+
+# --------------------------------------------------------------------------- the documented example
+
+
+async def test_documented_example(backend):
+    async def handler(websocket, path):
+        async for message in websocket:
+            await websocket.send(f"Echo: {message}")
+
+    server = await start_async_websocket_server("127.0.0.1", 0, handler, backend=backend)
+    assert isinstance(server, AsyncWebSocketServer)
+    port = server.port
+    assert port == server.sockets[0].getsockname()[1] != 0
+    async with async_connect_websocket("127.0.0.1", port, backend=backend) as websocket:
+        await websocket.send("Hello")
+        assert await websocket.recv() == "Echo: Hello"
+    assert websocket.close_code == 1000
+    ws = await async_connect_websocket("127.0.0.1", port, backend=backend)
+    await ws.send("again")
+    assert await ws.recv() == "Echo: again"
+    await ws.close()
+    server.close()
+    await asyncio.wait_for(server.wait_closed(), TIMEOUT)
+
+
+async def test_path_includes_query_string(backend):
+    paths = asyncio.Queue()
+
+    async def handler(websocket, path):
+        await paths.put((path, websocket.path))
+
+    async with serving(handler, backend=backend) as server:
+        ws = await async_connect_websocket(f"ws://127.0.0.1:{server.port}/chat?x=1", backend=backend)
+        assert await asyncio.wait_for(paths.get(), TIMEOUT) == ("/chat?x=1", "/chat?x=1")
+        assert ws.path == "/chat?x=1"
+        await ws.close()
+        async with async_connect_websocket("127.0.0.1", server.port, path="/a/b?y=2&z", backend=backend):
+            assert await asyncio.wait_for(paths.get(), TIMEOUT) == ("/a/b?y=2&z", "/a/b?y=2&z")
+
+
+async def test_handler_with_one_parameter(backend):
+    async def handler(websocket):
+        await websocket.send(websocket.path)
+
+    async with serving(handler, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, path="/one", backend=backend) as ws:
+            assert await ws.recv(timeout=TIMEOUT) == "/one"
+
+
+# --------------------------------------------------------------------------- handler lifecycle, close codes
+
+
+async def test_handler_returns_closes_1000(backend):
+    async def handler(websocket, path):
+        pass
+
+    async with serving(handler, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            assert await ws.recv(timeout=TIMEOUT) is None
+            assert (ws.close_code, ws.close_reason) == (1000, "")
+
+
+async def test_handler_raises_closes_1011(backend, caplog):
+    async def handler(websocket, path):
+        raise RuntimeError("secret detail")
+
+    async with serving(handler, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            assert await ws.recv(timeout=TIMEOUT) is None
+            assert ws.close_code == 1011
+            assert "secret" not in ws.close_reason  # details are logged, not sent
+    assert any("secret detail" in (r.exc_text or str(r.exc_info)) for r in caplog.records)
+
+
+async def test_server_close_sends_1001_and_wait_closed_returns(backend):
+    ready = asyncio.Queue()
+
+    async def handler(websocket, path):
+        await ready.put(None)
+        async for message in websocket:
+            await websocket.send(message)
+
+    server = await start_async_websocket_server("127.0.0.1", 0, handler, backend=backend)
+    port = server.port
+    clients = [await async_connect_websocket("127.0.0.1", port, backend=backend) for _ in range(3)]
+    for _ in clients:
+        await asyncio.wait_for(ready.get(), TIMEOUT)
+    server.close()
+    await asyncio.wait_for(server.wait_closed(), TIMEOUT)
+    for ws in clients:
+        assert await ws.recv(timeout=TIMEOUT) is None
+        assert ws.close_code == 1001
+        await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+    assert not server.connections and not server.tasks
+    with pytest.raises(OSError):
+        await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), TIMEOUT)
+
+
+async def test_server_close_drops_connections_still_in_handshake(backend):
+    server = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"GET / HTTP/1.1\r\n")  # incomplete
+    await asyncio.sleep(0.02)
+    server.close()
+    await asyncio.wait_for(server.wait_closed(), TIMEOUT)
+    assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+    writer.close()
+
+
+async def test_server_close_is_bounded_by_close_timeout(backend):
+    """A client that never answers the 1001 close frame is dropped after close_timeout."""
+    async with serving(echo, backend=backend, close_timeout=0.2) as server:
+        peer = await raw_client(server.port)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 3)
+        assert loop.time() - start < 2
+        assert await peer.read_close() == (1001, "")
+        assert await peer.at_eof()
+        peer.close()
+
+
+async def test_messages_before_close_are_not_lost(backend):
+    async def handler(websocket, path):
+        for i in range(5):
+            await websocket.send(f"m{i}")
+        await websocket.close(4005, "done")
+
+    async with serving(handler, backend=backend) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend)
+        await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+        assert [await ws.recv() for _ in range(5)] == [f"m{i}" for i in range(5)]
+        assert await ws.recv() is None
+        assert (ws.close_code, ws.close_reason) == (4005, "done")
+
+
+async def test_async_with_server_and_serve_forever(backend):
+    async with await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend) as server:
+        forever = asyncio.create_task(server.serve_forever())
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            await ws.send("x")
+            assert await ws.recv(timeout=TIMEOUT) == "x"
+            forever.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await forever
+            assert await ws.recv(timeout=TIMEOUT) is None
+            assert ws.close_code == 1001
+
+
+async def test_one_bad_connection_does_not_disturb_others(backend):
+    async with serving(echo, backend=backend, max_size=100) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as good:
+            async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as bad:
+                await bad.send(b"x" * 1000)
+                assert await bad.recv(timeout=TIMEOUT) is None
+                assert bad.close_code == 1009
+            peer = await raw_client(server.port)
+            peer.writer.write(b"\xff\xff garbage")  # reserved opcode: 1002
+            assert (await peer.read_close())[0] == 1002
+            peer.close()
+            await good.send("still here")
+            assert await good.recv(timeout=TIMEOUT) == "still here"
+
+
+# --------------------------------------------------------------------------- opening handshake (RFC 6455 §4.2)
+
+
+async def test_open_timeout_drops_silent_connection(backend):
+    async with serving(echo, backend=backend, open_timeout=0.1) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+        assert loop.time() - start < 2
+        writer.close()
+
+
+async def test_open_timeout_drops_slow_handshake(backend):
+    async with serving(echo, backend=backend, open_timeout=0.1) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET / HTTP/1.1\r\nHost: x\r\n")  # never finished
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "request_bytes, status, header",
+    [
+        (upgrade_request(headers={"Sec-WebSocket-Version": "12"}), 426, ("sec-websocket-version", "13")),
+        (upgrade_request(method="POST"), 405, ("allow", "GET")),
+        (upgrade_request(headers={"X-Big": "a" * 9 * 1024}), 431, None),
+        (upgrade_request(headers={f"X-{i}": "1" for i in range(200)}), 431, None),
+        (upgrade_request(headers={"Sec-WebSocket-Key": None}), 400, None),
+        (upgrade_request(headers={"Sec-WebSocket-Key": "short"}), 400, None),
+        (upgrade_request(headers={"Connection": "keep-alive"}), 400, None),
+        (b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", 426, ("upgrade", "websocket")),
+        (b"NOT HTTP AT ALL\r\n\r\n", 400, None),
+    ],
+    ids=["version-12", "post", "9KiB-header", "200-headers", "no-key", "bad-key", "no-upgrade-token", "plain-get", "garbage"],
+)
+async def test_http_answers(backend, request_bytes, status, header):
+    async with serving(echo, backend=backend) as server:
+        got, headers, body = await http_exchange(server.port, request_bytes)
+        assert got == status
+        if header is not None:
+            assert headers[header[0]] == header[1]
+        assert headers["connection"] == "close"
+        assert int(headers["content-length"]) == len(body)
+
+
+async def test_origin_check(backend):
+    async with serving(echo, backend=backend, origins=["https://good.example"]) as server:
+        status, _, _ = await http_exchange(server.port, upgrade_request(headers={"Origin": "https://evil.example"}))
+        assert status == 403
+        status, _, _ = await http_exchange(server.port, upgrade_request())
+        assert status == 403  # no Origin, and None is not in the list
+        with pytest.raises(InvalidStatus) as info:
+            await async_connect_websocket("127.0.0.1", server.port, backend=backend, origin="https://evil.example")
+        assert info.value.status == 403
+        async with async_connect_websocket(
+            "127.0.0.1", server.port, backend=backend, origin="https://good.example"
+        ) as ws:
+            await ws.send("ok")
+            assert await ws.recv(timeout=TIMEOUT) == "ok"
+
+
+@pytest.mark.parametrize("use_async", [False, True], ids=["sync-hook", "async-hook"])
+async def test_process_request_health_check(backend, use_async):
+    calls = []
+
+    def decide(path, headers):
+        calls.append((path, headers.get("X-Token")))
+        if path == "/health":
+            return 200, [("X-Health", "yes")], b"OK"
+        if headers.get("X-Token") != "secret":
+            return 401, {}, "denied"
+        return None
+
+    if use_async:
+
+        async def hook(path, headers):
+            await asyncio.sleep(0)
+            return decide(path, headers)
+
+    else:
+        hook = decide
+
+    async with serving(echo, backend=backend, process_request=hook) as server:
+        status, headers, body = await http_exchange(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (status, headers["x-health"], body) == (200, "yes", b"OK")
+        with pytest.raises(InvalidStatus) as info:
+            await async_connect_websocket("127.0.0.1", server.port, backend=backend)
+        assert info.value.status == 401 and info.value.body == b"denied"
+        async with async_connect_websocket(
+            "127.0.0.1", server.port, path="/ws?q", backend=backend, headers={"X-Token": "secret"}
+        ) as ws:
+            await ws.send("through")
+            assert await ws.recv(timeout=TIMEOUT) == "through"
+        assert calls[-1] == ("/ws?q", "secret")
+
+
+@pytest.mark.parametrize("with_hook", [False, True], ids=["no-hook", "async-hook"])
+async def test_pipelined_frames_after_request(backend, with_hook):
+    """Frames sent right behind the request (in the same packet) are not lost, also across
+    the pause for an async process_request hook."""
+
+    async def hook(path, headers):
+        await asyncio.sleep(0.02)
+
+    hook_option = {"process_request": hook} if with_hook else {}
+    async with serving(echo, backend=backend, compression=None, **hook_option) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        from kn_sock._pure import build_frame
+
+        writer.write(upgrade_request() + build_frame(1, b"early", True, False, b"abcd"))
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 101")
+        assert await asyncio.wait_for(reader.readexactly(7), TIMEOUT) == b"\x81\x05early"
+        writer.close()
+
+
+async def test_process_request_failure_is_500(backend, caplog):
+    def hook(path, headers):
+        raise RuntimeError("hook broke")
+
+    async with serving(echo, backend=backend, process_request=hook) as server:
+        status, _, _ = await http_exchange(server.port, upgrade_request())
+        assert status == 500
+
+
+async def test_process_request_bad_answer_is_500_not_a_hang(backend):
+    def hook(path, headers):
+        return 101, [], b""  # cannot be sent as a plain HTTP answer
+
+    async with serving(echo, backend=backend, process_request=hook) as server:
+        status, _, _ = await http_exchange(server.port, upgrade_request())
+        assert status == 500
+
+
+@pytest.mark.parametrize(
+    "server_protocols, client_protocols, chosen",
+    [
+        (["b", "a"], ["a", "b"], "b"),  # the server's preference order wins
+        (["chat"], ["chat", "superchat"], "chat"),
+        (["x"], ["y"], None),  # nothing in common: proceed without one
+        (["x"], None, None),
+        (None, ["y"], None),
+    ],
+)
+async def test_subprotocol_negotiation(backend, server_protocols, client_protocols, chosen):
+    async def handler(websocket, path):
+        await websocket.send(str(websocket.subprotocol))
+
+    async with serving(handler, backend=backend, subprotocols=server_protocols) as server:
+        async with async_connect_websocket(
+            "127.0.0.1", server.port, backend=backend, subprotocols=client_protocols
+        ) as ws:
+            assert ws.subprotocol == chosen
+            assert await ws.recv(timeout=TIMEOUT) == str(chosen)
+
+
+@pytest.mark.parametrize(
+    "server_compression, client_compression, negotiated",
+    [("deflate", "deflate", True), ("deflate", None, False), (None, "deflate", False)],
+)
+async def test_compression_negotiation(backend, server_compression, client_compression, negotiated):
+    async def handler(websocket, path):
+        await websocket.send(repr(websocket.extensions))
+        await echo(websocket, path)
+
+    async with serving(handler, backend=backend, compression=server_compression) as server:
+        async with async_connect_websocket(
+            "127.0.0.1", server.port, backend=backend, compression=client_compression
+        ) as ws:
+            expected = ["permessage-deflate"] if negotiated else []
+            assert ws.extensions == expected
+            assert await ws.recv(timeout=TIMEOUT) == repr(expected)
+            await ws.send("z" * 10000)
+            assert await ws.recv(timeout=TIMEOUT) == "z" * 10000
+
+
+@pytest.mark.parametrize(
+    "options, error",
+    [
+        ({"no_such_option": 1}, TypeError),
+        ({"subprotocols": ["bad token"]}, ValueError),
+        ({"headers": {"Sec-WebSocket-Accept": "x"}}, ValueError),
+        ({"max_queue": 0}, ValueError),
+    ],
+)
+async def test_server_rejects_invalid_options_at_start(options, error):
+    with pytest.raises(error):
+        await start_async_websocket_server("127.0.0.1", 0, echo, **options)
+
+
+# --------------------------------------------------------------------------- interop: websockets client
+
+
+async def test_interop_websockets_client(backend):
+    closed = asyncio.get_running_loop().create_future()
+
+    async def handler(websocket, path):
+        async for message in websocket:
+            if message == "close-me":
+                await websocket.close(4002, "asked")
+                break
+            await websocket.send(message)
+        closed.set_result((websocket.close_code, websocket.close_reason))
+
+    async with serving(handler, backend=backend, subprotocols=["v2", "v1"]) as server:
+        uri = f"ws://127.0.0.1:{server.port}/chat?x=1"
+        async with ws_connect(uri, subprotocols=["v1", "v2"]) as client:
+            assert client.subprotocol == "v2"
+            assert "permessage-deflate" in client.response.headers["Sec-WebSocket-Extensions"]
+            for message in ("text é", b"\x00binary", "", b"", "big" * 100_000, bytes(200_000)):
+                await client.send(message)
+                assert await asyncio.wait_for(client.recv(), TIMEOUT) == message
+            await client.send(["frag", "mented"])
+            assert await asyncio.wait_for(client.recv(), TIMEOUT) == "fragmented"
+            await client.send([b"a", b"b"])
+            assert await asyncio.wait_for(client.recv(), TIMEOUT) == b"ab"
+            await client.ping()
+            await client.close(4001, "client bye")
+        assert await asyncio.wait_for(closed, TIMEOUT) == (4001, "client bye")
+
+        closed = asyncio.get_running_loop().create_future()
+        async with ws_connect(uri, compression=None) as client:
+            assert "Sec-WebSocket-Extensions" not in client.response.headers
+            await client.send("close-me")
+            with pytest.raises(websockets.ConnectionClosed) as info:
+                await asyncio.wait_for(client.recv(), TIMEOUT)
+            assert (info.value.rcvd.code, info.value.rcvd.reason) == (4002, "asked")
+
+
+async def test_interop_websockets_client_handler_outcomes(backend):
+    async def handler(websocket, path):
+        if path == "/raise":
+            raise ValueError("x")
+
+    async with serving(handler, backend=backend) as server:
+        for path, code in (("/ok", 1000), ("/raise", 1011)):
+            async with ws_connect(f"ws://127.0.0.1:{server.port}{path}") as client:
+                with pytest.raises(websockets.ConnectionClosed) as info:
+                    await asyncio.wait_for(client.recv(), TIMEOUT)
+                assert info.value.rcvd.code == code
+
+
+# --------------------------------------------------------------------------- TLS, uvloop
+
+
+async def test_wss_echo(backend, tmp_path):
+    server_ctx, client_ctx = make_tls_contexts(tmp_path)
+    async with serving(echo, backend=backend, ssl=server_ctx) as server:
+        async with async_connect_websocket(f"wss://127.0.0.1:{server.port}/s", backend=backend, ssl=client_ctx) as ws:
+            await ws.send("secure")
+            assert await ws.recv(timeout=TIMEOUT) == "secure"
+            big = bytes(300_000)
+            await ws.send(big)
+            assert await ws.recv(timeout=TIMEOUT) == big
+        assert ws.close_code == 1000
+        # An untrusted certificate fails the TLS handshake on the client.
+        with pytest.raises(OSError):
+            await async_connect_websocket(f"wss://127.0.0.1:{server.port}/", backend=backend, open_timeout=TIMEOUT)
+
+
+async def test_wss_open_timeout_covers_tls_handshake(backend, tmp_path):
+    server_ctx, _ = make_tls_contexts(tmp_path)
+    async with serving(echo, backend=backend, ssl=server_ctx, open_timeout=0.2) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        assert await asyncio.wait_for(reader.read(), 3) == b""
+        writer.close()
+
+
+async def test_echo_under_uvloop(backend, tmp_path):
+    """The whole exchange, plain and over TLS, on a uvloop event loop (run in a thread)."""
+    uvloop = pytest.importorskip("uvloop")
+    server_ctx, client_ctx = make_tls_contexts(tmp_path)
+
+    async def main():
+        assert "uvloop" in type(asyncio.get_running_loop()).__module__
+        async with serving(echo, backend=backend) as server:
+            async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+                for message in ("text", b"bin", "x" * 200_000, bytes(1 << 20)):
+                    await ws.send(message)
+                    assert await ws.recv(timeout=TIMEOUT) == message
+                await ws.send(["a", "b"])
+                assert await ws.recv(timeout=TIMEOUT) == "ab"
+                waiter = await ws.ping()
+                assert await asyncio.wait_for(waiter, TIMEOUT) > 0
+            assert ws.close_code == 1000
+        async with serving(echo, backend=backend, ssl=server_ctx) as server:
+            async with async_connect_websocket(f"wss://127.0.0.1:{server.port}/", backend=backend, ssl=client_ctx) as ws:
+                for message in ("tls", bytes(300_000)):
+                    await ws.send(message)
+                    assert await ws.recv(timeout=TIMEOUT) == message
+
+    def run() -> None:
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            runner.run(main())
+
+    await asyncio.wait_for(asyncio.to_thread(run), 15)
+

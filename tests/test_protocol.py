@@ -1,0 +1,1127 @@
+"""Tests for kn_sock.protocol (sans-I/O), named after the RFC 6455 / RFC 7692 sections they check.
+
+Every test runs under both parser twins through the ``backend`` fixture ([pure] / [cython]).
+Frames from the peer are built, and frames we send are decoded, by the small independent
+codec below, so the tests do not trust the code under test to check itself.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from typing import Any, NamedTuple
+
+import pytest
+
+from kn_sock.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidState,
+    ProtocolError,
+)
+from kn_sock.extensions.permessage_deflate import ClientDeflateFactory, PerMessageDeflate, ServerDeflateFactory
+from kn_sock.protocol import CLIENT, SERVER, Closed, Keepalive, Ping, Pong, Protocol, State
+
+
+# -- an independent frame codec (RFC 6455 §5.2) ----------------------------------------------
+
+OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
+
+
+class Frame(NamedTuple):
+    fin: bool
+    rsv: int  # the three RSV bits, RSV1 = 4
+    opcode: int
+    mask: bytes | None
+    payload: bytes
+
+
+def xor(data: bytes, key: bytes) -> bytes:
+    return bytes(b ^ key[i % 4] for i, b in enumerate(data))
+
+
+def encode(
+    opcode: int,
+    payload: bytes | str = b"",
+    *,
+    fin: bool = True,
+    rsv: int = 0,
+    mask: bytes | None = None,
+    length: int | None = None,
+) -> bytes:
+    """One raw frame; ``length`` overrides the announced payload length."""
+    if isinstance(payload, str):
+        payload = payload.encode("utf-8")
+    n = len(payload) if length is None else length
+    b0 = (0x80 if fin else 0) | (rsv << 4) | opcode
+    mbit = 0x80 if mask is not None else 0
+    if n < 126:
+        header = struct.pack("!BB", b0, mbit | n)
+    elif n < 65536:
+        header = struct.pack("!BBH", b0, mbit | 126, n)
+    else:
+        header = struct.pack("!BBQ", b0, mbit | 127, n)
+    if mask is None:
+        return header + payload
+    return header + mask + xor(payload, mask)
+
+
+def peer(receiver: Protocol, opcode: int, payload: bytes | str = b"", **kwargs: Any) -> bytes:
+    """A frame as the receiver's peer sends it: masked towards a server (RFC 6455 §5.1)."""
+    if receiver.side == SERVER and "mask" not in kwargs:
+        kwargs["mask"] = os.urandom(4)
+    return encode(opcode, payload, **kwargs)
+
+
+def decode(data: bytes) -> list[Frame]:
+    """Every frame in ``data``, which must end on a frame boundary."""
+    frames = []
+    pos = 0
+    while pos < len(data):
+        b0, b1 = data[pos], data[pos + 1]
+        n = b1 & 0x7F
+        pos += 2
+        if n == 126:
+            (n,) = struct.unpack_from("!H", data, pos)
+            pos += 2
+        elif n == 127:
+            (n,) = struct.unpack_from("!Q", data, pos)
+            pos += 8
+        mask = None
+        if b1 & 0x80:
+            mask = data[pos : pos + 4]
+            pos += 4
+        payload = data[pos : pos + n]
+        assert len(payload) == n, "truncated frame"
+        pos += n
+        if mask is not None:
+            payload = xor(payload, mask)
+        frames.append(Frame(bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0x0F, mask, payload))
+    return frames
+
+
+def sent(proto: Protocol) -> list[Frame]:
+    """Decode what the protocol wants written by itself."""
+    return decode(b"".join(proto.data_to_send()))
+
+
+def close_payload(code: int, reason: str = "") -> bytes:
+    return struct.pack("!H", code) + reason.encode("utf-8")
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def make(backend: Any, side: str, **kwargs: Any) -> Protocol:
+    return Protocol(side, backend=backend, **kwargs)
+
+
+def deflate_pair(**server_kwargs: Any) -> tuple[PerMessageDeflate, PerMessageDeflate]:
+    """A negotiated (client, server) permessage-deflate pair: offer → accept_offer → accept_response."""
+    client_factory = ClientDeflateFactory()
+    answer = ServerDeflateFactory(**server_kwargs).accept_offer(client_factory.offer())
+    assert answer is not None
+    response, server_ext = answer
+    return client_factory.accept_response(response), server_ext
+
+
+def connected(backend: Any, deflate: bool = False, **kwargs: Any) -> tuple[Protocol, Protocol]:
+    """A (client, server) pair of protocols that agreed on the same extensions."""
+    if deflate:
+        client_ext, server_ext = deflate_pair()
+        return (
+            make(backend, CLIENT, extensions=[client_ext], **kwargs),
+            make(backend, SERVER, extensions=[server_ext], **kwargs),
+        )
+    return make(backend, CLIENT, **kwargs), make(backend, SERVER, **kwargs)
+
+
+def assert_failed(proto: Protocol, events: list[Any], code: int) -> None:
+    """The connection failed with ``code`` (RFC 6455 §7.1.7): one close frame sent, CLOSED."""
+    assert events, "no Closed event"
+    closed = events[-1]
+    assert isinstance(closed, Closed)
+    assert closed.code == 1006
+    assert isinstance(closed.error, ProtocolError)
+    assert closed.error.code == code
+    assert proto.error is closed.error
+    assert proto.state is State.CLOSED
+    assert proto.close_transport
+    frames = sent(proto)
+    closes = [f for f in frames if f.opcode == OP_CLOSE]
+    assert len(closes) == 1
+    assert frames[-1].opcode == OP_CLOSE
+    assert struct.unpack("!H", closes[0].payload[:2])[0] == code
+    assert (closes[0].mask is not None) == proto.is_client
+    # Nothing more comes out of a failed connection.
+    assert proto.receive_data(peer(proto, OP_TEXT, "late")) == []
+    assert proto.data_to_send() == []
+    with pytest.raises(ConnectionClosedError):
+        proto.send("x")
+
+
+def messages(events: list[Any]) -> list[Any]:
+    return [e for e in events if type(e) in (str, bytes)]
+
+
+# -- §5.1 Overview: masking by side -----------------------------------------------------------
+
+
+class TestMasking:
+    """RFC 6455 §5.1 and §5.3."""
+
+    def test_server_accepts_masked_client_frame(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        assert server.receive_data(encode(OP_TEXT, "hi", mask=b"\x01\x02\x03\x04")) == ["hi"]
+
+    def test_server_fails_on_unmasked_client_frame(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        assert_failed(server, server.receive_data(encode(OP_TEXT, "hi")), 1002)
+
+    def test_client_fails_on_masked_server_frame(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        assert_failed(client, client.receive_data(encode(OP_BINARY, b"hi", mask=b"abcd")), 1002)
+
+    def test_client_masks_every_frame_with_a_fresh_key(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        frames = [decode(client.send(b"same payload"))[0] for _ in range(64)]
+        frames.append(decode(client.send_ping(b"p"))[0])
+        frames.append(decode(client.send_pong(b"p"))[0])
+        frames.append(decode(client.send_close())[0])
+        assert all(f.mask is not None for f in frames)
+        assert len({f.mask for f in frames}) == len(frames)
+        assert {f.payload for f in frames[:64]} == {b"same payload"}
+
+    def test_server_never_masks(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        frames = decode(server.send("x") + server.send_ping(b"p") + server.send_pong() + server.send_close())
+        assert [f.mask for f in frames] == [None] * 4
+
+    def test_client_pong_reply_is_masked(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        client.receive_data(encode(OP_PING, b"abc"))
+        (pong,) = sent(client)
+        assert pong.mask is not None and pong.payload == b"abc"
+
+
+# -- §5.2 Base framing protocol ---------------------------------------------------------------
+
+
+class TestBaseFraming:
+    """RFC 6455 §5.2: reserved bits and opcodes, payload lengths, resumable parsing."""
+
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    @pytest.mark.parametrize("rsv", [4, 2, 1, 7], ids=["rsv1", "rsv2", "rsv3", "all"])
+    def test_reserved_bits_fail_with_1002(self, backend: Any, side: str, rsv: int) -> None:
+        proto = make(backend, side)
+        assert_failed(proto, proto.receive_data(peer(proto, OP_TEXT, "x", rsv=rsv)), 1002)
+
+    @pytest.mark.parametrize("rsv", [2, 1], ids=["rsv2", "rsv3"])
+    def test_rsv2_rsv3_fail_even_with_deflate(self, backend: Any, rsv: int) -> None:
+        client, server = connected(backend, deflate=True)
+        assert_failed(server, server.receive_data(peer(server, OP_BINARY, b"x", rsv=rsv)), 1002)
+
+    @pytest.mark.parametrize("opcode", [3, 4, 5, 6, 7, 0xB, 0xC, 0xD, 0xE, 0xF])
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_reserved_opcodes_fail_with_1002(self, backend: Any, side: str, opcode: int) -> None:
+        proto = make(backend, side)
+        assert_failed(proto, proto.receive_data(peer(proto, opcode, b"")), 1002)
+
+    def test_reserved_opcode_after_valid_frame_keeps_the_message(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        events = server.receive_data(peer(server, OP_TEXT, "ok") + peer(server, 5))
+        assert events[0] == "ok"
+        assert_failed(server, events, 1002)
+
+    def test_64_bit_length_with_top_bit_set_fails_with_1002(self, backend: Any) -> None:
+        client = make(backend, CLIENT, max_size=None)
+        events = client.receive_data(b"\x82\x7f" + struct.pack("!Q", 1 << 63))
+        assert_failed(client, events, 1002)
+
+    @pytest.mark.parametrize("size", [0, 125, 126, 65535, 65536, 70000])
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_payload_length_encodings(self, backend: Any, side: str, size: int) -> None:
+        proto = make(backend, side)
+        payload = os.urandom(size)
+        assert proto.receive_data(peer(proto, OP_BINARY, payload)) == [payload]
+
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_frames_split_at_every_byte(self, backend: Any, side: str) -> None:
+        proto = make(backend, side)
+        data = (
+            peer(proto, OP_TEXT, "héllo")
+            + peer(proto, OP_BINARY, bytes(300))
+            + peer(proto, OP_TEXT, "frag", fin=False)
+            + peer(proto, OP_PING, b"!")
+            + peer(proto, OP_CONT, "ment")
+        )
+        events = []
+        for i in range(len(data)):
+            events += proto.receive_data(data[i : i + 1])
+        assert messages(events) == ["héllo", bytes(300), "fragment"]
+        assert [type(e) for e in events] == [str, bytes, Ping, str]
+
+    def test_many_frames_in_one_chunk(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        data = b"".join(peer(server, OP_TEXT, str(i)) for i in range(100))
+        assert server.receive_data(data) == [str(i) for i in range(100)]
+
+    def test_empty_messages(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        events = server.receive_data(peer(server, OP_TEXT, b"") + peer(server, OP_BINARY, b""))
+        assert events == ["", b""]
+        assert [type(e) for e in events] == [str, bytes]
+
+    def test_receive_data_accepts_bytearray_and_memoryview(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        frame = peer(server, OP_TEXT, "a")
+        assert server.receive_data(bytearray(frame)) == ["a"]
+        assert server.receive_data(memoryview(frame)) == ["a"]
+
+
+# -- §5.4 Fragmentation -----------------------------------------------------------------------
+
+
+class TestFragmentation:
+    """RFC 6455 §5.4."""
+
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_fragmented_text(self, backend: Any, side: str) -> None:
+        proto = make(backend, side)
+        assert proto.receive_data(peer(proto, OP_TEXT, "Hel", fin=False)) == []
+        assert proto.receive_data(peer(proto, OP_CONT, "lo, ", fin=False)) == []
+        assert proto.receive_data(peer(proto, OP_CONT, "wörld")) == ["Hello, wörld"]
+
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_fragmented_binary(self, backend: Any, side: str) -> None:
+        proto = make(backend, side)
+        data = peer(proto, OP_BINARY, b"\x00\x01", fin=False) + peer(proto, OP_CONT, b"", fin=False)
+        data += peer(proto, OP_CONT, b"\xff")
+        events = proto.receive_data(data)
+        assert events == [b"\x00\x01\xff"] and type(events[0]) is bytes
+
+    def test_empty_fragments(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        data = peer(server, OP_TEXT, "", fin=False) + peer(server, OP_CONT, "", fin=False) + peer(server, OP_CONT, "")
+        assert server.receive_data(data) == [""]
+
+    def test_ping_inside_fragmented_message_is_answered(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        events = server.receive_data(peer(server, OP_TEXT, "frag", fin=False) + peer(server, OP_PING, b"in between"))
+        assert len(events) == 1 and isinstance(events[0], Ping) and events[0].data == b"in between"
+        (pong,) = sent(server)
+        assert (pong.opcode, pong.fin, pong.payload) == (OP_PONG, True, b"in between")
+        assert server.receive_data(peer(server, OP_CONT, "ment")) == ["fragment"]
+
+    def test_pong_inside_fragmented_message(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        events = client.receive_data(
+            peer(client, OP_BINARY, b"a", fin=False) + peer(client, OP_PONG, b"?") + peer(client, OP_CONT, b"b")
+        )
+        assert isinstance(events[0], Pong) and events[1:] == [b"ab"]
+        assert client.data_to_send() == []
+
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_continuation_without_start_fails_with_1002(self, backend: Any, side: str) -> None:
+        proto = make(backend, side)
+        assert_failed(proto, proto.receive_data(peer(proto, OP_CONT, "x")), 1002)
+
+    def test_continuation_after_finished_message_fails_with_1002(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        events = server.receive_data(peer(server, OP_TEXT, "a", fin=False) + peer(server, OP_CONT, "b"))
+        assert events == ["ab"]
+        assert_failed(server, server.receive_data(peer(server, OP_CONT, "c")), 1002)
+
+    @pytest.mark.parametrize("first", [OP_TEXT, OP_BINARY])
+    @pytest.mark.parametrize("second", [OP_TEXT, OP_BINARY])
+    def test_new_data_frame_while_fragmented_fails_with_1002(self, backend: Any, first: int, second: int) -> None:
+        server = make(backend, SERVER)
+        assert server.receive_data(peer(server, first, b"a", fin=False)) == []
+        assert_failed(server, server.receive_data(peer(server, second, b"b")), 1002)
+
+    def test_messages_after_a_fragmented_one(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        data = peer(server, OP_TEXT, "a", fin=False) + peer(server, OP_CONT, "b")
+        data += peer(server, OP_BINARY, b"c", fin=False) + peer(server, OP_CONT, b"d") + peer(server, OP_TEXT, "e")
+        assert server.receive_data(data) == ["ab", b"cd", "e"]
+
+
+# -- §5.5 Control frames ----------------------------------------------------------------------
+
+
+class TestControlFrames:
+    """RFC 6455 §5.5: at most 125 bytes, never fragmented."""
+
+    @pytest.mark.parametrize("opcode", [OP_CLOSE, OP_PING, OP_PONG])
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_control_frame_over_125_bytes_fails_with_1002(self, backend: Any, side: str, opcode: int) -> None:
+        proto = make(backend, side)
+        payload = close_payload(1000, "x" * 124) if opcode == OP_CLOSE else bytes(126)
+        assert_failed(proto, proto.receive_data(peer(proto, opcode, payload)), 1002)
+
+    @pytest.mark.parametrize("opcode", [OP_CLOSE, OP_PING, OP_PONG])
+    def test_control_frame_over_125_bytes_fails_from_the_header(self, backend: Any, opcode: int) -> None:
+        client = make(backend, CLIENT)
+        # Two bytes announcing a 16-bit length: no payload is needed to refuse it.
+        assert_failed(client, client.receive_data(bytes([0x80 | opcode, 126])), 1002)
+
+    @pytest.mark.parametrize("opcode", [OP_CLOSE, OP_PING, OP_PONG])
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_fragmented_control_frame_fails_with_1002(self, backend: Any, side: str, opcode: int) -> None:
+        proto = make(backend, side)
+        assert_failed(proto, proto.receive_data(peer(proto, opcode, b"", fin=False)), 1002)
+
+    def test_control_frame_of_exactly_125_bytes(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        (ping,) = server.receive_data(peer(server, OP_PING, bytes(range(125))))
+        assert ping.data == bytes(range(125))
+        assert sent(server)[0].payload == bytes(range(125))
+
+
+# -- §5.5.1 Close -----------------------------------------------------------------------------
+
+
+class TestClose:
+    """RFC 6455 §5.5.1 and §7: the closing handshake."""
+
+    @pytest.mark.parametrize("code", [1000, 1001, 1003, 1011, 3000, 4999])
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_peer_close_is_echoed_with_its_code(self, backend: Any, side: str, code: int) -> None:
+        proto = make(backend, side)
+        events = proto.receive_data(peer(proto, OP_CLOSE, close_payload(code, "bye")))
+        assert len(events) == 1 and isinstance(events[0], Closed)
+        assert (events[0].code, events[0].reason, events[0].error) == (code, "bye", None)
+        (reply,) = sent(proto)
+        assert reply.opcode == OP_CLOSE and reply.fin
+        assert struct.unpack("!H", reply.payload[:2])[0] == code
+        assert proto.state is State.CLOSED
+        assert proto.close_rcvd == (code, "bye")
+        assert proto.close_rcvd_then_sent is True
+
+    def test_empty_close_gets_an_empty_reply_and_1005(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        (closed,) = server.receive_data(peer(server, OP_CLOSE, b""))
+        assert (closed.code, closed.reason) == (1005, "")
+        (reply,) = sent(server)
+        assert (reply.opcode, reply.payload) == (OP_CLOSE, b"")
+        assert server.state is State.CLOSED
+        exc = server.closed_exception()
+        assert isinstance(exc, ConnectionClosedOK) and exc.code == 1005
+
+    def test_one_byte_close_payload_fails_with_1002(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        assert_failed(server, server.receive_data(peer(server, OP_CLOSE, b"\x03")), 1002)
+
+    @pytest.mark.parametrize("code", [0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535])
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_invalid_close_code_fails_with_1002(self, backend: Any, side: str, code: int) -> None:
+        proto = make(backend, side)
+        assert_failed(proto, proto.receive_data(peer(proto, OP_CLOSE, close_payload(code))), 1002)
+
+    def test_invalid_utf8_close_reason_fails_with_1007(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        events = server.receive_data(peer(server, OP_CLOSE, close_payload(1000) + b"\xce\xba\xe1\xbd\xb9\xed\xa0\x80"))
+        assert_failed(server, events, 1007)
+
+    def test_close_while_fragmented_message_is_open_is_a_normal_close(self, backend: Any) -> None:
+        # Autobahn 7.1.5: a fragment, a close, then the rest of the message.
+        server = make(backend, SERVER)
+        data = peer(server, OP_TEXT, "frag", fin=False) + peer(server, OP_CLOSE, close_payload(1000))
+        data += peer(server, OP_CONT, "ment")
+        events = server.receive_data(data)
+        assert len(events) == 1 and isinstance(events[0], Closed)
+        assert (events[0].code, events[0].error) == (1000, None)
+        (reply,) = sent(server)
+        assert reply.payload == close_payload(1000)
+        assert isinstance(server.closed_exception(), ConnectionClosedOK)
+
+    def test_data_after_close_is_ignored(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        data = peer(server, OP_CLOSE, close_payload(1000)) + peer(server, OP_TEXT, "same chunk") + b"\xff\xff garbage"
+        events = server.receive_data(data)
+        assert [type(e) for e in events] == [Closed]
+        assert len(sent(server)) == 1
+        assert server.receive_data(peer(server, OP_TEXT, "later") + peer(server, OP_PING)) == []
+        assert server.receive_data(b"\x00" * 10) == []
+        assert server.data_to_send() == []
+        assert server.error is None
+
+    def test_locally_started_closing_handshake(self, backend: Any) -> None:
+        client, server = connected(backend)
+        frame = client.send_close(1000, "done")
+        assert client.state is State.CLOSING
+        assert client.send_close() == b""  # already started
+        with pytest.raises(ConnectionClosed):
+            client.send("too late")
+        (closed,) = server.receive_data(frame)
+        assert (closed.code, closed.reason) == (1000, "done")
+        assert server.close_transport  # §7.1.1: the server closes TCP first
+        (reply,) = server.data_to_send()
+        (closed,) = client.receive_data(reply)
+        assert (closed.code, closed.reason) == (1000, "")
+        assert client.state is State.CLOSED
+        assert not client.close_transport  # the client waits for the server's TCP close
+        assert client.close_rcvd_then_sent is False
+        assert client.data_to_send() == []  # no second close frame
+        with pytest.raises(ConnectionClosedOK):
+            client.send("x")
+        with pytest.raises(ConnectionClosedOK):
+            server.send("x")
+
+    def test_server_started_closing_handshake(self, backend: Any) -> None:
+        client, server = connected(backend)
+        (closed,) = client.receive_data(server.send_close(1001))
+        assert closed.code == 1001
+        assert not client.close_transport
+        (closed,) = server.receive_data(b"".join(client.data_to_send()))
+        assert closed.code == 1001
+        assert server.state is State.CLOSED and server.close_transport
+
+    def test_close_reply_with_error_code_is_closed_error(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        server.receive_data(peer(server, OP_CLOSE, close_payload(1011)))
+        with pytest.raises(ConnectionClosedError) as info:
+            server.send("x")
+        assert info.value.code == 1011
+
+    def test_messages_before_close_in_the_same_chunk_are_delivered(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        events = client.receive_data(peer(client, OP_TEXT, "last") + peer(client, OP_CLOSE, close_payload(1000)))
+        assert events[0] == "last" and isinstance(events[1], Closed)
+
+    def test_invalid_close_code_or_reason_on_send_is_a_value_error(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        with pytest.raises(ValueError):
+            client.send_close(1006)
+        with pytest.raises(ValueError):
+            client.send_close(1000, "x" * 124)
+        assert client.state is State.OPEN
+
+    def test_send_close_1005_sends_an_empty_close(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        (frame,) = decode(server.send_close(1005))
+        assert (frame.opcode, frame.payload) == (OP_CLOSE, b"")
+
+
+# -- §5.5.2 Ping, §5.5.3 Pong -----------------------------------------------------------------
+
+
+class TestPingPong:
+    """RFC 6455 §5.5.2 and §5.5.3."""
+
+    @pytest.mark.parametrize("payload", [b"", b"hello", bytes(range(125))])
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_ping_is_answered_with_a_pong_with_the_same_payload(self, backend: Any, side: str, payload: bytes) -> None:
+        proto = make(backend, side)
+        (event,) = proto.receive_data(peer(proto, OP_PING, payload))
+        assert isinstance(event, Ping) and event.data == payload and type(event.data) is bytes
+        (pong,) = sent(proto)
+        assert (pong.opcode, pong.fin, pong.rsv, pong.payload) == (OP_PONG, True, 0, payload)
+
+    def test_every_ping_gets_its_own_pong(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        server.receive_data(b"".join(peer(server, OP_PING, bytes([i])) for i in range(5)))
+        assert [f.payload for f in sent(server)] == [bytes([i]) for i in range(5)]
+
+    def test_pong_matches_the_ping_and_acks_older_ones(self, backend: Any) -> None:
+        client, server = connected(backend)
+        pings = [client.send_ping(b"1", tag="a"), client.send_ping("2", tag="b"), client.send_ping(b"3", tag="c")]
+        server.receive_data(b"".join(pings[:2]))
+        pongs = sent(server)
+        (pong,) = client.receive_data(encode(OP_PONG, pongs[1].payload))
+        assert isinstance(pong, Pong) and pong.data == b"2"
+        assert pong.acked == [(b"1", "a"), (b"2", "b")]
+        assert list(client.pings) == [b"3"]
+        # The late pong for "1" is now unsolicited.
+        (late,) = client.receive_data(encode(OP_PONG, b"1"))
+        assert late.acked == []
+        assert list(client.pings) == [b"3"]
+
+    def test_unsolicited_pong_is_ignored(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        server.send_ping(b"mine")
+        (pong,) = server.receive_data(peer(server, OP_PONG, b"heartbeat"))
+        assert isinstance(pong, Pong) and pong.acked == []
+        assert server.data_to_send() == []
+        assert server.state is State.OPEN and list(server.pings) == [b"mine"]
+
+    def test_send_ping_over_125_bytes_is_a_value_error(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        frame = decode(client.send_ping(bytes(125)))[0]
+        assert (frame.opcode, frame.payload) == (OP_PING, bytes(125))
+        with pytest.raises(ValueError):
+            client.send_ping(bytes(126))
+        with pytest.raises(ValueError):
+            client.send_pong(bytes(126))
+        assert bytes(126) not in client.pings
+
+    def test_duplicate_ping_payload_in_flight_is_a_value_error(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        client.send_ping(b"x")
+        with pytest.raises(ValueError):
+            client.send_ping(b"x")
+
+    def test_ping_is_answered_while_closing(self, backend: Any) -> None:
+        # "unless it already received a Close frame": having only sent one, we still owe the pong.
+        client = make(backend, CLIENT)
+        client.send_close()
+        (ping,) = client.receive_data(encode(OP_PING, b"still there?"))
+        assert isinstance(ping, Ping)
+        (pong,) = sent(client)
+        assert (pong.opcode, pong.payload) == (OP_PONG, b"still there?")
+
+    def test_no_pong_after_the_peers_close(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        events = server.receive_data(peer(server, OP_CLOSE, close_payload(1000)) + peer(server, OP_PING, b"?"))
+        assert [type(e) for e in events] == [Closed]
+        assert [f.opcode for f in sent(server)] == [OP_CLOSE]
+
+    def test_ping_after_close_raises(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        client.send_close()
+        with pytest.raises(ConnectionClosed):
+            client.send_ping()
+        with pytest.raises(ConnectionClosed):
+            client.send_pong()
+
+
+# -- §5.6 Data frames, §8.1 Handling errors in UTF-8-encoded data -----------------------------
+
+INVALID_UTF8 = [
+    b"\xff",
+    b"\xc0\xaf",  # overlong "/"
+    b"\xe0\x80\xaf",  # overlong
+    b"\xed\xa0\x80",  # surrogate U+D800
+    b"\xf4\x90\x80\x80",  # above U+10FFFF
+    b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited",  # Autobahn 6.x
+    b"\xe2\x82",  # truncated at the end of the message
+    b"\x80",  # lone continuation byte
+]
+
+
+class TestUtf8:
+    """RFC 6455 §5.6 and §8.1: invalid UTF-8 in a text message fails with 1007."""
+
+    @pytest.mark.parametrize("payload", INVALID_UTF8)
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_invalid_utf8_in_one_frame_fails_with_1007(self, backend: Any, side: str, payload: bytes) -> None:
+        proto = make(backend, side)
+        assert_failed(proto, proto.receive_data(peer(proto, OP_TEXT, payload)), 1007)
+
+    def test_invalid_utf8_in_binary_is_fine(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        assert server.receive_data(peer(server, OP_BINARY, b"\xff\xfe")) == [b"\xff\xfe"]
+
+    def test_code_point_split_across_fragments(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        euro = "€".encode()
+        data = peer(server, OP_TEXT, euro[:1], fin=False) + peer(server, OP_CONT, euro[1:2], fin=False)
+        data += peer(server, OP_CONT, euro[2:])
+        assert server.receive_data(data) == ["€"]
+
+    @pytest.mark.parametrize(
+        "fragments",
+        [
+            # Autobahn 6.4.1: the second fragment is a code point above U+10FFFF.
+            [b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5", b"\xf4\x90\x80\x80", b"edited"],
+            # Autobahn 6.4.2: the first fragment ends on a valid lead byte, the second can't follow it.
+            [b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xf4", b"\x90\x80\x80", b"edited"],
+            # A surrogate's first two bytes are already impossible.
+            [b"ok", b"\xed\xa0", b"\x80"],
+            # An invalid byte in the very first fragment.
+            [b"\xff", b"ok"],
+        ],
+        ids=["6.4.1", "6.4.2", "surrogate", "first"],
+    )
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_fragmented_text_fails_fast(self, backend: Any, side: str, fragments: list[bytes]) -> None:
+        proto = make(backend, side)
+        events: list[Any] = []
+        for i, fragment in enumerate(fragments):
+            events = proto.receive_data(peer(proto, OP_TEXT if i == 0 else OP_CONT, fragment, fin=False))
+            if events:
+                break
+        # It fails on the fragment that makes the message impossible, before the last one.
+        assert i < len(fragments) - 1 or len(fragments) == 2
+        assert_failed(proto, events, 1007)
+
+    def test_fragmented_text_ending_mid_code_point_fails_with_1007(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        assert server.receive_data(peer(server, OP_TEXT, b"ok\xe2", fin=False)) == []
+        assert_failed(server, server.receive_data(peer(server, OP_CONT, b"\x82")), 1007)
+
+    def test_ping_between_fragments_does_not_disturb_validation(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        data = peer(server, OP_TEXT, b"\xe2", fin=False) + peer(server, OP_PING, b"\xff")
+        data += peer(server, OP_CONT, b"\x82\xac")
+        events = server.receive_data(data)
+        assert isinstance(events[0], Ping) and events[1:] == ["€"]
+
+
+# -- max_size (RFC 6455 §10.4) ----------------------------------------------------------------
+
+
+class TestMaxSize:
+    """RFC 6455 §10.4 and §7.4.1 (1009): limits decided before buffering the payload."""
+
+    @pytest.mark.parametrize(
+        "header",
+        [
+            b"\x82\x7e" + struct.pack("!H", 1001),
+            b"\x82\x7f" + struct.pack("!Q", 2**40),
+            b"\x81\x7f" + struct.pack("!Q", 2**63 - 1),
+        ],
+        ids=["16-bit", "40-bit", "63-bit"],
+    )
+    def test_too_big_frame_fails_with_1009_from_the_header_alone(self, backend: Any, header: bytes) -> None:
+        client = make(backend, CLIENT, max_size=1000)
+        assert_failed(client, client.receive_data(header), 1009)
+
+    def test_too_big_masked_frame_fails_before_the_mask_key(self, backend: Any) -> None:
+        server = make(backend, SERVER, max_size=1000)
+        assert_failed(server, server.receive_data(b"\x82\xfe" + struct.pack("!H", 1001)), 1009)
+
+    def test_too_big_frame_fails_with_1009_when_fed_byte_by_byte(self, backend: Any) -> None:
+        client = make(backend, CLIENT, max_size=1000)
+        header = b"\x82\x7e" + struct.pack("!H", 1001)
+        for byte in header[:-1]:
+            assert client.receive_data(bytes([byte])) == []
+        assert_failed(client, client.receive_data(header[-1:]), 1009)
+
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_message_of_exactly_max_size_is_accepted(self, backend: Any, side: str) -> None:
+        proto = make(backend, side, max_size=1000)
+        assert proto.receive_data(peer(proto, OP_BINARY, bytes(1000))) == [bytes(1000)]
+        assert proto.receive_data(peer(proto, OP_TEXT, "é" * 500)) == ["é" * 500]
+
+    def test_fragmented_message_cumulative_size_fails_with_1009(self, backend: Any) -> None:
+        server = make(backend, SERVER, max_size=1000)
+        for _ in range(3):
+            assert server.receive_data(peer(server, OP_BINARY if _ == 0 else OP_CONT, bytes(300), fin=False)) == []
+        # 900 bytes so far: a 101-byte fragment is refused from its header.
+        assert_failed(server, server.receive_data(b"\x80\xfe" + struct.pack("!H", 101)), 1009)
+
+    def test_fragmented_message_of_exactly_max_size_is_accepted(self, backend: Any) -> None:
+        server = make(backend, SERVER, max_size=1000)
+        data = peer(server, OP_TEXT, "a" * 600, fin=False) + peer(server, OP_CONT, "b" * 400)
+        assert server.receive_data(data) == ["a" * 600 + "b" * 400]
+        # The limit is per message: the next one starts from zero.
+        assert server.receive_data(peer(server, OP_BINARY, bytes(1000))) == [bytes(1000)]
+
+    def test_control_frames_do_not_count_towards_the_message(self, backend: Any) -> None:
+        server = make(backend, SERVER, max_size=10)
+        data = peer(server, OP_BINARY, bytes(5), fin=False) + peer(server, OP_PING, bytes(100))
+        data += peer(server, OP_CONT, bytes(5))
+        events = server.receive_data(data)
+        assert events[1:] == [bytes(10)]
+
+    def test_no_limit(self, backend: Any) -> None:
+        client = make(backend, CLIENT, max_size=None)
+        assert client.receive_data(encode(OP_BINARY, bytes(3 * 2**20))) == [bytes(3 * 2**20)]
+
+
+# -- §7.1.7 Fail the WebSocket connection, §7.1.1 / §7.1.4 closing TCP ---------------------------
+
+
+class TestFail:
+    """RFC 6455 §7.1.7, §7.1.1 (who closes TCP) and §7.1.5 (1006)."""
+
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_fail_sends_one_close_frame_and_closes(self, backend: Any, side: str) -> None:
+        proto = make(backend, side)
+        proto.fail(1011, "internal")
+        (frame,) = sent(proto)
+        assert frame.payload == close_payload(1011, "internal")
+        assert proto.state is State.CLOSED and proto.close_transport
+        proto.fail(1002)
+        assert proto.data_to_send() == []
+        with pytest.raises(ConnectionClosedError) as info:
+            proto.send("x")
+        assert info.value.code == 1006
+        assert proto.send_close() == b""
+
+    def test_fail_truncates_a_long_reason(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        server.fail(1011, "é" * 100)
+        (frame,) = sent(server)
+        assert len(frame.payload) <= 125
+        frame.payload[2:].decode("utf-8")
+
+    def test_fail_while_closing_sends_no_second_close_frame(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        client.send_close()
+        client.fail(1011)
+        assert client.data_to_send() == []
+        assert client.state is State.CLOSED and client.close_transport
+
+    def test_protocol_error_while_closing_sends_no_second_close_frame(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        client.send_close()
+        (closed,) = client.receive_data(encode(OP_CONT, b"x"))
+        assert closed.error.code == 1002
+        assert client.data_to_send() == []
+        assert client.state is State.CLOSED and client.close_transport
+
+    def test_send_after_protocol_error_raises_connection_closed_error(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        server.receive_data(peer(server, 3))
+        for call in (lambda: server.send(b"x"), lambda: server.send_ping(), lambda: server.send_fragment("x", True)):
+            with pytest.raises(ConnectionClosedError):
+                call()
+
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_receive_eof_is_1006(self, backend: Any, side: str) -> None:
+        proto = make(backend, side)
+        (closed,) = proto.receive_eof()
+        assert isinstance(closed, Closed) and closed.code == 1006 and closed.error is None
+        assert proto.state is State.CLOSED and proto.close_transport
+        assert proto.data_to_send() == []
+        assert proto.receive_data(peer(proto, OP_TEXT, "x")) == []
+        with pytest.raises(ConnectionClosedError) as info:
+            proto.send("x")
+        assert info.value.code == 1006
+
+    def test_receive_eof_in_the_middle_of_a_message(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        server.receive_data(peer(server, OP_TEXT, "par", fin=False) + peer(server, OP_CONT, "tial")[:3])
+        (closed,) = server.receive_eof()
+        assert closed.code == 1006
+
+    def test_receive_eof_after_closing_handshake(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        client.receive_data(encode(OP_CLOSE, close_payload(1000)))
+        assert not client.close_transport
+        assert client.receive_eof() == []
+        assert client.close_transport
+        assert isinstance(client.closed_exception(), ConnectionClosedOK)
+
+    def test_receive_eof_while_closing_is_an_error(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        client.send_close()
+        (closed,) = client.receive_eof()
+        assert closed.code == 1006
+        assert isinstance(client.closed_exception(), ConnectionClosedError)
+
+    @pytest.mark.parametrize("side,expected", [(CLIENT, False), (SERVER, True)])
+    def test_close_transport_after_a_normal_close(self, backend: Any, side: str, expected: bool) -> None:
+        proto = make(backend, side)
+        assert not proto.close_transport
+        proto.receive_data(peer(proto, OP_CLOSE, close_payload(1000)))
+        assert proto.close_transport is expected
+
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_close_transport_after_a_failure(self, backend: Any, side: str) -> None:
+        proto = make(backend, side)
+        proto.receive_data(peer(proto, OP_TEXT, b"\xff"))
+        assert proto.close_transport
+
+
+# -- §5.6 / §5.4 Sending ----------------------------------------------------------------------
+
+
+class TestSending:
+    """What we send parses back on the other side (RFC 6455 §5.6, §5.4)."""
+
+    @pytest.mark.parametrize(
+        "message",
+        ["", "héllo ✓", "x" * 70000, b"", b"\x00\xff", bytes(126), bytearray(b"ba"), memoryview(b"mv")],
+        ids=["empty-str", "str", "long-str", "empty-bytes", "bytes", "126", "bytearray", "memoryview"],
+    )
+    def test_messages_round_trip_both_ways(self, backend: Any, message: Any) -> None:
+        client, server = connected(backend)
+        expected = bytes(message) if not isinstance(message, str) else message
+        for sender, receiver in ((client, server), (server, client)):
+            frame = sender.send(message)
+            (decoded,) = decode(frame)
+            assert decoded.opcode == (OP_TEXT if isinstance(message, str) else OP_BINARY)
+            assert decoded.fin and decoded.rsv == 0
+            (received,) = receiver.receive_data(frame)
+            assert received == expected and type(received) is type(expected)
+
+    def test_send_refuses_other_types(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        with pytest.raises(TypeError):
+            client.send(42)
+        with pytest.raises(TypeError):
+            client.send_fragment(42, True)
+
+    @pytest.mark.parametrize("parts", [["ab", "cd", "é"], [b"ab", b"", b"\xff"]], ids=["text", "binary"])
+    def test_fragmented_message_round_trip(self, backend: Any, parts: list[Any]) -> None:
+        client, server = connected(backend)
+        frames = [client.send_fragment(p, i == len(parts) - 1) for i, p in enumerate(parts)]
+        decoded = [decode(f)[0] for f in frames]
+        first = OP_TEXT if isinstance(parts[0], str) else OP_BINARY
+        assert [f.opcode for f in decoded] == [first, OP_CONT, OP_CONT]
+        assert [f.fin for f in decoded] == [False, False, True]
+        assert all(f.mask is not None for f in decoded)
+        events = server.receive_data(b"".join(frames))
+        assert events == ["".join(parts) if first == OP_TEXT else b"".join(parts)]
+
+    def test_control_frames_may_interleave_a_fragmented_send(self, backend: Any) -> None:
+        client, server = connected(backend)
+        data = client.send_fragment("a", False) + client.send_ping(b"p") + client.send_fragment("b", True)
+        events = server.receive_data(data)
+        assert isinstance(events[0], Ping) and events[1] == "ab"
+
+    def test_mixed_fragment_types_is_a_type_error(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        client.send_fragment("a", False)
+        with pytest.raises(TypeError):
+            client.send_fragment(b"b", True)
+
+    def test_send_while_a_fragmented_message_is_open_is_invalid_state(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        client.send_fragment(b"a", False)
+        with pytest.raises(InvalidState):
+            client.send(b"b")
+        client.send_fragment(b"b", True)
+        client.send(b"c")
+
+    def test_send_after_close_raises_connection_closed(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        client.send_close()
+        with pytest.raises(ConnectionClosed):
+            client.send("x")
+        with pytest.raises(ConnectionClosed):
+            client.send_fragment("x", True)
+
+    def test_send_on_closed_connection_with_an_open_fragmented_send(self, backend: Any) -> None:
+        # SPEC: sending on a closed connection raises ConnectionClosed, whatever was going on.
+        client = make(backend, CLIENT)
+        client.send_fragment("a", False)
+        client.receive_data(encode(OP_CLOSE, close_payload(1001)))
+        with pytest.raises(ConnectionClosedOK):
+            client.send("x")
+        with pytest.raises(ConnectionClosedOK):
+            client.send_fragment("b", True)
+
+    def test_sending_does_not_queue_anything(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        client.send("x")
+        client.send_ping()
+        assert client.data_to_send() == []
+
+
+# -- RFC 7692 permessage-deflate --------------------------------------------------------------
+
+
+class TestPerMessageDeflate:
+    """RFC 7692 §6 (RSV1), §7.2 (compression) and the max_size rules of SPEC.md."""
+
+    @pytest.mark.parametrize("message", ["hello " * 100, b"\x00\x01" * 500, "", b"", "é"])
+    def test_compressed_messages_round_trip_both_ways(self, backend: Any, message: Any) -> None:
+        client, server = connected(backend, deflate=True)
+        for sender, receiver in ((client, server), (server, client)):
+            for _ in range(3):  # context takeover across messages
+                frame = sender.send(message)
+                (decoded,) = decode(frame)
+                assert decoded.rsv == 4  # RSV1: compressed
+                assert (decoded.mask is not None) == sender.is_client
+                assert receiver.receive_data(frame) == [message]
+                assert type(message) is str or len(message) < 100 or len(decoded.payload) < len(message)
+
+    def test_fragmented_compressed_messages(self, backend: Any) -> None:
+        client, server = connected(backend, deflate=True)
+        for sender, receiver in ((client, server), (server, client)):
+            parts = ["spam " * 50, "", "eggs é " * 50]
+            frames = [sender.send_fragment(p, i == 2) for i, p in enumerate(parts)]
+            decoded = [decode(f)[0] for f in frames]
+            assert [f.rsv for f in decoded] == [4, 0, 0]  # RSV1 on the first frame only (§6.1)
+            assert [f.opcode for f in decoded] == [OP_TEXT, OP_CONT, OP_CONT]
+            events: list[Any] = []
+            for f in frames:
+                events += receiver.receive_data(f)
+            assert events == ["".join(parts)]
+            # And a binary one right after, sharing the compression context.
+            frames = [sender.send_fragment(b"ab" * 100, False), sender.send_fragment(b"cd" * 100, True)]
+            assert receiver.receive_data(b"".join(frames)) == [b"ab" * 100 + b"cd" * 100]
+
+    def test_compressed_message_fragmented_by_the_peer(self, backend: Any) -> None:
+        client_ext, server_ext = deflate_pair()
+        server = make(backend, SERVER, extensions=[server_ext])
+        payload = client_ext.compress("fragmented by a proxy ✓".encode() * 20)
+        cut = len(payload) // 3
+        data = peer(server, OP_TEXT, payload[:cut], rsv=4, fin=False) + peer(server, OP_CONT, payload[cut:2 * cut], fin=False)
+        data += peer(server, OP_PING, b"!") + peer(server, OP_CONT, payload[2 * cut :])
+        events = server.receive_data(data)
+        assert isinstance(events[0], Ping)
+        assert events[1:] == ["fragmented by a proxy ✓" * 20]
+
+    def test_uncompressed_message_on_a_deflate_connection(self, backend: Any) -> None:
+        client, server = connected(backend, deflate=True)
+        assert server.receive_data(peer(server, OP_TEXT, "plain")) == ["plain"]
+        assert server.receive_data(client.send("packed")) == ["packed"]
+
+    def test_rsv1_on_a_continuation_frame_fails_with_1002(self, backend: Any) -> None:
+        client_ext, server_ext = deflate_pair()
+        server = make(backend, SERVER, extensions=[server_ext])
+        payload = client_ext.compress(b"abcdef")
+        data = peer(server, OP_BINARY, payload[:2], rsv=4, fin=False) + peer(server, OP_CONT, payload[2:], rsv=4)
+        assert_failed(server, server.receive_data(data), 1002)
+
+    def test_rsv1_on_a_continuation_of_an_uncompressed_message_fails_with_1002(self, backend: Any) -> None:
+        client, server = connected(backend, deflate=True)
+        data = peer(client, OP_TEXT, "a", fin=False) + peer(client, OP_CONT, "b", rsv=4)
+        assert_failed(client, client.receive_data(data), 1002)
+
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_rsv1_without_deflate_fails_with_1002(self, backend: Any, side: str) -> None:
+        proto = make(backend, side)
+        payload = zlib.compressobj(wbits=-15).compress(b"x")
+        assert_failed(proto, proto.receive_data(peer(proto, OP_TEXT, payload, rsv=4)), 1002)
+
+    @pytest.mark.parametrize("opcode", [OP_PING, OP_PONG, OP_CLOSE])
+    def test_rsv1_on_a_control_frame_fails_with_1002(self, backend: Any, opcode: int) -> None:
+        client, server = connected(backend, deflate=True)
+        assert_failed(server, server.receive_data(peer(server, opcode, b"", rsv=4)), 1002)
+
+    @pytest.mark.parametrize("fragmented", [False, True])
+    def test_zip_bomb_fails_with_1009(self, backend: Any, fragmented: bool) -> None:
+        client_ext, server_ext = deflate_pair()
+        server = make(backend, SERVER, max_size=10_000, extensions=[server_ext])
+        payload = client_ext.compress(bytes(10_000_000))
+        assert len(payload) < 20_000
+        if fragmented:
+            data = peer(server, OP_BINARY, payload[:10], rsv=4, fin=False) + peer(server, OP_CONT, payload[10:])
+        else:
+            data = peer(server, OP_BINARY, payload, rsv=4)
+        assert_failed(server, server.receive_data(data), 1009)
+
+    def test_message_one_byte_over_max_size_fails_with_1009(self, backend: Any) -> None:
+        client_ext, server_ext = deflate_pair()
+        server = make(backend, SERVER, max_size=1000, extensions=[server_ext])
+        data = peer(server, OP_TEXT, client_ext.compress(b"a" * 1001), rsv=4)
+        assert_failed(server, server.receive_data(data), 1009)
+
+    @pytest.mark.parametrize("level", [0, 1, 9])
+    def test_message_of_exactly_max_size_is_accepted_whatever_its_compressed_length(
+        self, backend: Any, level: int
+    ) -> None:
+        client_factory = ClientDeflateFactory(compress_settings={"level": level})
+        response, server_ext = ServerDeflateFactory().accept_offer(client_factory.offer())  # type: ignore[misc]
+        client = make(backend, CLIENT, extensions=[client_factory.accept_response(response)])
+        server = make(backend, SERVER, max_size=4096, extensions=[server_ext])
+        message = os.urandom(4096)
+        frame = client.send(message)
+        assert len(decode(frame)[0].payload) > 4096  # incompressible: longer than max_size
+        assert server.receive_data(frame) == [message]
+        # Still so when a proxy split it into tiny fragments.
+        frame = client.send(os.urandom(4096))
+        payload = decode(frame)[0].payload
+        data = peer(server, OP_BINARY, payload[:1], rsv=4, fin=False)
+        data += b"".join(peer(server, OP_CONT, payload[i : i + 7], fin=False) for i in range(1, len(payload), 7))
+        data += peer(server, OP_CONT, b"")
+        (received,) = server.receive_data(data)
+        assert len(received) == 4096
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="open: the compressed-bytes bound (max_size + WORST_CASE_OVERHEAD) has no per-frame "
+        "allowance, so an incompressible max_size message in many small sync-flushed fragments is refused",
+    )
+    def test_message_of_exactly_max_size_in_small_compressed_fragments(self, backend: Any) -> None:
+        client, server = connected(backend, deflate=True, max_size=4096)
+        message = os.urandom(4096)
+        chunks = [message[i : i + 16] for i in range(0, 4096, 16)]
+        data = b"".join(client.send_fragment(c, i == len(chunks) - 1) for i, c in enumerate(chunks))
+        assert server.receive_data(data) == [message]
+
+    def test_compressed_bytes_beyond_the_worst_case_fail_with_1009_from_the_header(self, backend: Any) -> None:
+        client_ext, server_ext = deflate_pair()
+        server = make(backend, SERVER, max_size=4096, extensions=[server_ext])
+        header = b"\xc2\xff" + struct.pack("!Q", 2**32)
+        assert_failed(server, server.receive_data(header), 1009)
+
+    def test_invalid_compressed_data_fails_with_1007(self, backend: Any) -> None:
+        client, server = connected(backend, deflate=True)
+        assert_failed(server, server.receive_data(peer(server, OP_BINARY, b"\xff\xff\xff\xff", rsv=4)), 1007)
+
+    def test_invalid_utf8_in_a_compressed_text_message_fails_with_1007(self, backend: Any) -> None:
+        client_ext, server_ext = deflate_pair()
+        server = make(backend, SERVER, extensions=[server_ext])
+        assert_failed(server, server.receive_data(peer(server, OP_TEXT, client_ext.compress(b"ok\xff"), rsv=4)), 1007)
+
+    def test_invalid_utf8_in_a_fragmented_compressed_text_message_fails_fast(self, backend: Any) -> None:
+        client_ext, server_ext = deflate_pair()
+        server = make(backend, SERVER, extensions=[server_ext])
+        first = peer(server, OP_TEXT, client_ext.compress(b"valid", fin=False), rsv=4, fin=False)
+        assert server.receive_data(first) == []
+        second = peer(server, OP_CONT, client_ext.compress(b"\xed\xa0\x80", fin=False), fin=False)
+        assert_failed(server, server.receive_data(second), 1007)
+
+    def test_per_message_opt_out(self, backend: Any) -> None:
+        client, server = connected(backend, deflate=True)
+        for sender, receiver in ((client, server), (server, client)):
+            frame = sender.send("not compressed " * 10, compress=False)
+            (decoded,) = decode(frame)
+            assert decoded.rsv == 0 and decoded.payload == b"not compressed " * 10
+            assert receiver.receive_data(frame) == ["not compressed " * 10]
+            frames = [sender.send_fragment(b"a", False, compress=False), sender.send_fragment(b"b", True)]
+            assert [decode(f)[0].rsv for f in frames] == [0, 0]
+            assert receiver.receive_data(b"".join(frames)) == [b"ab"]
+            # Compression resumes with the next message.
+            assert decode(sender.send("again"))[0].rsv == 4
+
+    def test_max_size_none_with_deflate(self, backend: Any) -> None:
+        client_ext, server_ext = deflate_pair()
+        client = make(backend, CLIENT, extensions=[client_ext])
+        server = make(backend, SERVER, max_size=None, extensions=[server_ext])
+        assert server.receive_data(client.send(bytes(3 * 2**20))) == [bytes(3 * 2**20)]
+
+
+# -- Keepalive --------------------------------------------------------------------------------
+
+
+class TestKeepalive:
+    """Keepalive bookkeeping, driven through a client/server pair exchanging real ping/pong frames."""
+
+    def test_ping_due_after_interval_and_pong_resets(self, backend: Any) -> None:
+        client, server = connected(backend)
+        ka = Keepalive(10.0, 5.0, now=100.0)
+        assert ka.deadline == 110.0
+        assert ka.poll(109.9) is None
+        assert ka.poll(110.0) == "ping"
+        server.receive_data(client.send_ping(b"ka", tag="keepalive"))
+        ka.ping_sent(110.0)
+        assert ka.deadline == 115.0
+        assert ka.poll(112.0) is None
+        (pong,) = client.receive_data(b"".join(server.data_to_send()))
+        assert pong.acked == [(b"ka", "keepalive")]
+        ka.pong_received(112.0)
+        assert ka.deadline == 120.0  # interval after the previous ping was sent
+        assert ka.poll(119.0) is None
+        assert ka.poll(120.0) == "ping"
+
+    def test_late_pong_schedules_from_now(self, backend: Any) -> None:
+        ka = Keepalive(10.0, 50.0, now=0.0)
+        ka.ping_sent(10.0)
+        ka.pong_received(30.0)
+        assert ka.deadline == 30.0 and ka.poll(30.0) == "ping"
+
+    def test_timeout_after_ping_timeout(self, backend: Any) -> None:
+        client, server = connected(backend)
+        ka = Keepalive(10.0, 5.0, now=0.0)
+        assert ka.poll(10.0) == "ping"
+        client.send_ping(b"lost")  # the server never answers
+        ka.ping_sent(10.0)
+        assert ka.poll(14.99) is None
+        assert ka.poll(15.0) == "timeout"
+        client.fail(1011, "keepalive ping timeout")
+        (frame,) = sent(client)
+        assert frame.payload[:2] == struct.pack("!H", 1011)
+
+    def test_no_second_ping_while_one_is_in_flight(self, backend: Any) -> None:
+        ka = Keepalive(1.0, None, now=0.0)
+        ka.ping_sent(1.0)
+        assert ka.deadline is None
+        assert ka.poll(1000.0) is None
+        ka.pong_received(1000.0)
+        assert ka.poll(1000.0) == "ping"
+
+    @pytest.mark.parametrize("interval", [None, 0])
+    def test_disabled_with_none(self, backend: Any, interval: Any) -> None:
+        ka = Keepalive(interval, 20.0, now=0.0)
+        assert ka.deadline is None
+        assert ka.poll(1e12) is None

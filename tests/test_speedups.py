@@ -1,0 +1,589 @@
+"""The twins ``_pure`` and ``_speedups``, function by function, on RFC 6455 vectors and errors.
+
+Every test takes the ``backend`` fixture, so it runs as ``[pure]`` and as ``[cython]``.
+"""
+
+from __future__ import annotations
+
+import array
+import os
+import random
+
+import pytest
+
+from kn_sock.exceptions import PayloadTooBig, ProtocolError
+
+MASK = b"\x37\xfa\x21\x3d"
+# RFC 6455 §5.7
+HELLO_UNMASKED = bytes([0x81, 0x05, 0x48, 0x65, 0x6C, 0x6C, 0x6F])
+HELLO_MASKED = bytes([0x81, 0x85, 0x37, 0xFA, 0x21, 0x3D, 0x7F, 0x9F, 0x4D, 0x51, 0x58])
+HEL_LO = (bytes([0x01, 0x03, 0x48, 0x65, 0x6C]), bytes([0x80, 0x02, 0x6C, 0x6F]))
+PING_HELLO = bytes([0x89, 0x05, 0x48, 0x65, 0x6C, 0x6C, 0x6F])
+PONG_HELLO_MASKED = bytes([0x8A, 0x85, 0x37, 0xFA, 0x21, 0x3D, 0x7F, 0x9F, 0x4D, 0x51, 0x58])
+
+
+def naive_mask(data: bytes, mask: bytes, phase: int = 0) -> bytes:
+    return bytes(b ^ mask[(i + phase) % 4] for i, b in enumerate(data))
+
+
+def feed_chunks(parser, data: bytes, sizes) -> list:
+    """Feed ``data`` in chunks of the given sizes (cycled); return all frames."""
+    frames = []
+    pos = 0
+    sizes = list(sizes)
+    i = 0
+    while pos < len(data):
+        n = max(1, sizes[i % len(sizes)])
+        frames += parser.feed(data[pos : pos + n])
+        pos += n
+        i += 1
+    return frames
+
+
+def recv_into_chunks(parser, data: bytes, rng: random.Random, max_chunk: int = 100_000) -> list:
+    """Deliver ``data`` through get_buffer/buffer_updated in random-size reads, like recv_into."""
+    frames = []
+    pos = 0
+    while pos < len(data):
+        buf = parser.get_buffer(-1)
+        assert len(buf) > 0 and not buf.readonly
+        n = min(len(buf), len(data) - pos, rng.randint(1, max_chunk))
+        buf[:n] = data[pos : pos + n]
+        frames += parser.buffer_updated(n)
+        pos += n
+    return frames
+
+
+# --------------------------------------------------------------------------- apply_mask
+
+
+class TestApplyMask:
+    def test_rfc_6455_5_7_hello(self, backend):
+        assert backend.apply_mask(b"Hello", MASK) == HELLO_MASKED[6:]
+        assert backend.apply_mask(HELLO_MASKED[6:], MASK) == b"Hello"
+
+    @pytest.mark.parametrize("n", [0, 1, 3, 4, 7, 8, 9, 15, 16, 17, 31, 33, 125, 1024, 4099, 20000, 70001])
+    def test_lengths(self, backend, n):
+        data = os.urandom(n)
+        out = backend.apply_mask(data, MASK)
+        assert type(out) is bytes
+        assert out == naive_mask(data, MASK)
+
+    def test_bytes_like_inputs(self, backend):
+        data = bytes(range(200))
+        expect = naive_mask(data, MASK)
+        assert backend.apply_mask(bytearray(data), bytearray(MASK)) == expect
+        assert backend.apply_mask(memoryview(data), memoryview(MASK)) == expect
+        assert backend.apply_mask(memoryview(b"xx" + data)[2:], MASK) == expect
+        words = array.array("I", data[:100])
+        assert backend.apply_mask(array.array("B", data), MASK) == expect
+        assert len(backend.apply_mask(words, MASK)) == words.itemsize * len(words)
+
+    @pytest.mark.parametrize("mask", [b"", b"abc", b"abcde", bytearray(8)])
+    def test_mask_length(self, backend, mask):
+        with pytest.raises(ValueError, match="^mask must be 4 bytes$"):
+            backend.apply_mask(b"data", mask)
+
+    @pytest.mark.parametrize("bad", ["text", 5, None, [1, 2]])
+    def test_not_a_buffer(self, backend, bad):
+        with pytest.raises(TypeError, match="bytes-like object is required"):
+            backend.apply_mask(bad, MASK)
+        with pytest.raises(TypeError, match="bytes-like object is required"):
+            backend.apply_mask(b"data", bad)
+
+
+class TestApplyMaskInplace:
+    def test_whole_buffer(self, backend):
+        buf = bytearray(b"Hello")
+        assert backend.apply_mask_inplace(buf, MASK) is None
+        assert bytes(buf) == HELLO_MASKED[6:]
+
+    @pytest.mark.parametrize("offset,length", [(0, -1), (3, -1), (3, 0), (1, 5), (0, 100), (99, 1), (100, -1), (7, 70)])
+    def test_ranges(self, backend, offset, length):
+        data = os.urandom(100)
+        buf = bytearray(data)
+        backend.apply_mask_inplace(buf, MASK, offset, length)
+        end = 100 if length < 0 else offset + length
+        assert bytes(buf) == data[:offset] + naive_mask(data[offset:end], MASK) + data[end:]
+
+    def test_large_and_memoryview(self, backend):
+        data = os.urandom(50_000)
+        buf = bytearray(data)
+        backend.apply_mask_inplace(memoryview(buf)[10:], MASK)
+        assert bytes(buf) == data[:10] + naive_mask(data[10:], MASK)
+
+    @pytest.mark.parametrize("offset,length", [(-1, -1), (101, -1), (0, 101), (50, 51), (-5, 2)])
+    def test_out_of_range(self, backend, offset, length):
+        with pytest.raises(ValueError, match="^range out of buffer$"):
+            backend.apply_mask_inplace(bytearray(100), MASK, offset, length)
+
+    def test_readonly(self, backend):
+        with pytest.raises(TypeError, match="^buffer must be writable$"):
+            backend.apply_mask_inplace(b"abcd", MASK)
+        with pytest.raises(TypeError, match="^buffer must be writable$"):
+            backend.apply_mask_inplace(memoryview(bytearray(4)).toreadonly(), MASK)
+
+    def test_errors(self, backend):
+        with pytest.raises(TypeError, match="bytes-like object is required"):
+            backend.apply_mask_inplace("abcd", MASK)
+        with pytest.raises(ValueError, match="^mask must be 4 bytes$"):
+            backend.apply_mask_inplace(bytearray(4), b"abc")
+
+
+# --------------------------------------------------------------------------- UTF-8
+
+VALID_UTF8 = [
+    b"",
+    b"ascii only",
+    "héllo wörld".encode(),
+    "€ 中文 日本語".encode(),
+    "😀🎉 \U0010ffff".encode(),
+    "\u0080\u07ff\u0800\uffff\U00010000".encode(),
+    b"\xed\x9f\xbf",  # U+D7FF, just below the surrogates
+    b"\xee\x80\x80",  # U+E000, just above
+    ("a" * 100 + "é" + "b" * 100).encode(),
+]
+INVALID_UTF8 = [
+    b"\x80",  # stray continuation
+    b"\xbf",
+    b"\xc0\xaf",  # overlong '/'
+    b"\xc1\xbf",  # overlong
+    b"\xe0\x80\xaf",  # overlong 3-byte
+    b"\xe0\x9f\xbf",
+    b"\xf0\x80\x80\xaf",  # overlong 4-byte
+    b"\xf0\x8f\xbf\xbf",
+    b"\xed\xa0\x80",  # U+D800 surrogate
+    b"\xed\xbf\xbf",  # U+DFFF
+    b"\xf4\x90\x80\x80",  # U+110000
+    b"\xf5\x80\x80\x80",
+    b"\xff",
+    b"\xfe",
+    b"\xc3",  # truncated
+    b"\xe2\x82",
+    b"\xf0\x9f\x98",
+    b"\xc3\x28",  # bad continuation
+    b"\xe2\x28\xa1",
+    b"\xf0\x9f\x28\x80",
+    b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5\xed\xa0\x80edited",  # Autobahn 6.x style
+]
+
+
+class TestValidateUtf8:
+    @pytest.mark.parametrize("data", VALID_UTF8)
+    def test_valid(self, backend, data):
+        assert backend.validate_utf8(data) is True
+        assert backend.validate_utf8(bytearray(data)) is True
+        assert backend.validate_utf8(memoryview(data)) is True
+
+    @pytest.mark.parametrize("data", INVALID_UTF8)
+    def test_invalid(self, backend, data):
+        assert backend.validate_utf8(data) is False
+
+    @pytest.mark.parametrize("bad", [b"\x80", b"\xc0\x80", b"\xed\xa0\x80", b"\xf4\x90\x80\x80", b"\xe2\x82"])
+    def test_invalid_at_every_position(self, backend, bad):
+        text = ("ascii and ünïcödé 😀 " * 3).encode()
+        for pos in range(len(text) + 1):
+            # only cut at code-point boundaries, so the sole defect is ``bad``
+            if pos < len(text) and (text[pos] & 0xC0) == 0x80:
+                continue
+            assert backend.validate_utf8(text[:pos] + bad + text[pos:]) is False, pos
+        long_ascii = b"x" * 40_000
+        for pos in (0, 7, 8, 15, 16, 17, 20_000, 39_999, 40_000):
+            assert backend.validate_utf8(long_ascii[:pos] + bad + long_ascii[pos:]) is False
+
+    def test_large(self, backend):
+        assert backend.validate_utf8(("😀 é 中 abc" * 10_000).encode()) is True
+
+    def test_not_a_buffer(self, backend):
+        with pytest.raises(TypeError, match="bytes-like object is required"):
+            backend.validate_utf8("text")
+
+
+class TestUtf8Validator:
+    @pytest.mark.parametrize("data", VALID_UTF8)
+    def test_byte_at_a_time(self, backend, data):
+        v = backend.Utf8Validator()
+        for i in range(len(data)):
+            assert v.feed(data[i : i + 1]) is True
+        assert v.feed(b"", final=True) is True
+        assert v.valid is True
+
+    @pytest.mark.parametrize("data", INVALID_UTF8)
+    def test_invalid(self, backend, data):
+        v = backend.Utf8Validator()
+        results = [v.feed(data[i : i + 1]) for i in range(len(data))]
+        results.append(v.feed(b"", final=True))
+        assert results[-1] is False
+        # sticky: once False, False until reset
+        first = results.index(False)
+        assert all(r is False for r in results[first:])
+        assert v.valid is False
+        assert v.feed(b"ok") is False
+        v.reset()
+        assert v.valid is True and v.feed(b"ok", final=True) is True
+
+    @pytest.mark.parametrize(
+        "prefix",
+        [b"\xed\xa0", b"\xe0\x80", b"\xf0\x80", b"\xf4\x90", b"\xc0", b"\xf5", b"\x80", b"\xe2\x28"],
+    )
+    def test_fail_fast_mid_code_point(self, backend, prefix):
+        """RFC 6455 §8.1: fail as soon as the bytes so far cannot begin valid UTF-8."""
+        v = backend.Utf8Validator()
+        assert v.feed(b"abc" + prefix) is False
+
+    def test_incomplete_is_fine_until_final(self, backend):
+        v = backend.Utf8Validator()
+        assert v.feed(b"abc\xf0\x9f") is True
+        assert v.feed(b"\x98") is True
+        assert v.feed(b"", final=True) is False
+        v.reset()
+        assert v.feed(b"\xf0\x9f\x98", final=False) is True
+        assert v.feed(b"\x80 done", final=True) is True
+        assert v.feed("é".encode(), final=True) is True  # a fresh message after final
+
+    def test_non_byte_items(self, backend):
+        # array('H') of 41 41 41 e2 (little-endian): the pending lead byte must survive.
+        words = array.array("H", [0x4141, 0xE241] if array.array("H", [1]).tobytes() == b"\x01\x00" else [0x4141, 0x41E2])
+        v = backend.Utf8Validator()
+        assert v.feed(words) is True
+        assert v.feed(b"\x82\xac", final=True) is True
+
+    def test_not_a_buffer(self, backend):
+        v = backend.Utf8Validator()
+        with pytest.raises(TypeError, match="bytes-like object is required"):
+            v.feed("text")
+
+
+# --------------------------------------------------------------------------- FrameParser
+
+
+def client_parser(backend, **kw):
+    return backend.FrameParser(expect_mask=False, **kw)
+
+
+def server_parser(backend, **kw):
+    return backend.FrameParser(expect_mask=True, **kw)
+
+
+class TestFrameParserRFC:
+    def test_unmasked_hello(self, backend):
+        assert client_parser(backend).feed(HELLO_UNMASKED) == [(1, True, False, "Hello")]
+
+    def test_masked_hello(self, backend):
+        assert server_parser(backend).feed(HELLO_MASKED) == [(1, True, False, "Hello")]
+
+    def test_fragmented_hello(self, backend):
+        p = client_parser(backend)
+        assert p.feed(HEL_LO[0]) == [(1, False, False, b"Hel")]
+        assert p.in_message is True
+        assert p.feed(HEL_LO[1]) == [(0, True, False, b"lo")]
+        assert p.in_message is False
+
+    def test_ping_pong(self, backend):
+        assert client_parser(backend).feed(PING_HELLO) == [(9, True, False, b"Hello")]
+        assert server_parser(backend).feed(PONG_HELLO_MASKED) == [(10, True, False, b"Hello")]
+
+    def test_256_bytes_binary(self, backend):
+        data = bytes([0x82, 0x7E, 0x01, 0x00]) + os.urandom(256)
+        assert client_parser(backend).feed(data) == [(2, True, False, data[4:])]
+
+    def test_64k_binary(self, backend):
+        payload = os.urandom(65536)
+        data = bytes([0x82, 0x7F, 0, 0, 0, 0, 0, 1, 0, 0]) + payload
+        assert client_parser(backend).feed(data) == [(2, True, False, payload)]
+
+    def test_decode_text_off(self, backend):
+        p = client_parser(backend, decode_text=False)
+        assert p.feed(HELLO_UNMASKED) == [(1, True, False, b"Hello")]
+
+    def test_byte_at_a_time(self, backend):
+        stream = HELLO_UNMASKED + HEL_LO[0] + PING_HELLO + HEL_LO[1] + bytes([0x82, 0x7E, 0x01, 0x00]) + bytes(256)
+        p = client_parser(backend)
+        frames = []
+        for i in range(len(stream)):
+            frames += p.feed(stream[i : i + 1])
+        assert frames == [
+            (1, True, False, "Hello"),
+            (1, False, False, b"Hel"),
+            (9, True, False, b"Hello"),
+            (0, True, False, b"lo"),
+            (2, True, False, bytes(256)),
+        ]
+        assert p.buffered == 0
+
+    def test_buffered(self, backend):
+        p = client_parser(backend)
+        assert p.feed(HELLO_UNMASKED[:3]) == []
+        assert p.buffered == 3
+        assert p.feed(HELLO_UNMASKED[3:] + PING_HELLO[:1]) == [(1, True, False, "Hello")]
+        assert p.buffered == 1
+
+    def test_input_types(self, backend):
+        for data in (HELLO_MASKED, bytearray(HELLO_MASKED), memoryview(b"junk" + HELLO_MASKED)[4:]):
+            assert server_parser(backend).feed(data) == [(1, True, False, "Hello")]
+        with pytest.raises(TypeError, match="^can't concat str to bytearray$"):
+            server_parser(backend).feed("text")
+
+    def test_attributes_are_writable(self, backend):
+        p = client_parser(backend)
+        assert (p.expect_mask, p.max_size, p.compressed_max_size, p.rsv1_allowed, p.decode_text, p.error) == (
+            False, 2**20, None, False, True, None,
+        )
+        p.expect_mask = True
+        p.max_size = 10
+        p.compressed_max_size = 20
+        p.rsv1_allowed = True
+        p.decode_text = False
+        assert (p.expect_mask, p.max_size, p.compressed_max_size, p.rsv1_allowed, p.decode_text) == (
+            True, 10, 20, True, False,
+        )
+        assert p.feed(HELLO_MASKED) == [(1, True, False, b"Hello")]
+        p.max_size = 4
+        assert p.feed(HELLO_MASKED) == []
+        assert p.error == PayloadTooBig("message too big: 5 bytes > 4 bytes")
+        p.error = None
+        p.max_size = None
+        assert p.feed(HELLO_MASKED) == [(1, True, False, b"Hello")]
+
+
+def apply4(payload: bytes) -> bytes:
+    """``MASK`` followed by ``payload`` masked with it."""
+    return MASK + naive_mask(payload, MASK)
+
+
+def _err(backend, data: bytes, *, chunked: bool = False, **kw):
+    kw.setdefault("expect_mask", False)
+    p = backend.FrameParser(**kw)
+    frames = feed_chunks(p, data, [1]) if chunked else p.feed(data)
+    return frames, p.error, p
+
+
+def m(b0: int, payload: bytes = b"") -> bytes:
+    """An unmasked frame with first byte ``b0``."""
+    n = len(payload)
+    if n < 126:
+        return bytes([b0, n]) + payload
+    if n < 65536:
+        return bytes([b0, 126]) + n.to_bytes(2, "big") + payload
+    return bytes([b0, 127]) + n.to_bytes(8, "big") + payload
+
+
+PROTOCOL_ERRORS = [
+    # (stream, expected reason, code, parser options)
+    (m(0x91), "reserved bits must be 0", 1002, {}),
+    (m(0xA1), "reserved bits must be 0", 1002, {}),
+    (m(0xC1), "reserved bits must be 0", 1002, {}),  # RSV1 not negotiated
+    (m(0xC9), "reserved bits must be 0", 1002, {"rsv1_allowed": True}),  # RSV1 on a control frame
+    (m(0x83), "reserved opcode 0x3", 1002, {}),
+    (m(0x87), "reserved opcode 0x7", 1002, {}),
+    (m(0x8B), "reserved opcode 0xb", 1002, {}),
+    (m(0x8F), "reserved opcode 0xf", 1002, {}),
+    (m(0x09), "fragmented control frame", 1002, {}),
+    (m(0x89, bytes(126)), "control frame too long", 1002, {}),
+    (m(0x88, bytes(126)), "control frame too long", 1002, {}),
+    (m(0x80), "unexpected continuation frame", 1002, {}),
+    (m(0x01) + m(0x81), "expected a continuation frame", 1002, {}),
+    (m(0x01) + m(0x82), "expected a continuation frame", 1002, {}),
+    (m(0x41, b"x") + m(0xC0), "RSV1 set on a continuation frame", 1002, {"rsv1_allowed": True}),
+    (bytes([0x81, 0x80, 1, 2, 3, 4]), "incorrect masking: server frames must not be masked", 1002, {}),
+    (m(0x81), "incorrect masking: client frames must be masked", 1002, {"expect_mask": True}),
+    (bytes([0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0]), "frame length has the most significant bit set", 1002, {}),
+    (m(0x81, b"\xff"), "invalid UTF-8 in text message", 1007, {}),
+    (m(0x81, b"ok\xed\xa0\x80"), "invalid UTF-8 in text message", 1007, {}),
+    (m(0x82, bytes(11)), "message too big: 11 bytes > 10 bytes", 1009, {"max_size": 10}),
+    (m(0x02, bytes(6)) + m(0x80, bytes(5)), "message too big: 11 bytes > 10 bytes", 1009, {"max_size": 10}),
+    (m(0xC2, bytes(21)), "message too big: 21 bytes > 20 bytes", 1009,
+     {"max_size": 100, "compressed_max_size": 20, "rsv1_allowed": True}),
+    (m(0x42, bytes(15)) + m(0x80, bytes(6)), "message too big: 21 bytes > 20 bytes", 1009,
+     {"max_size": 100, "compressed_max_size": 20, "rsv1_allowed": True}),
+]
+
+
+class TestFrameParserErrors:
+    @pytest.mark.parametrize("chunked", [False, True], ids=["whole", "bytewise"])
+    @pytest.mark.parametrize("stream,reason,code,opts", PROTOCOL_ERRORS)
+    def test_error(self, backend, stream, reason, code, opts, chunked):
+        good = bytes([0x89, 0x84]) + apply4(b"ping") if opts.get("expect_mask") else m(0x89, b"ping")
+        frames, error, p = _err(backend, good + stream + good, chunked=chunked, **opts)
+        assert frames[0] == (9, True, False, b"ping")
+        assert isinstance(error, ProtocolError)
+        assert (type(error), error.code, error.reason, str(error)) == (
+            PayloadTooBig if code == 1009 else ProtocolError, code, reason, reason,
+        )
+        assert p.buffered == 0
+        # the parser ignores further input once failed
+        assert p.feed(good) == [] and p.error is error
+
+    def test_size_limit_decided_from_the_header(self, backend):
+        """Only the header of a 2**40-byte frame arrives: the error is immediate."""
+        p = client_parser(backend)
+        header = bytes([0x82, 0x7F]) + (2**40).to_bytes(8, "big")
+        assert p.feed(header) == []
+        assert p.error == PayloadTooBig(f"message too big: {2**40} bytes > {2**20} bytes")
+        p = server_parser(backend, max_size=1000)
+        assert p.feed(bytes([0x82, 0xFE, 0x03, 0xE9])) == []  # 1001 bytes, mask key not even sent
+        assert p.error.code == 1009
+
+    def test_no_limit(self, backend):
+        p = client_parser(backend, max_size=None)
+        payload = os.urandom(2**21)
+        assert p.feed(m(0x82, payload)) == [(2, True, False, payload)]
+
+    def test_exact_limit(self, backend):
+        p = client_parser(backend, max_size=10)
+        assert p.feed(m(0x02, bytes(4)) + m(0x00, bytes(6)) + m(0x80)) == [
+            (2, False, False, bytes(4)), (0, False, False, bytes(6)), (0, True, False, b""),
+        ]
+        assert p.error is None
+
+    def test_control_frames_interleaved(self, backend):
+        p = client_parser(backend, max_size=10)
+        frames = p.feed(m(0x01, b"ab") + m(0x89, bytes(125)) + m(0x8A) + m(0x80, "é".encode()))
+        assert frames == [
+            (1, False, False, b"ab"), (9, True, False, bytes(125)), (10, True, False, b""),
+            (0, True, False, "é".encode()),
+        ]
+
+    def test_frames_before_the_error_are_returned(self, backend):
+        frames, error, _ = _err(backend, HELLO_UNMASKED * 3 + m(0x83) + HELLO_UNMASKED)
+        assert frames == [(1, True, False, "Hello")] * 3
+        assert error == ProtocolError("reserved opcode 0x3", 1002)
+
+
+class TestFrameParserBuffers:
+    def test_get_buffer_small_frames(self, backend):
+        stream = b"".join(m(0x82, os.urandom(n)) for n in range(0, 300, 7)) + HELLO_UNMASKED
+        rng = random.Random(1)
+        for _ in range(5):
+            p = client_parser(backend)
+            frames = recv_into_chunks(p, stream, rng, max_chunk=50)
+            assert frames == client_parser(backend).feed(stream)
+            assert p.buffered == 0
+
+    @pytest.mark.parametrize("masked", [False, True])
+    @pytest.mark.parametrize("size", [65535, 65536, 200_000, 2**20])
+    def test_large_payload_random_chunks(self, backend, masked, size):
+        payload = os.urandom(size)
+        text = ("é€😀" * (size // 9 + 1)).encode()[:size]
+        while True:  # cut on a code point boundary
+            try:
+                text.decode()
+                break
+            except UnicodeDecodeError:
+                text = text[:-1]
+        mask = os.urandom(4) if masked else None
+        stream = (
+            backend.build_frame(2, payload, mask=mask)
+            + backend.build_frame(9, b"p", mask=mask)
+            + backend.build_frame(1, text, mask=mask)
+            + backend.build_frame(2, payload[:1000], fin=False, mask=mask)
+            + backend.build_frame(0, payload, fin=False, mask=mask)
+            + backend.build_frame(0, b"end", mask=mask)
+        )
+        expected = [
+            (2, True, False, payload), (9, True, False, b"p"), (1, True, False, text.decode()),
+            (2, False, False, payload[:1000]), (0, False, False, payload), (0, True, False, b"end"),
+        ]
+        rng = random.Random(size)
+        for max_chunk in (1000, 70_000, 3 * 2**20):
+            p = backend.FrameParser(expect_mask=masked, max_size=None)
+            assert recv_into_chunks(p, stream, rng, max_chunk) == expected
+            assert p.buffered == 0
+            p = backend.FrameParser(expect_mask=masked, max_size=None)
+            sizes = [rng.randint(1, max_chunk) for _ in range(50)]
+            assert feed_chunks(p, stream, sizes) == expected
+
+    def test_buffered_counts_a_large_payload(self, backend):
+        p = client_parser(backend)
+        frame = m(0x82, bytes(100_000))
+        p.feed(frame[:50_000])
+        assert p.buffered == 50_000
+        buf = p.get_buffer()
+        n = min(len(buf), 1000)
+        buf[:n] = frame[50_000 : 50_000 + n]
+        assert p.buffer_updated(n) == []
+        assert p.buffered == 50_000 + n
+
+    def test_large_text_invalid(self, backend):
+        bad = m(0x81, b"a" * 70_000 + b"\xff" + b"b" * 10)
+        p = client_parser(backend)
+        assert recv_into_chunks(p, bad + PING_HELLO, random.Random(3), 9000) == []
+        assert p.error == ProtocolError("invalid UTF-8 in text message", 1007)
+
+    def test_buffer_updated_range(self, backend):
+        p = client_parser(backend)
+        with pytest.raises(ValueError, match="^nbytes out of range$"):
+            p.buffer_updated(1)  # no buffer handed out yet
+        buf = p.get_buffer()
+        with pytest.raises(ValueError, match="^nbytes out of range$"):
+            p.buffer_updated(len(buf) + 1)
+        with pytest.raises(ValueError, match="^nbytes out of range$"):
+            p.buffer_updated(-1)
+        assert p.buffer_updated(0) == []
+
+    def test_sizehint(self, backend):
+        p = client_parser(backend)
+        assert len(p.get_buffer(200_000)) >= 65536  # a hint: the pure twin always offers 64 KiB
+        assert len(p.get_buffer()) >= 4096
+
+
+# --------------------------------------------------------------------------- build_frame
+
+
+class TestBuildFrame:
+    def test_rfc_6455_5_7(self, backend):
+        assert backend.build_frame(1, "Hello") == HELLO_UNMASKED
+        assert backend.build_frame(1, b"Hello", mask=MASK) == HELLO_MASKED
+        assert backend.build_frame(1, "Hel", fin=False) + backend.build_frame(0, b"lo") == b"".join(HEL_LO)
+        assert backend.build_frame(9, b"Hello") == PING_HELLO
+        assert backend.build_frame(10, "Hello", mask=bytearray(MASK)) == PONG_HELLO_MASKED
+
+    @pytest.mark.parametrize("n,header", [
+        (0, b"\x82\x00"), (125, b"\x82\x7d"), (126, b"\x82\x7e\x00\x7e"), (256, b"\x82\x7e\x01\x00"),
+        (65535, b"\x82\x7e\xff\xff"), (65536, b"\x82\x7f\x00\x00\x00\x00\x00\x01\x00\x00"),
+    ])
+    def test_length_encodings(self, backend, n, header):
+        payload = os.urandom(n)
+        assert backend.build_frame(2, payload) == header + payload
+        masked = backend.build_frame(2, payload, mask=MASK)
+        assert masked == bytes([header[0], header[1] | 0x80]) + header[2:] + MASK + naive_mask(payload, MASK)
+
+    def test_flags_and_payload_types(self, backend):
+        assert backend.build_frame(2, bytearray(b"ab"), fin=False, rsv1=True) == b"\x42\x02ab"
+        assert backend.build_frame(0, memoryview(b"xab")[1:], rsv1=False) == b"\x80\x02ab"
+        assert backend.build_frame(1, "é😀") == b"\x81\x06" + "é😀".encode()
+
+        class S(str):
+            def __str__(self):
+                return "other"
+
+        assert backend.build_frame(1, S("x")) == b"\x81\x05other"
+        assert backend.build_frame(True, b"") == b"\x81\x00"
+
+    def test_roundtrip(self, backend):
+        for n in (0, 1, 125, 126, 65535, 65536, 100_000):
+            payload = os.urandom(n)
+            p = server_parser(backend, max_size=None)
+            assert p.feed(backend.build_frame(2, payload, mask=os.urandom(4))) == [(2, True, False, payload)]
+
+    def test_errors(self, backend):
+        for op in (-1, 16, 2**70):
+            with pytest.raises(ValueError, match="^opcode must be between 0 and 15$"):
+                backend.build_frame(op, b"")
+        with pytest.raises(TypeError, match="bytes-like object is required"):
+            backend.build_frame(2, 5)
+        with pytest.raises(TypeError, match="bytes-like object is required"):
+            backend.build_frame(99, None)  # the payload is checked first
+        with pytest.raises(ValueError, match="^mask must be 4 bytes$"):
+            backend.build_frame(2, b"x", mask=b"abc")
+        with pytest.raises(TypeError):
+            backend.build_frame(2, b"x", mask=1)
+        with pytest.raises(UnicodeEncodeError):
+            backend.build_frame(1, "\ud800")
+
+
+def test_same_public_names(backend):
+    assert sorted(backend.__all__) == sorted(
+        ["apply_mask", "apply_mask_inplace", "validate_utf8", "Utf8Validator", "FrameParser", "build_frame", "Frame"]
+    )
+    assert backend.Frame is tuple

@@ -1,0 +1,166 @@
+"""The blocking client: URI forms, handshake failures, open_timeout, interop with websockets.sync."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from kn_sock.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from kn_sock.sync import connect_websocket
+from sync_support import raw_server, running_server
+
+pytestmark = pytest.mark.timeout(30)
+
+websockets_sync_client = pytest.importorskip("websockets.sync.client")
+websockets_sync_server = pytest.importorskip("websockets.sync.server")
+
+
+def echo(ws, address):
+    for message in ws:
+        ws.send(message)
+
+
+def test_host_port_and_uri_forms(backend):
+    paths = []
+
+    def handler(ws, address):
+        paths.append(ws.path)
+        echo(ws, address)
+
+    with running_server(handler, backend=backend) as server:
+        forms = [
+            (("127.0.0.1", server.port), "/"),
+            (("127.0.0.1", server.port, "/chat"), "/chat"),
+            ((f"ws://127.0.0.1:{server.port}/chat?x=1",), "/chat?x=1"),
+            (("localhost", server.port), "/"),
+        ]
+        for args, path in forms:
+            with connect_websocket(*args, backend=backend) as ws:
+                assert ws.path == path
+                ws.send("form")
+                assert ws.recv(5) == "form"
+        assert paths == [p for _, p in forms]
+
+
+def test_invalid_uri_and_unknown_option():
+    with pytest.raises(InvalidURI):
+        connect_websocket("http://example.com/")
+    with pytest.raises(TypeError):
+        connect_websocket("127.0.0.1", 1, no_such_option=True)
+
+
+def test_reconnect_not_supported_yet():
+    with pytest.raises(NotImplementedError):
+        connect_websocket("127.0.0.1", 1, reconnect=True)
+
+
+def test_connection_refused():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(ConnectionRefusedError):
+        connect_websocket("127.0.0.1", port, reconnect=False)
+
+
+def test_rejection_status_is_visible():
+    def process_request(path, headers):
+        return 403, [("X-Why", "forbidden")], b"go away"
+
+    with running_server(echo, process_request=process_request) as server:
+        with pytest.raises(InvalidStatus) as info:
+            connect_websocket("127.0.0.1", server.port)
+    assert info.value.status == 403
+    assert info.value.headers["X-Why"] == "forbidden"
+    assert info.value.body == b"go away"
+    assert isinstance(info.value, InvalidHandshake)
+
+
+def test_open_timeout_with_silent_server():
+    with raw_server() as srv:
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            connect_websocket("127.0.0.1", srv.port, open_timeout=0.3)
+        assert time.monotonic() - start < 2
+
+
+def test_server_closing_during_handshake():
+    with raw_server() as srv:
+
+        def peer():
+            conn, _ = srv.sock.accept()
+            conn.recv(4096)
+            conn.close()
+
+        t = threading.Thread(target=peer)
+        t.start()
+        with pytest.raises(InvalidHandshake):
+            connect_websocket("127.0.0.1", srv.port, open_timeout=5)
+        t.join(5)
+
+
+# ---------------------------------------------------------------- interop with websockets.sync
+
+
+def test_websockets_client_to_our_server(backend):
+    with running_server(echo, backend=backend) as server:
+        with websockets_sync_client.connect(f"ws://127.0.0.1:{server.port}/") as ws:
+            for message in ["hello", b"\x00\xff", "", "\u00e9" * 1000, os.urandom(200000)]:
+                ws.send(message)
+                assert ws.recv(timeout=5) == message
+            ws.send(["frag", "mented"])
+            assert ws.recv(timeout=5) == "fragmented"
+            ws.ping().wait(5)
+        with websockets_sync_client.connect(f"ws://127.0.0.1:{server.port}/", compression=None) as ws:
+            ws.send("no compression")
+            assert ws.recv(timeout=5) == "no compression"
+            ws.close(4000, "bye")
+
+
+def test_our_client_to_websockets_server(backend):
+    def handler(ws):
+        for message in ws:
+            ws.send(message)
+
+    with websockets_sync_server.serve(handler, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        port = server.socket.getsockname()[1]
+        try:
+            with connect_websocket("127.0.0.1", port, backend=backend) as ws:
+                assert ws.extensions == ["permessage-deflate"]
+                for message in ["hello", b"\x00\xff", "", "\u00e9" * 1000, os.urandom(200000)]:
+                    ws.send(message)
+                    assert ws.recv(5) == message
+                ws.send([b"frag", b"mented"])
+                assert ws.recv(5) == b"fragmented"
+                assert ws.ping().wait(5)
+            assert ws.closed and ws.close_code == 1000
+            with connect_websocket("127.0.0.1", port, backend=backend, compression=None) as ws:
+                assert ws.extensions == []
+                ws.send("plain")
+                assert ws.recv(5) == "plain"
+        finally:
+            server.shutdown()
+            thread.join(5)
+
+
+def test_websockets_server_closing_is_seen(backend):
+    def handler(ws):
+        ws.close(4002, "server says bye")
+
+    with websockets_sync_server.serve(handler, "127.0.0.1", 0) as server:
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        port = server.socket.getsockname()[1]
+        try:
+            ws = connect_websocket("127.0.0.1", port, backend=backend)
+            assert ws.recv(5) is None
+            assert (ws.close_code, ws.close_reason) == (4002, "server says bye")
+            assert ws.wait_closed(5)
+        finally:
+            server.shutdown()
+            thread.join(5)

@@ -1,0 +1,474 @@
+"""The blocking ``WebSocket``: messages, closing, timeouts, threads, keepalive, limits (RFC 6455 §5-§7).
+
+Every test runs under both twins through the ``backend`` fixture (tests/conftest.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+
+import pytest
+
+from kn_sock.exceptions import ConnectionClosed
+from kn_sock.sync import connect_websocket
+from sync_support import raw_client, raw_server, running_server, wait_for
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def echo(ws, address):
+    for message in ws:
+        ws.send(message)
+
+
+# ---------------------------------------------------------------- messages (§5.6, §5.4)
+
+
+@pytest.mark.parametrize("compression", ["deflate", None])
+def test_echo_text_binary_empty_fragmented_large(backend, compression):
+    with running_server(echo, backend=backend, compression=compression) as server:
+        with connect_websocket("127.0.0.1", server.port, backend=backend, compression=compression) as ws:
+            for message in ["Hello WebSocket!", "h\u00e9llo \U0001f600", b"\x00\x01\xff", "", b""]:
+                ws.send(message)
+                assert ws.recv(5) == message
+            ws.send(["frag", "ment", "ed"])
+            assert ws.recv(5) == "fragmented"
+            ws.send([b"a", bytearray(b"b"), memoryview(b"c")])
+            assert ws.recv(5) == b"abc"
+            big = os.urandom(2**20 - 64)
+            ws.send(big)
+            assert ws.recv(10) == big
+            text = "x" * (2**20 - 64)
+            ws.send(text)
+            assert ws.recv(10) == text
+
+
+def test_send_rejects_other_types(backend):
+    with running_server(echo, backend=backend) as server:
+        with connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            with pytest.raises(TypeError):
+                ws.send(42)
+            with pytest.raises(TypeError):
+                ws.send({"a": 1})
+            ws.send("still usable")
+            assert ws.recv(5) == "still usable"
+
+
+def test_json(backend):
+    with running_server(echo, backend=backend) as server:
+        with connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            ws.send_json({"a": [1, 2, None]})
+            assert ws.recv_json(5) == {"a": [1, 2, None]}
+
+
+def test_iteration_ends_at_close(backend):
+    def handler(ws, address):
+        for i in range(3):
+            ws.send(str(i))
+
+    with running_server(handler, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend)
+        assert list(ws) == ["0", "1", "2"]
+        assert ws.recv() is None
+        assert ws.close_code == 1000
+
+
+# ---------------------------------------------------------------- closing (§7)
+
+
+def test_recv_none_after_close_and_close_codes(backend):
+    seen = queue.Queue()
+
+    def handler(ws, address):
+        while ws.recv() is not None:
+            pass
+        seen.put((ws.close_code, ws.close_reason, ws.closed))
+
+    with running_server(handler, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend)
+        ws.close(4000, "bye now")
+        assert seen.get(timeout=5) == (4000, "bye now", True)
+        assert ws.closed
+        assert ws.close_code == 4000  # the server echoes the code (RFC 6455 §5.5.1)
+        assert ws.recv() is None
+        assert ws.recv(0.1) is None
+        with pytest.raises(ConnectionClosed):
+            ws.send("late")
+
+
+def test_handler_return_closes_1000_and_exception_closes_1011(backend, caplog):
+    def handler(ws, address):
+        if ws.path == "/boom":
+            raise RuntimeError("handler bug")
+
+    with running_server(handler, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend)
+        assert ws.recv(5) is None
+        assert ws.close_code == 1000
+        with caplog.at_level(logging.ERROR, logger="kn_sock"):
+            ws = connect_websocket(f"ws://127.0.0.1:{server.port}/boom", backend=backend)
+            assert ws.recv(5) is None
+            assert ws.close_code == 1011
+            assert ws.close_reason == ""  # details are not sent to the peer
+        assert any("handler failed" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_server_close_reason_visible_to_client(backend):
+    def handler(ws, address):
+        ws.close(4001, "go away")
+
+    with running_server(handler, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend)
+        assert ws.recv(5) is None
+        assert (ws.close_code, ws.close_reason) == (4001, "go away")
+        assert ws.wait_closed(5)
+
+
+def test_peer_drops_tcp_gives_1006(backend):
+    with raw_server() as srv:
+        result = {}
+
+        def peer():
+            p = srv.accept_ws()
+            p.close()
+
+        t = threading.Thread(target=peer)
+        t.start()
+        ws = connect_websocket("127.0.0.1", srv.port, backend=backend, compression=None)
+        t.join(5)
+        assert ws.recv(5) is None
+        result["code"] = ws.close_code
+        assert result["code"] == 1006
+
+
+def test_close_timeout_bounds_close_with_silent_peer(backend):
+    with raw_server() as srv:
+        peers = []
+        t = threading.Thread(target=lambda: peers.append(srv.accept_ws()))
+        t.start()
+        ws = connect_websocket("127.0.0.1", srv.port, backend=backend, close_timeout=0.3, compression=None)
+        t.join(5)
+        start = time.monotonic()
+        ws.close()
+        assert time.monotonic() - start < 2
+        assert ws.closed and ws.close_code == 1006
+        opcode, payload = peers[0].recv_frame()
+        assert opcode == 8 and payload[:2] == b"\x03\xe8"
+        peers[0].close()
+
+
+# ---------------------------------------------------------------- timeouts, threads
+
+
+def test_recv_timeout_leaves_connection_usable(backend):
+    with running_server(echo, backend=backend) as server:
+        with connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            start = time.monotonic()
+            with pytest.raises(TimeoutError):
+                ws.recv(timeout=0.1)
+            assert 0.09 <= time.monotonic() - start < 1
+            with pytest.raises(TimeoutError):
+                ws.recv(timeout=0)
+            ws.send("after timeout")
+            assert ws.recv(5) == "after timeout"
+
+
+def test_recv_timeout_mid_message_keeps_partial_frame(backend):
+    with raw_server() as srv:
+        peers = []
+        t = threading.Thread(target=lambda: peers.append(srv.accept_ws()))
+        t.start()
+        ws = connect_websocket("127.0.0.1", srv.port, backend=backend, compression=None)
+        t.join(5)
+        peer = peers[0]
+        frame = b"\x81\x05hello"
+        peer.sock.sendall(frame[:4])
+        with pytest.raises(TimeoutError):
+            ws.recv(0.1)
+        peer.sock.sendall(frame[4:])
+        assert ws.recv(5) == "hello"
+        peer.close()
+        ws.abort()
+
+
+def test_concurrent_senders(backend):
+    received = queue.Queue()
+
+    def handler(ws, address):
+        for message in ws:
+            received.put(message)
+
+    n_threads, n_messages = 6, 200
+    with running_server(handler, backend=backend) as server:
+        with connect_websocket("127.0.0.1", server.port, backend=backend, write_limit=1024) as ws:
+
+            def sender(k):
+                for i in range(n_messages):
+                    ws.send(f"{k}:{i}:" + "p" * (i % 50) * 40)
+                ws.send([f"{k}:", "frag"])
+
+            threads = [threading.Thread(target=sender, args=(k,)) for k in range(n_threads)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(20)
+            got = [received.get(timeout=10) for _ in range(n_threads * (n_messages + 1))]
+    for k in range(n_threads):
+        mine = [m for m in got if m.startswith(f"{k}:")]
+        assert mine[-1] == f"{k}:frag"
+        assert [int(m.split(":")[1]) for m in mine[:-1]] == list(range(n_messages))
+
+
+def test_concurrent_send_and_recv(backend):
+    with running_server(echo, backend=backend) as server:
+        with connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            got = []
+            reader = threading.Thread(target=lambda: got.extend(ws.recv(10) for _ in range(500)))
+            reader.start()
+            for i in range(500):
+                ws.send(str(i))
+            reader.join(20)
+            assert got == [str(i) for i in range(500)]
+
+
+# ---------------------------------------------------------------- ping / pong / keepalive (§5.5.2, §5.5.3)
+
+
+def test_ping_waiter_and_latency(backend):
+    with running_server(echo, backend=backend) as server:
+        with connect_websocket("127.0.0.1", server.port, backend=backend, ping_interval=None) as ws:
+            waiter = ws.ping()
+            assert waiter.wait(5)
+            assert waiter.rtt is not None and 0 < waiter.rtt < 5
+            assert ws.latency == waiter.rtt
+            waiter = ws.ping(b"custom")
+            assert waiter.wait(5)
+            ws.pong(b"unsolicited")  # ignored by the peer
+            ws.send("still fine")
+            assert ws.recv(5) == "still fine"
+
+
+def test_ping_waiter_returns_false_when_connection_closes(backend):
+    with raw_server() as srv:
+        peers = []
+        t = threading.Thread(target=lambda: peers.append(srv.accept_ws()))
+        t.start()
+        ws = connect_websocket("127.0.0.1", srv.port, backend=backend, compression=None, ping_interval=None)
+        t.join(5)
+        waiter = ws.ping()
+        with pytest.raises(TimeoutError):
+            ws.recv(0.05)
+        assert not waiter.wait(0.05)
+        peers[0].close()
+        start = time.monotonic()
+        assert not waiter.wait(5)
+        assert time.monotonic() - start < 2
+
+
+def test_pings_answered_while_app_not_in_recv(backend):
+    release = threading.Event()
+
+    def handler(ws, address):
+        release.wait(10)  # busy elsewhere: never calls recv()
+
+    with running_server(handler, backend=backend) as server:
+        with connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            for _ in range(3):
+                assert ws.ping().wait(5)
+            release.set()
+
+
+def test_keepalive_runs_while_client_app_is_idle(backend):
+    """Both sides ping each other every 50 ms; neither application calls recv()."""
+    done = threading.Event()
+    latencies = []
+
+    def handler(ws, address):
+        done.wait(10)
+        latencies.append(ws.latency)
+
+    opts = dict(backend=backend, ping_interval=0.05, ping_timeout=0.5)
+    with running_server(handler, **opts) as server:
+        ws = connect_websocket("127.0.0.1", server.port, **opts)
+        assert wait_for(lambda: ws.latency > 0)
+        time.sleep(0.3)  # several keepalive rounds without any recv() on either side
+        assert not ws.closed
+        done.set()
+        assert ws.recv(5) is None
+        assert ws.close_code == 1000
+    assert latencies[0] > 0
+
+
+def test_keepalive_timeout_closes_1011(backend):
+    """A peer that completes the handshake and then never answers pings is failed with 1011."""
+    result = queue.Queue()
+
+    def handler(ws, address):
+        start = time.monotonic()
+        result.put((ws.recv(), time.monotonic() - start, ws.close_code))
+
+    with running_server(handler, backend=backend, ping_interval=0.1, ping_timeout=0.2) as server:
+        peer = raw_client(server.port)
+        opcode, _ = peer.recv_frame()
+        assert opcode == 9  # ping, never answered
+        message, elapsed, code = result.get(timeout=5)
+        assert message is None and elapsed < 2 and code == 1006
+        opcode, payload = peer.recv_frame()
+        assert opcode == 8 and payload[:2] == (1011).to_bytes(2, "big")
+        peer.close()
+
+
+def test_keepalive_timeout_client_side(backend):
+    with raw_server() as srv:
+        peers = []
+        t = threading.Thread(target=lambda: peers.append(srv.accept_ws()))
+        t.start()
+        ws = connect_websocket(
+            "127.0.0.1", srv.port, backend=backend, compression=None, ping_interval=0.1, ping_timeout=0.2
+        )
+        t.join(5)
+        assert ws.recv(5) is None  # returns once the keepalive fails
+        assert ws.closed
+        opcode, _ = peers[0].recv_frame()
+        assert opcode == 9
+        opcode, payload = peers[0].recv_frame()
+        assert opcode == 8 and payload[:2] == (1011).to_bytes(2, "big")
+        peers[0].close()
+
+
+# ---------------------------------------------------------------- limits
+
+
+def test_max_size_closes_1009(backend):
+    result = queue.Queue()
+
+    def handler(ws, address):
+        result.put(ws.recv())
+
+    with running_server(handler, backend=backend, max_size=1024) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend, compression=None)
+        ws.send(b"x" * 1024)  # exactly max_size: fine
+        assert result.get(timeout=5) == b"x" * 1024
+    with running_server(handler, backend=backend, max_size=1024) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend)
+        ws.send(os.urandom(1025))
+        assert result.get(timeout=5) is None
+        assert ws.recv(5) is None
+        assert ws.close_code == 1009
+
+
+def test_max_queue_backpressure_with_flooding_peer(backend):
+    """The server's application does not read: its queue stays at max_queue and TCP pushes back."""
+    release = threading.Event()
+    finished = threading.Event()
+    conns = []
+    received = []
+
+    def handler(ws, address):
+        conns.append(ws)
+        release.wait(20)
+        received.extend(m for m in ws)
+        finished.set()
+
+    n, size = 400, 65536
+    payload = os.urandom(size)
+    with running_server(handler, backend=backend, max_queue=4) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend, compression=None)
+        progress = []
+
+        def flood():
+            for i in range(n):
+                ws.send(payload)
+                progress.append(i)
+            ws.close()
+
+        t = threading.Thread(target=flood, daemon=True)
+        t.start()
+        t.join(1.0)
+        assert t.is_alive(), "25 MiB cannot all be buffered: the sender must be blocked"
+        sent = len(progress)
+        assert sent < n
+        server_ws = conns[0]
+        assert len(server_ws._messages) <= 4 + 1
+        release.set()
+        t.join(20)
+        assert not t.is_alive()
+        assert finished.wait(10)
+    assert len(received) == n and all(m == payload for m in received)
+
+
+def test_write_limit_with_peer_that_never_reads(backend):
+    with raw_server() as srv:
+        peers = []
+        t = threading.Thread(target=lambda: peers.append(srv.accept_ws()))
+        t.start()
+        ws = connect_websocket("127.0.0.1", srv.port, backend=backend, compression=None, write_limit=2**16)
+        t.join(5)
+        chunk = b"\x00" * 2**20
+        errors = []
+        progress = []
+
+        def send_forever():
+            try:
+                for i in range(200):
+                    ws.send(chunk)
+                    progress.append(i)
+            except ConnectionClosed as exc:
+                errors.append(exc)
+
+        sender = threading.Thread(target=send_forever, daemon=True)
+        sender.start()
+        sender.join(1.0)
+        assert sender.is_alive() and len(progress) < 200
+        # Memory bounded: at most one message beyond the limit is buffered.
+        assert ws._wbuf_size <= 2**16 + 2**20 + 16
+        ws.abort()
+        sender.join(5)
+        assert not sender.is_alive()
+        assert errors and isinstance(errors[0], ConnectionClosed)
+        peers[0].close()
+
+
+def test_server_first_frames_arrive_with_handshake(backend):
+    """Frames the server sends right after its 101 (the handshake ``remainder``) are not lost."""
+
+    def handler(ws, address):
+        ws.send("first")
+        ws.send("second")
+
+    with running_server(handler, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend)
+        assert ws.recv(5) == "first"
+        assert ws.recv(5) == "second"
+        assert ws.recv(5) is None
+
+
+def test_reactor_takes_the_socket_back_after_recv(backend):
+    """After recv() returns, the thread keeps the socket briefly (lazy hand-back); then the
+    reactor reads again, so pings keep being answered while the application is elsewhere."""
+    from kn_sock.sync.reactor import get_reactor
+
+    rtts = queue.Queue()
+    release = threading.Event()
+
+    def handler(ws, address):
+        ws.send("hello")
+        assert ws.recv(5) == "ack"
+        for _ in range(3):
+            waiter = ws.ping()
+            rtts.put(waiter.wait(5))
+        release.wait(10)
+
+    with running_server(handler, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend)
+        assert ws.recv(5) == "hello"
+        ws.send("ack")  # from now on, this application never calls recv() until release
+        assert [rtts.get(timeout=5) for _ in range(3)] == [True, True, True]
+        assert not ws._held and ws._interest
+        release.set()
+        assert ws.recv(5) is None
+    assert wait_for(lambda: ws not in get_reactor()._held, 1)

@@ -1,0 +1,366 @@
+"""The blocking server: handshake bounds, handler threads, shutdown, hooks, transports."""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import socket
+import ssl
+import subprocess
+import threading
+import time
+
+import pytest
+
+from kn_sock.exceptions import InvalidStatus
+from kn_sock.sync import WebSocketServer, connect_websocket, start_websocket_server
+from sync_support import running_server, wait_for
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def echo(ws, address):
+    for message in ws:
+        ws.send(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ---------------------------------------------------------------- the documented example
+
+
+SERVER_EXAMPLE = '''
+import threading
+from kn_sock import start_websocket_server
+def handle_websocket_client(client_socket, address):
+    print(f"New WebSocket connection from {address}")
+    while True:
+        message = client_socket.recv()
+        if message:
+            print(f"Received: {message}")
+            client_socket.send(f"Echo: {message}")
+        else:
+            break
+shutdown_event = threading.Event()
+start_websocket_server("localhost", 8765, handle_websocket_client, shutdown_event)
+'''
+
+CLIENT_EXAMPLE = '''
+from kn_sock import connect_websocket
+ws = connect_websocket("localhost", 8765)
+ws.send("Hello WebSocket!")
+print(ws.recv())
+ws.close()
+'''
+
+
+def test_documented_examples_verbatim(capsys):
+    port = free_port()
+    namespace: dict = {}
+    server = threading.Thread(target=exec, args=(SERVER_EXAMPLE.replace("8765", str(port)), namespace), daemon=True)
+    server.start()
+    assert wait_for(lambda: "shutdown_event" in namespace)
+
+    def can_connect():
+        try:
+            socket.create_connection(("localhost", port), timeout=1).close()
+            return True
+        except OSError:
+            return False
+
+    assert wait_for(can_connect)
+    client_ns: dict = {}
+    exec(CLIENT_EXAMPLE.replace("8765", str(port)), client_ns)
+    assert client_ns["ws"].closed
+    start = time.monotonic()
+    namespace["shutdown_event"].set()
+    server.join(2)
+    assert not server.is_alive()
+    assert time.monotonic() - start < 0.5
+    out = capsys.readouterr().out
+    assert "Echo: Hello WebSocket!" in out
+    assert "New WebSocket connection from" in out
+    assert "Received: Hello WebSocket!" in out
+
+
+# ---------------------------------------------------------------- shutdown
+
+
+def test_shutdown_event_returns_within_half_a_second_with_1001(backend):
+    port = free_port()
+    event = threading.Event()
+    handlers = []
+    server = threading.Thread(
+        target=start_websocket_server,
+        args=("127.0.0.1", port, lambda ws, a: (handlers.append(ws), echo(ws, a))),
+        kwargs={"shutdown_event": event, "backend": backend},
+        daemon=True,
+    )
+    server.start()
+    clients = [wait_for(lambda: _try_connect(port, backend=backend)) for _ in range(5)]
+    for ws in clients:
+        ws.send("ping")
+        assert ws.recv(5) == "ping"
+    start = time.monotonic()
+    event.set()
+    server.join(2)
+    elapsed = time.monotonic() - start
+    assert not server.is_alive()
+    assert elapsed < 0.5
+    for ws in clients:
+        assert ws.recv(5) is None
+        assert ws.close_code == 1001
+
+
+def _try_connect(port, **options):
+    try:
+        return connect_websocket("127.0.0.1", port, **options)
+    except OSError:
+        return None
+
+
+def test_shutdown_drops_peers_that_do_not_finish_the_closing_handshake(backend):
+    with running_server(echo, backend=backend) as server:
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        from kn_sock.handshake import ClientHandshake
+        from kn_sock.uri import parse_uri
+
+        hs = ClientHandshake(parse_uri("127.0.0.1", server.port))
+        raw.sendall(hs.data_to_send())
+        while hs.receive_data(raw.recv(4096)) is None:
+            pass
+        assert wait_for(lambda: len(server.connections) == 1)
+        start = time.monotonic()
+        server.shutdown()
+        assert time.monotonic() - start < 0.5
+    data = b""
+    while chunk := raw.recv(4096):
+        data += chunk
+    assert data[:4] == b"\x88\x02\x03\xe9"  # close frame, 1001
+    raw.close()
+
+
+def test_context_manager_and_port_zero():
+    with WebSocketServer("127.0.0.1", 0, echo) as server:
+        assert server.port > 0
+        assert server.sockets[0].getsockname()[1] == server.port
+    with pytest.raises(OSError):
+        socket.create_connection(("127.0.0.1", server.port), timeout=1)
+
+
+# ---------------------------------------------------------------- opening handshake
+
+
+def test_open_timeout_drops_silent_tcp_connection():
+    with running_server(echo, open_timeout=0.3) as server:
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        start = time.monotonic()
+        assert raw.recv(4096) == b""  # dropped without an answer
+        assert 0.25 < time.monotonic() - start < 2
+        raw.close()
+        # The server still works.
+        with connect_websocket("127.0.0.1", server.port) as ws:
+            ws.send("ok")
+            assert ws.recv(5) == "ok"
+
+
+def test_open_timeout_drops_trickling_client():
+    with running_server(echo, open_timeout=0.3) as server:
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        start = time.monotonic()
+        with pytest.raises(OSError):
+            for _ in range(100):
+                raw.sendall(b"G")
+                time.sleep(0.05)
+        assert time.monotonic() - start < 2
+        raw.close()
+
+
+def test_process_request_health_check():
+    def process_request(path, headers):
+        if path == "/health":
+            return 200, [("Content-Type", "text/plain")], b"OK\n"
+        if path == "/secret":
+            return 401, {}, "no"
+        return None
+
+    with running_server(echo, process_request=process_request) as server:
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        data = b""
+        while chunk := raw.recv(4096):
+            data += chunk
+        raw.close()
+        assert data.startswith(b"HTTP/1.1 200 ")
+        assert data.endswith(b"\r\n\r\nOK\n")
+        with pytest.raises(InvalidStatus) as info:
+            connect_websocket(f"ws://127.0.0.1:{server.port}/secret")
+        assert info.value.status == 401
+        with connect_websocket(f"ws://127.0.0.1:{server.port}/chat") as ws:
+            ws.send("upgraded")
+            assert ws.recv(5) == "upgraded"
+
+
+def test_plain_get_gets_426_and_bad_origin_403():
+    with running_server(echo, origins=["https://good.example"]) as server:
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert raw.recv(4096).startswith(b"HTTP/1.1 426 ")
+        raw.close()
+        with pytest.raises(InvalidStatus) as info:
+            connect_websocket("127.0.0.1", server.port, origin="https://evil.example")
+        assert info.value.status == 403
+        with connect_websocket("127.0.0.1", server.port, origin="https://good.example") as ws:
+            ws.send("hi")
+            assert ws.recv(5) == "hi"
+
+
+def test_subprotocol_negotiation(backend):
+    chosen = queue.Queue()
+
+    def handler(ws, address):
+        chosen.put(ws.subprotocol)
+
+    with running_server(handler, backend=backend, subprotocols=["chat", "superchat"]) as server:
+        with connect_websocket("127.0.0.1", server.port, subprotocols=["superchat", "other"]) as ws:
+            assert ws.subprotocol == "superchat"
+            assert chosen.get(timeout=5) == "superchat"
+        with connect_websocket("127.0.0.1", server.port, subprotocols=["other"]) as ws:
+            assert ws.subprotocol is None
+            assert chosen.get(timeout=5) is None
+
+
+def test_compression_negotiated_by_default_and_off_with_none(backend):
+    seen = queue.Queue()
+
+    def handler(ws, address):
+        seen.put(ws.extensions)
+        echo(ws, address)
+
+    with running_server(handler, backend=backend) as server:
+        with connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            assert ws.extensions == ["permessage-deflate"]
+            assert seen.get(timeout=5) == ["permessage-deflate"]
+            ws.send("z" * 10000)
+            assert ws.recv(5) == "z" * 10000
+        with connect_websocket("127.0.0.1", server.port, backend=backend, compression=None) as ws:
+            assert ws.extensions == []
+            assert seen.get(timeout=5) == []
+    with running_server(handler, backend=backend, compression=None) as server:
+        with connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            assert ws.extensions == []
+            assert seen.get(timeout=5) == []
+
+
+def test_connection_attributes():
+    seen = queue.Queue()
+
+    def handler(ws, address):
+        seen.put((ws.path, ws.remote_address, ws.local_address, ws.request_headers["Host"], address))
+
+    with running_server(handler) as server:
+        with connect_websocket(f"ws://127.0.0.1:{server.port}/chat?room=1", headers={"X-Test": "1"}) as ws:
+            path, remote, local, host, address = seen.get(timeout=5)
+            assert path == "/chat?room=1" and ws.path == "/chat?room=1"
+            assert remote == ws.local_address == address
+            assert local == ws.remote_address
+            assert host == f"127.0.0.1:{server.port}"
+            assert ws.request_headers["X-Test"] == "1"
+            assert ws.response_headers["Upgrade"].lower() == "websocket"
+
+
+def test_handler_with_one_argument():
+    def handler(ws):
+        ws.send("one-arg handler")
+
+    with running_server(handler) as server:
+        with connect_websocket("127.0.0.1", server.port) as ws:
+            assert ws.recv(5) == "one-arg handler"
+
+
+def test_one_thread_per_connection():
+    release = threading.Event()
+    with running_server(lambda ws, a: release.wait(10)) as server:
+        before = threading.active_count()
+        clients = [connect_websocket("127.0.0.1", server.port, compression=None) for _ in range(20)]
+        assert wait_for(lambda: len(server.connections) == 20)
+        # 20 handler threads and nothing else per connection (client sides add no thread).
+        assert threading.active_count() - before == 20
+        release.set()
+        for ws in clients:
+            assert ws.recv(5) is None
+
+
+# ---------------------------------------------------------------- transports
+
+
+def test_ipv6():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+    try:
+        server = WebSocketServer("::1", 0, echo)
+    except OSError as exc:
+        pytest.skip(f"cannot bind ::1: {exc}")
+    with server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        with connect_websocket(f"ws://[::1]:{server.port}/") as ws:
+            ws.send("v6")
+            assert ws.recv(5) == "v6"
+            assert ws.remote_address[0] == "::1"
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
+def test_unix_socket(tmp_path):
+    path = str(tmp_path / "ws.sock")
+    with running_server(echo, unix=path):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(path)
+        with connect_websocket("ws://localhost/", sock=sock) as ws:
+            ws.send("over unix")
+            assert ws.recv(5) == "over unix"
+    assert not os.path.exists(path)
+
+
+@pytest.fixture(scope="module")
+def tls_contexts(tmp_path_factory):
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl CLI not available")
+    d = tmp_path_factory.mktemp("tls")
+    cert, key = d / "cert.pem", d / "key.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+         "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True,
+    )
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_ctx.load_cert_chain(cert, key)
+    client_ctx = ssl.create_default_context(cafile=str(cert))
+    return server_ctx, client_ctx
+
+
+def test_tls(backend, tls_contexts):
+    server_ctx, client_ctx = tls_contexts
+    with running_server(echo, ssl=server_ctx, backend=backend) as server:
+        with connect_websocket(f"wss://localhost:{server.port}/", ssl=client_ctx, backend=backend) as ws:
+            for message in ["over TLS", os.urandom(300000), ""]:
+                ws.send(message)
+                assert ws.recv(5) == message
+            assert ws.ping().wait(5)
+        with pytest.raises(ssl.SSLError):
+            connect_websocket(f"wss://localhost:{server.port}/", open_timeout=2)  # untrusted certificate
+
+
+def test_tls_keepalive_while_idle(tls_contexts):
+    server_ctx, client_ctx = tls_contexts
+    release = threading.Event()
+    with running_server(lambda ws, a: release.wait(10), ssl=server_ctx, ping_interval=0.05) as server:
+        with connect_websocket(f"wss://localhost:{server.port}/", ssl=client_ctx, ping_interval=0.05) as ws:
+            assert wait_for(lambda: ws.latency > 0)
+            assert ws.ping().wait(5)
+            release.set()
+            assert ws.recv(5) is None
