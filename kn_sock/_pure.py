@@ -179,7 +179,8 @@ class FrameParser:
     Args:
         expect_mask: True on a server (client frames must be masked), False on a client.
         max_size: largest uncompressed message in bytes; None means no limit.
-        compressed_max_size: limit on the compressed bytes of an RSV1 message (defaults to max_size).
+        compressed_max_size: limit on the compressed bytes of each frame of an RSV1 message
+            (defaults to max_size); the inflated size is bounded by the decompressor.
         rsv1_allowed: True once permessage-deflate is negotiated.
         decode_text: return unfragmented uncompressed text payloads as ``str``.
     """
@@ -341,7 +342,9 @@ class FrameParser:
         if compressed and self.compressed_max_size is not None:
             limit = self.compressed_max_size
         if limit is not None:
-            size = length + (self._msg_size if opcode == 0 else 0)
+            # A compressed message is inflated frame by frame (the decompressor bounds the
+            # inflated total by max_size), so its compressed bytes are bounded per frame.
+            size = length + (self._msg_size if opcode == 0 and not compressed else 0)
             if size > limit:
                 raise PayloadTooBig(f"message too big: {size} bytes > {limit} bytes")
 

@@ -491,7 +491,8 @@ cdef class FrameParser:
     Args:
         expect_mask: True on a server (client frames must be masked), False on a client.
         max_size: largest uncompressed message in bytes; None means no limit.
-        compressed_max_size: limit on the compressed bytes of an RSV1 message (defaults to max_size).
+        compressed_max_size: limit on the compressed bytes of each frame of an RSV1 message
+            (defaults to max_size); the inflated size is bounded by the decompressor.
         rsv1_allowed: True once permessage-deflate is negotiated.
         decode_text: return unfragmented uncompressed text payloads as ``str``.
     """
@@ -978,7 +979,9 @@ cdef class FrameParser:
             limit_obj = self._max_size
         else:
             return 0
-        size = length + (self._msg_size if opcode == 0 else 0)
+        # Compressed messages are inflated frame by frame (the decompressor bounds the
+        # inflated total), so their compressed bytes are bounded per frame.
+        size = length + (self._msg_size if opcode == 0 and not compressed else 0)
         if limit < 0 or size > <uint64_t>limit:
             return self._fail(PayloadTooBig(f"message too big: {size} bytes > {limit_obj} bytes"))
         return 0

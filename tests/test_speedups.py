@@ -394,7 +394,8 @@ PROTOCOL_ERRORS = [
     (m(0x02, bytes(6)) + m(0x80, bytes(5)), "message too big: 11 bytes > 10 bytes", 1009, {"max_size": 10}),
     (m(0xC2, bytes(21)), "message too big: 21 bytes > 20 bytes", 1009,
      {"max_size": 100, "compressed_max_size": 20, "rsv1_allowed": True}),
-    (m(0x42, bytes(15)) + m(0x80, bytes(6)), "message too big: 21 bytes > 20 bytes", 1009,
+    # Compressed messages: the bound is per frame (inflated size is the decompressor's job).
+    (m(0x42, bytes(15)) + m(0x00, bytes(20)) + m(0x80, bytes(21)), "message too big: 21 bytes > 20 bytes", 1009,
      {"max_size": 100, "compressed_max_size": 20, "rsv1_allowed": True}),
 ]
 

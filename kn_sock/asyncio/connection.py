@@ -396,7 +396,11 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
             transport = self.transport
             if transport is None:
                 raise proto.closed_exception()
-            transport.write(data)
+            if type(data) is tuple:  # large frame: header, then the payload itself (no copy)
+                transport.write(data[0])
+                transport.write(data[1])
+            else:
+                transport.write(data)
         elif hasattr(message, "__aiter__"):
             await self._send_fragments_async(message, compress)
         elif hasattr(message, "__iter__") and not isinstance(message, dict):

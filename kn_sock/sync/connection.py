@@ -548,7 +548,11 @@ class WebSocket:
                     data = proto.send(message)
                     if self._sock_done:
                         raise proto.closed_exception()
-                    self._write(data)
+                    if type(data) is tuple:  # large frame: header, then the payload (no copy)
+                        self._write(data[0])
+                        self._write(data[1])
+                    else:
+                        self._write(data)
                     over = self._wbuf_size > self._write_limit
                 if over:
                     self._drain()
