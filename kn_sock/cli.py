@@ -1,26 +1,63 @@
-"""The ``kn-sock`` / ``python -m kn_sock`` command line: serve, connect, demo, bench."""
+"""The ``kn-sock`` / ``python -m kn_sock`` command line: serve, connect, demo, bench.
+
+Exit codes (also in ``kn-sock --help`` and docs/guide.md):
+
+    0    success (for ``connect``: we closed, or the server closed with 1000 / 1001)
+    1    could not connect or serve: refused, DNS, timeout, TLS, handshake rejected
+         (the HTTP status is shown), port in use, unreadable certificate; a benchmark failed
+    2    bad command line, including an invalid URI
+    3    ``connect``: the connection was closed with an error code or lost (1006)
+    130  interrupted (Ctrl-C) — except ``serve``, for which Ctrl-C / SIGTERM is the normal stop
+
+Expected failures print one ``error: ...`` line on stderr, never a traceback. The library's
+own log lines (``logging.getLogger("kn_sock")``) go to stderr; the CLI's output to stdout.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import http
 import logging
 import os
+import platform
+import queue
+import signal
 import ssl
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from . import __version__
 from ._backend import IMPLEMENTATION
-from .exceptions import InvalidHandshake, InvalidStatus, InvalidURI, WebSocketError
+from .exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI, WebSocketError
 
-__all__ = ["main"]
+__all__ = ["main", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_CLOSED", "EXIT_INTERRUPTED"]
 
 logger = logging.getLogger("kn_sock")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+EXIT_CLOSED = 3
+EXIT_INTERRUPTED = 130
+
+#: ``connect``: after stdin ends, wait at most this long for replies still due (seconds).
+DEFAULT_LINGER = 2.0
+#: ``connect``: once as many messages came back as were sent, wait this long for stragglers.
+_QUIET = 0.1
+_NORMAL_CLOSE = (1000, 1001)
+
+
+class CLIError(Exception):
+    """An expected failure: printed as one ``error:`` line, exits with ``code``."""
+
+    def __init__(self, message: str, code: int = EXIT_FAILURE) -> None:
+        super().__init__(message)
+        self.code = code
 
 
 def _out(text: str) -> None:
@@ -30,116 +67,328 @@ def _out(text: str) -> None:
 
 
 def _err(text: str) -> None:
+    """Write one line to stderr (status lines and errors)."""
     sys.stderr.write(text + "\n")
     sys.stderr.flush()
+
+
+def _addr(address: Any) -> str:
+    """``('127.0.0.1', 5000)`` → ``127.0.0.1:5000``; IPv6 in brackets."""
+    if isinstance(address, tuple) and len(address) >= 2:
+        host = address[0]
+        return f"[{host}]:{address[1]}" if ":" in str(host) else f"{host}:{address[1]}"
+    return str(address or "?")
+
+
+def _short(message: Any, limit: int = 60) -> str:
+    text = repr(message) if isinstance(message, (bytes, bytearray)) else str(message)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 # ---------------------------------------------------------------- serve
 
 
-def _tls_context(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+def _server_tls(cert: str | None, key: str | None) -> ssl.SSLContext | None:
+    """The server's TLS context from PEM files, or None without ``--tls-cert``."""
     if not cert:
         return None
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.load_cert_chain(cert, key)
+    try:
+        ctx.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise CLIError(f"cannot load the TLS certificate {cert!r}: {exc}") from None
     return ctx
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
-    """Run an echo server until interrupted."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    tls = _tls_context(args.tls_cert, args.tls_key)
-    scheme = "wss" if tls else "ws"
-    if args.sync:
-        from .sync import WebSocketServer
+class _EchoLog:
+    """The echo handlers' readable connection log: open, messages (``-v``), close."""
 
-        def handler(ws: Any, address: Any) -> None:
-            logger.info("connection from %s", address)
+    def __init__(self, verbose: bool) -> None:
+        self.verbose = verbose
+
+    def opened(self, ws: Any, address: Any) -> None:
+        ext = ", ".join(ws.extensions) or "no extensions"
+        logger.info("%s connected, path %s (%s)", _addr(address), ws.path, ext)
+
+    def message(self, address: Any, msg: Any) -> None:
+        if self.verbose:
+            kind = "binary" if isinstance(msg, (bytes, bytearray)) else "text"
+            logger.info("%s %s %d: %s", _addr(address), kind, len(msg), _short(msg))
+
+    def closed(self, ws: Any, address: Any, count: int) -> None:
+        reason = f" {ws.close_reason!r}" if ws.close_reason else ""
+        logger.info("%s closed: code %s%s, messages echoed: %d", _addr(address), ws.close_code, reason, count)
+
+
+def _serve_sync(args: argparse.Namespace, tls: ssl.SSLContext | None, banner: Callable[[int], None]) -> int:
+    from .sync import WebSocketServer
+
+    log = _EchoLog(args.verbose)
+
+    def handler(ws: Any, address: Any) -> None:
+        log.opened(ws, address)
+        count = 0
+        try:
             for msg in ws:
+                log.message(address, msg)
                 ws.send(msg)
-            logger.info("%s closed (%s)", address, ws.close_code)
+                count += 1
+        except ConnectionClosed:
+            pass
+        log.closed(ws, address, count)
 
-        with WebSocketServer(args.host, args.port, handler, ssl=tls) as server:
-            _out(f"kn_sock {__version__} ({IMPLEMENTATION}) blocking echo server on {scheme}://{args.host}:{server.port}/")
-            try:
-                server.serve_forever()
-            except KeyboardInterrupt:
-                pass
-        return 0
+    try:
+        server = WebSocketServer(args.host, args.port, handler, ssl=tls)
+    except OSError as exc:
+        raise _listen_error(args, exc) from None
+    # SIGTERM stops the server like Ctrl-C: serve_forever's cleanup closes connections with 1001.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    with server:
+        banner(server.port)
+        try:
+            server.serve_forever()
+        except KeyboardInterrupt:
+            pass
+    logger.info("server stopped")
+    return EXIT_OK
 
+
+def _serve_async(args: argparse.Namespace, tls: ssl.SSLContext | None, banner: Callable[[int], None]) -> int:
     from .asyncio.server import start_async_websocket_server
 
-    async def ahandler(ws: Any, path: str) -> None:
-        logger.info("connection from %s path %s", ws.remote_address, path)
-        async for msg in ws:
-            await ws.send(msg)
-        logger.info("%s closed (%s)", ws.remote_address, ws.close_code)
+    log = _EchoLog(args.verbose)
+
+    async def handler(ws: Any, path: str) -> None:
+        address = ws.remote_address
+        log.opened(ws, address)
+        count = 0
+        try:
+            async for msg in ws:
+                log.message(address, msg)
+                await ws.send(msg)
+                count += 1
+        except ConnectionClosed:
+            pass
+        log.closed(ws, address, count)
 
     async def run() -> None:
-        server = await start_async_websocket_server(args.host, args.port, ahandler, ssl=tls)
-        _out(f"kn_sock {__version__} ({IMPLEMENTATION}) asyncio echo server on {scheme}://{args.host}:{server.port}/")
-        await server.serve_forever()
+        try:
+            server = await start_async_websocket_server(args.host, args.port, handler, ssl=tls)
+        except OSError as exc:
+            raise _listen_error(args, exc) from None
+        task = asyncio.current_task()
+        assert task is not None
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
+        banner(server.port)
+        try:
+            await server.serve_forever()  # closes every connection with 1001 when cancelled
+        except asyncio.CancelledError:
+            pass
 
     try:
         asyncio.run(run())
     except KeyboardInterrupt:
         pass
-    return 0
+    logger.info("server stopped")
+    return EXIT_OK
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Run an echo server until Ctrl-C or SIGTERM; the first stdout line names the real port."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    if args.tls_key and not args.tls_cert:
+        raise CLIError("--tls-key needs --tls-cert", EXIT_USAGE)
+    tls = _server_tls(args.tls_cert, args.tls_key)
+    scheme = "wss" if tls else "ws"
+    style = "blocking" if args.sync else "asyncio"
+    host = f"[{args.host}]" if ":" in args.host else args.host
+
+    def banner(port: int) -> None:
+        _out(f"kn_sock {__version__} ({IMPLEMENTATION}) {style} echo server on {scheme}://{host}:{port}/")
+        _err("press Ctrl-C to stop")
+
+    return (_serve_sync if args.sync else _serve_async)(args, tls, banner)
 
 
 # ---------------------------------------------------------------- connect
 
 
-def cmd_connect(args: argparse.Namespace) -> int:
-    """Interactive client: lines typed are sent, messages received are printed."""
+def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
+    """The client's TLS context when ``--cafile`` or ``--insecure`` asks for a special one."""
+    if not (args.cafile or args.insecure):
+        return None
+    try:
+        ctx = ssl.create_default_context(cafile=args.cafile)
+    except (OSError, ssl.SSLError) as exc:
+        raise CLIError(f"cannot load the CA file {args.cafile!r}: {exc}") from None
+    if args.insecure:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+def _open_client(args: argparse.Namespace) -> Any:
+    """Connect, turning every expected failure into a one-line ``CLIError``."""
     from .sync import connect_websocket
 
+    options: dict[str, Any] = {"open_timeout": args.timeout}
+    tls = _client_tls(args)
+    if tls is not None:
+        options["ssl"] = tls
+    if args.no_compression:
+        options["compression"] = None
+    if args.subprotocol:
+        options["subprotocols"] = args.subprotocol
     try:
-        ws = connect_websocket(args.uri, open_timeout=args.timeout)
-    except InvalidStatus as exc:
-        _err(f"error: the server refused the WebSocket upgrade: HTTP {exc.status}")
-        return 1
+        return connect_websocket(args.uri, **options)
     except InvalidURI as exc:
-        _err(f"error: invalid URI: {exc}")
-        return 2
+        raise CLIError(f"invalid URI: {exc}", EXIT_USAGE) from None
+    except InvalidStatus as exc:
+        raise CLIError(f"{args.uri}: the server refused the WebSocket upgrade: HTTP {_status(exc.status)}") from None
     except InvalidHandshake as exc:
-        _err(f"error: opening handshake failed: {exc}")
-        return 1
-    except (OSError, TimeoutError) as exc:
-        _err(f"error: cannot connect to {args.uri}: {exc}")
-        return 1
-    _err(f"connected to {args.uri} ({IMPLEMENTATION}); /ping, /close [code] or EOF to quit")
+        raise CLIError(f"{args.uri}: opening handshake failed: {exc}") from None
+    except ssl.SSLCertVerificationError as exc:
+        hint = " (--cafile FILE trusts a certificate, --insecure skips the check)"
+        raise CLIError(f"{args.uri}: TLS certificate check failed: {exc.verify_message or exc}{hint}") from None
+    except ssl.SSLError as exc:
+        raise CLIError(f"{args.uri}: TLS handshake failed: {exc.reason or exc}") from None
+    except TimeoutError:
+        raise CLIError(f"{args.uri}: timed out after {args.timeout:g} s") from None
+    except OSError as exc:
+        raise CLIError(f"cannot connect to {args.uri}: {exc.strerror or exc}") from None
 
-    def reader() -> None:
-        for msg in ws:
-            _out(f"< {msg!r}" if isinstance(msg, bytes) else f"< {msg}")
-        _err(f"connection closed: {ws.close_code} {ws.close_reason or ''}".rstrip())
 
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
+def _listen_error(args: argparse.Namespace, exc: OSError) -> CLIError:
+    why = os.strerror(exc.errno) if exc.errno else str(exc)
+    return CLIError(f"cannot listen on {args.host}:{args.port}: {why}")
+
+
+def _status(code: int) -> str:
     try:
+        return f"{code} {http.HTTPStatus(code).phrase}"
+    except ValueError:
+        return str(code)
+
+
+class _Session:
+    """State shared by the stdin reader, the WebSocket reader and the main thread of ``connect``."""
+
+    def __init__(self, ws: Any) -> None:
+        self.ws = ws
+        self.events: queue.Queue[tuple[str, Any]] = queue.Queue()
+        self.cond = threading.Condition()
+        self.sent = 0
+        self.received = 0
+        self.last_activity = time.monotonic()
+        self.finished = False
+        self.decorate = sys.stdout.isatty()
+
+    def read_stdin(self) -> None:
         for line in sys.stdin:
-            line = line.rstrip("\n")
-            if line == "/ping":
-                waiter = ws.ping()
-                if waiter.wait(5):
-                    _err(f"pong: {ws.latency * 1000:.2f} ms")
-                else:
-                    _err("no pong within 5 s")
-            elif line.startswith("/close"):
-                parts = line.split()
-                code = int(parts[1]) if len(parts) > 1 else 1000
-                ws.close(code)
+            self.events.put(("line", line.rstrip("\r\n")))
+        self.events.put(("eof", None))
+
+    def read_ws(self) -> None:
+        try:
+            for msg in self.ws:
+                text = repr(bytes(msg)) if isinstance(msg, (bytes, bytearray)) else msg
+                _out(f"< {text}" if self.decorate else text)
+                with self.cond:
+                    self.received += 1
+                    self.last_activity = time.monotonic()
+                    self.cond.notify_all()
+        except BrokenPipeError:
+            pass
+        finally:
+            with self.cond:
+                self.finished = True
+                self.cond.notify_all()
+            self.events.put(("closed", None))
+
+    def linger(self, limit: float) -> None:
+        """After stdin ended: wait (at most ``limit`` s) until every message sent has had a reply."""
+        deadline = time.monotonic() + limit
+        with self.cond:
+            while not self.finished:
+                now = time.monotonic()
+                if now >= deadline:
+                    return
+                if self.received >= self.sent and now - self.last_activity >= _QUIET:
+                    return
+                self.cond.wait(min(deadline - now, _QUIET))
+
+
+def _command(session: _Session, line: str) -> bool:
+    """Handle one stdin line; False once the session should end (``/close``)."""
+    ws = session.ws
+    if line == "/ping":
+        waiter = ws.ping()
+        if waiter.wait(5):
+            _err(f"pong in {waiter.rtt * 1000:.2f} ms")
+        else:
+            _err("no pong within 5 s")
+        return True
+    if line == "/close" or line.startswith("/close "):
+        parts = line.split(None, 2)
+        try:
+            code = int(parts[1]) if len(parts) > 1 else 1000
+            ws.close(code, parts[2] if len(parts) > 2 else "")
+        except ValueError as exc:
+            _err(f"error: /close [code] [reason]: {exc}")
+            return True
+        return False
+    if line.startswith("//"):  # "//text" sends "/text"
+        line = line[1:]
+    elif line.startswith("/"):
+        _err("commands: /ping, /close [code] [reason]; //text sends /text")
+        return True
+    with session.cond:
+        session.sent += 1
+        session.last_activity = time.monotonic()
+    ws.send(line)
+    return True
+
+
+def cmd_connect(args: argparse.Namespace) -> int:
+    """Interactive client: lines typed are sent, messages received are printed."""
+    ws = _open_client(args)
+    _err(f"connected to {args.uri} ({IMPLEMENTATION}); /ping, /close [code] [reason], EOF (Ctrl-D) to quit")
+    session = _Session(ws)
+    reader = threading.Thread(target=session.read_ws, name="kn_sock-cli-reader", daemon=True)
+    reader.start()
+    threading.Thread(target=session.read_stdin, name="kn_sock-cli-stdin", daemon=True).start()
+    we_closed = False
+    try:
+        while True:
+            kind, line = session.events.get()
+            if kind == "closed":
                 break
-            else:
-                ws.send(line)
-    except WebSocketError as exc:
-        _err(f"error: {exc}")
-    except KeyboardInterrupt:
+            if kind == "eof":
+                session.linger(args.linger)
+                we_closed = True
+                break
+            if not _command(session, line):
+                we_closed = True
+                break
+    except ConnectionClosed:
         pass
+    except KeyboardInterrupt:
+        ws.close(1001)
+        reader.join(2)
+        return EXIT_INTERRUPTED
     ws.close()
-    thread.join(2)
-    return 0
+    reader.join(2)
+    return _report_close(ws, we_closed)
+
+
+def _report_close(ws: Any, we_closed: bool) -> int:
+    code, reason = ws.close_code, ws.close_reason
+    detail = f"{code} {reason!r}" if reason else f"{code}"
+    if we_closed or code in _NORMAL_CLOSE:
+        _err(f"connection closed: {detail}")
+        return EXIT_OK
+    _err(f"error: connection closed by the server: {detail}")
+    return EXIT_CLOSED
 
 
 # ---------------------------------------------------------------- demo
@@ -147,6 +396,11 @@ def cmd_connect(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """Start an echo server, exchange messages with it, print the throughput."""
+    asyncio.run(_demo(args.seconds))
+    return EXIT_OK
+
+
+async def _demo(seconds: float) -> None:
     from .asyncio.client import async_connect_websocket
     from .asyncio.server import start_async_websocket_server
 
@@ -154,84 +408,141 @@ def cmd_demo(args: argparse.Namespace) -> int:
         async for msg in ws:
             await ws.send(msg)
 
-    async def run() -> None:
-        server = await start_async_websocket_server("127.0.0.1", 0, handler, compression=None)
-        _out(f"kn_sock {__version__}, implementation: {IMPLEMENTATION}")
-        _out(f"echo server on ws://127.0.0.1:{server.port}/")
+    server = await start_async_websocket_server("127.0.0.1", 0, handler, compression=None)
+    _out(f"kn_sock {__version__}, implementation: {IMPLEMENTATION}")
+    _out(f"echo server on ws://127.0.0.1:{server.port}/")
+    try:
         async with async_connect_websocket("127.0.0.1", server.port, compression=None) as ws:
             await ws.send("Hello WebSocket!")
             _out(f"sent 'Hello WebSocket!', received {await ws.recv()!r}")
             for size in (64, 1024, 65536):
-                payload = os.urandom(size)
-                n = 0
-                t0 = time.perf_counter()
-                while time.perf_counter() - t0 < args.seconds:
-                    await ws.send(payload)
-                    if await ws.recv() != payload:
-                        raise RuntimeError("echo mismatch")
-                    n += 1
-                elapsed = time.perf_counter() - t0
+                n, elapsed = await _round_trips(ws, os.urandom(size), seconds)
                 _out(f"{size:>6} B: {n / elapsed:>9,.0f} round trips/s  {n * size * 2 / elapsed / 1e6:>8.1f} MB/s")
+    finally:
         server.close()
         await server.wait_closed()
-        _out("(client and server share one process here; `kn-sock bench` compares libraries)")
+    _out("(client and server share one process here; `kn-sock bench` compares libraries)")
 
-    asyncio.run(run())
-    return 0
+
+async def _round_trips(ws: Any, payload: bytes, seconds: float) -> tuple[int, float]:
+    n = 0
+    t0 = time.perf_counter()
+    while True:
+        await ws.send(payload)
+        if await ws.recv() != payload:
+            raise CLIError("demo: echo mismatch")
+        n += 1
+        elapsed = time.perf_counter() - t0
+        if elapsed >= seconds:
+            return n, elapsed
 
 
 # ---------------------------------------------------------------- bench
 
+SUITES = {"speedups": "bench_speedups.py", "echo": "bench_echo.py", "conns": "bench_conns.py"}
+DEFAULT_SUITES = ["speedups", "echo"]
+
 
 def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    """Run the benchmark scripts from ``benchmarks/`` (a source checkout)."""
+    """Run the benchmark scripts from ``benchmarks/`` (a source checkout), one after the other."""
     root = Path(__file__).resolve().parent.parent / "benchmarks"
-    suites = {"echo": "bench_echo.py", "speedups": "bench_speedups.py", "conns": "bench_conns.py"}
-    chosen = args.suite or ["speedups", "echo"]
-    status = 0
-    for name in chosen:
-        script = root / suites[name]
+    chosen = list(dict.fromkeys(args.suite or DEFAULT_SUITES))
+    status = EXIT_OK
+    started = time.perf_counter()
+    for i, name in enumerate(chosen, 1):
+        script = root / SUITES[name]
+        tag = f"[{i}/{len(chosen)}] {name}"
         if not script.exists():
-            _err(f"benchmark {name}: {script} not found (benchmarks ship with the source checkout)")
-            status = 1
+            _err(f"error: {tag}: {script} not found (the benchmarks ship with the source checkout)")
+            status = EXIT_FAILURE
             continue
-        _out(f"== {name} ({script.name})")
         cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else []) + list(extra)
-        status = subprocess.call(cmd) or status
+        _out(f"== {tag}: {script.name}{' --quick' if args.quick else ''} ...")
+        t0 = time.perf_counter()
+        rc = subprocess.call(cmd)
+        _out(f"== {tag}: {'done' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - t0:.1f} s")
+        if rc != 0:
+            status = EXIT_FAILURE
+    _out(f"== {len(chosen)} suite(s) in {time.perf_counter() - started:.1f} s")
     return status
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``kn-sock`` and ``python -m kn_sock``."""
-    parser = argparse.ArgumentParser(prog="kn-sock", description="kn_sock WebSocket tools")
-    parser.add_argument("--version", action="version", version=f"kn_sock {__version__} ({IMPLEMENTATION})")
-    sub = parser.add_subparsers(dest="command")
-    p = sub.add_parser("serve", help="run an echo server")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8765)
+# ---------------------------------------------------------------- main
+
+EPILOG = """\
+exit codes:
+  0    success
+  1    could not connect or serve (refused, DNS, timeout, TLS, HTTP status), a benchmark failed
+  2    bad command line or invalid URI
+  3    connect: the connection was closed with an error code or lost
+  130  interrupted (Ctrl-C); serve stops with 0 on Ctrl-C / SIGTERM
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kn-sock", description="kn_sock WebSocket tools", epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    version = f"kn_sock {__version__} ({IMPLEMENTATION}) Python {platform.python_version()}"
+    parser.add_argument("--version", action="version", version=version)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    p = sub.add_parser("serve", help="run an echo server", description="Echo server; logs connections on stderr.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8765, help="TCP port; 0 picks a free one (default 8765)")
     mode = p.add_mutually_exclusive_group()
-    mode.add_argument("--sync", action="store_true", help="blocking server (threads)")
-    mode.add_argument("--async", dest="use_async", action="store_true", help="asyncio server (default)")
-    p.add_argument("--tls-cert")
-    p.add_argument("--tls-key")
-    p = sub.add_parser("connect", help="interactive client")
-    p.add_argument("uri")
-    p.add_argument("--timeout", type=float, default=10.0)
+    mode.add_argument("--sync", action="store_true", help="blocking server (a thread per connection)")
+    mode.add_argument("--async", dest="use_async", action="store_true", help="asyncio server (the default)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve wss:// with this certificate (chain)")
+    p.add_argument("--tls-key", metavar="PEM", help="private key, if not in the --tls-cert file")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every message too")
+    p = sub.add_parser("connect", help="interactive client", description=(
+        "Lines read from stdin are sent as text messages; messages received are printed on stdout "
+        "('< ' in front when stdout is a terminal). /ping, /close [code] [reason]; //text sends /text. "
+        "At the end of stdin, replies still due are awaited (--linger) before closing."))
+    p.add_argument("uri", help="ws://host:port/path or wss://...")
+    p.add_argument("--timeout", type=float, default=10.0, help="opening handshake timeout (default 10 s)")
+    p.add_argument("--linger", type=float, default=DEFAULT_LINGER,
+                   help=f"at end of input, wait up to this long for replies (default {DEFAULT_LINGER:g} s)")
+    p.add_argument("--cafile", metavar="PEM", help="trust this certificate / CA bundle for wss://")
+    p.add_argument("-k", "--insecure", action="store_true", help="wss:// without certificate checks")
+    p.add_argument("--subprotocol", action="append", metavar="NAME", help="offer a subprotocol (repeatable)")
+    p.add_argument("--no-compression", action="store_true", help="do not offer permessage-deflate")
     p = sub.add_parser("demo", help="echo server and client in one process, with throughput")
-    p.add_argument("--seconds", type=float, default=1.0)
-    p = sub.add_parser("bench", help="run the benchmarks (source checkout)")
-    p.add_argument("--suite", action="append", choices=["echo", "speedups", "conns"])
-    p.add_argument("--quick", action="store_true")
+    p.add_argument("--seconds", type=float, default=1.0, help="per message size (default 1 s)")
+    p = sub.add_parser("bench", help="run the benchmarks (source checkout); extra options go to the scripts")
+    p.add_argument("--suite", action="append", choices=list(SUITES),
+                   help=f"repeatable (default: {' '.join(DEFAULT_SUITES)})")
+    p.add_argument("--quick", action="store_true", help="the scripts' short smoke runs")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``kn-sock`` and ``python -m kn_sock``; returns the exit code."""
+    parser = _parser()
     args, extra = parser.parse_known_args(argv)
-    if args.command == "bench":
-        return cmd_bench(args, extra)
-    if extra:
+    if extra and args.command != "bench":
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    if args.command == "serve":
-        return cmd_serve(args)
-    if args.command == "connect":
-        return cmd_connect(args)
-    if args.command == "demo":
-        return cmd_demo(args)
-    parser.print_help()
-    return 0
+    commands: dict[str, Callable[[], int]] = {
+        "serve": lambda: cmd_serve(args),
+        "connect": lambda: cmd_connect(args),
+        "demo": lambda: cmd_demo(args),
+        "bench": lambda: cmd_bench(args, extra),
+    }
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return commands[args.command]()
+    except CLIError as exc:
+        _err(f"error: {exc}")
+        return exc.code
+    except KeyboardInterrupt:
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # stdout closed early (``| head``): not worth a traceback
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush stays quiet
+        return EXIT_OK
+    except WebSocketError as exc:
+        _err(f"error: {exc}")
+        return EXIT_FAILURE

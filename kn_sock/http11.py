@@ -93,7 +93,9 @@ class Headers(MutableMapping[str, str]):
     :meth:`add` appends one.
     """
 
-    __slots__ = ("_items", "_values", "_names")
+    # Memory: one list of pairs per connection (request_headers / response_headers live as
+    # long as the connection); lookups scan it — a handshake has a dozen fields.
+    __slots__ = ("_pairs", "_raw")
 
     def __init__(self, headers: HeadersLike = None) -> None:
         """Build from a dict / mapping, an iterable of ``(name, value)`` pairs, or Headers.
@@ -103,27 +105,48 @@ class Headers(MutableMapping[str, str]):
             ValueError: if a name is not an HTTP token or a value contains CR, LF or NUL.
         """
         self._items: list[tuple[str, str]] = []
-        self._values: dict[str, list[str]] = {}
-        self._names: dict[str, str] = {}
         if headers is None:
             return
         if isinstance(headers, Headers):
-            for name, value in headers._items:
-                self._append(name, value)
+            self._items = list(headers._items)
             return
         pairs = headers.items() if isinstance(headers, Mapping) else headers
         for name, value in pairs:
             self.add(name, value)
 
+    @property
+    def _items(self) -> list[tuple[str, str]]:
+        """The pairs, re-read from the compact form if :meth:`compact` stored them so."""
+        pairs = self._pairs
+        if pairs is None:
+            raw = self._raw.decode("latin-1") if self._raw else ""
+            pairs = self._pairs = [tuple(line.split(": ", 1)) for line in raw.split("\r\n")] if raw else []  # type: ignore[misc]
+            self._raw = None
+        return pairs
+
+    @_items.setter
+    def _items(self, pairs: list[tuple[str, str]]) -> None:
+        self._pairs = pairs
+        self._raw = None
+
+    def compact(self) -> None:
+        """Keep the fields as one bytes object until next used (memory of idle connections)."""
+        pairs = self._pairs
+        if pairs is not None:
+            self._raw = "\r\n".join(f"{n}: {v}" for n, v in pairs).encode("latin-1")
+            self._pairs = None
+
     def _append(self, name: str, value: str) -> None:
         """Append without validation (parser and copy paths)."""
-        key = name.lower()
         self._items.append((name, value))
-        if key in self._values:
-            self._values[key].append(value)
-        else:
-            self._values[key] = [value]
-            self._names[key] = name
+
+    @property
+    def _values(self) -> dict[str, list[str]]:
+        """Lower-cased name → values, built on demand."""
+        values: dict[str, list[str]] = {}
+        for name, value in self._items:
+            values.setdefault(name.lower(), []).append(value)
+        return values
 
     def add(self, name: str, value: str) -> None:
         """Append one field, keeping any existing values of ``name``.
@@ -143,7 +166,8 @@ class Headers(MutableMapping[str, str]):
 
     def get_all(self, name: str) -> list[str]:
         """Return every value of ``name`` in order (an empty list if absent)."""
-        return list(self._values.get(name.lower(), ()))
+        key = name.lower()
+        return [v for n, v in self._items if n.lower() == key]
 
     def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
         """Return all ``(name, value)`` pairs in order, repeated names included."""
@@ -155,36 +179,42 @@ class Headers(MutableMapping[str, str]):
 
     def __getitem__(self, name: str) -> str:
         """Return the first value of ``name``; raise KeyError if absent."""
-        try:
-            return self._values[name.lower()][0]
-        except (KeyError, AttributeError):
-            raise KeyError(name) from None
+        key = name.lower() if isinstance(name, str) else None
+        for n, v in self._items:
+            if n.lower() == key:
+                return v
+        raise KeyError(name)
 
     def __setitem__(self, name: str, value: str) -> None:
         """Replace every value of ``name`` with ``value``."""
-        if isinstance(name, str) and name.lower() in self._values:
+        if name in self:
             del self[name]
         self.add(name, value)
 
     def __delitem__(self, name: str) -> None:
         """Remove every value of ``name``; raise KeyError if absent."""
-        key = name.lower()
-        if key not in self._values:
+        if name not in self:
             raise KeyError(name)
-        del self._values[key], self._names[key]
+        key = name.lower()
         self._items = [item for item in self._items if item[0].lower() != key]
 
     def __contains__(self, name: object) -> bool:
         """Whether a field called ``name`` (any case) is present."""
-        return isinstance(name, str) and name.lower() in self._values
+        if not isinstance(name, str):
+            return False
+        key = name.lower()
+        return any(n.lower() == key for n, _ in self._items)
 
     def __iter__(self) -> Iterator[str]:
         """Iterate over distinct names, in original case of their first occurrence."""
-        return iter(list(self._names.values()))
+        seen: dict[str, str] = {}
+        for n, _ in self._items:
+            seen.setdefault(n.lower(), n)
+        return iter(list(seen.values()))
 
     def __len__(self) -> int:
         """Number of distinct names."""
-        return len(self._values)
+        return len({n.lower() for n, _ in self._items})
 
     def __eq__(self, other: object) -> bool:
         """Equal when every name has the same values in the same order (name case ignored)."""

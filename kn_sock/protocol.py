@@ -126,6 +126,14 @@ class Protocol:
         subprotocol: the negotiated subprotocol, kept for the I/O layers.
     """
 
+    __slots__ = (
+        "__weakref__", "side", "is_client", "backend", "max_size", "subprotocol", "extensions",
+        "deflate", "parser", "_build", "_validator_cls", "_masks", "state", "_out", "_parts",
+        "_part_opcode", "_part_compressed", "_validator", "_send_frag_open", "_send_frag_compressed",
+        "_send_frag_text", "close_rcvd", "close_sent", "close_rcvd_then_sent", "close_transport",
+        "error", "eof_received", "pings",
+    )  # memory: one connection's state without a per-instance __dict__
+
     def __init__(
         self,
         side: str,

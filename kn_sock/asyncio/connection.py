@@ -68,7 +68,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         self.transport: asyncio.Transport | None = None
         self.protocol: Protocol | None = None
         self._parser: Any = None
-        self._messages: deque[Any] = deque()
+        self._messages: deque[Any] | None = None  # created on first queued message (idle memory)
         self._waiter: asyncio.Future[Any] | None = None
         self._closed_fut: asyncio.Future[None] = loop.create_future()
         self._paused_reading = False
@@ -239,6 +239,8 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
                     if not waiter.done():
                         waiter.set_result(ev)
                         continue
+                if messages is None:
+                    messages = self._messages = deque()
                 messages.append(ev)
             elif t is Pong:
                 self._on_pong(ev)
@@ -252,7 +254,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         if out and transport is not None:
             transport.write(out[0]) if len(out) == 1 else transport.writelines(out)
         max_queue = self._max_queue
-        if max_queue is not None and len(messages) >= max_queue and not self._paused_reading and transport is not None:
+        if max_queue is not None and messages and len(messages) >= max_queue and not self._paused_reading and transport is not None:
             self._paused_reading = True
             transport.pause_reading()
         if proto.state is State.CLOSED:  # type: ignore[union-attr]
@@ -529,7 +531,9 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
             if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
                 msg = waiter.result()
                 if msg is not None:
-                    messages.appendleft(msg)
+                    if self._messages is None:
+                        self._messages = deque()
+                    self._messages.appendleft(msg)
             raise
         finally:
             if handle is not None:
@@ -539,7 +543,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
 
     def _maybe_resume(self) -> None:
         max_queue = self._max_queue or 1
-        if len(self._messages) <= max_queue // 4 and self.transport is not None:
+        if len(self._messages or ()) <= max_queue // 4 and self.transport is not None:
             self._paused_reading = False
             self.transport.resume_reading()
 

@@ -134,6 +134,8 @@ class _ServerOpening:
         ws.path = request.path
         ws.request_headers = request.headers
         ws.response_headers = hs.response_headers  # type: ignore[assignment]  # set by accept()
+        request.headers.compact()  # memory: idle connections keep one bytes object each
+        ws.response_headers.compact()
         opts = self.server.options
         proto = Protocol(
             SERVER,
