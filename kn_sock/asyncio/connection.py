@@ -25,6 +25,7 @@ from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State
 __all__ = ["AsyncWebSocket"]
 
 logger = logging.getLogger("kn_sock")
+_OPEN = State.OPEN
 
 
 class AsyncWebSocket(asyncio.BufferedProtocol):
@@ -155,7 +156,26 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         parser = self._parser
         if parser is not None:
             frames = parser.buffer_updated(nbytes)
-            if frames or parser.error is not None:
+            if frames:
+                if len(frames) == 1 and parser.error is None:
+                    # Speed: one whole uncompressed message and a task waiting for it — hand it
+                    # over directly (what Protocol._process + _dispatch would do, minus the calls).
+                    opcode, fin, rsv1, payload = frames[0]
+                    waiter = self._waiter
+                    if (
+                        fin
+                        and not rsv1
+                        and (opcode == 2 or opcode == 1)
+                        and waiter is not None
+                        and not self._messages
+                        and self.protocol.state is _OPEN  # type: ignore[union-attr]
+                        and not waiter.done()
+                    ):
+                        self._waiter = None
+                        waiter.set_result(payload)
+                        return
+                self._dispatch(self.protocol.receive_frames(frames))  # type: ignore[union-attr]
+            elif parser.error is not None:
                 self._dispatch(self.protocol.receive_frames(frames))  # type: ignore[union-attr]
             return
         data = bytes(memoryview(self._hs_buf)[:nbytes])  # type: ignore[arg-type]

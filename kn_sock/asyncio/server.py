@@ -7,7 +7,7 @@ import inspect
 import logging
 from typing import Any, Awaitable, Callable
 
-from ..exceptions import InvalidHandshake
+from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
 from ..options import Options, make_options
 from ..protocol import SERVER, Protocol
@@ -229,6 +229,9 @@ class AsyncWebSocketServer:
                 await self.handler(ws)
         except asyncio.CancelledError:
             code = 1001
+        except ConnectionClosed as exc:
+            # The peer went away while the handler was sending: not a server error.
+            logger.debug("connection %s closed during the handler: %s", ws.remote_address, exc)
         except Exception:
             logger.exception("connection handler failed for %s", ws.remote_address)
             code = 1011

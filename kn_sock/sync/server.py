@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..exceptions import InvalidHandshake
+from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
 from ..options import make_options
 from ..protocol import SERVER, Protocol
@@ -308,6 +308,9 @@ class WebSocketServer:
                 self.handler(ws, address if address else ws.remote_address)
             else:
                 self.handler(ws)
+        except ConnectionClosed as exc:
+            # The peer went away while the handler was sending: not a server error.
+            logger.debug("connection %s closed during the handler: %s", address, exc)
         except Exception:
             logger.exception("connection handler failed for %s", address)
             code = 1011
