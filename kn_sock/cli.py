@@ -459,7 +459,7 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
         cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else []) + list(extra)
         _out(f"== {tag}: {script.name}{' --quick' if args.quick else ''} ...")
         t0 = time.perf_counter()
-        rc = subprocess.call(cmd)
+        rc = subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # stream its tables as they come
         _out(f"== {tag}: {'done' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - t0:.1f} s")
         if rc != 0:
             status = EXIT_FAILURE

@@ -96,6 +96,8 @@ class Headers(MutableMapping[str, str]):
     # Memory: one list of pairs per connection (request_headers / response_headers live as
     # long as the connection); lookups scan it — a handshake has a dozen fields.
     __slots__ = ("_pairs", "_raw")
+    _pairs: list[tuple[str, str]] | None
+    _raw: bytes | None
 
     def __init__(self, headers: HeadersLike = None) -> None:
         """Build from a dict / mapping, an iterable of ``(name, value)`` pairs, or Headers.
@@ -120,7 +122,8 @@ class Headers(MutableMapping[str, str]):
         pairs = self._pairs
         if pairs is None:
             raw = self._raw.decode("latin-1") if self._raw else ""
-            pairs = self._pairs = [tuple(line.split(": ", 1)) for line in raw.split("\r\n")] if raw else []  # type: ignore[misc]
+            pairs = [tuple(line.split(": ", 1)) for line in raw.split("\r\n")] if raw else []  # type: ignore[misc]
+            self._pairs = pairs
             self._raw = None
         return pairs
 

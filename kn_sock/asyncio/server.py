@@ -199,7 +199,23 @@ class AsyncWebSocketServer:
             self._server = await self.loop.create_unix_server(self._factory, unix, ssl=ssl, **kwargs)
         else:
             self._server = await self.loop.create_server(self._factory, host, port, ssl=ssl, **kwargs)
+            if not port and "sock" not in kwargs:
+                await self._same_port_everywhere(host, ssl, kwargs)
         return self
+
+    async def _same_port_everywhere(self, host: str | None, ssl: Any, kwargs: dict[str, Any]) -> None:
+        """With port 0 and several addresses (``host=None``: IPv4 and IPv6), bind one port on all."""
+        for _ in range(5):
+            assert self._server is not None
+            ports = {sock.getsockname()[1] for sock in self._server.sockets}
+            if len(ports) <= 1:
+                return
+            chosen = self._server.sockets[0].getsockname()[1]
+            self._server.close()
+            try:
+                self._server = await self.loop.create_server(self._factory, host, chosen, ssl=ssl, **kwargs)
+            except OSError:  # taken on another family meanwhile: draw again
+                self._server = await self.loop.create_server(self._factory, host, 0, ssl=ssl, **kwargs)
 
     @property
     def sockets(self) -> tuple[Any, ...]:
