@@ -8,7 +8,11 @@ For each server contestant and each N in ``--conns`` (default 1000,5000; ``--qui
    thread count and open fds again;
 3. tell the server to send one 100-byte binary message to every connection; the client process
    reports when all N have received it. Broadcast time = last receipt - first send (both processes
-   read the same CLOCK_MONOTONIC through time.perf_counter).
+   read the same CLOCK_MONOTONIC through time.perf_counter). Plain contestants broadcast with a
+   loop of ``await ws.send()``; the ``*_bcast`` ones with the library's broadcast function
+   (``kn_sock.broadcast``: one frame built once, written without awaiting;
+   ``websockets.broadcast``), picows with ``transport.send`` in a loop, raw asyncio with
+   ``transport.write`` of one prebuilt frame.
 
 Blocking servers (kn_sock sync, websockets.sync) are measured at min(N, ``--sync-max``) connections.
 
@@ -53,9 +57,12 @@ class Contestant:
 CONTESTANTS = [
     Contestant("raw_async", "raw asyncio (TCP only)", "raw_async"),
     Contestant("kn_off", "kn_sock asyncio, compression off", "kn_async"),
+    Contestant("kn_bcast", "kn_sock asyncio, broadcast()", "kn_async_bcast"),
+    Contestant("kn_bcast_deflate", "kn_sock asyncio, broadcast(), deflate on", "kn_async_bcast", deflate=True),
     Contestant("kn_deflate", "kn_sock asyncio, deflate on", "kn_async", deflate=True),
     Contestant("websockets", "websockets, compression off", "websockets", requires=("websockets",)),
     Contestant("websockets_deflate", "websockets, deflate on", "websockets", deflate=True, requires=("websockets",)),
+    Contestant("websockets_bcast", "websockets, websockets.broadcast()", "websockets_bcast", requires=("websockets",)),
     Contestant("picows", "picows", "picows", requires=("picows",)),
     Contestant("kn_sync", "kn_sock sync, compression off", "kn_sync", sync=True),
     Contestant("websockets_sync", "websockets.sync, compression off", "websockets_sync", sync=True,
@@ -79,6 +86,8 @@ def serve(kind: str, deflate: bool) -> None:
 async def serve_async(kind: str, deflate: bool) -> None:
     import asyncio
 
+    use_bcast = kind.endswith("_bcast")  # the library's broadcast function instead of a send loop
+    kind = kind.removesuffix("_bcast")
     loop = asyncio.get_running_loop()
     conns: set[Any] = set()
     compression = "deflate" if deflate else None
@@ -122,6 +131,14 @@ async def serve_async(kind: str, deflate: bool) -> None:
                 await ws.send(MESSAGE)
             return t0, time.perf_counter(), len(conns)
 
+        if use_bcast:
+            from kn_sock import broadcast as kn_broadcast
+
+            async def broadcast() -> tuple[float, float, int]:  # noqa: F811
+                t0 = time.perf_counter()
+                skipped = kn_broadcast(conns, MESSAGE)
+                return t0, time.perf_counter(), len(conns) - len(skipped)
+
     elif kind == "websockets":
         from websockets.asyncio.server import serve as ws_serve
 
@@ -141,6 +158,14 @@ async def serve_async(kind: str, deflate: bool) -> None:
             for ws in list(conns):
                 await ws.send(MESSAGE)
             return t0, time.perf_counter(), len(conns)
+
+        if use_bcast:
+            from websockets.asyncio.server import broadcast as ws_broadcast
+
+            async def broadcast() -> tuple[float, float, int]:  # noqa: F811
+                t0 = time.perf_counter()
+                ws_broadcast(conns, MESSAGE)
+                return t0, time.perf_counter(), len(conns)
 
     elif kind == "picows":
         from picows import WSListener, WSMsgType, ws_create_server

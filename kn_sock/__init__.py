@@ -44,6 +44,7 @@ __all__ = [
     "AsyncWebSocketServer",
     "async_connect_websocket",
     "AsyncWebSocket",
+    "broadcast",
     "WebSocketError",
     "ConnectionClosed",
     "ConnectionClosedOK",
@@ -66,12 +67,14 @@ _LAZY = {
     "AsyncWebSocketServer": "kn_sock.asyncio.server",
     "async_connect_websocket": "kn_sock.asyncio.client",
     "AsyncWebSocket": "kn_sock.asyncio.connection",
+    "broadcast": "kn_sock.broadcast",
 }
 
 if TYPE_CHECKING:
     from .asyncio.client import async_connect_websocket
     from .asyncio.connection import AsyncWebSocket
     from .asyncio.server import AsyncWebSocketServer, start_async_websocket_server
+    from .broadcast import broadcast
     from .sync import WebSocket, WebSocketServer, connect_websocket, start_websocket_server
 
 

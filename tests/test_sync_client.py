@@ -53,9 +53,10 @@ def test_invalid_uri_and_unknown_option():
         connect_websocket("127.0.0.1", 1, no_such_option=True)
 
 
-def test_reconnect_not_supported_yet():
-    with pytest.raises(NotImplementedError):
-        connect_websocket("127.0.0.1", 1, reconnect=True)
+def test_reconnect_initial_failure_is_bounded_by_the_policy():
+    # Reconnection itself is tested in test_reconnect_sync.py.
+    with pytest.raises(OSError):
+        connect_websocket("127.0.0.1", 1, reconnect={"initial_delay": 0.01, "max_attempts": 1})
 
 
 def test_connection_refused():

@@ -1,19 +1,25 @@
-"""asyncio WebSocket client: ``async_connect_websocket``."""
+"""asyncio WebSocket client: ``async_connect_websocket``, and the reconnecting client it
+returns with ``reconnect=`` (see :mod:`kn_sock.reconnect` for the policy)."""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import logging
 import ssl as ssl_module
-from typing import Any, Generator
+from typing import Any, AsyncIterator, Generator
 
-from ..exceptions import InvalidHandshake
+from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake
 from ..handshake import ClientHandshake
 from ..options import Options, make_options
-from ..protocol import CLIENT, Protocol
+from ..protocol import CLIENT, Protocol, State
+from ..reconnect import Outbox, ReconnectPolicy, end_code, queueable, retryable_error
 from ..uri import WebSocketURI, parse_uri
 from .connection import AsyncWebSocket
 
-__all__ = ["async_connect_websocket", "connect"]
+__all__ = ["async_connect_websocket", "connect", "AsyncReconnectingWebSocket"]
+
+logger = logging.getLogger("kn_sock")
 
 
 class _ClientOpening:
@@ -82,7 +88,9 @@ def _handshake(wsuri: WebSocketURI, opts: Options) -> ClientHandshake:
     )
 
 
-async def _open(wsuri: WebSocketURI, opts: Options) -> AsyncWebSocket:
+async def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default") -> AsyncWebSocket:
+    if timeout == "default":
+        timeout = opts.open_timeout
     loop = asyncio.get_running_loop()
     hs = _handshake(wsuri, opts)
     ssl = opts.ssl
@@ -99,7 +107,7 @@ async def _open(wsuri: WebSocketURI, opts: Options) -> AsyncWebSocket:
 
     transport = None
     try:
-        async with asyncio.timeout(opts.open_timeout):
+        async with asyncio.timeout(timeout):
             host = wsuri.host[1:-1] if wsuri.host.startswith("[") else wsuri.host
             transport, ws = await loop.create_connection(
                 factory, host, wsuri.port, ssl=ssl or None, server_hostname=host if ssl else None
@@ -119,14 +127,24 @@ class connect:
     def __init__(self, host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> None:
         """Validate the URI and options now; connect when awaited."""
         self.wsuri = parse_uri(host_or_uri, port, path)
-        self.options = make_options(options)
-        self.ws: AsyncWebSocket | None = None
+        self.options = make_options(options, allow=("ack",))
+        self.policy = ReconnectPolicy.from_option(self.options.reconnect)
+        if self.options.extra.get("ack") and self.policy is None:
+            raise ValueError("ack= needs reconnect=")
+        self.ws: Any = None
 
-    def __await__(self) -> Generator[Any, None, AsyncWebSocket]:
-        return _open(self.wsuri, self.options).__await__()
+    async def _connect(self) -> Any:
+        if self.policy is None:
+            return await _open(self.wsuri, self.options)
+        ws = AsyncReconnectingWebSocket(self.wsuri, self.options, self.policy)
+        await ws._connect_first()
+        return ws
 
-    async def __aenter__(self) -> AsyncWebSocket:
-        self.ws = await _open(self.wsuri, self.options)
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._connect().__await__()
+
+    async def __aenter__(self) -> Any:
+        self.ws = await self._connect()
         return self.ws
 
     async def __aexit__(self, *exc: Any) -> None:
@@ -135,5 +153,369 @@ class connect:
 
 
 def async_connect_websocket(host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> connect:
-    """Open an asyncio WebSocket client connection: ``await`` it or use ``async with``."""
+    """Open an asyncio WebSocket client connection: ``await`` it or use ``async with``.
+
+    Gives an ``AsyncWebSocket``; with ``reconnect=True`` (or a dict of ``ReconnectPolicy``
+    arguments) an ``AsyncReconnectingWebSocket`` with the same surface.
+
+    Raises:
+        InvalidURI: (at once) the URI is not a valid ws:// or wss:// URI.
+        TypeError: (at once) an unknown option.
+        InvalidStatus / InvalidHandshake: the server refused the upgrade (with reconnect on:
+            a refusal that is not worth retrying, see ``retryable_error``).
+        TimeoutError: no connection within ``open_timeout`` (with reconnect on: the time
+            for every initial attempt together).
+        OSError: the TCP connection failed (with reconnect on: every attempt allowed failed).
+    """
     return connect(host_or_uri, port, path, **options)
+
+
+async def _maybe_await(value: Any) -> None:
+    if inspect.isawaitable(value):
+        await value
+
+
+class AsyncReconnectingWebSocket:
+    """An asyncio client connection that reopens itself (``reconnect=`` option, SPEC.md "Reconnection").
+
+    The surface of ``AsyncWebSocket``: ``send``, ``recv``, ``async for``, ``send_json`` /
+    ``recv_json``, ``ping``, ``pong``, ``close``, ``async with``; other attributes
+    (``subprotocol``, ``remote_address``, ``latency``, ``response_headers``, ...) are those
+    of the current connection, ``connection``.
+
+    - ``recv()`` waits across reconnections; it returns None only once no reconnection
+      will follow (``closed``).
+    - ``send()`` while disconnected (or while queued messages are still being flushed)
+      queues the message, at most ``max_pending``; the queue goes out in order after
+      ``on_connect``. A message handed to a connection that then died is not sent again,
+      unless ``ack=`` is on (see ``ack``).
+    - ``on_connect(conn)`` (a function or coroutine function) gets each new underlying
+      ``AsyncWebSocket`` before the queued messages are flushed, so what it sends
+      (re-subscriptions) goes first.
+    - ``connected``, ``reconnects`` (successful reconnections), ``last_close_code`` (how
+      the previous connection ended), ``close_code`` / ``close_reason`` (the current one's).
+    """
+
+    def __init__(self, wsuri: WebSocketURI, opts: Options, policy: ReconnectPolicy) -> None:
+        self._wsuri = wsuri
+        self._opts = opts
+        self._policy = policy
+        self._outbox = Outbox(opts.max_pending, opts.extra.get("ack"))
+        self._ws: AsyncWebSocket | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._changed: asyncio.Future[None] | None = None
+        self._closing = False  # close() was called: never reconnect
+        self._final = False  # no reconnection will follow
+        #: True while a connection is open and the queue has been flushed into it.
+        self.connected = False
+        #: Successful reconnections so far (the first connection does not count).
+        self.reconnects = 0
+        #: How the previous connection ended (``reconnect.end_code``), None before any ended.
+        self.last_close_code: int | None = None
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def connection(self) -> AsyncWebSocket | None:
+        """The current (or last) underlying connection."""
+        return self._ws
+
+    @property
+    def closed(self) -> bool:
+        """True once closed for good: ``close()`` was called or no reconnection will follow."""
+        return self._final
+
+    @property
+    def open(self) -> bool:
+        """True while connected (messages go straight out)."""
+        return self.connected and self._ws is not None and self._ws.open
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting for a connection (in ack mode, with those not yet acknowledged)."""
+        return len(self._outbox)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._ws, name)
+
+    def _notify(self) -> None:
+        fut = self._changed
+        if fut is not None:
+            self._changed = None
+            if not fut.done():
+                fut.set_result(None)
+
+    def _closed_error(self) -> ConnectionClosed:
+        ws = self._ws
+        if ws is not None and ws.protocol is not None:
+            return ws.protocol.closed_exception()
+        return ConnectionClosedError(1006, "", "the connection is closed and will not reconnect")
+
+    def _will_reconnect(self, ws: AsyncWebSocket) -> bool:
+        """Unless ``ws`` is still open: will the supervisor reopen it?"""
+        proto = ws.protocol
+        if proto is None or proto.state is State.OPEN and ws.transport is not None:
+            return True
+        return not self._closing and proto.state is State.CLOSED and self._policy.should_reconnect(end_code(proto))
+
+    # ------------------------------------------------------------ connecting
+
+    async def _connect_first(self) -> None:
+        """The first connection: retried per the policy while ``open_timeout`` lasts."""
+        policy = self._policy
+        policy.start(self._opts.open_timeout)
+        while True:
+            try:
+                ws = await _open(self._wsuri, self._opts, policy.remaining())
+                break
+            except Exception as exc:
+                if not retryable_error(exc):
+                    raise
+                delay = policy.next_delay()
+                if delay is None:
+                    raise
+                logger.info("connecting to %s failed (%s); retrying in %.3f s", self._wsuri.uri, exc, delay)
+                await asyncio.sleep(delay)
+        policy.reset()
+        self._ws = ws
+        try:
+            await _maybe_await(self._opts.on_connect(ws)) if self._opts.on_connect else None
+        except BaseException:
+            self._final = True
+            await ws.close(1011)
+            raise
+        self.connected = True
+        self._task = asyncio.get_running_loop().create_task(self._supervise())
+
+    async def _supervise(self) -> None:
+        """Watch the connection; reopen it when it ends in a way worth a retry."""
+        try:
+            while True:
+                ws = self._ws
+                assert ws is not None
+                await ws.wait_closed()
+                self.connected = False
+                code = self.last_close_code = end_code(ws.protocol)
+                if self._closing:
+                    break
+                if not self._policy.should_reconnect(code):
+                    logger.info("connection to %s closed with %d: not reconnecting", self._wsuri.uri, code)
+                    break
+                self._outbox.requeue()
+                logger.info("connection to %s lost (%d): reconnecting", self._wsuri.uri, code)
+                new = await self._reconnect()
+                if new is None:
+                    break
+                self._ws = new
+                self.reconnects += 1
+                self._notify()
+                if self._opts.on_connect is not None:
+                    try:
+                        await _maybe_await(self._opts.on_connect(new))
+                    except Exception:
+                        logger.exception("on_connect failed for %s", self._wsuri.uri)
+                await self._flush(new)
+        finally:
+            self._final = True
+            self.connected = False
+            if self._outbox.pending:
+                logger.warning("%d queued messages to %s dropped: closed for good", len(self._outbox), self._wsuri.uri)
+            self._notify()
+
+    async def _reconnect(self) -> AsyncWebSocket | None:
+        """Attempts with backoff until one succeeds (the connection) or the policy gives up (None)."""
+        policy = self._policy
+        while not self._closing:
+            delay = policy.next_delay()
+            if delay is None:
+                logger.warning("giving up reconnecting to %s after %d attempts", self._wsuri.uri, policy.attempts)
+                return None
+            logger.info("reconnecting to %s in %.3f s (attempt %d)", self._wsuri.uri, delay, policy.attempts)
+            await asyncio.sleep(delay)
+            if self._closing:
+                return None
+            try:
+                ws = await _open(self._wsuri, self._opts)
+            except Exception as exc:
+                if not retryable_error(exc):
+                    logger.warning("reconnecting to %s refused (%s): giving up", self._wsuri.uri, exc)
+                    return None
+                logger.info("reconnection attempt %d to %s failed: %s", policy.attempts, self._wsuri.uri, exc)
+                continue
+            policy.reset()
+            logger.info("reconnected to %s", self._wsuri.uri)
+            return ws
+        return None
+
+    async def _flush(self, ws: AsyncWebSocket) -> None:
+        """Send the queued messages in order; ``connected`` once the queue is empty."""
+        outbox = self._outbox
+        pending = outbox.pending
+        while pending:
+            if not ws.open or ws.transport is None:
+                return  # died again: the supervisor sees it and reconnects
+            message = pending.popleft()
+            # Open and no await before the write: this message is handed to TCP now.
+            outbox.sent(message)
+            try:
+                await ws.send(message)
+            except ConnectionClosed:
+                pass  # died while draining: the frame was handed over, not re-sent
+        self.connected = True
+
+    async def _wait_change(self, timeout: float | None) -> None:
+        if self._changed is None:
+            self._changed = asyncio.get_running_loop().create_future()
+        async with asyncio.timeout(timeout):
+            await asyncio.shield(self._changed)
+
+    # ------------------------------------------------------------ the connection's surface
+
+    async def send(self, message: Any, compress: bool | None = None) -> None:
+        """Send now when connected, else queue (see the class docstring).
+
+        Raises:
+            ConnectionClosed: closed for good, or ``max_pending`` messages already wait.
+            TypeError: a message of another type.
+        """
+        if self._final or self._closing:
+            raise self._closed_error()
+        ws = self._ws
+        outbox = self._outbox
+        if self.connected and ws is not None and ws.open and ws.transport is not None and not outbox.pending:
+            if outbox.ack is not None:
+                outbox.check_room()
+                if hasattr(message, "__aiter__"):
+                    message = [part async for part in message]
+                message = queueable(message)
+                outbox.sent(message)
+            try:
+                await ws.send(message, compress)
+            except ConnectionClosed:
+                if ws.transport is not None or not self._policy.should_reconnect(end_code(ws.protocol)):
+                    raise
+            return
+        if self.connected and ws is not None and ws.protocol is not None and not self._will_reconnect(ws):
+            raise ws.protocol.closed_exception()  # ended for good; the supervisor has not noticed yet
+        if hasattr(message, "__aiter__"):
+            message = [part async for part in message]
+        outbox.add(queueable(message))
+
+    async def send_json(self, obj: Any) -> None:
+        """Send ``obj`` as a JSON text message (queued while disconnected)."""
+        import json
+
+        await self.send(json.dumps(obj))
+
+    async def recv(self, timeout: float | None = None) -> Any:
+        """Return the next message, waiting across reconnections; None once closed for good.
+
+        Raises:
+            TimeoutError: no message within ``timeout`` seconds.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        while True:
+            ws = self._ws
+            assert ws is not None
+            left = None if deadline is None else max(0.0, deadline - loop.time())
+            message = await ws.recv(left)
+            if message is not None:
+                if self._outbox.ack is not None:
+                    self._outbox.received(message)
+                return message
+            if self._final:
+                return None
+            if self._ws is ws:
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                try:
+                    await self._wait_change(left)
+                except TimeoutError:
+                    raise TimeoutError("no message received in time") from None
+
+    async def recv_json(self, timeout: float | None = None) -> Any:
+        """Receive a message and decode it as JSON; None once closed for good."""
+        import json
+
+        message = await self.recv(timeout)
+        return None if message is None else json.loads(message)
+
+    def ack(self, n: int = 1) -> int:
+        """Ack mode: the ``n`` oldest unacknowledged messages arrived; return how many were dropped.
+
+        Raises:
+            InvalidState: the client was not opened with ``ack=``.
+        """
+        if self._outbox.ack is None:
+            from ..exceptions import InvalidState
+
+            raise InvalidState("ack() needs the ack= option")
+        return self._outbox.acknowledge(n)
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        """``async for message in ws`` continues across reconnections."""
+        return self
+
+    async def __anext__(self) -> Any:
+        message = await self.recv()
+        if message is None:
+            raise StopAsyncIteration
+        return message
+
+    async def ping(self, data: bytes | str = b"") -> asyncio.Future[float]:
+        """Ping the current connection.
+
+        Raises:
+            ConnectionClosed: disconnected (reconnecting) or closed for good.
+        """
+        if not self.open:
+            raise self._closed_error() if self._final else ConnectionClosedError(1006, "", "reconnecting")
+        return await self._ws.ping(data)  # type: ignore[union-attr]
+
+    async def pong(self, data: bytes | str = b"") -> None:
+        """Send an unsolicited pong on the current connection.
+
+        Raises:
+            ConnectionClosed: disconnected (reconnecting) or closed for good.
+        """
+        if not self.open:
+            raise self._closed_error() if self._final else ConnectionClosedError(1006, "", "reconnecting")
+        await self._ws.pong(data)  # type: ignore[union-attr]
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close for good: stop reconnecting, close the current connection; queued messages are dropped."""
+        self._closing = True
+        task = self._task
+        ws = self._ws
+        if ws is not None:
+            await ws.close(code, reason)
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                    raise
+        ws = self._ws  # a connection opened meanwhile
+        if ws is not None and not ws.closed:
+            await ws.close(code, reason)
+        self._final = True
+        self.connected = False
+        self._notify()
+
+    async def wait_closed(self) -> None:
+        """Wait until closed for good."""
+        while not self._final:
+            await self._wait_change(None)
+
+    async def __aenter__(self) -> "AsyncReconnectingWebSocket":
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "closed" if self._final else "reconnecting"
+        return f"<AsyncReconnectingWebSocket {self._wsuri.uri} {state} reconnects={self.reconnects}>"

@@ -432,6 +432,34 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         if self._write_paused:
             await self._drain()
 
+    def _write_frame(self, frame: Any, message: Any, limit: int, close_code: int | None) -> int:
+        """``broadcast()``'s hook: write ``frame`` (None: build this connection's own, masked,
+        uncompressed frame of ``message``) unless it would take the transport's buffer past
+        ``limit``; never waits.
+
+        Returns:
+            0 written; 1 too slow (failed with ``close_code`` when given); 2 not open;
+            3 a fragmented message is being sent (nothing written).
+        """
+        proto = self.protocol
+        transport = self.transport
+        if proto is None or transport is None or proto.state is not State.OPEN:
+            return 2
+        if proto._send_frag_open:
+            return 3
+        size = len(frame) if frame is not None else len(message)
+        if transport.get_write_buffer_size() + size > limit:
+            if close_code is not None:
+                self._fail(close_code, "too slow for a broadcast")
+            return 1
+        if frame is None:
+            frame = proto.send(message, False)
+            if type(frame) is tuple:  # pragma: no cover - only server frames are split
+                transport.write(frame[0])
+                frame = frame[1]
+        transport.write(frame)
+        return 0
+
     async def _wait_fragmented(self) -> None:
         while self._frag_done is not None:
             await asyncio.shield(self._frag_done)

@@ -3,27 +3,42 @@
 The opening handshake runs in the calling thread on a blocking socket whose timeout is
 the time left of ``open_timeout``; the connection then goes non-blocking and the shared
 reactor looks after it whenever the application is not inside ``recv()``.
+
+With ``reconnect=`` the client is a ``ReconnectingWebSocket``: one supervisor thread per
+client waits for the connection to end and reopens it (policy: :mod:`kn_sock.reconnect`).
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import socket
 import ssl as ssl_module
+import threading
 import time
-from typing import Any
+from typing import Any, Iterator
 
-from ..exceptions import InvalidHandshake
+from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidState
 from ..handshake import ClientHandshake
 from ..options import Options, make_options
-from ..protocol import CLIENT, Protocol
+from ..protocol import CLIENT, Protocol, State
+from ..reconnect import Outbox, ReconnectPolicy, end_code, queueable, retryable_error
 from ..uri import WebSocketURI, parse_uri
-from .connection import WebSocket
+from .connection import PongWaiter, WebSocket
 
-__all__ = ["connect_websocket", "connect"]
+__all__ = ["connect_websocket", "connect", "ReconnectingWebSocket"]
+
+logger = logging.getLogger("kn_sock")
 
 
-def connect_websocket(host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> WebSocket:
+def connect_websocket(host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> Any:
     """Open a blocking WebSocket client connection and return it once the handshake succeeded.
+
+    Gives a ``WebSocket``; with ``reconnect=True`` (or a dict of ``ReconnectPolicy``
+    arguments) a ``ReconnectingWebSocket`` with the same surface. With reconnect on, the
+    first connection is retried per the policy too (refused connections, timeouts, 5xx),
+    all attempts together bounded by ``open_timeout`` and ``max_attempts``; a refusal not
+    worth retrying (e.g. 404) raises at once.
 
     Accepts ``connect_websocket("localhost", 8765)``, ``connect_websocket("localhost", 8765, "/chat")``
     and ``connect_websocket("ws://localhost:8765/chat")`` / ``"wss://..."``.
@@ -36,17 +51,25 @@ def connect_websocket(host_or_uri: str, port: int | None = None, path: str = "/"
         OSError: the TCP connection failed.
     """
     wsuri = parse_uri(host_or_uri, port, path)
-    opts = make_options(options, allow=("sock",))
-    if opts.reconnect:
-        raise NotImplementedError("reconnect=True is not supported by the blocking client yet")
-    return _open(wsuri, opts)
+    opts = make_options(options, allow=("sock", "ack"))
+    policy = ReconnectPolicy.from_option(opts.reconnect)
+    if policy is None:
+        if opts.extra.get("ack"):
+            raise ValueError("ack= needs reconnect=")
+        return _open(wsuri, opts)
+    if opts.extra.get("sock") is not None:
+        raise ValueError("reconnect= cannot reopen a caller-supplied sock")
+    ws = ReconnectingWebSocket(wsuri, opts, policy)
+    ws._connect_first()
+    return ws
 
 
 connect = connect_websocket
 
 
-def _open(wsuri: WebSocketURI, opts: Options) -> WebSocket:
-    timeout = opts.open_timeout
+def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default") -> WebSocket:
+    if timeout == "default":
+        timeout = opts.open_timeout
     deadline = None if timeout is None else time.monotonic() + timeout
     host = wsuri.host[1:-1] if wsuri.host.startswith("[") else wsuri.host
     sock: socket.socket | None = opts.extra.get("sock")
@@ -116,3 +139,337 @@ def _set_timeout(sock: socket.socket, deadline: float | None) -> None:
     if left <= 0:
         raise socket.timeout("timed out")
     sock.settimeout(left)
+
+
+class ReconnectingWebSocket:
+    """A blocking client connection that reopens itself (``reconnect=`` option, SPEC.md "Reconnection").
+
+    The surface of ``WebSocket``: ``send``, ``recv``, ``for``, ``send_json`` / ``recv_json``,
+    ``ping``, ``pong``, ``close``, ``with``; other attributes (``subprotocol``,
+    ``remote_address``, ``latency``, ...) are those of the current connection, ``connection``.
+
+    - ``recv()`` blocks across reconnections; it returns None only once no reconnection
+      will follow (``closed``).
+    - ``send()`` while disconnected (or while queued messages are still being flushed)
+      queues the message, at most ``max_pending``; the queue goes out in order after
+      ``on_connect``. A message handed to a connection that then died is not sent again,
+      unless ``ack=`` is on (see ``ack``).
+    - ``on_connect(conn)`` runs in the supervisor thread with each new underlying
+      ``WebSocket`` before the queued messages are flushed, so what it sends goes first.
+    - ``connected``, ``reconnects`` (successful reconnections), ``last_close_code`` (how
+      the previous connection ended), ``close_code`` / ``close_reason`` (the current one's).
+
+    Every method may be called from any thread.
+    """
+
+    def __init__(self, wsuri: WebSocketURI, opts: Options, policy: ReconnectPolicy) -> None:
+        self._wsuri = wsuri
+        self._opts = opts
+        self._policy = policy
+        self._outbox = Outbox(opts.max_pending, opts.extra.get("ack"))
+        self._cond = threading.Condition()
+        self._stop = threading.Event()
+        self._ws: WebSocket | None = None
+        self._thread: threading.Thread | None = None
+        self._closing = False  # close() was called: never reconnect
+        self._final = False  # no reconnection will follow
+        #: True while a connection is open and the queue has been flushed into it.
+        self.connected = False
+        #: Successful reconnections so far (the first connection does not count).
+        self.reconnects = 0
+        #: How the previous connection ended (``reconnect.end_code``), None before any ended.
+        self.last_close_code: int | None = None
+
+    # ------------------------------------------------------------ state
+
+    @property
+    def connection(self) -> WebSocket | None:
+        """The current (or last) underlying connection."""
+        return self._ws
+
+    @property
+    def closed(self) -> bool:
+        """True once closed for good: ``close()`` was called or no reconnection will follow."""
+        return self._final
+
+    @property
+    def open(self) -> bool:
+        """True while connected (messages go straight out)."""
+        return self.connected and self._ws is not None and self._ws.open
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting for a connection (in ack mode, with those not yet acknowledged)."""
+        return len(self._outbox)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._ws, name)
+
+    def _closed_error(self) -> ConnectionClosed:
+        ws = self._ws
+        if ws is not None:
+            return ws.protocol.closed_exception()
+        return ConnectionClosedError(1006, "", "the connection is closed and will not reconnect")
+
+    def _will_reconnect(self, ws: WebSocket) -> bool:
+        """``ws`` is not open: will the supervisor reopen it?"""
+        return (
+            not self._closing
+            and ws.protocol.state is State.CLOSED
+            and self._policy.should_reconnect(end_code(ws.protocol))
+        )
+
+    # ------------------------------------------------------------ connecting (supervisor thread)
+
+    def _connect_first(self) -> None:
+        """The first connection, in the caller's thread: retried per the policy while ``open_timeout`` lasts."""
+        policy = self._policy
+        policy.start(self._opts.open_timeout)
+        while True:
+            try:
+                ws = _open(self._wsuri, self._opts, policy.remaining())
+                break
+            except Exception as exc:
+                if not retryable_error(exc):
+                    raise
+                delay = policy.next_delay()
+                if delay is None:
+                    raise
+                logger.info("connecting to %s failed (%s); retrying in %.3f s", self._wsuri.uri, exc, delay)
+                time.sleep(delay)
+        policy.reset()
+        self._ws = ws
+        if self._opts.on_connect is not None:
+            try:
+                self._opts.on_connect(ws)
+            except BaseException:
+                self._final = True
+                ws.close(1011)
+                raise
+        self.connected = True
+        self._thread = threading.Thread(target=self._supervise, name="kn_sock-reconnect", daemon=True)
+        self._thread.start()
+
+    def _supervise(self) -> None:
+        """Watch the connection; reopen it when it ends in a way worth a retry."""
+        cond = self._cond
+        try:
+            while True:
+                ws = self._ws
+                assert ws is not None
+                ws.wait_closed(None)
+                with cond:
+                    self.connected = False
+                    code = self.last_close_code = end_code(ws.protocol)
+                    if self._closing:
+                        return
+                    if not self._policy.should_reconnect(code):
+                        logger.info("connection to %s closed with %d: not reconnecting", self._wsuri.uri, code)
+                        return
+                    self._outbox.requeue()
+                logger.info("connection to %s lost (%d): reconnecting", self._wsuri.uri, code)
+                new = self._reconnect()
+                if new is None:
+                    return
+                with cond:
+                    closing = self._closing
+                    if not closing:
+                        self._ws = new
+                        self.reconnects += 1
+                        cond.notify_all()
+                if closing:
+                    new.close()
+                    return
+                if self._opts.on_connect is not None:
+                    try:
+                        self._opts.on_connect(new)
+                    except Exception:
+                        logger.exception("on_connect failed for %s", self._wsuri.uri)
+                self._flush(new)
+        except BaseException:  # pragma: no cover - a bug: say so, and do not leave recv() hanging
+            logger.exception("reconnecting client for %s failed", self._wsuri.uri)
+        finally:
+            with cond:
+                self._final = True
+                self.connected = False
+                if self._outbox.pending:
+                    logger.warning("%d queued messages to %s dropped: closed for good", len(self._outbox), self._wsuri.uri)
+                cond.notify_all()
+
+    def _reconnect(self) -> WebSocket | None:
+        """Attempts with backoff until one succeeds (the connection) or the policy gives up (None)."""
+        policy = self._policy
+        while not self._closing:
+            delay = policy.next_delay()
+            if delay is None:
+                logger.warning("giving up reconnecting to %s after %d attempts", self._wsuri.uri, policy.attempts)
+                return None
+            logger.info("reconnecting to %s in %.3f s (attempt %d)", self._wsuri.uri, delay, policy.attempts)
+            if self._stop.wait(delay):
+                return None
+            try:
+                ws = _open(self._wsuri, self._opts)
+            except Exception as exc:
+                if not retryable_error(exc):
+                    logger.warning("reconnecting to %s refused (%s): giving up", self._wsuri.uri, exc)
+                    return None
+                logger.info("reconnection attempt %d to %s failed: %s", policy.attempts, self._wsuri.uri, exc)
+                continue
+            policy.reset()
+            logger.info("reconnected to %s", self._wsuri.uri)
+            return ws
+        return None
+
+    def _flush(self, ws: WebSocket) -> None:
+        """Send the queued messages in order; ``connected`` once the queue is empty."""
+        cond = self._cond
+        outbox = self._outbox
+        while True:
+            with cond:
+                if not outbox.pending:
+                    self.connected = True
+                    cond.notify_all()
+                    return
+                message = outbox.pending.popleft()
+                outbox.sent(message)
+            if not ws._send_if_open(message):
+                with cond:  # died again: back in front; the supervisor loop reconnects
+                    if outbox.ack is not None:
+                        outbox.unacked.pop()
+                    outbox.pending.appendleft(message)
+                return
+
+    # ------------------------------------------------------------ the connection's surface
+
+    def send(self, message: Any) -> None:
+        """Send now when connected, else queue (see the class docstring).
+
+        Raises:
+            ConnectionClosed: closed for good, or ``max_pending`` messages already wait.
+            TypeError: a message of another type.
+        """
+        outbox = self._outbox
+        with self._cond:
+            if self._final or self._closing:
+                raise self._closed_error()
+            ws = self._ws
+            assert ws is not None
+            if not (self.connected and not outbox.pending):
+                outbox.add(queueable(message))
+                return
+            if outbox.ack is not None:
+                outbox.check_room()
+                message = queueable(message)
+                outbox.sent(message)  # stays there: re-sent after a disconnection
+        if ws._send_if_open(message):
+            return
+        if outbox.ack is not None:
+            return  # in ``unacked``: sent after the reconnection
+        with self._cond:
+            if not self._will_reconnect(ws):
+                raise ws.protocol.closed_exception()
+            outbox.add(queueable(message))
+
+    def send_json(self, obj: Any) -> None:
+        """Send ``obj`` as a JSON text message (queued while disconnected)."""
+        self.send(json.dumps(obj))
+
+    def recv(self, timeout: float | None = None) -> Any:
+        """Return the next message, blocking across reconnections; None once closed for good.
+
+        Raises:
+            TimeoutError: no message within ``timeout`` seconds.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cond = self._cond
+        while True:
+            ws = self._ws
+            assert ws is not None
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            message = ws.recv(left)
+            if message is not None:
+                if self._outbox.ack is not None:
+                    with cond:
+                        self._outbox.received(message)
+                return message
+            with cond:
+                while not self._final and self._ws is ws:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        raise TimeoutError("no message received in time")
+                    cond.wait(left)
+                if self._final and self._ws is ws:
+                    return None
+
+    def recv_json(self, timeout: float | None = None) -> Any:
+        """Receive a message and decode it as JSON; None once closed for good."""
+        message = self.recv(timeout)
+        return None if message is None else json.loads(message)
+
+    def ack(self, n: int = 1) -> int:
+        """Ack mode: the ``n`` oldest unacknowledged messages arrived; return how many were dropped.
+
+        Raises:
+            InvalidState: the client was not opened with ``ack=``.
+        """
+        if self._outbox.ack is None:
+            raise InvalidState("ack() needs the ack= option")
+        with self._cond:
+            return self._outbox.acknowledge(n)
+
+    def __iter__(self) -> Iterator[Any]:
+        """``for message in ws`` continues across reconnections."""
+        while (message := self.recv()) is not None:
+            yield message
+
+    def ping(self, data: bytes | str = b"") -> PongWaiter:
+        """Ping the current connection.
+
+        Raises:
+            ConnectionClosed: disconnected (reconnecting) or closed for good.
+        """
+        ws = self._ws
+        if not self.open or ws is None:
+            raise self._closed_error() if self._final else ConnectionClosedError(1006, "", "reconnecting")
+        return ws.ping(data)
+
+    def pong(self, data: bytes | str = b"") -> None:
+        """Send an unsolicited pong on the current connection.
+
+        Raises:
+            ConnectionClosed: disconnected (reconnecting) or closed for good.
+        """
+        ws = self._ws
+        if not self.open or ws is None:
+            raise self._closed_error() if self._final else ConnectionClosedError(1006, "", "reconnecting")
+        ws.pong(data)
+
+    def close(self, code: int = 1000, reason: str = "") -> None:
+        """Close for good: stop reconnecting, close the current connection; queued messages are dropped."""
+        with self._cond:
+            self._closing = True
+            ws = self._ws
+        self._stop.set()
+        if ws is not None:
+            ws.close(code, reason)
+        with self._cond:
+            self._final = True
+            self.connected = False
+            self._cond.notify_all()
+
+    def wait_closed(self, timeout: float | None = None) -> bool:
+        """Wait until closed for good; True if it is."""
+        with self._cond:
+            return self._cond.wait_for(lambda: self._final, timeout)
+
+    def __enter__(self) -> "ReconnectingWebSocket":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "connected" if self.connected else "closed" if self._final else "reconnecting"
+        return f"<ReconnectingWebSocket {self._wsuri.uri} {state} reconnects={self.reconnects}>"

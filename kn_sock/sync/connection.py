@@ -43,6 +43,7 @@ import time
 from collections import deque
 from typing import Any, Iterator
 
+from ..exceptions import ConnectionClosed
 from ..http11 import Headers
 from ..options import Options
 from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State
@@ -560,6 +561,66 @@ class WebSocket:
                 self._send_fragments(message)
             else:
                 proto.send(message)  # raises the TypeError
+
+    def _write_frame(self, frame: Any, message: Any, limit: int, close_code: int | None) -> int:
+        """``broadcast()``'s hook: write ``frame`` (None: build this connection's own, masked,
+        uncompressed frame of ``message``) unless it would take the write buffer past
+        ``limit``; never blocks (what the kernel does not take is flushed by the reactor).
+
+        Returns:
+            0 written; 1 too slow (failed with ``close_code`` when given); 2 not open;
+            3 a fragmented message is being sent (nothing written).
+        """
+        proto = self.protocol
+        with self._lock:
+            if self._sock_done or proto.state is not _OPEN:
+                return 2
+            if proto._send_frag_open:
+                return 3
+            size = len(frame) if frame is not None else len(message)
+            if self._wbuf_size + size > limit:
+                if close_code is not None:
+                    proto.fail(close_code, "too slow for a broadcast")
+                    self._dispatch([Closed(1006, "")])
+                return 1
+            if frame is None:
+                frame = proto.send(message, False)
+                if type(frame) is tuple:  # pragma: no cover - only server frames are split
+                    self._write(frame[0])
+                    frame = frame[1]
+            self._write(frame)
+            return 0
+
+    def _send_if_open(self, message: Any) -> bool:
+        """``send`` for the reconnecting client: False, and nothing written, if no longer open.
+
+        True means the frames were handed to this connection (a failure while draining them
+        afterwards is not reported: the reconnecting client must not send them again).
+        """
+        proto = self.protocol
+        with self._send_lock:
+            with self._lock:
+                if self._sock_done or proto.state is not _OPEN:
+                    return False
+                if not isinstance(message, (str, bytes, bytearray, memoryview)):
+                    fragments = True
+                else:
+                    fragments = False
+                    data = proto.send(message)
+                    if type(data) is tuple:
+                        self._write(data[0])
+                        self._write(data[1])
+                    else:
+                        self._write(data)
+                over = self._wbuf_size > self._write_limit
+            try:
+                if fragments:
+                    self._send_fragments(message)
+                elif over:
+                    self._drain()
+            except ConnectionClosed:
+                pass
+        return True
 
     def _send_fragments(self, fragments: Any) -> None:
         proto = self.protocol

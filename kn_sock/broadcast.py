@@ -1,0 +1,109 @@
+"""``broadcast()``: one message to many connections, built once, never waiting for anyone.
+
+Works with server- and client-side connections of both I/O styles (``AsyncWebSocket`` and
+the blocking ``WebSocket``, even mixed) and is a plain function: no ``await``, no blocking.
+
+Why it is cheap: a server's frames are not masked (RFC 6455 §5.1), so one frame serves
+every connection and is written by reference, not copied. A connection that negotiated
+permessage-deflate gets the same uncompressed frame with RSV1 clear, which RFC 7692 §6
+allows message by message, so no per-connection compression runs either. Only client-side
+connections (masked, §5.3) need a frame of their own.
+
+Why one slow client cannot hurt the others: the frame is written to each connection's
+buffer without waiting; a connection whose unsent buffer would pass ``limit`` is skipped
+(``policy="skip"``), or failed with 1008 (``policy="close"``: its buffer is then dropped
+after ``close_timeout`` at the latest), so server memory per client stays below ``limit``
+plus one message.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import types
+from typing import Any, Iterable
+
+from . import _backend
+from .frames import OP_BINARY, OP_TEXT
+
+__all__ = ["broadcast", "DEFAULT_LIMIT"]
+
+logger = logging.getLogger("kn_sock")
+
+#: Default bound on a connection's unsent bytes, past which ``broadcast`` skips it.
+DEFAULT_LIMIT = 2**20
+
+_OK, _SLOW, _NOT_OPEN, _BUSY = 0, 1, 2, 3
+
+
+def broadcast(connections: Iterable[Any], message: Any, *, limit: int = DEFAULT_LIMIT, policy: str = "skip") -> list[Any]:
+    """Send ``message`` (str → text, bytes-like → binary) to every open connection, without waiting.
+
+    Connections that are closing or closed are passed over silently (like
+    ``websockets.broadcast``). A connection is *skipped* when writing the frame would take
+    its unsent bytes past ``limit``, or when it is in the middle of sending a fragmented
+    message (a frame cannot be put between two fragments, RFC 6455 §5.4).
+
+    Args:
+        connections: any iterable of ``AsyncWebSocket`` / ``WebSocket`` (e.g. a set kept
+            by the handler).
+        message: the message.
+        limit: per-connection bound on unsent bytes, default 1 MiB.
+        policy: ``"skip"``: leave a slow connection out of this message; ``"close"``:
+            also fail it with close code 1008 (policy violation).
+
+    Returns:
+        The connections that did not get the message because they were too slow (or busy
+        with a fragmented message); each is logged on the ``kn_sock`` logger.
+
+    Raises:
+        TypeError: ``message`` is neither str nor bytes-like.
+        ValueError: an unknown ``policy`` or a negative ``limit``.
+    """
+    if policy == "skip":
+        close_code = None
+    elif policy == "close":
+        close_code = 1008
+    else:
+        raise ValueError(f"policy must be 'skip' or 'close', not {policy!r}")
+    if limit < 0:
+        raise ValueError("limit must be >= 0")
+    if isinstance(message, str):
+        opcode, data = OP_TEXT, message.encode("utf-8")
+    elif isinstance(message, (bytes, bytearray, memoryview)):
+        opcode, data = OP_BINARY, bytes(message)
+    else:
+        raise TypeError(f"message must be str or bytes-like, not {type(message).__name__}")
+    shared: bytes | None = None  # the one unmasked, uncompressed frame
+    left_out = []
+    for ws in connections:
+        proto = ws.protocol
+        if proto is None:
+            continue
+        if proto.is_client:
+            status = ws._write_frame(None, message, limit, close_code)
+        else:
+            if shared is None:
+                shared = _backend.backend.build_frame(opcode, data, True, False, None)
+            status = ws._write_frame(shared, None, limit, close_code)
+        if status == _SLOW or status == _BUSY:
+            left_out.append(ws)
+            if status == _BUSY:
+                logger.info("broadcast: skipped %s, busy sending a fragmented message", ws.remote_address)
+            elif close_code is not None:
+                logger.info("broadcast: closed %s with %d: over %d unsent bytes", ws.remote_address, close_code, limit)
+            else:
+                logger.info("broadcast: skipped %s: over %d unsent bytes", ws.remote_address, limit)
+    return left_out
+
+
+class _CallableModule(types.ModuleType):
+    """``kn_sock.broadcast`` is both this module and the function (see ``kn_sock._LAZY``):
+    importing the submodule makes Python bind the *module* to the package attribute, so the
+    module forwards calls to the function and ``kn_sock.broadcast(...)`` works either way."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> list[Any]:
+        return broadcast(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,0 +1,174 @@
+"""kn_sock/broadcast.py: one frame for all, ordered and complete delivery, slow clients
+skipped or closed without delaying the others or growing server memory past the limit."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import pytest
+
+from asyncio_support import TIMEOUT, serving, upgrade_request, wait_until
+from kn_sock import async_connect_websocket, broadcast, connect_websocket
+from sync_support import running_server, wait_for
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def stalled_client(port: int) -> socket.socket:
+    """A client that completes the handshake with a tiny receive window and never reads again."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(upgrade_request())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)  # byte by byte: leave every frame unread
+    assert head.startswith(b"HTTP/1.1 101")
+    return sock
+
+
+def collecting_server():
+    conns: set = set()
+
+    async def handler(ws, path):
+        conns.add(ws)
+        try:
+            while await ws.recv() is not None:
+                pass
+        finally:
+            conns.discard(ws)
+
+    return conns, handler
+
+
+@pytest.mark.asyncio
+async def test_1000_messages_to_100_clients_complete_and_ordered(backend):
+    conns, handler = collecting_server()
+    n_clients, n_messages = 100, 1000
+    async with serving(handler, backend=backend) as server:
+        # Half negotiate permessage-deflate: they get the same uncompressed frame (RFC 7692 §6).
+        clients = [
+            await async_connect_websocket("127.0.0.1", server.port, compression=None if i % 2 else "deflate",
+                                          backend=backend, max_queue=None)
+            for i in range(n_clients)
+        ]
+        await wait_until(lambda: len(conns) == n_clients)
+        assert any(c.extensions == ["permessage-deflate"] for c in conns)
+
+        async def read_all(ws):
+            return [await ws.recv(TIMEOUT) for _ in range(n_messages)]
+
+        readers = [asyncio.create_task(read_all(c)) for c in clients]
+        for i in range(n_messages):
+            assert broadcast(conns, str(i) if i % 2 else str(i).encode()) == []
+            if i % 100 == 99:
+                await asyncio.sleep(0)
+        results = await asyncio.wait_for(asyncio.gather(*readers), TIMEOUT * 2)
+        expected = [str(i) if i % 2 else str(i).encode() for i in range(n_messages)]
+        assert all(r == expected for r in results)
+        for c in clients:
+            await c.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("policy", ["skip", "close"])
+async def test_stalled_client_is_left_out_without_delaying_the_others(policy):
+    conns, handler = collecting_server()
+    limit, size, rounds = 256 * 1024, 16 * 1024, 600  # ~9.4 MiB each
+    message = b"x" * size
+    async with serving(handler, close_timeout=0.5, compression=None) as server:
+        fast = [await async_connect_websocket("127.0.0.1", server.port, max_queue=None) for _ in range(5)]
+        slow_sock = await asyncio.to_thread(stalled_client, server.port)
+        await wait_until(lambda: len(conns) == 6)
+        slow_ws = next(ws for ws in conns if ws.remote_address == slow_sock.getsockname())
+        received = [0] * len(fast)
+
+        async def reader(k, ws):
+            while received[k] < rounds:
+                assert await ws.recv(TIMEOUT) == message
+                received[k] += 1
+
+        readers = [asyncio.create_task(reader(k, ws)) for k, ws in enumerate(fast)]
+        left_out: list = []
+        peak = 0
+        t0 = time.perf_counter()
+        for i in range(rounds):
+            t = time.perf_counter()
+            left_out += broadcast(list(conns), message, limit=limit, policy=policy)
+            assert time.perf_counter() - t < 0.5  # never waits for anyone
+            if slow_ws.transport is not None:
+                peak = max(peak, slow_ws.transport.get_write_buffer_size())
+            # Let the fast clients read: a broadcaster usually has other work between messages.
+            while any(received[k] < i - 8 for k in range(len(fast))):
+                await asyncio.sleep(0)
+        await asyncio.wait_for(asyncio.gather(*readers), TIMEOUT * 2)
+        elapsed = time.perf_counter() - t0
+        assert received == [rounds] * len(fast)
+        assert slow_ws in left_out and all(ws is slow_ws for ws in left_out)
+        assert peak <= limit + size  # the stalled client's buffer stays bounded
+        assert elapsed < 15
+        if policy == "close":
+            assert len(left_out) == 1 and slow_ws.closed
+            assert slow_ws.protocol.close_sent[0] == 1008
+            await asyncio.wait_for(slow_ws.wait_closed(), TIMEOUT)  # dropped after close_timeout
+        else:
+            assert len(left_out) > 1 and not slow_ws.closed
+        slow_sock.close()
+        for ws in fast:
+            await ws.close()
+
+
+@pytest.mark.asyncio
+async def test_client_side_connections_get_their_own_masked_frames():
+    got: list = []
+
+    async def handler(ws, path):
+        async for message in ws:
+            got.append(message)
+
+    async with serving(handler) as server:
+        clients = [await async_connect_websocket("127.0.0.1", server.port) for _ in range(3)]
+        assert broadcast(clients, "hi") == []
+        await wait_until(lambda: len(got) == 3)
+        assert got == ["hi"] * 3
+        for c in clients:
+            await c.close()
+        assert broadcast(clients, "gone") == []  # closed connections are passed over
+
+
+def test_sync_server_connections_and_bad_arguments():
+    conns: set = set()
+    lock = threading.Lock()
+
+    def handler(ws, address):
+        with lock:
+            conns.add(ws)
+        while ws.recv() is not None:
+            pass
+
+    with running_server(handler) as server:
+        clients = [connect_websocket("127.0.0.1", server.port) for _ in range(10)]
+        assert wait_for(lambda: len(conns) == 10)
+        for i in range(200):
+            assert broadcast(conns, f"m{i}") == []
+        for c in clients:
+            assert [c.recv(TIMEOUT) for _ in range(200)] == [f"m{i}" for i in range(200)]
+        slow = stalled_client(server.port)
+        assert wait_for(lambda: len(conns) == 11)
+        skipped: list = []
+        for _ in range(400):
+            skipped += broadcast(conns, b"y" * 16384, limit=65536)
+        # The stalled client is left out (so are the others, which do not read meanwhile).
+        assert any(ws.remote_address == slow.getsockname() for ws in skipped)
+        assert all(ws._wbuf_size <= 65536 + 16384 for ws in conns)
+        slow.close()
+        with pytest.raises(ValueError):
+            broadcast(conns, "x", policy="drop")
+        with pytest.raises(TypeError):
+            broadcast(conns, 42)
+        for c in clients:
+            c.close()

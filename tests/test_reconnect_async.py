@@ -1,0 +1,314 @@
+"""Reconnection of the asyncio client (SPEC.md "Reconnection"; kn_sock/asyncio/client.py).
+
+Servers on 127.0.0.1 port 0; a restarted server binds the port the first one got. Backoff
+delays are kept tiny here; their values are tested without sleeping in test_reconnect_policy.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+
+import pytest
+
+from asyncio_support import TIMEOUT, echo, serving, wait_until
+from kn_sock import AsyncWebSocket, ConnectionClosed, async_connect_websocket, connect_websocket
+from kn_sock.asyncio.client import AsyncReconnectingWebSocket
+from kn_sock.asyncio.server import start_async_websocket_server
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
+
+FAST = {"initial_delay": 0.01, "max_delay": 0.05}
+
+
+def first_closes_with(code: int | None, counter: list[int]):
+    """A handler: the first connection ends with ``code`` (None: TCP abort, 1006), later ones echo."""
+
+    async def handler(ws, path):
+        counter.append(1)
+        if len(counter) == 1:
+            await ws.send("first")
+            if code is None:
+                await asyncio.sleep(0.05)  # let "first" arrive: a reset may discard unread data
+                ws.abort()
+            else:
+                await ws.close(code)
+            return
+        async for message in ws:
+            await ws.send(message)
+
+    return handler
+
+
+# --------------------------------------------------------------------------- reconnect or not
+
+
+@pytest.mark.parametrize("code", [1001, 1011, 1012, 1013, None], ids=lambda c: str(c or 1006))
+async def test_reconnects_after_retryable_close(backend, code):
+    counter: list[int] = []
+    async with serving(first_closes_with(code, counter), backend=backend) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST)
+        assert isinstance(ws, AsyncReconnectingWebSocket)
+        assert await ws.recv(TIMEOUT) == "first"
+        await wait_until(lambda: ws.reconnects == 1)
+        await ws.send("again")
+        assert await ws.recv(TIMEOUT) == "again"
+        assert ws.reconnects == 1 and len(counter) == 2
+        assert ws.last_close_code == (code or 1006)
+        assert ws.connected and not ws.closed
+        await ws.close()
+        assert ws.closed and not ws.connected
+        assert await ws.recv(TIMEOUT) is None
+
+
+@pytest.mark.parametrize("code", [1000, 1002, 1003, 1008, 1010, 4000])
+async def test_no_reconnect_after_normal_or_permanent_close(code):
+    counter: list[int] = []
+    async with serving(first_closes_with(code, counter)) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, reconnect=FAST)
+        assert await ws.recv(TIMEOUT) == "first"
+        assert await ws.recv(TIMEOUT) is None  # no reconnection will follow
+        assert ws.closed and not ws.connected and ws.reconnects == 0
+        assert ws.close_code == code and ws.last_close_code == code
+        with pytest.raises(ConnectionClosed):
+            await ws.send("late")
+        await asyncio.sleep(0.1)
+        assert len(counter) == 1
+
+
+async def test_no_reconnect_after_client_close():
+    counter: list[int] = []
+
+    async def handler(ws, path):
+        counter.append(1)
+        await echo(ws, path)
+
+    async with serving(handler) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, reconnect=FAST) as ws:
+            await ws.send("x")
+            assert await ws.recv(TIMEOUT) == "x"
+        assert ws.closed and ws.close_code == 1000
+        assert await ws.recv(TIMEOUT) is None
+        await asyncio.sleep(0.1)
+        assert len(counter) == 1 and ws.reconnects == 0
+
+
+async def test_reconnect_off_keeps_plain_connection():
+    async with serving(echo) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port)
+        assert type(ws) is AsyncWebSocket
+        await ws.close()
+
+
+# --------------------------------------------------------------------------- restart, queueing
+
+
+async def test_server_restart_same_port_every_message_once_in_order(caplog):
+    """A server stopped and restarted on its port while an asyncio and a blocking client keep
+    sending: the server gets 0..N-1 from each, in order, none twice.
+
+    Each sender reaches message ``STOP`` and waits until the server has stopped, so no
+    message is in flight at the moment of the close (what a dying TCP connection swallows
+    is not re-sent, by design); the messages sent while the server is down are queued."""
+    caplog.set_level(logging.INFO, logger="kn_sock")
+    n, stop = 300, 100
+    got: dict[str, list[int]] = {"/async": [], "/sync": []}
+
+    async def handler(ws, path):
+        async for message in ws:
+            got[path].append(int(message))
+
+    loop = asyncio.get_running_loop()
+    server = await start_async_websocket_server("127.0.0.1", 0, handler, reuse_address=True)
+    port = server.port
+    at_stop = {"async": asyncio.Event(), "sync": threading.Event()}
+    stopped_async, stopped_sync = asyncio.Event(), threading.Event()
+    opts = {"reconnect": FAST, "open_timeout": 2.0}
+    client = await async_connect_websocket(f"ws://127.0.0.1:{port}/async", **opts)
+    sync_client = await asyncio.to_thread(connect_websocket, f"ws://127.0.0.1:{port}/sync", **opts)
+
+    async def async_sender():
+        for i in range(n):
+            if i == stop:
+                at_stop["async"].set()
+                await stopped_async.wait()
+            await client.send(str(i))
+            await asyncio.sleep(0.0005)
+
+    def sync_sender():
+        import time
+
+        for i in range(n):
+            if i == stop:
+                at_stop["sync"].set()
+                assert stopped_sync.wait(TIMEOUT)
+            sync_client.send(str(i))
+            time.sleep(0.0005)
+
+    sync_thread = loop.run_in_executor(None, sync_sender)
+    sender = asyncio.create_task(async_sender())
+    await asyncio.wait_for(at_stop["async"].wait(), TIMEOUT)
+    await wait_until(at_stop["sync"].is_set)
+    server.close()
+    await asyncio.wait_for(server.wait_closed(), TIMEOUT)
+    await wait_until(lambda: not client.connected and not sync_client.connected)
+    stopped_async.set()
+    stopped_sync.set()
+    await asyncio.sleep(0.2)  # both keep sending into the queue meanwhile; reconnections are refused
+    assert client.pending > 0 and sync_client.pending > 0
+    server = await start_async_websocket_server("127.0.0.1", port, handler, reuse_address=True)
+    try:
+        await asyncio.wait_for(asyncio.gather(sender, sync_thread), TIMEOUT)
+        await wait_until(lambda: len(got["/async"]) >= n and len(got["/sync"]) >= n)
+        await asyncio.sleep(0.05)
+        assert got["/async"] == list(range(n))
+        assert got["/sync"] == list(range(n))
+        assert client.reconnects == 1 and sync_client.reconnects == 1
+        assert client.last_close_code == 1001
+        assert any("reconnecting" in r.getMessage() for r in caplog.records)
+        await client.close()
+        await asyncio.to_thread(sync_client.close)
+    finally:
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), TIMEOUT)
+
+
+async def test_max_pending_overflow_raises():
+    server = await start_async_websocket_server("127.0.0.1", 0, echo)
+    port = server.port
+    ws = await async_connect_websocket("127.0.0.1", port, reconnect={"initial_delay": 0.05, "max_delay": 0.05},
+                                       max_pending=3)
+    server.close()
+    await server.wait_closed()
+    await wait_until(lambda: not ws.connected)
+    for i in range(3):
+        await ws.send(str(i))
+    assert ws.pending == 3
+    with pytest.raises(ConnectionClosed):
+        await ws.send("overflow")
+    await ws.close()
+    assert ws.closed
+
+
+async def test_recv_and_iteration_continue_across_reconnections():
+    counter: list[int] = []
+
+    async def handler(ws, path):
+        counter.append(1)
+        await ws.send(f"hello {len(counter)}")
+        if len(counter) < 3:
+            await ws.close(1012)
+        else:
+            await ws.close(1000)
+
+    async with serving(handler) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, reconnect=FAST)
+        messages = [m async for m in ws]
+        assert messages == ["hello 1", "hello 2", "hello 3"]
+        assert ws.reconnects == 2 and ws.closed and ws.close_code == 1000
+
+
+async def test_on_connect_runs_each_time_before_the_queue():
+    seen: list[list[str]] = []
+
+    async def handler(ws, path):
+        mine: list[str] = []
+        seen.append(mine)
+        async for message in ws:
+            mine.append(message)
+            if message == "bye":
+                await ws.close(1012)
+                return
+
+    calls: list[AsyncWebSocket] = []
+
+    async def on_connect(conn):
+        assert isinstance(conn, AsyncWebSocket)
+        calls.append(conn)
+        await conn.send("subscribe")
+
+    async with serving(handler) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, reconnect=FAST, on_connect=on_connect)
+        await ws.send("bye")
+        await wait_until(lambda: not ws.connected or ws.reconnects == 1)
+        await ws.send("queued")
+        await wait_until(lambda: len(seen) == 2 and len(seen[1]) == 2)
+        assert seen[0] == ["subscribe", "bye"]
+        assert seen[1] == ["subscribe", "queued"]
+        assert len(calls) == 2 and calls[1] is ws.connection
+        await ws.close()
+
+
+async def test_initial_connection_retried_until_the_server_starts():
+    server = await start_async_websocket_server("127.0.0.1", 0, echo)
+    port = server.port
+    server.close()
+    await server.wait_closed()
+
+    async def later():
+        await asyncio.sleep(0.2)
+        return await start_async_websocket_server("127.0.0.1", port, echo, reuse_address=True)
+
+    starting = asyncio.create_task(later())
+    ws = await async_connect_websocket("127.0.0.1", port, reconnect=FAST, open_timeout=3)
+    server = await starting
+    try:
+        await ws.send("up")
+        assert await ws.recv(TIMEOUT) == "up"
+        await ws.close()
+    finally:
+        server.close()
+        await server.wait_closed()
+
+
+async def test_initial_connection_gives_up_per_policy():
+    server = await start_async_websocket_server("127.0.0.1", 0, echo)
+    port = server.port
+    server.close()
+    await server.wait_closed()
+    with pytest.raises(OSError):
+        await async_connect_websocket("127.0.0.1", port, reconnect={"initial_delay": 0.01, "max_attempts": 2})
+    with pytest.raises((OSError, TimeoutError)):
+        await async_connect_websocket("127.0.0.1", port, reconnect=FAST, open_timeout=0.2)
+
+
+async def test_gives_up_after_max_attempts():
+    counter: list[int] = []
+    server = await start_async_websocket_server("127.0.0.1", 0, first_closes_with(1001, counter))
+    ws = await async_connect_websocket("127.0.0.1", server.port, reconnect={"initial_delay": 0.01, "max_attempts": 2})
+    server.close()
+    await server.wait_closed()
+    assert await ws.recv(TIMEOUT) == "first"
+    assert await ws.recv(TIMEOUT) is None
+    assert ws.closed and ws.reconnects == 0
+
+
+async def test_ack_mode_resends_what_was_not_acknowledged():
+    """ack=: a message stays queued until acknowledged, and goes out again after a reconnection."""
+    seen: list[list[str]] = []
+
+    async def handler(ws, path):
+        mine: list[str] = []
+        seen.append(mine)
+        async for message in ws:
+            mine.append(message)
+            if len(seen) == 1 and len(mine) == 2:
+                ws.abort()  # dies without acknowledging the second one
+                return
+            await ws.send("ack")
+
+    async with serving(handler) as server:
+        ws = await async_connect_websocket(
+            "127.0.0.1", server.port, reconnect=FAST, ack=lambda msg: 1 if msg == "ack" else 0
+        )
+        await ws.send("a")
+        assert await ws.recv(TIMEOUT) == "ack"
+        assert ws.pending == 0
+        await ws.send("b")
+        await ws.send("c")  # queued or sent; either way unacknowledged
+        assert await ws.recv(TIMEOUT) == "ack"  # from the second connection
+        assert await ws.recv(TIMEOUT) == "ack"
+        assert seen[0][:2] == ["a", "b"] and seen[1] == ["b", "c"]
+        assert ws.pending == 0 and ws.reconnects == 1
+        await ws.close()
