@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 import subprocess
 import threading
@@ -138,7 +137,3 @@ class ThreadedSync:
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         await asyncio.to_thread(self.ws.close, code, reason)
-
-
-def env_flag(name: str) -> bool:
-    return os.environ.get(name, "") not in ("", "0")
