@@ -656,3 +656,28 @@ async def test_many_concurrent_clients(backend):
 
         results = await asyncio.wait_for(asyncio.gather(*(client(i) for i in range(50))), 10)
         assert results == [[f"{i}:{j}" for j in range(10)] for i in range(50)]
+
+
+async def test_keepalive_tolerates_our_own_backpressure(backend):
+    """SPEC: keepalive runs whether or not the application reads. With max_queue full, reading
+    is paused by us, so an unread pong is not a dead peer: no 1011, and once the application
+    reads again everything arrives."""
+    release = asyncio.Event()
+    received: list = []
+
+    async def handler(ws, path):
+        await release.wait()
+        async for msg in ws:
+            received.append(msg)
+            if len(received) == 40:
+                await ws.send("done")
+
+    async with serving(handler, backend=backend, max_queue=2, ping_interval=0.1, ping_timeout=0.1) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, ping_interval=None) as ws:
+            for i in range(40):
+                await ws.send(os.urandom(2048))
+            await asyncio.sleep(0.6)  # several ping intervals pass while the server does not read
+            assert ws.close_code is None
+            release.set()
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "done"
+    assert len(received) == 40

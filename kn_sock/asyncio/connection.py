@@ -375,9 +375,14 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
             self._write(proto.send_ping(payload, (None, time.perf_counter())))
             ka.ping_sent(now)
         elif action == "timeout":
-            logger.info("keepalive ping timeout on %s: closing with 1011", self.remote_address)
-            self._fail(1011, "keepalive ping timeout")
-            return
+            if self._paused_reading:
+                # Our own backpressure (max_queue, the application not reading) stopped reading:
+                # the pong may be sitting unread, which says nothing about the peer. Start over.
+                ka.pong_received(now)
+            else:
+                logger.info("keepalive ping timeout on %s: closing with 1011", self.remote_address)
+                self._fail(1011, "keepalive ping timeout")
+                return
         self._schedule_keepalive()
 
     # ------------------------------------------------------------ sending

@@ -525,10 +525,15 @@ class WebSocket:
                 self._write(proto.send_ping(payload, (None, now)))
                 ka.ping_sent(now)
             elif action == "timeout":
-                logger.info("keepalive ping timeout on %s: closing with 1011", self.remote_address)
-                proto.fail(1011, "keepalive ping timeout")
-                self._dispatch([Closed(1006, "")])
-                return
+                if self._read_paused:
+                    # Our own backpressure (max_queue, the application not reading) stopped
+                    # reading: the pong may be sitting unread, which says nothing about the peer.
+                    ka.pong_received(now)
+                else:
+                    logger.info("keepalive ping timeout on %s: closing with 1011", self.remote_address)
+                    proto.fail(1011, "keepalive ping timeout")
+                    self._dispatch([Closed(1006, "")])
+                    return
             self._schedule_keepalive()
 
     # ------------------------------------------------------------ sending
