@@ -176,6 +176,18 @@ class FrameParser:
     error and sets ``error`` to the ``ProtocolError`` (code 1002, 1007 or 1009) to fail the
     connection with; the parser then ignores further input.
 
+    Invalid UTF-8 fails fast (SPEC "Bad input", RFC 6455 §8.1): with ``decode_text``, when a
+    call ends inside an uncompressed text frame (opcode 1, RSV1 clear: a text message's first
+    frame, final or not), the payload bytes received so far are validated incrementally — each
+    byte once, the validator state and the count checked kept until the frame is complete —
+    and ``error`` is set to the 1007 as soon as they can no longer begin valid UTF-8 (a
+    truncated but valid code point at the end is fine). Frames that arrive whole cost nothing
+    more, and a frame that completes is handled as before: an unfragmented text frame is
+    validated by decoding it (the whole payload, once more), the frames of a fragmented
+    message by the caller (``Utf8Validator`` across frames). Limitation: continuation frames
+    are not checked mid-frame (the cross-frame validator state belongs to the caller), nor are
+    compressed frames (only the inflated bytes are text).
+
     Args:
         expect_mask: True on a server (client frames must be masked), False on a client.
         max_size: largest uncompressed message in bytes; None means no limit.
@@ -197,6 +209,8 @@ class FrameParser:
         "_frag_compressed",
         "_msg_size",
         "_scratch",
+        "_text_validator",
+        "_text_checked",
     )
 
     def __init__(
@@ -220,6 +234,10 @@ class FrameParser:
         self._frag_compressed = False
         self._msg_size = 0
         self._scratch: bytearray | None = None
+        # Fail-fast UTF-8 check of the incomplete text frame at the head of ``_buf``: the
+        # validator (None: no frame checked yet) and how many payload bytes it has seen.
+        self._text_validator: Utf8Validator | None = None
+        self._text_checked = 0
 
     @property
     def buffered(self) -> int:
@@ -258,13 +276,46 @@ class FrameParser:
                 if consumed == 0:
                     break
                 pos += consumed
+            if pos:
+                del buf[:pos]
+                self._text_validator = None  # the frame it checked is complete
+            # speed: only a call that ends inside a text frame pays for the early check.
+            if len(buf) > 2 and buf[0] & 0x4F == 1 and self.decode_text:
+                self._check_partial_text(buf)
         except ProtocolError as exc:
             self.error = exc
             self._buf = bytearray()
             return frames
-        if pos:
-            del buf[:pos]
         return frames
+
+    def _check_partial_text(self, buf: bytearray) -> None:
+        """Validate the new payload bytes of the incomplete text frame ``buf`` holds (fail fast).
+
+        The frame's header has been checked already; the bytes checked by earlier calls are
+        not looked at again (the validator keeps the code point they ended in).
+        """
+        b1 = buf[1]
+        hdr = 2 if b1 & 0x7F < 126 else 4 if b1 & 0x7F == 126 else 10
+        if b1 & 0x80:
+            hdr += 4
+        got = len(buf) - hdr
+        validator = self._text_validator
+        if validator is None:
+            if got <= 0:
+                return
+            validator = self._text_validator = Utf8Validator()
+            self._text_checked = 0
+        done = self._text_checked
+        if got <= done:
+            return
+        new: BytesLike = buf[hdr + done :]
+        if b1 & 0x80:
+            key = bytes(buf[hdr - 4 : hdr])
+            phase = done & 3
+            new = apply_mask(new, key[phase:] + key[:phase])
+        self._text_checked = got
+        if not validator.feed(new):
+            raise ProtocolError("invalid UTF-8 in text message", 1007)
 
     def _parse_one(self, buf: bytearray, pos: int, end: int, frames: list[Frame]) -> int:
         """Parse the frame at ``pos``; append it and return its length, or 0 if incomplete."""

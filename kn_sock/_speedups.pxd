@@ -64,6 +64,12 @@ cdef class FrameParser:
     cdef bint _pl_masked
     cdef unsigned char _pl_key[4]
 
+    # Early UTF-8 check of the incomplete text frame we hold (reset by _emit): the payload
+    # bytes validated so far and the code point they ended in (see _check_text).
+    cdef Py_ssize_t _tv_done
+    cdef unsigned char _tv_pending[4]
+    cdef int _tv_npending
+
     # What the last get_buffer() handed out: 0 nothing, 1 the receive buffer's tail,
     # 2 the large payload's unfilled part; _view_len bytes may be reported by buffer_updated.
     cdef int _view_kind
@@ -87,3 +93,4 @@ cdef class FrameParser:
     cdef Py_ssize_t _head_need(self) noexcept
     cdef int _consume(self, const unsigned char *data, Py_ssize_t n, list frames) except -1
     cdef int _parse_buffer(self, list frames) except -1
+    cdef int _check_text(self) except -1

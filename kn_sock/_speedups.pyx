@@ -66,6 +66,7 @@ cdef enum:
     _SMALL_ALLOC = 512      # a buffer that only keeps a frame's first bytes
     _SPARE_MAX = 4          # receive buffers kept for reuse across parsers
     _STACK_TEXT = 512       # masked text up to this size is unmasked on the stack
+    _CHECK_CHUNK = 2048     # masked text being checked early is unmasked in stack chunks
 
 cdef uint64_t _HIGH_BITS = 0x8080808080808080ULL
 
@@ -402,33 +403,43 @@ cdef class Utf8Validator:
         return ok
 
     cdef bint _feed(self, const unsigned char *s, Py_ssize_t n, bint final) noexcept:
-        cdef int status, need, k
-        cdef Py_ssize_t stop
-        if self._npending:
-            # Complete the code point the previous chunk ended in.
-            need = _seq_len(self._pending[0])
-            k = need - self._npending
-            if k > n:
-                k = <int>n
-            memcpy(self._pending + self._npending, s, k)
-            self._npending += k
-            if self._npending < need:
-                return _prefix_ok(self._pending, self._npending) and not final
-            _utf8_scan(self._pending, need, &status)
-            if status != _UTF8_OK:
-                return False
-            self._npending = 0
-            s += k
-            n -= k
-        stop = _utf8_scan_maybe_nogil(s, n, &status)
-        if status == _UTF8_BAD:
+        return _utf8_feed(self._pending, &self._npending, s, n, final)
+
+
+cdef bint _utf8_feed(unsigned char *pending, int *npending, const unsigned char *s,
+                     Py_ssize_t n, bint final) noexcept:
+    """The incremental validator's step (``pending[:npending]``: the code point carried over).
+
+    Returns False when the bytes so far can no longer begin valid UTF-8; the state is then
+    meaningless (the caller resets it).
+    """
+    cdef int status, need, k
+    cdef Py_ssize_t stop
+    if npending[0]:
+        # Complete the code point the previous chunk ended in.
+        need = _seq_len(pending[0])
+        k = need - npending[0]
+        if k > n:
+            k = <int>n
+        memcpy(pending + npending[0], s, k)
+        npending[0] += k
+        if npending[0] < need:
+            return _prefix_ok(pending, npending[0]) and not final
+        _utf8_scan(pending, need, &status)
+        if status != _UTF8_OK:
             return False
-        if status == _UTF8_PARTIAL:
-            if final:
-                return False
-            self._npending = <int>(n - stop)
-            memcpy(self._pending, s + stop, self._npending)
-        return True
+        npending[0] = 0
+        s += k
+        n -= k
+    stop = _utf8_scan_maybe_nogil(s, n, &status)
+    if status == _UTF8_BAD:
+        return False
+    if status == _UTF8_PARTIAL:
+        if final:
+            return False
+        npending[0] = <int>(n - stop)
+        memcpy(pending, s + stop, npending[0])
+    return True
 
 
 # --------------------------------------------------------------------------- parsing
@@ -484,9 +495,22 @@ cdef class FrameParser:
     error and sets ``error`` to the ``ProtocolError`` (code 1002, 1007 or 1009) to fail the
     connection with; the parser then ignores further input.
 
+    Invalid UTF-8 fails fast (SPEC "Bad input", RFC 6455 §8.1): with ``decode_text``, when a
+    call ends inside an uncompressed text frame (opcode 1, RSV1 clear: a text message's first
+    frame, final or not), the payload bytes received so far are validated incrementally — each
+    byte once, the validator state and the count checked kept until the frame is complete —
+    and ``error`` is set to the 1007 as soon as they can no longer begin valid UTF-8 (a
+    truncated but valid code point at the end is fine). Frames that arrive whole cost nothing
+    more, and a frame that completes is handled as before: an unfragmented text frame is
+    validated by decoding it (the whole payload, once more), the frames of a fragmented
+    message by the caller (``Utf8Validator`` across frames). Limitation: continuation frames
+    are not checked mid-frame (the cross-frame validator state belongs to the caller), nor are
+    compressed frames (only the inflated bytes are text).
+
     A payload of 64 KiB or more is received in place: once its header is parsed, the final
     bytes object is allocated and ``get_buffer`` returns a view of its unfilled part, so
-    ``recv_into`` writes the payload where it will be returned (unmasked in place).
+    ``recv_into`` writes the payload where it will be returned (unmasked in place, which is
+    where the early UTF-8 check reads it).
 
     Args:
         expect_mask: True on a server (client frames must be masked), False on a client.
@@ -606,6 +630,10 @@ cdef class FrameParser:
         else:
             self._end += nbytes
             self._parse_buffer(frames)
+        # speed: only a call that ends inside a frame pays for the early UTF-8 check.
+        if (self.error is None and (self._pp != NULL or self._end - self._start > 2)
+                and self.decode_text):
+            self._check_text()
         return frames
 
     def feed(self, data):
@@ -620,13 +648,65 @@ cdef class FrameParser:
         if PyBytes_CheckExact(data):  # speed: bytes need no buffer protocol
             self._consume(<const unsigned char *>PyBytes_AS_STRING(data),
                           PyBytes_GET_SIZE(data), frames)
-            return frames
-        PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
-        try:
-            self._consume(<const unsigned char *>view.buf, view.len, frames)
-        finally:
-            PyBuffer_Release(&view)
+        else:
+            PyObject_GetBuffer(data, &view, PyBUF_SIMPLE)
+            try:
+                self._consume(<const unsigned char *>view.buf, view.len, frames)
+            finally:
+                PyBuffer_Release(&view)
+        # speed: only a call that ends inside a frame pays for the early UTF-8 check.
+        if (self.error is None and (self._pp != NULL or self._end - self._start > 2)
+                and self.decode_text):
+            self._check_text()
         return frames
+
+    cdef int _check_text(self) except -1:
+        """Validate the new payload bytes of the incomplete frame we hold, if it is text.
+
+        The frame is the large payload being received in place (already unmasked there) or
+        else the receive buffer's live bytes (its header checked already; masked payload is
+        unmasked into a stack copy). Bytes checked by earlier calls are not looked at again:
+        ``_tv_done`` counts them and ``_tv_pending`` holds the code point they ended in.
+        """
+        cdef const unsigned char *p
+        cdef const unsigned char *src
+        cdef Py_ssize_t hdr, got, done = self._tv_done, k
+        cdef unsigned char tmp[_CHECK_CHUNK]
+        cdef bint ok = True
+        cdef int l7
+        if self._pp != NULL:
+            if self._pl_opcode != 1 or self._pl_rsv1 or self._pl_filled <= done:
+                return 0
+            got = self._pl_filled
+            ok = _utf8_feed(self._tv_pending, &self._tv_npending, self._pp + done, got - done,
+                            False)
+        else:
+            p = self._bp + self._start
+            if (p[0] & 0x4F) != 1:
+                return 0
+            l7 = p[1] & 0x7F
+            hdr = 2 if l7 < 126 else 4 if l7 == 126 else 10
+            if p[1] & 0x80:
+                hdr += 4
+            got = self._end - self._start - hdr
+            if got <= done:
+                return 0
+            src = p + hdr + done
+            if p[1] & 0x80:
+                while ok and done < got:
+                    k = got - done
+                    if k > _CHECK_CHUNK:
+                        k = _CHECK_CHUNK
+                    _xor_copy(tmp, src, k, p + hdr - 4, done & 3)
+                    ok = _utf8_feed(self._tv_pending, &self._tv_npending, tmp, k, False)
+                    src += k
+                    done += k
+            else:
+                ok = _utf8_feed(self._tv_pending, &self._tv_npending, src, got - done, False)
+        self._tv_done = got
+        if not ok:
+            return self._fail(ProtocolError("invalid UTF-8 in text message", 1007))
+        return 0
 
     # ----------------------------------------------------------------- buffer management
 
@@ -908,6 +988,9 @@ cdef class FrameParser:
     cdef int _emit(self, list frames, int opcode, bint fin, bint rsv1, uint64_t length,
                    object payload) except -1:
         """Update the fragmentation state (RFC 6455 §5.4) and append the frame tuple."""
+        # The frame an early UTF-8 check was following (always the next to complete) is done.
+        self._tv_done = 0
+        self._tv_npending = 0
         if opcode == 0:
             if fin:
                 self._frag_opcode = 0

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from kn_sock import _backend
 from kn_sock import _pure as P
+from kn_sock.exceptions import ProtocolError
 
 if _backend.speedups is None:
     pytest.skip(f"kn_sock._speedups is not loaded ({_backend.IMPORT_ERROR})", allow_module_level=True)
@@ -176,3 +177,97 @@ def test_build_frame(opcode, payload, fin, rsv1, mask, wrap):
     assert outcome(S.build_frame, opcode, payload, fin, rsv1, mask) == outcome(
         P.build_frame, opcode, payload, fin, rsv1, mask
     )
+
+
+# --------------------------------------------------------------------------- early UTF-8 (1007)
+
+BAD_UTF8 = [b"\xf4\x90\x80\x80", b"\xff", b"\x80", b"\xc0\xaf", b"\xed\xa0\x80", b"\xe0\x80\x80", b"\xce(", b"\xf0\x9f\x98"]
+
+
+@st.composite
+def chopped_text(draw):
+    """A text frame (maybe large, maybe with an invalid sequence) in a stream, cut at random points."""
+    expect_mask = draw(st.booleans())
+    mask = (draw(masks) if expect_mask else None)
+    pad = draw(st.sampled_from([0, 0, 0, 70_000]))
+    bad = draw(st.one_of(st.sampled_from(BAD_UTF8), st.just(b""), nasty))
+    payload = "é".encode() * (pad // 2) + draw(utf8_text) + bad + draw(utf8_text) * draw(st.integers(1, 3))
+    fin = draw(st.booleans())
+    rsv1 = draw(st.integers(0, 7)) == 0
+    as_continuation = draw(st.integers(0, 4)) == 0
+    lead = P.build_frame(9, b"p", mask=mask)
+    if as_continuation:  # not checked mid-frame by the parser: the twins must still agree
+        lead += P.build_frame(1, draw(utf8_text), fin=False, rsv1=rsv1, mask=mask)
+        frame = P.build_frame(0, payload, fin=fin, mask=mask)
+    else:
+        frame = P.build_frame(1, payload, fin=fin, rsv1=rsv1, mask=mask)
+    stream = lead + frame + P.build_frame(10, b"", mask=mask)
+    start = len(lead) + len(frame) - len(payload)  # the payload's offset in the stream
+    # Where the payload stops being a valid UTF-8 prefix (the validator fails fast; binary search).
+    lo, hi = 0, len(payload) + 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if P.Utf8Validator().feed(payload[:mid]):
+            lo = mid + 1
+        else:
+            hi = mid
+    first_bad = start + lo - 1 if lo <= len(payload) else None  # offset of the decisive byte
+    near = st.integers(max(0, start + lo - 6), min(len(stream), start + lo + 6))
+    cuts = draw(st.lists(st.one_of(st.integers(0, len(stream)), near), max_size=30))
+    opts = dict(
+        expect_mask=expect_mask,
+        rsv1_allowed=rsv1 or draw(st.booleans()),
+        max_size=draw(st.sampled_from([None, 2**20])),
+        decode_text=draw(st.integers(0, 5)) > 0,
+    )
+    checked = not as_continuation and not rsv1 and opts["decode_text"]
+    info = dict(first_bad=first_bad if checked else None, frame_end=start + len(payload), fin=fin)
+    return stream, opts, cuts, info
+
+
+def error_segment(mod, stream, opts, cuts, use_buffer):
+    """Deliver the segments between ``cuts``; return the frames, the error and the index of the
+    segment whose delivery set it (a segment may take several get_buffer reads)."""
+    parser = mod.FrameParser(**opts)
+    frames = []
+    bounds = sorted({c for c in cuts if 0 < c < len(stream)}) + [len(stream)]
+    pos = 0
+    for index, stop in enumerate(bounds):
+        while pos < stop and parser.error is None:
+            if use_buffer:
+                buf = parser.get_buffer(-1)
+                n = min(len(buf), stop - pos)
+                buf[:n] = stream[pos : pos + n]
+                frames += parser.buffer_updated(n)
+            else:
+                n = stop - pos
+                frames += parser.feed(stream[pos:stop])
+            pos += n
+        err = parser.error
+        if err is not None:
+            return frames, (type(err), err.code, err.reason), index
+        pos = stop
+    return frames, None, None
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(case=chopped_text())
+def test_early_utf8_error_at_the_same_call(case):
+    """Both twins report a mid-frame 1007 at exactly the same call, whatever the cuts, and that
+    call is the one that brings the first byte that makes the text frame invalid."""
+    stream, opts, cuts, info = case
+    assert run_parser(S, stream, opts, cuts, False) == run_parser(P, stream, opts, cuts, False)
+    expected = error_segment(P, stream, opts, cuts, False)
+    assert error_segment(S, stream, opts, cuts, False) == expected
+    assert error_segment(S, stream, opts, cuts, True) == expected
+    assert error_segment(P, stream, opts, cuts, True) == expected
+    # The specification itself: as soon as the bytes received so far cannot be valid.
+    bounds = sorted({c for c in cuts if 0 < c < len(stream)}) + [len(stream)]
+    if info["first_bad"] is None:
+        assert expected[1] is None or expected[1][1] != 1007
+        return
+    index = next(i for i, b in enumerate(bounds) if b > info["first_bad"])
+    if bounds[index] < info["frame_end"] or info["fin"]:
+        assert expected[1:] == ((ProtocolError, 1007, "invalid UTF-8 in text message"), index)
+    else:  # the first fragment completed in that call: the caller's validator takes over
+        assert expected[1] is None

@@ -10,6 +10,8 @@ import os
 import random
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from kn_sock.exceptions import PayloadTooBig, ProtocolError
 
@@ -526,6 +528,212 @@ class TestFrameParserBuffers:
         p = client_parser(backend)
         assert len(p.get_buffer(200_000)) >= 65536  # a hint: the pure twin always offers 64 KiB
         assert len(p.get_buffer()) >= 4096
+
+
+# --------------------------------------------------------------------------- FrameParser: early UTF-8
+
+# Autobahn 6.4.3 / 6.4.4: "κόσμε", then U+110000 (not Unicode), then "edited", in chops.
+KOSME = b"\xce\xba\xe1\xbd\xb9\xcf\x83\xce\xbc\xce\xb5"
+NOT_UNICODE = b"\xf4\x90\x80\x80"  # invalid from its second byte on
+INVALID_UTF8 = ProtocolError("invalid UTF-8 in text message", 1007)
+GOOD_TEXT = "Grüße, κόσμε — 中文 😀 ".encode()
+
+
+def deliver(parser, data: bytes, sizes, via_buffer: bool):
+    """Deliver ``data`` in chunks of ``sizes`` (cycled) by feed or get_buffer/buffer_updated.
+
+    A chunk larger than the buffer get_buffer offers takes several reads. Stops at the first
+    call that sets ``error``. Returns the frames and the stream offsets before and after that
+    call (``None, None`` when no error was set).
+    """
+    frames = []
+    pos = i = 0
+    while pos < len(data):
+        stop = min(pos + max(1, sizes[i % len(sizes)]), len(data))
+        i += 1
+        while pos < stop:
+            n = stop - pos
+            if via_buffer:
+                buf = parser.get_buffer(-1)
+                n = min(n, len(buf))
+                buf[:n] = data[pos : pos + n]
+                frames += parser.buffer_updated(n)
+            else:
+                frames += parser.feed(data[pos : pos + n])
+            if parser.error is not None:
+                return frames, pos, pos + n
+            pos += n
+    return frames, None, None
+
+
+def padding(n: int) -> bytes:
+    """``n`` bytes of valid, mostly non-ASCII UTF-8 (cut on a code point boundary)."""
+    return (GOOD_TEXT * (n // len(GOOD_TEXT) + 1))[:n].decode("utf-8", "ignore").encode().ljust(n, b"a")
+
+
+class TestFrameParserEarlyUtf8:
+    """SPEC "Bad input": 1007 as soon as the bytes received so far cannot be valid, mid-frame."""
+
+    @pytest.mark.parametrize("via_buffer", [False, True], ids=["feed", "get_buffer"])
+    @pytest.mark.parametrize("masked", [False, True], ids=["client", "server"])
+    def test_autobahn_6_4_3_three_chops(self, backend, masked, via_buffer):
+        mask = MASK if masked else None
+        frame = backend.build_frame(1, KOSME + NOT_UNICODE + b"edited", mask=mask)
+        hdr = len(frame) - len(KOSME + NOT_UNICODE + b"edited")
+        p = backend.FrameParser(expect_mask=masked)
+        sizes = [hdr + len(KOSME), len(NOT_UNICODE), 6]
+        frames, before, after = deliver(p, frame, sizes, via_buffer)
+        assert frames == [] and p.error == INVALID_UTF8
+        assert (before, after) == (hdr + len(KOSME), hdr + len(KOSME) + 4)  # the frame is not complete
+        assert p.buffered == 0 and p.feed(frame) == [] and p.error == INVALID_UTF8
+
+    @pytest.mark.parametrize("via_buffer", [False, True], ids=["feed", "get_buffer"])
+    @pytest.mark.parametrize("masked", [False, True], ids=["client", "server"])
+    @pytest.mark.parametrize("fin", [True, False], ids=["fin", "first_fragment"])
+    @pytest.mark.parametrize(
+        "pad,sizes",
+        [
+            (0, [1]),
+            (0, [3, 5]),
+            (1000, [7, 100]),
+            (60_000, [4096]),
+            (70_000, [1]),  # large payload (received in place by the Cython twin), byte by byte
+            (70_000, [4096]),
+            (70_000, [65536, 1, 999]),
+            (300_000, [4096, 70_000]),
+        ],
+    )
+    def test_fails_at_the_call_that_brings_the_bad_byte(self, backend, masked, via_buffer, fin, pad, sizes):
+        mask = MASK if masked else None
+        # The tail is longer than any chunk: the frame is never complete when the bad byte comes.
+        payload = padding(pad) + KOSME + NOT_UNICODE + GOOD_TEXT * 2100
+        ping = backend.build_frame(9, b"ping", mask=mask)
+        frame = backend.build_frame(1, payload, fin=fin, mask=mask)
+        stream = ping + frame + backend.build_frame(2, b"never", mask=mask)
+        bad = len(ping) + len(frame) - len(payload) + pad + len(KOSME) + 1  # the \x90
+        p = backend.FrameParser(expect_mask=masked, max_size=None)
+        frames, before, after = deliver(p, stream, sizes, via_buffer)
+        assert p.error == INVALID_UTF8
+        assert before <= bad < after < len(ping) + len(frame)
+        assert frames == [(9, True, False, b"ping")]
+        assert p.buffered == 0 and p.feed(stream) == [] and p.error == INVALID_UTF8
+
+    @pytest.mark.parametrize("via_buffer", [False, True], ids=["feed", "get_buffer"])
+    @pytest.mark.parametrize("masked", [False, True], ids=["client", "server"])
+    @pytest.mark.parametrize("pad", [0, 70_000])
+    @pytest.mark.parametrize(
+        "bad",
+        [b"\xff", b"\x80", b"\xc0", b"\xc1", b"\xf5", b"\xed\xa0", b"\xe0\x9f", b"\xf0\x8f", b"\xf4\x90", b"\xce(",
+         b"\xe2\x82(", b"\xf0\x9f\x98("],
+    )
+    def test_fails_mid_code_point(self, backend, masked, via_buffer, pad, bad):
+        """The error comes with the byte that makes the sequence impossible, not at its end."""
+        mask = MASK if masked else None
+        payload = padding(pad) + b"ok" + bad + b"\x80\x80\x80" + b"x" * 100
+        frame = backend.build_frame(1, payload, mask=mask)
+        hdr = len(frame) - len(payload)
+        cut = hdr + pad + 2 + len(bad) - 1  # everything before the decisive byte
+        p = backend.FrameParser(expect_mask=masked, max_size=None)
+        frames, before, after = deliver(p, frame, [cut, 1, 1], via_buffer)
+        assert p.error == INVALID_UTF8 and frames == []
+        assert (before, after) == (cut, cut + 1)
+
+    @pytest.mark.parametrize("via_buffer", [False, True], ids=["feed", "get_buffer"])
+    def test_state_is_reset_for_each_frame(self, backend, via_buffer):
+        """A first fragment ending in a partial code point must not leak it into the next frame."""
+        first = backend.build_frame(1, b"ab\xce\xba", fin=False)
+        end = backend.build_frame(0, b"", fin=True)
+        second = backend.build_frame(1, b"\xba" + b"xyz")  # a stray continuation byte: invalid
+        stream = first + end + second
+        p = client_parser(backend)
+        frames, before, after = deliver(p, stream, [len(first) - 1, 1 + len(end) + 3, 1, 3], via_buffer)
+        assert frames == [(1, False, False, b"ab\xce\xba"), (0, True, False, b"")]
+        assert p.error == INVALID_UTF8
+        assert (before, after) == (len(first) - 1, len(first) + len(end) + 3)
+
+    @pytest.mark.parametrize("via_buffer", [False, True], ids=["feed", "get_buffer"])
+    @pytest.mark.parametrize("pad", [0, 70_000])
+    def test_continuation_frames_are_not_checked_mid_frame(self, backend, via_buffer, pad):
+        """Documented limitation: the caller's validator holds the cross-frame state."""
+        payload = padding(pad) + b"\xff" + b"x" * 50
+        stream = backend.build_frame(1, b"ab", fin=False) + backend.build_frame(0, payload)
+        p = client_parser(backend, max_size=None)
+        frames, before, _ = deliver(p, stream, [4099, 7], via_buffer)
+        assert before is None and p.error is None
+        assert frames == [(1, False, False, b"ab"), (0, True, False, payload)]
+
+    @pytest.mark.parametrize("via_buffer", [False, True], ids=["feed", "get_buffer"])
+    @pytest.mark.parametrize("opts,b0", [({"rsv1_allowed": True}, 0xC1), ({"decode_text": False}, 0x81)],
+                             ids=["compressed", "decode_text_off"])
+    def test_not_checked(self, backend, via_buffer, opts, b0):
+        """Compressed text (its bytes are deflate's) and decode_text=False: no early check."""
+        payload = b"\xff" * 70_000
+        stream = m(b0, payload)
+        p = client_parser(backend, max_size=None, **opts)
+        frames, before, _ = deliver(p, stream, [1000], via_buffer)
+        assert before is None and p.error is None
+        assert frames == [(1, True, b0 == 0xC1, payload)]
+
+    def test_each_byte_is_checked_once(self, backend):
+        """An 8 MiB text frame arriving in 1 KiB chunks: linear, not quadratic (~32 GB rescanned)."""
+        import time
+
+        payload = padding(8 << 20)
+        frame = backend.build_frame(1, payload, mask=MASK)
+        view = memoryview(frame)
+        p = server_parser(backend, max_size=None)
+        t0 = time.process_time()
+        frames = []
+        for i in range(0, len(frame), 1024):
+            frames += p.feed(view[i : i + 1024])
+        elapsed = time.process_time() - t0
+        assert frames == [(1, True, False, payload.decode())]
+        assert elapsed < 5.0, elapsed
+
+    def test_pure_twin_feeds_each_byte_once(self, monkeypatch):
+        """The pure twin's validator sees every payload byte of the incomplete frame exactly once."""
+        from kn_sock import _pure
+
+        seen = []
+
+        class Counting(_pure.Utf8Validator):
+            __slots__ = ()
+
+            def feed(self, data, final=False):
+                seen.append(bytes(data))
+                return super().feed(data, final)
+
+        monkeypatch.setattr(_pure, "Utf8Validator", Counting)
+        payload = padding(100_000)
+        frame = _pure.build_frame(1, payload, mask=MASK)
+        p = _pure.FrameParser(expect_mask=True, max_size=None)
+        assert feed_chunks(p, frame, [1, 2, 3, 4093, 10_000]) == [(1, True, False, payload.decode())]
+        got = b"".join(seen)
+        assert payload.startswith(got) and len(got) > len(payload) - 10_000
+
+    @settings(max_examples=60, deadline=None,
+              suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
+                                     HealthCheck.data_too_large])
+    @given(
+        text=st.text(max_size=200),
+        pad=st.sampled_from([0, 0, 70_000]),
+        masked=st.booleans(),
+        fin=st.booleans(),
+        via_buffer=st.booleans(),
+        cuts=st.lists(st.integers(0, 71_000), max_size=25),
+    )
+    def test_valid_text_in_random_chops_never_fails(self, backend, text, pad, masked, fin, via_buffer, cuts):
+        payload = padding(pad) + text.encode("utf-8", "surrogatepass")
+        if any(0xD800 <= ord(c) <= 0xDFFF for c in text):
+            payload = padding(pad) + text.encode("utf-8", "replace")
+        mask = MASK if masked else None
+        stream = backend.build_frame(1, payload, fin=fin, mask=mask) + backend.build_frame(9, b"", mask=mask)
+        bounds = sorted({c for c in cuts if 0 < c < len(stream)}) + [len(stream)]
+        sizes = [b - a for a, b in zip([0] + bounds, bounds)]
+        p = backend.FrameParser(expect_mask=masked, max_size=None)
+        frames, before, _ = deliver(p, stream, sizes, via_buffer)
+        assert before is None and p.error is None
+        assert frames == [(1, fin, False, payload.decode() if fin else payload), (9, True, False, b"")]
 
 
 # --------------------------------------------------------------------------- build_frame
