@@ -216,16 +216,16 @@ class Protocol:
         """Turn frames into events; the fast path is one unfragmented uncompressed data frame."""
         events: list[Any] = []
         append = events.append
-        closing = self.state is State.CLOSING
         for frame in frames:
             opcode, fin, rsv1, payload = frame
             if opcode < 3 and fin and not rsv1 and opcode:
                 # Hot path: whole uncompressed message; text already decoded by the parser.
-                if not closing:
-                    append(payload)
+                # (Also in CLOSING: messages the peer sent before our close still arrive,
+                # RFC 6455 §7.1.2; the I/O layers bound what they queue while closing.)
+                append(payload)
                 continue
             try:
-                self._slow_frame(opcode, fin, rsv1, payload, events, closing)
+                self._slow_frame(opcode, fin, rsv1, payload, events)
             except ProtocolError as exc:
                 self._fail_with(exc, events)
                 return events
@@ -233,7 +233,7 @@ class Protocol:
                 break
         return events
 
-    def _slow_frame(self, opcode: int, fin: bool, rsv1: bool, payload: Any, events: list[Any], closing: bool) -> None:
+    def _slow_frame(self, opcode: int, fin: bool, rsv1: bool, payload: Any, events: list[Any]) -> None:
         """Handle control frames, fragments, compressed and undecoded text frames."""
         if opcode >= 8:
             self._control_frame(opcode, payload, events)
@@ -254,8 +254,7 @@ class Protocol:
             message: Message = payload
             if text:
                 message = _decode_text(payload)
-            if not closing:
-                events.append(message)
+            events.append(message)
             return
         if text and self._validator is not None and not self._validator.feed(payload, fin):
             raise ProtocolError("invalid UTF-8 in text message", 1007)
@@ -265,8 +264,7 @@ class Protocol:
             self._parts = []
             self._part_opcode = 0
             self._validator = None
-            if not closing:
-                events.append(_decode_text(data) if text else data)
+            events.append(_decode_text(data) if text else data)
 
     def _control_frame(self, opcode: int, payload: bytes, events: list[Any]) -> None:
         """Answer pings, match pongs, run the closing handshake (RFC 6455 §5.5)."""

@@ -1123,3 +1123,14 @@ class TestKeepalive:
         ka = Keepalive(interval, 20.0, now=0.0)
         assert ka.deadline is None
         assert ka.poll(1e12) is None
+
+
+class TestSection7_1_2_DataWhileClosing:
+    """RFC 6455 §7.1.2: after sending a Close frame, data the peer sent before it still arrives."""
+
+    def test_message_received_in_closing_state_is_delivered(self, backend: Any) -> None:
+        client, server = connected(backend)
+        in_flight = server.send("echo of something")
+        client.send_close(1000)
+        assert client.state is State.CLOSING
+        assert client.receive_data(in_flight) == ["echo of something"]

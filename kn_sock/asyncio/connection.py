@@ -57,6 +57,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         "local_address",
         "latency",
         "_max_queue",
+        "_drop_limit",
         "_handshake",
         "_frag_done",
     )
@@ -87,6 +88,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         self.local_address: Any = None
         self.latency = 0.0
         self._max_queue = opts.max_queue
+        self._drop_limit: int | None = None  # closing: queue bound (reading no longer pauses)
         self._handshake: Any = None
         self._frag_done: asyncio.Future[None] | None = None  # set while a fragmented message is sent
 
@@ -261,6 +263,8 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
                         continue
                 if messages is None:
                     messages = self._messages = deque()
+                elif self._drop_limit is not None and len(messages) >= self._drop_limit:
+                    continue  # closing and the application is not reading: bounded, drop
                 messages.append(ev)
             elif t is Pong:
                 self._on_pong(ev)
@@ -328,9 +332,11 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
     def _stop_backpressure(self) -> None:
         """Closing: read regardless of the queue so the peer's close frame and EOF get through.
 
-        Messages arriving after our close frame are dropped by the protocol, so nothing
-        accumulates.
+        Messages still arriving are queued up to ``max_queue`` and dropped beyond it, so
+        nothing accumulates without bound.
         """
+        if self._max_queue is not None:
+            self._drop_limit = self._max_queue
         self._max_queue = None
         if self._paused_reading:
             self._paused_reading = False

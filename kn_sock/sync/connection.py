@@ -322,9 +322,14 @@ class WebSocket:
     def _dispatch(self, events: list[Any]) -> None:
         """Queue messages, handle control events, write the protocol's frames (``_lock`` held)."""
         messages = self._messages
+        # Closing: reading no longer pauses (the close frame must get through), so the queue is
+        # bounded by dropping what the application has no room for.
+        drop_over = self._max_queue if self.protocol.state is not _OPEN else None
         for ev in events:
             t = type(ev)
             if t is str or t is bytes:
+                if drop_over is not None and len(messages) >= drop_over:
+                    continue
                 messages.append(ev)
             elif t is Pong:
                 self._on_pong(ev)
