@@ -439,8 +439,13 @@ async def _round_trips(ws: Any, payload: bytes, seconds: float) -> tuple[int, fl
 
 # ---------------------------------------------------------------- bench
 
-SUITES = {"speedups": "bench_speedups.py", "echo": "bench_echo.py", "conns": "bench_conns.py"}
-DEFAULT_SUITES = ["speedups", "echo"]
+SUITES = {
+    "speedups": "bench_speedups.py",
+    "protocol": "bench_protocol.py",
+    "echo": "bench_echo.py",
+    "conns": "bench_conns.py",
+}
+DEFAULT_SUITES = ["speedups", "protocol", "echo"]
 
 
 def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
