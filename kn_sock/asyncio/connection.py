@@ -431,7 +431,10 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
                 raise proto.closed_exception()
             if type(data) is tuple:  # large frame: header, then the payload itself (no copy)
                 transport.write(data[0])
-                transport.write(data[1])
+                # memoryview: a partial send then keeps the rest without slicing a copy of it.
+                transport.write(memoryview(data[1]))
+            elif len(data) > 65536:
+                transport.write(memoryview(data))
             else:
                 transport.write(data)
         elif hasattr(message, "__aiter__"):
@@ -476,31 +479,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
             await asyncio.shield(self._frag_done)
 
     async def _send_fragments(self, fragments: Any, compress: bool | None) -> None:
-        await self._wait_fragmented()
-        proto = self.protocol
-        assert proto is not None
-        it = iter(fragments)
-        try:
-            prev = next(it)
-        except StopIteration:
-            return
-        self._frag_done = done = self._loop.create_future()
-        started = False
-        try:
-            for item in it:
-                self._write(proto.send_fragment(prev, False, compress))
-                started = True
-                if self._write_paused:
-                    await self._drain()
-                prev = item
-            self._write(proto.send_fragment(prev, True, compress))
-        except BaseException:
-            if started:  # half a message is out: the connection cannot be used any more
-                self._fail(1011, "error in fragmented message")
-            raise
-        finally:
-            self._frag_done = None
-            done.set_result(None)
+        await self._send_fragments_async(_as_async_iter(fragments), compress)
 
     async def _send_fragments_async(self, fragments: Any, compress: bool | None) -> None:
         await self._wait_fragmented()
@@ -655,6 +634,12 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
     def __repr__(self) -> str:
         state = self.protocol.state.name if self.protocol is not None else "CONNECTING"
         return f"<AsyncWebSocket {self.side} {state} {self.remote_address}>"
+
+
+async def _as_async_iter(iterable: Any) -> AsyncIterator[Any]:
+    """An async iterator over a plain iterable (one code path for fragmented sends)."""
+    for item in iterable:
+        yield item
 
 
 def _timeout_waiter(waiter: asyncio.Future[Any]) -> None:
