@@ -17,6 +17,7 @@ import time
 from collections import deque
 from typing import Any, AsyncIterator, Callable
 
+from .._malloc import tune_malloc_once
 from ..exceptions import InvalidState
 from ..http11 import Headers
 from ..options import Options
@@ -238,6 +239,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
 
     def start(self, protocol: Protocol, remainder: bytes = b"") -> None:
         """The handshake succeeded: switch to frames and process what came with the handshake."""
+        tune_malloc_once()
         self.protocol = protocol
         self._parser = protocol.parser
         self._hs_buf = None

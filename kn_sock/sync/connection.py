@@ -43,6 +43,7 @@ import time
 from collections import deque
 from typing import Any, Iterator
 
+from .._malloc import tune_malloc_once
 from ..exceptions import ConnectionClosed
 from ..http11 import Headers
 from ..options import Options
@@ -226,6 +227,7 @@ class WebSocket:
 
     def _start(self, remainder: bytes = b"") -> None:
         """The handshake succeeded: go non-blocking, start keepalive, hand the socket to the reactor."""
+        tune_malloc_once()
         self._sock.setblocking(False)
         opts = self._opts
         with self._lock:
