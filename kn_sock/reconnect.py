@@ -33,6 +33,7 @@ from typing import Any, Callable
 from .exceptions import ConnectionClosedError, InvalidHandshake, InvalidStatus
 
 __all__ = [
+    "ReconnectingState",
     "ReconnectPolicy",
     "RETRY_CODES",
     "PERMANENT_CODES",
@@ -310,3 +311,41 @@ class Outbox:
         if self.unacked:
             self.unacked.extend(self.pending)
             self.pending, self.unacked = self.unacked, deque()
+
+
+class ReconnectingState:
+    """State shared by the sync and asyncio reconnecting clients (their I/O differs, not this).
+
+    Subclasses set ``_ws`` (the current connection), ``_final``, ``connected`` and ``_outbox``.
+    Attributes not defined here are read from the current connection.
+    """
+
+    _ws: Any
+    _final: bool
+    connected: bool
+    _outbox: Outbox
+
+    @property
+    def connection(self) -> Any:
+        """The current (or last) underlying connection."""
+        return self._ws
+
+    @property
+    def closed(self) -> bool:
+        """True once closed for good: ``close()`` was called or no reconnection will follow."""
+        return self._final
+
+    @property
+    def open(self) -> bool:
+        """True while connected (messages go straight out)."""
+        return self.connected and self._ws is not None and self._ws.open
+
+    @property
+    def pending(self) -> int:
+        """Messages waiting for a connection (in ack mode, with those not yet acknowledged)."""
+        return len(self._outbox)
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return getattr(self._ws, name)

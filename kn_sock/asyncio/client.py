@@ -13,7 +13,7 @@ from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandsha
 from ..handshake import ClientHandshake
 from ..options import Options, make_options
 from ..protocol import CLIENT, Protocol, State
-from ..reconnect import Outbox, ReconnectPolicy, end_code, queueable, retryable_error
+from ..reconnect import Outbox, ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
 from ..uri import WebSocketURI, parse_uri
 from .connection import AsyncWebSocket
 
@@ -175,7 +175,7 @@ async def _maybe_await(value: Any) -> None:
         await value
 
 
-class AsyncReconnectingWebSocket:
+class AsyncReconnectingWebSocket(ReconnectingState):
     """An asyncio client connection that reopens itself (``reconnect=`` option, SPEC.md "Reconnection").
 
     The surface of ``AsyncWebSocket``: ``send``, ``recv``, ``async for``, ``send_json`` /
@@ -215,30 +215,6 @@ class AsyncReconnectingWebSocket:
 
     # ------------------------------------------------------------ state
 
-    @property
-    def connection(self) -> AsyncWebSocket | None:
-        """The current (or last) underlying connection."""
-        return self._ws
-
-    @property
-    def closed(self) -> bool:
-        """True once closed for good: ``close()`` was called or no reconnection will follow."""
-        return self._final
-
-    @property
-    def open(self) -> bool:
-        """True while connected (messages go straight out)."""
-        return self.connected and self._ws is not None and self._ws.open
-
-    @property
-    def pending(self) -> int:
-        """Messages waiting for a connection (in ack mode, with those not yet acknowledged)."""
-        return len(self._outbox)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self._ws, name)
 
     def _notify(self) -> None:
         fut = self._changed

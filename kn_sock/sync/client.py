@@ -22,7 +22,7 @@ from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandsha
 from ..handshake import ClientHandshake
 from ..options import Options, make_options
 from ..protocol import CLIENT, Protocol, State
-from ..reconnect import Outbox, ReconnectPolicy, end_code, queueable, retryable_error
+from ..reconnect import Outbox, ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
 from ..uri import WebSocketURI, parse_uri
 from .connection import PongWaiter, WebSocket
 
@@ -141,7 +141,7 @@ def _set_timeout(sock: socket.socket, deadline: float | None) -> None:
     sock.settimeout(left)
 
 
-class ReconnectingWebSocket:
+class ReconnectingWebSocket(ReconnectingState):
     """A blocking client connection that reopens itself (``reconnect=`` option, SPEC.md "Reconnection").
 
     The surface of ``WebSocket``: ``send``, ``recv``, ``for``, ``send_json`` / ``recv_json``,
@@ -182,30 +182,6 @@ class ReconnectingWebSocket:
 
     # ------------------------------------------------------------ state
 
-    @property
-    def connection(self) -> WebSocket | None:
-        """The current (or last) underlying connection."""
-        return self._ws
-
-    @property
-    def closed(self) -> bool:
-        """True once closed for good: ``close()`` was called or no reconnection will follow."""
-        return self._final
-
-    @property
-    def open(self) -> bool:
-        """True while connected (messages go straight out)."""
-        return self.connected and self._ws is not None and self._ws.open
-
-    @property
-    def pending(self) -> int:
-        """Messages waiting for a connection (in ack mode, with those not yet acknowledged)."""
-        return len(self._outbox)
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self._ws, name)
 
     def _closed_error(self) -> ConnectionClosed:
         ws = self._ws
