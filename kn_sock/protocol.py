@@ -197,11 +197,7 @@ class Protocol:
         """Feed bytes from the peer; return the messages (str/bytes) and events they complete."""
         if self.state is State.CLOSED or self.close_rcvd is not None:
             return []
-        frames = self.parser.feed(data)
-        events = self._process(frames) if frames else []
-        if self.parser.error is not None and self.state is not State.CLOSED:
-            self._fail_with(self.parser.error, events)
-        return events
+        return self.receive_frames(self.parser.feed(data))
 
     def receive_frames(self, frames: list[Any]) -> list[Any]:
         """Process frames parsed elsewhere (by a parser fed through ``get_buffer``)."""
