@@ -325,6 +325,19 @@ class ReconnectingState:
     connected: bool
     _outbox: Outbox
 
+    def _init_state(self, max_pending: int, ack: Any) -> None:
+        """Set the state both clients share (called from their ``__init__``)."""
+        self._outbox = Outbox(max_pending, ack)
+        self._ws = None
+        self._closing = False  # close() was called: never reconnect
+        self._final = False  # no reconnection will follow
+        #: True while a connection is open and the queue has been flushed into it.
+        self.connected = False
+        #: Successful reconnections so far (the first connection does not count).
+        self.reconnects = 0
+        #: How the previous connection ended (``end_code``), None before any ended.
+        self.last_close_code: int | None = None
+
     @property
     def connection(self) -> Any:
         """The current (or last) underlying connection."""

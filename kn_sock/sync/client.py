@@ -22,7 +22,7 @@ from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandsha
 from ..handshake import ClientHandshake
 from ..options import Options, make_options
 from ..protocol import CLIENT, Protocol, State
-from ..reconnect import Outbox, ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
+from ..reconnect import ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
 from ..uri import WebSocketURI, parse_uri
 from .connection import PongWaiter, WebSocket
 
@@ -166,22 +166,10 @@ class ReconnectingWebSocket(ReconnectingState):
         self._wsuri = wsuri
         self._opts = opts
         self._policy = policy
-        self._outbox = Outbox(opts.max_pending, opts.extra.get("ack"))
+        self._init_state(opts.max_pending, opts.extra.get("ack"))
         self._cond = threading.Condition()
         self._stop = threading.Event()
-        self._ws: WebSocket | None = None
         self._thread: threading.Thread | None = None
-        self._closing = False  # close() was called: never reconnect
-        self._final = False  # no reconnection will follow
-        #: True while a connection is open and the queue has been flushed into it.
-        self.connected = False
-        #: Successful reconnections so far (the first connection does not count).
-        self.reconnects = 0
-        #: How the previous connection ended (``reconnect.end_code``), None before any ended.
-        self.last_close_code: int | None = None
-
-    # ------------------------------------------------------------ state
-
 
     def _closed_error(self) -> ConnectionClosed:
         ws = self._ws
