@@ -26,6 +26,7 @@ __all__ = [
     "FrameParser",
     "build_frame",
     "Frame",
+    "Waiter",
 ]
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -458,3 +459,176 @@ def build_frame(
     key = _mask_key(mask)
     return header + key + apply_mask(data, key)
 
+
+
+_PENDING, _RESULT, _EXCEPTION, _CANCELLED = 0, 1, 2, 3
+_asyncio_names: list = []  # [current_task, CancelledError, InvalidStateError], on first use
+
+
+def _asyncio() -> list:
+    if not _asyncio_names:  # lazily: the blocking API never imports asyncio
+        import asyncio
+
+        _asyncio_names.extend((asyncio.current_task, asyncio.CancelledError, asyncio.InvalidStateError))
+    return _asyncio_names
+
+
+class Waiter:
+    """A future-like object (``asyncio.isfuture`` is true) that can resume its task inline.
+
+    An asyncio task that awaits a future registers its wake-up with ``add_done_callback``;
+    a plain ``asyncio.Future`` always schedules that wake-up with ``loop.call_soon``, so the
+    task runs on the next loop iteration. A ``Waiter`` keeps the first callback (the awaiting
+    task's wake-up) aside: ``set_result``, ``set_exception`` and ``cancel`` behave exactly like
+    a future's (every callback scheduled through the loop), while ``resolve(result)`` followed
+    by ``wake_now()`` — meant for protocol callbacks — runs the task's next step right away
+    when no task is running on the loop (else it is scheduled as usual). The task, its
+    context, ``current_task()`` and cancellation are untouched: only the trip through the
+    loop is skipped.
+    """
+
+    __slots__ = ("_asyncio_future_blocking", "_loop", "_state", "_value", "_wake", "_wake_ctx", "_callbacks")
+
+    def __init__(self, loop: object) -> None:
+        self._asyncio_future_blocking = False
+        self._loop = loop
+        self._state = _PENDING
+        self._value: object = None  # the result, the exception or the cancel message
+        self._wake: object = None
+        self._wake_ctx: object = None
+        self._callbacks: list | None = None
+
+    def __repr__(self) -> str:
+        state = ("pending", "finished", "failed", "cancelled")[self._state]
+        return f"<Waiter {state}>"
+
+    def get_loop(self) -> object:
+        """The event loop this waiter belongs to."""
+        return self._loop
+
+    def done(self) -> bool:
+        """True once a result, an exception or a cancellation is set."""
+        return self._state != _PENDING
+
+    def cancelled(self) -> bool:
+        """True if cancelled."""
+        return self._state == _CANCELLED
+
+    def result(self) -> object:
+        """The result; raises the exception, ``CancelledError``, or ``InvalidStateError`` if pending."""
+        state = self._state
+        if state == _RESULT:
+            return self._value
+        if state == _EXCEPTION:
+            raise self._value  # type: ignore[misc]
+        names = _asyncio()
+        if state == _CANCELLED:
+            raise names[1]() if self._value is None else names[1](self._value)
+        raise names[2]("Result is not ready.")
+
+    def exception(self) -> object:
+        """The exception (None after a result); ``CancelledError`` / ``InvalidStateError`` as ``result``."""
+        state = self._state
+        if state == _RESULT:
+            return None
+        if state == _EXCEPTION:
+            return self._value
+        names = _asyncio()
+        if state == _CANCELLED:
+            raise names[1]() if self._value is None else names[1](self._value)
+        raise names[2]("Exception is not set.")
+
+    def add_done_callback(self, fn: object, *, context: object = None) -> None:
+        """Call ``fn(self)`` once done (through the loop); the first one may be run by ``wake_now``."""
+        if self._state != _PENDING:
+            self._loop.call_soon(fn, self, context=context)  # type: ignore[attr-defined]
+        elif self._wake is None:
+            self._wake = fn
+            self._wake_ctx = context
+        else:
+            if self._callbacks is None:
+                self._callbacks = []
+            self._callbacks.append((fn, context))
+
+    def remove_done_callback(self, fn: object) -> int:
+        """Remove every registration of ``fn``; returns how many were removed."""
+        n = 0
+        if self._wake is not None and self._wake == fn:
+            self._wake = self._wake_ctx = None
+            n = 1
+        if self._callbacks:
+            kept = [(f, c) for f, c in self._callbacks if f != fn]
+            n += len(self._callbacks) - len(kept)
+            self._callbacks = kept
+        return n
+
+    def _complete(self, state: int, value: object) -> None:
+        if self._state != _PENDING:
+            raise _asyncio()[2]("invalid state")
+        self._state = state
+        self._value = value
+        callbacks = self._callbacks
+        if callbacks:
+            self._callbacks = None
+            call_soon = self._loop.call_soon  # type: ignore[attr-defined]
+            for fn, ctx in callbacks:
+                call_soon(fn, self, context=ctx)
+
+    def _schedule_wake(self) -> None:
+        fn = self._wake
+        if fn is not None:
+            ctx = self._wake_ctx
+            self._wake = self._wake_ctx = None
+            self._loop.call_soon(fn, self, context=ctx)  # type: ignore[attr-defined]
+
+    def set_result(self, result: object) -> None:
+        """Complete with ``result``; every callback goes through the loop."""
+        self._complete(_RESULT, result)
+        self._schedule_wake()
+
+    def set_exception(self, exception: object) -> None:
+        """Complete with ``exception`` (a class is instantiated); every callback goes through the loop."""
+        if isinstance(exception, type):
+            exception = exception()
+        if not isinstance(exception, BaseException):
+            raise TypeError("invalid exception object")
+        if isinstance(exception, StopIteration):
+            raise TypeError("StopIteration interacts badly with generators and cannot be raised into a Future")
+        self._complete(_EXCEPTION, exception)
+        self._schedule_wake()
+
+    def cancel(self, msg: object = None) -> bool:
+        """Cancel (False if already done); every callback goes through the loop."""
+        if self._state != _PENDING:
+            return False
+        self._complete(_CANCELLED, msg)
+        self._schedule_wake()
+        return True
+
+    def resolve(self, result: object) -> None:
+        """Complete with ``result`` but keep the awaiting task's wake-up for ``wake_now()``."""
+        self._complete(_RESULT, result)
+
+    def wake_now(self) -> None:
+        """After ``resolve``: resume the awaiting task here if no task is running, else via the loop."""
+        fn = self._wake
+        if fn is None or self._state == _PENDING:
+            return
+        loop = self._loop
+        ctx = self._wake_ctx
+        self._wake = self._wake_ctx = None
+        if _asyncio()[0](loop) is not None:  # never run a task inside another one
+            loop.call_soon(fn, self, context=ctx)  # type: ignore[attr-defined]
+        elif ctx is None:
+            fn(self)  # type: ignore[operator]
+        else:
+            ctx.run(fn, self)  # type: ignore[attr-defined]
+
+    def __await__(self):  # type: ignore[no-untyped-def]
+        """Suspend until done, then return the result (or raise)."""
+        if self._state == _PENDING:
+            self._asyncio_future_blocking = True
+            yield self
+        return self.result()
+
+    __iter__ = __await__

@@ -53,6 +53,7 @@ __all__ = [
     "FrameParser",
     "build_frame",
     "Frame",
+    "Waiter",
 ]
 
 Frame = tuple  # (opcode: int, fin: bool, rsv1: bool, payload: bytes | str)
@@ -1146,3 +1147,186 @@ cdef object _build(object opcode, const unsigned char *src, Py_ssize_t n, bint f
     # Header, key and (masked) payload in one allocation, the payload written in one pass.
     _copy_payload(out + hlen, src, n, mbit != 0, key, 0)
     return frame
+
+
+# ---------------------------------------------------------------- Waiter (see _pure.Waiter)
+
+cdef enum:
+    _W_PENDING = 0
+    _W_RESULT = 1
+    _W_EXCEPTION = 2
+    _W_CANCELLED = 3
+
+cdef object _current_task = None       # asyncio names, imported on first use (the blocking
+cdef object _CancelledError = None     # API never imports asyncio)
+cdef object _InvalidStateError = None
+
+
+cdef int _load_asyncio() except -1:
+    global _current_task, _CancelledError, _InvalidStateError
+    if _current_task is None:
+        import asyncio
+        _CancelledError = asyncio.CancelledError
+        _InvalidStateError = asyncio.InvalidStateError
+        _current_task = asyncio.current_task
+    return 0
+
+
+cdef class Waiter:
+    """A future-like object (``asyncio.isfuture`` is true) that can resume its task inline.
+
+    See ``kn_sock._pure.Waiter``: the same methods, the same behaviour, in C — every call the
+    task machinery makes on it (``get_loop``, ``add_done_callback``, ``result``) is a C call.
+    """
+
+    cdef public bint _asyncio_future_blocking
+    cdef object _loop
+    cdef int _state
+    cdef object _value
+    cdef object _wake
+    cdef object _wake_ctx
+    cdef list _callbacks
+
+    def __init__(self, loop):
+        self._loop = loop
+        _load_asyncio()
+
+    def __repr__(self):
+        return f"<Waiter {('pending', 'finished', 'failed', 'cancelled')[self._state]}>"
+
+    def get_loop(self):
+        """The event loop this waiter belongs to."""
+        return self._loop
+
+    def done(self):
+        """True once a result, an exception or a cancellation is set."""
+        return self._state != _W_PENDING
+
+    def cancelled(self):
+        """True if cancelled."""
+        return self._state == _W_CANCELLED
+
+    def result(self):
+        """The result; raises the exception, ``CancelledError``, or ``InvalidStateError`` if pending."""
+        if self._state == _W_RESULT:
+            return self._value
+        if self._state == _W_EXCEPTION:
+            raise self._value
+        if self._state == _W_CANCELLED:
+            raise _CancelledError() if self._value is None else _CancelledError(self._value)
+        raise _InvalidStateError("Result is not ready.")
+
+    def exception(self):
+        """The exception (None after a result); ``CancelledError`` / ``InvalidStateError`` as ``result``."""
+        if self._state == _W_RESULT:
+            return None
+        if self._state == _W_EXCEPTION:
+            return self._value
+        if self._state == _W_CANCELLED:
+            raise _CancelledError() if self._value is None else _CancelledError(self._value)
+        raise _InvalidStateError("Exception is not set.")
+
+    def add_done_callback(self, fn, *, context=None):
+        """Call ``fn(self)`` once done (through the loop); the first one may be run by ``wake_now``."""
+        if self._state != _W_PENDING:
+            self._loop.call_soon(fn, self, context=context)
+        elif self._wake is None:
+            self._wake = fn
+            self._wake_ctx = context
+        else:
+            if self._callbacks is None:
+                self._callbacks = []
+            self._callbacks.append((fn, context))
+
+    def remove_done_callback(self, fn):
+        """Remove every registration of ``fn``; returns how many were removed."""
+        cdef Py_ssize_t n = 0
+        if self._wake is not None and self._wake == fn:
+            self._wake = self._wake_ctx = None
+            n = 1
+        if self._callbacks:
+            kept = [(f, c) for f, c in self._callbacks if f != fn]
+            n += len(self._callbacks) - len(kept)
+            self._callbacks = kept
+        return n
+
+    cdef int _complete(self, int state, object value) except -1:
+        if self._state != _W_PENDING:
+            raise _InvalidStateError("invalid state")
+        self._state = state
+        self._value = value
+        callbacks = self._callbacks
+        if callbacks:
+            self._callbacks = None
+            call_soon = self._loop.call_soon
+            for fn, ctx in callbacks:
+                call_soon(fn, self, context=ctx)
+        return 0
+
+    cdef int _schedule_wake(self) except -1:
+        fn = self._wake
+        if fn is not None:
+            ctx = self._wake_ctx
+            self._wake = self._wake_ctx = None
+            self._loop.call_soon(fn, self, context=ctx)
+        return 0
+
+    def set_result(self, result):
+        """Complete with ``result``; every callback goes through the loop."""
+        self._complete(_W_RESULT, result)
+        self._schedule_wake()
+
+    def set_exception(self, exception):
+        """Complete with ``exception`` (a class is instantiated); every callback goes through the loop."""
+        if isinstance(exception, type):
+            exception = exception()
+        if not isinstance(exception, BaseException):
+            raise TypeError("invalid exception object")
+        if isinstance(exception, StopIteration):
+            raise TypeError("StopIteration interacts badly with generators and cannot be raised into a Future")
+        self._complete(_W_EXCEPTION, exception)
+        self._schedule_wake()
+
+    def cancel(self, msg=None):
+        """Cancel (False if already done); every callback goes through the loop."""
+        if self._state != _W_PENDING:
+            return False
+        self._complete(_W_CANCELLED, msg)
+        self._schedule_wake()
+        return True
+
+    def resolve(self, result):
+        """Complete with ``result`` but keep the awaiting task's wake-up for ``wake_now()``."""
+        self._complete(_W_RESULT, result)
+
+    def wake_now(self):
+        """After ``resolve``: resume the awaiting task here if no task is running, else via the loop."""
+        fn = self._wake
+        if fn is None or self._state == _W_PENDING:
+            return
+        loop = self._loop
+        ctx = self._wake_ctx
+        self._wake = self._wake_ctx = None
+        if _current_task(loop) is not None:  # never run a task inside another one
+            loop.call_soon(fn, self, context=ctx)
+        elif ctx is None:
+            fn(self)
+        else:
+            ctx.run(fn, self)
+
+    def __await__(self):
+        """Suspend until done, then return the result (or raise)."""
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        if self._state == _W_PENDING:
+            self._asyncio_future_blocking = True
+            return self
+        raise StopIteration(self.result())
+
+    def send(self, value):
+        """Generator protocol: the same as ``next()`` (the value sent is ignored, as by a future)."""
+        return self.__next__()

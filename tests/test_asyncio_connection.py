@@ -6,6 +6,7 @@ Every protocol-relevant test runs under both parser twins (``backend`` ids [pure
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import socket
 
@@ -181,6 +182,30 @@ async def test_many_messages_in_order(backend):
                 await ws.send(str(i))
             for i in range(500):
                 assert await ws.recv(timeout=TIMEOUT) == str(i)
+
+
+async def test_handler_keeps_its_task_and_context_across_messages(backend):
+    # recv() resumes the handler straight from the protocol callback (no loop trip): it must
+    # still run as its own task, in its own context, and mix freely with other awaits.
+    var: contextvars.ContextVar[str] = contextvars.ContextVar("var", default="unset")
+
+    async def handler(websocket, path):
+        var.set(path)
+        me = asyncio.current_task()
+        async for message in websocket:
+            if message == "sleep":
+                await asyncio.sleep(0.001)
+            await websocket.send(f"{message} {var.get()} {asyncio.current_task() is me}")
+
+    async with serving(handler, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, path="/p", backend=backend) as ws:
+            for message in ("a", "sleep", "b", "c"):
+                await ws.send(message)
+                assert await ws.recv(timeout=TIMEOUT) == f"{message} /p True"
+            for i in range(50):  # several messages per read
+                await ws.send(str(i))
+            for i in range(50):
+                assert await ws.recv(timeout=TIMEOUT) == f"{i} /p True"
 
 
 async def test_json(backend):

@@ -7,7 +7,7 @@ masks, offsets, chunkings, valid and invalid UTF-8 and random frame streams.
 from __future__ import annotations
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from kn_sock import _backend
@@ -212,6 +212,8 @@ def chopped_text(draw):
         else:
             hi = mid
     first_bad = start + lo - 1 if lo <= len(payload) else None  # offset of the decisive byte
+    if first_bad is None and fin and payload and not P.validate_utf8(payload):
+        first_bad = start + len(payload) - 1  # a valid prefix cut short: the final byte decides
     near = st.integers(max(0, start + lo - 6), min(len(stream), start + lo + 6))
     cuts = draw(st.lists(st.one_of(st.integers(0, len(stream)), near), max_size=30))
     opts = dict(
@@ -252,6 +254,14 @@ def error_segment(mod, stream, opts, cuts, use_buffer):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(case=chopped_text())
+@example(  # a final text frame ending inside a code point: 1007 with its last byte
+    case=(
+        b"\x89\x01p\x81\x03\xf0\x9f\x98\x8a\x00",
+        {"expect_mask": False, "rsv1_allowed": False, "max_size": None, "decode_text": True},
+        [],
+        {"first_bad": 7, "frame_end": 8, "fin": True},
+    )
+)
 def test_early_utf8_error_at_the_same_call(case):
     """Both twins report a mid-frame 1007 at exactly the same call, whatever the cuts, and that
     call is the one that brings the first byte that makes the text frame invalid."""

@@ -793,6 +793,6 @@ class TestBuildFrame:
 
 def test_same_public_names(backend):
     assert sorted(backend.__all__) == sorted(
-        ["apply_mask", "apply_mask_inplace", "validate_utf8", "Utf8Validator", "FrameParser", "build_frame", "Frame"]
+        ["apply_mask", "apply_mask_inplace", "validate_utf8", "Utf8Validator", "FrameParser", "build_frame", "Frame", "Waiter"]
     )
     assert backend.Frame is tuple

@@ -17,6 +17,7 @@ import time
 from collections import deque
 from typing import Any, AsyncIterator, Callable
 
+from .. import _backend
 from .._malloc import tune_malloc_once
 from ..exceptions import InvalidState
 from ..http11 import Headers
@@ -28,6 +29,10 @@ __all__ = ["AsyncWebSocket"]
 logger = logging.getLogger("kn_sock")
 _OPEN = State.OPEN
 
+
+# recv()'s future: resumed inline at the end of a protocol callback (one loop trip saved per
+# message); see kn_sock._pure.Waiter.
+_Waiter = _backend.backend.Waiter
 
 class AsyncWebSocket(asyncio.BufferedProtocol):
     """A WebSocket connection for asyncio (client or server side); every I/O method is awaited."""
@@ -72,7 +77,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         self.protocol: Protocol | None = None
         self._parser: Any = None
         self._messages: deque[Any] | None = None  # created on first queued message (idle memory)
-        self._waiter: asyncio.Future[Any] | None = None
+        self._waiter: _Waiter | None = None
         self._closed_fut: asyncio.Future[None] = loop.create_future()
         self._paused_reading = False
         self._write_paused = False
@@ -175,7 +180,8 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
                         and not waiter.done()
                     ):
                         self._waiter = None
-                        waiter.set_result(payload)
+                        waiter.resolve(payload)
+                        waiter.wake_now()
                         return
                 self._dispatch(self.protocol.receive_frames(frames))  # type: ignore[union-attr]
             elif parser.error is not None:
@@ -254,6 +260,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
 
     def _dispatch(self, events: list[Any]) -> None:
         messages = self._messages
+        woken = None  # a recv() waiter completed here, resumed once everything below is done
         for ev in events:
             t = type(ev)
             if t is str or t is bytes:
@@ -261,7 +268,8 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
                 if waiter is not None and not messages:
                     self._waiter = None
                     if not waiter.done():
-                        waiter.set_result(ev)
+                        waiter.resolve(ev)
+                        woken = waiter
                         continue
                 if messages is None:
                     messages = self._messages = deque()
@@ -274,17 +282,21 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
                 self._on_closed(ev)
             elif t is not Ping:  # pragma: no cover - no other event exists
                 logger.debug("ignored event %r", ev)
-        proto = self.protocol
-        out = proto.data_to_send()  # type: ignore[union-attr]
-        transport = self.transport
-        if out and transport is not None:
-            transport.write(out[0]) if len(out) == 1 else transport.writelines(out)
-        max_queue = self._max_queue
-        if max_queue is not None and messages and len(messages) >= max_queue and not self._paused_reading and transport is not None:
-            self._paused_reading = True
-            transport.pause_reading()
-        if proto.state is State.CLOSED:  # type: ignore[union-attr]
-            self._after_closed()
+        try:
+            proto = self.protocol
+            out = proto.data_to_send()  # type: ignore[union-attr]
+            transport = self.transport
+            if out and transport is not None:
+                transport.write(out[0]) if len(out) == 1 else transport.writelines(out)
+            max_queue = self._max_queue
+            if max_queue is not None and messages and len(messages) >= max_queue and not self._paused_reading and transport is not None:
+                self._paused_reading = True
+                transport.pause_reading()
+            if proto.state is State.CLOSED:  # type: ignore[union-attr]
+                self._after_closed()
+        finally:
+            if woken is not None:
+                woken.wake_now()
 
     def _on_pong(self, ev: Pong) -> None:
         now = self._loop.time()
@@ -562,7 +574,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
             return None
         if self._waiter is not None and not self._waiter.done():
             raise InvalidState("recv() is already being awaited by another task")
-        waiter = self._waiter = self._loop.create_future()
+        waiter = self._waiter = _Waiter(self._loop)
         handle = self._loop.call_later(timeout, _timeout_waiter, waiter) if timeout is not None else None
         try:
             return await waiter
@@ -644,7 +656,7 @@ async def _as_async_iter(iterable: Any) -> AsyncIterator[Any]:
         yield item
 
 
-def _timeout_waiter(waiter: asyncio.Future[Any]) -> None:
+def _timeout_waiter(waiter: Any) -> None:
     if not waiter.done():
         waiter.set_exception(TimeoutError("no message received in time"))
 
