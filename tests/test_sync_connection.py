@@ -208,7 +208,10 @@ def test_concurrent_senders(backend):
 
             def sender(k):
                 for i in range(n_messages):
-                    ws.send(f"{k}:{i}:" + "p" * (i % 50) * 40)
+                    if i % 20 == 7:  # fragmented messages among whole ones, from every thread
+                        ws.send([f"{k}:{i}:", "fr", "ag"])
+                    else:
+                        ws.send(f"{k}:{i}:" + "p" * (i % 50) * 40)
                 ws.send([f"{k}:", "frag"])
 
             threads = [threading.Thread(target=sender, args=(k,)) for k in range(n_threads)]
@@ -221,6 +224,7 @@ def test_concurrent_senders(backend):
         mine = [m for m in got if m.startswith(f"{k}:")]
         assert mine[-1] == f"{k}:frag"
         assert [int(m.split(":")[1]) for m in mine[:-1]] == list(range(n_messages))
+        assert all(m.endswith(":frag") for m in mine[7:-1:20])
 
 
 def test_concurrent_send_and_recv(backend):
@@ -233,6 +237,29 @@ def test_concurrent_send_and_recv(backend):
                 ws.send(str(i))
             reader.join(20)
             assert got == [str(i) for i in range(500)]
+
+
+@pytest.mark.parametrize("how", ["close", "abort"])
+def test_recv_without_timeout_is_woken_by_close_from_another_thread(backend, how):
+    # A recv() with no timeout sleeps in the socket's own blocking read: close() / abort()
+    # from another thread must end it (it returns None), as must the peer's answer.
+    def handler(ws, address):
+        while ws.recv() is not None:
+            pass
+
+    with running_server(handler, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend, ping_interval=None)
+        got = queue.Queue()
+        reader = threading.Thread(target=lambda: got.put(ws.recv()))
+        reader.start()
+        time.sleep(0.05)  # let it block in the read (nothing to wait for: it must stay blocked)
+        assert got.empty()
+        start = time.monotonic()
+        getattr(ws, how)()
+        assert got.get(timeout=5) is None
+        assert time.monotonic() - start < 2
+        reader.join(5)
+        assert ws.closed
 
 
 # ---------------------------------------------------------------- ping / pong / keepalive (§5.5.2, §5.5.3)

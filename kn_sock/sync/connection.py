@@ -2,14 +2,17 @@
 
 Design (threads and who touches the socket):
 
-- The socket is non-blocking once the opening handshake is done. Two parties may read it:
+- Once the opening handshake is done, no call on the socket blocks except the reading
+  application thread's own ``recv_into`` (a plain socket stays in blocking mode and every
+  other call passes MSG_DONTWAIT; a TLS socket is non-blocking). Two parties may read it:
   an application thread inside ``recv()`` and the process's shared reactor thread
   (:mod:`kn_sock.sync.reactor`). ``_read_lock`` says who: whoever holds it reads the socket
   (``recv_into`` the parser's ``get_buffer()``) and feeds the parser. The reactor only ever
   *tries* to take it and never waits.
 - ``recv()`` first pops the message queue. When the queue is empty, the calling thread takes
   the socket: it takes ``_read_lock``, removes the socket from the reactor's interest set and
-  reads it itself (poll + ``recv_into``), so a request/response loop costs no thread switch.
+  reads it itself (a blocking ``recv_into``; poll first when a timeout is given), so a
+  request/response loop costs no thread switch.
   On the way out it keeps the socket for a little longer (lazy hand-back): the reactor's
   tick, running every ``HOLD_TICK`` (10 ms) only while some connection is held, gives the
   socket back to the reactor once the application has stayed out of ``recv()`` for a tick.
@@ -58,6 +61,11 @@ _OPEN = State.OPEN
 _CLOSED = State.CLOSED
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl_module.SSLWantReadError, ssl_module.SSLWantWriteError)
 _HAS_POLL = hasattr(select, "poll")
+#: Plain sockets stay in blocking mode: the application thread's ``recv()`` then sleeps in
+#: ``recv_into`` itself (one system call per read, no poll first), while every other socket
+#: call passes MSG_DONTWAIT and never blocks. TLS sockets (and systems without MSG_DONTWAIT)
+#: are non-blocking instead, and a reading application thread polls before reading.
+_DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
 
 
 class PongWaiter:
@@ -107,6 +115,7 @@ class WebSocket:
         "_fd",
         "_ssl",
         "_io_lock",
+        "_nb",
         "_parser",
         "_lock",
         "_read_lock",
@@ -150,6 +159,8 @@ class WebSocket:
         self._ssl = isinstance(sock, ssl_module.SSLSocket)
         # OpenSSL objects must not be used by two threads at once: serialise TLS calls.
         self._io_lock = threading.Lock() if self._ssl else None
+        # Flags of the never-blocking calls on a plain socket in blocking mode (0: non-blocking socket).
+        self._nb = _DONTWAIT if not self._ssl else 0
         self._parser = protocol.parser
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -228,7 +239,7 @@ class WebSocket:
     def _start(self, remainder: bytes = b"") -> None:
         """The handshake succeeded: go non-blocking, start keepalive, hand the socket to the reactor."""
         tune_malloc_once()
-        self._sock.setblocking(False)
+        self._sock.setblocking(bool(self._nb))
         opts = self._opts
         with self._lock:
             if opts.ping_interval:
@@ -262,7 +273,7 @@ class WebSocket:
         while not self._sock_done:
             try:
                 if io_lock is None:
-                    n = sock.recv_into(parser.get_buffer(-1))
+                    n = sock.recv_into(parser.get_buffer(-1), 0, self._nb)
                 else:
                     with io_lock:
                         n = sock.recv_into(parser.get_buffer(-1))
@@ -317,6 +328,19 @@ class WebSocket:
             return
         parser = self._parser
         frames = parser.buffer_updated(n)
+        if len(frames) == 1 and parser.error is None:
+            # Speed: one whole uncompressed data message while OPEN (the parser has checked it
+            # is not inside a fragmented one) — queue it without the Protocol round trip; what
+            # _dispatch would do, minus everything that only control frames need.
+            opcode, fin, rsv1, payload = frames[0]
+            if fin and not rsv1 and (opcode == 2 or opcode == 1) and self.protocol.state is _OPEN:
+                messages = self._messages
+                messages.append(payload)
+                max_queue = self._max_queue
+                if max_queue is not None and len(messages) >= max_queue:
+                    with self._lock:
+                        self._read_paused = True
+                return
         if frames or parser.error is not None:
             with self._lock:
                 self._dispatch(self.protocol.receive_frames(frames))
@@ -391,7 +415,7 @@ class WebSocket:
             return
         try:
             if self._io_lock is None:
-                n = self._sock.send(data)
+                n = self._sock.send(data, self._nb)
             else:
                 with self._io_lock:
                     n = self._sock.send(data)
@@ -416,7 +440,7 @@ class WebSocket:
             data = wbuf[0]
             try:
                 if io_lock is None:
-                    n = sock.send(data)
+                    n = sock.send(data, self._nb)
                 else:
                     with io_lock:
                         n = sock.send(data)
@@ -555,6 +579,27 @@ class WebSocket:
             TypeError: a message of another type.
         """
         proto = self.protocol
+        t = type(message)
+        if t is bytes or t is str:
+            # Speed: a whole message needs only _lock (frames are written whole under it);
+            # _send_lock matters only while another thread sends a fragmented message.
+            with self._lock:
+                written = not proto._send_frag_open
+                if written:
+                    data = proto.send(message)
+                    if self._sock_done:
+                        raise proto.closed_exception()
+                    if type(data) is tuple:  # large frame: header, then the payload (no copy)
+                        self._write(data[0])
+                        self._write(data[1])
+                    else:
+                        self._write(data)
+                    if self._wbuf_size <= self._write_limit:
+                        return
+            if written:
+                with self._send_lock:  # over write_limit: drain like any sender, one at a time
+                    self._drain()
+                return
         with self._send_lock:
             if isinstance(message, (str, bytes, bytearray, memoryview)):
                 with self._lock:
@@ -729,9 +774,17 @@ class WebSocket:
         if not self._read_lock.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
             raise TimeoutError("no message received in time")
         try:
-            with self._lock:
+            if self._held:
+                # Speed: held, the reactor is not watching the socket for reads, and it reads
+                # _app_reading under _lock before giving the socket back (_release_hold). Should
+                # it have just given it back, it may see the socket readable while we read it;
+                # it then fails to take _read_lock and leaves it to us, and the finally below
+                # holds the socket again.
                 self._app_reading = True
-                self._update_interest()
+            else:
+                with self._lock:
+                    self._app_reading = True
+                    self._update_interest()
             while True:
                 if messages:
                     msg = messages.popleft()
@@ -754,7 +807,7 @@ class WebSocket:
                     if not self._held:
                         self._held = True
                         self._reactor.hold(self)
-                    self._update_interest()
+                        self._update_interest()
 
     def _release_hold(self, now: float) -> None:
         """Reactor tick: give the socket back to the reactor if the application left it idle."""
@@ -778,7 +831,10 @@ class WebSocket:
                 if not self._sock_done:
                     self._flush()
             return
-        if not (self._ssl and sock.pending()):
+        flags = self._nb
+        if flags and deadline is None:
+            flags = 0  # blocking read: the data, the peer's EOF or our shutdown() wakes it
+        elif not (self._ssl and sock.pending()):
             if self._rpoll is None and _HAS_POLL:
                 self._rpoll = select.poll()
                 self._rpoll.register(self._fd, select.POLLIN)
@@ -787,7 +843,7 @@ class WebSocket:
                 raise TimeoutError("no message received in time")
         try:
             if self._io_lock is None:
-                n = sock.recv_into(self._parser.get_buffer(-1))
+                n = sock.recv_into(self._parser.get_buffer(-1), 0, flags)
             else:
                 with self._io_lock:
                     n = sock.recv_into(self._parser.get_buffer(-1))
