@@ -13,6 +13,8 @@ parser was created with ``decode_text=True``: its payload is already decoded to 
 from __future__ import annotations
 
 import codecs
+import errno as _errno
+import os
 import struct
 from typing import Union
 
@@ -27,6 +29,7 @@ __all__ = [
     "build_frame",
     "Frame",
     "Waiter",
+    "send_many",
 ]
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -632,3 +635,29 @@ class Waiter:
         return self.result()
 
     __iter__ = __await__
+
+
+def send_many(fds: list, data: BytesLike) -> list:
+    """Write ``data`` once to each non-blocking socket in ``fds`` (the Cython twin: GIL released).
+
+    Returns, per descriptor, the number of bytes the kernel took or ``-errno`` (never raises
+    for a socket error: the caller hands what is left to the socket's owner).
+    """
+    view = memoryview(data)
+    fds = [_index(fd) for fd in fds]
+    out = []
+    for fd in fds:
+        try:
+            out.append(os.write(fd, view) if os.name == "posix" else -_errno.ENOSYS)
+        except OSError as exc:
+            out.append(-(exc.errno or _errno.EIO))
+    return out
+
+
+def _index(fd: object) -> int:
+    fd = int.__index__(fd) if type(fd) is not int else fd  # type: ignore[arg-type]
+    if fd < 0:
+        raise ValueError("file descriptor cannot be a negative integer")
+    if fd >= 2**63:
+        raise OverflowError("file descriptor out of range")
+    return fd

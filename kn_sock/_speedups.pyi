@@ -15,6 +15,7 @@ __all__ = [
     "build_frame",
     "Frame",
     "Waiter",
+    "send_many",
 ]
 
 _BytesLike: TypeAlias = Union[bytes, bytearray, memoryview]
@@ -91,3 +92,5 @@ class Waiter:
     def __iter__(self) -> Waiter: ...
     def __next__(self) -> Waiter: ...
     def send(self, value: object) -> Waiter: ...
+
+def send_many(fds: list[int], data: _BytesLike) -> list[int]: ...

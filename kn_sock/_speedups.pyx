@@ -54,6 +54,7 @@ __all__ = [
     "build_frame",
     "Frame",
     "Waiter",
+    "send_many",
 ]
 
 Frame = tuple  # (opcode: int, fin: bool, rsv1: bool, payload: bytes | str)
@@ -1330,3 +1331,63 @@ cdef class Waiter:
     def send(self, value):
         """Generator protocol: the same as ``next()`` (the value sent is ignored, as by a future)."""
         return self.__next__()
+
+
+# ---------------------------------------------------------------- send_many (see _pure.send_many)
+
+cdef extern from *:
+    """
+    #ifdef _WIN32
+    static Py_ssize_t kn_send_nb(long long fd, const char *buf, Py_ssize_t n) { (void)fd; (void)buf; (void)n; return -38; }
+    #else
+    #include <errno.h>
+    #include <sys/socket.h>
+    #ifndef MSG_NOSIGNAL
+    #define MSG_NOSIGNAL 0
+    #endif
+    #ifndef MSG_DONTWAIT
+    #define MSG_DONTWAIT 0
+    #endif
+    static Py_ssize_t kn_send_nb(long long fd, const char *buf, Py_ssize_t n) {
+        ssize_t r;
+        do {
+            r = send((int)fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
+        } while (r < 0 && errno == EINTR);
+        return r < 0 ? -(Py_ssize_t)errno : (Py_ssize_t)r;
+    }
+    #endif
+    """
+    Py_ssize_t kn_send_nb(long long fd, const char *buf, Py_ssize_t n) nogil
+
+
+def send_many(fds, data):
+    """Write ``data`` once to each non-blocking socket in ``fds`` (one pass, the GIL released).
+
+    Returns, per descriptor, the number of bytes the kernel took or ``-errno`` (never raises
+    for a socket error: the caller hands what is left to the socket's owner).
+    """
+    cdef Py_buffer view
+    cdef Py_ssize_t i, count
+    cdef long long *cfds = NULL
+    cdef Py_ssize_t *out = NULL
+    _get_view(data, &view)
+    try:
+        count = len(fds)
+        if count == 0:
+            return []
+        cfds = <long long *>PyMem_Malloc(count * sizeof(long long))
+        out = <Py_ssize_t *>PyMem_Malloc(count * sizeof(Py_ssize_t))
+        if cfds == NULL or out == NULL:
+            raise MemoryError()
+        for i in range(count):
+            cfds[i] = PyNumber_Index(fds[i])
+            if cfds[i] < 0:
+                raise ValueError("file descriptor cannot be a negative integer")
+        with nogil:
+            for i in range(count):
+                out[i] = kn_send_nb(cfds[i], <const char *>view.buf, view.len)
+        return [out[i] for i in range(count)]
+    finally:
+        PyBuffer_Release(&view)
+        PyMem_Free(cfds)
+        PyMem_Free(out)

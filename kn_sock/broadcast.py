@@ -19,6 +19,7 @@ plus one message.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import types
 from typing import Any, Iterable
@@ -34,6 +35,7 @@ logger = logging.getLogger("kn_sock")
 DEFAULT_LIMIT = 2**20
 
 _OK, _SLOW, _NOT_OPEN, _BUSY = 0, 1, 2, 3
+_DIRECT = os.name == "posix"  # asyncio connections on plain sockets: one send_many() for all
 
 
 def broadcast(connections: Iterable[Any], message: Any, *, limit: int = DEFAULT_LIMIT, policy: str = "skip") -> list[Any]:
@@ -76,6 +78,9 @@ def broadcast(connections: Iterable[Any], message: Any, *, limit: int = DEFAULT_
         raise TypeError(f"message must be str or bytes-like, not {type(message).__name__}")
     shared: bytes | None = None  # the one unmasked, uncompressed frame
     left_out = []
+    # asyncio connections whose socket has nothing buffered: written all at once below by
+    # send_many (C loop, GIL released) rather than one transport.write() each.
+    direct: list[Any] | None = [] if _DIRECT else None
     for ws in connections:
         proto = ws.protocol
         if proto is None:
@@ -85,7 +90,7 @@ def broadcast(connections: Iterable[Any], message: Any, *, limit: int = DEFAULT_
         else:
             if shared is None:
                 shared = _backend.backend.build_frame(opcode, data, True, False, None)
-            status = ws._write_frame(shared, None, limit, close_code)
+            status = ws._write_frame(shared, None, limit, close_code, direct)
         if status == _SLOW or status == _BUSY:
             left_out.append(ws)
             if status == _BUSY:
@@ -94,6 +99,12 @@ def broadcast(connections: Iterable[Any], message: Any, *, limit: int = DEFAULT_
                 logger.info("broadcast: closed %s with %d: over %d unsent bytes", ws.remote_address, close_code, limit)
             else:
                 logger.info("broadcast: skipped %s: over %d unsent bytes", ws.remote_address, limit)
+    if direct:
+        assert shared is not None
+        size = len(shared)
+        for ws, sent in zip(direct, _backend.backend.send_many([ws._fd for ws in direct], shared)):
+            if sent < size:  # the kernel took part or none of it (or failed): the transport takes over
+                ws.transport.write(memoryview(shared)[sent:] if sent > 0 else shared)
     return left_out
 
 

@@ -172,3 +172,33 @@ def test_sync_server_connections_and_bad_arguments():
             broadcast(conns, 42)
         for c in clients:
             c.close()
+
+
+@pytest.mark.asyncio
+async def test_direct_writes_that_fill_the_socket_hand_the_rest_to_the_transport(backend):
+    # broadcast() writes to idle plain sockets itself (send_many); when the kernel takes only
+    # part of a frame, or nothing, the transport must carry on with exactly the rest, in order.
+    from kn_sock._pure import FrameParser
+
+    conns, handler = collecting_server()
+    async with serving(handler, backend=backend, compression=None) as server:
+        sock = await asyncio.to_thread(stalled_client, server.port)
+        await wait_until(lambda: len(conns) == 1)
+        ws = next(iter(conns))
+        ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        messages = [bytes([i]) * (20_000 + i) for i in range(60)]  # far more than the sockets hold
+        for m in messages:
+            assert broadcast(conns, m, limit=2**24) == []
+        assert ws.transport.get_write_buffer_size() > 0  # the kernel refused some: buffered
+        parser = FrameParser(expect_mask=False, max_size=None)
+        got: list = []
+
+        def read_all() -> None:
+            while len(got) < len(messages):
+                data = sock.recv(65536)
+                assert data
+                got.extend(payload for opcode, fin, rsv1, payload in parser.feed(data))
+
+        await asyncio.to_thread(read_all)
+        assert got == messages
+        sock.close()

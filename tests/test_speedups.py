@@ -6,8 +6,10 @@ Every test takes the ``backend`` fixture, so it runs as ``[pure]`` and as ``[cyt
 from __future__ import annotations
 
 import array
+import errno
 import os
 import random
+import socket
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -793,6 +795,55 @@ class TestBuildFrame:
 
 def test_same_public_names(backend):
     assert sorted(backend.__all__) == sorted(
-        ["apply_mask", "apply_mask_inplace", "validate_utf8", "Utf8Validator", "FrameParser", "build_frame", "Frame", "Waiter"]
+        ["apply_mask", "apply_mask_inplace", "validate_utf8", "Utf8Validator", "FrameParser", "build_frame", "Frame", "Waiter", "send_many"]
     )
     assert backend.Frame is tuple
+
+
+# --------------------------------------------------------------------------- send_many
+
+
+def test_send_many_writes_to_each_socket(backend):
+    pairs = [socket.socketpair() for _ in range(3)]
+    try:
+        for a, _ in pairs:
+            a.setblocking(False)
+        fds = [a.fileno() for a, _ in pairs] + [pairs[0][0].fileno()]
+        assert backend.send_many(fds, bytearray(b"frame")) == [5, 5, 5, 5]
+        assert pairs[0][1].recv(100) == b"frameframe"
+        assert [b.recv(100) for _, b in pairs[1:]] == [b"frame", b"frame"]
+        assert backend.send_many([], b"x") == []
+    finally:
+        for a, b in pairs:
+            a.close()
+            b.close()
+
+
+def test_send_many_reports_errors_as_negative_errno(backend):
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        b.close()
+        assert backend.send_many([a.fileno()], b"x") == [-errno.EPIPE]
+        c, d = socket.socketpair()
+        c.setblocking(False)
+        try:
+            results = [backend.send_many([c.fileno()], b"y" * 65536)[0] for _ in range(200)]
+            assert results[-1] == -errno.EAGAIN  # full: nothing taken, nothing raised
+            assert all(r == -errno.EAGAIN or 0 < r <= 65536 for r in results)
+        finally:
+            c.close()
+            d.close()
+    finally:
+        a.close()
+
+
+def test_send_many_bad_arguments(backend):
+    with pytest.raises(TypeError, match="bytes-like"):
+        backend.send_many([1], "text")
+    with pytest.raises(ValueError, match="negative"):
+        backend.send_many([-1], b"x")
+    with pytest.raises(TypeError):
+        backend.send_many([1.5], b"x")
+    with pytest.raises(OverflowError):
+        backend.send_many([2**64], b"x")

@@ -66,6 +66,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         "_drop_limit",
         "_handshake",
         "_frag_done",
+        "_fd",
     )
 
     def __init__(self, side: str, opts: Options, loop: asyncio.AbstractEventLoop) -> None:
@@ -97,6 +98,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         self._drop_limit: int | None = None  # closing: queue bound (reading no longer pauses)
         self._handshake: Any = None
         self._frag_done: asyncio.Future[None] | None = None  # set while a fragmented message is sent
+        self._fd = -1  # plain (non-TLS) socket's descriptor: broadcast() may write to it directly
 
     # ------------------------------------------------------------ public attributes
 
@@ -147,6 +149,12 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         self.remote_address = transport.get_extra_info("peername")
         self.local_address = transport.get_extra_info("sockname")
         transport.set_write_buffer_limits(high=self._opts.write_limit)  # type: ignore[attr-defined]
+        sock = transport.get_extra_info("socket")
+        if sock is not None and transport.get_extra_info("sslcontext") is None:
+            try:
+                self._fd = sock.fileno()
+            except (AttributeError, OSError):  # pragma: no cover - an unusual transport
+                self._fd = -1
         if self._handshake is not None:
             self._handshake.connection_made(self)
 
@@ -460,14 +468,16 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         if self._write_paused:
             await self._drain()
 
-    def _write_frame(self, frame: Any, message: Any, limit: int, close_code: int | None) -> int:
+    def _write_frame(self, frame: Any, message: Any, limit: int, close_code: int | None, direct: list[Any] | None = None) -> int:
         """``broadcast()``'s hook: write ``frame`` (None: build this connection's own, masked,
         uncompressed frame of ``message``) unless it would take the transport's buffer past
-        ``limit``; never waits.
+        ``limit``; never waits. With ``direct`` (a list), a plain socket with nothing buffered
+        is appended to it instead: the caller writes ``frame`` to it at once, with the others,
+        before anything else can run, and hands what the kernel did not take to the transport.
 
         Returns:
-            0 written; 1 too slow (failed with ``close_code`` when given); 2 not open;
-            3 a fragmented message is being sent (nothing written).
+            0 written (or to be written); 1 too slow (failed with ``close_code`` when given);
+            2 not open; 3 a fragmented message is being sent (nothing written).
         """
         proto = self.protocol
         transport = self.transport
@@ -476,7 +486,12 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         if proto._send_frag_open:
             return 3
         size = len(frame) if frame is not None else len(message)
-        if transport.get_write_buffer_size() + size > limit:
+        buffered = transport.get_write_buffer_size()
+        if direct is not None and not buffered and self._fd >= 0 and frame is not None and size <= limit:
+            if not transport.is_closing():
+                direct.append(self)
+                return 0
+        if buffered + size > limit:
             if close_code is not None:
                 self._fail(close_code, "too slow for a broadcast")
             return 1

@@ -619,10 +619,12 @@ class WebSocket:
             else:
                 proto.send(message)  # raises the TypeError
 
-    def _write_frame(self, frame: Any, message: Any, limit: int, close_code: int | None) -> int:
+    def _write_frame(self, frame: Any, message: Any, limit: int, close_code: int | None, direct: Any = None) -> int:
         """``broadcast()``'s hook: write ``frame`` (None: build this connection's own, masked,
         uncompressed frame of ``message``) unless it would take the write buffer past
         ``limit``; never blocks (what the kernel does not take is flushed by the reactor).
+        ``direct`` is the asyncio connections' batch list, unused here: other threads write
+        to this socket too, so the frame is written under ``_lock`` now.
 
         Returns:
             0 written; 1 too slow (failed with ``close_code`` when given); 2 not open;
