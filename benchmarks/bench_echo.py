@@ -694,6 +694,7 @@ def main() -> None:
     ap.add_argument("--client", metavar="KIND", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--cells", help='comma-separated cells to run, e.g. "64 B,64 KiB" (default: all)')
     ap.add_argument("--modes", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -710,6 +711,11 @@ def main() -> None:
     duration = args.duration or (0.2 if args.quick else 0.6)
     warmup = args.warmup if args.warmup is not None else 0.05
     modes = MODES_QUICK if args.quick else MODES_FULL
+    if args.cells:
+        wanted = [c.strip() for c in args.cells.split(",")]
+        modes = [m for m in MODES_FULL if m[0] in wanted]
+        if not modes:
+            ap.error(f"--cells: none of {wanted} in {[m[0] for m in MODES_FULL]}")
     orchestrate(args, rounds, duration, warmup, modes)
 
 

@@ -21,6 +21,7 @@ from cpython.buffer cimport (
     PyObject_CheckBuffer,
     PyObject_GetBuffer,
 )
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.number cimport PyNumber_Index
@@ -40,6 +41,7 @@ cdef extern from "Python.h":
     object PyMemoryView_FromObject(object o)
     void PyObject_GC_UnTrack(object o)
     bint PyBytes_CheckExact(object o)
+    bint PyByteArray_CheckExact(object o)
     bint PyUnicode_CheckExact(object o)
     bint PyLong_CheckExact(object o)
     long long PyLong_AsLongLongAndOverflow(object o, int *overflow) except? -1
@@ -60,7 +62,9 @@ __all__ = [
 Frame = tuple  # (opcode: int, fin: bool, rsv1: bool, payload: bytes | str)
 
 cdef enum:
-    _NOGIL_BYTES = 16384     # release the GIL around payload loops from this size on
+    # Release the GIL around payload loops from this size on. Releasing and retaking it costs
+    # ~0.1 us, 8% of masking 64 KiB (measured); 128 KiB takes ~2.5 us with the GIL held.
+    _NOGIL_BYTES = 131072
     _LARGE = 65536          # payloads from this size are received in place (zero copy)
     _CHUNK = 65536          # the receive buffer get_buffer() normally offers
     _MIN_READ = 4096        # never offer less than this to recv_into
@@ -229,6 +233,18 @@ def apply_mask_inplace(buffer, mask, Py_ssize_t offset=0, Py_ssize_t length=-1):
     cdef Py_buffer view
     cdef unsigned char key[4]
     cdef Py_ssize_t size
+    if PyByteArray_CheckExact(buffer) and PyByteArray_GET_SIZE(buffer) < _NOGIL_BYTES:
+        # speed: no buffer export for a small bytearray (the GIL, held throughout, is what
+        # keeps another thread from resizing it meanwhile).
+        _mask_key(mask, key)
+        size = PyByteArray_GET_SIZE(buffer)
+        if length < 0:
+            length = size - offset
+        if offset < 0 or offset > size or length > size - offset:
+            raise ValueError("range out of buffer")
+        if length:
+            _xor_inplace(<unsigned char *>PyByteArray_AS_STRING(buffer) + offset, length, key, 0)
+        return
     _get_view(buffer, &view)
     try:
         if view.readonly:

@@ -66,6 +66,7 @@ _HAS_POLL = hasattr(select, "poll")
 #: call passes MSG_DONTWAIT and never blocks. TLS sockets (and systems without MSG_DONTWAIT)
 #: are non-blocking instead, and a reading application thread polls before reading.
 _DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
+_HAS_SENDMSG: bool = hasattr(socket.socket, "sendmsg")  # not on Windows
 
 
 class PongWaiter:
@@ -432,6 +433,34 @@ class WebSocket:
             self._wbuf_size += size - n
             self._update_interest()
 
+    def _write_pair(self, head: bytes, payload: bytes) -> None:
+        # A large frame as header + the caller's payload: one sendmsg() on a plain socket, so
+        # the header never travels alone (the peer would wake up for 4 bytes).
+        if self._sock_done:
+            return
+        if self._wbuf or self._ssl or not _HAS_SENDMSG:
+            self._write(head)
+            self._write(payload)
+            return
+        try:
+            n = self._sock.sendmsg((head, payload), (), self._nb)
+        except _WOULD_BLOCK:
+            n = 0
+        except OSError as exc:
+            self._connection_lost(exc)
+            return
+        hlen = len(head)
+        left = hlen + len(payload) - n
+        if left:
+            wbuf = self._wbuf
+            if n < hlen:
+                wbuf.append(memoryview(head)[n:] if n else head)
+                wbuf.append(payload)
+            else:
+                wbuf.append(memoryview(payload)[n - hlen :])
+            self._wbuf_size += left
+            self._update_interest()
+
     def _flush(self) -> None:
         wbuf = self._wbuf
         sock = self._sock
@@ -590,8 +619,7 @@ class WebSocket:
                     if self._sock_done:
                         raise proto.closed_exception()
                     if type(data) is tuple:  # large frame: header, then the payload (no copy)
-                        self._write(data[0])
-                        self._write(data[1])
+                        self._write_pair(data[0], data[1])
                     else:
                         self._write(data)
                     if self._wbuf_size <= self._write_limit:
@@ -607,8 +635,7 @@ class WebSocket:
                     if self._sock_done:
                         raise proto.closed_exception()
                     if type(data) is tuple:  # large frame: header, then the payload (no copy)
-                        self._write(data[0])
-                        self._write(data[1])
+                        self._write_pair(data[0], data[1])
                     else:
                         self._write(data)
                     over = self._wbuf_size > self._write_limit
