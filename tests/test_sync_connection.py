@@ -499,3 +499,86 @@ def test_reactor_takes_the_socket_back_after_recv(backend):
         release.set()
         assert ws.recv(5) is None
     assert wait_for(lambda: ws not in get_reactor()._held, 1)
+
+
+def test_large_frames_to_a_slow_reader_arrive_whole_and_in_order(backend):
+    """Large server frames go out as header + payload in one sendmsg; when the kernel takes
+    only part (or nothing), the rest is queued and flushed in order."""
+    import socket
+
+    from kn_sock.handshake import ClientHandshake
+    from kn_sock.uri import parse_uri
+    from sync_support import RawPeer
+
+    messages = [bytes([i]) * (65536 + 977 * i) for i in range(24)] + [b"small"]
+    sent = threading.Event()
+
+    def handler(ws, address):
+        ws._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        for m in messages:
+            ws.send(m)
+        sent.set()
+        ws.recv()
+
+    with running_server(handler, backend=backend, compression=None) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", server.port))
+        hs = ClientHandshake(parse_uri("127.0.0.1", server.port, "/"))
+        sock.sendall(hs.data_to_send())
+        while hs.receive_data(sock.recv(1)) is None:  # byte by byte: leave the frames unread
+            pass
+        peer = RawPeer(sock, True, hs.remainder)
+        assert not sent.wait(0.3)  # the server is held up by the unread frames
+        got = [peer.recv_frame() for _ in messages]
+        assert [opcode for opcode, _ in got] == [2] * len(messages)
+        assert [payload for _, payload in got] == messages
+        assert sent.wait(5)
+        peer.send_frame(8, b"\x03\xe8")
+        peer.close()
+
+
+def test_large_frame_sent_while_the_socket_is_full_is_queued_whole(backend):
+    """sendmsg taking nothing (the kernel buffer already full): header and payload both queue."""
+    import socket
+
+    from kn_sock.handshake import ClientHandshake
+    from kn_sock.uri import parse_uri
+    from sync_support import RawPeer
+
+    message = bytes(range(256)) * 400
+    filler: list[int] = []
+    sent = threading.Event()
+
+    def handler(ws, address):
+        sock = ws._sock
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        total = 0
+        with ws._lock:  # keep the reactor from flushing while the buffer is filled by hand
+            while True:
+                try:
+                    total += sock.send(b"\x00" * 4096, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+            filler.append(total)
+        ws.send(message)
+        assert ws._wbuf_size == len(message) + 10  # nothing taken: all of it queued
+        sent.set()
+        ws.recv()
+
+    with running_server(handler, backend=backend, compression=None, write_limit=2**20) as server:
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(10)
+        sock.connect(("127.0.0.1", server.port))
+        hs = ClientHandshake(parse_uri("127.0.0.1", server.port, "/"))
+        sock.sendall(hs.data_to_send())
+        while hs.receive_data(sock.recv(1)) is None:  # byte by byte: leave the rest unread
+            pass
+        assert sent.wait(5)
+        peer = RawPeer(sock, True, hs.remainder)
+        assert peer._read(filler[0]) == b"\x00" * filler[0]
+        assert peer.recv_frame() == (2, message)
+        peer.send_frame(8, b"\x03\xe8")
+        peer.close()
