@@ -10,6 +10,7 @@ bytes.decode) and to the best peer. Peers that are not installed are skipped.
 from __future__ import annotations
 
 import os
+import random
 import statistics
 import sys
 import time
@@ -66,10 +67,12 @@ def measure(contestants: dict[str, Callable[[], object]], units: float) -> dict[
             n *= 4
     samples: dict[str, list[float]] = {name: [] for name in contestants}
     names = list(contestants)
-    for r in range(ROUNDS):
-        # Rotate the order each round: who runs after whom (caches, malloc's state after a
-        # large free) must not favour anyone systematically.
-        for name in names[r % len(names) :] + names[: r % len(names)]:
+    shuffle = random.Random(1).shuffle
+    for _ in range(ROUNDS):
+        # A new order each round: who runs after whom (caches, malloc's state after a large
+        # free) must not favour anyone systematically (a rotation keeps every predecessor).
+        shuffle(names)
+        for name in names:
             fn = contestants[name]
             n = loops[name]
             t0 = time.perf_counter()

@@ -194,6 +194,26 @@ class TestMasking:
         assert len({f.mask for f in frames}) == len(frames)
         assert {f.payload for f in frames[:64]} == {b"same payload"}
 
+    def test_masking_keys_span_pool_refills_and_are_not_shared_with_a_forked_child(self, backend: Any) -> None:
+        client = make(backend, CLIENT)
+        masks = [decode(client.send(b"x"))[0].mask for _ in range(600)]  # > 2 pools of 256 keys
+        assert len(set(masks)) >= 590  # 32-bit keys: a few repeats by chance at most
+        if not hasattr(os, "fork"):
+            return
+        client.send(b"x")  # the shared pool now holds unused keys
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - child
+            try:
+                os.write(write_end, decode(client.send(b"x"))[0].mask)
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        child_key = os.read(read_end, 4)
+        os.close(read_end)
+        os.waitpid(pid, 0)
+        assert len(child_key) == 4 and child_key != decode(client.send(b"x"))[0].mask
+
     def test_server_never_masks(self, backend: Any) -> None:
         server = make(backend, SERVER)
         frames = decode(server.send("x") + server.send_ping(b"p") + server.send_pong() + server.send_close())

@@ -44,6 +44,7 @@ import ssl as ssl_module
 import threading
 import time
 from collections import deque
+from time import monotonic as _monotonic
 from typing import Any, Iterator
 
 from .._malloc import tune_malloc_once
@@ -612,7 +613,10 @@ class WebSocket:
         if t is bytes or t is str:
             # Speed: a whole message needs only _lock (frames are written whole under it);
             # _send_lock matters only while another thread sends a fragmented message.
-            with self._lock:
+            # (acquire/release: ~80 ns less than ``with`` on 3.11, whose __exit__ packs a tuple.)
+            lock = self._lock
+            lock.acquire()
+            try:
                 written = not proto._send_frag_open
                 if written:
                     data = proto.send(message)
@@ -624,6 +628,8 @@ class WebSocket:
                         self._write(data)
                     if self._wbuf_size <= self._write_limit:
                         return
+            finally:
+                lock.release()
             if written:
                 with self._send_lock:  # over write_limit: drain like any sender, one at a time
                     self._drain()
@@ -824,7 +830,9 @@ class WebSocket:
                     return None
                 self._read_once(deadline)
         finally:
-            with self._lock:
+            lock = self._lock
+            lock.acquire()
+            try:
                 self._app_reading = False
                 self._read_lock.release()
                 if self._sock_done:
@@ -832,11 +840,13 @@ class WebSocket:
                 else:
                     # Lazy hand-back (Reactor.hold): keep the socket away from the reactor
                     # for one more tick; the next recv() most likely comes much sooner.
-                    self._held_since = time.monotonic()
+                    self._held_since = _monotonic()
                     if not self._held:
                         self._held = True
                         self._reactor.hold(self)
                         self._update_interest()
+            finally:
+                lock.release()
 
     def _release_hold(self, now: float) -> None:
         """Reactor tick: give the socket back to the reactor if the application left it idle."""
