@@ -8,14 +8,17 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import socket
 import threading
 import time
 
 import pytest
 
 from kn_sock.exceptions import ConnectionClosed
+from kn_sock.handshake import ClientHandshake
 from kn_sock.sync import connect_websocket
-from sync_support import raw_client, raw_server, running_server, wait_for
+from kn_sock.uri import parse_uri
+from sync_support import RawPeer, raw_client, raw_server, running_server, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -501,15 +504,23 @@ def test_reactor_takes_the_socket_back_after_recv(backend):
     assert wait_for(lambda: ws not in get_reactor()._held, 1)
 
 
+def _slow_raw_client(port: int) -> RawPeer:
+    """A raw client with a 4 KiB receive buffer that reads its handshake reply byte by byte,
+    leaving every frame after it unread until the test reads them."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(10)
+    sock.connect(("127.0.0.1", port))
+    hs = ClientHandshake(parse_uri("127.0.0.1", port, "/"))
+    sock.sendall(hs.data_to_send())
+    while hs.receive_data(sock.recv(1)) is None:
+        pass
+    return RawPeer(sock, True, hs.remainder)
+
+
 def test_large_frames_to_a_slow_reader_arrive_whole_and_in_order(backend):
     """Large server frames go out as header + payload in one sendmsg; when the kernel takes
     only part (or nothing), the rest is queued and flushed in order."""
-    import socket
-
-    from kn_sock.handshake import ClientHandshake
-    from kn_sock.uri import parse_uri
-    from sync_support import RawPeer
-
     messages = [bytes([i]) * (65536 + 977 * i) for i in range(24)] + [b"small"]
     sent = threading.Event()
 
@@ -521,15 +532,7 @@ def test_large_frames_to_a_slow_reader_arrive_whole_and_in_order(backend):
         ws.recv()
 
     with running_server(handler, backend=backend, compression=None) as server:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(10)
-        sock.connect(("127.0.0.1", server.port))
-        hs = ClientHandshake(parse_uri("127.0.0.1", server.port, "/"))
-        sock.sendall(hs.data_to_send())
-        while hs.receive_data(sock.recv(1)) is None:  # byte by byte: leave the frames unread
-            pass
-        peer = RawPeer(sock, True, hs.remainder)
+        peer = _slow_raw_client(server.port)
         assert not sent.wait(0.3)  # the server is held up by the unread frames
         got = [peer.recv_frame() for _ in messages]
         assert [opcode for opcode, _ in got] == [2] * len(messages)
@@ -541,12 +544,6 @@ def test_large_frames_to_a_slow_reader_arrive_whole_and_in_order(backend):
 
 def test_large_frame_sent_while_the_socket_is_full_is_queued_whole(backend):
     """sendmsg taking nothing (the kernel buffer already full): header and payload both queue."""
-    import socket
-
-    from kn_sock.handshake import ClientHandshake
-    from kn_sock.uri import parse_uri
-    from sync_support import RawPeer
-
     message = bytes(range(256)) * 400
     filler: list[int] = []
     sent = threading.Event()
@@ -568,16 +565,8 @@ def test_large_frame_sent_while_the_socket_is_full_is_queued_whole(backend):
         ws.recv()
 
     with running_server(handler, backend=backend, compression=None, write_limit=2**20) as server:
-        sock = socket.socket()
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.settimeout(10)
-        sock.connect(("127.0.0.1", server.port))
-        hs = ClientHandshake(parse_uri("127.0.0.1", server.port, "/"))
-        sock.sendall(hs.data_to_send())
-        while hs.receive_data(sock.recv(1)) is None:  # byte by byte: leave the rest unread
-            pass
+        peer = _slow_raw_client(server.port)
         assert sent.wait(5)
-        peer = RawPeer(sock, True, hs.remainder)
         assert peer._read(filler[0]) == b"\x00" * filler[0]
         assert peer.recv_frame() == (2, message)
         peer.send_frame(8, b"\x03\xe8")
