@@ -117,8 +117,8 @@ _mask_pop = _MASK_POOL.pop
 
 def _refill_masks() -> bytes:
     pool = os.urandom(1024)
-    _MASK_POOL.extend([pool[i : i + 4] for i in range(0, 1024, 4)])
-    return _mask_pop()
+    _MASK_POOL.extend([pool[i : i + 4] for i in range(4, 1024, 4)])
+    return pool[:4]  # not popped: other threads may drain the pool meanwhile
 
 
 if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
