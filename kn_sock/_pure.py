@@ -15,6 +15,8 @@ from __future__ import annotations
 import codecs
 import errno as _errno
 import os
+import select
+import socket as _socket
 import struct
 from typing import Union
 
@@ -264,6 +266,42 @@ class FrameParser:
         if self._scratch is None or not 0 <= nbytes <= len(self._scratch):
             raise ValueError("nbytes out of range")
         return self.feed(memoryview(self._scratch)[:nbytes])
+
+    def recv_from(self, sock: object, flags: int = 0) -> list[Frame] | bytes | str | None:
+        """Read once from the plain socket ``sock`` (or its descriptor) into the receive
+        buffer and parse what arrived (the socket's own timeout does not apply).
+
+        Returns None at the end of the stream; the payload itself (bytes for binary, str for
+        text, which needs ``decode_text``) when the read completed exactly one whole
+        uncompressed data message, not part of a fragmented one; otherwise the list of frames
+        completed (possibly empty).
+
+        Raises:
+            OSError: as ``socket.recv_into`` does (BlockingIOError: nothing to read with
+                ``MSG_DONTWAIT``). The GIL is released while reading.
+        """
+        fd = _fileno(sock)
+        if flags != 0 and flags != _MSG_DONTWAIT:
+            raise ValueError("flags must be 0 or socket.MSG_DONTWAIT")
+        buf = self.get_buffer(-1)
+        if not hasattr(os, "readv"):  # pragma: no cover - Windows
+            raise OSError(_errno.ENOSYS, os.strerror(_errno.ENOSYS))
+        if flags & _MSG_DONTWAIT:
+            # The read itself must not wait: ask first (one reader per parser, so what is
+            # readable now is still there for the read).
+            poller = select.poll()
+            poller.register(fd, select.POLLIN)
+            if not poller.poll(0):
+                raise BlockingIOError(_errno.EAGAIN, os.strerror(_errno.EAGAIN))
+        n = os.readv(fd, [buf])
+        if n == 0:
+            return None
+        frames = self.buffer_updated(n)
+        if len(frames) == 1 and self.error is None:
+            opcode, fin, rsv1, payload = frames[0]
+            if fin is True and rsv1 is False and (opcode == 2 or (opcode == 1 and self.decode_text)):
+                return payload
+        return frames
 
     def feed(self, data: BytesLike) -> list[Frame]:
         """Add bytes from the peer and return every frame they complete, in order."""
@@ -652,6 +690,28 @@ def send_many(fds: list, data: BytesLike) -> list:
         except OSError as exc:
             out.append(-(exc.errno or _errno.EIO))
     return out
+
+
+_MSG_DONTWAIT: int = getattr(_socket, "MSG_DONTWAIT", 0)
+
+
+def _fileno(obj: object) -> int:
+    """A descriptor from an int or an object's ``fileno()`` (PyObject_AsFileDescriptor's rules)."""
+    if isinstance(obj, int):
+        fd = int(obj)
+    else:
+        fileno = getattr(obj, "fileno", None)
+        if fileno is None:
+            raise TypeError("argument must be an int, or have a fileno() method.")
+        fd = fileno()
+        if not isinstance(fd, int):
+            raise TypeError("fileno() returned a non-integer")
+        fd = int(fd)
+    if fd > 2**31 - 1 or fd < -(2**31):
+        raise OverflowError("Python int too large to convert to C int")
+    if fd < 0:
+        raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
+    return fd
 
 
 def _index(fd: object) -> int:

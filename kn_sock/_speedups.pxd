@@ -78,6 +78,8 @@ cdef class FrameParser:
     cdef int _set_limit(self, object value, bint compressed) except -1
     cdef int _fail(self, object exc) except -1
     cdef int _reserve(self, Py_ssize_t extra) except -1
+    cdef list _updated(self, Py_ssize_t nbytes)
+    cdef int _offer_tail(self, Py_ssize_t sizehint) except -1
     cdef int _append(self, const unsigned char *data, Py_ssize_t n) except -1
     cdef void _drop_buffer(self) noexcept
     cdef int _check_header(self, int b0, int b1) except -1

@@ -28,6 +28,8 @@ from cpython.number cimport PyNumber_Index
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memmove
 
+import os as _os
+
 from .exceptions import PayloadTooBig, ProtocolError
 
 cdef extern from "Python.h":
@@ -42,6 +44,8 @@ cdef extern from "Python.h":
     void PyObject_GC_UnTrack(object o)
     bint PyBytes_CheckExact(object o)
     bint PyByteArray_CheckExact(object o)
+    int PyObject_AsFileDescriptor(object o) except -1
+    int PyErr_CheckSignals() except -1
     bint PyUnicode_CheckExact(object o)
     bint PyLong_CheckExact(object o)
     long long PyLong_AsLongLongAndOverflow(object o, int *overflow) except? -1
@@ -263,6 +267,40 @@ def apply_mask_inplace(buffer, mask, Py_ssize_t offset=0, Py_ssize_t length=-1):
             _xor_inplace(<unsigned char *>view.buf + offset, length, key, 0)
     finally:
         PyBuffer_Release(&view)
+
+
+# ---------------------------------------------------------------- recv (FrameParser.recv_from)
+
+cdef extern from *:
+    """
+    #ifdef _WIN32
+    static Py_ssize_t kn_recv(long long fd, char *buf, Py_ssize_t n, int flags) { (void)fd; (void)buf; (void)n; (void)flags; return -38; }
+    #define KN_EINTR 4
+    #define KN_MSG_DONTWAIT 0
+    #else
+    #include <errno.h>
+    #include <sys/socket.h>
+    #define KN_EINTR EINTR
+    #ifdef MSG_DONTWAIT
+    #define KN_MSG_DONTWAIT MSG_DONTWAIT
+    #else
+    #define KN_MSG_DONTWAIT 0
+    #endif
+    /* One recv(2): the bytes read, 0 at the end of the stream, or -errno. */
+    static Py_ssize_t kn_recv(long long fd, char *buf, Py_ssize_t n, int flags) {
+        ssize_t r = recv((int)fd, buf, (size_t)n, flags);
+        return r < 0 ? -(Py_ssize_t)errno : (Py_ssize_t)r;
+    }
+    #endif
+    """
+    Py_ssize_t kn_recv(long long fd, char *buf, Py_ssize_t n, int flags) nogil
+    int EINTR "KN_EINTR"
+    int _MSG_DONTWAIT "KN_MSG_DONTWAIT"
+
+
+cdef int _raise_errno(int err) except -1:
+    """Raise the OSError subclass ``socket.recv_into`` raises for ``err``."""
+    raise OSError(err, _os.strerror(err))
 
 
 # --------------------------------------------------------------------------- UTF-8
@@ -612,14 +650,19 @@ cdef class FrameParser:
             self._view_kind = 2
             self._view_len = self._pl_len - self._pl_filled
             return _region_view(self._payload, self._pp + self._pl_filled, self._view_len)
-        live = self._end - self._start
-        want = _CHUNK - live if live < _CHUNK - _MIN_READ else _MIN_READ
+        self._offer_tail(sizehint)
+        return _region_view(self._buf, self._bp + self._end, self._view_len)
+
+    cdef int _offer_tail(self, Py_ssize_t sizehint) except -1:
+        """Make the receive buffer's free tail the next read's destination (see get_buffer)."""
+        cdef Py_ssize_t live = self._end - self._start
+        cdef Py_ssize_t want = _CHUNK - live if live < _CHUNK - _MIN_READ else _MIN_READ
         if sizehint > want:
             want = sizehint if sizehint < _MAX_HINT else _MAX_HINT
         self._reserve(want)
         self._view_kind = 1
         self._view_len = self._cap - self._end
-        return _region_view(self._buf, self._bp + self._end, self._view_len)
+        return 0
 
     def buffer_updated(self, Py_ssize_t nbytes):
         """Parse the ``nbytes`` just written into the buffer from ``get_buffer``.
@@ -630,6 +673,61 @@ cdef class FrameParser:
         """
         if self._view_kind == 0 or nbytes < 0 or nbytes > self._view_len:
             raise ValueError("nbytes out of range")
+        return self._updated(nbytes)
+
+    def recv_from(self, sock, int flags=0):
+        """Read once from the plain socket ``sock`` (or its descriptor) into the receive
+        buffer and parse what arrived (the socket's own timeout does not apply).
+
+        Returns None at the end of the stream; the payload itself (bytes for binary, str for
+        text, which needs ``decode_text``) when the read completed exactly one whole
+        uncompressed data message, not part of a fragmented one; otherwise the list of frames
+        completed (possibly empty).
+
+        Raises:
+            OSError: as ``socket.recv_into`` does (BlockingIOError: nothing to read with
+                ``MSG_DONTWAIT``). The GIL is released while reading.
+        """
+        cdef int fd = PyObject_AsFileDescriptor(sock)
+        if flags != 0 and flags != _MSG_DONTWAIT:
+            raise ValueError("flags must be 0 or socket.MSG_DONTWAIT")
+        cdef object owner
+        cdef char *dst
+        cdef Py_ssize_t room, r
+        cdef list frames
+        if self._pp != NULL:
+            owner = self._payload  # keeps the memory being read into alive, whatever happens
+            self._view_kind = 2
+            room = self._view_len = self._pl_len - self._pl_filled
+            dst = <char *>self._pp + self._pl_filled
+        else:
+            self._offer_tail(-1)
+            owner = self._buf
+            room = self._view_len
+            dst = <char *>self._bp + self._end
+        while True:
+            with nogil:
+                r = kn_recv(fd, dst, room, flags)
+            if r != -EINTR:
+                break
+            PyErr_CheckSignals()
+        if r < 0:
+            self._view_len = 0
+            _raise_errno(<int>-r)
+        if r == 0:
+            self._view_len = 0
+            return None
+        if r > self._view_len:  # pragma: no cover - the parser was used meanwhile
+            raise ValueError("nbytes out of range")
+        frames = self._updated(r)
+        if len(frames) == 1 and self.error is None:
+            f = <tuple>frames[0]
+            if f[1] is True and f[2] is False and (f[0] == 2 or (f[0] == 1 and self.decode_text)):
+                return f[3]
+        return frames
+
+    cdef list _updated(self, Py_ssize_t nbytes):
+        """buffer_updated() once ``nbytes`` is known to fit the view handed out."""
         self._view_len = 0
         cdef list frames = []
         if self.error is not None:

@@ -847,3 +847,157 @@ def test_send_many_bad_arguments(backend):
         backend.send_many([1.5], b"x")
     with pytest.raises(OverflowError):
         backend.send_many([2**64], b"x")
+
+
+# --------------------------------------------------------------------------- FrameParser.recv_from
+
+
+def _frame(opcode, payload, fin=True, rsv1=False, mask=None):
+    from kn_sock._pure import build_frame
+
+    return build_frame(opcode, payload, fin, rsv1, mask)
+
+
+@pytest.fixture
+def sockpair():
+    a, b = socket.socketpair()
+    yield a, b
+    a.close()
+    b.close()
+
+
+def test_recv_from_returns_one_whole_message_as_its_payload(backend, sockpair):
+    a, b = sockpair
+    p = backend.FrameParser(expect_mask=False)
+    a.sendall(_frame(2, b"hello"))
+    assert p.recv_from(b) == b"hello"
+    a.sendall(_frame(1, "héllo"))
+    assert p.recv_from(b.fileno()) == "héllo"  # a descriptor works too
+    a.sendall(_frame(1, b"\xff"))  # invalid UTF-8: the error, not a payload
+    assert p.recv_from(b) == [] and p.error.code == 1007
+
+
+def test_recv_from_gives_frames_when_a_read_is_not_exactly_one_message(backend, sockpair):
+    a, b = sockpair
+    p = backend.FrameParser(expect_mask=True)
+    key = b"\x01\x02\x03\x04"
+    a.sendall(_frame(2, b"ab", mask=key) + _frame(1, "cd", mask=key))
+    assert p.recv_from(b) == [(2, True, False, b"ab"), (1, True, False, "cd")]
+    a.sendall(_frame(1, "frag", fin=False, mask=key))
+    assert p.recv_from(b) == [(1, False, False, b"frag")]
+    a.sendall(_frame(0, "ment", mask=key))  # the end of a fragmented message: a frame
+    assert p.recv_from(b) == [(0, True, False, b"ment")]
+    a.sendall(_frame(9, b"hi", mask=key))  # control frames come as frames
+    assert p.recv_from(b) == [(9, True, False, b"hi")]
+    a.sendall(_frame(2, b"xyz", mask=key)[:3])  # a partial frame: nothing yet
+    assert p.recv_from(b) == []
+    a.sendall(_frame(2, b"xyz", mask=key)[3:])
+    assert p.recv_from(b) == b"xyz"
+    raw = backend.FrameParser(expect_mask=False, decode_text=False)
+    a.sendall(_frame(1, "t"))  # undecoded text would look like binary: a frame
+    assert raw.recv_from(b) == [(1, True, False, b"t")]
+
+
+def test_recv_from_large_payload_lands_in_place_across_reads(backend, sockpair):
+    a, b = sockpair
+    p = backend.FrameParser(expect_mask=False, max_size=None)
+    big = os.urandom(300_000)
+    a.setblocking(False)
+    data = _frame(2, big) + _frame(2, b"next")
+    got = []
+    while data or not got or got[-1] != b"next":
+        if data:
+            try:
+                data = data[a.send(data) :]
+            except BlockingIOError:
+                pass
+        try:
+            r = p.recv_from(b, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            continue
+        if isinstance(r, list):
+            got.extend(f[3] for f in r)
+        else:
+            got.append(r)
+    assert got == [big, b"next"]
+
+
+def test_recv_from_end_of_stream_errors_and_bad_arguments(backend, sockpair):
+    a, b = sockpair
+    p = backend.FrameParser(expect_mask=False)
+    with pytest.raises(BlockingIOError) as info:
+        p.recv_from(b, socket.MSG_DONTWAIT)
+    assert info.value.errno == errno.EAGAIN
+    a.close()
+    assert p.recv_from(b) is None
+    with pytest.raises(ValueError, match="flags must be 0 or socket.MSG_DONTWAIT"):
+        p.recv_from(b, socket.MSG_PEEK)
+    with pytest.raises(TypeError, match="fileno"):
+        p.recv_from("socket")
+    with pytest.raises(ValueError, match="negative"):
+        p.recv_from(-1)
+    with pytest.raises(OverflowError):
+        p.recv_from(2**40)
+    c, d = socket.socket(), socket.socket()  # never connected
+    try:
+        with pytest.raises(OSError) as info:
+            p.recv_from(c)
+        assert info.value.errno == errno.ENOTCONN
+    finally:
+        c.close()
+        d.close()
+    b.close()
+    with pytest.raises(ValueError, match="negative"):
+        p.recv_from(b)  # closed: fileno() is -1
+
+
+def test_recv_from_survives_a_signal_during_a_blocking_read(backend, sockpair):
+    import signal
+    import threading
+
+    if not hasattr(signal, "pthread_kill"):
+        pytest.skip("needs pthread_kill")
+    a, b = sockpair
+    p = backend.FrameParser(expect_mask=False)
+    seen = []
+    old = signal.signal(signal.SIGUSR1, lambda *args: seen.append(1))
+    try:
+        main = threading.get_ident()
+
+        def interrupt_then_send():
+            signal.pthread_kill(main, signal.SIGUSR1)  # EINTR: the read resumes
+            a.sendall(_frame(2, b"after the signal"))
+
+        timer = threading.Timer(0.2, interrupt_then_send)
+        timer.start()
+        assert p.recv_from(b) == b"after the signal"
+        timer.join()
+        assert seen == [1]
+    finally:
+        signal.signal(signal.SIGUSR1, old)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    messages=st.lists(st.one_of(st.binary(max_size=300), st.text(max_size=100)), min_size=1, max_size=20),
+    cuts=st.lists(st.integers(min_value=1, max_value=97), min_size=1, max_size=8),
+)
+def test_recv_from_agrees_with_feed_on_any_cutting(backend, messages, cuts):
+    stream = b"".join(_frame(1 if isinstance(m, str) else 2, m) for m in messages)
+    a, b = socket.socketpair()
+    try:
+        p = backend.FrameParser(expect_mask=False)
+        got = []
+        pos = i = 0
+        while len(got) < len(messages):
+            if pos < len(stream):
+                step = cuts[i % len(cuts)]
+                i += 1
+                a.sendall(stream[pos : pos + step])
+                pos += step
+            r = p.recv_from(b)
+            got.extend(f[3] for f in r) if isinstance(r, list) else got.append(r)
+        assert got == messages
+    finally:
+        a.close()
+        b.close()

@@ -68,6 +68,9 @@ _HAS_POLL = hasattr(select, "poll")
 #: are non-blocking instead, and a reading application thread polls before reading.
 _DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
 _HAS_SENDMSG: bool = hasattr(socket.socket, "sendmsg")  # not on Windows
+#: FrameParser.recv_from (one C call: recv(2) + parse) reads plain sockets on POSIX.
+_RECV_FROM: bool = os.name == "posix"
+_OP_TEXT, _OP_BINARY = 1, 2
 
 
 class PongWaiter:
@@ -274,18 +277,17 @@ class WebSocket:
         io_lock = self._io_lock
         while not self._sock_done:
             try:
-                if io_lock is None:
-                    n = sock.recv_into(parser.get_buffer(-1), 0, self._nb)
+                if io_lock is None and _RECV_FROM:
+                    got = parser.recv_from(sock, self._nb)
                 else:
-                    with io_lock:
-                        n = sock.recv_into(parser.get_buffer(-1))
+                    got = self._read_py(self._nb)
             except _WOULD_BLOCK:
                 return
             except OSError:
-                n = 0
-            self._feed(n)
+                got = None
+            self._feed(got)
             # TLS may hold decrypted bytes that will never make the socket readable again.
-            if not n or not self._ssl or self._read_paused and self.protocol.state is _OPEN:
+            if got is None or not self._ssl or self._read_paused and self.protocol.state is _OPEN:
                 return
             if not sock.pending():
                 return
@@ -321,31 +323,48 @@ class WebSocket:
 
     # ------------------------------------------------------------ receive path (whoever holds _read_lock)
 
-    def _feed(self, n: int) -> None:
-        """Parse ``n`` bytes just read into the parser's buffer (0: end of stream)."""
-        if not n:
-            with self._lock:
-                self._eof = True
-                self._dispatch(self.protocol.receive_eof())
-            return
-        parser = self._parser
-        frames = parser.buffer_updated(n)
-        if len(frames) == 1 and parser.error is None:
-            # Speed: one whole uncompressed data message while OPEN (the parser has checked it
-            # is not inside a fragmented one) — queue it without the Protocol round trip; what
-            # _dispatch would do, minus everything that only control frames need.
-            opcode, fin, rsv1, payload = frames[0]
-            if fin and not rsv1 and (opcode == 2 or opcode == 1) and self.protocol.state is _OPEN:
+    def _feed(self, got: Any) -> None:
+        """Take what one read gave: ``FrameParser.recv_from``'s result (None: end of stream)."""
+        t = type(got)
+        if t is bytes or t is str:
+            # Speed: one whole uncompressed data message (the parser has checked it is not
+            # inside a fragmented one); while OPEN, queue it without the Protocol round trip:
+            # what _dispatch would do, minus everything only control frames need.
+            if self.protocol.state is _OPEN:
                 messages = self._messages
-                messages.append(payload)
+                messages.append(got)
                 max_queue = self._max_queue
                 if max_queue is not None and len(messages) >= max_queue:
                     with self._lock:
                         self._read_paused = True
                 return
-        if frames or parser.error is not None:
+            got = [(_OP_TEXT if t is str else _OP_BINARY, True, False, got)]
+        elif got is None:
             with self._lock:
-                self._dispatch(self.protocol.receive_frames(frames))
+                self._eof = True
+                self._dispatch(self.protocol.receive_eof())
+            return
+        if got or self._parser.error is not None:
+            with self._lock:
+                self._dispatch(self.protocol.receive_frames(got))
+
+    def _read_py(self, flags: int) -> Any:
+        """One read through the socket object (TLS; platforms without ``recv_from``), in the
+        shape of ``FrameParser.recv_from``'s result."""
+        parser = self._parser
+        if self._io_lock is None:
+            n = self._sock.recv_into(parser.get_buffer(-1), 0, flags)
+        else:
+            with self._io_lock:
+                n = self._sock.recv_into(parser.get_buffer(-1))
+        if not n:
+            return None
+        frames = parser.buffer_updated(n)
+        if len(frames) == 1 and parser.error is None:
+            opcode, fin, rsv1, payload = frames[0]
+            if fin and not rsv1 and (opcode == 2 or opcode == 1):
+                return payload
+        return frames
 
     def _dispatch(self, events: list[Any]) -> None:
         """Queue messages, handle control events, write the protocol's frames (``_lock`` held)."""
@@ -881,19 +900,18 @@ class WebSocket:
             if not _wait_fd(self._fd, False, timeout, self._rpoll):
                 raise TimeoutError("no message received in time")
         try:
-            if self._io_lock is None:
-                n = sock.recv_into(self._parser.get_buffer(-1), 0, flags)
+            if self._io_lock is None and _RECV_FROM:
+                got = self._parser.recv_from(sock, flags)
             else:
-                with self._io_lock:
-                    n = sock.recv_into(self._parser.get_buffer(-1))
+                got = self._read_py(flags)
         except ssl_module.SSLWantWriteError:
             _wait_fd(self._fd, True, 0.05, None)
             return
         except _WOULD_BLOCK:
             return
         except OSError:
-            n = 0
-        self._feed(n)
+            got = None
+        self._feed(got)
 
     def _maybe_resume(self) -> None:
         max_queue = self._max_queue or 1
