@@ -44,7 +44,8 @@ JSON
       cat > "$dir/spec.json" <<JSON
 {"url": "ws://127.0.0.1:$port", "outdir": "$dir/reports", "cases": ["*"], "exclude-cases": $exclude, "exclude-agent-cases": {}}
 JSON
-      (cd "$dir" && "$W/venv/bin/wstest" -m fuzzingserver -s spec.json -u 0 > wstest.log 2>&1) &
+      # exec: $! is then wstest itself, which the kill below stops (not just a subshell).
+      (cd "$dir" && exec "$W/venv/bin/wstest" -m fuzzingserver -s spec.json -u 0 > wstest.log 2>&1) &
       wpid=$!
       for _ in $(seq 100); do python - "$port" <<'PY' && break
 import socket, sys
