@@ -258,7 +258,7 @@ class FrameParser:
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Return a writable buffer for the next read (``recv_into`` / ``BufferedProtocol``)."""
         if self._scratch is None:
-            self._scratch = bytearray(65536)
+            self._scratch = bytearray(131072)
         return memoryview(self._scratch)
 
     def buffer_updated(self, nbytes: int) -> list[Frame]:

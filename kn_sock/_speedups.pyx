@@ -70,7 +70,7 @@ cdef enum:
     # ~0.1 us, 8% of masking 64 KiB (measured); 128 KiB takes ~2.5 us with the GIL held.
     _NOGIL_BYTES = 131072
     _LARGE = 65536          # payloads from this size are received in place (zero copy)
-    _CHUNK = 65536          # the receive buffer get_buffer() normally offers
+    _CHUNK = 131072         # the receive buffer get_buffer() normally offers
     _MIN_READ = 4096        # never offer less than this to recv_into
     _MAX_HINT = 1 << 22     # cap on a caller's sizehint
     _SMALL_ALLOC = 512      # a buffer that only keeps a frame's first bytes
@@ -555,7 +555,8 @@ cdef class FrameParser:
     are not checked mid-frame (the cross-frame validator state belongs to the caller), nor are
     compressed frames (only the inflated bytes are text).
 
-    A payload of 64 KiB or more is received in place: once its header is parsed, the final
+    A payload of 64 KiB or more that the current read did not bring whole is received in
+    place: once its header is parsed, the final
     bytes object is allocated and ``get_buffer`` returns a view of its unfilled part, so
     ``recv_into`` writes the payload where it will be returned (unmasked in place, which is
     where the early UTF-8 check reads it).
@@ -643,7 +644,7 @@ cdef class FrameParser:
         While a large payload is pending this is a view of its unfilled part (exactly the
         bytes still missing, so a read never runs into the next frame); otherwise it is the
         free tail of the receive buffer, at least ``sizehint`` bytes (up to 4 MiB) and
-        normally 64 KiB.
+        normally 128 KiB (a 64 KiB message and its header in one read).
         """
         cdef Py_ssize_t want, live
         if self._pp != NULL:

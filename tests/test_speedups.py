@@ -528,7 +528,7 @@ class TestFrameParserBuffers:
 
     def test_sizehint(self, backend):
         p = client_parser(backend)
-        assert len(p.get_buffer(200_000)) >= 65536  # a hint: the pure twin always offers 64 KiB
+        assert len(p.get_buffer(200_000)) >= 65536  # a hint: the pure twin always offers 128 KiB
         assert len(p.get_buffer()) >= 4096
 
 
