@@ -283,7 +283,7 @@ class WebSocket:
                     got = self._read_py(self._nb)
             except _WOULD_BLOCK:
                 return
-            except OSError:
+            except (OSError, ValueError):  # ValueError: the socket object was closed (fileno -1)
                 got = None
             self._feed(got)
             # TLS may hold decrypted bytes that will never make the socket readable again.
@@ -909,7 +909,7 @@ class WebSocket:
             return
         except _WOULD_BLOCK:
             return
-        except OSError:
+        except (OSError, ValueError):  # ValueError: the socket object was closed (fileno -1)
             got = None
         self._feed(got)
 
