@@ -37,6 +37,13 @@ def _peers_mask(data: bytes, buf: bytearray) -> dict[str, Callable[[], object]]:
     except ImportError:
         pass
     try:
+        from websockets.utils import apply_mask as ws_pure_mask  # the pure twin's peer
+
+        if len(data) <= 1 << 20:
+            peers["websockets pure (new)"] = lambda: ws_pure_mask(data, MASK)
+    except ImportError:
+        pass
+    try:
         from aiohttp._websocket.mask import _websocket_mask_cython as aio_mask
 
         peers["aiohttp Cython (in place)"] = lambda: aio_mask(MASK, buf)

@@ -60,6 +60,12 @@ def apply_mask(data: BytesLike, mask: BytesLike) -> bytes:
         TypeError: when ``data`` or ``mask`` does not support the buffer protocol.
         ValueError: when ``mask`` is not exactly 4 bytes long.
     """
+    if type(data) is bytes and type(mask) is bytes and len(mask) == 4:
+        # Speed: the common case, without a memoryview or the mask's validation call.
+        n = len(data)
+        return (_from_bytes(data, "little") ^ _from_bytes(mask * (n >> 2) + mask[: n & 3], "little")).to_bytes(
+            n, "little"
+        )
     view = memoryview(data)
     key = _mask_key(mask)
     n = view.nbytes
