@@ -18,6 +18,7 @@ from asyncio_support import (
     raw_client,
     raw_server,
     serving,
+    upgrade_request,
     wait_until,
 )
 from kn_sock import AsyncWebSocket, ConnectionClosed, InvalidState, async_connect_websocket
@@ -706,3 +707,72 @@ async def test_keepalive_tolerates_our_own_backpressure(backend):
             release.set()
             assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "done"
     assert len(received) == 40
+
+
+def _slow_raw_client(port: int) -> socket.socket:
+    """A raw client with a 4 KiB receive buffer that reads its handshake reply byte by byte,
+    leaving every frame after it unread until the test reads them."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(upgrade_request())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101")
+    return sock
+
+
+def _read_binary_frames(sock: socket.socket, skip: int, count: int) -> list[bytes]:
+    """``count`` unmasked binary payloads from ``sock``, after ``skip`` raw bytes."""
+    from kn_sock._pure import FrameParser
+
+    data = b""
+    while len(data) < skip:
+        data += sock.recv(skip - len(data))
+    assert data == b"\x00" * skip
+    parser = FrameParser(expect_mask=False, max_size=None)
+    got: list = []
+    while len(got) < count:
+        chunk = sock.recv(65536)
+        assert chunk
+        got.extend(parser.feed(chunk))
+    assert [opcode for opcode, _, _, _ in got] == [2] * count
+    return [payload for _, _, _, payload in got]
+
+
+@pytest.mark.parametrize("prefill", [False, True], ids=["writev-partial", "socket-full"])
+async def test_large_frames_to_a_slow_reader_arrive_whole_and_in_order(backend, prefill):
+    # A large server frame goes out as header + payload in one writev on an idle plain socket;
+    # the kernel taking part of it, or nothing (socket already full), leaves the rest to the
+    # transport, in order.
+    messages = [bytes([i]) * (65536 + 977 * i) for i in range(12)]
+    filler: list[int] = []
+    done = asyncio.Event()
+
+    async def handler(ws, path):
+        sock = ws.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        total = 0
+        if prefill:
+            while True:
+                try:
+                    total += os.write(ws._fd, b"\x00" * 4096)
+                except BlockingIOError:
+                    break
+        filler.append(total)
+        for m in messages:
+            await ws.send(m)
+        done.set()
+        await ws.recv()
+
+    async with serving(handler, backend=backend, compression=None, write_limit=2**22) as server:
+        sock = await asyncio.to_thread(_slow_raw_client, server.port)
+        await wait_until(lambda: bool(filler))
+        got = await asyncio.to_thread(_read_binary_frames, sock, filler[0], len(messages))
+        assert got == messages
+        async with asyncio.timeout(TIMEOUT):
+            await done.wait()
+        sock.sendall(build_frame(8, b"\x03\xe8", True, False, b"abcd"))
+        sock.close()
