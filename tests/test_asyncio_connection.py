@@ -776,3 +776,76 @@ async def test_large_frames_to_a_slow_reader_arrive_whole_and_in_order(backend, 
             await done.wait()
         sock.sendall(build_frame(8, b"\x03\xe8", True, False, b"abcd"))
         sock.close()
+
+
+# --------------------------------------------------------------------------- corking (AsyncWebSocket.send)
+
+
+async def test_pipelined_messages_come_back_complete_and_in_order(backend):
+    # Replies to a backlog of received messages are held back and written together.
+    async with serving(echo, backend=backend, compression=None) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=None) as ws:
+            messages = [os.urandom(i % 300) for i in range(600)] + ["text %d" % i for i in range(50)]
+            for m in messages:
+                await ws.send(m)
+            got = [await ws.recv() for _ in messages]
+            assert got == messages
+
+
+def _burst(*payloads: bytes) -> bytes:
+    return b"".join(build_frame(2, p, True, False, b"mask") for p in payloads)
+
+
+async def test_held_back_reply_is_written_when_the_application_stops_answering(backend):
+    # Three messages arrive in one read; the handler answers only the first and then waits
+    # for something else: its reply must still go out (at the next loop iteration).
+    first = asyncio.Event()
+
+    async def handler(ws, path):
+        await ws.recv()
+        await ws.send(b"only reply")  # two more messages are queued: held back
+        first.set()
+        await ws.wait_closed()  # busy elsewhere: never answers again
+
+    async with serving(handler, backend=backend, compression=None) as server:
+        sock = await asyncio.to_thread(_slow_raw_client, server.port)
+        try:
+            sock.sendall(_burst(b"a", b"b", b"c"))
+            async with asyncio.timeout(TIMEOUT):
+                await first.wait()
+            got = await asyncio.to_thread(_read_binary_frames, sock, 0, 1)
+            assert got == [b"only reply"]
+        finally:
+            sock.close()
+
+
+async def test_held_back_frames_go_before_control_frames_and_close(backend):
+    async def handler(ws, path):
+        await ws.recv()
+        await ws.send(b"reply 1")  # held back: two messages still queued
+        await ws.ping(b"p")  # a control frame must not overtake it
+        await ws.recv()
+        await ws.send(b"reply 2")  # held back: one message still queued
+        await ws.close(1000, "done")  # nor may the close frame
+
+    async with serving(handler, backend=backend, compression=None) as server:
+        sock = await asyncio.to_thread(_slow_raw_client, server.port)
+        try:
+            sock.sendall(_burst(b"a", b"b", b"c"))
+
+            def read_frames() -> list:
+                from kn_sock._pure import FrameParser
+
+                parser = FrameParser(expect_mask=False)
+                frames: list = []
+                while not frames or frames[-1][0] != 8:
+                    data = sock.recv(65536)
+                    assert data
+                    frames.extend(parser.feed(data))
+                return [(opcode, payload) for opcode, _, _, payload in frames]
+
+            frames = await asyncio.to_thread(read_frames)
+            assert [f[0] for f in frames] == [2, 9, 2, 8]
+            assert frames[0][1] == b"reply 1" and frames[2][1] == b"reply 2"
+        finally:
+            sock.close()

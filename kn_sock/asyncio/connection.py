@@ -29,6 +29,8 @@ __all__ = ["AsyncWebSocket"]
 logger = logging.getLogger("kn_sock")
 #: Large frames go out as header + payload in one writev() on plain sockets (POSIX).
 _WRITEV = hasattr(os, "writev")
+#: send() holds back at most this many bytes of frames (see AsyncWebSocket._cork).
+_CORK_MAX = 65536
 _OPEN = State.OPEN
 
 
@@ -69,6 +71,8 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         "_handshake",
         "_frag_done",
         "_fd",
+        "_cork",
+        "_cork_size",
     )
 
     def __init__(self, side: str, opts: Options, loop: asyncio.AbstractEventLoop) -> None:
@@ -101,6 +105,10 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         self._handshake: Any = None
         self._frag_done: asyncio.Future[None] | None = None  # set while a fragmented message is sent
         self._fd = -1  # plain (non-TLS) socket's descriptor: broadcast() may write to it directly
+        # Frames held back while the application answers a backlog of received messages:
+        # written together once it has caught up (see send), or at the next loop iteration.
+        self._cork: list[bytes] | None = None
+        self._cork_size = 0
 
     # ------------------------------------------------------------ public attributes
 
@@ -213,6 +221,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         if proto is not None and proto.state is not State.CLOSED:
             self._dispatch(proto.receive_eof())
         self.transport = None
+        self._cork = None
         for handle in (self._ka_handle, self._close_handle):
             if handle is not None:
                 handle.cancel()
@@ -297,6 +306,8 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
             out = proto.data_to_send()  # type: ignore[union-attr]
             transport = self.transport
             if out and transport is not None:
+                if self._cork:
+                    self._uncork()
                 transport.write(out[0]) if len(out) == 1 else transport.writelines(out)
             max_queue = self._max_queue
             if max_queue is not None and messages and len(messages) >= max_queue and not self._paused_reading and transport is not None:
@@ -420,7 +431,19 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
     def _write(self, data: bytes) -> None:
         transport = self.transport
         if transport is not None and data:
+            if self._cork:
+                self._uncork()
             transport.write(data)
+
+    def _uncork(self) -> None:
+        """Write the frames held back by send() (no-op when there are none)."""
+        cork = self._cork
+        if cork is None:
+            return
+        self._cork = None
+        transport = self.transport
+        if transport is not None:
+            transport.write(cork[0] if len(cork) == 1 else b"".join(cork))
 
     async def _drain(self) -> None:
         while self._write_paused:
@@ -453,10 +476,28 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
             transport = self.transport
             if transport is None:
                 raise proto.closed_exception()
+            cork = self._cork
             if type(data) is tuple:  # large frame: header, then the payload itself (no copy)
+                if cork:
+                    self._uncork()
                 self._write_pair(transport, data[0], data[1])
             elif len(data) > 65536:
+                if cork:
+                    self._uncork()
                 transport.write(memoryview(data))
+            elif cork is not None:
+                cork.append(data)
+                self._cork_size += len(data)
+                if not self._messages or self._cork_size > _CORK_MAX:
+                    self._uncork()
+            elif self._messages:
+                # Speed: more received messages wait for the application, so most likely more
+                # sends follow in this same task step (a pipelining peer): hold the frames
+                # back and write them together, once the backlog is answered (above) or at the
+                # next loop iteration, whichever comes first. One write for many messages.
+                self._cork = [data]
+                self._cork_size = len(data)
+                self._loop.call_soon(self._uncork)
             else:
                 transport.write(data)
         elif hasattr(message, "__aiter__"):
@@ -503,6 +544,8 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
             return 2
         if proto._send_frag_open:
             return 3
+        if self._cork:
+            self._uncork()  # our own earlier frames go first
         size = len(frame) if frame is not None else len(message)
         buffered = transport.get_write_buffer_size()
         if direct is not None and not buffered and self._fd >= 0 and frame is not None and size <= limit:
@@ -658,6 +701,8 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
                 transport.close()
             return
         if transport is not None and proto.state is State.OPEN:
+            if self._cork:
+                self._uncork()
             transport.write(proto.send_close(code, reason))
             self._stop_backpressure()  # the peer's close frame may be behind a full queue
             self._arm_abort()
