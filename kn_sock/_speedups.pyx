@@ -167,6 +167,19 @@ cdef extern from *:
         for (i = words * 8; i < n; i++) dst[i] = src[i] ^ k[i & 7];
     }
 
+    /* p[i] ^= key[i % 4] for a short run: inline, no dispatch through the clones' resolver
+       (a call costs as much as masking 125 bytes). */
+    static inline void kn_xor_small(unsigned char *p, Py_ssize_t n, const unsigned char *key) {
+        uint64_t m = kn_key_word(key, 0), w;
+        Py_ssize_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            memcpy(&w, p + i, 8);
+            w ^= m;
+            memcpy(p + i, &w, 8);
+        }
+        for (; i < n; i++) p[i] ^= key[i & 3];
+    }
+
     /* p[i] ^= key[(i + phase) % 4]. */
     KN_MASK_CLONES
     static void kn_xor_inplace(unsigned char *restrict p, Py_ssize_t n,
@@ -187,6 +200,7 @@ cdef extern from *:
                                  const unsigned char *key, Py_ssize_t phase) noexcept nogil
     void _xor_inplace "kn_xor_inplace"(unsigned char *p, Py_ssize_t n,
                                        const unsigned char *key, Py_ssize_t phase) noexcept nogil
+    void _xor_small "kn_xor_small"(unsigned char *p, Py_ssize_t n, const unsigned char *key) noexcept nogil
 
 
 cdef inline void _copy_payload(unsigned char *dst, const unsigned char *src, Py_ssize_t n,
@@ -257,7 +271,9 @@ def apply_mask_inplace(buffer, mask, Py_ssize_t offset=0, Py_ssize_t length=-1):
             length = size - offset
         if offset < 0 or offset > size or length > size - offset:
             raise ValueError("range out of buffer")
-        if length:
+        if length <= 256:
+            _xor_small(<unsigned char *>PyByteArray_AS_STRING(buffer) + offset, length, key)
+        else:
             _xor_inplace(<unsigned char *>PyByteArray_AS_STRING(buffer) + offset, length, key, 0)
         return
     _get_view(buffer, &view)
