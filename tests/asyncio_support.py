@@ -12,6 +12,7 @@ import datetime
 import ipaddress
 import os
 import shutil
+import socket
 import ssl
 import struct
 import subprocess
@@ -75,6 +76,21 @@ def upgrade_request(path: str = "/", headers: dict[str, str] | None = None, meth
     base.update(headers or {})
     lines = [f"{method} {path} HTTP/1.1"] + [f"{k}: {v}" for k, v in base.items() if v is not None]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def stalled_client(port: int) -> socket.socket:
+    """A blocking TCP client that completes the handshake with a 4 KiB receive buffer, reading
+    the reply byte by byte, and then leaves every frame unread until the test reads them."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(upgrade_request())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += sock.recv(1)
+    assert head.startswith(b"HTTP/1.1 101")
+    return sock
 
 
 async def http_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:

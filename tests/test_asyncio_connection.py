@@ -18,7 +18,7 @@ from asyncio_support import (
     raw_client,
     raw_server,
     serving,
-    upgrade_request,
+    stalled_client,
     wait_until,
 )
 from kn_sock import AsyncWebSocket, ConnectionClosed, InvalidState, async_connect_websocket
@@ -709,21 +709,6 @@ async def test_keepalive_tolerates_our_own_backpressure(backend):
     assert len(received) == 40
 
 
-def _slow_raw_client(port: int) -> socket.socket:
-    """A raw client with a 4 KiB receive buffer that reads its handshake reply byte by byte,
-    leaving every frame after it unread until the test reads them."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(TIMEOUT)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(upgrade_request())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)
-    assert head.startswith(b"HTTP/1.1 101")
-    return sock
-
-
 def _read_binary_frames(sock: socket.socket, skip: int, count: int) -> list[bytes]:
     """``count`` unmasked binary payloads from ``sock``, after ``skip`` raw bytes."""
     from kn_sock._pure import FrameParser
@@ -768,7 +753,7 @@ async def test_large_frames_to_a_slow_reader_arrive_whole_and_in_order(backend, 
         await ws.recv()
 
     async with serving(handler, backend=backend, compression=None, write_limit=2**22) as server:
-        sock = await asyncio.to_thread(_slow_raw_client, server.port)
+        sock = await asyncio.to_thread(stalled_client, server.port)
         await wait_until(lambda: bool(filler))
         got = await asyncio.to_thread(_read_binary_frames, sock, filler[0], len(messages))
         assert got == messages
@@ -808,7 +793,7 @@ async def test_held_back_reply_is_written_when_the_application_stops_answering(b
         await ws.wait_closed()  # busy elsewhere: never answers again
 
     async with serving(handler, backend=backend, compression=None) as server:
-        sock = await asyncio.to_thread(_slow_raw_client, server.port)
+        sock = await asyncio.to_thread(stalled_client, server.port)
         try:
             sock.sendall(_burst(b"a", b"b", b"c"))
             async with asyncio.timeout(TIMEOUT):
@@ -829,7 +814,7 @@ async def test_held_back_frames_go_before_control_frames_and_close(backend):
         await ws.close(1000, "done")  # nor may the close frame
 
     async with serving(handler, backend=backend, compression=None) as server:
-        sock = await asyncio.to_thread(_slow_raw_client, server.port)
+        sock = await asyncio.to_thread(stalled_client, server.port)
         try:
             sock.sendall(_burst(b"a", b"b", b"c"))
 

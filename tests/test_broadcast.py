@@ -10,25 +10,11 @@ import time
 
 import pytest
 
-from asyncio_support import TIMEOUT, serving, upgrade_request, wait_until
+from asyncio_support import TIMEOUT, serving, stalled_client, wait_until
 from kn_sock import async_connect_websocket, broadcast, connect_websocket
 from sync_support import running_server, wait_for
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def stalled_client(port: int) -> socket.socket:
-    """A client that completes the handshake with a tiny receive window and never reads again."""
-    sock = socket.socket()
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    sock.settimeout(TIMEOUT)
-    sock.connect(("127.0.0.1", port))
-    sock.sendall(upgrade_request())
-    head = b""
-    while b"\r\n\r\n" not in head:
-        head += sock.recv(1)  # byte by byte: leave every frame unread
-    assert head.startswith(b"HTTP/1.1 101")
-    return sock
 
 
 def collecting_server():
