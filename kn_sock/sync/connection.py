@@ -49,6 +49,7 @@ from typing import Any, Iterator
 
 from .._malloc import tune_malloc_once
 from ..exceptions import ConnectionClosed
+from ..frames import OP_BINARY, OP_TEXT
 from ..http11 import Headers
 from ..options import Options
 from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State
@@ -70,7 +71,6 @@ _DONTWAIT: int = getattr(socket, "MSG_DONTWAIT", 0)
 _HAS_SENDMSG: bool = hasattr(socket.socket, "sendmsg")  # not on Windows
 #: FrameParser.recv_from (one C call: recv(2) + parse) reads plain sockets on POSIX.
 _RECV_FROM: bool = os.name == "posix"
-_OP_TEXT, _OP_BINARY = 1, 2
 
 
 class PongWaiter:
@@ -338,7 +338,7 @@ class WebSocket:
                     with self._lock:
                         self._read_paused = True
                 return
-            got = [(_OP_TEXT if t is str else _OP_BINARY, True, False, got)]
+            got = [(OP_TEXT if t is str else OP_BINARY, True, False, got)]
         elif got is None:
             with self._lock:
                 self._eof = True
@@ -362,7 +362,7 @@ class WebSocket:
         frames = parser.buffer_updated(n)
         if len(frames) == 1 and parser.error is None:
             opcode, fin, rsv1, payload = frames[0]
-            if fin and not rsv1 and (opcode == 2 or opcode == 1):
+            if fin and not rsv1 and (opcode == OP_BINARY or opcode == OP_TEXT):
                 return payload
         return frames
 
@@ -455,7 +455,7 @@ class WebSocket:
 
     def _write_pair(self, head: bytes, payload: bytes) -> None:
         # A large frame as header + the caller's payload: one sendmsg() on a plain socket, so
-        # the header never travels alone (the peer would wake up for 4 bytes).
+        # the header never travels alone (the peer would wake up and read just its 10 bytes).
         if self._sock_done:
             return
         if self._wbuf or self._ssl or not _HAS_SENDMSG:
