@@ -17,7 +17,9 @@ import errno as _errno
 import os
 import select
 import socket as _socket
+import stat as _stat
 import struct
+from operator import index as _operator_index
 from typing import Union
 
 from .exceptions import PayloadTooBig, ProtocolError
@@ -697,14 +699,22 @@ def send_many(fds: list, data: BytesLike) -> list:
     """Write ``data`` once to each non-blocking socket in ``fds`` (the Cython twin: GIL released).
 
     Returns, per descriptor, the number of bytes the kernel took or ``-errno`` (never raises
-    for a socket error: the caller hands what is left to the socket's owner).
+    for a socket error: the caller hands what is left to the socket's owner). A descriptor
+    that is not a socket gives ``-ENOTSOCK``. The sockets must be non-blocking: the Cython
+    twin's send(MSG_DONTWAIT) never waits, this twin's write() would on a blocking one.
     """
     view = memoryview(data)
     fds = [_index(fd) for fd in fds]
     out = []
     for fd in fds:
+        if os.name != "posix":  # pragma: no cover - Windows
+            out.append(-_errno.ENOSYS)
+            continue
         try:
-            out.append(os.write(fd, view) if os.name == "posix" else -_errno.ENOSYS)
+            if not _stat.S_ISSOCK(os.fstat(fd).st_mode):
+                out.append(-_errno.ENOTSOCK)
+                continue
+            out.append(os.write(fd, view))
         except OSError as exc:
             out.append(-(exc.errno or _errno.EIO))
     return out
@@ -733,9 +743,10 @@ def _fileno(obj: object) -> int:
 
 
 def _index(fd: object) -> int:
-    fd = int.__index__(fd) if type(fd) is not int else fd  # type: ignore[arg-type]
+    """A descriptor for send_many, with the errors of the Cython twin's conversion to C long long."""
+    fd = _operator_index(fd)  # type: ignore[arg-type]
     if fd < 0:
         raise ValueError("file descriptor cannot be a negative integer")
     if fd >= 2**63:
-        raise OverflowError("file descriptor out of range")
+        raise OverflowError("Python int too large to convert to C long")
     return fd

@@ -301,12 +301,12 @@ def apply_mask_inplace(buffer, mask, Py_ssize_t offset=0, Py_ssize_t length=-1):
 
 cdef extern from *:
     """
+    #include <errno.h>
     #ifdef _WIN32
-    static Py_ssize_t kn_recv(long long fd, char *buf, Py_ssize_t n, int flags) { (void)fd; (void)buf; (void)n; (void)flags; return -38; }
-    #define KN_EINTR 4
+    static Py_ssize_t kn_recv(long long fd, char *buf, Py_ssize_t n, int flags) { (void)fd; (void)buf; (void)n; (void)flags; return -ENOSYS; }
+    #define KN_EINTR EINTR
     #define KN_MSG_DONTWAIT 0
     #else
-    #include <errno.h>
     #include <sys/socket.h>
     #define KN_EINTR EINTR
     #ifdef MSG_DONTWAIT
@@ -1472,10 +1472,10 @@ cdef class Waiter:
 
 cdef extern from *:
     """
-    #ifdef _WIN32
-    static Py_ssize_t kn_send_nb(long long fd, const char *buf, Py_ssize_t n) { (void)fd; (void)buf; (void)n; return -38; }
-    #else
     #include <errno.h>
+    #ifdef _WIN32
+    static Py_ssize_t kn_send_nb(long long fd, const char *buf, Py_ssize_t n) { (void)fd; (void)buf; (void)n; return -ENOSYS; }
+    #else
     #include <sys/socket.h>
     #ifndef MSG_NOSIGNAL
     #define MSG_NOSIGNAL 0
@@ -1499,7 +1499,8 @@ def send_many(fds, data):
     """Write ``data`` once to each non-blocking socket in ``fds`` (one pass, the GIL released).
 
     Returns, per descriptor, the number of bytes the kernel took or ``-errno`` (never raises
-    for a socket error: the caller hands what is left to the socket's owner).
+    for a socket error: the caller hands what is left to the socket's owner). A descriptor
+    that is not a socket gives ``-ENOTSOCK``.
     """
     cdef Py_buffer view
     cdef Py_ssize_t i, count

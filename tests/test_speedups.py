@@ -1001,3 +1001,27 @@ def test_recv_from_agrees_with_feed_on_any_cutting(backend, messages, cuts):
     finally:
         a.close()
         b.close()
+
+
+def test_send_many_same_errors_in_both_twins():
+    from kn_sock import _pure
+
+    speedups = pytest.importorskip("kn_sock._speedups")
+    r, w = os.pipe()
+    try:
+        bad_inputs = [[1.5], ["3"], [2**63], [2**64], [-1]]
+        for fds in bad_inputs:
+            errors = []
+            for twin in (_pure, speedups):
+                with pytest.raises(Exception) as info:
+                    twin.send_many(fds, b"x")
+                errors.append((type(info.value), str(info.value)))
+            assert errors[0] == errors[1], fds
+        closed_r, closed_w = os.pipe()
+        os.close(closed_r)
+        os.close(closed_w)
+        for twin in (_pure, speedups):  # not a socket; a closed descriptor
+            assert twin.send_many([w, closed_w], b"x") == [-errno.ENOTSOCK, -errno.EBADF]
+    finally:
+        os.close(r)
+        os.close(w)
