@@ -339,14 +339,6 @@ cdef enum:
     _UTF8_BAD = 2       # not UTF-8 (RFC 3629: overlong, surrogate, > U+10FFFF, stray byte)
 
 
-cdef inline int _seq_len(unsigned char c) noexcept nogil:
-    """Length of the sequence a (valid) lead byte starts."""
-    if c < 0xE0:
-        return 2
-    if c < 0xF0:
-        return 3
-    return 4
-
 
 cdef extern from *:
     """
@@ -371,6 +363,10 @@ cdef extern from *:
         if (n >= 3 && (s[2] & 0xC0) != 0x80) return 0;
         return 1;
     }
+    /* Length of the sequence a (valid) lead byte starts. */
+    static inline int kn_u8_seq_len(unsigned char c) {
+        return c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+    }
     /* Validate s[:n]: status 0 (_UTF8_OK) and n; 1 (_UTF8_PARTIAL) and the index of a code
        point the end cuts short, whose bytes so far are a valid beginning; 2 (_UTF8_BAD) and
        the index of the first sequence that is not UTF-8. */
@@ -393,7 +389,7 @@ cdef extern from *:
                 continue;
             }
             if (c < 0xC2 || c > 0xF4) { *status = 2; return i; }
-            need = c < 0xE0 ? 2 : c < 0xF0 ? 3 : 4;
+            need = kn_u8_seq_len(c);
             if (n - i < need) { *status = kn_u8_prefix_ok(s + i, n - i) ? 1 : 2; return i; }
             if (need == 2) {
                 if ((s[i + 1] & 0xC0) != 0x80) { *status = 2; return i; }
@@ -408,6 +404,7 @@ cdef extern from *:
     """
     Py_ssize_t _utf8_scan "kn_utf8_scan"(const unsigned char *s, Py_ssize_t n, int *status) noexcept nogil
     bint _prefix_ok "kn_u8_prefix_ok"(const unsigned char *s, Py_ssize_t n) noexcept nogil
+    int _seq_len "kn_u8_seq_len"(unsigned char c) noexcept nogil
 
 
 cdef inline Py_ssize_t _utf8_scan_maybe_nogil(const unsigned char *s, Py_ssize_t n,
