@@ -305,10 +305,8 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
             proto = self.protocol
             out = proto.data_to_send()  # type: ignore[union-attr]
             transport = self.transport
-            if out and transport is not None:
-                if self._cork:
-                    self._uncork()
-                transport.write(out[0]) if len(out) == 1 else transport.writelines(out)
+            if out:
+                self._write(out[0] if len(out) == 1 else b"".join(out))
             max_queue = self._max_queue
             if max_queue is not None and messages and len(messages) >= max_queue and not self._paused_reading and transport is not None:
                 self._paused_reading = True
@@ -429,6 +427,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
     # ------------------------------------------------------------ sending
 
     def _write(self, data: bytes) -> None:
+        """Write a frame after any held back by send(): every write but send()'s own goes here."""
         transport = self.transport
         if transport is not None and data:
             if self._cork:
@@ -701,9 +700,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
                 transport.close()
             return
         if transport is not None and proto.state is State.OPEN:
-            if self._cork:
-                self._uncork()
-            transport.write(proto.send_close(code, reason))
+            self._write(proto.send_close(code, reason))
             self._stop_backpressure()  # the peer's close frame may be behind a full queue
             self._arm_abort()
         await self.wait_closed()
