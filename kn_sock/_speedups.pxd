@@ -64,6 +64,11 @@ cdef class FrameParser:
     cdef bint _pl_masked
     cdef unsigned char _pl_key[4]
 
+    # recv_from: the payload size it expects next (the last data frame's, from _LAND_MIN on;
+    # 0: no guess) and where the header of a frame received in place lands.
+    cdef Py_ssize_t _predict
+    cdef unsigned char _hbuf[16]
+
     # Early UTF-8 check of the incomplete text frame we hold (reset by _emit): the payload
     # bytes validated so far and the code point they ended in (see _check_text).
     cdef Py_ssize_t _tv_done
@@ -79,6 +84,7 @@ cdef class FrameParser:
     cdef int _fail(self, object exc) except -1
     cdef int _reserve(self, Py_ssize_t extra) except -1
     cdef list _updated(self, Py_ssize_t nbytes)
+    cdef list _recv_landing(self, int fd, int flags)
     cdef int _offer_tail(self, Py_ssize_t sizehint) except -1
     cdef int _append(self, const unsigned char *data, Py_ssize_t n) except -1
     cdef void _drop_buffer(self) noexcept
@@ -89,7 +95,7 @@ cdef class FrameParser:
     cdef int _emit(self, list frames, int opcode, bint fin, bint rsv1, uint64_t length,
                    object payload) except -1
     cdef bint _start_payload(self, const unsigned char *p, Py_ssize_t avail, Py_ssize_t hdr,
-                             uint64_t length, list frames) except -1
+                             uint64_t length, list frames, object payload=*) except -1
     cdef int _fill_payload(self, const unsigned char *data, Py_ssize_t n, bint copy,
                            list frames) except -1
     cdef Py_ssize_t _head_need(self) noexcept

@@ -70,6 +70,7 @@ cdef enum:
     # ~0.1 us, 8% of masking 64 KiB (measured); 128 KiB takes ~2.5 us with the GIL held.
     _NOGIL_BYTES = 131072
     _LARGE = 65536          # payloads from this size are received in place (zero copy)
+    _LAND_MIN = 16384       # recv_from lands a payload of this size in place when it can guess it
     _CHUNK = 131072         # the receive buffer get_buffer() normally offers
     _MIN_READ = 4096        # never offer less than this to recv_into
     _MAX_HINT = 1 << 22     # cap on a caller's sizehint
@@ -304,10 +305,13 @@ cdef extern from *:
     #include <errno.h>
     #ifdef _WIN32
     static Py_ssize_t kn_recv(long long fd, char *buf, Py_ssize_t n, int flags) { (void)fd; (void)buf; (void)n; (void)flags; return -ENOSYS; }
+    static Py_ssize_t kn_recv3(long long fd, char *a, Py_ssize_t na, char *b, Py_ssize_t nb, char *c, Py_ssize_t nc, int flags) { (void)fd; (void)a; (void)na; (void)b; (void)nb; (void)c; (void)nc; (void)flags; return -ENOSYS; }
     #define KN_EINTR EINTR
     #define KN_MSG_DONTWAIT 0
     #else
+    #include <string.h>
     #include <sys/socket.h>
+    #include <sys/uio.h>
     #define KN_EINTR EINTR
     #ifdef MSG_DONTWAIT
     #define KN_MSG_DONTWAIT MSG_DONTWAIT
@@ -319,9 +323,26 @@ cdef extern from *:
         ssize_t r = recv((int)fd, buf, (size_t)n, flags);
         return r < 0 ? -(Py_ssize_t)errno : (Py_ssize_t)r;
     }
+    /* One recvmsg(2) into three buffers in turn (the same results as kn_recv). */
+    static Py_ssize_t kn_recv3(long long fd, char *a, Py_ssize_t na, char *b, Py_ssize_t nb,
+                               char *c, Py_ssize_t nc, int flags) {
+        struct iovec iov[3];
+        struct msghdr msg;
+        ssize_t r;
+        iov[0].iov_base = a; iov[0].iov_len = (size_t)na;
+        iov[1].iov_base = b; iov[1].iov_len = (size_t)nb;
+        iov[2].iov_base = c; iov[2].iov_len = (size_t)nc;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = iov;
+        msg.msg_iovlen = 3;
+        r = recvmsg((int)fd, &msg, flags);
+        return r < 0 ? -(Py_ssize_t)errno : (Py_ssize_t)r;
+    }
     #endif
     """
     Py_ssize_t kn_recv(long long fd, char *buf, Py_ssize_t n, int flags) nogil
+    Py_ssize_t kn_recv3(long long fd, char *a, Py_ssize_t na, char *b, Py_ssize_t nb,
+                        char *c, Py_ssize_t nc, int flags) nogil
     int EINTR "KN_EINTR"
     int _MSG_DONTWAIT "KN_MSG_DONTWAIT"
 
@@ -855,36 +876,109 @@ cdef class FrameParser:
         cdef object owner
         cdef char *dst
         cdef Py_ssize_t room, r
-        cdef list frames
-        if self._pp != NULL:
-            owner = self._payload  # keeps the memory being read into alive, whatever happens
-            self._view_kind = 2
-            room = self._view_len = self._pl_len - self._pl_filled
-            dst = <char *>self._pp + self._pl_filled
+        cdef list frames = None
+        if self._predict and self._pp == NULL and self._end == self._start and self.error is None:
+            frames = self._recv_landing(fd, flags)
+            if frames is None:
+                return None
         else:
-            self._offer_tail(-1)
-            owner = self._buf
-            room = self._view_len
-            dst = <char *>self._bp + self._end
-        while True:
-            with nogil:
-                r = kn_recv(fd, dst, room, flags)
-            if r != -EINTR:
-                break
-            PyErr_CheckSignals()
-        if r < 0:
-            self._view_len = 0
-            _raise_errno(<int>-r)
-        if r == 0:
-            self._view_len = 0
-            return None
-        if r > self._view_len:  # pragma: no cover - the parser was used meanwhile
-            raise ValueError("nbytes out of range")
-        frames = self._updated(r)
+            if self._pp != NULL:
+                owner = self._payload  # keeps the memory being read into alive, whatever happens
+                self._view_kind = 2
+                room = self._view_len = self._pl_len - self._pl_filled
+                dst = <char *>self._pp + self._pl_filled
+            else:
+                self._offer_tail(-1)
+                owner = self._buf
+                room = self._view_len
+                dst = <char *>self._bp + self._end
+            while True:
+                with nogil:
+                    r = kn_recv(fd, dst, room, flags)
+                if r != -EINTR:
+                    break
+                PyErr_CheckSignals()
+            if r < 0:
+                self._view_len = 0
+                _raise_errno(<int>-r)
+            if r == 0:
+                self._view_len = 0
+                return None
+            if r > self._view_len:  # pragma: no cover - the parser was used meanwhile
+                raise ValueError("nbytes out of range")
+            frames = self._updated(r)
         if len(frames) == 1 and self.error is None:
             f = <tuple>frames[0]
             if f[1] is True and f[2] is False and (f[0] == 2 or (f[0] == 1 and self.decode_text)):
                 return f[3]
+        return frames
+
+    cdef list _recv_landing(self, int fd, int flags):
+        """recv_from's read when nothing is buffered and the next frame is expected to carry
+        ``_predict`` payload bytes, like the last data frame: one recvmsg(2) puts the header
+        in ``_hbuf``, the payload straight into its final bytes object (no copy out of the
+        receive buffer) and whatever follows into the receive buffer. A wrong guess replays
+        the bytes through the parser in order: the copy a plain read makes anyway.
+
+        Returns the frames completed, or None at the end of the stream.
+        """
+        cdef Py_ssize_t want = self._predict, hdr, r, hn, pn, tn, room
+        cdef unsigned char *h = self._hbuf
+        cdef unsigned char *pp
+        cdef char *dst
+        cdef list frames = []
+        cdef int l7
+        cdef bint guessed
+        hdr = (4 if want < 65536 else 10) + (4 if self.expect_mask else 0)
+        payload = PyBytes_FromStringAndSize(NULL, want)
+        pp = <unsigned char *>PyBytes_AS_STRING(payload)
+        self._offer_tail(-1)
+        owner = self._buf  # keeps the memory being read into alive, whatever happens
+        room = self._view_len
+        dst = <char *>self._bp + self._end
+        self._view_len = 0
+        while True:
+            with nogil:
+                r = kn_recv3(fd, <char *>h, hdr, <char *>pp, want, dst, room, flags)
+            if r != -EINTR:
+                break
+            PyErr_CheckSignals()
+        if r < 0:
+            _raise_errno(<int>-r)
+        if r == 0:
+            return None
+        hn = r if r < hdr else hdr
+        pn = r - hn if r - hn < want else want
+        tn = r - hn - pn
+        guessed = False
+        if hn == hdr and ((h[1] & 0x80) != 0) == self.expect_mask:
+            l7 = h[1] & 0x7F
+            if want < 65536:
+                guessed = l7 == 126 and ((h[2] << 8) | h[3]) == want
+            else:
+                guessed = l7 == 127 and _be64(h + 2) == <uint64_t>want
+        if guessed:
+            # The header _parse would see; the frame is then finished in place.
+            if self._check_header(h[0], h[1]):
+                return frames
+            if (h[0] & 0x0F) < 8 and self._check_size(h[0] & 0x0F, (h[0] & 0x40) != 0, want):
+                return frames
+            self._start_payload(h, hdr, hdr, want, frames, payload)
+            if pn:
+                self._fill_payload(pp, pn, False, frames)
+            if tn and self.error is None:
+                self._end += tn  # what followed the payload is already in the receive buffer
+                self._parse_buffer(frames)
+        else:
+            tail = PyBytes_FromStringAndSize(dst, tn) if tn else None
+            self._consume(h, hn, frames)
+            if pn:
+                self._consume(pp, pn, frames)
+            if tn:
+                self._consume(<const unsigned char *>PyBytes_AS_STRING(tail), tn, frames)
+        if (self.error is None and (self._pp != NULL or self._end - self._start > 2)
+                and self.decode_text):
+            self._check_text()
         return frames
 
     cdef list _updated(self, Py_ssize_t nbytes):
@@ -1201,18 +1295,20 @@ cdef class FrameParser:
         return pos
 
     cdef bint _start_payload(self, const unsigned char *p, Py_ssize_t avail, Py_ssize_t hdr,
-                             uint64_t length, list frames) except -1:
-        """Allocate the final payload of a large frame and move its first bytes in.
+                             uint64_t length, list frames, object payload=None) except -1:
+        """Allocate the final payload of a large frame (unless ``payload``, a new bytes object
+        of ``length`` bytes, is given) and move its first bytes in.
 
         Returns False when the allocation failed (the caller then buffers, like the pure twin).
         """
         cdef Py_ssize_t filled = avail - hdr
         if length > <uint64_t>PY_SSIZE_T_MAX:
             return False
-        try:
-            payload = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
-        except MemoryError:
-            return False
+        if payload is None:
+            try:
+                payload = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
+            except MemoryError:
+                return False
         self._payload = payload
         self._pp = <unsigned char *>PyBytes_AS_STRING(payload)
         self._pl_len = <Py_ssize_t>length
@@ -1270,6 +1366,8 @@ cdef class FrameParser:
             self._frag_opcode = opcode
             self._frag_compressed = rsv1
             self._msg_size = length
+        if opcode < 8:  # recv_from's guess for the next frame
+            self._predict = <Py_ssize_t>length if length >= _LAND_MIN else 0
         frame = (opcode, fin, rsv1, payload)
         # speed: the tuple holds only an int, two bools and bytes/str, so it can never be part
         # of a reference cycle; untracking it now (as the collector would on its first pass)

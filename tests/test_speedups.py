@@ -1003,6 +1003,149 @@ def test_recv_from_agrees_with_feed_on_any_cutting(backend, messages, cuts):
         b.close()
 
 
+def _wide_frame(opcode, payload, fin=True, mask=None):
+    """A frame whose length takes the 64-bit form even when a shorter one would do (legal)."""
+    import struct
+
+    from kn_sock._pure import apply_mask
+
+    head = bytes([(0x80 if fin else 0) | opcode, (0x80 if mask else 0) | 127]) + struct.pack("!Q", len(payload))
+    return head + (mask + apply_mask(payload, mask) if mask else payload)
+
+
+def _pump(parser, a, b, chunks):
+    """Send ``chunks`` one at a time and read each one to the end with recv_from (non-blocking)."""
+    out = []
+    a.setblocking(False)
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while True:
+            if view:
+                try:
+                    view = view[a.send(view) :]
+                except BlockingIOError:
+                    pass
+            try:
+                r = parser.recv_from(b, socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                if not view:
+                    break
+                continue
+            assert r is not None
+            out.extend(r) if isinstance(r, list) else out.append(r)
+            if parser.error is not None:
+                return out
+    return out
+
+
+def _as_frames(got):
+    """recv_from's results as frame tuples (a bare payload is one whole message)."""
+    return [g if isinstance(g, tuple) else (1 if isinstance(g, str) else 2, True, False, g) for g in got]
+
+
+SIZES = [0, 5, 126, 16383, 16384, 20000, 65535, 65536, 70000]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(
+    plan=st.lists(
+        st.tuples(st.sampled_from(SIZES), st.sampled_from(["bin", "text", "frag", "ping", "wide"])),
+        min_size=1,
+        max_size=8,
+    ),
+    cuts=st.lists(st.sampled_from([1, 3, 4, 8, 14, 100, 16388, 20004, 65540, 70010, 200_000]), min_size=1, max_size=5),
+    client_side=st.booleans(),
+)
+def test_recv_from_landing_guesses_agree_with_feed(backend, plan, cuts, client_side):
+    """recv_from guesses each large frame's size from the last one (landing it in place): right,
+    wrong, cut anywhere, the frames are those feed() gives for the same bytes."""
+    key = b"\x11\x22\x33\x44" if not client_side else None  # a server parser reads masked frames
+    frames = []
+    for size, kind in plan:
+        if kind == "ping":
+            frames.append(_frame(9, b"p", mask=key))
+        payload = os.urandom(size)
+        if kind == "text":
+            frames.append(_frame(1, ("é" * (size // 2) + "a" * (size % 2)).encode(), mask=key))
+        elif kind == "frag":
+            frames.append(_frame(2, payload, fin=False, mask=key) + _frame(0, payload, mask=key))
+        elif kind == "wide":
+            frames.append(_wide_frame(2, payload, mask=key))
+        else:
+            frames.append(_frame(2, payload, mask=key))
+    stream = b"".join(frames)
+    chunks, pos, i = [], 0, 0
+    while pos < len(stream):
+        step = cuts[i % len(cuts)]
+        chunks.append(stream[pos : pos + step])
+        pos += step
+        i += 1
+    ref = backend.FrameParser(expect_mask=not client_side, max_size=None).feed(stream)
+    a, b = socket.socketpair()
+    try:
+        got = _pump(backend.FrameParser(expect_mask=not client_side, max_size=None), a, b, chunks)
+    finally:
+        a.close()
+        b.close()
+    assert _as_frames(got) == ref
+
+
+@pytest.mark.parametrize(
+    "second, code",
+    [
+        (bytes([0xA2, 126, 0x4E, 0x20]) + bytes(20000), 1002),  # RSV2, the guessed size
+        (bytes([0x82, 0xFE, 0x4E, 0x20]) + b"kkkk" + bytes(20000), 1002),  # masked, to a client
+        (bytes([0x89, 126, 0x4E, 0x20]) + bytes(20000), 1002),  # a control frame that size
+        (bytes([0x00, 126, 0x4E, 0x20]) + bytes(20000), 1002),  # a continuation of nothing
+        (bytes([0x81, 126, 0x4E, 0x20]) + b"\xff" * 20000, 1007),  # text, not UTF-8
+        (bytes([0x81, 126, 0x4E, 0x20]) + b"a" * 19999 + b"\xc3", 1007),  # ends mid code point
+    ],
+)
+def test_recv_from_landing_a_bad_frame_of_the_guessed_size(backend, sockpair, second, code):
+    a, b = sockpair
+    p = backend.FrameParser(expect_mask=False)
+    first = os.urandom(20000)
+    got = _pump(p, a, b, [_frame(2, first), second + _frame(2, b"never")])
+    assert got[0] == first
+    assert p.error is not None and p.error.code == code
+
+
+@pytest.mark.parametrize("client_side", [True, False])
+def test_recv_from_landing_with_frames_after_the_payload(backend, sockpair, client_side):
+    """One read brings the guessed frame and what follows it (right and wrong guesses)."""
+    a, b = sockpair
+    key = None if client_side else b"\x01\x02\x03\x04"
+    p = backend.FrameParser(expect_mask=not client_side)
+    x, y, z = os.urandom(20000), os.urandom(20000), os.urandom(30000)
+    assert _pump(p, a, b, [_frame(2, x, mask=key)]) == [x]
+    right = _frame(2, y, mask=key) + _frame(2, x, mask=key) + _frame(1, "tail", mask=key)
+    assert _as_frames(_pump(p, a, b, [right])) == [(2, True, False, y), (2, True, False, x), (1, True, False, "tail")]
+    assert _pump(p, a, b, [_frame(2, x, mask=key)]) == [x]
+    wrong = _frame(2, z, mask=key) + _frame(2, y, mask=key) + _frame(9, b"ping", mask=key)
+    assert _as_frames(_pump(p, a, b, [wrong])) == [(2, True, False, z), (2, True, False, y), (9, True, False, b"ping")]
+
+
+def test_recv_from_landing_respects_a_lowered_max_size(backend, sockpair):
+    a, b = sockpair
+    p = backend.FrameParser(expect_mask=False)
+    assert _pump(p, a, b, [_frame(2, bytes(20000))]) == [bytes(20000)]
+    p.max_size = 19999
+    assert _pump(p, a, b, [_frame(2, bytes(20000))]) == []
+    assert p.error.code == 1009
+
+
+def test_recv_from_landing_end_of_stream_midway(backend, sockpair):
+    a, b = sockpair
+    p = backend.FrameParser(expect_mask=False)
+    payload = os.urandom(30000)
+    assert _pump(p, a, b, [_frame(2, payload)]) == [payload]
+    a.sendall(_frame(2, payload)[:15000])
+    assert p.recv_from(b) == []
+    assert p.buffered == 15000
+    a.close()
+    assert p.recv_from(b) is None
+
+
 def test_send_many_same_errors_in_both_twins():
     from kn_sock import _pure
 
