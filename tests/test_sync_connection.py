@@ -571,3 +571,57 @@ def test_large_frame_sent_while_the_socket_is_full_is_queued_whole(backend):
         assert peer.recv_frame() == (2, message)
         peer.send_frame(8, b"\x03\xe8")
         peer.close()
+
+
+@pytest.mark.parametrize("ending", ["reset", "close-frame"])
+def test_blocking_recv_of_a_held_socket_handles_every_kind_of_read(backend, ending, monkeypatch):
+    """recv() without a timeout on a socket it held last time reads it directly: whole
+    messages, a ping (answered) between them, frames of a fragmented message, then the end."""
+    import struct
+
+    import kn_sock.sync.connection as connection
+
+    monkeypatch.setattr(connection, "HOLD_TICK", 60.0)  # the thread keeps the socket throughout
+    with raw_server() as srv:
+        peer_box = []
+        ready = threading.Event()
+
+        def peer():
+            peer_box.append(srv.accept_ws())
+            ready.set()
+
+        t = threading.Thread(target=peer)
+        t.start()
+        ws = connect_websocket("127.0.0.1", srv.port, backend=backend, compression=None, ping_interval=None)
+        assert ready.wait(5)
+        t.join(5)
+        p = peer_box[0]
+        # The first message arrives while this thread is reading (not the reactor), so recv()
+        # ends by holding the socket.
+        sender = threading.Thread(target=lambda: wait_for(lambda: ws._app_reading) and p.send_frame(2, b"first"))
+        sender.start()
+        assert ws.recv() == b"first"
+        sender.join(5)
+        assert ws._held  # every recv() from here on starts on the held socket
+        p.send_frame(9, b"are you there")
+        p.send_frame(1, "second".encode())
+        assert ws.recv() == "second"
+        assert p.recv_frame() == (10, b"are you there")
+        p.send_frame(1, b"fra", fin=False)
+        p.send_frame(0, b"gment")
+        assert ws.recv() == "fragment"
+        big = os.urandom(20000)
+        for _ in range(3):  # large frames, received in place (recv_from's size guess)
+            p.send_frame(2, big)
+            assert ws.recv() == big
+        assert ws._held
+        if ending == "reset":
+            p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            p.close()  # RST: recv(2) fails with ECONNRESET
+            assert ws.recv() is None
+            assert ws.close_code == 1006
+        else:
+            p.send_frame(8, struct.pack("!H", 4000) + b"bye")
+            assert ws.recv() is None
+            assert (ws.close_code, ws.close_reason) == (4000, "bye")
+            p.close()

@@ -121,6 +121,7 @@ class WebSocket:
         "_ssl",
         "_io_lock",
         "_nb",
+        "_direct",
         "_parser",
         "_lock",
         "_read_lock",
@@ -166,6 +167,8 @@ class WebSocket:
         self._io_lock = threading.Lock() if self._ssl else None
         # Flags of the never-blocking calls on a plain socket in blocking mode (0: non-blocking socket).
         self._nb = _DONTWAIT if not self._ssl else 0
+        # recv() may read this socket itself with FrameParser.recv_from (plain socket, POSIX).
+        self._direct = self._nb != 0 and _RECV_FROM
         self._parser = protocol.parser
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -824,6 +827,44 @@ class WebSocket:
                 if self._read_paused:
                     self._maybe_resume()
                 return msg
+        if timeout is None and self._held and self._direct:
+            # Speed: the usual case, a blocking read of a plain socket this thread held last
+            # time (the reactor is not watching it for reads): read and return a whole
+            # message without the queue, and leave without _lock. Holding _read_lock is what
+            # keeps the reactor from reading meanwhile (it only tries it); a reactor tick that
+            # gives the socket back while we read changes nothing but the next call's path.
+            rl = self._read_lock
+            if rl.acquire(False):
+                self._app_reading = True
+                try:
+                    if (not messages and not self._sock_done and self.protocol.state is _OPEN
+                            and self._wbuf_size <= self._write_limit):
+                        try:
+                            got = self._parser.recv_from(self._sock, 0)
+                        except _WOULD_BLOCK:
+                            got = []
+                        except (OSError, ValueError):  # as in _read_once
+                            got = None
+                        t = type(got)
+                        if (t is bytes or t is str) and self.protocol.state is _OPEN:
+                            return got
+                        self._feed(got)
+                    while True:
+                        if messages:
+                            msg = messages.popleft()
+                            if self._read_paused:
+                                self._maybe_resume()
+                            return msg
+                        if self._sock_done or self.protocol.state is _CLOSED:
+                            return None
+                        self._read_once(None)
+                finally:
+                    self._app_reading = False
+                    self._held_since = _monotonic()
+                    rl.release()
+                    if self._sock_done:
+                        with self._lock:
+                            self._maybe_close_fd()
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._read_lock.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
             raise TimeoutError("no message received in time")
