@@ -71,6 +71,7 @@ cdef enum:
     _NOGIL_BYTES = 131072
     _LARGE = 65536          # payloads from this size are received in place (zero copy)
     _LAND_MIN = 16384       # recv_from lands a payload of this size in place when it can guess it
+    _LAND_MAX = 1 << 22     # ... up to this size (the payload is allocated before the read)
     _CHUNK = 131072         # the receive buffer get_buffer() normally offers
     _MIN_READ = 4096        # never offer less than this to recv_into
     _MAX_HINT = 1 << 22     # cap on a caller's sizehint
@@ -412,7 +413,10 @@ cdef extern from *:
                          a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p)
 
     static int kn_u8_have_avx2 = 0;
-    static void kn_u8_simd_init(void) { kn_u8_have_avx2 = __builtin_cpu_supports("avx2"); }
+    static void kn_u8_simd_init(void) {
+        __builtin_cpu_init();
+        kn_u8_have_avx2 = __builtin_cpu_supports("avx2");  /* the CPU and the OS (XSAVE) */
+    }
     static int kn_u8_simd_set(int on) {
         int was = kn_u8_have_avx2;
         kn_u8_have_avx2 = on && __builtin_cpu_supports("avx2");
@@ -877,8 +881,14 @@ cdef class FrameParser:
         cdef char *dst
         cdef Py_ssize_t room, r
         cdef list frames = None
+        landing = None
         if self._predict and self._pp == NULL and self._end == self._start and self.error is None:
-            frames = self._recv_landing(fd, flags)
+            try:
+                landing = PyBytes_FromStringAndSize(NULL, self._predict)
+            except MemoryError:  # read as usual, without a guess
+                self._predict = 0
+        if landing is not None:
+            frames = self._recv_landing(fd, flags, landing)
             if frames is None:
                 return None
         else:
@@ -913,12 +923,13 @@ cdef class FrameParser:
                 return f[3]
         return frames
 
-    cdef list _recv_landing(self, int fd, int flags):
+    cdef list _recv_landing(self, int fd, int flags, object payload):
         """recv_from's read when nothing is buffered and the next frame is expected to carry
         ``_predict`` payload bytes, like the last data frame: one recvmsg(2) puts the header
-        in ``_hbuf``, the payload straight into its final bytes object (no copy out of the
-        receive buffer) and whatever follows into the receive buffer. A wrong guess replays
-        the bytes through the parser in order: the copy a plain read makes anyway.
+        in ``_hbuf``, the payload straight into ``payload``, its final bytes object (new, that
+        size; no copy out of the receive buffer), and whatever follows into the receive
+        buffer. A wrong guess replays the bytes through the parser in order: the copy a plain
+        read makes anyway.
 
         Returns the frames completed, or None at the end of the stream.
         """
@@ -930,7 +941,6 @@ cdef class FrameParser:
         cdef int l7
         cdef bint guessed
         hdr = (4 if want < 65536 else 10) + (4 if self.expect_mask else 0)
-        payload = PyBytes_FromStringAndSize(NULL, want)
         pp = <unsigned char *>PyBytes_AS_STRING(payload)
         self._offer_tail(-1)
         owner = self._buf  # keeps the memory being read into alive, whatever happens
@@ -1367,7 +1377,7 @@ cdef class FrameParser:
             self._frag_compressed = rsv1
             self._msg_size = length
         if opcode < 8:  # recv_from's guess for the next frame
-            self._predict = <Py_ssize_t>length if length >= _LAND_MIN else 0
+            self._predict = <Py_ssize_t>length if _LAND_MIN <= length <= _LAND_MAX else 0
         frame = (opcode, fin, rsv1, payload)
         # speed: the tuple holds only an int, two bools and bytes/str, so it can never be part
         # of a reference cycle; untracking it now (as the collector would on its first pass)
