@@ -625,3 +625,31 @@ def test_blocking_recv_of_a_held_socket_handles_every_kind_of_read(backend, endi
             assert ws.recv() is None
             assert (ws.close_code, ws.close_reason) == (4000, "bye")
             p.close()
+
+
+def test_keepalive_failure_wakes_a_blocking_recv_on_a_held_socket(backend, monkeypatch):
+    """The application thread sleeps in the socket's own read (recv() without a timeout on a
+    socket it holds); a keepalive that fails (1011) must still end that read."""
+    import kn_sock.sync.connection as connection
+
+    monkeypatch.setattr(connection, "HOLD_TICK", 60.0)
+    result = queue.Queue()
+
+    def handler(ws, address):
+        try:
+            ws.recv(timeout=0.01)  # returns holding the socket, as every recv() does
+        except TimeoutError:
+            pass
+        held = ws._held
+        start = time.monotonic()
+        result.put((held, ws.recv(), time.monotonic() - start, ws.close_code))
+
+    with running_server(handler, backend=backend, ping_interval=0.1, ping_timeout=0.2) as server:
+        peer = raw_client(server.port)
+        opcode, _ = peer.recv_frame()
+        assert opcode == 9  # ping, never answered
+        held, message, elapsed, code = result.get(timeout=5)
+        assert held and message is None and elapsed < 2 and code == 1006
+        opcode, payload = peer.recv_frame()
+        assert opcode == 8 and payload[:2] == (1011).to_bytes(2, "big")
+        peer.close()
