@@ -64,9 +64,11 @@ cdef class FrameParser:
     cdef bint _pl_masked
     cdef unsigned char _pl_key[4]
 
-    # recv_from: the payload size it expects next (the last data frame's, from _LAND_MIN on;
-    # 0: no guess) and where the header of a frame received in place lands.
+    # recv_from: the payload size it expects next (from _LAND_MIN on, when the last two data
+    # frames had it; 0: no guess), the last data frame's size, and where the header of a
+    # frame received in place lands.
     cdef Py_ssize_t _predict
+    cdef Py_ssize_t _last_len
     cdef unsigned char _hbuf[16]
 
     # Early UTF-8 check of the incomplete text frame we hold (reset by _emit): the payload

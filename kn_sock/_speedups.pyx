@@ -925,7 +925,7 @@ cdef class FrameParser:
 
     cdef list _recv_landing(self, int fd, int flags, object payload):
         """recv_from's read when nothing is buffered and the next frame is expected to carry
-        ``_predict`` payload bytes, like the last data frame: one recvmsg(2) puts the header
+        ``_predict`` payload bytes, like the last two data frames: one recvmsg(2) puts the header
         in ``_hbuf``, the payload straight into ``payload``, its final bytes object (new, that
         size; no copy out of the receive buffer), and whatever follows into the receive
         buffer. A wrong guess replays the bytes through the parser in order: the copy a plain
@@ -1376,8 +1376,14 @@ cdef class FrameParser:
             self._frag_opcode = opcode
             self._frag_compressed = rsv1
             self._msg_size = length
-        if opcode < 8:  # recv_from's guess for the next frame
-            self._predict = <Py_ssize_t>length if _LAND_MIN <= length <= _LAND_MAX else 0
+        if opcode < 8:
+            # recv_from's guess for the next frame: a size the last two data frames had (a
+            # wrong guess costs a copy or two, so sizes that vary are not guessed at all).
+            if _LAND_MIN <= length <= _LAND_MAX and <Py_ssize_t>length == self._last_len:
+                self._predict = <Py_ssize_t>length
+            else:
+                self._predict = 0
+            self._last_len = <Py_ssize_t>length if length <= _LAND_MAX else 0
         frame = (opcode, fin, rsv1, payload)
         # speed: the tuple holds only an int, two bools and bytes/str, so it can never be part
         # of a reference cycle; untracking it now (as the collector would on its first pass)

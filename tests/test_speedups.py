@@ -1105,8 +1105,8 @@ def test_recv_from_landing_a_bad_frame_of_the_guessed_size(backend, sockpair, se
     a, b = sockpair
     p = backend.FrameParser(expect_mask=False)
     first = os.urandom(20000)
-    got = _pump(p, a, b, [_frame(2, first), second + _frame(2, b"never")])
-    assert got[0] == first
+    got = _pump(p, a, b, [_frame(2, first), _frame(2, first), second + _frame(2, b"never")])
+    assert got[:2] == [first, first]  # the same size twice: the next frame is guessed
     assert p.error is not None and p.error.code == code
 
 
@@ -1118,8 +1118,10 @@ def test_recv_from_landing_with_frames_after_the_payload(backend, sockpair, clie
     p = backend.FrameParser(expect_mask=not client_side)
     x, y, z = os.urandom(20000), os.urandom(20000), os.urandom(30000)
     assert _pump(p, a, b, [_frame(2, x, mask=key)]) == [x]
+    assert _pump(p, a, b, [_frame(2, y, mask=key)]) == [y]  # the same size twice: guessed from now on
     right = _frame(2, y, mask=key) + _frame(2, x, mask=key) + _frame(1, "tail", mask=key)
     assert _as_frames(_pump(p, a, b, [right])) == [(2, True, False, y), (2, True, False, x), (1, True, False, "tail")]
+    assert _pump(p, a, b, [_frame(2, x, mask=key)]) == [x]
     assert _pump(p, a, b, [_frame(2, x, mask=key)]) == [x]
     wrong = _frame(2, z, mask=key) + _frame(2, y, mask=key) + _frame(9, b"ping", mask=key)
     assert _as_frames(_pump(p, a, b, [wrong])) == [(2, True, False, z), (2, True, False, y), (9, True, False, b"ping")]
@@ -1128,7 +1130,7 @@ def test_recv_from_landing_with_frames_after_the_payload(backend, sockpair, clie
 def test_recv_from_landing_respects_a_lowered_max_size(backend, sockpair):
     a, b = sockpair
     p = backend.FrameParser(expect_mask=False)
-    assert _pump(p, a, b, [_frame(2, bytes(20000))]) == [bytes(20000)]
+    assert _pump(p, a, b, [_frame(2, bytes(20000))] * 2) == [bytes(20000)] * 2
     p.max_size = 19999
     assert _pump(p, a, b, [_frame(2, bytes(20000))]) == []
     assert p.error.code == 1009
@@ -1138,7 +1140,7 @@ def test_recv_from_landing_end_of_stream_midway(backend, sockpair):
     a, b = sockpair
     p = backend.FrameParser(expect_mask=False)
     payload = os.urandom(30000)
-    assert _pump(p, a, b, [_frame(2, payload)]) == [payload]
+    assert _pump(p, a, b, [_frame(2, payload)] * 2) == [payload] * 2
     a.sendall(_frame(2, payload)[:15000])
     assert p.recv_from(b) == []
     assert p.buffered == 15000
