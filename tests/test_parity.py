@@ -59,6 +59,17 @@ def test_apply_mask_inplace(data, mask, offset, length):
 
 
 @SETTINGS
+@given(data=st.binary(min_size=500, max_size=3000), mask=masks, offset=st.integers(0, 70), cut=st.integers(0, 70))
+def test_apply_mask_inplace_long_runs(data, mask, offset, cut):
+    """Runs long enough for the Cython kernel to first reach a 32-byte boundary, from any address."""
+    a, b = bytearray(data), bytearray(data)
+    length = len(data) - offset - cut
+    S.apply_mask_inplace(a, mask, offset, length)
+    P.apply_mask_inplace(b, mask, offset, length)
+    assert a == b
+
+
+@SETTINGS
 @given(data=nasty)
 def test_validate_utf8(data):
     assert S.validate_utf8(data) is P.validate_utf8(data)
