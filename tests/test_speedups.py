@@ -902,24 +902,8 @@ def test_recv_from_large_payload_lands_in_place_across_reads(backend, sockpair):
     a, b = sockpair
     p = backend.FrameParser(expect_mask=False, max_size=None)
     big = os.urandom(300_000)
-    a.setblocking(False)
-    data = _frame(2, big) + _frame(2, b"next")
-    got = []
-    while data or not got or got[-1] != b"next":
-        if data:
-            try:
-                data = data[a.send(data) :]
-            except BlockingIOError:
-                pass
-        try:
-            r = p.recv_from(b, socket.MSG_DONTWAIT)
-        except BlockingIOError:
-            continue
-        if isinstance(r, list):
-            got.extend(f[3] for f in r)
-        else:
-            got.append(r)
-    assert got == [big, b"next"]
+    got = _pump(p, a, b, [_frame(2, big) + _frame(2, b"next")])
+    assert _as_frames(got) == [(2, True, False, big), (2, True, False, b"next")]
 
 
 def test_recv_from_end_of_stream_errors_and_bad_arguments(backend, sockpair):

@@ -849,15 +849,7 @@ class WebSocket:
                         if (t is bytes or t is str) and self.protocol.state is _OPEN:
                             return got
                         self._feed(got)
-                    while True:
-                        if messages:
-                            msg = messages.popleft()
-                            if self._read_paused:
-                                self._maybe_resume()
-                            return msg
-                        if self._sock_done or self.protocol.state is _CLOSED:
-                            return None
-                        self._read_once(None)
+                    return self._next_message(None)
                 finally:
                     self._app_reading = False
                     self._held_since = _monotonic()
@@ -880,15 +872,7 @@ class WebSocket:
                 with self._lock:
                     self._app_reading = True
                     self._update_interest()
-            while True:
-                if messages:
-                    msg = messages.popleft()
-                    if self._read_paused:
-                        self._maybe_resume()
-                    return msg
-                if self._sock_done or self.protocol.state is _CLOSED:
-                    return None
-                self._read_once(deadline)
+            return self._next_message(deadline)
         finally:
             lock = self._lock
             lock.acquire()
@@ -907,6 +891,20 @@ class WebSocket:
                         self._update_interest()
             finally:
                 lock.release()
+
+    def _next_message(self, deadline: float | None) -> Any:
+        """recv()'s wait (``_read_lock`` held): the queue's first message, read until one
+        comes; None once the connection is closed."""
+        messages = self._messages
+        while True:
+            if messages:
+                msg = messages.popleft()
+                if self._read_paused:
+                    self._maybe_resume()
+                return msg
+            if self._sock_done or self.protocol.state is _CLOSED:
+                return None
+            self._read_once(deadline)
 
     def _release_hold(self, now: float) -> None:
         """Reactor tick: give the socket back to the reactor if the application left it idle."""
