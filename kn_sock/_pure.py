@@ -20,7 +20,7 @@ import socket as _socket
 import stat as _stat
 import struct
 from operator import index as _operator_index
-from typing import Union
+from typing import Any, Union
 
 from .exceptions import PayloadTooBig, ProtocolError
 
@@ -33,6 +33,8 @@ __all__ = [
     "build_frame",
     "Frame",
     "Waiter",
+    "next_mask",
+    "AsyncCore",
     "send_many",
 ]
 
@@ -522,6 +524,29 @@ def build_frame(
 
 
 
+_MASK_POOL: list = []
+_mask_pop = _MASK_POOL.pop
+
+
+def next_mask() -> bytes:
+    """A fresh 4-byte masking key from ``os.urandom`` (RFC 6455 §5.3); each key is used once.
+
+    Speed: one getrandom() call per 256 keys, and a key is one ``list.pop()`` (~40 ns here,
+    against ~130 ns to slice it from a per-connection pool). A forked child starts with an
+    empty pool (``os.register_at_fork``), never with its parent's keys.
+    """
+    try:
+        return _mask_pop()
+    except IndexError:
+        pool = os.urandom(1024)
+        _MASK_POOL.extend([pool[i : i + 4] for i in range(4, 1024, 4)])
+        return pool[:4]  # not popped: other threads may drain the pool meanwhile
+
+
+if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
+    os.register_at_fork(after_in_child=_MASK_POOL.clear)
+
+
 _PENDING, _RESULT, _EXCEPTION, _CANCELLED = 0, 1, 2, 3
 _asyncio_names: list = []  # [current_task, CancelledError, InvalidStateError], on first use
 
@@ -693,6 +718,97 @@ class Waiter:
         return self.result()
 
     __iter__ = __await__
+
+
+class AsyncCore:
+    """The receive path of an asyncio connection: ``get_buffer`` and ``buffer_updated``.
+
+    ``kn_sock.asyncio.connection.AsyncWebSocket`` (a ``BufferedProtocol``) inherits them, so
+    with the Cython twin the event loop's two calls per read are C calls. Until the handshake
+    is done (``_parser`` is None) bytes go to ``_handshake.data_received(self, data)``; then to
+    the parser: one whole uncompressed data message with a ``recv()`` waiting (``_waiter``) and
+    nothing queued (``_messages``) is handed to the waiting task directly, which runs at once
+    (``Waiter.wake_now``); anything else goes to ``self._dispatch(protocol.receive_frames(...))``.
+    ``_open`` is the protocol's OPEN state, set by the subclass.
+    """
+
+    __slots__ = ("_parser", "_waiter", "_messages", "protocol", "_hs_buf", "_handshake", "_open", "transport", "_cork", "_fd")
+
+    def __init__(self) -> None:
+        self._fd = -1  # the plain socket's descriptor (the Cython twin writes small frames to it)
+        self.transport: Any = None
+        self._cork: Any = None
+        self._parser: Any = None
+        self._waiter: Any = None
+        self._messages: Any = None
+        self.protocol: Any = None
+        self._hs_buf: Any = None
+        self._handshake: Any = None
+        self._open: Any = None
+
+    def get_buffer(self, sizehint: int) -> Any:
+        """Where the loop writes the next bytes: the parser's buffer once open."""
+        parser = self._parser
+        if parser is not None:
+            return parser.get_buffer(sizehint)
+        if self._hs_buf is None:
+            self._hs_buf = bytearray(16384)
+        return self._hs_buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """Parse what arrived and dispatch it."""
+        parser = self._parser
+        if parser is None:
+            data = bytes(memoryview(self._hs_buf)[:nbytes])
+            if self._handshake is not None:
+                self._handshake.data_received(self, data)
+            return
+        frames = parser.buffer_updated(nbytes)
+        if frames:
+            if len(frames) == 1 and parser.error is None:
+                opcode, fin, rsv1, payload = frames[0]
+                waiter = self._waiter
+                if (
+                    fin
+                    and not rsv1
+                    and (opcode == 2 or opcode == 1)
+                    and waiter is not None
+                    and not self._messages
+                    and self.protocol.state is self._open
+                    and not waiter.done()
+                ):
+                    self._waiter = None
+                    waiter.resolve(payload)
+                    waiter.wake_now()
+                    return
+            self._dispatch(self.protocol.receive_frames(frames))  # type: ignore[attr-defined]
+        elif parser.error is not None:
+            self._dispatch(self.protocol.receive_frames(frames))  # type: ignore[attr-defined]
+
+    def _send_now(self, message: object) -> bool:
+        """Write a whole str/bytes message below 64 KiB as one uncompressed frame, if nothing
+        stands in the way (the connection open, no compression, no fragmented message being
+        sent, no frames held back in ``_cork``, no received message queued); True if written,
+        False to take ``send()``'s general path (which also raises every error)."""
+        t = type(message)
+        if (t is not bytes and t is not str) or self._cork is not None or self._messages:
+            return False
+        proto = self.protocol
+        transport = self.transport
+        if (
+            proto is None
+            or transport is None
+            or proto.state is not self._open
+            or proto.deflate is not None
+            or proto._send_frag_open
+        ):
+            return False
+        data = message.encode("utf-8") if t is str else message  # type: ignore[attr-defined]
+        if len(data) >= 65536:  # type: ignore[arg-type]
+            return False
+        masks = proto._masks
+        transport.write(build_frame(1 if t is str else 2, data, True, False, masks() if masks is not None else None))  # type: ignore[arg-type, attr-defined]
+        return True
 
 
 def send_many(fds: list, data: BytesLike) -> list:

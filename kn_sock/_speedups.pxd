@@ -86,6 +86,8 @@ cdef class FrameParser:
     cdef int _fail(self, object exc) except -1
     cdef int _reserve(self, Py_ssize_t extra) except -1
     cdef list _updated(self, Py_ssize_t nbytes)
+    cdef object _get_buffer(self, Py_ssize_t sizehint)
+    cdef list _buffer_updated(self, Py_ssize_t nbytes)
     cdef list _recv_landing(self, int fd, int flags, object payload)
     cdef int _offer_tail(self, Py_ssize_t sizehint) except -1
     cdef int _append(self, const unsigned char *data, Py_ssize_t n) except -1

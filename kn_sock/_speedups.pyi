@@ -1,6 +1,6 @@
 """Stub of kn_sock._speedups, the Cython twin of kn_sock._pure (same signatures, same behaviour)."""
 
-from typing import Union
+from typing import Any, Union
 
 from typing_extensions import TypeAlias, disjoint_base
 
@@ -15,6 +15,8 @@ __all__ = [
     "build_frame",
     "Frame",
     "Waiter",
+    "next_mask",
+    "AsyncCore",
     "send_many",
 ]
 
@@ -93,5 +95,23 @@ class Waiter:
     def __iter__(self) -> Waiter: ...
     def __next__(self) -> Waiter: ...
     def send(self, value: object) -> Waiter: ...
+
+def next_mask() -> bytes: ...
+
+@disjoint_base
+class AsyncCore:
+    _parser: Any
+    _waiter: Any
+    _messages: Any
+    protocol: Any
+    _hs_buf: Any
+    _handshake: Any
+    _open: Any
+    transport: Any
+    _cork: Any
+    _fd: int
+    def get_buffer(self, sizehint: int) -> Any: ...
+    def buffer_updated(self, nbytes: int) -> None: ...
+    def _send_now(self, message: object) -> bool: ...
 
 def send_many(fds: list[int], data: _BytesLike) -> list[int]: ...

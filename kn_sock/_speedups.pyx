@@ -24,6 +24,7 @@ from cpython.buffer cimport (
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
+from cpython.ref cimport Py_INCREF, PyObject
 from cpython.number cimport PyNumber_Index
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memmove
@@ -60,6 +61,8 @@ __all__ = [
     "build_frame",
     "Frame",
     "Waiter",
+    "next_mask",
+    "AsyncCore",
     "send_many",
 ]
 
@@ -859,7 +862,9 @@ cdef class FrameParser:
         free tail of the receive buffer, at least ``sizehint`` bytes (up to 4 MiB) and
         normally 128 KiB (a 64 KiB message and its header in one read).
         """
-        cdef Py_ssize_t want, live
+        return self._get_buffer(sizehint)
+
+    cdef object _get_buffer(self, Py_ssize_t sizehint):
         if self._pp != NULL:
             self._view_kind = 2
             self._view_len = self._pl_len - self._pl_filled
@@ -885,6 +890,9 @@ cdef class FrameParser:
             ValueError: when no buffer was handed out or ``nbytes`` exceeds it (a buffer
                 handed out before the last ``feed``/``buffer_updated`` no longer counts).
         """
+        return self._buffer_updated(nbytes)
+
+    cdef list _buffer_updated(self, Py_ssize_t nbytes):
         if self._view_kind == 0 or nbytes < 0 or nbytes > self._view_len:
             raise ValueError("nbytes out of range")
         return self._updated(nbytes)
@@ -1559,6 +1567,37 @@ cdef object _build(object opcode, const unsigned char *src, Py_ssize_t n, bint f
     return frame
 
 
+# ---------------------------------------------------------------- next_mask (see _pure.next_mask)
+
+cdef unsigned char _mask_pool[1024]   # os.urandom bytes, handed out 4 at a time, each once
+cdef Py_ssize_t _mask_pos = 1024
+
+
+cdef bytes _next_mask_c():
+    global _mask_pos
+    cdef Py_ssize_t pos = _mask_pos
+    if pos >= 1024:
+        fresh = _os.urandom(1024)  # may release the GIL: the pool is touched only after
+        memcpy(_mask_pool, PyBytes_AS_STRING(fresh), 1024)
+        pos = 0
+    _mask_pos = pos + 4
+    return PyBytes_FromStringAndSize(<char *>_mask_pool + pos, 4)
+
+
+def next_mask():
+    """A fresh 4-byte masking key from ``os.urandom`` (RFC 6455 §5.3); each key is used once."""
+    return _next_mask_c()
+
+
+def _forget_masks():
+    global _mask_pos
+    _mask_pos = 1024
+
+
+if hasattr(_os, "register_at_fork"):  # a forked child never reuses its parent's keys
+    _os.register_at_fork(after_in_child=_forget_masks)
+
+
 # ---------------------------------------------------------------- Waiter (see _pure.Waiter)
 
 cdef enum:
@@ -1572,14 +1611,28 @@ cdef object _CancelledError = None     # API never imports asyncio)
 cdef object _InvalidStateError = None
 
 
+cdef object _current_tasks = None      # asyncio's {loop: running task} where current_task() is Python
+
+
 cdef int _load_asyncio() except -1:
-    global _current_task, _CancelledError, _InvalidStateError
+    global _current_task, _CancelledError, _InvalidStateError, _current_tasks
     if _current_task is None:
         import asyncio
+        import asyncio.tasks
         _CancelledError = asyncio.CancelledError
         _InvalidStateError = asyncio.InvalidStateError
         _current_task = asyncio.current_task
+        # Speed: up to Python 3.11 current_task() is a Python function reading this dict.
+        tasks = getattr(asyncio.tasks, "_current_tasks", None)
+        if type(tasks) is dict and type(_current_task) is not type(len):
+            _current_tasks = tasks
     return 0
+
+
+cdef inline bint _task_running(object loop) except -1:
+    if _current_tasks is not None:
+        return (<dict>_current_tasks).get(loop) is not None
+    return _current_task(loop) is not None
 
 
 cdef class Waiter:
@@ -1711,18 +1764,22 @@ cdef class Waiter:
 
     def wake_now(self):
         """After ``resolve``: resume the awaiting task here if no task is running, else via the loop."""
+        self._wake_now()
+
+    cdef int _wake_now(self) except -1:
         fn = self._wake
         if fn is None or self._state == _W_PENDING:
-            return
+            return 0
         loop = self._loop
         ctx = self._wake_ctx
         self._wake = self._wake_ctx = None
-        if _current_task(loop) is not None:  # never run a task inside another one
+        if _task_running(loop):  # never run a task inside another one
             loop.call_soon(fn, self, context=ctx)
         elif ctx is None:
             fn(self)
         else:
             ctx.run(fn, self)
+        return 0
 
     def __await__(self):
         """Suspend until done, then return the result (or raise)."""
@@ -1740,6 +1797,43 @@ cdef class Waiter:
     def send(self, value):
         """Generator protocol: the same as ``next()`` (the value sent is ignored, as by a future)."""
         return self.__next__()
+
+
+cdef extern from *:
+    """
+    static int kn_set_am_send(void *type, void *fn) {
+    #if PY_VERSION_HEX >= 0x030A0000
+        PyTypeObject *t = (PyTypeObject *)type;
+        if (t->tp_as_async == NULL) return 0;
+        t->tp_as_async->am_send = (sendfunc)fn;
+        PyType_Modified(t);
+        return 1;
+    #else
+        (void)type; (void)fn;
+        return 0;
+    #endif
+    }
+    """
+    int kn_set_am_send(void *type, void *fn)
+
+
+cdef int _waiter_am_send(object self, object arg, PyObject **presult) except -1:
+    # Speed: ``await waiter`` as the interpreter's send slot (Python 3.10+), which hands the
+    # result back as a return value; ``__next__`` must raise StopIteration(result) instead (an
+    # exception object and a traceback entry per message). Same outcomes as ``__next__``.
+    cdef Waiter w = <Waiter>self
+    if w._state == _W_PENDING:
+        w._asyncio_future_blocking = True
+        Py_INCREF(self)
+        presult[0] = <PyObject *>self
+        return 1  # PYGEN_NEXT: suspend, yielding the waiter to the task
+    value = w._value if w._state == _W_RESULT else w.result()  # result() raises the others
+    Py_INCREF(value)
+    presult[0] = <PyObject *>value
+    return 0  # PYGEN_RETURN
+
+
+kn_set_am_send(<void *>Waiter, <void *>_waiter_am_send)
 
 
 # ---------------------------------------------------------------- send_many (see _pure.send_many)
@@ -1801,3 +1895,114 @@ def send_many(fds, data):
         PyBuffer_Release(&view)
         PyMem_Free(cfds)
         PyMem_Free(out)
+
+
+# ---------------------------------------------------------------- AsyncCore (see _pure.AsyncCore)
+
+cdef class AsyncCore:
+    """The receive path of an asyncio connection: ``get_buffer`` and ``buffer_updated``.
+
+    See ``kn_sock._pure.AsyncCore``: the same attributes and behaviour, as C calls for the
+    event loop (two per read).
+    """
+
+    cdef public object _parser
+    cdef public object _waiter
+    cdef public object _messages
+    cdef public object protocol
+    cdef public object _hs_buf
+    cdef public object _handshake
+    cdef public object _open
+    cdef public object transport
+    cdef public object _cork
+    cdef public long long _fd
+
+    def get_buffer(self, Py_ssize_t sizehint):
+        """Where the loop writes the next bytes: the parser's buffer once open."""
+        parser = self._parser
+        if parser is not None:
+            if type(parser) is FrameParser:
+                return (<FrameParser>parser)._get_buffer(sizehint)
+            return parser.get_buffer(sizehint)
+        if self._hs_buf is None:
+            self._hs_buf = bytearray(16384)
+        return self._hs_buf
+
+    def buffer_updated(self, Py_ssize_t nbytes):
+        """Parse what arrived and dispatch it."""
+        cdef list frames
+        cdef tuple frame
+        cdef Waiter waiter
+        parser = self._parser
+        if parser is None:
+            data = bytes(memoryview(self._hs_buf)[:nbytes])
+            if self._handshake is not None:
+                self._handshake.data_received(self, data)
+            return
+        if type(parser) is FrameParser:
+            frames = (<FrameParser>parser)._buffer_updated(nbytes)
+            error = (<FrameParser>parser).error
+        else:
+            frames = parser.buffer_updated(nbytes)
+            error = parser.error
+        if frames:
+            if len(frames) == 1 and error is None:
+                frame = <tuple>frames[0]
+                opcode = frame[0]
+                w = self._waiter
+                if (
+                    frame[1]
+                    and not frame[2]
+                    and (opcode == 2 or opcode == 1)
+                    and type(w) is Waiter
+                    and (<Waiter>w)._state == _W_PENDING
+                    and not self._messages
+                    and self.protocol.state is self._open
+                ):
+                    waiter = <Waiter>w
+                    self._waiter = None
+                    waiter._complete(_W_RESULT, frame[3])
+                    waiter._wake_now()
+                    return
+            self._dispatch(self.protocol.receive_frames(frames))
+        elif error is not None:
+            self._dispatch(self.protocol.receive_frames(frames))
+
+    def _send_now(self, message):
+        """Write a small whole str/bytes message at once if nothing stands in the way (see _pure)."""
+        cdef const unsigned char *src
+        cdef Py_ssize_t n
+        if PyUnicode_CheckExact(message):
+            src = <const unsigned char *>PyUnicode_AsUTF8AndSize(message, &n)
+            op = 1
+        elif PyBytes_CheckExact(message):
+            src = <const unsigned char *>PyBytes_AS_STRING(message)
+            n = PyBytes_GET_SIZE(message)
+            op = 2
+        else:
+            return False
+        if n >= 65536 or self._cork is not None or self._messages:
+            return False
+        proto = self.protocol
+        transport = self.transport
+        if (
+            proto is None
+            or transport is None
+            or proto.state is not self._open
+            or proto.deflate is not None
+            or proto._send_frag_open
+        ):
+            return False
+        masks = proto._masks
+        if masks is None:
+            frame = _build(op, src, n, True, False, None)
+        else:
+            frame = _build(op, src, n, True, False, _next_mask_c() if masks is next_mask else masks())
+        if self._fd >= 0 and not transport.get_write_buffer_size():
+            sent = kn_send_nb(self._fd, PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame))
+            if sent == PyBytes_GET_SIZE(frame):
+                return True
+            if sent > 0:
+                frame = memoryview(frame)[sent:]
+        transport.write(frame)
+        return True

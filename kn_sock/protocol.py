@@ -24,7 +24,6 @@ bounded by the I/O layer's ``close_timeout``.
 
 from __future__ import annotations
 
-import os
 import struct
 from enum import IntEnum
 from typing import Any, Iterable, Union
@@ -94,29 +93,6 @@ class Closed:
         return f"Closed({self.code}, {self.reason!r})"
 
 
-_MASK_POOL: list[bytes] = []
-_mask_pop = _MASK_POOL.pop
-
-
-def _next_mask() -> bytes:
-    """A fresh masking key from ``os.urandom`` (RFC 6455 §5.3), from one pool for every client.
-
-    Speed: one getrandom() call per 256 frames, and a key is one ``list.pop()`` (~40 ns here,
-    against ~130 ns to slice it from a per-connection pool). Each key is used once; a forked
-    child starts with an empty pool (``os.register_at_fork``), never with its parent's keys.
-    """
-    try:
-        return _mask_pop()
-    except IndexError:
-        pool = os.urandom(1024)
-        _MASK_POOL.extend([pool[i : i + 4] for i in range(4, 1024, 4)])
-        return pool[:4]  # not popped: other threads may drain the pool meanwhile
-
-
-if hasattr(os, "register_at_fork"):  # pragma: no branch - POSIX
-    os.register_at_fork(after_in_child=_MASK_POOL.clear)
-
-
 _OPEN = State.OPEN
 
 
@@ -174,7 +150,7 @@ class Protocol:
         )
         self._build = self.backend.build_frame
         self._validator_cls = self.backend.Utf8Validator
-        self._masks = _next_mask if self.is_client else None
+        self._masks = self.backend.next_mask if self.is_client else None
         self.state = State.OPEN
         self._out: list[bytes] = []
         # Incoming fragmented message.

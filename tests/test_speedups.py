@@ -795,7 +795,8 @@ class TestBuildFrame:
 
 def test_same_public_names(backend):
     assert sorted(backend.__all__) == sorted(
-        ["apply_mask", "apply_mask_inplace", "validate_utf8", "Utf8Validator", "FrameParser", "build_frame", "Frame", "Waiter", "send_many"]
+        ["apply_mask", "apply_mask_inplace", "validate_utf8", "Utf8Validator", "FrameParser", "build_frame", "Frame", "Waiter",
+         "next_mask", "AsyncCore", "send_many"]
     )
     assert backend.Frame is tuple
 

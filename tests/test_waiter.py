@@ -164,3 +164,39 @@ async def test_wake_now_is_harmless_when_nobody_waits(backend: ModuleType) -> No
 
 async def _await(w: Any) -> Any:
     return await w
+
+
+async def test_await_and_the_iterator_protocol_agree(backend: ModuleType) -> None:
+    """``await`` (the interpreter's send slot in the Cython twin) and explicit iteration
+    (``__next__`` / ``send``) give the same outcomes: suspend on itself, then the result or
+    the exception, for waiters completed before or while being awaited."""
+    loop = asyncio.get_running_loop()
+    done = backend.Waiter(loop)
+    done.set_result("early")
+    assert await done == "early"
+    it = done.__await__()
+    with pytest.raises(StopIteration) as stop:
+        next(it)
+    assert stop.value.value == "early"
+
+    pending = backend.Waiter(loop)
+    it = pending.__await__()
+    assert next(it) is pending and pending._asyncio_future_blocking
+    pending.set_result(None)
+    with pytest.raises(StopIteration) as stop:
+        it.send(None)
+    assert stop.value.value is None
+
+    failed = backend.Waiter(loop)
+    failed.set_exception(KeyError("k"))
+    with pytest.raises(KeyError):
+        await failed
+    with pytest.raises(KeyError):
+        next(failed.__await__())
+
+    cancelled = backend.Waiter(loop)
+    cancelled.cancel("why")
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    with pytest.raises(asyncio.CancelledError):
+        next(cancelled.__await__())

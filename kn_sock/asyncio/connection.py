@@ -37,8 +37,11 @@ _OPEN = State.OPEN
 # recv()'s future: resumed inline at the end of a protocol callback (one loop trip saved per
 # message); see kn_sock._pure.Waiter.
 _Waiter = _backend.backend.Waiter
+#: get_buffer / buffer_updated: C calls with the Cython twin (see kn_sock._pure.AsyncCore).
+_AsyncCore = _backend.backend.AsyncCore
 
-class AsyncWebSocket(asyncio.BufferedProtocol):
+
+class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
     """A WebSocket connection for asyncio (client or server side); every I/O method is awaited."""
 
     __slots__ = (
@@ -46,11 +49,6 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         "_loop",
         "_opts",
         "side",
-        "transport",
-        "protocol",
-        "_parser",
-        "_messages",
-        "_waiter",
         "_closed_fut",
         "_paused_reading",
         "_write_paused",
@@ -58,7 +56,6 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         "_keepalive",
         "_ka_handle",
         "_close_handle",
-        "_hs_buf",
         "_on_open",
         "path",
         "request_headers",
@@ -68,16 +65,14 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
         "latency",
         "_max_queue",
         "_drop_limit",
-        "_handshake",
         "_frag_done",
-        "_fd",
-        "_cork",
         "_cork_size",
     )
 
     def __init__(self, side: str, opts: Options, loop: asyncio.AbstractEventLoop) -> None:
         """Create the connection object; the I/O layer performs the handshake."""
         self._loop = loop
+        self._open = _OPEN
         self._opts = opts
         self.side = side
         self.transport: asyncio.Transport | None = None
@@ -167,47 +162,6 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
                 self._fd = -1
         if self._handshake is not None:
             self._handshake.connection_made(self)
-
-    def get_buffer(self, sizehint: int) -> Any:
-        """Where the loop writes the next bytes: the parser's buffer once open."""
-        parser = self._parser
-        if parser is not None:
-            return parser.get_buffer(sizehint)
-        if self._hs_buf is None:
-            self._hs_buf = bytearray(16384)
-        return self._hs_buf
-
-    def buffer_updated(self, nbytes: int) -> None:
-        """Parse what arrived and dispatch it."""
-        parser = self._parser
-        if parser is not None:
-            frames = parser.buffer_updated(nbytes)
-            if frames:
-                if len(frames) == 1 and parser.error is None:
-                    # Speed: one whole uncompressed message and a task waiting for it — hand it
-                    # over directly (what Protocol._process + _dispatch would do, minus the calls).
-                    opcode, fin, rsv1, payload = frames[0]
-                    waiter = self._waiter
-                    if (
-                        fin
-                        and not rsv1
-                        and (opcode == 2 or opcode == 1)
-                        and waiter is not None
-                        and not self._messages
-                        and self.protocol.state is _OPEN  # type: ignore[union-attr]
-                        and not waiter.done()
-                    ):
-                        self._waiter = None
-                        waiter.resolve(payload)
-                        waiter.wake_now()
-                        return
-                self._dispatch(self.protocol.receive_frames(frames))  # type: ignore[union-attr]
-            elif parser.error is not None:
-                self._dispatch(self.protocol.receive_frames(frames))  # type: ignore[union-attr]
-            return
-        data = bytes(memoryview(self._hs_buf)[:nbytes])  # type: ignore[arg-type]
-        if self._handshake is not None:
-            self._handshake.data_received(self, data)
 
     def eof_received(self) -> bool:
         """The peer closed its side: the connection is over (1006 unless a close frame came)."""
@@ -390,6 +344,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
 
     def _abort(self) -> None:
         self._close_handle = None
+        self._fd = -1  # no more direct writes (see AsyncCore._send_now)
         if self.transport is not None:
             self.transport.abort()
 
@@ -459,6 +414,10 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
             ConnectionClosed: the connection is closing or closed.
             TypeError: a message of another type.
         """
+        if compress is None and self._send_now(message):  # speed: a small message, now
+            if self._write_paused:
+                await self._drain()
+            return
         proto = self.protocol
         if proto is None:
             raise InvalidState("the connection is not open")
@@ -711,6 +670,7 @@ class AsyncWebSocket(asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         """Drop the TCP connection at once, without a closing handshake."""
+        self._fd = -1  # no more direct writes (see AsyncCore._send_now)
         if self.transport is not None:
             self.transport.abort()
 
