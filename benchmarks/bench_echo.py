@@ -78,6 +78,10 @@ CONTESTANTS = [
                env={"KN_SOCK_PURE": "1"}, picows_ref="picows"),
     Contestant("kn_uvloop", "kn_sock asyncio + uvloop", "async", "kn_async", "kn_async",
                uvloop=True, requires=("uvloop",), picows_ref="picows_uvloop"),
+    Contestant("kn_cb", "kn_sock asyncio on_message (cython)", "async", "kn_async_cb", "kn_async_cb",
+               env={"KN_SOCK_PURE": None}, picows_ref="picows"),
+    Contestant("kn_cb_uvloop", "kn_sock on_message + uvloop", "async", "kn_async_cb", "kn_async_cb",
+               uvloop=True, requires=("uvloop",), picows_ref="picows_uvloop"),
     Contestant("picows", "picows (callbacks)", "async", "picows", "picows", requires=("picows",)),
     Contestant("picows_uvloop", "picows + uvloop", "async", "picows", "picows", uvloop=True,
                requires=("picows", "uvloop")),
@@ -149,6 +153,20 @@ async def serve_async(kind: str, port: int) -> None:
 
         server = await start_async_websocket_server(
             HOST, port, handler, compression=None, ping_interval=None, max_size=MAX_SIZE
+        )
+        bound = server.port
+        C.out(f"IMPL {backend.IMPLEMENTATION}")
+
+    elif kind == "kn_async_cb":
+        import kn_sock._backend as backend
+        from kn_sock.asyncio.server import start_async_websocket_server
+
+        async def cb_handler(ws: Any, path: str) -> None:
+            ws.on_message = ws.send_nowait  # each message answered from the read path
+            await ws.wait_closed()
+
+        server = await start_async_websocket_server(
+            HOST, port, cb_handler, compression=None, ping_interval=None, max_size=MAX_SIZE
         )
         bound = server.port
         C.out(f"IMPL {backend.IMPLEMENTATION}")
@@ -461,6 +479,21 @@ async def open_async(kind: str, port: int) -> Any:
 
         ws = await async_connect_websocket(HOST, port, compression=None, ping_interval=None, max_size=MAX_SIZE)
         return CoroConn(ws.send, ws.recv, close=ws.close)
+
+    if kind == "kn_async_cb":
+        from kn_sock.asyncio.client import async_connect_websocket
+
+        ws = await async_connect_websocket(HOST, port, compression=None, ping_interval=None, max_size=MAX_SIZE)
+        conn = CallbackConn(loop)
+        ws.on_message = conn.message
+        conn.write = ws.send_nowait
+
+        async def close_cb() -> None:
+            ws.on_message = None
+            await ws.close()
+
+        conn.close = close_cb  # type: ignore[method-assign]
+        return conn
 
     if kind == "websockets":
         from websockets.asyncio.client import connect

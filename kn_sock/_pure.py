@@ -726,15 +726,21 @@ class AsyncCore:
     ``kn_sock.asyncio.connection.AsyncWebSocket`` (a ``BufferedProtocol``) inherits them, so
     with the Cython twin the event loop's two calls per read are C calls. Until the handshake
     is done (``_parser`` is None) bytes go to ``_handshake.data_received(self, data)``; then to
-    the parser: one whole uncompressed data message with a ``recv()`` waiting (``_waiter``) and
-    nothing queued (``_messages``) is handed to the waiting task directly, which runs at once
-    (``Waiter.wake_now``); anything else goes to ``self._dispatch(protocol.receive_frames(...))``.
+    the parser: one whole uncompressed data message, with nothing queued (``_messages``), goes
+    to the ``_on_message`` callback when one is set (an exception it raises goes to
+    ``self._callback_failed``), else to a waiting ``recv()`` (``_waiter``), whose task runs at
+    once (``Waiter.wake_now``); anything else goes to ``self._dispatch(protocol.receive_frames(...))``.
     ``_open`` is the protocol's OPEN state, set by the subclass.
     """
 
-    __slots__ = ("_parser", "_waiter", "_messages", "protocol", "_hs_buf", "_handshake", "_open", "transport", "_cork", "_fd")
+    __slots__ = (
+        "_parser", "_waiter", "_messages", "protocol", "_hs_buf", "_handshake", "_open", "transport", "_cork", "_fd",
+        "_on_message", "_tx_idle",
+    )
 
     def __init__(self) -> None:
+        self._on_message: Any = None
+        self._tx_idle = False  # the transport holds nothing (the Cython twin's direct writes)
         self._fd = -1  # the plain socket's descriptor (the Cython twin writes small frames to it)
         self.transport: Any = None
         self._cork: Any = None
@@ -767,20 +773,20 @@ class AsyncCore:
         if frames:
             if len(frames) == 1 and parser.error is None:
                 opcode, fin, rsv1, payload = frames[0]
-                waiter = self._waiter
-                if (
-                    fin
-                    and not rsv1
-                    and (opcode == 2 or opcode == 1)
-                    and waiter is not None
-                    and not self._messages
-                    and self.protocol.state is self._open
-                    and not waiter.done()
-                ):
-                    self._waiter = None
-                    waiter.resolve(payload)
-                    waiter.wake_now()
-                    return
+                if fin and not rsv1 and (opcode == 2 or opcode == 1) and not self._messages and self.protocol.state is self._open:
+                    callback = self._on_message
+                    if callback is not None:
+                        try:
+                            callback(payload)
+                        except Exception as exc:
+                            self._callback_failed(exc)  # type: ignore[attr-defined]
+                        return
+                    waiter = self._waiter
+                    if waiter is not None and not waiter.done():
+                        self._waiter = None
+                        waiter.resolve(payload)
+                        waiter.wake_now()
+                        return
             self._dispatch(self.protocol.receive_frames(frames))  # type: ignore[attr-defined]
         elif parser.error is not None:
             self._dispatch(self.protocol.receive_frames(frames))  # type: ignore[attr-defined]
@@ -807,8 +813,31 @@ class AsyncCore:
         if len(data) >= 65536:  # type: ignore[arg-type]
             return False
         masks = proto._masks
-        transport.write(build_frame(1 if t is str else 2, data, True, False, masks() if masks is not None else None))  # type: ignore[arg-type, attr-defined]
+        self._twrite(build_frame(1 if t is str else 2, data, True, False, masks() if masks is not None else None))  # type: ignore[arg-type, attr-defined]
         return True
+
+    def send_nowait(self, message: Any, compress: bool | None = None) -> None:
+        """Send one whole message (str or bytes-like) now, without waiting for the peer to read.
+
+        For ``on_message`` callbacks, which cannot await: the frame goes to the socket or, what
+        the kernel does not take, to the transport's buffer. While an ``on_message`` callback
+        is set, reading pauses whenever that buffer passes ``write_limit``, so answering from
+        the callback stays bounded; code sending in a loop outside it should ``await drain()``.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            InvalidState: not open yet, or another task is sending a fragmented message.
+            TypeError: not a str or bytes-like object.
+        """
+        if compress is None and self._send_now(message):
+            return
+        self._send_nowait_slow(message, compress)  # type: ignore[attr-defined]
+
+    def _twrite(self, data: Any) -> None:
+        """``transport.write(data)``: every write to the transport goes here, so the Cython
+        twin knows when the transport may hold bytes its direct writes must not overtake."""
+        self._tx_idle = False
+        self.transport.write(data)
 
 
 def send_many(fds: list, data: BytesLike) -> list:

@@ -1916,6 +1916,8 @@ cdef class AsyncCore:
     cdef public object transport
     cdef public object _cork
     cdef public long long _fd
+    cdef public object _on_message
+    cdef public bint _tx_idle
 
     def get_buffer(self, Py_ssize_t sizehint):
         """Where the loop writes the next bytes: the parser's buffer once open."""
@@ -1949,29 +1951,49 @@ cdef class AsyncCore:
             if len(frames) == 1 and error is None:
                 frame = <tuple>frames[0]
                 opcode = frame[0]
-                w = self._waiter
                 if (
                     frame[1]
                     and not frame[2]
                     and (opcode == 2 or opcode == 1)
-                    and type(w) is Waiter
-                    and (<Waiter>w)._state == _W_PENDING
                     and not self._messages
                     and self.protocol.state is self._open
                 ):
-                    waiter = <Waiter>w
-                    self._waiter = None
-                    waiter._complete(_W_RESULT, frame[3])
-                    waiter._wake_now()
-                    return
+                    callback = self._on_message
+                    if callback is not None:
+                        try:
+                            callback(frame[3])
+                        except Exception as exc:
+                            self._callback_failed(exc)
+                        return
+                    w = self._waiter
+                    if type(w) is Waiter and (<Waiter>w)._state == _W_PENDING:
+                        waiter = <Waiter>w
+                        self._waiter = None
+                        waiter._complete(_W_RESULT, frame[3])
+                        waiter._wake_now()
+                        return
             self._dispatch(self.protocol.receive_frames(frames))
         elif error is not None:
             self._dispatch(self.protocol.receive_frames(frames))
 
     def _send_now(self, message):
         """Write a small whole str/bytes message at once if nothing stands in the way (see _pure)."""
+        return self._try_send(message) == 1
+
+    def send_nowait(self, message, compress=None):
+        """Send one whole message (str or bytes-like) now, without waiting (see _pure)."""
+        if compress is None and self._try_send(message) == 1:
+            return
+        self._send_nowait_slow(message, compress)
+
+    def _twrite(self, data):
+        """``transport.write(data)``: every write to the transport goes here (see _pure)."""
+        self._tx_idle = False
+        self.transport.write(data)
+
+    cdef int _try_send(self, object message) except -1:
         cdef const unsigned char *src
-        cdef Py_ssize_t n
+        cdef Py_ssize_t n, sent
         if PyUnicode_CheckExact(message):
             src = <const unsigned char *>PyUnicode_AsUTF8AndSize(message, &n)
             op = 1
@@ -1980,9 +2002,9 @@ cdef class AsyncCore:
             n = PyBytes_GET_SIZE(message)
             op = 2
         else:
-            return False
+            return 0
         if n >= 65536 or self._cork is not None or self._messages:
-            return False
+            return 0
         proto = self.protocol
         transport = self.transport
         if (
@@ -1992,17 +2014,21 @@ cdef class AsyncCore:
             or proto.deflate is not None
             or proto._send_frag_open
         ):
-            return False
+            return 0
         masks = proto._masks
         if masks is None:
             frame = _build(op, src, n, True, False, None)
         else:
             frame = _build(op, src, n, True, False, _next_mask_c() if masks is next_mask else masks())
-        if self._fd >= 0 and not transport.get_write_buffer_size():
+        # Straight to the socket when the transport holds nothing that must go first (checked
+        # once after any write through the transport, which only _twrite makes).
+        if self._fd >= 0 and (self._tx_idle or not transport.get_write_buffer_size()):
             sent = kn_send_nb(self._fd, PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame))
             if sent == PyBytes_GET_SIZE(frame):
-                return True
+                self._tx_idle = True
+                return 1
             if sent > 0:
                 frame = memoryview(frame)[sent:]
+        self._tx_idle = False
         transport.write(frame)
-        return True
+        return 1

@@ -104,7 +104,7 @@ def broadcast(connections: Iterable[Any], message: Any, *, limit: int = DEFAULT_
         size = len(shared)
         for ws, sent in zip(direct, _backend.backend.send_many([ws._fd for ws in direct], shared)):
             if sent < size:  # the kernel took part or none of it (or failed): the transport takes over
-                ws.transport.write(memoryview(shared)[sent:] if sent > 0 else shared)
+                ws._twrite(memoryview(shared)[sent:] if sent > 0 else shared)
     return left_out
 
 

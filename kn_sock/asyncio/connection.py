@@ -19,7 +19,7 @@ from typing import Any, AsyncIterator, Callable
 
 from .. import _backend
 from .._malloc import tune_malloc_once
-from ..exceptions import InvalidState
+from ..exceptions import ConnectionClosed, InvalidState
 from ..http11 import Headers
 from ..options import Options
 from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State
@@ -51,6 +51,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         "side",
         "_closed_fut",
         "_paused_reading",
+        "_paused_for_write",
         "_write_paused",
         "_drain_waiter",
         "_keepalive",
@@ -81,8 +82,11 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._messages: deque[Any] | None = None  # created on first queued message (idle memory)
         self._waiter: _Waiter | None = None
         self._closed_fut: asyncio.Future[None] = loop.create_future()
-        self._paused_reading = False
+        self._paused_reading = False  # by max_queue: the application is not reading
+        self._paused_for_write = False  # by write_limit while on_message answers from the read path
         self._write_paused = False
+        self._on_message = None
+        self._tx_idle = False
         self._drain_waiter: asyncio.Future[None] | None = None
         self._keepalive: Keepalive | None = None
         self._ka_handle: asyncio.TimerHandle | None = None
@@ -199,12 +203,23 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             self._closed_fut.set_result(None)
 
     def pause_writing(self) -> None:
-        """The transport's buffer passed ``write_limit``: sends now await drain."""
+        """The transport's buffer passed ``write_limit``: sends now await drain.
+
+        With an ``on_message`` callback, which answers from the read path without waiting,
+        reading pauses too until the peer has read our answers: the buffer stays bounded.
+        """
         self._write_paused = True
+        if self._on_message is not None and not self._paused_for_write and self.transport is not None:
+            self._paused_for_write = True
+            self.transport.pause_reading()
 
     def resume_writing(self) -> None:
         """The transport's buffer drained below its low-water mark."""
         self._write_paused = False
+        if self._paused_for_write:
+            self._paused_for_write = False
+            if not self._paused_reading and self.transport is not None:
+                self.transport.resume_reading()
         self._wake_drain()
 
     def _wake_drain(self) -> None:
@@ -237,6 +252,13 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         for ev in events:
             t = type(ev)
             if t is str or t is bytes:
+                callback = self._on_message
+                if callback is not None and not messages:
+                    try:
+                        callback(ev)
+                    except Exception as exc:
+                        self._callback_failed(exc)
+                    continue
                 waiter = self._waiter
                 if waiter is not None and not messages:
                     self._waiter = None
@@ -325,8 +347,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         if self._max_queue is not None:
             self._drop_limit = self._max_queue
         self._max_queue = None
-        if self._paused_reading:
-            self._paused_reading = False
+        if self._paused_reading or self._paused_for_write:
+            self._paused_reading = self._paused_for_write = False
             if self.transport is not None:
                 self.transport.resume_reading()
 
@@ -369,8 +391,9 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             self._write(proto.send_ping(payload, (None, time.perf_counter())))
             ka.ping_sent(now)
         elif action == "timeout":
-            if self._paused_reading:
-                # Our own backpressure (max_queue, the application not reading) stopped reading:
+            if self._paused_reading or self._paused_for_write:
+                # Our own backpressure (max_queue, the application not reading; write_limit
+                # with an on_message callback, the peer not reading) stopped reading:
                 # the pong may be sitting unread, which says nothing about the peer. Start over.
                 ka.pong_received(now)
             else:
@@ -387,7 +410,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         if transport is not None and data:
             if self._cork:
                 self._uncork()
-            transport.write(data)
+            self._twrite(data)
 
     def _uncork(self) -> None:
         """Write the frames held back by send() (no-op when there are none)."""
@@ -397,7 +420,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._cork = None
         transport = self.transport
         if transport is not None:
-            transport.write(cork[0] if len(cork) == 1 else b"".join(cork))
+            self._twrite(cork[0] if len(cork) == 1 else b"".join(cork))
 
     async def _drain(self) -> None:
         while self._write_paused:
@@ -442,7 +465,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             elif len(data) > 65536:
                 if cork:
                     self._uncork()
-                transport.write(memoryview(data))
+                self._twrite(memoryview(data))
             elif cork is not None:
                 cork.append(data)
                 self._cork_size += len(data)
@@ -457,7 +480,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 self._cork_size = len(data)
                 self._loop.call_soon(self._uncork)
             else:
-                transport.write(data)
+                self._twrite(data)
         elif hasattr(message, "__aiter__"):
             await self._send_fragments_async(message, compress)
         elif hasattr(message, "__iter__") and not isinstance(message, dict):
@@ -479,11 +502,11 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 n = 0
         hlen = len(head)
         if n < hlen:
-            transport.write(memoryview(head)[n:] if n else head)
+            self._twrite(memoryview(head)[n:] if n else head)
             n = hlen
         if n - hlen < len(payload):
             # memoryview: a partial send then keeps the rest without slicing a copy of it.
-            transport.write(memoryview(payload)[n - hlen :])
+            self._twrite(memoryview(payload)[n - hlen :])
 
     def _write_frame(self, frame: Any, message: Any, limit: int, close_code: int | None, direct: list[Any] | None = None) -> int:
         """``broadcast()``'s hook: write ``frame`` (None: build this connection's own, masked,
@@ -517,9 +540,9 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         if frame is None:
             frame = proto.send(message, False)
             if type(frame) is tuple:  # pragma: no cover - only server frames are split
-                transport.write(frame[0])
+                self._twrite(frame[0])
                 frame = frame[1]
-        transport.write(frame)
+        self._twrite(frame)
         return 0
 
     async def _wait_fragmented(self) -> None:
@@ -560,6 +583,78 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             self._frag_done = None
             done.set_result(None)
 
+    def _send_nowait_slow(self, message: Any, compress: bool | None) -> None:
+        """``send_nowait()`` (AsyncCore) for what ``_send_now`` declines."""
+        proto = self.protocol
+        if proto is None:
+            raise InvalidState("the connection is not open")
+        if not isinstance(message, (str, bytes, bytearray, memoryview)):
+            raise TypeError(f"send_nowait() sends one whole message, str or bytes-like, not {type(message).__name__}")
+        data = proto.send(message, compress)
+        transport = self.transport
+        if transport is None:
+            raise proto.closed_exception()
+        if type(data) is tuple:  # large frame: header, then the payload itself (no copy)
+            self._uncork()
+            self._write_pair(transport, data[0], data[1])
+        else:
+            self._write(memoryview(data) if len(data) > 65536 else data)  # type: ignore[arg-type]
+
+    async def drain(self) -> None:
+        """Wait until the outgoing buffer is below ``write_limit`` (after ``send_nowait``).
+
+        Raises:
+            ConnectionClosed: the connection was lost with data still buffered.
+        """
+        if self._write_paused:
+            await self._drain()
+
+    @property
+    def on_message(self) -> Callable[[Any], Any] | None:
+        """A callback receiving every message (str or bytes) as it arrives, instead of ``recv()``.
+
+        Called from the protocol callback, so it must not block; it can answer with
+        ``send_nowait()`` (an echo: ``ws.on_message = ws.send_nowait``). Messages already
+        queued go to it at once, in order, when it is set. An exception it raises is logged
+        and closes the connection with 1011. ``None`` (the default) queues messages for
+        ``recv()`` again. Closing does not call it: ``await ws.wait_closed()``.
+
+        Raises (on assignment):
+            TypeError: neither callable nor None.
+            InvalidState: a ``recv()`` is being awaited.
+        """
+        return self._on_message  # type: ignore[no-any-return]
+
+    @on_message.setter
+    def on_message(self, callback: Callable[[Any], Any] | None) -> None:
+        if callback is not None and not callable(callback):
+            raise TypeError("on_message must be a callable or None")
+        if callback is not None and self._waiter is not None and not self._waiter.done():
+            raise InvalidState("recv() is being awaited: on_message cannot be set now")
+        self._on_message = callback
+        messages = self._messages
+        while callback is not None and messages and self._on_message is callback:
+            try:
+                callback(messages.popleft())
+            except Exception as exc:
+                self._callback_failed(exc)
+                return
+        if self._paused_reading and callback is not None:
+            self._maybe_resume()
+
+    def _callback_failed(self, exc: Exception) -> None:
+        """``on_message`` raised: log it and fail the connection with 1011.
+
+        ``ConnectionClosed`` (an answer to a message that arrived just before the peer's close)
+        is no failure: the connection is closing anyway.
+        """
+        if isinstance(exc, ConnectionClosed):
+            logger.debug("on_message on %s: %s", self.remote_address, exc)
+            return
+        logger.error("on_message callback failed on %s: closing with 1011", self.remote_address, exc_info=exc)
+        self._on_message = None
+        self._fail(1011, "on_message callback failed")
+
     async def send_json(self, obj: Any) -> None:
         """Send ``obj`` as a JSON text message."""
         await self.send(json.dumps(obj))
@@ -596,7 +691,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
 
         Raises:
             TimeoutError: no message within ``timeout`` seconds (the connection stays usable).
-            InvalidState: another coroutine is already waiting in ``recv``.
+            InvalidState: another coroutine is already waiting in ``recv``, or messages go to
+                an ``on_message`` callback.
         """
         messages = self._messages
         if messages:
@@ -608,6 +704,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             return None
         if self._waiter is not None and not self._waiter.done():
             raise InvalidState("recv() is already being awaited by another task")
+        if self._on_message is not None:
+            raise InvalidState("messages go to the on_message callback, not to recv()")
         waiter = self._waiter = _Waiter(self._loop)
         handle = self._loop.call_later(timeout, _timeout_waiter, waiter) if timeout is not None else None
         try:
@@ -631,7 +729,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         max_queue = self._max_queue or 1
         if len(self._messages or ()) <= max_queue // 4 and self.transport is not None:
             self._paused_reading = False
-            self.transport.resume_reading()
+            if not self._paused_for_write:
+                self.transport.resume_reading()
 
     async def recv_json(self, timeout: float | None = None) -> Any:
         """Receive a message and decode it as JSON; None once closed."""

@@ -1,0 +1,196 @@
+"""``AsyncWebSocket.on_message`` / ``send_nowait`` / ``drain``: the callback style.
+
+A callback set on the connection receives every message from the read path (no task
+wake-up) and may answer with ``send_nowait``; ``recv()`` refuses meanwhile; queued messages
+go to the callback when it is set; a failing callback closes with 1011; an answering
+callback against a peer that does not read stays bounded (reading pauses above
+``write_limit``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import pytest
+
+from asyncio_support import TIMEOUT, raw_client, serving, wait_until
+from kn_sock import ConnectionClosed, InvalidState, async_connect_websocket
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
+
+
+async def callback_echo(ws: Any, path: str) -> None:
+    ws.on_message = ws.send_nowait
+    await ws.wait_closed()
+
+
+async def test_callback_echo_all_kinds_of_messages() -> None:
+    """Whole, large, fragmented and compressed messages all reach the callback, in order."""
+    async with serving(callback_echo) as server:  # compression negotiated by default
+        async with async_connect_websocket("127.0.0.1", server.port) as ws:
+            assert ws.extensions == ["permessage-deflate"]
+            messages: list[Any] = ["hello", b"\x00\xff", "", b"", "é" * 40000, bytes(range(256)) * 1000]
+            for m in messages:
+                await ws.send(m)
+            await ws.send(["frag", "mented"])  # one fragmented text message
+            await ws.send(iter([b"a", b"b", b"c"]))
+            got = [await asyncio.wait_for(ws.recv(), TIMEOUT) for _ in range(len(messages) + 2)]
+            assert got == messages + ["fragmented", b"abc"]
+
+
+async def test_callback_on_the_client_and_send_nowait_uncompressed() -> None:
+    loop = asyncio.get_running_loop()
+    async with serving(callback_echo, compression=None) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, compression=None) as ws:
+            got: list[Any] = []
+            done = loop.create_future()
+
+            def on_message(message: Any) -> None:
+                got.append(message)
+                if len(got) == 200:
+                    done.set_result(None)
+
+            ws.on_message = on_message
+            assert ws.on_message is on_message
+            for i in range(100):
+                ws.send_nowait(f"text {i}")
+                ws.send_nowait(bytearray([i]) * (i * 700))  # up to ~70 KB: past the small-frame path
+            await asyncio.wait_for(done, TIMEOUT)
+            expected = []
+            for i in range(100):
+                expected += [f"text {i}", bytes([i]) * (i * 700)]
+            assert got == expected
+            ws.on_message = None  # back to recv()
+            await ws.send("again")
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "again"
+
+
+async def test_setting_the_callback_delivers_queued_messages_first() -> None:
+    async def three_then_wait(ws: Any, path: str) -> None:
+        for i in range(3):
+            await ws.send(f"m{i}")
+        await ws.wait_closed()
+
+    async with serving(three_then_wait) as server:
+        async with async_connect_websocket("127.0.0.1", server.port) as ws:
+            await wait_until(lambda: len(ws._messages or ()) == 3)
+            got: list[str] = []
+            ws.on_message = got.append
+            assert got == ["m0", "m1", "m2"]
+
+
+async def test_recv_refuses_while_a_callback_is_set_and_vice_versa() -> None:
+    async with serving(callback_echo) as server:
+        async with async_connect_websocket("127.0.0.1", server.port) as ws:
+            ws.on_message = lambda m: None
+            with pytest.raises(InvalidState):
+                await ws.recv()
+            with pytest.raises(InvalidState):
+                async for _ in ws:
+                    pass
+            ws.on_message = None
+            pending = asyncio.ensure_future(ws.recv())
+            await asyncio.sleep(0)
+            with pytest.raises(InvalidState):
+                ws.on_message = print
+            with pytest.raises(TypeError):
+                ws.on_message = "not callable"  # type: ignore[assignment]
+            await ws.send("x")
+            assert await asyncio.wait_for(pending, TIMEOUT) == "x"
+
+
+async def test_a_failing_callback_closes_with_1011(caplog: pytest.LogCaptureFixture) -> None:
+    async def failing(ws: Any, path: str) -> None:
+        def boom(message: Any) -> None:
+            raise ValueError("secret detail")
+
+        ws.on_message = boom
+        await ws.wait_closed()
+
+    caplog.set_level(logging.ERROR, logger="kn_sock")
+    async with serving(failing) as server:
+        async with async_connect_websocket("127.0.0.1", server.port) as ws:
+            await ws.send("trigger")
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) is None
+            assert ws.close_code == 1011
+    assert any("on_message" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_answers_cut_by_the_peers_close_are_no_failure(caplog: pytest.LogCaptureFixture) -> None:
+    """The peer sends messages and closes at once: answering the last ones raises
+    ConnectionClosed inside the callback, which is not logged as an error."""
+    caplog.set_level(logging.ERROR, logger="kn_sock")
+    async with serving(callback_echo) as server:
+        for _ in range(5):
+            peer = await raw_client(server.port)
+            for i in range(20):
+                peer.send_frame(1, b"x" * i)
+            peer.send_frame(8, b"\x03\xe8")
+            assert await peer.read_close() == (1000, "")
+            peer.close()
+    assert not [r for r in caplog.records if "on_message" in r.getMessage()]
+
+
+async def test_send_nowait_errors() -> None:
+    async with serving(callback_echo) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port)
+        with pytest.raises(TypeError):
+            ws.send_nowait(["not", "a", "whole", "message"])
+        with pytest.raises(TypeError):
+            ws.send_nowait(12)
+
+        async def slow_fragments() -> Any:
+            yield "a"
+            yield "b"  # "a" goes out now: the fragmented message is open
+            await asyncio.sleep(0.2)
+            yield "c"
+
+        fragmented = asyncio.ensure_future(ws.send(slow_fragments()))
+        await asyncio.sleep(0.05)
+        with pytest.raises(InvalidState):
+            ws.send_nowait("in the middle")  # would interleave with the fragmented message
+        await fragmented
+        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "abc"
+        await ws.close()
+        with pytest.raises(ConnectionClosed):
+            ws.send_nowait("too late")
+        with pytest.raises(ConnectionClosed):
+            ws.send_nowait(b"x" * 100000)
+
+
+async def test_answering_callback_stays_bounded_with_a_peer_that_does_not_read() -> None:
+    """The peer sends ~8 MB and reads nothing: the callback's answers fill our write buffer,
+    so reading pauses (the peer's own sends then block in TCP) instead of buffering all."""
+    server_ws: list[Any] = []
+
+    async def handler(ws: Any, path: str) -> None:
+        server_ws.append(ws)
+        ws.on_message = ws.send_nowait
+        await ws.wait_closed()
+
+    async with serving(handler, compression=None, write_limit=65536) as server:
+        peer = await raw_client(server.port)
+        try:
+            payload = bytes(60000)
+            sent = 0
+            for _ in range(140):
+                peer.send_frame(2, payload)
+                sent += 1
+                if peer.writer.transport.get_write_buffer_size() > 4 << 20:
+                    break  # our own side is stuck too: the server stopped reading
+            await wait_until(lambda: bool(server_ws) and server_ws[0]._paused_for_write)
+            ws = server_ws[0]
+            peak = 0
+            for _ in range(20):
+                peak = max(peak, ws.transport.get_write_buffer_size())
+                await asyncio.sleep(0.01)
+            assert peak < 65536 + (1 << 20)  # write_limit + what one read can answer
+            # Now the peer reads: every answer arrives, in order, and the server reads on.
+            async with asyncio.timeout(TIMEOUT * 3):
+                for _ in range(sent):
+                    opcode, data = await peer.read_frame()
+                    assert (opcode, data) == (2, payload)
+        finally:
+            peer.close()
