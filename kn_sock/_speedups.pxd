@@ -22,6 +22,7 @@ cdef class _WritableRegion:
     cdef object owner
     cdef char *ptr
     cdef Py_ssize_t size
+    cdef bint recycle                # owner is a receive buffer (not a payload): recycle it
 
 
 cdef class FrameParser:
@@ -86,7 +87,7 @@ cdef class FrameParser:
     cdef int _fail(self, object exc) except -1
     cdef int _reserve(self, Py_ssize_t extra) except -1
     cdef list _updated(self, Py_ssize_t nbytes)
-    cdef object _get_buffer(self, Py_ssize_t sizehint)
+    cdef _WritableRegion _get_region(self, Py_ssize_t sizehint)
     cdef list _buffer_updated(self, Py_ssize_t nbytes)
     cdef list _recv_landing(self, int fd, int flags, object payload)
     cdef int _offer_tail(self, Py_ssize_t sizehint) except -1

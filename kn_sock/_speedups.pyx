@@ -24,7 +24,7 @@ from cpython.buffer cimport (
 from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
-from cpython.ref cimport Py_INCREF, PyObject
+from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
 from cpython.number cimport PyNumber_Index
 from libc.stdint cimport int64_t, uint64_t
 from libc.string cimport memcpy, memmove
@@ -85,7 +85,26 @@ cdef enum:
 
 
 # speed: idle parsers hold no receive buffer; the few in use at a time are recycled here.
-cdef list _spare_buffers = []
+# Receive buffers kept for reuse across parsers (a C stack: list.pop/append cost ~250
+# instructions here, the list resizing between 0 and 1 items).
+cdef PyObject *_spare_buffers[_SPARE_MAX]
+cdef int _n_spare = 0
+
+
+cdef inline void _spare_push(object buf) noexcept:
+    global _n_spare
+    Py_INCREF(buf)
+    _spare_buffers[_n_spare] = <PyObject *>buf
+    _n_spare += 1
+
+
+cdef inline object _spare_pop():
+    global _n_spare
+    _n_spare -= 1
+    buf = <object>_spare_buffers[_n_spare]  # a new reference for the caller...
+    Py_DECREF(buf)  # ...and the stack's own given up
+    _spare_buffers[_n_spare] = NULL
+    return buf
 
 
 # --------------------------------------------------------------------------- helpers
@@ -714,21 +733,34 @@ cdef class _WritableRegion:
     def __getbuffer__(self, Py_buffer *buffer, int flags):
         PyBuffer_FillInfo(buffer, self, self.ptr, self.size, 0, flags)
 
+    def __len__(self):
+        return self.size
+
     def __releasebuffer__(self, Py_buffer *buffer):
         pass
 
+    def __dealloc__(self):
+        # A standard receive buffer its parser let go of while this view was alive (the event
+        # loop holds get_buffer()'s view until buffer_updated returns) is recycled now that no
+        # one else can reach it, instead of being freed and allocated again for the next read.
+        owner = self.owner  # references: this field and this local, nothing else
+        if (self.recycle and owner is not None and _Py_REFCNT(owner) == 2
+                and PyBytes_GET_SIZE(owner) == _CHUNK and _n_spare < _SPARE_MAX):
+            _spare_push(owner)
 
-cdef object _region_view(object owner, unsigned char *ptr, Py_ssize_t size):
+
+cdef _WritableRegion _region(object owner, unsigned char *ptr, Py_ssize_t size, bint recycle):
     cdef _WritableRegion region = _WritableRegion.__new__(_WritableRegion)
     region.owner = owner
     region.ptr = <char *>ptr
     region.size = size
-    return PyMemoryView_FromObject(region)
+    region.recycle = recycle
+    return region
 
 
 cdef object _new_buffer(Py_ssize_t size):
-    if size == _CHUNK and _spare_buffers:
-        return _spare_buffers.pop()
+    if size == _CHUNK and _n_spare:
+        return _spare_pop()
     return PyBytes_FromStringAndSize(NULL, size)
 
 
@@ -862,15 +894,16 @@ cdef class FrameParser:
         free tail of the receive buffer, at least ``sizehint`` bytes (up to 4 MiB) and
         normally 128 KiB (a 64 KiB message and its header in one read).
         """
-        return self._get_buffer(sizehint)
+        return PyMemoryView_FromObject(self._get_region(sizehint))
 
-    cdef object _get_buffer(self, Py_ssize_t sizehint):
+    cdef _WritableRegion _get_region(self, Py_ssize_t sizehint):
+        """get_buffer()'s region itself (a buffer with a length), without the memoryview."""
         if self._pp != NULL:
             self._view_kind = 2
             self._view_len = self._pl_len - self._pl_filled
-            return _region_view(self._payload, self._pp + self._pl_filled, self._view_len)
+            return _region(self._payload, self._pp + self._pl_filled, self._view_len, False)
         self._offer_tail(sizehint)
-        return _region_view(self._buf, self._bp + self._end, self._view_len)
+        return _region(self._buf, self._bp + self._end, self._view_len, True)
 
     cdef int _offer_tail(self, Py_ssize_t sizehint) except -1:
         """Make the receive buffer's free tail the next read's destination (see get_buffer)."""
@@ -1132,8 +1165,8 @@ cdef class FrameParser:
         """Release the (empty or abandoned) receive buffer, recycling a standard one."""
         if self._buf is not None:
             if (self._cap == _CHUNK and _Py_REFCNT(self._buf) == 1
-                    and _spare_buffers is not None and len(_spare_buffers) < _SPARE_MAX):
-                _spare_buffers.append(self._buf)
+                    and _n_spare < _SPARE_MAX):
+                _spare_push(self._buf)
             self._buf = None
         self._bp = NULL
         self._cap = self._start = self._end = 0
@@ -1527,12 +1560,9 @@ def build_frame(opcode, payload, bint fin=True, bint rsv1=False, mask=None):
 
 cdef object _build(object opcode, const unsigned char *src, Py_ssize_t n, bint fin, bint rsv1,
                    object mask):
-    cdef int overflow = 0, b0, hlen, mbit
+    cdef int overflow = 0, b0
     cdef long long op
     cdef unsigned char key[4]
-    cdef unsigned char *out
-    cdef uint64_t length = <uint64_t>n
-    cdef int j
     if PyLong_CheckExact(opcode):
         op = PyLong_AsLongLongAndOverflow(opcode, &overflow)
         if overflow or op < 0 or op > 15:
@@ -1542,9 +1572,18 @@ cdef object _build(object opcode, const unsigned char *src, Py_ssize_t n, bint f
         if not 0 <= opcode <= 15:
             raise ValueError("opcode must be between 0 and 15")
         b0 = opcode | (0x80 if fin else 0) | (0x40 if rsv1 else 0)
-    mbit = 0x80 if mask is not None else 0
-    if mbit:
+    if mask is not None:
         _mask_key(mask, key)
+        return _build_raw(b0, src, n, key)
+    return _build_raw(b0, src, n, NULL)
+
+
+cdef object _build_raw(int b0, const unsigned char *src, Py_ssize_t n, const unsigned char *key):
+    """One frame: first byte ``b0``, the payload masked with ``key`` (NULL: unmasked)."""
+    cdef int hlen, j
+    cdef int mbit = 0x80 if key != NULL else 0
+    cdef unsigned char *out
+    cdef uint64_t length = <uint64_t>n
     hlen = 2 if n < 126 else 4 if n < 65536 else 10
     frame = PyBytes_FromStringAndSize(NULL, hlen + (4 if mbit else 0) + n)
     out = <unsigned char *>PyBytes_AS_STRING(frame)
@@ -1573,7 +1612,7 @@ cdef unsigned char _mask_pool[1024]   # os.urandom bytes, handed out 4 at a time
 cdef Py_ssize_t _mask_pos = 1024
 
 
-cdef bytes _next_mask_c():
+cdef int _take_mask(unsigned char *key) except -1:
     global _mask_pos
     cdef Py_ssize_t pos = _mask_pos
     if pos >= 1024:
@@ -1581,7 +1620,14 @@ cdef bytes _next_mask_c():
         memcpy(_mask_pool, PyBytes_AS_STRING(fresh), 1024)
         pos = 0
     _mask_pos = pos + 4
-    return PyBytes_FromStringAndSize(<char *>_mask_pool + pos, 4)
+    memcpy(key, _mask_pool + pos, 4)
+    return 0
+
+
+cdef bytes _next_mask_c():
+    cdef unsigned char key[4]
+    _take_mask(key)
+    return PyBytes_FromStringAndSize(<char *>key, 4)
 
 
 def next_mask():
@@ -1918,13 +1964,20 @@ cdef class AsyncCore:
     cdef public long long _fd
     cdef public object _on_message
     cdef public bint _tx_idle
+    cdef object _cproto     # the protocol _cdeflate / _cmasks were read from
+    cdef bint _cdeflate
+    cdef object _cmasks
 
     def get_buffer(self, Py_ssize_t sizehint):
         """Where the loop writes the next bytes: the parser's buffer once open."""
         parser = self._parser
         if parser is not None:
             if type(parser) is FrameParser:
-                return (<FrameParser>parser)._get_buffer(sizehint)
+                if self._fd >= 0:
+                    # Speed: a plain socket's transport only needs a writable buffer with a
+                    # length (recv_into / uv_read): the region itself, no memoryview around it.
+                    return (<FrameParser>parser)._get_region(sizehint)
+                return PyMemoryView_FromObject((<FrameParser>parser)._get_region(sizehint))
             return parser.get_buffer(sizehint)
         if self._hs_buf is None:
             self._hs_buf = bytearray(16384)
@@ -1994,6 +2047,8 @@ cdef class AsyncCore:
     cdef int _try_send(self, object message) except -1:
         cdef const unsigned char *src
         cdef Py_ssize_t n, sent
+        cdef int op
+        cdef unsigned char key[4]
         if PyUnicode_CheckExact(message):
             src = <const unsigned char *>PyUnicode_AsUTF8AndSize(message, &n)
             op = 1
@@ -2007,19 +2062,22 @@ cdef class AsyncCore:
             return 0
         proto = self.protocol
         transport = self.transport
-        if (
-            proto is None
-            or transport is None
-            or proto.state is not self._open
-            or proto.deflate is not None
-            or proto._send_frag_open
-        ):
+        if proto is None or transport is None:
             return 0
-        masks = proto._masks
+        if proto is not self._cproto:  # what never changes after the handshake, read once
+            self._cproto = proto
+            self._cdeflate = proto.deflate is not None
+            self._cmasks = proto._masks
+        if self._cdeflate or proto.state is not self._open or proto._send_frag_open:
+            return 0
+        masks = self._cmasks
         if masks is None:
-            frame = _build(op, src, n, True, False, None)
+            frame = _build_raw(0x80 | op, src, n, NULL)
+        elif masks is next_mask:
+            _take_mask(key)
+            frame = _build_raw(0x80 | op, src, n, key)
         else:
-            frame = _build(op, src, n, True, False, _next_mask_c() if masks is next_mask else masks())
+            frame = _build(op, src, n, True, False, masks())
         # Straight to the socket when the transport holds nothing that must go first (checked
         # once after any write through the transport, which only _twrite makes).
         if self._fd >= 0 and (self._tx_idle or not transport.get_write_buffer_size()):

@@ -267,8 +267,9 @@ async def test_cancelled_recv_does_not_lose_a_message(backend):
             task = asyncio.create_task(ws.recv())
             await asyncio.sleep(0.01)
             frame = build_frame(1, b"two")  # an unmasked server frame, fed as the loop would
-            buf = ws.get_buffer(-1)
+            buf = memoryview(ws.get_buffer(-1))  # a writable buffer (not always a memoryview)
             buf[: len(frame)] = frame
+            del buf
             ws.buffer_updated(len(frame))
             task.cancel()
             with pytest.raises(asyncio.CancelledError):

@@ -1155,3 +1155,45 @@ def test_send_many_same_errors_in_both_twins():
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_stale_receive_view_never_reaches_another_parser(backend):
+    """Receive buffers are recycled across parsers once nothing can reach them; one a caller
+    still holds a view of (here written to after its parser let go) is never handed out."""
+    p1 = backend.FrameParser(expect_mask=False, max_size=None)
+    stale = memoryview(p1.get_buffer(-1))
+    frame = backend.build_frame(2, b"one")
+    stale[: len(frame)] = frame
+    assert p1.buffer_updated(len(frame)) == [(2, True, False, b"one")]
+    for _ in range(8):
+        p2 = backend.FrameParser(expect_mask=False, max_size=None)
+        view = memoryview(p2.get_buffer(-1))
+        good = backend.build_frame(2, b"two")
+        view[: len(good)] = good
+        stale[: len(good)] = backend.build_frame(2, b"BAD")
+        del view
+        assert p2.buffer_updated(len(good)) == [(2, True, False, b"two")]
+    del stale
+    for _ in range(8):  # and once the view is gone, everything still parses
+        p3 = backend.FrameParser(expect_mask=False, max_size=None)
+        view = memoryview(p3.get_buffer(-1))
+        view[: len(frame)] = frame
+        del view
+        assert p3.buffer_updated(len(frame)) == [(2, True, False, b"one")]
+
+
+def test_a_receive_buffer_in_use_is_never_recycled(backend):
+    """A view dying while its parser still uses the buffer (a second view, taken since) does
+    not hand that buffer to another parser."""
+    p1 = backend.FrameParser(expect_mask=False, max_size=None)
+    first = memoryview(p1.get_buffer(-1))
+    second = memoryview(p1.get_buffer(-1))  # the current one: the first no longer counts
+    del first
+    p2 = backend.FrameParser(expect_mask=False, max_size=None)
+    other = memoryview(p2.get_buffer(-1))
+    a, b = backend.build_frame(2, b"for p1"), backend.build_frame(2, b"for p2")
+    second[: len(a)] = a
+    other[: len(b)] = b
+    del second, other
+    assert p1.buffer_updated(len(a)) == [(2, True, False, b"for p1")]
+    assert p2.buffer_updated(len(b)) == [(2, True, False, b"for p2")]
