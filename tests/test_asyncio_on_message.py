@@ -194,3 +194,29 @@ async def test_answering_callback_stays_bounded_with_a_peer_that_does_not_read()
                     assert (opcode, data) == (2, payload)
         finally:
             peer.close()
+
+
+async def test_answers_to_a_batch_keep_their_order_around_a_ping() -> None:
+    """Many messages (and a ping) in one read: the callback's answers, held back and written
+    together, arrive complete and in order, and the ping is answered."""
+    async with serving(callback_echo, compression=None) as server:
+        peer = await raw_client(server.port)
+        try:
+            for i in range(30):
+                peer.send_frame(1, f"a{i}".encode())
+            peer.send_frame(9, b"are you there")
+            for i in range(30):
+                peer.send_frame(2, bytes([i]) * (i * 3000))  # some over the cork's 64 KiB
+            got: list[tuple[int, bytes]] = []
+            async with asyncio.timeout(TIMEOUT):
+                while len(got) < 61:
+                    got.append(await peer.read_frame())
+            assert (10, b"are you there") in got
+            data = [frame for frame in got if frame[0] != 10]
+            assert data == [(1, f"a{i}".encode()) for i in range(30)] + [(2, bytes([i]) * (i * 3000)) for i in range(30)]
+            for i in range(40):  # a batch with nothing else to write after it
+                peer.send_frame(1, f"b{i}".encode())
+            async with asyncio.timeout(TIMEOUT):
+                assert [await peer.read_frame() for _ in range(40)] == [(1, f"b{i}".encode()) for i in range(40)]
+        finally:
+            peer.close()

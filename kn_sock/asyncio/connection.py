@@ -249,6 +249,12 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
     def _dispatch(self, events: list[Any]) -> None:
         messages = self._messages
         woken = None  # a recv() waiter completed here, resumed once everything below is done
+        # Speed: answers an on_message callback gives to a batch of messages (a pipelining
+        # peer) are held back and written together at the end (see _send_nowait_slow).
+        batch = self._on_message is not None and self._cork is None and len(events) > 1
+        if batch:
+            self._cork = []
+            self._cork_size = 0
         for ev in events:
             t = type(ev)
             if t is str or t is bytes:
@@ -290,6 +296,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             if proto.state is State.CLOSED:  # type: ignore[union-attr]
                 self._after_closed()
         finally:
+            if batch:
+                self._uncork()
             if woken is not None:
                 woken.wake_now()
 
@@ -418,8 +426,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         if cork is None:
             return
         self._cork = None
-        transport = self.transport
-        if transport is not None:
+        if cork and self.transport is not None:
             self._twrite(cork[0] if len(cork) == 1 else b"".join(cork))
 
     async def _drain(self) -> None:
@@ -594,9 +601,15 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         transport = self.transport
         if transport is None:
             raise proto.closed_exception()
+        cork = self._cork
         if type(data) is tuple:  # large frame: header, then the payload itself (no copy)
             self._uncork()
             self._write_pair(transport, data[0], data[1])
+        elif cork is not None and len(data) <= 65536:  # frames held back: this one joins them
+            cork.append(data)  # type: ignore[arg-type]
+            self._cork_size += len(data)
+            if self._cork_size > _CORK_MAX:
+                self._uncork()
         else:
             self._write(memoryview(data) if len(data) > 65536 else data)  # type: ignore[arg-type]
 
