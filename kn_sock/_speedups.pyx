@@ -1661,7 +1661,7 @@ cdef object _current_tasks = None      # asyncio's {loop: running task} where cu
 
 
 cdef int _load_asyncio() except -1:
-    global _current_task, _CancelledError, _InvalidStateError, _current_tasks
+    global _current_task, _CancelledError, _InvalidStateError, _current_tasks, _ctask_type
     if _current_task is None:
         import asyncio
         import asyncio.tasks
@@ -1672,7 +1672,52 @@ cdef int _load_asyncio() except -1:
         tasks = getattr(asyncio.tasks, "_current_tasks", None)
         if type(tasks) is dict and type(_current_task) is not type(len):
             _current_tasks = tasks
+        try:
+            import _asyncio
+            _ctask_type = _asyncio.Task
+        except (ImportError, AttributeError):
+            _ctask_type = None
     return 0
+
+
+cdef extern from *:
+    """
+    static int kn_is_ctask_wakeup(PyObject *fn, PyObject *task_type) {
+        PyObject *self;
+        const char *name;
+        if (task_type == NULL || task_type == Py_None || !PyCFunction_Check(fn)) return 0;
+        self = PyCFunction_GET_SELF(fn);
+        if (self == NULL || (PyObject *)Py_TYPE(self) != task_type) return 0;
+        name = ((PyCFunctionObject *)fn)->m_ml->ml_name;
+        return name != NULL && strcmp(name, "task_wakeup") == 0;
+    }
+    """
+    bint kn_is_ctask_wakeup(object fn, object task_type)
+
+
+cdef object _ctask_type = None       # asyncio's C Task class (None: not loaded or absent)
+cdef object _done_future = None      # a finished asyncio.Future (False: unavailable)
+
+
+cdef class _NoLoop:
+    """The loop of ``_done_future``, which is never awaited or scheduled."""
+
+    def get_debug(self):
+        return False
+
+
+cdef object _make_done_future():
+    global _done_future
+    try:
+        import asyncio
+        fut = asyncio.Future(loop=_NoLoop())
+        fut.set_result(None)
+        if type(fut) is not asyncio.Future or not fut.done():
+            fut = False
+    except Exception:
+        fut = False
+    _done_future = fut
+    return fut
 
 
 cdef inline bint _task_running(object loop) except -1:
@@ -1821,10 +1866,20 @@ cdef class Waiter:
         self._wake = self._wake_ctx = None
         if _task_running(loop):  # never run a task inside another one
             loop.call_soon(fn, self, context=ctx)
-        elif ctx is None:
-            fn(self)
+            return 0
+        arg = self
+        if self._state == _W_RESULT and _done_future is not False and kn_is_ctask_wakeup(fn, _ctask_type):
+            # Speed: a C task's wake-up only asks its argument whether it failed (the task
+            # then resumes the coroutine, whose ``await`` takes the result from this waiter);
+            # given an exact, finished asyncio.Future it reads that in C, where for any other
+            # object it calls ``result()`` by name (~1,300 instructions a message here).
+            arg = _done_future if _done_future is not None else _make_done_future()
+            if arg is False:
+                arg = self
+        if ctx is None:
+            fn(arg)
         else:
-            ctx.run(fn, self)
+            ctx.run(fn, arg)
         return 0
 
     def __await__(self):

@@ -200,3 +200,31 @@ async def test_await_and_the_iterator_protocol_agree(backend: ModuleType) -> Non
         await cancelled
     with pytest.raises(asyncio.CancelledError):
         next(cancelled.__await__())
+
+
+async def test_wake_now_hands_a_plain_callback_the_waiter_itself(backend: ModuleType) -> None:
+    """Whatever wake_now passes to a task's wake-up internally, any other first callback gets
+    the waiter (with its result), and a task resumed by it gets the result."""
+    loop = asyncio.get_running_loop()
+    w = backend.Waiter(loop)
+    seen: list[Any] = []
+    w.add_done_callback(lambda fut: seen.append((fut, fut.result())))
+
+    def deliver() -> None:  # a protocol callback: no task is running
+        w.resolve("value")
+        w.wake_now()
+
+    loop.call_soon(deliver)
+    await asyncio.sleep(0.01)
+    assert seen == [(w, "value")]
+
+    w2 = backend.Waiter(loop)
+    task = asyncio.ensure_future(_await(w2))
+    await asyncio.sleep(0)
+
+    def deliver2() -> None:
+        w2.resolve("for the task")
+        w2.wake_now()
+
+    loop.call_soon(deliver2)
+    assert await task == "for the task"
