@@ -37,7 +37,8 @@ cdef extern from "Python.h":
     ctypedef struct PyTypeObject:
         const char *tp_name
     PyTypeObject *_Py_TYPE "Py_TYPE"(object o)
-    Py_ssize_t _Py_REFCNT "Py_REFCNT"(object o)
+    # A borrowed pointer: given an ``object``, Cython would count its own temporary reference.
+    Py_ssize_t _Py_REFCNT "Py_REFCNT"(PyObject *o)
     object PyErr_Format(object exc, const char *fmt, ...)
     const char *PyUnicode_AsUTF8AndSize(object s, Py_ssize_t *size) except NULL
     object PyUnicode_DecodeUTF8(const char *s, Py_ssize_t size, const char *errors)
@@ -727,6 +728,22 @@ cdef bint _utf8_feed(unsigned char *pending, int *npending, const unsigned char 
 
 # --------------------------------------------------------------------------- parsing
 
+cdef object _socket_type = None     # socket.socket, and its C fileno method (looked up once:
+cdef object _socket_fileno = None   # PyObject_AsFileDescriptor finds it by name on every call)
+
+
+cdef int _fileno(object sock) except -1:
+    """``PyObject_AsFileDescriptor(sock)``, quicker for a plain ``socket.socket``."""
+    global _socket_type, _socket_fileno
+    if _socket_type is None:
+        import socket
+        _socket_type = socket.socket
+        _socket_fileno = socket.socket.fileno
+    if type(sock) is _socket_type:
+        return PyObject_AsFileDescriptor(_socket_fileno(sock))
+    return PyObject_AsFileDescriptor(sock)
+
+
 cdef class _WritableRegion:
     """Exports ``size`` writable bytes at ``ptr`` inside ``owner`` (see the .pxd)."""
 
@@ -743,8 +760,8 @@ cdef class _WritableRegion:
         # A standard receive buffer its parser let go of while this view was alive (the event
         # loop holds get_buffer()'s view until buffer_updated returns) is recycled now that no
         # one else can reach it, instead of being freed and allocated again for the next read.
-        owner = self.owner  # references: this field and this local, nothing else
-        if (self.recycle and owner is not None and _Py_REFCNT(owner) == 2
+        owner = self.owner
+        if (self.recycle and owner is not None and _Py_REFCNT(<PyObject *>self.owner) == 2  # + `owner`
                 and PyBytes_GET_SIZE(owner) == _CHUNK and _n_spare < _SPARE_MAX):
             _spare_push(owner)
 
@@ -943,7 +960,7 @@ cdef class FrameParser:
             OSError: as ``socket.recv_into`` does (BlockingIOError: nothing to read with
                 ``MSG_DONTWAIT``). The GIL is released while reading.
         """
-        cdef int fd = PyObject_AsFileDescriptor(sock)
+        cdef int fd = _fileno(sock)
         if flags != 0 and flags != _MSG_DONTWAIT:
             raise ValueError("flags must be 0 or socket.MSG_DONTWAIT")
         cdef object owner
@@ -985,6 +1002,7 @@ cdef class FrameParser:
                 return None
             if r > self._view_len:  # pragma: no cover - the parser was used meanwhile
                 raise ValueError("nbytes out of range")
+            owner = None  # read done: the receive buffer may be recycled once parsed
             frames = self._updated(r)
         if len(frames) == 1 and self.error is None:
             f = <tuple>frames[0]
@@ -1164,7 +1182,7 @@ cdef class FrameParser:
     cdef void _drop_buffer(self) noexcept:
         """Release the (empty or abandoned) receive buffer, recycling a standard one."""
         if self._buf is not None:
-            if (self._cap == _CHUNK and _Py_REFCNT(self._buf) == 1
+            if (self._cap == _CHUNK and _Py_REFCNT(<PyObject *>self._buf) == 1
                     and _n_spare < _SPARE_MAX):
                 _spare_push(self._buf)
             self._buf = None
