@@ -2163,3 +2163,8 @@ cdef class AsyncCore:
         self._tx_idle = False
         transport.write(frame)
         return 1
+
+
+def _spares():
+    """Private test hook: how many receive buffers wait for reuse."""
+    return _n_spare

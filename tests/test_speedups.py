@@ -1197,3 +1197,27 @@ def test_a_receive_buffer_in_use_is_never_recycled(backend):
     del second, other
     assert p1.buffer_updated(len(a)) == [(2, True, False, b"for p1")]
     assert p2.buffer_updated(len(b)) == [(2, True, False, b"for p2")]
+
+
+def test_receive_buffers_are_recycled():
+    """A parser done with its receive buffer hands it to the next read (Cython twin: no
+    128 KiB allocation per message), whether it read with recv_from or through get_buffer."""
+    sp = pytest.importorskip("kn_sock._speedups")
+    a, b = socket.socketpair()
+    try:
+        p = sp.FrameParser(expect_mask=False, max_size=None)
+        b.send(sp.build_frame(2, b"one"))
+        assert p.recv_from(a) == b"one"
+        assert sp._spares() >= 1
+        before = sp._spares()
+        view = memoryview(p.get_buffer(-1))  # takes one
+        assert sp._spares() == before - 1
+        frame = sp.build_frame(2, b"two")
+        view[: len(frame)] = frame
+        assert p.buffer_updated(len(frame)) == [(2, True, False, b"two")]
+        assert sp._spares() == before - 1  # still viewed: not yet
+        del view
+        assert sp._spares() == before  # the view is gone: back for reuse
+    finally:
+        a.close()
+        b.close()
