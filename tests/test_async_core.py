@@ -5,7 +5,8 @@ message as one frame only when nothing stands in the way, and declines (writing 
 otherwise, so that ``send()``'s general path keeps every other case; the Cython twin may
 write straight to the socket, and what the kernel does not take must follow through the
 transport, in order. ``next_mask`` hands out fresh keys. End-to-end behaviour (a peer that
-stops reading, then reads everything) is checked through ``AsyncWebSocket``.
+stops reading, then reads everything) is checked through ``AsyncWebSocket``. (A forked
+child's fresh keys: tests/test_protocol.py, through the protocol that uses ``next_mask``.)
 """
 
 from __future__ import annotations
@@ -175,24 +176,6 @@ def test_next_mask_gives_fresh_4_byte_keys(backend: ModuleType) -> None:
     keys = [backend.next_mask() for _ in range(600)]  # more than one pool of 256
     assert all(type(k) is bytes and len(k) == 4 for k in keys)
     assert len(set(keys)) > 590  # 4 random bytes: a repeat among 600 is rare, many would be a bug
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_next_mask_forked_child_does_not_reuse_parent_keys(backend: ModuleType) -> None:
-    backend.next_mask()  # a pool is filled
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - the child
-        try:
-            os.write(w, backend.next_mask())
-        finally:
-            os._exit(0)
-    os.close(w)
-    child = os.read(r, 4)
-    os.close(r)
-    os.waitpid(pid, 0)
-    assert len(child) == 4
-    assert child != backend.next_mask()
 
 
 async def test_small_messages_in_order_to_a_peer_that_stops_reading() -> None:
