@@ -96,6 +96,40 @@ class TestApplyMask:
             backend.apply_mask(b"data", bad)
 
 
+class TestMaskAcrossTheStreamingThreshold:
+    """From 12 MiB the Cython twin's copying mask writes around the cache (non-temporal
+    stores, its own loop): every length, source alignment and mask phase around that size."""
+
+    BIG = 12 << 20
+
+    @staticmethod
+    def reference(data, mask: bytes, phase: int = 0) -> bytes:
+        # Whole 32-bit words through one int XOR (fast enough for 12 MiB, unlike naive_mask).
+        data = bytes(data)
+        key = (mask[phase % 4 :] + mask[: phase % 4]) * ((len(data) + 3) // 4)
+        return (int.from_bytes(data, "little") ^ int.from_bytes(key[: len(data)], "little")).to_bytes(len(data), "little")
+
+    @pytest.mark.parametrize("extra", [-1, 0, 1, 63, 64, 4099])
+    @pytest.mark.parametrize("skip", [0, 1, 3, 17])
+    def test_apply_mask(self, backend, extra, skip):
+        raw = os.urandom(self.BIG + extra + skip)
+        data = memoryview(raw)[skip:]
+        assert backend.apply_mask(data, MASK) == self.reference(data, MASK)
+
+    @pytest.mark.parametrize("masked", [False, True])
+    def test_large_frame_in_odd_chunks(self, backend, masked):
+        payload = os.urandom(self.BIG + 5)
+        mask = MASK if masked else None
+        frame = backend.build_frame(2, payload, mask=mask)
+        if masked:
+            assert frame[14:] == self.reference(payload, MASK)
+        parser = (server_parser if masked else client_parser)(backend, max_size=None)
+        # A first chunk that ends mid-word, so the rest (one chunk past the threshold) is
+        # unmasked from mask phase 3.
+        frames = feed_chunks(parser, frame, [14 + 3, self.BIG + 2])
+        assert frames == [(2, True, False, payload)]
+
+
 class TestApplyMaskInplace:
     def test_whole_buffer(self, backend):
         buf = bytearray(b"Hello")
