@@ -36,6 +36,7 @@ __all__ = [
     "next_mask",
     "AsyncCore",
     "send_many",
+    "write_message",
 ]
 
 BytesLike = Union[bytes, bytearray, memoryview]
@@ -866,6 +867,54 @@ def send_many(fds: list, data: BytesLike) -> list:
 
 
 _MSG_DONTWAIT: int = getattr(_socket, "MSG_DONTWAIT", 0)
+_WM_STACK = 2048  # the Cython twin builds frames up to this size on the C stack
+_WM_SPLIT = 65536  # unmasked payloads from this size go out after their header (no copy)
+
+
+def write_message(sock: Any, message: Union[str, bytes], masked: bool) -> list | None:
+    """Frame the whole str or bytes ``message`` (masked with a fresh key from ``next_mask``
+    when ``masked``) and write what the plain socket ``sock`` takes now, without waiting.
+
+    An unmasked payload of 64 KiB or more is written after its header in the same call,
+    without being copied.
+
+    Returns:
+        None when all of the frame went; otherwise the list of bytes-like objects left to
+        write, in order.
+
+    Raises:
+        TypeError: ``message`` is not exactly str or bytes.
+        OSError: as ``socket.send`` does, except for would-block (nothing written then).
+    """
+    t = type(message)
+    if t is str:
+        op, data = 0x81, message.encode("utf-8")  # type: ignore[union-attr]
+    elif t is bytes:
+        op, data = 0x82, message
+    else:
+        raise TypeError(f"message must be str or bytes, not {t.__name__}")
+    n = len(data)
+    if not masked and n >= _WM_SPLIT:
+        header = _pack_10(op, 127, n)
+        try:
+            sent = sock.sendmsg((header, data), (), _MSG_DONTWAIT)
+        except BlockingIOError:
+            sent = 0
+        if sent == 10 + n:
+            return None
+        if sent < 10:
+            return [header[sent:], data]
+        return [memoryview(data)[sent - 10 :]] if t is bytes else [data[sent - 10 :]]  # type: ignore[index]
+    frame = build_frame(op & 0x0F, data, mask=next_mask() if masked else None)
+    try:
+        sent = sock.send(frame, _MSG_DONTWAIT)
+    except BlockingIOError:
+        sent = 0
+    if sent == len(frame):
+        return None
+    if len(frame) <= _WM_STACK:
+        return [frame[sent:]]
+    return [memoryview(frame)[sent:]] if sent else [frame]
 
 
 def _fileno(obj: object) -> int:

@@ -18,6 +18,7 @@ __all__ = [
     "next_mask",
     "AsyncCore",
     "send_many",
+    "write_message",
 ]
 
 _BytesLike: TypeAlias = Union[bytes, bytearray, memoryview]
@@ -119,3 +120,4 @@ class AsyncCore:
     def _twrite(self, data: Any) -> None: ...
 
 def send_many(fds: list[int], data: _BytesLike) -> list[int]: ...
+def write_message(sock: Any, message: str | bytes, masked: bool) -> list[bytes | memoryview] | None: ...

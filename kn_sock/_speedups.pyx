@@ -65,6 +65,7 @@ __all__ = [
     "next_mask",
     "AsyncCore",
     "send_many",
+    "write_message",
 ]
 
 Frame = tuple  # (opcode: int, fin: bool, rsv1: bool, payload: bytes | str)
@@ -1642,31 +1643,42 @@ cdef object _build(object opcode, const unsigned char *src, Py_ssize_t n, bint f
     return _build_raw(b0, src, n, NULL)
 
 
-cdef object _build_raw(int b0, const unsigned char *src, Py_ssize_t n, const unsigned char *key):
-    """One frame: first byte ``b0``, the payload masked with ``key`` (NULL: unmasked)."""
+cdef inline int _write_header(unsigned char *out, int b0, Py_ssize_t n,
+                              const unsigned char *key) noexcept:
+    """Write a frame header (first byte ``b0``, payload length ``n``, then ``key`` unless
+    NULL) at ``out``; returns its length."""
     cdef int hlen, j
     cdef int mbit = 0x80 if key != NULL else 0
-    cdef unsigned char *out
     cdef uint64_t length = <uint64_t>n
-    hlen = 2 if n < 126 else 4 if n < 65536 else 10
-    frame = PyBytes_FromStringAndSize(NULL, hlen + (4 if mbit else 0) + n)
-    out = <unsigned char *>PyBytes_AS_STRING(frame)
     out[0] = <unsigned char>b0
-    if hlen == 2:
+    if n < 126:
+        hlen = 2
         out[1] = <unsigned char>(mbit | n)
-    elif hlen == 4:
+    elif n < 65536:
+        hlen = 4
         out[1] = <unsigned char>(mbit | 126)
         out[2] = <unsigned char>(n >> 8)
         out[3] = <unsigned char>n
     else:
+        hlen = 10
         out[1] = <unsigned char>(mbit | 127)
         for j in range(8):
             out[2 + j] = <unsigned char>(length >> (56 - 8 * j))
     if mbit:
         memcpy(out + hlen, key, 4)
         hlen += 4
+    return hlen
+
+
+cdef object _build_raw(int b0, const unsigned char *src, Py_ssize_t n, const unsigned char *key):
+    """One frame: first byte ``b0``, the payload masked with ``key`` (NULL: unmasked)."""
+    cdef int hlen = (2 if n < 126 else 4 if n < 65536 else 10) + (4 if key != NULL else 0)
+    cdef unsigned char *out
+    frame = PyBytes_FromStringAndSize(NULL, hlen + n)
+    out = <unsigned char *>PyBytes_AS_STRING(frame)
+    _write_header(out, b0, n, key)
     # Header, key and (masked) payload in one allocation, the payload written in one pass.
-    _copy_payload(out + hlen, src, n, mbit != 0, key, 0)
+    _copy_payload(out + hlen, src, n, key != NULL, key, 0)
     return frame
 
 
@@ -2026,6 +2038,126 @@ cdef extern from *:
     #endif
     """
     Py_ssize_t kn_send_nb(long long fd, const char *buf, Py_ssize_t n) nogil
+
+
+cdef extern from *:
+    """
+    #ifdef _WIN32
+    static Py_ssize_t kn_send2_nb(long long fd, const char *a, Py_ssize_t na, const char *b, Py_ssize_t nb) { (void)fd; (void)a; (void)na; (void)b; (void)nb; return -ENOSYS; }
+    #else
+    #include <sys/uio.h>
+    /* One sendmsg(2) of two buffers in turn, never waiting (the results of kn_send_nb). */
+    static Py_ssize_t kn_send2_nb(long long fd, const char *a, Py_ssize_t na, const char *b, Py_ssize_t nb) {
+        struct iovec iov[2];
+        struct msghdr msg;
+        ssize_t r;
+        iov[0].iov_base = (void *)a; iov[0].iov_len = (size_t)na;
+        iov[1].iov_base = (void *)b; iov[1].iov_len = (size_t)nb;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_iov = iov;
+        msg.msg_iovlen = 2;
+        do {
+            r = sendmsg((int)fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        } while (r < 0 && errno == EINTR);
+        return r < 0 ? -(Py_ssize_t)errno : (Py_ssize_t)r;
+    }
+    #endif
+    """
+    Py_ssize_t kn_send2_nb(long long fd, const char *a, Py_ssize_t na, const char *b, Py_ssize_t nb) nogil
+    int EAGAIN
+    int EWOULDBLOCK
+
+
+cdef enum:
+    _WM_STACK = 2048         # write_message frames up to this size are built on the C stack
+    _WM_SPLIT = 65536        # unmasked payloads from this size go out after their header (no copy)
+
+
+def write_message(sock, message, bint masked):
+    """Frame the whole str or bytes ``message`` (masked with a fresh key from ``next_mask``'s
+    pool when ``masked``) and write what the plain non-blocking socket ``sock`` takes now,
+    without waiting; the GIL is released meanwhile.
+
+    An unmasked payload of 64 KiB or more is written after its header in the same call,
+    without being copied.
+
+    Returns:
+        None when all of the frame went; otherwise the list of bytes-like objects left to
+        write, in order.
+
+    Raises:
+        TypeError: ``message`` is not exactly str or bytes.
+        OSError: as ``socket.send`` does, except for would-block (nothing written then).
+    """
+    cdef int fd = _fileno(sock)
+    cdef const unsigned char *src
+    cdef const char *buf
+    cdef Py_ssize_t n, total, sent, hlen
+    cdef int op, j
+    cdef uint64_t length
+    cdef unsigned char key[4]
+    cdef unsigned char stack[_WM_STACK]
+    cdef unsigned char *out
+    if PyUnicode_CheckExact(message):
+        src = <const unsigned char *>PyUnicode_AsUTF8AndSize(message, &n)
+        op = 0x81
+    elif PyBytes_CheckExact(message):
+        src = <const unsigned char *>PyBytes_AS_STRING(message)
+        n = PyBytes_GET_SIZE(message)
+        op = 0x82
+    else:
+        raise TypeError(f"message must be str or bytes, not {type(message).__name__}")
+    hlen = (2 if n < 126 else 4 if n < 65536 else 10) + (4 if masked else 0)
+    if not masked and n >= _WM_SPLIT:
+        stack[0] = <unsigned char>op
+        stack[1] = 127
+        length = <uint64_t>n
+        for j in range(8):
+            stack[2 + j] = <unsigned char>(length >> (56 - 8 * j))
+        with nogil:
+            sent = kn_send2_nb(fd, <const char *>stack, 10, <const char *>src, n)
+        total = 10 + n
+        if sent == total:
+            return None
+        if sent < 0:
+            if sent != -EAGAIN and sent != -EWOULDBLOCK:
+                _raise_errno(<int>-sent)
+            sent = 0
+        if sent < 10:
+            head = PyBytes_FromStringAndSize(<char *>stack + sent, 10 - sent)
+            return [head, message if op == 0x82 else PyBytes_FromStringAndSize(<const char *>src, n)]
+        if op == 0x82:
+            return [memoryview(message)[sent - 10:]]
+        return [PyBytes_FromStringAndSize(<const char *>src + (sent - 10), total - sent)]
+    total = hlen + n
+    if masked:
+        _take_mask(key)
+    if total <= _WM_STACK:
+        # Speed: a small frame needs no bytes object unless the kernel leaves some of it.
+        frame = None
+        out = stack
+        _write_header(out, op, n, key if masked else NULL)
+        if masked:
+            _xor_copy(out + hlen, src, n, key, 0)
+        else:
+            memcpy(out + hlen, src, n)
+    else:
+        frame = _build_raw(op, src, n, key if masked else NULL)
+        out = <unsigned char *>PyBytes_AS_STRING(frame)
+    buf = <const char *>out
+    with nogil:
+        sent = kn_send_nb(fd, buf, total)
+    if sent == total:
+        return None
+    if sent < 0:
+        if sent != -EAGAIN and sent != -EWOULDBLOCK:
+            _raise_errno(<int>-sent)
+        sent = 0
+    if frame is None:
+        return [PyBytes_FromStringAndSize(buf + sent, total - sent)]
+    if sent == 0:
+        return [frame]
+    return [memoryview(frame)[sent:]]
 
 
 def send_many(fds, data):

@@ -830,7 +830,7 @@ class TestBuildFrame:
 def test_same_public_names(backend):
     assert sorted(backend.__all__) == sorted(
         ["apply_mask", "apply_mask_inplace", "validate_utf8", "Utf8Validator", "FrameParser", "build_frame", "Frame", "Waiter",
-         "next_mask", "AsyncCore", "send_many"]
+         "next_mask", "AsyncCore", "send_many", "write_message"]
     )
     assert backend.Frame is tuple
 
@@ -882,6 +882,135 @@ def test_send_many_bad_arguments(backend):
         backend.send_many([1.5], b"x")
     with pytest.raises(OverflowError):
         backend.send_many([2**64], b"x")
+
+
+# --------------------------------------------------------------------------- write_message
+
+
+def _read_frames(backend, sock, masked: bool, count: int = 1) -> tuple[list, bytes]:
+    """Read from ``sock`` until ``count`` frames arrived; return them and the bytes read."""
+    sock.settimeout(5)
+    parser = backend.FrameParser(expect_mask=masked, max_size=None)
+    frames: list = []
+    data = bytearray()
+    while len(frames) < count:
+        chunk = sock.recv(1 << 20)
+        assert chunk, "end of stream before the frames"
+        data += chunk
+        frames += parser.feed(chunk)
+    assert parser.buffered == 0
+    return frames, bytes(data)
+
+
+def _parse_all(backend, data: bytes, masked: bool) -> list:
+    return backend.FrameParser(expect_mask=masked, max_size=None).feed(data)
+
+
+@pytest.mark.skipif(not hasattr(socket, "MSG_DONTWAIT"), reason="POSIX")
+class TestWriteMessage:
+    @pytest.mark.parametrize("masked", [False, True])
+    @pytest.mark.parametrize(
+        "message",
+        [b"", b"hello", "h\u00e9llo \U0001f600", b"x" * 125, b"y" * 126, b"z" * 2034, b"w" * 2035, b"v" * 65535,
+         b"u" * 65536, "t" * 70000, bytes(range(256)) * 1000],
+        ids=lambda m: f"{type(m).__name__}{len(m)}",
+    )
+    def test_whole_frame(self, backend, masked, message):
+        a, b = socket.socketpair()
+        try:
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+            assert backend.write_message(a, message, masked) is None
+            frames, data = _read_frames(backend, b, masked)
+            assert frames == [(1 if type(message) is str else 2, True, False, message)]
+            assert ((data[1] & 0x80) != 0) == masked
+        finally:
+            a.close()
+            b.close()
+
+    def test_fresh_mask_each_frame(self, backend):
+        a, b = socket.socketpair()
+        try:
+            for _ in range(20):
+                assert backend.write_message(a, b"same", True) is None
+            frames, data = _read_frames(backend, b, True, 20)
+            assert frames == [(2, True, False, b"same")] * 20
+            keys = {data[i + 2 : i + 6] for i in range(0, len(data), 10)}
+            assert len(keys) == 20
+        finally:
+            a.close()
+            b.close()
+
+    @pytest.mark.parametrize("room", [0, 5000])
+    @pytest.mark.parametrize("masked", [False, True])
+    @pytest.mark.parametrize("size,text", [(100, False), (1900, True), (3000, True), (70000, False), (300000, True), (300000, False)])
+    def test_what_the_kernel_leaves_is_returned_in_order(self, backend, masked, size, text, room):
+        """A full socket takes part of the frame or none of it; the rest comes back, and the
+        bytes written then the rest are exactly the frame."""
+        a, b = socket.socketpair()
+        try:
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+            a.setblocking(False)
+            filler = 0
+            while True:  # fill the socket up
+                try:
+                    filler += a.send(b"\0" * 4096)
+                except BlockingIOError:
+                    break
+            got = bytearray()
+            while len(got) < room:  # make room for part of a frame
+                got += b.recv(room - len(got))
+            message = ("\u00e9" * (size // 2)) if text else os.urandom(size)
+            rest = backend.write_message(a, message, masked)
+            if rest is None:
+                assert room and size < 5000
+                rest = []
+            else:
+                assert len(rest) >= 1
+                assert all(type(part) in (bytes, memoryview) for part in rest)
+                if size >= 65536 and not masked:
+                    assert b"".join(bytes(p) for p in rest)[-1000:] == (message.encode() if text else message)[-1000:]
+            # Drain the peer while writing the rest, then parse what arrived after the filler.
+            b.setblocking(False)
+            pending = [memoryview(bytes(p)) for p in rest]
+            for _ in range(100000):
+                while pending:
+                    try:
+                        n = a.send(pending[0])
+                    except BlockingIOError:
+                        break
+                    pending[0] = pending[0][n:]
+                    if not len(pending[0]):
+                        pending.pop(0)
+                try:
+                    got += b.recv(1 << 20)
+                except BlockingIOError:
+                    if not pending:
+                        break
+            frames = _parse_all(backend, bytes(got[filler:]), masked)
+            assert frames == [(1 if text else 2, True, False, message)]
+            assert bytes(got[:filler]) == bytes(filler)
+        finally:
+            a.close()
+            b.close()
+
+    def test_errors(self, backend):
+        a, b = socket.socketpair()
+        try:
+            with pytest.raises(TypeError, match="^message must be str or bytes, not bytearray$"):
+                backend.write_message(a, bytearray(b"x"), False)
+            with pytest.raises(TypeError, match="^message must be str or bytes, not int$"):
+                backend.write_message(a, 3, True)
+            with pytest.raises(UnicodeEncodeError):
+                backend.write_message(a, "\ud800", True)
+            b.close()
+            with pytest.raises(BrokenPipeError):
+                backend.write_message(a, b"x", True)
+            with pytest.raises(BrokenPipeError):
+                backend.write_message(a, b"x" * 70000, False)
+        finally:
+            a.close()
+            b.close()
 
 
 # --------------------------------------------------------------------------- FrameParser.recv_from

@@ -118,6 +118,8 @@ class WebSocket:
         "_opts",
         "_sock",
         "_fd",
+        "_wm",
+        "_masked",
         "_ssl",
         "_io_lock",
         "_nb",
@@ -169,6 +171,16 @@ class WebSocket:
         self._nb = _DONTWAIT if not self._ssl else 0
         # recv() may read this socket itself with FrameParser.recv_from (plain socket, POSIX).
         self._direct = self._nb != 0 and _RECV_FROM
+        # send() of a whole str/bytes message: framed and written by one call of the twins'
+        # write_message (plain socket, POSIX; not with compression, which frames otherwise).
+        backend = protocol.backend
+        self._wm = (
+            backend.write_message
+            if self._direct and _HAS_SENDMSG and protocol.deflate is None
+            and protocol._masks in (None, backend.next_mask)
+            else None
+        )
+        self._masked = protocol._masks is not None
         self._parser = protocol.parser
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
@@ -456,6 +468,14 @@ class WebSocket:
             self._wbuf_size += size - n
             self._update_interest()
 
+    def _queue(self, parts: list) -> None:
+        """Queue what a direct write left (the socket's write buffer was empty)."""
+        wbuf = self._wbuf
+        for part in parts:
+            wbuf.append(part)
+            self._wbuf_size += len(part)
+        self._update_interest()
+
     def _write_pair(self, head: bytes, payload: bytes) -> None:
         # A large frame as header + the caller's payload: one sendmsg() on a plain socket, so
         # the header never travels alone (the peer would wake up and read just its 10 bytes).
@@ -641,13 +661,26 @@ class WebSocket:
             try:
                 written = not proto._send_frag_open
                 if written:
-                    data = proto.send(message)
-                    if self._sock_done:
-                        raise proto.closed_exception()
-                    if type(data) is tuple:  # large frame: header, then the payload (no copy)
-                        self._write_pair(data[0], data[1])
+                    wm = self._wm
+                    if wm is not None and proto.state is _OPEN and not self._wbuf and not self._sock_done:
+                        # Speed: framed and written in one C call; only what the kernel did
+                        # not take goes through the write buffer.
+                        try:
+                            rest = wm(self._sock, message, self._masked)
+                        except OSError as exc:
+                            self._connection_lost(exc)
+                            return
+                        if rest is None:
+                            return
+                        self._queue(rest)
                     else:
-                        self._write(data)
+                        data = proto.send(message)
+                        if self._sock_done:
+                            raise proto.closed_exception()
+                        if type(data) is tuple:  # large frame: header, then the payload (no copy)
+                            self._write_pair(data[0], data[1])
+                        else:
+                            self._write(data)
                     if self._wbuf_size <= self._write_limit:
                         return
             finally:
