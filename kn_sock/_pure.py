@@ -721,6 +721,12 @@ class Waiter:
     __iter__ = __await__
 
 
+_MSG_DONTWAIT: int = getattr(_socket, "MSG_DONTWAIT", 0)
+_WRITEV: bool = hasattr(os, "writev")
+_WM_STACK = 2048  # the Cython twin builds frames up to this size on the C stack
+_WM_SPLIT = 65536  # unmasked payloads from this size go out after their header (no copy)
+
+
 class AsyncCore:
     """The receive path of an asyncio connection: ``get_buffer`` and ``buffer_updated``.
 
@@ -793,10 +799,12 @@ class AsyncCore:
             self._dispatch(self.protocol.receive_frames(frames))  # type: ignore[attr-defined]
 
     def _send_now(self, message: object) -> bool:
-        """Write a whole str/bytes message below 64 KiB as one uncompressed frame, if nothing
-        stands in the way (the connection open, no compression, no fragmented message being
-        sent, no frames held back in ``_cork``, no received message queued); True if written,
-        False to take ``send()``'s general path (which also raises every error)."""
+        """Write a whole str/bytes message as one uncompressed frame, if nothing stands in the
+        way (the connection open, no compression, no fragmented message being sent, no frames
+        held back in ``_cork``, no received message queued); True if written, False to take
+        ``send()``'s general path (which also raises every error). A large (64 KiB) unmasked
+        frame goes as its header and the message's own bytes: one ``writev`` on an idle plain
+        socket, the rest through the transport."""
         t = type(message)
         if (t is not bytes and t is not str) or self._cork is not None or self._messages:
             return False
@@ -811,9 +819,23 @@ class AsyncCore:
         ):
             return False
         data = message.encode("utf-8") if t is str else message  # type: ignore[attr-defined]
-        if len(data) >= 65536:  # type: ignore[arg-type]
-            return False
         masks = proto._masks
+        size = len(data)  # type: ignore[arg-type]
+        if masks is None and size >= _WM_SPLIT:
+            header = _pack_10(0x81 if t is str else 0x82, 127, size)
+            n = 0
+            if self._fd >= 0 and _WRITEV and not transport.get_write_buffer_size():
+                try:
+                    n = os.writev(self._fd, (header, data))  # type: ignore[arg-type]
+                except OSError:  # would block, or failed: the transport finds out
+                    n = 0
+                if n == 10 + size:
+                    return True
+            if n < 10:
+                self._twrite(header[n:])
+                n = 10
+            self._twrite(memoryview(data)[n - 10 :] if n > 10 else data)  # type: ignore[arg-type]
+            return True
         self._twrite(build_frame(1 if t is str else 2, data, True, False, masks() if masks is not None else None))  # type: ignore[arg-type, attr-defined]
         return True
 
@@ -866,9 +888,6 @@ def send_many(fds: list, data: BytesLike) -> list:
     return out
 
 
-_MSG_DONTWAIT: int = getattr(_socket, "MSG_DONTWAIT", 0)
-_WM_STACK = 2048  # the Cython twin builds frames up to this size on the C stack
-_WM_SPLIT = 65536  # unmasked payloads from this size go out after their header (no copy)
 
 
 def write_message(sock: Any, message: Union[str, bytes], masked: bool) -> list | None:

@@ -2309,7 +2309,7 @@ cdef class AsyncCore:
             op = 2
         else:
             return 0
-        if n >= 65536 or self._cork is not None or self._messages:
+        if self._cork is not None or self._messages:
             return 0
         proto = self.protocol
         transport = self.transport
@@ -2322,6 +2322,8 @@ cdef class AsyncCore:
         if self._cdeflate or proto.state is not self._open or proto._send_frag_open:
             return 0
         masks = self._cmasks
+        if masks is None and n >= _WM_SPLIT:
+            return self._send_split(op, message, src, n, transport)
         if masks is None:
             frame = _build_raw(0x80 | op, src, n, NULL)
         elif masks is next_mask:
@@ -2340,6 +2342,31 @@ cdef class AsyncCore:
                 frame = memoryview(frame)[sent:]
         self._tx_idle = False
         transport.write(frame)
+        return 1
+
+    cdef int _send_split(self, int op, object message, const unsigned char *src, Py_ssize_t n,
+                         object transport) except -1:
+        """_try_send's large unmasked frame: header + the message's own bytes (no copy), one
+        sendmsg(2) when the transport holds nothing; the rest through the transport."""
+        cdef unsigned char hdr[10]
+        cdef Py_ssize_t sent = 0
+        _write_header(hdr, 0x80 | op, n, NULL)
+        if self._fd >= 0 and (self._tx_idle or not transport.get_write_buffer_size()):
+            with nogil:
+                sent = kn_send2_nb(self._fd, <const char *>hdr, 10, <const char *>src, n)
+            if sent == 10 + n:
+                self._tx_idle = True
+                return 1
+            if sent < 0:  # would block, or failed: the transport finds out
+                sent = 0
+        self._tx_idle = False
+        if sent < 10:
+            transport.write(PyBytes_FromStringAndSize(<char *>hdr + sent, 10 - sent))
+            sent = 10
+        if op == 2:
+            transport.write(memoryview(message)[sent - 10:] if sent > 10 else message)
+        else:
+            transport.write(PyBytes_FromStringAndSize(<const char *>src + (sent - 10), n - (sent - 10)))
         return 1
 
 

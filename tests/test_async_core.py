@@ -1,7 +1,7 @@
-"""``AsyncCore``: the asyncio connection's receive callbacks and its small-message send path.
+"""``AsyncCore``: the asyncio connection's receive callbacks and its whole-message send path.
 
-Run under both twins (``backend`` fixture). ``_send_now`` writes a whole small str/bytes
-message as one frame only when nothing stands in the way, and declines (writing nothing)
+Run under both twins (``backend`` fixture). ``_send_now`` writes a whole str/bytes message as
+one frame only when nothing stands in the way, and declines (writing nothing)
 otherwise, so that ``send()``'s general path keeps every other case; the Cython twin may
 write straight to the socket, and what the kernel does not take must follow through the
 transport, in order. ``next_mask`` hands out fresh keys. End-to-end behaviour (a peer that
@@ -58,13 +58,15 @@ def frames_of(data: bytes, side: str = "client") -> list[tuple[int, bool, bool, 
 
 
 @pytest.mark.parametrize("side", ["client", "server"])
-@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535])
+@pytest.mark.parametrize("size", [0, 1, 125, 126, 65535, 65536, 300001])
 def test_send_now_writes_one_frame(backend: ModuleType, side: str, size: int) -> None:
     for message in (bytes(range(256)) * (size // 256) + bytes(size % 256), "é" * (size // 2) + "a" * (size % 2)):
         core = make_core(backend, side)
         assert core._send_now(message) is True
-        assert len(core.transport.writes) == 1
-        [(opcode, fin, rsv1, payload)] = frames_of(core.transport.writes[0], side)
+        # A large server frame is its header, then the message's own bytes (no copy).
+        split = side == "server" and len(message.encode() if isinstance(message, str) else message) >= 65536
+        assert len(core.transport.writes) == (2 if split else 1)
+        [(opcode, fin, rsv1, payload)] = frames_of(b"".join(core.transport.writes), side)
         assert (opcode, fin, rsv1) == ((1 if isinstance(message, str) else 2), True, False)
         assert payload == message
 
@@ -83,7 +85,7 @@ def test_send_now_declines_and_writes_nothing(backend: ModuleType) -> None:
         pass
 
     core = make_core(backend)
-    for message in (bytearray(b"x"), memoryview(b"x"), Text("x"), 7, None, [b"x"], bytes(65536), "a" * 65536):
+    for message in (bytearray(b"x"), memoryview(b"x"), Text("x"), 7, None, [b"x"], bytearray(65536)):
         assert core._send_now(message) is False
     cases = []
     core = make_core(backend)
@@ -152,7 +154,8 @@ def test_send_now_on_a_socket_keeps_the_byte_order(backend: ModuleType) -> None:
             except BlockingIOError:
                 break
         got = _drain(b)
-        messages = [bytes([i]) * 30000 for i in range(1, 5)]
+        messages: list[Any] = [bytes([i]) * 30000 for i in range(1, 5)]
+        messages += [bytes([5]) * 70000, "é" * 40000, bytes([6]) * 65536]  # header + payload
         for message in messages:
             assert core._send_now(message)
             got += _drain(b)
@@ -167,6 +170,27 @@ def test_send_now_on_a_socket_keeps_the_byte_order(backend: ModuleType) -> None:
         core.transport = FakeTransport(held=10)
         assert core._send_now(b"after")
         assert _drain(b) == b"" and core.transport.writes == [b"\x82\x05after"]
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.skipif(os.name != "posix", reason="direct writes are POSIX only")
+@pytest.mark.parametrize("message", [bytes(range(256)) * 300, "é" * 50000], ids=["bytes", "str"])
+def test_send_now_large_server_frame_partly_direct(backend: ModuleType, message: Any) -> None:
+    """Header + payload in one direct write: what the socket takes, then the rest through the
+    transport, in order (no copy of a bytes payload)."""
+    a, b = _nonblocking_pair()
+    try:
+        core = make_core(backend, "server")
+        core._fd = a.fileno()
+        assert core._send_now(message)
+        direct = _drain(b)
+        tail = b"".join(core.transport.writes)
+        assert direct and tail  # the socket took part of it, the transport the rest
+        assert frames_of(direct + tail, "server") == [(1 if isinstance(message, str) else 2, True, False, message)]
+        assert core._send_now(b"next")  # behind what the transport holds
+        assert _drain(b) == b"" and core.transport.writes[-1] == b"\x82\x04next"
     finally:
         a.close()
         b.close()
