@@ -798,6 +798,32 @@ class AsyncCore:
         elif parser.error is not None:
             self._dispatch(self.protocol.receive_frames(frames))  # type: ignore[attr-defined]
 
+    def _on_readable(self) -> None:
+        """The event loop's read callback for a plain socket (``_fd``) once the connection is
+        open, registered by the connection in place of the transport's: read, then
+        ``buffer_updated``; the end of the stream and errors go to the transport as its own
+        read would (``_read_ready__on_eof``, ``_fatal_error``)."""
+        transport = self.transport
+        parser = self._parser
+        if transport is None or parser is None or self._fd < 0:
+            return
+        try:
+            nbytes = os.readv(self._fd, [parser.get_buffer(-1)])
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            transport._fatal_error(exc, "Fatal read error on socket transport")
+            return
+        if not nbytes:
+            transport._read_ready__on_eof()
+            return
+        try:
+            self.buffer_updated(nbytes)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            transport._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+
     def _send_now(self, message: object) -> bool:
         """Write a whole str/bytes message as one uncompressed frame, if nothing stands in the
         way (the connection open, no compression, no fragmented message being sent, no frames

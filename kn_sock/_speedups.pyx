@@ -1010,6 +1010,17 @@ cdef class FrameParser:
         cdef int fd = _fileno(sock)
         if flags != 0 and flags != _MSG_DONTWAIT:
             raise ValueError("flags must be 0 or socket.MSG_DONTWAIT")
+        cdef list frames = self._recv_frames(fd, flags)
+        if frames is None:
+            return None
+        if len(frames) == 1 and self.error is None:
+            f = <tuple>frames[0]
+            if f[1] is True and f[2] is False and (f[0] == 2 or (f[0] == 1 and self.decode_text)):
+                return f[3]
+        return frames
+
+    cdef list _recv_frames(self, int fd, int flags):
+        """recv_from's read and parse: the frames completed, or None at the end of the stream."""
         cdef object owner
         cdef char *dst
         cdef Py_ssize_t room, r
@@ -1051,10 +1062,6 @@ cdef class FrameParser:
                 raise ValueError("nbytes out of range")
             owner = None  # read done: the receive buffer may be recycled once parsed
             frames = self._updated(r)
-        if len(frames) == 1 and self.error is None:
-            f = <tuple>frames[0]
-            if f[1] is True and f[2] is False and (f[0] == 2 or (f[0] == 1 and self.decode_text)):
-                return f[3]
         return frames
 
     cdef list _recv_landing(self, int fd, int flags, object payload):
@@ -2237,8 +2244,6 @@ cdef class AsyncCore:
     def buffer_updated(self, Py_ssize_t nbytes):
         """Parse what arrived and dispatch it."""
         cdef list frames
-        cdef tuple frame
-        cdef Waiter waiter
         parser = self._parser
         if parser is None:
             data = bytes(memoryview(self._hs_buf)[:nbytes])
@@ -2251,6 +2256,42 @@ cdef class AsyncCore:
         else:
             frames = parser.buffer_updated(nbytes)
             error = parser.error
+        self._arrived(frames, error)
+
+    def _on_readable(self):
+        """The event loop's read callback for a plain socket once the connection is open (the
+        connection registers it in place of the transport's): read, parse and dispatch in one
+        call; the end of the stream and errors go to the transport as its own read would."""
+        cdef list frames
+        parser = self._parser
+        transport = self.transport
+        if transport is None or parser is None or self._fd < 0:
+            return
+        try:
+            if type(parser) is FrameParser:
+                frames = (<FrameParser>parser)._recv_frames(<int>self._fd, 0)
+            else:  # the pure twin's parser
+                nbytes = _os.readv(self._fd, [parser.get_buffer(-1)])
+                frames = parser.buffer_updated(nbytes) if nbytes else None
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            transport._fatal_error(exc, "Fatal read error on socket transport")
+            return
+        if frames is None:
+            transport._read_ready__on_eof()
+            return
+        try:
+            self._arrived(frames, parser.error)
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            transport._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+
+    cdef int _arrived(self, list frames, object error) except -1:
+        """buffer_updated's dispatch of the frames one read completed."""
+        cdef tuple frame
+        cdef Waiter waiter
         if frames:
             if len(frames) == 1 and error is None:
                 frame = <tuple>frames[0]
@@ -2268,17 +2309,18 @@ cdef class AsyncCore:
                             callback(frame[3])
                         except Exception as exc:
                             self._callback_failed(exc)
-                        return
+                        return 0
                     w = self._waiter
                     if type(w) is Waiter and (<Waiter>w)._state == _W_PENDING:
                         waiter = <Waiter>w
                         self._waiter = None
                         waiter._complete(_W_RESULT, frame[3])
                         waiter._wake_now()
-                        return
+                        return 0
             self._dispatch(self.protocol.receive_frames(frames))
         elif error is not None:
             self._dispatch(self.protocol.receive_frames(frames))
+        return 0
 
     def _send_now(self, message):
         """Write a small whole str/bytes message at once if nothing stands in the way (see _pure)."""

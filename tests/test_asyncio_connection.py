@@ -368,6 +368,45 @@ async def test_server_drops_tcp_client_sees_1006(backend):
             assert info.value.code == 1006
 
 
+async def test_reset_by_peer_is_1006_and_the_server_keeps_serving(backend, monkeypatch):
+    """On the default loop the connection reads its plain socket itself (_on_readable, in
+    place of the transport's callback); a reset (RST) reaches it as a read error, handed to
+    the transport: the handler sees 1006, other connections are not disturbed."""
+    seen = asyncio.get_running_loop().create_future()
+    server_ws = []
+    errors = []
+    transport_cls = asyncio.selector_events._SelectorSocketTransport
+    fatal_error = transport_cls._fatal_error
+
+    def recording_fatal_error(self, exc, message="Fatal error on transport"):
+        errors.append(type(exc))
+        return fatal_error(self, exc, message)
+
+    monkeypatch.setattr(transport_cls, "_fatal_error", recording_fatal_error)
+
+    async def handler(websocket, path):
+        server_ws.append(websocket)
+        while (message := await websocket.recv()) is not None:
+            await websocket.send(message)
+        if not seen.done():
+            seen.set_result(websocket.close_code)
+
+    async with serving(handler, backend=backend, compression=None) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=None)
+        await ws.send(b"x")
+        assert await ws.recv(timeout=TIMEOUT) == b"x"
+        assert ws._own_reader and server_ws[0]._own_reader
+        sock = ws.transport.get_extra_info("socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        ws.transport.abort()  # close(2) with a zero linger: RST
+        assert await asyncio.wait_for(seen, TIMEOUT) == 1006
+        assert errors == [ConnectionResetError]
+        await asyncio.wait_for(server_ws[0].wait_closed(), TIMEOUT)
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=None) as other:
+            await other.send("still here")
+            assert await other.recv(timeout=TIMEOUT) == "still here"
+
+
 async def test_peer_close_without_code_is_1005(backend):
     async with raw_server() as (port, peers):
         ws = await async_connect_websocket("127.0.0.1", port, backend=backend, compression=None)
@@ -539,7 +578,7 @@ async def test_max_queue_pauses_reading(backend):
             sws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 16)
             ws.transport.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 16)
             sender = asyncio.create_task(_flood(ws, count, size))
-            await wait_until(lambda: not sws.transport.is_reading())
+            await wait_until(lambda: not sws._is_reading())
             # One read of the socket may complete many messages; past that, nothing more is read.
             bound = 4 + 70_000 // size
             queued = len(sws._messages)
@@ -572,7 +611,7 @@ async def test_close_while_reading_is_paused_is_prompt(backend):
             sws = await asyncio.wait_for(server_side, TIMEOUT)
             for _ in range(200):
                 await ws.send(b"x" * 1000)
-            await wait_until(lambda: not sws.transport.is_reading())
+            await wait_until(lambda: not sws._is_reading())
             loop = asyncio.get_running_loop()
             start = loop.time()
             release.set()

@@ -448,6 +448,7 @@ async def test_wss_echo(backend, tmp_path):
         async with async_connect_websocket(f"wss://127.0.0.1:{server.port}/s", backend=backend, ssl=client_ctx) as ws:
             await ws.send("secure")
             assert await ws.recv(timeout=TIMEOUT) == "secure"
+            assert not ws._own_reader  # TLS: the transport reads (and decrypts)
             big = bytes(300_000)
             await ws.send(big)
             assert await ws.recv(timeout=TIMEOUT) == big
@@ -474,6 +475,7 @@ async def test_echo_under_uvloop(backend, tmp_path):
         assert "uvloop" in type(asyncio.get_running_loop()).__module__
         async with serving(echo, backend=backend) as server:
             async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+                assert not ws._own_reader  # uvloop's transports read in C already
                 for message in ("text", b"bin", "x" * 200_000, bytes(1 << 20)):
                     await ws.send(message)
                     assert await ws.recv(timeout=TIMEOUT) == message

@@ -29,6 +29,17 @@ __all__ = ["AsyncWebSocket"]
 logger = logging.getLogger("kn_sock")
 #: Large frames go out as header + payload in one writev() on plain sockets (POSIX).
 _WRITEV = hasattr(os, "writev")
+# The selector loop's own socket transport, whose read callback _take_reading replaces (the
+# private names it relies on exist on 3.8-3.13; anything else keeps the transport's reading).
+_SelectorSocketTransport: Any = getattr(asyncio.selector_events, "_SelectorSocketTransport", None)
+_OWN_READER = (
+    os.name == "posix"
+    and _SelectorSocketTransport is not None
+    and hasattr(_SelectorSocketTransport, "_read_ready__on_eof")
+    and hasattr(_SelectorSocketTransport, "_fatal_error")
+    and hasattr(asyncio.selector_events.BaseSelectorEventLoop, "_add_reader")
+    and hasattr(asyncio.selector_events.BaseSelectorEventLoop, "_remove_reader")
+)
 #: send() holds back at most this many bytes of frames (see AsyncWebSocket._cork).
 _CORK_MAX = 65536
 _OPEN = State.OPEN
@@ -68,6 +79,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         "_drop_limit",
         "_frag_done",
         "_cork_size",
+        "_own_reader",
+        "_reader_off",
     )
 
     def __init__(self, side: str, opts: Options, loop: asyncio.AbstractEventLoop) -> None:
@@ -108,6 +121,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         # written together once it has caught up (see send), or at the next loop iteration.
         self._cork: list[bytes] | None = None
         self._cork_size = 0
+        self._own_reader = False  # the loop calls _on_readable for this socket (see _take_reading)
+        self._reader_off = False  # ... and _pause_reading unregistered it
 
     # ------------------------------------------------------------ public attributes
 
@@ -211,15 +226,15 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._write_paused = True
         if self._on_message is not None and not self._paused_for_write and self.transport is not None:
             self._paused_for_write = True
-            self.transport.pause_reading()
+            self._pause_reading()
 
     def resume_writing(self) -> None:
         """The transport's buffer drained below its low-water mark."""
         self._write_paused = False
         if self._paused_for_write:
             self._paused_for_write = False
-            if not self._paused_reading and self.transport is not None:
-                self.transport.resume_reading()
+            if not self._paused_reading:
+                self._resume_reading()
         self._wake_drain()
 
     def _wake_drain(self) -> None:
@@ -241,8 +256,59 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         if opts.ping_interval:
             self._keepalive = Keepalive(opts.ping_interval, opts.ping_timeout, self._loop.time())
             self._schedule_keepalive()
+        self._take_reading()
         if remainder:
             self._dispatch(protocol.receive_data(remainder))
+
+    def _take_reading(self) -> None:
+        """On the default (selector) event loop and a plain socket: register ``_on_readable``
+        (read, parse and dispatch in one call; C with the Cython twin) as the socket's read
+        callback in place of the transport's, which runs three Python calls around the same
+        work. The transport still writes, closes (which unregisters any read callback) and
+        handles the end of the stream and errors, which ``_on_readable`` hands to it. Pausing
+        and resuming reading then go through ``_pause_reading``/``_resume_reading``."""
+        transport = self.transport
+        loop = self._loop
+        if (
+            _OWN_READER
+            and self._fd >= 0
+            and type(transport) is _SelectorSocketTransport
+            and isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
+            and transport.is_reading()  # type: ignore[union-attr]
+        ):
+            loop._add_reader(self._fd, self._on_readable)  # type: ignore[attr-defined]
+            self._own_reader = True
+
+    def _pause_reading(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if self._own_reader:
+            if self._fd >= 0 and not self._reader_off:
+                self._reader_off = True
+                self._loop._remove_reader(self._fd)  # type: ignore[attr-defined]
+        else:
+            transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        if self._own_reader:
+            if self._fd >= 0 and self._reader_off and not transport.is_closing():
+                self._reader_off = False
+                self._loop._add_reader(self._fd, self._on_readable)  # type: ignore[attr-defined]
+        else:
+            transport.resume_reading()
+
+    def _is_reading(self) -> bool:
+        """Whether the socket is being read (flow control's state; for tests and debugging)."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return False
+        if self._own_reader:
+            return not self._reader_off
+        return transport.is_reading()  # type: ignore[attr-defined, no-any-return]
 
     # ------------------------------------------------------------ event dispatch (hot path)
 
@@ -292,7 +358,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             max_queue = self._max_queue
             if max_queue is not None and messages and len(messages) >= max_queue and not self._paused_reading and transport is not None:
                 self._paused_reading = True
-                transport.pause_reading()
+                self._pause_reading()
             if proto.state is State.CLOSED:  # type: ignore[union-attr]
                 self._after_closed()
         finally:
@@ -357,8 +423,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._max_queue = None
         if self._paused_reading or self._paused_for_write:
             self._paused_reading = self._paused_for_write = False
-            if self.transport is not None:
-                self.transport.resume_reading()
+            self._resume_reading()
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 §7.1.7): close frame if possible, then close TCP."""
@@ -743,7 +808,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         if len(self._messages or ()) <= max_queue // 4 and self.transport is not None:
             self._paused_reading = False
             if not self._paused_for_write:
-                self.transport.resume_reading()
+                self._resume_reading()
 
     async def recv_json(self, timeout: float | None = None) -> Any:
         """Receive a message and decode it as JSON; None once closed."""
