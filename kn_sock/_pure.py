@@ -814,6 +814,11 @@ class AsyncCore:
         except OSError as exc:
             transport._fatal_error(exc, "Fatal read error on socket transport")
             return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            transport._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+            return
         if not nbytes:
             transport._read_ready__on_eof()
             return

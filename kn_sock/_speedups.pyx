@@ -2278,6 +2278,11 @@ cdef class AsyncCore:
         except OSError as exc:
             transport._fatal_error(exc, "Fatal read error on socket transport")
             return
+        except (SystemExit, KeyboardInterrupt):
+            raise
+        except BaseException as exc:
+            transport._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
+            return
         if frames is None:
             transport._read_ready__on_eof()
             return

@@ -407,6 +407,37 @@ async def test_reset_by_peer_is_1006_and_the_server_keeps_serving(backend, monke
             assert await other.recv(timeout=TIMEOUT) == "still here"
 
 
+async def test_a_failing_read_path_fails_only_its_connection(backend):
+    """Whatever goes wrong while reading (here a parser that raises) is handed to the
+    transport as its own read would: that connection is dropped, the server keeps serving."""
+
+    class BrokenParser:
+        error = None
+
+        def get_buffer(self, sizehint):
+            raise RuntimeError("boom")
+
+    server_ws = []
+
+    async def handler(websocket, path):
+        server_ws.append(websocket)
+        while (message := await websocket.recv()) is not None:
+            await websocket.send(message)
+
+    async with serving(handler, backend=backend, compression=None) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=None) as ws:
+            await ws.send("x")
+            assert await ws.recv(timeout=TIMEOUT) == "x"
+            assert server_ws[0]._own_reader
+            server_ws[0]._parser = BrokenParser()
+            await ws.send("y")
+            assert await ws.recv(timeout=TIMEOUT) is None
+            assert ws.close_code == 1006
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=None) as other:
+            await other.send("still here")
+            assert await other.recv(timeout=TIMEOUT) == "still here"
+
+
 async def test_peer_close_without_code_is_1005(backend):
     async with raw_server() as (port, peers):
         ws = await async_connect_websocket("127.0.0.1", port, backend=backend, compression=None)
