@@ -2080,6 +2080,31 @@ cdef enum:
     _WM_SPLIT = 65536        # unmasked payloads from this size go out after their header (no copy)
 
 
+cdef inline int _message_bytes(object message, const unsigned char **src, Py_ssize_t *n) except -1:
+    """A whole message's opcode (1 text, 2 binary) and UTF-8 / byte content, without a copy
+    (a str's UTF-8 form is cached in it); 0 for anything but exact str and bytes."""
+    if PyUnicode_CheckExact(message):
+        src[0] = <const unsigned char *>PyUnicode_AsUTF8AndSize(message, n)
+        return 1
+    if PyBytes_CheckExact(message):
+        src[0] = <const unsigned char *>PyBytes_AS_STRING(message)
+        n[0] = PyBytes_GET_SIZE(message)
+        return 2
+    return 0
+
+
+cdef list _split_rest(const unsigned char *hdr, Py_ssize_t sent, object message, int op,
+                      const unsigned char *src, Py_ssize_t n):
+    """What is left of a 10-byte header + payload frame once ``sent`` bytes went: the rest
+    of the header, then the payload (a bytes message's own bytes, never copied whole)."""
+    if sent < 10:
+        return [PyBytes_FromStringAndSize(<const char *>hdr + sent, 10 - sent),
+                message if op == 2 else PyBytes_FromStringAndSize(<const char *>src, n)]
+    if op == 2:
+        return [memoryview(message)[sent - 10:]]
+    return [PyBytes_FromStringAndSize(<const char *>src + (sent - 10), n - (sent - 10))]
+
+
 def write_message(sock, message, bint masked):
     """Frame the whole str or bytes ``message`` (masked with a fresh key from ``next_mask``'s
     pool when ``masked``) and write what the plain non-blocking socket ``sock`` takes now,
@@ -2097,45 +2122,27 @@ def write_message(sock, message, bint masked):
         OSError: as ``socket.send`` does, except for would-block (nothing written then).
     """
     cdef int fd = _fileno(sock)
-    cdef const unsigned char *src
+    cdef const unsigned char *src = NULL
     cdef const char *buf
-    cdef Py_ssize_t n, total, sent, hlen
-    cdef int op, j
-    cdef uint64_t length
+    cdef Py_ssize_t n = 0, total, sent, hlen
     cdef unsigned char key[4]
     cdef unsigned char stack[_WM_STACK]
     cdef unsigned char *out
-    if PyUnicode_CheckExact(message):
-        src = <const unsigned char *>PyUnicode_AsUTF8AndSize(message, &n)
-        op = 0x81
-    elif PyBytes_CheckExact(message):
-        src = <const unsigned char *>PyBytes_AS_STRING(message)
-        n = PyBytes_GET_SIZE(message)
-        op = 0x82
-    else:
+    cdef int op = _message_bytes(message, &src, &n)
+    if op == 0:
         raise TypeError(f"message must be str or bytes, not {type(message).__name__}")
-    hlen = (2 if n < 126 else 4 if n < 65536 else 10) + (4 if masked else 0)
     if not masked and n >= _WM_SPLIT:
-        stack[0] = <unsigned char>op
-        stack[1] = 127
-        length = <uint64_t>n
-        for j in range(8):
-            stack[2 + j] = <unsigned char>(length >> (56 - 8 * j))
+        _write_header(stack, 0x80 | op, n, NULL)
         with nogil:
             sent = kn_send2_nb(fd, <const char *>stack, 10, <const char *>src, n)
-        total = 10 + n
-        if sent == total:
+        if sent == 10 + n:
             return None
         if sent < 0:
             if sent != -EAGAIN and sent != -EWOULDBLOCK:
                 _raise_errno(<int>-sent)
             sent = 0
-        if sent < 10:
-            head = PyBytes_FromStringAndSize(<char *>stack + sent, 10 - sent)
-            return [head, message if op == 0x82 else PyBytes_FromStringAndSize(<const char *>src, n)]
-        if op == 0x82:
-            return [memoryview(message)[sent - 10:]]
-        return [PyBytes_FromStringAndSize(<const char *>src + (sent - 10), total - sent)]
+        return _split_rest(stack, sent, message, op, src, n)
+    hlen = (2 if n < 126 else 4 if n < 65536 else 10) + (4 if masked else 0)
     total = hlen + n
     if masked:
         _take_mask(key)
@@ -2143,13 +2150,13 @@ def write_message(sock, message, bint masked):
         # Speed: a small frame needs no bytes object unless the kernel leaves some of it.
         frame = None
         out = stack
-        _write_header(out, op, n, key if masked else NULL)
+        _write_header(out, 0x80 | op, n, key if masked else NULL)
         if masked:
             _xor_copy(out + hlen, src, n, key, 0)
         else:
             memcpy(out + hlen, src, n)
     else:
-        frame = _build_raw(op, src, n, key if masked else NULL)
+        frame = _build_raw(0x80 | op, src, n, key if masked else NULL)
         out = <unsigned char *>PyBytes_AS_STRING(frame)
     buf = <const char *>out
     with nogil:
@@ -2270,9 +2277,11 @@ cdef class AsyncCore:
         try:
             if type(parser) is FrameParser:
                 frames = (<FrameParser>parser)._recv_frames(<int>self._fd, 0)
+                error = (<FrameParser>parser).error
             else:  # the pure twin's parser
                 nbytes = _os.readv(self._fd, [parser.get_buffer(-1)])
                 frames = parser.buffer_updated(nbytes) if nbytes else None
+                error = parser.error
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -2287,7 +2296,7 @@ cdef class AsyncCore:
             transport._read_ready__on_eof()
             return
         try:
-            self._arrived(frames, parser.error)
+            self._arrived(frames, error)
         except (SystemExit, KeyboardInterrupt):
             raise
         except BaseException as exc:
@@ -2343,20 +2352,11 @@ cdef class AsyncCore:
         self.transport.write(data)
 
     cdef int _try_send(self, object message) except -1:
-        cdef const unsigned char *src
-        cdef Py_ssize_t n, sent
-        cdef int op
+        cdef const unsigned char *src = NULL
+        cdef Py_ssize_t n = 0, sent
         cdef unsigned char key[4]
-        if PyUnicode_CheckExact(message):
-            src = <const unsigned char *>PyUnicode_AsUTF8AndSize(message, &n)
-            op = 1
-        elif PyBytes_CheckExact(message):
-            src = <const unsigned char *>PyBytes_AS_STRING(message)
-            n = PyBytes_GET_SIZE(message)
-            op = 2
-        else:
-            return 0
-        if self._cork is not None or self._messages:
+        cdef int op = _message_bytes(message, &src, &n)
+        if op == 0 or self._cork is not None or self._messages:
             return 0
         proto = self.protocol
         transport = self.transport
@@ -2407,13 +2407,8 @@ cdef class AsyncCore:
             if sent < 0:  # would block, or failed: the transport finds out
                 sent = 0
         self._tx_idle = False
-        if sent < 10:
-            transport.write(PyBytes_FromStringAndSize(<char *>hdr + sent, 10 - sent))
-            sent = 10
-        if op == 2:
-            transport.write(memoryview(message)[sent - 10:] if sent > 10 else message)
-        else:
-            transport.write(PyBytes_FromStringAndSize(<const char *>src + (sent - 10), n - (sent - 10)))
+        for part in _split_rest(hdr, sent, message, op, src, n):
+            transport.write(part)
         return 1
 
 

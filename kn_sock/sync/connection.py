@@ -674,13 +674,7 @@ class WebSocket:
                             return
                         self._queue(rest)
                     else:
-                        data = proto.send(message)
-                        if self._sock_done:
-                            raise proto.closed_exception()
-                        if type(data) is tuple:  # large frame: header, then the payload (no copy)
-                            self._write_pair(data[0], data[1])
-                        else:
-                            self._write(data)
+                        self._frame_and_write(message)
                     if self._wbuf_size <= self._write_limit:
                         return
             finally:
@@ -692,13 +686,7 @@ class WebSocket:
         with self._send_lock:
             if isinstance(message, (str, bytes, bytearray, memoryview)):
                 with self._lock:
-                    data = proto.send(message)
-                    if self._sock_done:
-                        raise proto.closed_exception()
-                    if type(data) is tuple:  # large frame: header, then the payload (no copy)
-                        self._write_pair(data[0], data[1])
-                    else:
-                        self._write(data)
+                    self._frame_and_write(message)
                     over = self._wbuf_size > self._write_limit
                 if over:
                     self._drain()
@@ -706,6 +694,17 @@ class WebSocket:
                 self._send_fragments(message)
             else:
                 proto.send(message)  # raises the TypeError
+
+    def _frame_and_write(self, message: Any) -> None:
+        """The frame(s) of one whole message through the protocol, then to the socket (``_lock`` held)."""
+        proto = self.protocol
+        data = proto.send(message)
+        if self._sock_done:
+            raise proto.closed_exception()
+        if type(data) is tuple:  # large frame: header, then the payload (no copy)
+            self._write_pair(data[0], data[1])
+        else:
+            self._write(data)
 
     def _write_frame(self, frame: Any, message: Any, limit: int, close_code: int | None, direct: Any = None) -> int:
         """``broadcast()``'s hook: write ``frame`` (None: build this connection's own, masked,
