@@ -919,8 +919,6 @@ def send_many(fds: list, data: BytesLike) -> list:
     return out
 
 
-
-
 def write_message(sock: Any, message: Union[str, bytes], masked: bool) -> list | None:
     """Frame the whole str or bytes ``message`` (masked with a fresh key from ``next_mask``
     when ``masked``) and write what the plain socket ``sock`` takes now, without waiting.

@@ -2105,6 +2105,65 @@ cdef list _split_rest(const unsigned char *hdr, Py_ssize_t sent, object message,
     return [PyBytes_FromStringAndSize(<const char *>src + (sent - 10), n - (sent - 10))]
 
 
+cdef list _send_whole(int fd, int op, object message, const unsigned char *src, Py_ssize_t n,
+                      const unsigned char *key, bint release, int *err):
+    """Frame one whole message (opcode ``op``, 1 or 2, of ``message``'s ``n`` bytes at ``src``;
+    masked with ``key`` unless NULL) and, when ``fd`` >= 0, write what that non-blocking socket
+    takes now (the GIL released with ``release``, and for any large frame). A frame up to _WM_STACK bytes is built on the C stack; an
+    unmasked payload from _WM_SPLIT on goes after its header without being copied.
+
+    Returns None when all of it went, else the bytes-like objects left to write, in order; a
+    failure other than would-block leaves its errno in ``err`` (and the whole frame left).
+    """
+    cdef unsigned char stack[_WM_STACK]
+    cdef unsigned char *out
+    cdef Py_ssize_t hlen, total, sent = 0
+    err[0] = 0
+    if key == NULL and n >= _WM_SPLIT:
+        _write_header(stack, 0x80 | op, n, NULL)
+        if fd >= 0:
+            with nogil:  # a large frame: the copy into the kernel takes a while
+                sent = kn_send2_nb(fd, <const char *>stack, 10, <const char *>src, n)
+            if sent == 10 + n:
+                return None
+            if sent < 0:
+                if sent != -EAGAIN and sent != -EWOULDBLOCK:
+                    err[0] = <int>-sent
+                sent = 0
+        return _split_rest(stack, sent, message, op, src, n)
+    hlen = (2 if n < 126 else 4 if n < 65536 else 10) + (4 if key != NULL else 0)
+    total = hlen + n
+    if fd >= 0 and total <= _WM_STACK:
+        # Speed: a small frame needs no bytes object unless the kernel leaves some of it.
+        frame = None
+        out = stack
+        _write_header(out, 0x80 | op, n, key)
+        if key != NULL:
+            _xor_copy(out + hlen, src, n, key, 0)
+        else:
+            memcpy(out + hlen, src, n)
+    else:
+        frame = _build_raw(0x80 | op, src, n, key)
+        out = <unsigned char *>PyBytes_AS_STRING(frame)
+    if fd >= 0:
+        if release or total >= _NOGIL_BYTES:
+            with nogil:
+                sent = kn_send_nb(fd, <const char *>out, total)
+        else:
+            sent = kn_send_nb(fd, <const char *>out, total)
+        if sent == total:
+            return None
+        if sent < 0:
+            if sent != -EAGAIN and sent != -EWOULDBLOCK:
+                err[0] = <int>-sent
+            sent = 0
+    if frame is None:
+        return [PyBytes_FromStringAndSize(<const char *>out + sent, total - sent)]
+    if sent == 0:
+        return [frame]
+    return [memoryview(frame)[sent:]]
+
+
 def write_message(sock, message, bint masked):
     """Frame the whole str or bytes ``message`` (masked with a fresh key from ``next_mask``'s
     pool when ``masked``) and write what the plain non-blocking socket ``sock`` takes now,
@@ -2123,55 +2182,18 @@ def write_message(sock, message, bint masked):
     """
     cdef int fd = _fileno(sock)
     cdef const unsigned char *src = NULL
-    cdef const char *buf
-    cdef Py_ssize_t n = 0, total, sent, hlen
+    cdef Py_ssize_t n = 0
     cdef unsigned char key[4]
-    cdef unsigned char stack[_WM_STACK]
-    cdef unsigned char *out
+    cdef int err
     cdef int op = _message_bytes(message, &src, &n)
     if op == 0:
         raise TypeError(f"message must be str or bytes, not {type(message).__name__}")
-    if not masked and n >= _WM_SPLIT:
-        _write_header(stack, 0x80 | op, n, NULL)
-        with nogil:
-            sent = kn_send2_nb(fd, <const char *>stack, 10, <const char *>src, n)
-        if sent == 10 + n:
-            return None
-        if sent < 0:
-            if sent != -EAGAIN and sent != -EWOULDBLOCK:
-                _raise_errno(<int>-sent)
-            sent = 0
-        return _split_rest(stack, sent, message, op, src, n)
-    hlen = (2 if n < 126 else 4 if n < 65536 else 10) + (4 if masked else 0)
-    total = hlen + n
     if masked:
         _take_mask(key)
-    if total <= _WM_STACK:
-        # Speed: a small frame needs no bytes object unless the kernel leaves some of it.
-        frame = None
-        out = stack
-        _write_header(out, 0x80 | op, n, key if masked else NULL)
-        if masked:
-            _xor_copy(out + hlen, src, n, key, 0)
-        else:
-            memcpy(out + hlen, src, n)
-    else:
-        frame = _build_raw(0x80 | op, src, n, key if masked else NULL)
-        out = <unsigned char *>PyBytes_AS_STRING(frame)
-    buf = <const char *>out
-    with nogil:
-        sent = kn_send_nb(fd, buf, total)
-    if sent == total:
-        return None
-    if sent < 0:
-        if sent != -EAGAIN and sent != -EWOULDBLOCK:
-            _raise_errno(<int>-sent)
-        sent = 0
-    if frame is None:
-        return [PyBytes_FromStringAndSize(buf + sent, total - sent)]
-    if sent == 0:
-        return [frame]
-    return [memoryview(frame)[sent:]]
+    rest = _send_whole(fd, op, message, src, n, key if masked else NULL, True, &err)
+    if err:
+        _raise_errno(err)
+    return rest
 
 
 def send_many(fds, data):
@@ -2337,7 +2359,7 @@ cdef class AsyncCore:
         return 0
 
     def _send_now(self, message):
-        """Write a small whole str/bytes message at once if nothing stands in the way (see _pure)."""
+        """Write a whole str/bytes message at once if nothing stands in the way (see _pure)."""
         return self._try_send(message) == 1
 
     def send_nowait(self, message, compress=None):
@@ -2353,8 +2375,9 @@ cdef class AsyncCore:
 
     cdef int _try_send(self, object message) except -1:
         cdef const unsigned char *src = NULL
-        cdef Py_ssize_t n = 0, sent
+        cdef Py_ssize_t n = 0
         cdef unsigned char key[4]
+        cdef int err
         cdef int op = _message_bytes(message, &src, &n)
         if op == 0 or self._cork is not None or self._messages:
             return 0
@@ -2369,48 +2392,25 @@ cdef class AsyncCore:
         if self._cdeflate or proto.state is not self._open or proto._send_frag_open:
             return 0
         masks = self._cmasks
-        if masks is None and n >= _WM_SPLIT:
-            return self._send_split(op, message, src, n, transport)
-        if masks is None:
-            frame = _build_raw(0x80 | op, src, n, NULL)
-        elif masks is next_mask:
-            _take_mask(key)
-            frame = _build_raw(0x80 | op, src, n, key)
-        else:
-            frame = _build(op, src, n, True, False, masks())
+        if masks is not None:
+            if masks is next_mask:
+                _take_mask(key)
+            else:
+                _mask_key(masks(), key)
         # Straight to the socket when the transport holds nothing that must go first (checked
-        # once after any write through the transport, which only _twrite makes).
-        if self._fd >= 0 and (self._tx_idle or not transport.get_write_buffer_size()):
-            sent = kn_send_nb(self._fd, PyBytes_AS_STRING(frame), PyBytes_GET_SIZE(frame))
-            if sent == PyBytes_GET_SIZE(frame):
-                self._tx_idle = True
-                return 1
-            if sent > 0:
-                frame = memoryview(frame)[sent:]
-        self._tx_idle = False
-        transport.write(frame)
-        return 1
-
-    cdef int _send_split(self, int op, object message, const unsigned char *src, Py_ssize_t n,
-                         object transport) except -1:
-        """_try_send's large unmasked frame: header + the message's own bytes (no copy), one
-        sendmsg(2) when the transport holds nothing; the rest through the transport."""
-        cdef unsigned char hdr[10]
-        cdef Py_ssize_t sent = 0
-        _write_header(hdr, 0x80 | op, n, NULL)
-        if self._fd >= 0 and (self._tx_idle or not transport.get_write_buffer_size()):
-            with nogil:
-                sent = kn_send2_nb(self._fd, <const char *>hdr, 10, <const char *>src, n)
-            if sent == 10 + n:
-                self._tx_idle = True
-                return 1
-            if sent < 0:  # would block, or failed: the transport finds out
-                sent = 0
-        self._tx_idle = False
-        for part in _split_rest(hdr, sent, message, op, src, n):
+        # once after any write through the transport, which only _twrite makes); what the
+        # kernel does not take, or all of it otherwise, goes through the transport.
+        direct = self._fd >= 0 and (self._tx_idle or not transport.get_write_buffer_size())
+        # (The event loop's thread: the GIL is released only for a large frame.)
+        rest = _send_whole(<int>self._fd if direct else -1, op, message, src, n,
+                           key if masks is not None else NULL, False, &err)
+        if rest is None:
+            self._tx_idle = True
+            return 1
+        self._tx_idle = False  # a failed write (err) is the transport's to find out
+        for part in rest:
             transport.write(part)
         return 1
-
 
 def _spares():
     """Private test hook: how many receive buffers wait for reuse."""
