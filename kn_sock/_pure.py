@@ -13,6 +13,7 @@ parser was created with ``decode_text=True``: its payload is already decoded to 
 from __future__ import annotations
 
 import codecs
+import collections
 import errno as _errno
 import os
 import select
@@ -22,7 +23,7 @@ import struct
 from operator import index as _operator_index
 from typing import Any, Union
 
-from .exceptions import PayloadTooBig, ProtocolError
+from .exceptions import InvalidState, PayloadTooBig, ProtocolError
 
 __all__ = [
     "apply_mask",
@@ -727,6 +728,23 @@ _WM_STACK = 2048  # the Cython twin builds frames up to this size on the C stack
 _WM_SPLIT = 65536  # unmasked payloads from this size go out after their header (no copy)
 
 
+_state_closed: list = []  # [State.CLOSED], on first use (the protocol module imports this one)
+
+
+def _closed_state() -> Any:
+    if not _state_closed:
+        from .protocol import State
+
+        _state_closed.append(State.CLOSED)
+    return _state_closed[0]
+
+
+def _timeout_waiter(waiter: Any) -> None:
+    """recv(timeout=)'s timer: fail the waiter with TimeoutError unless it is done."""
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("no message received in time"))
+
+
 class AsyncCore:
     """The receive path of an asyncio connection: ``get_buffer`` and ``buffer_updated``.
 
@@ -742,7 +760,7 @@ class AsyncCore:
 
     __slots__ = (
         "_parser", "_waiter", "_messages", "protocol", "_hs_buf", "_handshake", "_open", "transport", "_cork", "_fd",
-        "_on_message", "_tx_idle",
+        "_on_message", "_tx_idle", "_loop", "_closed_fut", "_paused_reading", "_write_paused",
     )
 
     def __init__(self) -> None:
@@ -758,6 +776,10 @@ class AsyncCore:
         self._hs_buf: Any = None
         self._handshake: Any = None
         self._open: Any = None
+        self._loop: Any = None
+        self._closed_fut: Any = None
+        self._paused_reading = False  # by max_queue: the application is not reading
+        self._write_paused = False  # the transport's buffer is above write_limit
 
     def get_buffer(self, sizehint: int) -> Any:
         """Where the loop writes the next bytes: the parser's buffer once open."""
@@ -869,6 +891,80 @@ class AsyncCore:
             return True
         self._twrite(build_frame(1 if t is str else 2, data, True, False, masks() if masks is not None else None))  # type: ignore[arg-type, attr-defined]
         return True
+
+    # ------------------------------------------------------------ the coroutine API's hot calls
+
+    async def send(self, message: Any, compress: bool | None = None) -> None:
+        """Send a message: str → text, bytes-like → binary, (async) iterable → fragmented.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            TypeError: a message of another type.
+        """
+        if compress is None and self._send_now(message):  # speed: a whole message, now
+            if self._write_paused:
+                await self._drain()  # type: ignore[attr-defined]
+            return
+        await self._send_slow(message, compress)  # type: ignore[attr-defined]
+
+    async def recv(self, timeout: float | None = None) -> Any:
+        """Return the next message (str or bytes), or None once the connection is closed.
+
+        Raises:
+            TimeoutError: no message within ``timeout`` seconds (the connection stays usable).
+            InvalidState: another coroutine is already waiting in ``recv``, or messages go to
+                an ``on_message`` callback.
+        """
+        messages = self._messages
+        if messages:
+            msg = messages.popleft()
+            if self._paused_reading:
+                self._maybe_resume()  # type: ignore[attr-defined]
+            return msg
+        waiter = self._new_waiter()
+        if waiter is None:
+            return None
+        handle = self._loop.call_later(timeout, _timeout_waiter, waiter) if timeout is not None else None
+        try:
+            return await waiter
+        except _asyncio()[1]:
+            self._recv_cancelled(waiter)
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+            if self._waiter is waiter:
+                self._waiter = None
+
+    def __aiter__(self) -> Any:
+        """``async for message in ws`` yields messages until the connection closes."""
+        return self
+
+    async def __anext__(self) -> Any:
+        msg = await self.recv()
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
+
+    def _new_waiter(self) -> Waiter | None:
+        """recv() found nothing queued: the waiter to await, or None once the connection is closed."""
+        proto = self.protocol
+        if self._closed_fut.done() or proto is None or proto.state is _closed_state():
+            return None
+        w = self._waiter
+        if w is not None and not w.done():
+            raise InvalidState("recv() is already being awaited by another task")
+        if self._on_message is not None:
+            raise InvalidState("messages go to the on_message callback, not to recv()")
+        waiter = self._waiter = Waiter(self._loop)
+        return waiter
+
+    def _recv_cancelled(self, waiter: Waiter) -> None:
+        """recv() cancelled: a message handed over just before must not be lost."""
+        if waiter._state == _RESULT and waiter._value is not None:
+            if self._messages is None:
+                self._messages = collections.deque()
+            self._messages.appendleft(waiter._value)
 
     def send_nowait(self, message: Any, compress: bool | None = None) -> None:
         """Send one whole message (str or bytes-like) now, without waiting for the peer to read.

@@ -31,7 +31,7 @@ from libc.string cimport memcpy, memmove
 
 import os as _os
 
-from .exceptions import PayloadTooBig, ProtocolError
+from .exceptions import InvalidState, PayloadTooBig, ProtocolError
 
 cdef extern from "Python.h":
     ctypedef struct PyTypeObject:
@@ -2232,6 +2232,27 @@ def send_many(fds, data):
 
 # ---------------------------------------------------------------- AsyncCore (see _pure.AsyncCore)
 
+cdef object _STATE_CLOSED = None
+cdef object _deque = None
+
+
+cdef object _closed_state():
+    """``State.CLOSED`` (imported on first use: the protocol module imports this one)."""
+    global _STATE_CLOSED, _deque
+    if _STATE_CLOSED is None:
+        from collections import deque
+        from .protocol import State
+        _deque = deque
+        _STATE_CLOSED = State.CLOSED
+    return _STATE_CLOSED
+
+
+def _timeout_waiter(waiter):
+    """recv(timeout=)'s timer: fail the waiter with TimeoutError unless it is done."""
+    if not waiter.done():
+        waiter.set_exception(TimeoutError("no message received in time"))
+
+
 cdef class AsyncCore:
     """The receive path of an asyncio connection: ``get_buffer`` and ``buffer_updated``.
 
@@ -2251,6 +2272,10 @@ cdef class AsyncCore:
     cdef public long long _fd
     cdef public object _on_message
     cdef public bint _tx_idle
+    cdef public object _loop
+    cdef public object _closed_fut
+    cdef public bint _paused_reading
+    cdef public bint _write_paused
     cdef object _cproto     # the protocol _cdeflate / _cmasks were read from
     cdef bint _cdeflate
     cdef object _cmasks
@@ -2356,6 +2381,102 @@ cdef class AsyncCore:
             self._dispatch(self.protocol.receive_frames(frames))
         elif error is not None:
             self._dispatch(self.protocol.receive_frames(frames))
+        return 0
+
+    # ------------------------------------------------------------ the coroutine API's hot calls
+
+    async def send(self, message, compress=None):
+        """Send a message: str → text, bytes-like → binary, (async) iterable → fragmented.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            TypeError: a message of another type.
+        """
+        if compress is None and self._try_send(message) == 1:  # speed: a whole message, now
+            if self._write_paused:
+                await self._drain()
+            return
+        await self._send_slow(message, compress)
+
+    async def recv(self, timeout=None):
+        """Return the next message (str or bytes), or None once the connection is closed.
+
+        Raises:
+            TimeoutError: no message within ``timeout`` seconds (the connection stays usable).
+            InvalidState: another coroutine is already waiting in ``recv``, or messages go to
+                an ``on_message`` callback.
+        """
+        messages = self._messages
+        if messages:
+            msg = messages.popleft()
+            if self._paused_reading:
+                self._maybe_resume()
+            return msg
+        waiter = self._new_waiter()
+        if waiter is None:
+            return None
+        handle = self._loop.call_later(timeout, _timeout_waiter, waiter) if timeout is not None else None
+        try:
+            return await waiter
+        except _CancelledError:
+            self._recv_cancelled(<Waiter>waiter)
+            raise
+        finally:
+            if handle is not None:
+                handle.cancel()
+            if self._waiter is waiter:
+                self._waiter = None
+
+    def __aiter__(self):
+        """``async for message in ws`` yields messages until the connection closes."""
+        return self
+
+    async def __anext__(self):
+        # recv() without a timeout, inlined: one coroutine per message instead of two.
+        messages = self._messages
+        if messages:
+            msg = messages.popleft()
+            if self._paused_reading:
+                self._maybe_resume()
+            return msg
+        waiter = self._new_waiter()
+        if waiter is None:
+            raise StopAsyncIteration
+        try:
+            msg = await waiter
+        except _CancelledError:
+            self._recv_cancelled(<Waiter>waiter)
+            raise
+        finally:
+            if self._waiter is waiter:
+                self._waiter = None
+        if msg is None:
+            raise StopAsyncIteration
+        return msg
+
+    cdef object _new_waiter(self):
+        """recv() found nothing queued: the waiter to await, or None once the connection is closed."""
+        cdef Waiter waiter
+        proto = self.protocol
+        if self._closed_fut.done() or proto is None or proto.state is _closed_state():
+            return None
+        w = self._waiter
+        if w is not None and not w.done():
+            raise InvalidState("recv() is already being awaited by another task")
+        if self._on_message is not None:
+            raise InvalidState("messages go to the on_message callback, not to recv()")
+        _load_asyncio()
+        waiter = Waiter.__new__(Waiter)
+        waiter._loop = self._loop
+        self._waiter = waiter
+        return waiter
+
+    cdef int _recv_cancelled(self, Waiter waiter) except -1:
+        """recv() cancelled: a message handed over just before must not be lost."""
+        if waiter._state == _W_RESULT and waiter._value is not None:
+            if self._messages is None:
+                self._messages = _deque()
+            self._messages.appendleft(waiter._value)
         return 0
 
     def _send_now(self, message):

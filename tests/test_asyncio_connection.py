@@ -252,20 +252,27 @@ async def test_recv_timeout_leaves_connection_usable(backend):
             assert await ws.recv(timeout=TIMEOUT) == "still"
 
 
-async def test_cancelled_recv_does_not_lose_a_message(backend):
+# recv() and async for (__anext__) are separate C paths with the Cython twin.
+RECEIVERS = pytest.mark.parametrize(
+    "receive", [lambda ws: ws.recv(), lambda ws: ws.__anext__()], ids=["recv", "async-for"]
+)
+
+
+@RECEIVERS
+async def test_cancelled_recv_does_not_lose_a_message(backend, receive):
     async with serving(echo, backend=backend) as server:
         async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
             # Cancelled while nothing arrived: the next message goes to the next recv().
-            task = asyncio.create_task(ws.recv())
-            await asyncio.sleep(0.01)
+            task = asyncio.create_task(receive(ws))
+            await wait_until(lambda: ws._waiter is not None)
             task.cancel()
             with pytest.raises(asyncio.CancelledError):
                 await task
             await ws.send("one")
             assert await ws.recv(timeout=TIMEOUT) == "one"
             # Cancelled after the message was handed over but before recv() resumed: kept.
-            task = asyncio.create_task(ws.recv())
-            await asyncio.sleep(0.01)
+            task = asyncio.create_task(receive(ws))
+            await wait_until(lambda: ws._waiter is not None)
             frame = build_frame(1, b"two")  # an unmasked server frame, fed as the loop would
             buf = memoryview(ws.get_buffer(-1))  # a writable buffer (not always a memoryview)
             buf[: len(frame)] = frame
@@ -286,13 +293,14 @@ async def test_wait_for_recv_timeout_does_not_lose_a_message(backend):
             assert await ws.recv(timeout=TIMEOUT) == "kept"
 
 
-async def test_concurrent_recv_is_an_error(backend):
+@RECEIVERS
+async def test_concurrent_recv_is_an_error(backend, receive):
     async with serving(echo, backend=backend) as server:
         async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
             first = asyncio.create_task(ws.recv())
-            await asyncio.sleep(0.01)
+            await wait_until(lambda: ws._waiter is not None)
             with pytest.raises(InvalidState):
-                await ws.recv()
+                await receive(ws)
             await ws.send("for the first")
             assert await asyncio.wait_for(first, TIMEOUT) == "for the first"
 

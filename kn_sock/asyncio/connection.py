@@ -15,7 +15,7 @@ import logging
 import os
 import time
 from collections import deque
-from typing import Any, AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
 from .. import _backend
 from .._malloc import tune_malloc_once
@@ -57,13 +57,9 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
 
     __slots__ = (
         "__weakref__",
-        "_loop",
         "_opts",
         "side",
-        "_closed_fut",
-        "_paused_reading",
         "_paused_for_write",
-        "_write_paused",
         "_drain_waiter",
         "_keepalive",
         "_ka_handle",
@@ -502,17 +498,23 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 self._drain_waiter = self._loop.create_future()
             await asyncio.shield(self._drain_waiter)
 
-    async def send(self, message: Any, compress: bool | None = None) -> None:
-        """Send a message: str → text, bytes-like → binary, (async) iterable → fragmented.
+    if TYPE_CHECKING:  # the coroutine API's hot calls are AsyncCore's (C with the Cython twin)
 
-        Raises:
-            ConnectionClosed: the connection is closing or closed.
-            TypeError: a message of another type.
-        """
-        if compress is None and self._send_now(message):  # speed: a small message, now
-            if self._write_paused:
-                await self._drain()
-            return
+        async def send(self, message: Any, compress: bool | None = None) -> None:
+            """Send a message: str → text, bytes-like → binary, (async) iterable → fragmented."""
+
+        async def recv(self, timeout: float | None = None) -> Any:
+            """Return the next message (str or bytes), or None once the connection is closed."""
+
+        def __aiter__(self) -> AsyncIterator[Any]:
+            """``async for message in ws`` yields messages until the connection closes."""
+
+        async def __anext__(self) -> Any:
+            """The next message; StopAsyncIteration once closed."""
+
+    async def _send_slow(self, message: Any, compress: bool | None) -> None:
+        """``send()`` (AsyncCore) for what its fast path declines: compression, fragments,
+        a frame that must wait behind others, a connection not open."""
         proto = self.protocol
         if proto is None:
             raise InvalidState("the connection is not open")
@@ -764,45 +766,6 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------ receiving
 
-    async def recv(self, timeout: float | None = None) -> Any:
-        """Return the next message (str or bytes), or None once the connection is closed.
-
-        Raises:
-            TimeoutError: no message within ``timeout`` seconds (the connection stays usable).
-            InvalidState: another coroutine is already waiting in ``recv``, or messages go to
-                an ``on_message`` callback.
-        """
-        messages = self._messages
-        if messages:
-            msg = messages.popleft()
-            if self._paused_reading:
-                self._maybe_resume()
-            return msg
-        if self._closed_fut.done() or self.protocol is None or self.protocol.state is State.CLOSED:
-            return None
-        if self._waiter is not None and not self._waiter.done():
-            raise InvalidState("recv() is already being awaited by another task")
-        if self._on_message is not None:
-            raise InvalidState("messages go to the on_message callback, not to recv()")
-        waiter = self._waiter = _Waiter(self._loop)
-        handle = self._loop.call_later(timeout, _timeout_waiter, waiter) if timeout is not None else None
-        try:
-            return await waiter
-        except asyncio.CancelledError:
-            # A message handed over just before the cancellation must not be lost.
-            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
-                msg = waiter.result()
-                if msg is not None:
-                    if self._messages is None:
-                        self._messages = deque()
-                    self._messages.appendleft(msg)
-            raise
-        finally:
-            if handle is not None:
-                handle.cancel()
-            if self._waiter is waiter:
-                self._waiter = None
-
     def _maybe_resume(self) -> None:
         max_queue = self._max_queue or 1
         if len(self._messages or ()) <= max_queue // 4 and self.transport is not None:
@@ -814,16 +777,6 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         """Receive a message and decode it as JSON; None once closed."""
         msg = await self.recv(timeout)
         return None if msg is None else json.loads(msg)
-
-    def __aiter__(self) -> AsyncIterator[Any]:
-        """``async for message in ws`` yields messages until the connection closes."""
-        return self
-
-    async def __anext__(self) -> Any:
-        msg = await self.recv()
-        if msg is None:
-            raise StopAsyncIteration
-        return msg
 
     # ------------------------------------------------------------ closing
 
@@ -866,9 +819,4 @@ async def _as_async_iter(iterable: Any) -> AsyncIterator[Any]:
     """An async iterator over a plain iterable (one code path for fragmented sends)."""
     for item in iterable:
         yield item
-
-
-def _timeout_waiter(waiter: Any) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError("no message received in time"))
 
