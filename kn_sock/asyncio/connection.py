@@ -819,4 +819,3 @@ async def _as_async_iter(iterable: Any) -> AsyncIterator[Any]:
     """An async iterator over a plain iterable (one code path for fragmented sends)."""
     for item in iterable:
         yield item
-

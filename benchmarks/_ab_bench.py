@@ -1,0 +1,927 @@
+"""Echo throughput: kn_sock against raw sockets and the other Python WebSocket libraries.
+
+One connection per contestant, client and server in separate processes (children of this script),
+compression off everywhere. Modes:
+
+* round trips/s at 64 B, 1 KiB, 64 KiB, 1 MiB binary, and 1 KiB text (send one message, wait for
+  its echo, repeat);
+* pipelined 1 KiB binary messages/s with a window of ``--window`` (default 100) messages in flight.
+
+Contestants are interleaved and the whole set is repeated ``--rounds`` times; the table shows
+medians. Async rows are compared with a raw asyncio TCP echo, blocking rows with a raw blocking
+socket echo, and kn_sock rows also with picows (same event loop).
+
+    python benchmarks/bench_echo.py            # ~3 min
+    python benchmarks/bench_echo.py --quick    # ~30 s smoke run
+    python benchmarks/bench_echo.py --json out.json --only kn_pure,picows
+
+Internal child modes: ``--serve NAME --port 0`` (prints ``PORT n``), ``--client NAME --port N``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import _common as C  # noqa: E402
+
+MAX_SIZE = 4 * 2**20
+HOST = "127.0.0.1"
+
+# (key, kind, payload size) ; kind: bin | text | pipe
+MODES_FULL = [
+    ("64 B", "bin", 64),
+    ("1 KiB", "bin", 1024),
+    ("64 KiB", "bin", 65536),
+    ("1 MiB", "bin", 2**20),
+    ("text 1 KiB", "text", 1024),
+    ("pipe 1 KiB", "pipe", 1024),
+]
+# Every client first exchanges two 1 MiB messages. glibc raises its mmap threshold once a large
+# block is freed; before that, asyncio.Protocol's 256 KiB recv() buffer costs an mmap + munmap
+# per read, so without priming a contestant's small-message figures depend on whether it has
+# already run its 1 MiB cell (measured: raw asyncio 16k -> 35k rt/s at 64 B).
+PRIME = bytes(2**20)
+MODES_QUICK = [m for m in MODES_FULL if m[0] != "64 KiB"]
+
+
+@dataclass
+class Contestant:
+    name: str  # short id used on the command line
+    label: str
+    group: str  # "async" or "sync"
+    server: str  # server kind
+    client: str  # client kind
+    env: dict[str, str | None] = field(default_factory=dict)
+    uvloop: bool = False
+    requires: tuple[str, ...] = ()
+    picows_ref: str | None = None  # picows row to compare kn_sock rows with
+    note: str = ""
+
+
+CONTESTANTS = [
+    Contestant("raw_async", "raw asyncio (limit)", "async", "raw_async", "raw_async"),
+    Contestant("raw_async_buf", "raw asyncio BufferedProtocol", "async", "raw_async_buf", "raw_async_buf"),
+    Contestant("kn_cython", "kn_sock asyncio (cython)", "async", "kn_async", "kn_async",
+               env={"KN_SOCK_PURE": None}, picows_ref="picows"),
+    Contestant("kn_old", "kn_sock OLD (cython)", "async", "kn_async", "kn_async", env={"KN_SOCK_PURE": None, "PYTHONPATH": "/tmp/x/head"}, picows_ref="picows"),
+    Contestant("kn_pure", "kn_sock asyncio (pure)", "async", "kn_async", "kn_async",
+               env={"KN_SOCK_PURE": "1"}, picows_ref="picows"),
+    Contestant("kn_uvloop", "kn_sock asyncio + uvloop", "async", "kn_async", "kn_async",
+               uvloop=True, requires=("uvloop",), picows_ref="picows_uvloop"),
+    Contestant("kn_cb", "kn_sock asyncio on_message (cython)", "async", "kn_async_cb", "kn_async_cb",
+               env={"KN_SOCK_PURE": None}, picows_ref="picows"),
+    Contestant("kn_cb_uvloop", "kn_sock on_message + uvloop", "async", "kn_async_cb", "kn_async_cb",
+               uvloop=True, requires=("uvloop",), picows_ref="picows_uvloop"),
+    Contestant("picows", "picows (callbacks)", "async", "picows", "picows", requires=("picows",)),
+    Contestant("picows_uvloop", "picows + uvloop", "async", "picows", "picows", uvloop=True,
+               requires=("picows", "uvloop")),
+    Contestant("websockets", "websockets (asyncio)", "async", "websockets", "websockets", requires=("websockets",)),
+    Contestant("aiohttp", "aiohttp", "async", "aiohttp", "aiohttp", requires=("aiohttp",)),
+    Contestant("raw_sync", "raw blocking socket (limit)", "sync", "raw_sync", "raw_sync"),
+    Contestant("kn_sync", "kn_sock sync", "sync", "kn_sync", "kn_sync", picows_ref="picows"),
+    Contestant("websockets_sync", "websockets.sync", "sync", "websockets_sync", "websockets_sync",
+               requires=("websockets",)),
+    Contestant("websocket_client", "websocket-client (vs picows server)", "sync", "picows", "websocket_client",
+               requires=("websocket", "picows")),
+]
+BY_NAME = {c.name: c for c in CONTESTANTS}
+BASELINE = {"async": "raw_async", "sync": "raw_sync"}
+
+
+# =============================================================== servers (child processes)
+
+
+def serve(kind: str, port: int, use_uvloop: bool) -> None:
+    C.exit_on_eof()
+    if kind == "raw_sync":
+        return serve_raw_sync(port)
+    if kind == "kn_sync":
+        return serve_kn_sync(port)
+    if kind == "websockets_sync":
+        return serve_websockets_sync(port)
+    C.run_event_loop(serve_async(kind, port), use_uvloop)
+
+
+async def serve_async(kind: str, port: int) -> None:
+    import asyncio
+
+    if kind == "raw_async":
+
+        class Echo(asyncio.Protocol):
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+
+            def data_received(self, data: bytes) -> None:
+                self.transport.write(data)
+
+        server = await asyncio.get_running_loop().create_server(Echo, HOST, port)
+        bound = server.sockets[0].getsockname()[1]
+
+    elif kind == "raw_async_buf":
+
+        class BufEcho(asyncio.BufferedProtocol):
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+                self.buf = memoryview(bytearray(2**18))
+
+            def get_buffer(self, sizehint: int) -> Any:
+                return self.buf
+
+            def buffer_updated(self, nbytes: int) -> None:
+                self.transport.write(self.buf[:nbytes])
+
+        server = await asyncio.get_running_loop().create_server(BufEcho, HOST, port)
+        bound = server.sockets[0].getsockname()[1]
+
+    elif kind == "kn_async":
+        import kn_sock._backend as backend
+        from kn_sock.asyncio.server import start_async_websocket_server
+
+        async def handler(ws: Any, path: str) -> None:
+            while (msg := await ws.recv()) is not None:
+                await ws.send(msg)
+
+        server = await start_async_websocket_server(
+            HOST, port, handler, compression=None, ping_interval=None, max_size=MAX_SIZE
+        )
+        bound = server.port
+        C.out(f"IMPL {backend.IMPLEMENTATION}")
+
+    elif kind == "kn_async_cb":
+        import kn_sock._backend as backend
+        from kn_sock.asyncio.server import start_async_websocket_server
+
+        async def cb_handler(ws: Any, path: str) -> None:
+            ws.on_message = ws.send_nowait  # each message answered from the read path
+            await ws.wait_closed()
+
+        server = await start_async_websocket_server(
+            HOST, port, cb_handler, compression=None, ping_interval=None, max_size=MAX_SIZE
+        )
+        bound = server.port
+        C.out(f"IMPL {backend.IMPLEMENTATION}")
+
+    elif kind == "picows":
+        from picows import WSListener, WSMsgType, ws_create_server
+
+        class PicowsEcho(WSListener):
+            def on_ws_frame(self, transport: Any, frame: Any) -> None:
+                t = frame.msg_type
+                if t is WSMsgType.BINARY or t is WSMsgType.TEXT:
+                    transport.send(t, frame.get_payload_as_memoryview())
+                elif t is WSMsgType.CLOSE:
+                    transport.send_close(frame.get_close_code(), frame.get_close_message())
+                    transport.disconnect()
+
+        server = await ws_create_server(lambda request: PicowsEcho(), HOST, port, max_frame_size=MAX_SIZE)
+        bound = server.sockets[0].getsockname()[1]
+
+    elif kind == "websockets":
+        from websockets.asyncio.server import serve as ws_serve
+
+        async def handler(ws: Any) -> None:
+            async for msg in ws:
+                await ws.send(msg)
+
+        server = await ws_serve(handler, HOST, port, compression=None, ping_interval=None, max_size=MAX_SIZE)
+        bound = server.sockets[0].getsockname()[1]
+
+    elif kind == "aiohttp":
+        from aiohttp import WSMsgType, web
+
+        async def ws_handler(request: Any) -> Any:
+            ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_SIZE, heartbeat=None)
+            await ws.prepare(request)
+            async for msg in ws:
+                if msg.type == WSMsgType.BINARY:
+                    await ws.send_bytes(msg.data)
+                elif msg.type == WSMsgType.TEXT:
+                    await ws.send_str(msg.data)
+            return ws
+
+        app = web.Application()
+        app.router.add_get("/", ws_handler)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, HOST, port)
+        await site.start()
+        bound = runner.addresses[0][1]
+    else:
+        raise SystemExit(f"unknown server kind {kind}")
+
+    C.out(f"PORT {bound}")
+    await asyncio.Event().wait()
+
+
+def serve_raw_sync(port: int) -> None:
+    lsock = socket.create_server((HOST, port), backlog=128)
+    C.out(f"PORT {lsock.getsockname()[1]}")
+
+    def echo(conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = bytearray(2**20)
+        view = memoryview(buf)
+        with conn:
+            while True:
+                n = conn.recv_into(buf)
+                if not n:
+                    return
+                conn.sendall(view[:n])
+
+    while True:
+        conn, _ = lsock.accept()
+        threading.Thread(target=echo, args=(conn,), daemon=True).start()
+
+
+def serve_kn_sync(port: int) -> None:
+    import kn_sock._backend as backend
+    from kn_sock.sync import WebSocketServer
+
+    def handler(ws: Any, address: Any) -> None:
+        while (msg := ws.recv()) is not None:
+            ws.send(msg)
+
+    server = WebSocketServer(HOST, port, handler, compression=None, ping_interval=None, max_size=MAX_SIZE)
+    C.out(f"IMPL {backend.IMPLEMENTATION}")
+    C.out(f"PORT {server.port}")
+    server.serve_forever()
+
+
+def serve_websockets_sync(port: int) -> None:
+    from websockets.sync.server import serve as ws_serve
+
+    def handler(ws: Any) -> None:
+        for msg in ws:
+            ws.send(msg)
+
+    kwargs: dict[str, Any] = {"compression": None, "max_size": MAX_SIZE}
+    kwargs["ping_interval"] = None
+    server = ws_serve(handler, HOST, port, **kwargs)
+    C.out(f"PORT {server.socket.getsockname()[1]}")
+    server.serve_forever()
+
+
+# =============================================================== clients (child processes)
+
+
+def payload(kind: str, size: int) -> bytes | str:
+    if kind == "text":
+        # ASCII with a few 2- and 3-byte characters so the UTF-8 path is exercised, `size` bytes
+        unit = "kn_sock é € websocket " * 64
+        data = unit.encode()[:size].decode("utf-8", "ignore")
+        return data + "x" * (size - len(data.encode()))
+    return os.urandom(size)
+
+
+def run_client(kind: str, port: int, modes: list[tuple[str, str, int]], duration: float, warmup: float,
+               window: int, use_uvloop: bool) -> None:
+    C.exit_on_eof()
+    results: dict[str, float] = {}
+    error = None
+    try:
+        if kind in ("raw_sync", "kn_sync", "websockets_sync", "websocket_client"):
+            sync_client(kind, port, modes, duration, warmup, window, results)
+        else:
+            C.run_event_loop(async_client(kind, port, modes, duration, warmup, window, results), use_uvloop)
+    except BaseException as exc:  # report what was measured so far
+        traceback.print_exc()
+        error = f"{type(exc).__name__}: {exc}"
+    impl = None
+    if "kn_sock._backend" in sys.modules:
+        impl = sys.modules["kn_sock._backend"].IMPLEMENTATION
+    C.out("RESULT " + json.dumps({"results": results, "error": error, "impl": impl}))
+    sys.stdout.flush()
+    os._exit(0)
+
+
+def check_echo(sent: Any, got: Any, what: str) -> None:
+    if isinstance(got, memoryview):
+        got = bytes(got)
+    if type(sent) is not type(got) or sent != got:
+        raise AssertionError(
+            f"{what}: echo mismatch: sent {type(sent).__name__}[{len(sent)}], got {type(got).__name__}"
+            f"[{len(got) if hasattr(got, '__len__') else '?'}]"
+        )
+
+
+async def async_client(kind: str, port: int, modes: list[tuple[str, str, int]], duration: float, warmup: float,
+                       window: int, results: dict[str, float]) -> None:
+    import asyncio
+
+    limit = duration + warmup + 30  # whole-mode bound: a hang becomes a TimeoutError
+    async with asyncio.timeout(20):
+        conn = await open_async(kind, port)
+    try:
+        async with asyncio.timeout(30):
+            await conn.rt(PRIME, 0.0)  # see PRIME
+            await conn.rt(PRIME, 0.0)
+        for key, mode, size in modes:
+            msg = payload(mode, size)
+            async with asyncio.timeout(limit):
+                if mode == "pipe":
+                    await conn.pipe(msg, window, time.perf_counter() + warmup)
+                    results[key] = await conn.pipe(msg, window, time.perf_counter() + duration)
+                else:
+                    await conn.check(msg)
+                    await conn.rt(msg, time.perf_counter() + warmup)
+                    results[key] = await conn.rt(msg, time.perf_counter() + duration)
+    finally:
+        async with asyncio.timeout(10):
+            await conn.close()
+
+
+class CoroConn:
+    """Round-trip and pipelined loops over a coroutine API: ``await send(m)``, ``await recv()``."""
+
+    def __init__(self, send: Any, recv: Any, send_text: Any = None, recv_text: Any = None, close: Any = None):
+        self.send, self.recv = send, recv
+        self.send_text, self.recv_text = send_text or send, recv_text or recv
+        self._close = close
+
+    def _pair(self, msg: Any) -> tuple[Any, Any]:
+        return (self.send_text, self.recv_text) if isinstance(msg, str) else (self.send, self.recv)
+
+    async def check(self, msg: Any) -> None:
+        send, recv = self._pair(msg)
+        await send(msg)
+        check_echo(msg, await recv(), "first echo")
+
+    async def rt(self, msg: Any, end: float) -> float:
+        send, recv = self._pair(msg)
+        pc = time.perf_counter
+        n = 0
+        t0 = pc()
+        while True:
+            await send(msg)
+            await recv()
+            n += 1
+            if (t := pc()) >= end:
+                return n / (t - t0)
+
+    async def pipe(self, msg: Any, window: int, end: float) -> float:
+        send, recv = self._pair(msg)
+        pc = time.perf_counter
+        t0 = pc()
+        for _ in range(window):
+            await send(msg)
+        n = 0
+        while True:
+            await recv()
+            n += 1
+            if (t := pc()) >= end:
+                break
+            await send(msg)
+        for _ in range(window - 1):  # drain what is still in flight
+            await recv()
+        return n / (t - t0)
+
+    async def close(self) -> None:
+        if self._close is not None:
+            await self._close()
+
+
+class CallbackConn:
+    """Round-trip and pipelined loops driven from a protocol callback (raw asyncio, picows)."""
+
+    def __init__(self, loop: Any) -> None:
+        self.loop = loop
+        self.write: Any = None  # write(msg) sends one message
+        self.on_message: Any = self._idle
+        self.last: Any = None
+
+    def _idle(self, data: Any) -> None:
+        pass
+
+    def message(self, data: Any) -> None:  # called by the protocol for each whole message
+        self.on_message(data)
+
+    async def check(self, msg: Any) -> None:
+        fut = self.loop.create_future()
+        self.on_message = lambda data: fut.done() or fut.set_result(data)
+        self.write(msg)
+        got = await fut
+        self.on_message = self._idle
+        self.check_got(msg, got)
+
+    def check_got(self, msg: Any, got: Any) -> None:
+        check_echo(msg, got, "first echo")
+
+    async def rt(self, msg: Any, end: float) -> float:
+        fut = self.loop.create_future()
+        pc = time.perf_counter
+        write = self.write
+        state = [0]
+        t0 = pc()
+
+        def on_message(data: Any) -> None:
+            state[0] += 1
+            t = pc()
+            if t >= end:
+                fut.set_result(state[0] / (t - t0))
+            else:
+                write(msg)
+
+        self.on_message = on_message
+        write(msg)
+        result = await fut
+        self.on_message = self._idle
+        return result
+
+    async def pipe(self, msg: Any, window: int, end: float) -> float:
+        fut = self.loop.create_future()
+        pc = time.perf_counter
+        write = self.write
+        state = {"n": 0, "inflight": window, "rate": None}
+        t0 = pc()
+
+        def on_message(data: Any) -> None:
+            state["inflight"] -= 1
+            if state["rate"] is None:
+                state["n"] += 1
+                t = pc()
+                if t >= end:
+                    state["rate"] = state["n"] / (t - t0)
+                else:
+                    write(msg)
+                    state["inflight"] += 1
+            if state["inflight"] == 0 and not fut.done():
+                fut.set_result(state["rate"])
+
+        self.on_message = on_message
+        for _ in range(window):
+            write(msg)
+        result = await fut
+        self.on_message = self._idle
+        return result
+
+    async def close(self) -> None:
+        pass
+
+
+async def open_async(kind: str, port: int) -> Any:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    url = f"ws://{HOST}:{port}/"
+
+    if kind == "kn_async":
+        from kn_sock.asyncio.client import async_connect_websocket
+
+        ws = await async_connect_websocket(HOST, port, compression=None, ping_interval=None, max_size=MAX_SIZE)
+        return CoroConn(ws.send, ws.recv, close=ws.close)
+
+    if kind == "kn_async_cb":
+        from kn_sock.asyncio.client import async_connect_websocket
+
+        ws = await async_connect_websocket(HOST, port, compression=None, ping_interval=None, max_size=MAX_SIZE)
+        conn = CallbackConn(loop)
+        ws.on_message = conn.message
+        conn.write = ws.send_nowait
+
+        async def close_cb() -> None:
+            ws.on_message = None
+            await ws.close()
+
+        conn.close = close_cb  # type: ignore[method-assign]
+        return conn
+
+    if kind == "websockets":
+        from websockets.asyncio.client import connect
+
+        ws = await connect(url, compression=None, ping_interval=None, max_size=MAX_SIZE, proxy=None)
+        return CoroConn(ws.send, ws.recv, close=ws.close)
+
+    if kind == "aiohttp":
+        import aiohttp
+
+        session = aiohttp.ClientSession()
+        ws = await session.ws_connect(url, compress=0, max_msg_size=MAX_SIZE, heartbeat=None)
+
+        async def close() -> None:
+            await ws.close()
+            await session.close()
+
+        return CoroConn(ws.send_bytes, ws.receive_bytes, ws.send_str, ws.receive_str, close)
+
+    if kind in ("raw_async", "raw_async_buf"):
+        conn = CallbackConn(loop)
+
+        class RawClient(asyncio.Protocol):
+            """Plain TCP: the echo server returns the bytes; a message is `size` bytes back."""
+
+            def __init__(self) -> None:
+                self.size = 1
+                self.got = 0
+
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+
+            def data_received(self, data: bytes) -> None:
+                self.got += len(data)
+                while self.got >= self.size:
+                    self.got -= self.size
+                    conn.message(data)
+
+        class RawBufClient(asyncio.BufferedProtocol):
+            """The same with a receive buffer of our own (no allocation per read)."""
+
+            def __init__(self) -> None:
+                self.size = 1
+                self.got = 0
+                self.buf = memoryview(bytearray(2**18))
+
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+
+            def get_buffer(self, sizehint: int) -> Any:
+                return self.buf
+
+            def buffer_updated(self, nbytes: int) -> None:
+                self.got += nbytes
+                while self.got >= self.size:
+                    self.got -= self.size
+                    conn.message(None)
+
+        factory = RawBufClient if kind == "raw_async_buf" else RawClient
+        transport, proto = await loop.create_connection(factory, HOST, port)
+
+        def write(msg: Any) -> None:
+            if isinstance(msg, str):
+                msg = msg.encode()
+            proto.size = len(msg)
+            transport.write(msg)
+
+        async def close() -> None:
+            transport.close()
+
+        conn.write = write
+        conn.check_got = lambda msg, got: None  # chunks, not messages: nothing to compare
+        conn.close = close  # type: ignore[method-assign]
+        return conn
+
+    if kind == "picows":
+        from picows import WSListener, WSMsgType, ws_connect
+
+        conn = CallbackConn(loop)
+        BINARY, TEXT = WSMsgType.BINARY, WSMsgType.TEXT
+
+        class PicowsClient(WSListener):
+            def on_ws_frame(self, transport: Any, frame: Any) -> None:
+                t = frame.msg_type
+                if t is BINARY:
+                    conn.message(frame.get_payload_as_bytes())
+                elif t is TEXT:
+                    conn.message(frame.get_payload_as_utf8_text())
+
+        transport, _ = await ws_connect(PicowsClient, url, max_frame_size=MAX_SIZE)
+
+        def write(msg: Any) -> None:
+            if isinstance(msg, str):
+                transport.send(TEXT, msg.encode())
+            else:
+                transport.send(BINARY, msg)
+
+        async def close() -> None:
+            transport.send_close()
+            transport.disconnect()
+            await transport.wait_disconnected()
+
+        conn.write = write
+        conn.close = close  # type: ignore[method-assign]
+        return conn
+
+    raise SystemExit(f"unknown client kind {kind}")
+
+
+def sync_client(kind: str, port: int, modes: list[tuple[str, str, int]], duration: float, warmup: float,
+                window: int, results: dict[str, float]) -> None:
+    # No per-operation timeouts on the blocking clients (they would add a poll() per call);
+    # the parent kills a client that overruns its deadline.
+    url = f"ws://{HOST}:{port}/"
+    if kind == "raw_sync":
+        sock = socket.create_connection((HOST, port), timeout=20)
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        buf = bytearray(2**20)
+        view = memoryview(buf)
+
+        def send(msg: Any) -> None:
+            sock.sendall(msg.encode() if isinstance(msg, str) else msg)
+
+        state = {"size": 1}
+
+        def recv() -> Any:
+            size = state["size"]
+            got = 0
+            while got < size:
+                n = sock.recv_into(view[got:size])
+                if not n:
+                    raise ConnectionError("server closed")
+                got += n
+            return None
+
+        def set_size(msg: Any) -> None:
+            state["size"] = len(msg.encode() if isinstance(msg, str) else msg)
+
+        close = sock.close
+        send_text, recv_text = send, recv
+    elif kind == "kn_sync":
+        from kn_sock.sync import connect_websocket
+
+        ws = connect_websocket(HOST, port, compression=None, ping_interval=None, max_size=MAX_SIZE)
+        send = send_text = ws.send
+        recv = recv_text = ws.recv
+        close = ws.close
+        set_size = None
+    elif kind == "websockets_sync":
+        from websockets.sync.client import connect
+
+        ws = connect(url, compression=None, ping_interval=None, max_size=MAX_SIZE, proxy=None)
+        send = send_text = ws.send
+        recv = recv_text = ws.recv
+        close = ws.close
+        set_size = None
+    elif kind == "websocket_client":
+        import websocket
+
+        ws = websocket.create_connection(url, timeout=20, enable_multithread=False)
+        ws.settimeout(None)
+        send, send_text = ws.send_binary, ws.send
+        recv = recv_text = ws.recv
+        close = ws.close
+        set_size = None
+    else:
+        raise SystemExit(f"unknown client kind {kind}")
+
+    pc = time.perf_counter
+    try:
+        if set_size:
+            set_size(PRIME)
+        for _ in range(2):  # see PRIME
+            send(PRIME)
+            recv()
+        for key, mode, size in modes:
+            msg = payload(mode, size)
+            s, r = (send_text, recv_text) if isinstance(msg, str) else (send, recv)
+            if set_size:
+                set_size(msg)
+            s(msg)
+            got = r()
+            if kind != "raw_sync":
+                check_echo(msg, got, "first echo")
+            for end_in, store in ((warmup, False), (duration, True)):
+                end = pc() + end_in
+                n = 0
+                t0 = pc()
+                if mode == "pipe":
+                    for _ in range(window):
+                        s(msg)
+                    while True:
+                        r()
+                        n += 1
+                        if (t := pc()) >= end:
+                            break
+                        s(msg)
+                    for _ in range(window - 1):
+                        r()
+                else:
+                    while True:
+                        s(msg)
+                        r()
+                        n += 1
+                        if (t := pc()) >= end:
+                            break
+                if store:
+                    results[key] = n / (t - t0)
+    finally:
+        close()
+
+
+# =============================================================== orchestration (parent)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: 0.2 s per cell, 1 round, fewer sizes")
+    ap.add_argument("--rounds", type=int, help="rounds (default 3; 1 with --quick)")
+    ap.add_argument("--duration", type=float, help="seconds per cell (default 0.6; 0.2 with --quick)")
+    ap.add_argument("--warmup", type=float, help="warm-up seconds before each cell (default 0.05)")
+    ap.add_argument("--window", type=int, default=100, help="messages in flight in the pipelined mode")
+    ap.add_argument("--only", help="comma-separated contestant ids (" + ",".join(BY_NAME) + ")")
+    ap.add_argument("--skip", help="comma-separated contestant ids to leave out")
+    ap.add_argument("--pin", choices=("same", "split", "none"), default="same",
+                    help="CPU placement of server and client: both on one CPU (default: steadiest on a small VM), "
+                         "one CPU each, or left to the scheduler")
+    ap.add_argument("--json", metavar="FILE", help="write raw and median results to FILE")
+    ap.add_argument("--serve", metavar="KIND", help=argparse.SUPPRESS)
+    ap.add_argument("--client", metavar="KIND", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--cells", help='comma-separated cells to run, e.g. "64 B,64 KiB" (default: all)')
+    ap.add_argument("--modes", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+
+    if os.environ.get("BENCH_CPU"):
+        C.pin_cpu(os.environ["BENCH_CPU"])
+    if args.serve:
+        return serve(args.serve, args.port, args.uvloop)
+    if args.client:
+        modes = [tuple(m) for m in json.loads(args.modes)]
+        return run_client(args.client, args.port, modes, args.duration, args.warmup, args.window, args.uvloop)
+
+    C.install_parent_handlers()
+    rounds = args.rounds or (1 if args.quick else 3)
+    duration = args.duration or (0.2 if args.quick else 0.6)
+    warmup = args.warmup if args.warmup is not None else 0.05
+    modes = MODES_QUICK if args.quick else MODES_FULL
+    if args.cells:
+        wanted = [c.strip() for c in args.cells.split(",")]
+        modes = [m for m in MODES_FULL if m[0] in wanted]
+        if not modes:
+            ap.error(f"--cells: none of {wanted} in {[m[0] for m in MODES_FULL]}")
+    orchestrate(args, rounds, duration, warmup, modes)
+
+
+def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: list[tuple[str, str, int]]) -> None:
+    t_start = time.monotonic()
+    notes: list[str] = []
+    chosen = [c for c in CONTESTANTS if not args.only or c.name in args.only.split(",")]
+    if args.skip:
+        chosen = [c for c in chosen if c.name not in args.skip.split(",")]
+
+    # --- what can run here
+    impl, has_sync, err = C.kn_probe(C.clean_env())
+    runnable: list[Contestant] = []
+    for c in chosen:
+        missing = [m for m in c.requires if not C.module_available(m)]
+        if missing:
+            notes.append(f"{c.label}: skipped, {', '.join(missing)} not installed")
+            continue
+        if c.name == "kn_cython" and impl != "cython":
+            notes.append(f"{c.label}: skipped, the Cython extension is not built ({err.strip() or impl})")
+            continue
+        if c.name == "kn_sync" and not has_sync:
+            notes.append(f"{c.label}: skipped, kn_sock.sync is not importable yet")
+            continue
+        if c.name in ("kn_uvloop", "kn_sync") and impl:
+            c.label += f" ({impl})"
+        runnable.append(c)
+
+    print(f"# echo benchmark: {C.machine_line()}")
+    print(f"# {rounds} round(s), {duration} s per cell after {warmup} s warm-up, pipelined window {args.window}, "
+          f"{len(runnable)} contestants, compression off, CPU placement: {args.pin}", flush=True)
+
+    # --- servers: one per contestant, started together, kept for all rounds
+    servers: dict[str, C.Child] = {}
+
+    cpus = sorted(os.sched_getaffinity(0))
+    server_cpu = client_cpu = None
+    if args.pin == "same":
+        server_cpu = client_cpu = str(cpus[-1])
+    elif args.pin == "split" and len(cpus) >= 2:
+        server_cpu, client_cpu = str(cpus[0]), str(cpus[1])
+
+    def start_server(c: Contestant) -> C.Child | None:
+        env = C.clean_env(**c.env, BENCH_CPU=server_cpu)
+        child = C.Child([__file__, "--serve", c.server, "--port", "0"] + (["--uvloop"] if c.uvloop else []),
+                        env=env, label=f"{c.label} server")
+        return child
+
+    pending = {c.name: start_server(c) for c in runnable}
+    ports: dict[str, int] = {}
+    for c in list(runnable):
+        child = pending[c.name]
+        try:
+            ports[c.name] = int(child.expect("PORT ", timeout=30)[0])
+            servers[c.name] = child
+        except C.ChildError as exc:
+            notes.append(f"{c.label}: server failed to start: {exc}")
+            child.kill()
+            runnable.remove(c)
+
+    raw: dict[str, dict[str, list[float]]] = {c.name: {m[0]: [] for m in modes} for c in runnable}
+    impls: dict[str, set[str]] = {c.name: set() for c in runnable}
+    mode_arg = json.dumps(modes)
+    client_budget = len(modes) * (duration + warmup) * 2 + 40
+
+    for rnd in range(rounds):
+        order = runnable if rnd % 2 == 0 else list(reversed(runnable))  # interleave, alternate order
+        for c in order:
+            server = servers.get(c.name)
+            if server is None:
+                continue
+            if not server.alive():
+                notes.append(f"{c.label}: server died before round {rnd + 1}{server.stderr_tail()}")
+                servers.pop(c.name).kill()
+                continue
+            env = C.clean_env(**c.env, BENCH_CPU=client_cpu)
+            client = C.Child(
+                [__file__, "--client", c.client, "--port", str(ports[c.name]), "--modes", mode_arg,
+                 "--duration", str(duration), "--warmup", str(warmup), "--window", str(args.window)]
+                + (["--uvloop"] if c.uvloop else []),
+                env=env, label=f"{c.label} client",
+            )
+            try:
+                words = client.expect("RESULT ", timeout=client_budget)
+                res = json.loads(" ".join(words))
+            except C.ChildError as exc:
+                notes.append(f"{c.label}, round {rnd + 1}: client failed: {exc}")
+                res = {"results": {}, "error": "client failed", "impl": None}
+            finally:
+                tail = client.stderr_tail()
+                client.kill()
+            for key, value in res["results"].items():
+                raw[c.name][key].append(value)
+            if res.get("impl"):
+                impls[c.name].add(res["impl"])
+            if res.get("error"):
+                notes.append(f"{c.label}, round {rnd + 1}: {res['error']}{tail}")
+            cells = " ".join(f"{k}={C.fmt_rate(v)}" for k, v in res["results"].items())
+            print(f"  round {rnd + 1}/{rounds} {c.label:40s} {cells}", flush=True)
+            if server.alive() is False:
+                notes.append(f"{c.label}: server exited during round {rnd + 1}{server.stderr_tail()}")
+
+    for child in servers.values():
+        child.kill()
+
+    for c in runnable:
+        if c.name == "kn_pure" and impls[c.name] - {"pure"}:
+            notes.append(f"{c.label}: client reported implementation {impls[c.name]}")
+        if c.name == "kn_cython" and impls[c.name] - {"cython"}:
+            notes.append(f"{c.label}: client reported implementation {impls[c.name]}")
+
+    med = {name: {k: C.median(v) for k, v in per.items()} for name, per in raw.items()}
+    print()
+    print(render(runnable, modes, med))
+    print()
+    print("Cells: round trips/s (messages/s for 'pipe'), median of rounds; (x.xx) = ratio to the raw baseline")
+    print("of the same group (raw asyncio for async rows, raw blocking socket for blocking rows).")
+    print("'vs picows': kn_sock / picows per column, same event loop (uvloop row vs picows+uvloop).")
+    spread = spreads(raw)
+    if spread:
+        print(f"Largest spread between rounds (max/min): {spread}")
+    for n in notes:
+        print(f"note: {n}")
+    print(f"total time {time.monotonic() - t_start:.0f} s")
+
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({
+                "machine": C.machine_line(), "rounds": rounds, "duration": duration, "window": args.window,
+                "modes": [m[0] for m in modes],
+                "contestants": {c.name: {"label": c.label, "group": c.group, "raw": raw[c.name],
+                                         "median": med[c.name]} for c in runnable},
+                "notes": notes,
+            }, f, indent=2)
+        print(f"results written to {args.json}")
+
+
+def spreads(raw: dict[str, dict[str, list[float]]]) -> str:
+    worst = None
+    for name, per in raw.items():
+        for key, values in per.items():
+            if len(values) >= 2 and min(values) > 0:
+                s = max(values) / min(values)
+                if worst is None or s > worst[0]:
+                    worst = (s, name, key)
+    return f"{worst[0]:.2f}x ({worst[1]}, {worst[2]})" if worst else ""
+
+
+def render(runnable: list[Contestant], modes: list[tuple[str, str, int]], med: dict[str, dict[str, Any]]) -> str:
+    keys = [m[0] for m in modes]
+    header = ["contestant", *keys, "vs picows"]
+    rows = []
+    for group in ("async", "sync"):
+        base = med.get(BASELINE[group])
+        for c in runnable:
+            if c.group != group:
+                continue
+            row = [c.label]
+            for k in keys:
+                v = med[c.name].get(k)
+                r = v / base[k] if (v and base and base.get(k)) else None
+                row.append(C.fmt_rate(v) + (f" ({r:.2f})" if r is not None and c.name != BASELINE[group] else ""))
+            ref = med.get(c.picows_ref) if c.picows_ref else None
+            if c.name.startswith("kn_") and ref:
+                row.append("/".join(
+                    C.fmt_ratio(med[c.name][k] / ref[k]) if med[c.name].get(k) and ref.get(k) else "-" for k in keys
+                ))
+            else:
+                row.append("")
+            rows.append(row)
+    return C.table(header, rows)
+
+
+if __name__ == "__main__":
+    main()
