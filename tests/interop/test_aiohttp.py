@@ -1,6 +1,6 @@
 """Interop with aiohttp's WebSocket client and server (another asyncio implementation).
 
-Both directions, both twins: text (with 2-, 3- and 4-byte characters), binary, empty and
+Both directions, both twins, our asyncio and blocking sides: text (with 2-, 3- and 4-byte characters), binary, empty and
 large (3 MB) messages, fragmented messages from our side, a compressible MiB, the closing
 handshake with a code and reason from either side; with permessage-deflate negotiated
 (aiohttp's client offers ``client_max_window_bits``, its server answers with its own
@@ -10,11 +10,13 @@ parameters) and without. Skips only when aiohttp is not installed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
-from typing import Any
+from typing import Any, AsyncIterator
 
 import pytest
 
+from sync_support import running_server
 from kn_sock import async_connect_websocket, connect_websocket, start_async_websocket_server
 
 aiohttp = pytest.importorskip("aiohttp")
@@ -27,26 +29,46 @@ BIG = 2**24
 MESSAGES: list[Any] = ["hi", "é€😀 " * 2000, "", b"", b"\x00" * 70_000, os.urandom(3_000_000), "abc" * 350_000]
 
 
-async def _echo(ws: Any, path: str) -> None:
-    async for message in ws:
-        await ws.send(message)
+@contextlib.asynccontextmanager
+async def _our_server(kind: str, closed: asyncio.Future[Any], **options: Any) -> AsyncIterator[int]:
+    """Our echo server (asyncio or blocking) on 127.0.0.1:0; sets ``closed`` to what it saw."""
+    loop = asyncio.get_running_loop()
+
+    def seen(ws: Any, path: str) -> Any:
+        return (ws.close_code, ws.close_reason, path, ws.extensions)
+
+    if kind == "async":
+
+        async def handler(ws: Any, path: str) -> None:
+            async for message in ws:
+                await ws.send(message)
+            closed.set_result(seen(ws, path))
+
+        server = await start_async_websocket_server("127.0.0.1", 0, handler, **options)
+        try:
+            yield server.port
+        finally:
+            server.close()
+            await server.wait_closed()
+    else:
+
+        def sync_handler(ws: Any, address: Any) -> None:
+            for message in ws:
+                ws.send(message)
+            loop.call_soon_threadsafe(closed.set_result, seen(ws, ws.path))
+
+        with running_server(sync_handler, **options) as sync_server:
+            yield sync_server.port
 
 
+@pytest.mark.parametrize("kind", ["async", "sync"], ids=["async-server", "sync-server"])
 @pytest.mark.parametrize("compression", [None, "deflate"])
 @pytest.mark.parametrize("offer", [0, 15], ids=["client-no-deflate", "client-deflate"])
-async def test_aiohttp_client_against_our_server(backend, compression, offer):
+async def test_aiohttp_client_against_our_server(backend, kind, compression, offer):
     closed: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-
-    async def handler(ws: Any, path: str) -> None:
-        await _echo(ws, path)
-        closed.set_result((ws.close_code, ws.close_reason, path, ws.extensions))
-
-    server = await start_async_websocket_server(
-        "127.0.0.1", 0, handler, compression=compression, max_size=BIG, backend=backend
-    )
-    try:
+    async with _our_server(kind, closed, compression=compression, max_size=BIG, backend=backend) as port:
         async with aiohttp.ClientSession() as session:
-            url = f"http://127.0.0.1:{server.port}/room?x=1"
+            url = f"http://127.0.0.1:{port}/room?x=1"
             async with session.ws_connect(url, compress=offer, max_msg_size=BIG, autoping=True) as ws:
                 for message in MESSAGES:
                     if isinstance(message, str):
@@ -59,13 +81,10 @@ async def test_aiohttp_client_against_our_server(backend, compression, offer):
                 negotiated = ws.compress
                 await ws.close(code=4001, message=b"done here")
             code, reason, path, extensions = await asyncio.wait_for(closed, TIMEOUT)
-        assert (code, reason, path) == (4001, "done here", "/room?x=1")
-        both = bool(offer) and compression is not None
-        assert bool(negotiated) is both
-        assert extensions == (["permessage-deflate"] if both else [])
-    finally:
-        server.close()
-        await server.wait_closed()
+    assert (code, reason, path) == (4001, "done here", "/room?x=1")
+    both = bool(offer) and compression is not None
+    assert bool(negotiated) is both
+    assert extensions == (["permessage-deflate"] if both else [])
 
 
 @pytest.fixture
