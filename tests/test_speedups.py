@@ -144,6 +144,16 @@ class TestApplyMaskInplace:
         end = 100 if length < 0 else offset + length
         assert bytes(buf) == data[:offset] + naive_mask(data[offset:end], MASK) + data[end:]
 
+    def test_every_short_length_and_offset_phase(self, backend):
+        # Every length through the small path's 16-, 8-, 4- and 1-byte steps and past it.
+        data = os.urandom(300)
+        for length in range(0, 290):
+            for offset in (0, 1, 3):
+                buf = bytearray(data)
+                backend.apply_mask_inplace(buf, MASK, offset, length)
+                end = offset + length
+                assert bytes(buf) == data[:offset] + naive_mask(data[offset:end], MASK) + data[end:], (length, offset)
+
     def test_large_and_memoryview(self, backend):
         data = os.urandom(50_000)
         buf = bytearray(data)
