@@ -915,11 +915,8 @@ class AsyncCore:
             InvalidState: another coroutine is already waiting in ``recv``, or messages go to
                 an ``on_message`` callback.
         """
-        messages = self._messages
-        if messages:
-            msg = messages.popleft()
-            if self._paused_reading:
-                self._maybe_resume()  # type: ignore[attr-defined]
+        msg = self._take_queued()
+        if msg is not None:
             return msg
         waiter = self._new_waiter()
         if waiter is None:
@@ -944,6 +941,16 @@ class AsyncCore:
         msg = await self.recv()
         if msg is None:
             raise StopAsyncIteration
+        return msg
+
+    def _take_queued(self) -> Any:
+        """The oldest queued message (reading resumes once the queue has drained), or None."""
+        messages = self._messages
+        if not messages:
+            return None
+        msg = messages.popleft()
+        if self._paused_reading:
+            self._maybe_resume()  # type: ignore[attr-defined]
         return msg
 
     def _new_waiter(self) -> Waiter | None:

@@ -2437,11 +2437,8 @@ cdef class AsyncCore:
             InvalidState: another coroutine is already waiting in ``recv``, or messages go to
                 an ``on_message`` callback.
         """
-        messages = self._messages
-        if messages:
-            msg = messages.popleft()
-            if self._paused_reading:
-                self._maybe_resume()
+        msg = self._take_queued()
+        if msg is not None:
             return msg
         waiter = self._new_waiter()
         if waiter is None:
@@ -2464,11 +2461,8 @@ cdef class AsyncCore:
 
     async def __anext__(self):
         # recv() without a timeout, inlined: one coroutine per message instead of two.
-        messages = self._messages
-        if messages:
-            msg = messages.popleft()
-            if self._paused_reading:
-                self._maybe_resume()
+        msg = self._take_queued()
+        if msg is not None:
             return msg
         waiter = self._new_waiter()
         if waiter is None:
@@ -2483,6 +2477,16 @@ cdef class AsyncCore:
                 self._waiter = None
         if msg is None:
             raise StopAsyncIteration
+        return msg
+
+    cdef object _take_queued(self):
+        """The oldest queued message (reading resumes once the queue has drained), or None."""
+        messages = self._messages
+        if not messages:
+            return None
+        msg = messages.popleft()
+        if self._paused_reading:
+            self._maybe_resume()
         return msg
 
     cdef object _new_waiter(self):
