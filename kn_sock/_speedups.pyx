@@ -31,6 +31,7 @@ from libc.string cimport memcpy, memmove
 
 cimport cython
 import os as _os
+from collections import deque as _deque
 
 from .exceptions import InvalidState, PayloadTooBig, ProtocolError
 
@@ -170,10 +171,10 @@ cdef extern from *:
        15% at 16 MiB); the same rule as glibc's memcpy, which streams above 3/4 of that cache. */
     #if defined(__SSE2__) && (defined(__GNUC__) || defined(_MSC_VER))
     #include <emmintrin.h>
-    #define KN_HAVE_STREAM 1
+    #define KN_HAVE_SSE2 1
     #define KN_STREAM_BYTES ((Py_ssize_t)12 << 20)
     #else
-    #define KN_HAVE_STREAM 0
+    #define KN_HAVE_SSE2 0
     #endif
 
     /* The mask repeated over 8 bytes, starting at mask byte `phase` (j mod 4). */
@@ -216,7 +217,7 @@ cdef extern from *:
                 n -= head;
                 phase += head;
             }
-    #if KN_HAVE_STREAM
+    #if KN_HAVE_SSE2
             if (n >= KN_STREAM_BYTES) {
                 /* Non-temporal stores (dst is 32-byte aligned now): source and copy no longer
                    fit the last-level cache together, so the copy goes to memory without first
@@ -259,7 +260,7 @@ cdef extern from *:
     static inline void kn_xor_small(unsigned char *p, Py_ssize_t n, const unsigned char *key) {
         uint64_t m = kn_key_word(key, 0), w;
         Py_ssize_t i = 0;
-    #if KN_HAVE_STREAM
+    #if KN_HAVE_SSE2
         /* 16 bytes a step (SSE2, the x86-64 baseline), then one word of 8 and one of 4:
            measured with callgrind, 125 bytes in ~70 instructions instead of ~200. */
         if (n >= 16) {
@@ -2264,16 +2265,13 @@ def send_many(fds, data):
 # ---------------------------------------------------------------- AsyncCore (see _pure.AsyncCore)
 
 cdef object _STATE_CLOSED = None
-cdef object _deque = None
 
 
 cdef object _closed_state():
     """``State.CLOSED`` (imported on first use: the protocol module imports this one)."""
-    global _STATE_CLOSED, _deque
+    global _STATE_CLOSED
     if _STATE_CLOSED is None:
-        from collections import deque
         from .protocol import State
-        _deque = deque
         _STATE_CLOSED = State.CLOSED
     return _STATE_CLOSED
 

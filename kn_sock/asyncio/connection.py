@@ -45,10 +45,8 @@ _CORK_MAX = 65536
 _OPEN = State.OPEN
 
 
-# recv()'s future: resumed inline at the end of a protocol callback (one loop trip saved per
-# message); see kn_sock._pure.Waiter.
-_Waiter = _backend.backend.Waiter
-#: get_buffer / buffer_updated: C calls with the Cython twin (see kn_sock._pure.AsyncCore).
+#: The read path (get_buffer / buffer_updated / _on_readable) and the coroutine API's hot calls
+#: (send / recv / async for): C with the Cython twin (see kn_sock._pure.AsyncCore).
 _AsyncCore = _backend.backend.AsyncCore
 
 
@@ -89,7 +87,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self.protocol: Protocol | None = None
         self._parser: Any = None
         self._messages: deque[Any] | None = None  # created on first queued message (idle memory)
-        self._waiter: _Waiter | None = None
+        self._waiter: Any = None  # the Waiter a recv() awaits (resumed inline, see AsyncCore)
         self._closed_fut: asyncio.Future[None] = loop.create_future()
         self._paused_reading = False  # by max_queue: the application is not reading
         self._paused_for_write = False  # by write_limit while on_message answers from the read path
