@@ -21,7 +21,7 @@ from cpython.buffer cimport (
     PyObject_CheckBuffer,
     PyObject_GetBuffer,
 )
-from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_GET_SIZE
+from cpython.bytearray cimport PyByteArray_AS_STRING, PyByteArray_FromStringAndSize, PyByteArray_GET_SIZE
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.ref cimport Py_DECREF, Py_INCREF, PyObject
@@ -2321,7 +2321,8 @@ cdef class AsyncCore:
                 return PyMemoryView_FromObject((<FrameParser>parser)._get_region(sizehint))
             return parser.get_buffer(sizehint)
         if self._hs_buf is None:
-            self._hs_buf = bytearray(16384)
+            # Not zero-filled (bytearray(n) would be): only the bytes a read stores are used.
+            self._hs_buf = PyByteArray_FromStringAndSize(NULL, 16384)
         return self._hs_buf
 
     def buffer_updated(self, Py_ssize_t nbytes):

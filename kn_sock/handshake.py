@@ -332,6 +332,8 @@ class ServerHandshake:
         self.origins = None if origins is None else list(origins)
         self.extra_headers = _extra_headers(extra_headers)
         self.compression = _check_compression(compression)
+        if server_header is not None and server_header is not USER_AGENT:
+            Headers([("Server", server_header)])  # TypeError / ValueError if invalid
         self.server_header = server_header
         self.request: Request | None = None
         self.subprotocol: str | None = None
@@ -371,19 +373,20 @@ class ServerHandshake:
         self._check_http(headers)
         key = self._check_upgrade(headers)
         self._check_origin(headers)
-        response = Headers()
-        response["Upgrade"] = "websocket"
-        response["Connection"] = "Upgrade"
-        response["Sec-WebSocket-Accept"] = accept_key(key)
+        pairs = [("Upgrade", "websocket"), ("Connection", "Upgrade"), ("Sec-WebSocket-Accept", accept_key(key))]
         self.extensions, extension_header = self._negotiate_extensions(headers)
         if extension_header is not None:
-            response["Sec-WebSocket-Extensions"] = extension_header
+            pairs.append(("Sec-WebSocket-Extensions", extension_header))
         self.subprotocol = self._negotiate_subprotocol(headers)
         if self.subprotocol is not None:
-            response["Sec-WebSocket-Protocol"] = self.subprotocol
+            pairs.append(("Sec-WebSocket-Protocol", self.subprotocol))
         if self.server_header is not None:
-            response["Server"] = self.server_header
-        _merge(response, self.extra_headers)
+            pairs.append(("Server", self.server_header))
+        # Every value above is valid by construction (the accept key is base64, the
+        # extension is built from tokens, the subprotocol and Server header were checked).
+        response = Headers._trusted(pairs)
+        if self.extra_headers:
+            _merge(response, self.extra_headers)
         self.response_headers = response
         return build_response(101, response)
 

@@ -94,10 +94,13 @@ class Headers(MutableMapping[str, str]):
     """
 
     # Memory: one list of pairs per connection (request_headers / response_headers live as
-    # long as the connection); lookups scan it — a handshake has a dozen fields.
-    __slots__ = ("_pairs", "_raw")
+    # long as the connection, compacted to one bytes object while idle). Lookups go through
+    # an index by lower-cased name, built on the first lookup after a change and dropped by
+    # every change and by compact(): a handshake looks up a dozen names.
+    __slots__ = ("_pairs", "_raw", "_index")
     _pairs: list[tuple[str, str]] | None
     _raw: bytes | None
+    _index: dict[str, list[str]] | None
 
     def __init__(self, headers: HeadersLike = None) -> None:
         """Build from a dict / mapping, an iterable of ``(name, value)`` pairs, or Headers.
@@ -116,6 +119,13 @@ class Headers(MutableMapping[str, str]):
         for name, value in pairs:
             self.add(name, value)
 
+    @classmethod
+    def _trusted(cls, pairs: list[tuple[str, str]]) -> Headers:
+        """Wrap ``pairs`` (names and values already valid; the list is taken over)."""
+        headers = cls.__new__(cls)
+        headers._items = pairs
+        return headers
+
     @property
     def _items(self) -> list[tuple[str, str]]:
         """The pairs, re-read from the compact form if :meth:`compact` stored them so."""
@@ -131,6 +141,22 @@ class Headers(MutableMapping[str, str]):
     def _items(self, pairs: list[tuple[str, str]]) -> None:
         self._pairs = pairs
         self._raw = None
+        self._index = None
+
+    def _lookup(self) -> dict[str, list[str]]:
+        """Lower-cased name → its values in order (built on demand, dropped on change)."""
+        index = self._index
+        if index is None:
+            index = {}
+            for name, value in self._items:
+                key = name.lower()
+                values = index.get(key)
+                if values is None:
+                    index[key] = [value]
+                else:
+                    values.append(value)
+            self._index = index
+        return index
 
     def compact(self) -> None:
         """Keep the fields as one bytes object until next used (memory of idle connections)."""
@@ -138,18 +164,12 @@ class Headers(MutableMapping[str, str]):
         if pairs is not None:
             self._raw = "\r\n".join(f"{n}: {v}" for n, v in pairs).encode("latin-1")
             self._pairs = None
+        self._index = None
 
     def _append(self, name: str, value: str) -> None:
         """Append without validation (parser and copy paths)."""
         self._items.append((name, value))
-
-    @property
-    def _values(self) -> dict[str, list[str]]:
-        """Lower-cased name → values, built on demand."""
-        values: dict[str, list[str]] = {}
-        for name, value in self._items:
-            values.setdefault(name.lower(), []).append(value)
-        return values
+        self._index = None
 
     def add(self, name: str, value: str) -> None:
         """Append one field, keeping any existing values of ``name``.
@@ -169,8 +189,8 @@ class Headers(MutableMapping[str, str]):
 
     def get_all(self, name: str) -> list[str]:
         """Return every value of ``name`` in order (an empty list if absent)."""
-        key = name.lower()
-        return [v for n, v in self._items if n.lower() == key]
+        values = self._lookup().get(name.lower())
+        return [] if values is None else list(values)
 
     def items(self) -> list[tuple[str, str]]:  # type: ignore[override]
         """Return all ``(name, value)`` pairs in order, repeated names included."""
@@ -182,11 +202,10 @@ class Headers(MutableMapping[str, str]):
 
     def __getitem__(self, name: str) -> str:
         """Return the first value of ``name``; raise KeyError if absent."""
-        key = name.lower() if isinstance(name, str) else None
-        for n, v in self._items:
-            if n.lower() == key:
-                return v
-        raise KeyError(name)
+        values = self._lookup().get(name.lower()) if isinstance(name, str) else None
+        if values is None:
+            raise KeyError(name)
+        return values[0]
 
     def __setitem__(self, name: str, value: str) -> None:
         """Replace every value of ``name`` with ``value``."""
@@ -203,10 +222,7 @@ class Headers(MutableMapping[str, str]):
 
     def __contains__(self, name: object) -> bool:
         """Whether a field called ``name`` (any case) is present."""
-        if not isinstance(name, str):
-            return False
-        key = name.lower()
-        return any(n.lower() == key for n, _ in self._items)
+        return isinstance(name, str) and name.lower() in self._lookup()
 
     def __iter__(self) -> Iterator[str]:
         """Iterate over distinct names, in original case of their first occurrence."""
@@ -217,7 +233,7 @@ class Headers(MutableMapping[str, str]):
 
     def __len__(self) -> int:
         """Number of distinct names."""
-        return len({n.lower() for n, _ in self._items})
+        return len(self._lookup())
 
     def __eq__(self, other: object) -> bool:
         """Equal when every name has the same values in the same order (name case ignored)."""
@@ -228,7 +244,7 @@ class Headers(MutableMapping[str, str]):
                 other = Headers(other)
             except (TypeError, ValueError):
                 return False
-        return self._values == other._values
+        return self._lookup() == other._lookup()
 
     __hash__ = None  # type: ignore[assignment]  # mutable
 
@@ -286,6 +302,31 @@ class _HeadParser:
 
     def _feed_head(self, data: bytes) -> bool:
         """Buffer ``data`` and parse complete lines; return True once the head is complete."""
+        if type(data) is bytes and not self._buffer and not self._started:
+            end = data.find(b"\r\n\r\n")
+            if 0 < end <= MAX_HEAD - 4 and data[:2] != b"\r\n":
+                # Speed: the whole head in one piece, the usual case. Same checks, same
+                # order and same errors as the line-by-line path below.
+                lines = data[:end].split(b"\r\n")
+                few = len(lines) <= MAX_HEADERS + 1
+                match = _HEADER_LINE_RE.fullmatch
+                append = self._headers._items.append
+                for line in lines:
+                    if len(line) > MAX_LINE:
+                        raise _line_too_long(self._started)
+                    if b"\n" in line or b"\r" in line:
+                        raise _bare_newline()
+                    if not self._started:
+                        self._started = True
+                        self._start_line(line)
+                    elif few and (header := match(line)) is not None:
+                        name, value = header.groups()
+                        append((name.decode("ascii"), value.strip(b" \t").decode("latin-1")))
+                    else:
+                        self._header_line(line)  # counts the fields, raises the error
+                self._headers._index = None
+                self.remainder = data[end + 4 :]
+                return True
         buffer = self._buffer
         old_length = len(buffer)
         buffer += data
@@ -503,17 +544,19 @@ def _excerpt(line: bytes, limit: int = 80) -> str:
     return text + "..." if len(line) > limit else text
 
 
-def _serialize(start_line: str, headers: Headers) -> bytearray:
+def _serialize(start_line: str, headers: Headers) -> bytes:
     """Encode a start line and headers followed by the empty line."""
-    out = bytearray(start_line.encode("ascii"))
-    out += b"\r\n"
-    for name, value in headers.items():
-        try:
-            out += f"{name}: {value}\r\n".encode("latin-1")
-        except UnicodeEncodeError:
-            raise ValueError(f"header {name} is not encodable in ISO-8859-1: {value!r}") from None
-    out += b"\r\n"
-    return out
+    head = start_line.encode("ascii")
+    pairs = headers._items
+    try:
+        return b"%s\r\n%s\r\n" % (head, "".join([f"{n}: {v}\r\n" for n, v in pairs]).encode("latin-1"))
+    except UnicodeEncodeError:
+        for name, value in pairs:
+            try:
+                f"{name}: {value}".encode("latin-1")
+            except UnicodeEncodeError:
+                raise ValueError(f"header {name} is not encodable in ISO-8859-1: {value!r}") from None
+        raise
 
 
 def build_request(method: str, path: str, headers: Headers) -> bytes:
@@ -527,7 +570,7 @@ def build_request(method: str, path: str, headers: Headers) -> bytes:
         raise ValueError(f"invalid HTTP method {method!r}")
     if not re.fullmatch(r"[\x21-\x7e]+", path):
         raise ValueError(f"invalid request target {path!r}")
-    return bytes(_serialize(f"{method} {path} HTTP/1.1", Headers(headers)))
+    return _serialize(f"{method} {path} HTTP/1.1", Headers(headers))
 
 
 def build_response(
@@ -547,22 +590,24 @@ def build_response(
     """
     if isinstance(status, bool) or not isinstance(status, int) or not 100 <= status <= 599:
         raise ValueError(f"invalid HTTP status {status!r}")
+    if type(headers) is not Headers:
+        headers = Headers(headers)
     if reason is None:
-        try:
-            reason = http.HTTPStatus(status).phrase
-        except ValueError:
-            reason = ""
-    if _FORBIDDEN_VALUE_CHARS_RE.search(reason):
+        reason = _PHRASES.get(status, "")
+    elif _FORBIDDEN_VALUE_CHARS_RE.search(reason):
         raise ValueError(f"invalid reason phrase {reason!r}")
-    headers = Headers(headers)
     no_body = status < 200 or status in (204, 304)
     if no_body and body:
         raise ValueError(f"a {status} response cannot have a body")
     if not no_body and "Content-Length" not in headers:
+        headers = Headers(headers)
         headers["Content-Length"] = str(len(body))
-    out = _serialize(f"HTTP/1.1 {status} {reason}", headers)
-    out += body
-    return bytes(out)
+    head = _serialize(f"HTTP/1.1 {status} {reason}", headers)
+    return head + body if body else head
+
+
+#: Standard reason phrases by status code.
+_PHRASES = {status.value: status.phrase for status in http.HTTPStatus}
 
 
 def accept_key(key: str) -> str:

@@ -512,3 +512,65 @@ def test_fuzz_header_value_parsers(values: list[str]) -> None:
             parse(values)
         except InvalidHandshake:
             pass
+
+
+def _outcome(parser: RequestParser | ResponseParser, pieces: list[bytes]) -> object:
+    """What feeding ``pieces`` gives: the parsed head and remainder, or the error raised."""
+    try:
+        result = None
+        for piece in pieces:
+            result = parser.feed(piece)
+    except InvalidHandshake as exc:
+        return (type(exc), exc.status, str(exc))
+    if result is None:
+        return None
+    return (vars(result) | {"headers": result.headers.items()}, parser.remainder)
+
+
+@FUZZ
+@given(mutated(REQUEST + FRAME) | mutated(b"\r\n" + REQUEST) | st.binary(max_size=300))
+def test_whole_head_and_byte_by_byte_agree(data: bytes) -> None:
+    # A head that arrives in one piece is split at once; one fed byte by byte goes line by
+    # line: same requests, same remainders, same errors in the same order.
+    whole = _outcome(RequestParser(), [data])
+    assert whole == _outcome(RequestParser(), [data[i : i + 1] for i in range(len(data))])
+    response = data.replace(b"GET /chat HTTP/1.1", b"HTTP/1.1 101 Switching Protocols", 1)
+    whole = _outcome(ResponseParser(), [response])
+    assert whole == _outcome(ResponseParser(), [response[i : i + 1] for i in range(len(response))])
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET / HTTP/1.1\r\n" + b"X: 1\r\n" * 128 + b"\r\n",
+        b"GET / HTTP/1.1\r\n" + b"X: 1\r\n" * 129 + b"\r\n",
+        b"GET / HTTP/1.1\r\nBad Name: 1\r\n" + b"X: 1\r\n" * 129 + b"\r\n",
+        b"GET / HTTP/1.1\r\nA: " + b"a" * 8192 + b"\r\n\r\n",
+        b"GET / HTTP/1.1\r\nA: " + b"a" * 8193 + b"\r\n\r\n",
+        b"GET / HTTP/1.1\r\nA: 1\rB: 2\r\n\r\n",
+        b"GET / HTTP/1.1\r\nA: 1\nB: 2\r\n\r\n",
+        b"GET / HTTP/1.1\r\n folded\r\n\r\n",
+        b"GET / HTTP/1.1\r\nA : 1\r\n\r\n",
+        b"GET / HTTP/1.0\r\nA: 1\r\n\r\n",
+        b"GET / HTTP/1.1\r\n" + b"A: " + b"a" * 8000 + b"\r\n" * 1 + (b"B: " + b"b" * 8000 + b"\r\n") * 8 + b"\r\n",
+        b"\r\n\r\nGET / HTTP/1.1\r\nA: 1\r\n\r\nrest",
+    ],
+    ids=[
+        "128-headers",
+        "129-headers",
+        "bad-line-before-129th",
+        "8-KiB-line",
+        "8-KiB+1-line",
+        "bare-CR",
+        "bare-LF",
+        "folding",
+        "space-before-colon",
+        "HTTP/1.0",
+        "head-over-64-KiB",
+        "empty-lines-first",
+    ],
+)
+def test_whole_head_limits_match_line_by_line(head: bytes) -> None:
+    whole = _outcome(RequestParser(), [head])
+    assert whole == _outcome(RequestParser(), [head[i : i + 1] for i in range(len(head))])
+    assert whole == _outcome(RequestParser(), [head[:-1], head[-1:]])
