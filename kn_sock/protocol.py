@@ -96,6 +96,11 @@ class Closed:
 _OPEN = State.OPEN
 
 
+#: Fragments of an incoming message from this size are kept as they are; smaller ones are
+#: gathered in a bytearray (at most ~1% of a message in per-fragment overhead either way).
+_OWN_PART = 4096
+
+
 class Protocol:
     """One WebSocket connection's state machine, for either side.
 
@@ -235,7 +240,17 @@ class Protocol:
             return
         if text and self._validator is not None and not self._validator.feed(payload, fin):
             raise ProtocolError("invalid UTF-8 in text message", 1007)
-        self._parts.append(payload)
+        if payload:
+            parts = self._parts
+            if len(payload) >= _OWN_PART:
+                parts.append(payload)
+            elif parts and type(parts[-1]) is bytearray:
+                parts[-1] += payload
+            else:
+                # Memory: small fragments share one bytearray, so a message sent a byte a
+                # frame costs about its size, not ~40 bytes of object per byte; empty ones
+                # (a peer may send them forever) cost nothing.
+                parts.append(bytearray(payload))
         if fin:
             data = b"".join(self._parts)
             self._parts = []
