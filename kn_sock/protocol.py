@@ -117,7 +117,7 @@ class Protocol:
         "deflate", "parser", "_build", "_validator_cls", "_masks", "state", "_out", "_parts",
         "_part_opcode", "_part_compressed", "_validator", "_send_frag_open", "_send_frag_compressed",
         "_send_frag_text", "close_rcvd", "close_sent", "close_rcvd_then_sent", "close_transport",
-        "error", "eof_received", "pings",
+        "error", "eof_received", "pings", "hold_pongs", "_held_pong",
     )  # memory: one connection's state without a per-instance __dict__
 
     def __init__(
@@ -159,7 +159,7 @@ class Protocol:
         self.state = State.OPEN
         self._out: list[bytes] = []
         # Incoming fragmented message.
-        self._parts: list[bytes] = []
+        self._parts: list[bytes | bytearray] = []
         self._part_opcode = 0
         self._part_compressed = False
         self._validator: Any = None
@@ -176,6 +176,12 @@ class Protocol:
         self.eof_received = False
         # Pings in flight: payload -> tag chosen by the I/O layer (waiter, send time, ...).
         self.pings: dict[bytes, Any] = {}
+        #: Set by the I/O layer while the peer is not reading what we write (the transport's
+        #: buffer is above write_limit): pings are then answered by one pong, for the latest
+        #: (RFC 6455 §5.5.3), held until this is cleared, so a peer that floods pings and
+        #: never reads cannot grow our write buffer without bound.
+        self.hold_pongs = False
+        self._held_pong: bytes | None = None
 
     # ---------------------------------------------------------------- receiving
 
@@ -262,7 +268,10 @@ class Protocol:
         """Answer pings, match pongs, run the closing handshake (RFC 6455 §5.5)."""
         if opcode == OP_PING:
             # OPEN or CLOSING here: §5.5.2 owes a pong "unless it already received a Close frame".
-            self._out.append(self._frame(OP_PONG, payload))
+            if self.hold_pongs:
+                self._held_pong = self._frame(OP_PONG, payload)
+            else:
+                self._out.append(self._frame(OP_PONG, payload))
             events.append(Ping(payload))
         elif opcode == OP_PONG:
             events.append(Pong(payload, self._ack_pings(payload)))
@@ -305,6 +314,9 @@ class Protocol:
     def data_to_send(self) -> list[bytes]:
         """Return (and forget) the frames the protocol wants written: pongs, close frames."""
         out = self._out
+        if self._held_pong is not None and not self.hold_pongs:
+            out.append(self._held_pong)
+            self._held_pong = None
         if out:
             self._out = []
         return out

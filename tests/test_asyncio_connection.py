@@ -508,6 +508,35 @@ async def test_server_answers_pings_while_app_does_not_recv(backend):
             assert await asyncio.wait_for(waiter, TIMEOUT) > 0
 
 
+async def test_ping_flood_from_a_peer_that_never_reads_stays_bounded(backend):
+    """Bad input: pongs for a peer that does not read are not queued without bound; while the
+    write buffer is above write_limit only the latest ping is answered (RFC 6455 §5.5.3)."""
+    server_side = asyncio.get_running_loop().create_future()
+
+    async def handler(websocket, path):
+        server_side.set_result(websocket)
+        await websocket.wait_closed()
+
+    async with serving(handler, backend=backend, write_limit=4096, ping_interval=None) as server:
+        peer = await raw_client(server.port)
+        sws = await asyncio.wait_for(server_side, TIMEOUT)
+        flood = build_frame(9, b"p" * 125, True, False, os.urandom(4)) * 20_000  # 2.6 MB of pings
+        for _ in range(8):  # more pongs than the kernel buffers hold
+            peer.writer.write(flood)
+            await asyncio.wait_for(peer.writer.drain(), TIMEOUT)
+        peer.send_frame(9, b"last")
+        # The server has read the whole flood once it holds the pong for the last ping.
+        await wait_until(lambda: (sws.protocol._held_pong or b"").endswith(b"last"))
+        # Bounded by write_limit plus the pongs for one read's pings (before the fix: the
+        # whole flood's pongs, ~16 MB here).
+        assert sws.transport.get_write_buffer_size() < 4096 + 300_000
+        async with asyncio.timeout(TIMEOUT * 3):
+            while (await peer.read_frame()) != (10, b"last"):
+                pass
+        assert sws.open
+        peer.close()
+
+
 async def test_keepalive_timeout_server_side_closes_1011(backend):
     """Server keepalive against a client that completed the handshake and then stays silent."""
     result = asyncio.get_running_loop().create_future()

@@ -639,6 +639,23 @@ class TestPingPong:
         assert [type(e) for e in events] == [Closed]
         assert [f.opcode for f in sent(server)] == [OP_CLOSE]
 
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_while_pongs_are_held_only_the_latest_ping_is_answered(self, backend: Any, side: str) -> None:
+        # §5.5.3: with earlier pongs unsent, answering only the most recent ping is allowed;
+        # the I/O layer holds pongs while the peer does not read what we write.
+        proto = make(backend, side)
+        proto.hold_pongs = True
+        events = proto.receive_data(b"".join(peer(proto, OP_PING, b"%d" % i) for i in range(1000)))
+        assert [e.data for e in events] == [b"%d" % i for i in range(1000)]
+        assert proto.data_to_send() == []
+        assert proto.receive_data(peer(proto, OP_BINARY, b"data")) == [b"data"]
+        proto.hold_pongs = False
+        (pong,) = sent(proto)
+        assert (pong.opcode, pong.payload) == (OP_PONG, b"999")
+        assert proto.data_to_send() == []
+        proto.receive_data(peer(proto, OP_PING, b"again"))
+        assert [(f.opcode, f.payload) for f in sent(proto)] == [(OP_PONG, b"again")]
+
     def test_ping_after_close_raises(self, backend: Any) -> None:
         client = make(backend, CLIENT)
         client.send_close()

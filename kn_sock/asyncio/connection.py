@@ -218,6 +218,9 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         reading pauses too until the peer has read our answers: the buffer stays bounded.
         """
         self._write_paused = True
+        proto = self.protocol
+        if proto is not None:
+            proto.hold_pongs = True  # a ping flood from a peer that does not read: one pong held
         if self._on_message is not None and not self._paused_for_write and self.transport is not None:
             self._paused_for_write = True
             self._pause_reading()
@@ -225,6 +228,12 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
     def resume_writing(self) -> None:
         """The transport's buffer drained below its low-water mark."""
         self._write_paused = False
+        proto = self.protocol
+        if proto is not None and proto.hold_pongs:
+            proto.hold_pongs = False
+            out = proto.data_to_send()  # the pong held for the latest ping, if any
+            if out and self.transport is not None:
+                self._write(b"".join(out))
         if self._paused_for_write:
             self._paused_for_write = False
             if not self._paused_reading:
