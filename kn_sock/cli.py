@@ -357,7 +357,7 @@ def cmd_connect(args: argparse.Namespace) -> int:
     reader = threading.Thread(target=session.read_ws, name="kn_sock-cli-reader", daemon=True)
     reader.start()
     threading.Thread(target=session.read_stdin, name="kn_sock-cli-stdin", daemon=True).start()
-    we_closed = False
+    we_close = False  # we decided to close while the connection was still open
     try:
         while True:
             kind, line = session.events.get()
@@ -365,10 +365,12 @@ def cmd_connect(args: argparse.Namespace) -> int:
                 break
             if kind == "eof":
                 session.linger(args.linger)
-                we_closed = True
+                # The server may have closed (or TCP died) while we lingered: then its end decides.
+                we_close = ws.open
                 break
+            was_open = ws.open
             if not _command(session, line):
-                we_closed = True
+                we_close = was_open
                 break
     except ConnectionClosed:
         pass
@@ -378,10 +380,15 @@ def cmd_connect(args: argparse.Namespace) -> int:
         return EXIT_INTERRUPTED
     ws.close()
     reader.join(2)
-    return _report_close(ws, we_closed)
+    return _report_close(ws, we_close and ws.protocol.close_rcvd_then_sent is not True)
 
 
 def _report_close(ws: Any, we_closed: bool) -> int:
+    """Print how the connection ended; the exit code says how, not when input ended.
+
+    0 when we started the closing handshake or the server closed with 1000 / 1001; 3 when
+    the server closed with another code or the connection was lost (1006).
+    """
     code, reason = ws.close_code, ws.close_reason
     detail = f"{code} {reason!r}" if reason else f"{code}"
     if we_closed or code in _NORMAL_CLOSE:

@@ -358,6 +358,23 @@ class ReconnectingState:
         """Messages waiting for a connection (in ack mode, with those not yet acknowledged)."""
         return len(self._outbox)
 
+    def abort(self) -> None:
+        """Drop the current TCP connection at once, without a closing handshake; closed for good.
+
+        An abort is the client's own doing, so like ``close()`` it is never followed by a
+        reconnection (SPEC.md "Reconnection"): ``recv()`` returns None from then on and
+        queued messages are dropped. This is the blocking client's; the asyncio client
+        overrides it (its ``close()`` is a coroutine).
+        """
+        # Before the drop: the supervisor that the drop wakes up must see it and not reconnect.
+        self._closing = True
+        ws = self._ws
+        if ws is not None:
+            ws.abort()
+        # The connection is gone, so close() sends nothing: it stops a backoff in progress,
+        # marks the client closed and wakes recv() / wait_closed().
+        self.close()
+
     def __getattr__(self, name: str) -> Any:
         if name.startswith("__"):
             raise AttributeError(name)

@@ -130,6 +130,20 @@ async def test_open_timeout_against_silent_server(backend):
                 pass
 
 
+async def test_open_timeout_says_what_timed_out(backend):
+    """A server that never answers the upgrade: TimeoutError with the blocking client's message."""
+    from kn_sock import connect_websocket
+
+    async with raw_server(answer=False) as (port, _):
+        with pytest.raises(TimeoutError, match="^timed out during the opening handshake$"):
+            await async_connect_websocket("127.0.0.1", port, backend=backend, open_timeout=0.2)
+        with pytest.raises(TimeoutError, match="^timed out during the opening handshake$"):
+            await async_connect_websocket("127.0.0.1", port, backend=backend, open_timeout=0.2, reconnect=True)
+        with pytest.raises(TimeoutError) as blocking:
+            await asyncio.to_thread(connect_websocket, "127.0.0.1", port, backend=backend, open_timeout=0.2)
+        assert str(blocking.value) == "timed out during the opening handshake"
+
+
 async def test_server_closes_during_handshake():
     async def on_connect(reader, writer):
         await reader.readuntil(b"\r\n\r\n")

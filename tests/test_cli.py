@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -251,6 +252,45 @@ def test_connect_exit_code_when_server_closes_with_an_error() -> None:
             _, err = proc.communicate()
     assert proc.returncode == 3, err
     assert "1011 'boom'" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("end", "exit_code", "shown"),
+    [
+        ("1011", 3, "error: connection closed by the server: 1011 'boom'"),
+        ("4000", 3, "error: connection closed by the server: 4000 'boom'"),
+        ("drop", 3, "error: connection closed by the server: 1006"),
+        ("1000", 0, "connection closed: 1000 'boom'"),
+        ("1001", 0, "connection closed: 1001 'boom'"),
+    ],
+)
+def test_connect_exit_code_after_end_of_input_depends_on_how_the_connection_ended(
+    end: str, exit_code: int, shown: str
+) -> None:
+    """``echo hi | kn-sock connect URI``: input has ended and the client lingers for the reply
+    when the server ends the connection; how it ended decides the exit code (README "Exit codes")."""
+    from kn_sock import WebSocketServer
+
+    def handler(ws, address) -> None:  # type: ignore[no-untyped-def]
+        ws.recv(5)
+        time.sleep(0.2)  # the client has seen the end of its input and lingers by now
+        if end == "drop":
+            ws.abort()
+        else:
+            ws.close(int(end), "boom")
+
+    with WebSocketServer("127.0.0.1", 0, handler) as srv:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        proc = run_cli("connect", f"ws://127.0.0.1:{srv.port}/", "--linger", "10", input="hi\n")
+    assert proc.returncode == exit_code, proc.stderr
+    assert shown in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_connect_exit_code_zero_when_input_ends_and_we_close(server: Server) -> None:
+    """The replies came back, then the client closed at the end of its input: success."""
+    proc = run_cli("connect", server.uri, "--linger", "10", input="a\nb\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["a", "b"] and "connection closed: 1000" in proc.stderr
 
 
 # ------------------------------------------------------------------ demo, bench

@@ -94,6 +94,52 @@ async def test_no_reconnect_after_client_close():
         assert len(counter) == 1 and ws.reconnects == 0
 
 
+async def test_no_reconnect_after_client_abort():
+    """abort() is the client's own doing, like close(): closed for good, recv() gives None."""
+    counter: list[int] = []
+
+    async def handler(ws, path):
+        counter.append(1)
+        await echo(ws, path)
+
+    async with serving(handler) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, reconnect=FAST)
+        await ws.send("x")
+        assert await ws.recv(TIMEOUT) == "x"
+        blocked = asyncio.ensure_future(ws.recv(TIMEOUT))
+        await asyncio.sleep(0)  # let it start waiting
+        ws.abort()
+        assert ws.closed and not ws.connected
+        assert await blocked is None  # a recv() waiting at the time returns None too
+        assert await ws.recv(TIMEOUT) is None
+        with pytest.raises(ConnectionClosed):
+            await ws.send("late")
+        await asyncio.sleep(0.2)  # several backoff windows of FAST
+        assert len(counter) == 1 and ws.reconnects == 0
+        await ws.close()  # still allowed, does nothing more
+        await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+
+
+async def test_abort_during_backoff_stops_the_reconnection():
+    counter: list[int] = []
+
+    async def handler(ws, path):
+        counter.append(1)
+        await ws.close(1012)  # service restart: worth a retry
+
+    async with serving(handler) as server:
+        ws = await async_connect_websocket(
+            "127.0.0.1", server.port, reconnect={"initial_delay": 0.3, "jitter": None}
+        )
+        await wait_until(lambda: not ws.connected)
+        ws.abort()
+        assert ws.closed
+        assert await asyncio.wait_for(ws.recv(), 0.25) is None  # did not sit out the backoff
+        await asyncio.sleep(0.5)  # past the retry that was due
+        assert len(counter) == 1 and ws.reconnects == 0
+        await ws.close()
+
+
 async def test_reconnect_off_keeps_plain_connection():
     async with serving(echo) as server:
         ws = await async_connect_websocket("127.0.0.1", server.port)

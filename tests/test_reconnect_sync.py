@@ -88,6 +88,51 @@ def test_no_reconnect_after_client_close_and_plain_type_without_reconnect():
         plain.close()
 
 
+def test_no_reconnect_after_client_abort():
+    """abort() is the client's own doing, like close(): closed for good, recv() gives None."""
+    counter: list[int] = []
+
+    def handler(ws, address):
+        counter.append(1)
+        echo(ws, address)
+
+    with running_server(handler) as server:
+        ws = connect_websocket("127.0.0.1", server.port, reconnect=FAST)
+        ws.send("x")
+        assert ws.recv(TIMEOUT) == "x"
+        blocked: list[object] = []
+        reader = threading.Thread(target=lambda: blocked.append(ws.recv(TIMEOUT)))
+        reader.start()
+        ws.abort()
+        reader.join(TIMEOUT)
+        assert blocked == [None]  # a recv() waiting at the time returns None too
+        assert ws.closed and not ws.connected and ws.recv(TIMEOUT) is None
+        with pytest.raises(ConnectionClosed):
+            ws.send("late")
+        time.sleep(0.2)  # several backoff windows of FAST
+        assert len(counter) == 1 and ws.reconnects == 0
+        ws.close()  # still allowed, does nothing more
+        assert ws.wait_closed(0)
+
+
+def test_abort_during_backoff_stops_the_reconnection():
+    counter: list[int] = []
+
+    def handler(ws, address):
+        counter.append(1)
+        ws.close(1012)  # service restart: worth a retry
+
+    with running_server(handler) as server:
+        ws = connect_websocket("127.0.0.1", server.port, reconnect={"initial_delay": 0.3, "jitter": None})
+        assert wait_for(lambda: not ws.connected)
+        start = time.monotonic()
+        ws.abort()
+        assert ws.closed and ws.recv(TIMEOUT) is None
+        assert time.monotonic() - start < 0.25  # did not sit out the backoff
+        time.sleep(0.5)  # past the retry that was due
+        assert len(counter) == 1 and ws.reconnects == 0
+
+
 def test_server_restart_same_port_every_message_once_in_order():
     """Stop the server at message STOP (nothing in flight), keep sending while it is down
     (queued), restart it on the same port: the server gets 0..N-1 once each, in order."""

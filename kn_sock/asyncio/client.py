@@ -113,11 +113,13 @@ async def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default") ->
                 factory, host, wsuri.port, ssl=ssl or None, server_hostname=host if ssl else None
             )
             return await fut
-    except BaseException:
+    except BaseException as exc:
         if transport is not None:
             transport.abort()
         if fut.done() and not fut.cancelled():
             fut.exception()
+        if isinstance(exc, TimeoutError):  # asyncio.timeout's says nothing; the blocking client's words
+            raise TimeoutError("timed out during the opening handshake") from None
         raise
 
 
@@ -168,6 +170,14 @@ def async_connect_websocket(host_or_uri: str, port: int | None = None, path: str
         OSError: the TCP connection failed (with reconnect on: every attempt allowed failed).
     """
     return connect(host_or_uri, port, path, **options)
+
+
+def _current_task() -> asyncio.Task[Any] | None:
+    """The running task, None outside one (``abort()`` is a plain method)."""
+    try:
+        return asyncio.current_task()
+    except RuntimeError:
+        return None
 
 
 async def _maybe_await(value: Any) -> None:
@@ -465,6 +475,25 @@ class AsyncReconnectingWebSocket(ReconnectingState):
         ws = self._ws  # a connection opened meanwhile
         if ws is not None and not ws.closed:
             await ws.close(code, reason)
+        self._final = True
+        self.connected = False
+        self._notify()
+
+    def abort(self) -> None:
+        """Drop the current TCP connection at once, without a closing handshake; closed for good.
+
+        An abort is the client's own doing, so like ``close()`` it is never followed by a
+        reconnection (SPEC.md "Reconnection"): ``recv()`` returns None from then on and
+        queued messages are dropped.
+        """
+        # Before the drop: the supervisor that the drop wakes up must see it and not reconnect.
+        self._closing = True
+        ws = self._ws
+        if ws is not None:
+            ws.abort()
+        task = self._task
+        if task is not None and not task.done() and task is not _current_task():
+            task.cancel()  # a reconnection under way (backoff, handshake) stops here
         self._final = True
         self.connected = False
         self._notify()
