@@ -512,6 +512,8 @@ class Keepalive:
     ``deadline`` has passed; it answers ``"ping"`` (send one, then call ``ping_sent(now)``),
     ``"timeout"`` (no pong within ``timeout``: fail with 1011) or None. ``pong_received(now)``
     clears the ping in flight; the next ping is due ``interval`` after the previous one was sent.
+    With ``timeout=None`` a ping that gets no answer is given up ``interval`` after it was sent
+    and the next one goes out (pings keep flowing, as with websockets' ``ping_timeout=None``).
     """
 
     __slots__ = ("interval", "timeout", "_next_ping", "_ping_at")
@@ -527,7 +529,9 @@ class Keepalive:
     def deadline(self) -> float | None:
         """When ``poll`` next has something to say; None when nothing is scheduled."""
         if self._ping_at is not None:
-            return self._ping_at + self.timeout if self.timeout is not None else None
+            if self.timeout is not None:
+                return self._ping_at + self.timeout
+            return self._ping_at + self.interval if self.interval else None
         return self._next_ping
 
     def ping_sent(self, now: float) -> None:
@@ -543,8 +547,10 @@ class Keepalive:
     def poll(self, now: float) -> str | None:
         """What to do at ``now``: ``"ping"``, ``"timeout"`` or None (not yet due)."""
         if self._ping_at is not None:
-            if self.timeout is not None and now >= self._ping_at + self.timeout:
-                return "timeout"
+            if self.timeout is not None:
+                return "timeout" if now >= self._ping_at + self.timeout else None
+            if self.interval and now >= self._ping_at + self.interval:
+                return "ping"  # no timeout: the unanswered ping is given up, the next one is due
             return None
         if self._next_ping is not None and now >= self._next_ping:
             return "ping"

@@ -596,6 +596,22 @@ async def test_keepalive_without_ping_timeout_keeps_pinging(backend):
             await wait_until(lambda: ws.latency != first, timeout=2)
 
 
+async def test_keepalive_without_ping_timeout_pings_a_silent_peer_every_interval(backend):
+    """ping_timeout=None and a peer that never answers: a ping every interval, never a close."""
+    async with raw_server() as (port, peers):
+        ws = await async_connect_websocket("127.0.0.1", port, backend=backend, ping_interval=0.02, ping_timeout=None)
+        peer = await peers.get()
+        payloads = set()
+        async with asyncio.timeout(TIMEOUT):
+            while len(payloads) < 5:
+                opcode, payload = await peer.read_frame()
+                assert opcode == 9
+                payloads.add(payload)
+        assert ws.open
+        assert len(ws.protocol.pings) <= 1  # the unanswered ones are given up, not kept
+        ws.abort()
+
+
 # --------------------------------------------------------------------------- limits
 
 

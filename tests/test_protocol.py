@@ -1188,13 +1188,17 @@ class TestKeepalive:
         (frame,) = sent(client)
         assert frame.payload[:2] == struct.pack("!H", 1011)
 
-    def test_no_second_ping_while_one_is_in_flight(self, backend: Any) -> None:
+    def test_without_timeout_pings_go_on_every_interval_answered_or_not(self, backend: Any) -> None:
+        # ping_timeout=None only disables the timeout (as in websockets): an unanswered ping
+        # is given up an interval after it went out and the next one is due (NAT keepalive).
         ka = Keepalive(1.0, None, now=0.0)
         ka.ping_sent(1.0)
-        assert ka.deadline is None
-        assert ka.poll(1000.0) is None
-        ka.pong_received(1000.0)
-        assert ka.poll(1000.0) == "ping"
+        assert ka.deadline == 2.0
+        assert ka.poll(1.99) is None
+        assert ka.poll(2.0) == "ping"
+        ka.ping_sent(2.0)
+        ka.pong_received(2.5)
+        assert ka.deadline == 3.0 and ka.poll(3.0) == "ping"
 
     @pytest.mark.parametrize("interval", [None, 0])
     def test_disabled_with_none(self, backend: Any, interval: Any) -> None:
