@@ -211,12 +211,13 @@ class FrameParser:
     frame, final or not), the payload bytes received so far are validated incrementally — each
     byte once, the validator state and the count checked kept until the frame is complete —
     and ``error`` is set to the 1007 as soon as they can no longer begin valid UTF-8 (a
-    truncated but valid code point at the end is fine). Frames that arrive whole cost nothing
-    more, and a frame that completes is handled as before: an unfragmented text frame is
-    validated by decoding it (the whole payload, once more), the frames of a fragmented
-    message by the caller (``Utf8Validator`` across frames). Limitation: continuation frames
-    are not checked mid-frame (the cross-frame validator state belongs to the caller), nor are
-    compressed frames (only the inflated bytes are text).
+    truncated but valid code point at the end is fine). The frames of an uncompressed
+    fragmented text message are validated as one stream: each frame as it completes (the
+    bytes the early check has not seen), continuation frames mid-frame too, from the state
+    the previous frame ended in, and a code point left truncated by the last frame is a 1007.
+    An unfragmented text frame is validated by decoding it (the whole payload, once more).
+    Compressed frames are not checked here (only the inflated bytes are text: the caller's
+    ``Utf8Validator`` does that).
 
     Args:
         expect_mask: True on a server (client frames must be masked), False on a client.
@@ -241,6 +242,7 @@ class FrameParser:
         "_scratch",
         "_text_validator",
         "_text_checked",
+        "_msg_validator",
     )
 
     def __init__(
@@ -268,6 +270,9 @@ class FrameParser:
         # validator (None: no frame checked yet) and how many payload bytes it has seen.
         self._text_validator: Utf8Validator | None = None
         self._text_checked = 0
+        # The uncompressed fragmented text message in progress (with decode_text): validated
+        # frame by frame, and mid-frame like a first frame (None: no such message).
+        self._msg_validator: Utf8Validator | None = None
 
     @property
     def buffered(self) -> int:
@@ -346,8 +351,10 @@ class FrameParser:
                 del buf[:pos]
                 self._text_validator = None  # the frame it checked is complete
             # speed: only a call that ends inside a text frame pays for the early check.
-            if len(buf) > 2 and buf[0] & 0x4F == 1 and self.decode_text:
-                self._check_partial_text(buf)
+            if len(buf) > 2 and self.decode_text:
+                kind = buf[0] & 0x4F
+                if kind == 1 or (kind == 0 and self._msg_validator is not None):
+                    self._check_partial_text(buf)
         except ProtocolError as exc:
             self.error = exc
             self._buf = bytearray()
@@ -369,7 +376,11 @@ class FrameParser:
         if validator is None:
             if got <= 0:
                 return
-            validator = self._text_validator = Utf8Validator()
+            # A continuation frame goes on from where the message's previous frame ended.
+            validator = self._msg_validator if buf[0] & 0x0F == 0 else None
+            if validator is None:
+                validator = Utf8Validator()
+            self._text_validator = validator
             self._text_checked = 0
         done = self._text_checked
         if got <= done:
@@ -467,6 +478,13 @@ class FrameParser:
 
     def _finish(self, opcode: int, fin: bool, rsv1: bool, length: int, payload: bytes) -> Frame:
         """Update the fragmentation state and build the frame tuple."""
+        if (opcode == 0 and self._msg_validator is not None) or (
+            opcode == 1 and not fin and not rsv1 and self.decode_text
+        ):
+            self._text_fragment(opcode, fin, payload)
+        # The frame an early UTF-8 check was following (always the next to complete) is done.
+        self._text_validator = None
+        self._text_checked = 0
         if opcode == 0:
             if fin:
                 self._frag_opcode = 0
@@ -486,6 +504,23 @@ class FrameParser:
                 self._msg_size = length
         return (opcode, fin, rsv1, payload)
 
+
+    def _text_fragment(self, opcode: int, fin: bool, payload: bytes) -> None:
+        """A frame of an uncompressed fragmented text message is complete: validate the bytes
+        the early check has not seen (all of them if it saw none) and carry the state over to
+        the next frame; on the last one a truncated code point is an error too."""
+        validator = self._text_validator
+        done = self._text_checked
+        if validator is None:
+            validator = self._msg_validator if opcode == 0 else None
+            if validator is None:
+                validator = Utf8Validator()
+            done = 0
+        self._msg_validator = None
+        if not validator.feed(payload[done:] if done else payload, fin):
+            raise ProtocolError("invalid UTF-8 in text message", 1007)
+        if not fin:
+            self._msg_validator = validator
 
 def build_frame(
     opcode: int,

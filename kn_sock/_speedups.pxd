@@ -77,6 +77,12 @@ cdef class FrameParser:
     cdef Py_ssize_t _tv_done
     cdef unsigned char _tv_pending[4]
     cdef int _tv_npending
+    # The uncompressed fragmented text message in progress (with decode_text): validated
+    # frame by frame, and mid-frame like a first frame; _mv_pending holds the code point its
+    # last complete frame ended in.
+    cdef bint _mv_active
+    cdef unsigned char _mv_pending[4]
+    cdef int _mv_npending
 
     # What the last get_buffer() handed out: 0 nothing, 1 the receive buffer's tail,
     # 2 the large payload's unfilled part; _view_len bytes may be reported by buffer_updated.
@@ -108,3 +114,5 @@ cdef class FrameParser:
     cdef int _consume(self, const unsigned char *data, Py_ssize_t n, list frames) except -1
     cdef int _parse_buffer(self, list frames) except -1
     cdef int _check_text(self) except -1
+    cdef void _load_message_state(self) noexcept
+    cdef int _text_fragment(self, bint fin, object payload) except -1

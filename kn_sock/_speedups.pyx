@@ -892,12 +892,13 @@ cdef class FrameParser:
     frame, final or not), the payload bytes received so far are validated incrementally — each
     byte once, the validator state and the count checked kept until the frame is complete —
     and ``error`` is set to the 1007 as soon as they can no longer begin valid UTF-8 (a
-    truncated but valid code point at the end is fine). Frames that arrive whole cost nothing
-    more, and a frame that completes is handled as before: an unfragmented text frame is
-    validated by decoding it (the whole payload, once more), the frames of a fragmented
-    message by the caller (``Utf8Validator`` across frames). Limitation: continuation frames
-    are not checked mid-frame (the cross-frame validator state belongs to the caller), nor are
-    compressed frames (only the inflated bytes are text).
+    truncated but valid code point at the end is fine). The frames of an uncompressed
+    fragmented text message are validated as one stream: each frame as it completes (the
+    bytes the early check has not seen), continuation frames mid-frame too, from the state
+    the previous frame ended in, and a code point left truncated by the last frame is a 1007.
+    An unfragmented text frame is validated by decoding it (the whole payload, once more).
+    Compressed frames are not checked here (only the inflated bytes are text: the caller's
+    ``Utf8Validator`` does that).
 
     A payload of 64 KiB or more that the current read did not bring whole is received in
     place: once its header is parsed, the final
@@ -1219,16 +1220,20 @@ cdef class FrameParser:
         cdef Py_ssize_t hdr, got, done = self._tv_done, k
         cdef unsigned char tmp[_CHECK_CHUNK]
         cdef bint ok = True
-        cdef int l7
+        cdef int l7, kind
         if self._pp != NULL:
-            if self._pl_opcode != 1 or self._pl_rsv1 or self._pl_filled <= done:
+            kind = self._pl_opcode | (0x40 if self._pl_rsv1 else 0)
+            if not (kind == 1 or (kind == 0 and self._mv_active)) or self._pl_filled <= done:
                 return 0
+            if done == 0 and kind == 0:
+                self._load_message_state()
             got = self._pl_filled
             ok = _utf8_feed(self._tv_pending, &self._tv_npending, self._pp + done, got - done,
                             False)
         else:
             p = self._bp + self._start
-            if (p[0] & 0x4F) != 1:
+            kind = p[0] & 0x4F
+            if not (kind == 1 or (kind == 0 and self._mv_active)):
                 return 0
             l7 = p[1] & 0x7F
             hdr = 2 if l7 < 126 else 4 if l7 == 126 else 10
@@ -1237,6 +1242,8 @@ cdef class FrameParser:
             got = self._end - self._start - hdr
             if got <= done:
                 return 0
+            if done == 0 and kind == 0:
+                self._load_message_state()
             src = p + hdr + done
             if p[1] & 0x80:
                 while ok and done < got:
@@ -1252,6 +1259,29 @@ cdef class FrameParser:
         self._tv_done = got
         if not ok:
             return self._fail(ProtocolError("invalid UTF-8 in text message", 1007))
+        return 0
+
+    cdef void _load_message_state(self) noexcept:
+        """A continuation frame's check starts where the message's previous frame ended."""
+        memcpy(self._tv_pending, self._mv_pending, 4)
+        self._tv_npending = self._mv_npending
+
+    cdef int _text_fragment(self, bint fin, object payload) except -1:
+        """A frame of an uncompressed fragmented text message is complete: validate the bytes
+        the early check has not seen (all of them if it saw none) and carry the state over to
+        the next frame; on the last one a truncated code point is an error too. Returns 1
+        (with ``error`` set) on invalid UTF-8."""
+        cdef Py_ssize_t done = self._tv_done
+        if done == 0 and self._mv_active:
+            self._load_message_state()
+        if not _utf8_feed(self._tv_pending, &self._tv_npending,
+                          <const unsigned char *>PyBytes_AS_STRING(payload) + done,
+                          PyBytes_GET_SIZE(payload) - done, fin):
+            self._mv_active = False
+            return self._fail(ProtocolError("invalid UTF-8 in text message", 1007))
+        self._mv_active = not fin
+        memcpy(self._mv_pending, self._tv_pending, 4)
+        self._mv_npending = self._tv_npending
         return 0
 
     # ----------------------------------------------------------------- buffer management
@@ -1473,7 +1503,8 @@ cdef class FrameParser:
                 payload = PyBytes_FromStringAndSize(NULL, plen)
                 _copy_payload(<unsigned char *>PyBytes_AS_STRING(payload), src, plen, masked,
                               key, 0)
-            self._emit(frames, opcode, fin, rsv1, length, payload)
+            if self._emit(frames, opcode, fin, rsv1, length, payload):
+                return pos
             pos += hdr + plen
         return pos
 
@@ -1535,7 +1566,14 @@ cdef class FrameParser:
 
     cdef int _emit(self, list frames, int opcode, bint fin, bint rsv1, uint64_t length,
                    object payload) except -1:
-        """Update the fragmentation state (RFC 6455 §5.4) and append the frame tuple."""
+        """Update the fragmentation state (RFC 6455 §5.4) and append the frame tuple.
+
+        Returns 1 (with ``error`` set, nothing appended) when the frame completes invalid UTF-8
+        in a fragmented text message."""
+        if ((opcode == 0 and self._mv_active) or (opcode == 1 and not fin and not rsv1
+                                                  and self.decode_text)):
+            if self._text_fragment(fin, payload):
+                return 1
         # The frame an early UTF-8 check was following (always the next to complete) is done.
         self._tv_done = 0
         self._tv_npending = 0

@@ -233,7 +233,11 @@ class Protocol:
             self._part_opcode = opcode
             self._part_compressed = rsv1
             self._parts = []
-            self._validator = self._validator_cls() if opcode == OP_TEXT and not fin else None
+            # The parser validates uncompressed fragmented text itself (as it arrives, even
+            # mid-frame) when it decodes text; inflated text is validated here.
+            self._validator = (
+                self._validator_cls() if opcode == OP_TEXT and not fin and (rsv1 or not self.parser.decode_text) else None
+            )
         if compressed:
             payload = self.deflate.decompress(payload, fin, self.max_size)
         text = self._part_opcode == OP_TEXT

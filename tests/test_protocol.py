@@ -730,6 +730,38 @@ class TestUtf8:
         assert server.receive_data(peer(server, OP_TEXT, b"ok\xe2", fin=False)) == []
         assert_failed(server, server.receive_data(peer(server, OP_CONT, b"\x82")), 1007)
 
+    @pytest.mark.parametrize("at", [0, 1, 250])
+    @pytest.mark.parametrize("size", [300, 100_000])
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_invalid_utf8_in_a_continuation_frame_fails_before_the_frame_is_complete(
+        self, backend: Any, side: str, size: int, at: int
+    ) -> None:
+        # SPEC "Bad input": 1007 as soon as the bytes received so far cannot be valid, in a
+        # continuation frame too (the first fragment ends inside "€", which the next completes).
+        proto = make(backend, side)
+        assert proto.receive_data(peer(proto, OP_TEXT, "ok".encode() + "€".encode()[:1], fin=False)) == []
+        payload = bytearray("€".encode()[1:] + b"a" * size)
+        payload[2 + at] = 0xFF
+        frame = peer(proto, OP_CONT, bytes(payload))
+        head = len(frame) - len(payload)
+        assert proto.receive_data(frame[: head + 2 + at]) == []  # still a valid prefix
+        assert_failed(proto, proto.receive_data(frame[head + 2 + at : head + 2 + at + 2]), 1007)
+
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    def test_continuation_frames_fed_in_pieces_stay_valid(self, backend: Any, side: str) -> None:
+        proto = make(backend, side)
+        text = "naïve €uro 😊 " * 2000
+        data = text.encode()
+        cuts = [0, 7, 1001, 1002, 15_000, 15_003, 60_000, len(data)]
+        stream = b"".join(
+            peer(proto, OP_TEXT if i == 0 else OP_CONT, data[a:b], fin=b == len(data))
+            for i, (a, b) in enumerate(zip(cuts, cuts[1:]))
+        )
+        events: list[Any] = []
+        for i in range(0, len(stream), 997):  # reads that end mid-frame and mid-code point
+            events += proto.receive_data(stream[i : i + 997])
+        assert events == [text]
+
     def test_ping_between_fragments_does_not_disturb_validation(self, backend: Any) -> None:
         server = make(backend, SERVER)
         data = peer(server, OP_TEXT, b"\xe2", fin=False) + peer(server, OP_PING, b"\xff")

@@ -699,14 +699,19 @@ class TestFrameParserEarlyUtf8:
 
     @pytest.mark.parametrize("via_buffer", [False, True], ids=["feed", "get_buffer"])
     @pytest.mark.parametrize("pad", [0, 70_000])
-    def test_continuation_frames_are_not_checked_mid_frame(self, backend, via_buffer, pad):
-        """Documented limitation: the caller's validator holds the cross-frame state."""
-        payload = padding(pad) + b"\xff" + b"x" * 50
-        stream = backend.build_frame(1, b"ab", fin=False) + backend.build_frame(0, payload)
+    def test_continuation_frames_are_checked_mid_frame(self, backend, via_buffer, pad):
+        """A text message's continuation frame is checked as it arrives, from the state the
+        previous frame ended in (here inside "€", which the continuation completes)."""
+        euro = "€".encode()
+        payload = euro[1:] + padding(pad) + b"\xff" + b"x" * 50
+        first = backend.build_frame(1, b"ab" + euro[:1], fin=False)
+        stream = first + backend.build_frame(0, payload)
+        bad = len(stream) - 51  # the offset of the 0xFF
         p = client_parser(backend, max_size=None)
-        frames, before, _ = deliver(p, stream, [4099, 7], via_buffer)
-        assert before is None and p.error is None
-        assert frames == [(1, False, False, b"ab"), (0, True, False, payload)]
+        frames, before, after = deliver(p, stream, [7, 13, 4099], via_buffer)
+        assert before <= bad < after < len(stream)  # mid-frame: 50 bytes still to come
+        assert p.error.code == 1007
+        assert frames == [(1, False, False, b"ab" + euro[:1])]
 
     @pytest.mark.parametrize("via_buffer", [False, True], ids=["feed", "get_buffer"])
     @pytest.mark.parametrize("opts,b0", [({"rsv1_allowed": True}, 0xC1), ({"decode_text": False}, 0x81)],
