@@ -5,12 +5,14 @@ Every test runs under both twins through the ``backend`` fixture (tests/conftest
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import queue
 import socket
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -59,6 +61,73 @@ def test_send_rejects_other_types(backend):
                 ws.send({"a": 1})
             ws.send("still usable")
             assert ws.recv(5) == "still usable"
+
+
+def _raw_peer_and_client(srv, backend, **options):
+    """A raw server peer and our client connected to it (no compression; no keepalive unless asked)."""
+    peers = []
+    t = threading.Thread(target=lambda: peers.append(srv.accept_ws()))
+    t.start()
+    options.setdefault("ping_interval", None)
+    ws = connect_websocket("127.0.0.1", srv.port, backend=backend, compression=None, **options)
+    t.join(5)
+    return peers[0], ws
+
+
+@pytest.mark.parametrize("source", ["mixed-types", "raising-generator"])
+def test_fragment_source_failing_midway_fails_the_connection_1011(backend, source):
+    """Half a message is out and no other one can follow it (RFC 6455 §5.4): the connection
+    is failed with 1011, like the asyncio layer and websockets do, and the error reaches the
+    caller; the connection is not left open with every later send() refused."""
+
+    def generator():
+        yield "a"
+        yield "b"
+        yield "c"
+        raise ValueError("no more fragments")
+
+    fragments, error = (["a", "b", b"c"], TypeError) if source == "mixed-types" else (generator(), ValueError)
+    with raw_server() as srv:
+        peer, ws = _raw_peer_and_client(srv, backend)
+        with pytest.raises(error):
+            ws.send(fragments)
+        assert ws.closed
+        with pytest.raises(ConnectionClosed):
+            ws.send("next")
+        assert peer.recv_frame() == (1, b"a")  # text, no FIN
+        assert peer.recv_frame() == (0, b"b")  # continuation, no FIN
+        opcode, payload = peer.recv_frame()
+        assert (opcode, payload) == (8, (1011).to_bytes(2, "big") + b"error in fragmented message")
+        with pytest.raises(EOFError):
+            peer.recv_frame()  # a failed connection closes TCP (RFC 6455 §7.1.7)
+        assert ws.recv(5) is None
+        peer.close()
+
+
+@pytest.mark.parametrize("source", ["bad-first-fragment", "raising-generator", "not-iterable"])
+def test_fragment_source_failing_before_any_fragment_leaves_the_connection_usable(backend, source):
+    """One fragment is read ahead (the last one is sent with FIN): a source that fails
+    before a first fragment went out has sent nothing, and the connection goes on."""
+
+    def generator():
+        yield "a"
+        raise ValueError("no more fragments")
+
+    cases = {
+        "bad-first-fragment": ([42, "a"], TypeError),
+        "raising-generator": (generator(), ValueError),
+        "not-iterable": (42, TypeError),
+    }
+    fragments, error = cases[source]
+    with running_server(echo, backend=backend) as server:
+        with connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            with pytest.raises(error):
+                ws.send(fragments)
+            assert ws.open
+            ws.send(["frag", "ment"])
+            assert ws.recv(5) == "fragment"
+            ws.send("whole")
+            assert ws.recv(5) == "whole"
 
 
 def test_json(backend):
@@ -162,6 +231,40 @@ def test_close_timeout_bounds_close_with_silent_peer(backend):
         opcode, payload = peers[0].recv_frame()
         assert opcode == 8 and payload[:2] == b"\x03\xe8"
         peers[0].close()
+
+
+def _freed(*refs: "weakref.ref[object]") -> bool:
+    gc.collect()
+    return all(ref() is None for ref in refs)
+
+
+@pytest.mark.parametrize("ending", ["close", "1009"])
+def test_closed_connections_are_freed_promptly(backend, ending):
+    """Nothing of the shared reactor (keepalive and close timers, selector registrations,
+    held sockets) keeps a closed connection alive: with the default 20 s keepalive armed,
+    both ends are garbage as soon as the application lets go of them, buffers and all."""
+    server_side = queue.Queue()
+
+    def handler(ws, address):
+        server_side.put(weakref.ref(ws))
+        for message in ws:
+            ws.send(message)
+
+    with running_server(handler, backend=backend, max_size=1024) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend)
+        ws.send("hello")
+        assert ws.recv(5) == "hello"  # the client thread holds the socket now (lazy hand-back)
+        if ending == "close":
+            ws.close()
+        else:
+            ws.send(b"x" * 2048)  # over the server's max_size
+            assert ws.recv(5) is None
+            assert ws.close_code == 1009
+        assert ws.wait_closed(5)
+        client = weakref.ref(ws)
+        del ws
+        server_ref = server_side.get(timeout=5)
+        assert wait_for(lambda: _freed(client, server_ref), 2)
 
 
 # ---------------------------------------------------------------- timeouts, threads
@@ -368,6 +471,55 @@ def test_keepalive_timeout_client_side(backend):
         opcode, payload = peers[0].recv_frame()
         assert opcode == 8 and payload[:2] == (1011).to_bytes(2, "big")
         peers[0].close()
+
+
+@pytest.mark.parametrize("ping_timeout", [1.0, None])
+def test_keepalive_pings_every_ping_interval(backend, ping_timeout):
+    """SPEC: a keepalive ping every ping_interval, whatever ping_timeout is (it only bounds
+    the wait for each pong); the next ping is due ping_interval after the previous one was
+    sent. The client application never calls recv(): the reactor does it all."""
+    interval, count = 0.05, 6
+    with raw_server() as srv:
+        peer, ws = _raw_peer_and_client(srv, backend, ping_interval=interval, ping_timeout=ping_timeout)
+        peer.sock.settimeout(3)
+        times = []
+        while len(times) < count:
+            opcode, payload = peer.recv_frame()
+            assert opcode == 9
+            times.append(time.monotonic())
+            peer.send_frame(10, payload)  # answered at once
+        span = times[-1] - times[0]
+        # Before the fix: ping_timeout apart (5 s here), or a single ping with ping_timeout=None.
+        assert (count - 1) * interval * 0.8 <= span < 2.0
+        assert ws.open
+        ws.abort()
+        peer.close()
+
+
+def test_keepalive_without_ping_timeout_keeps_pinging_a_silent_peer(backend):
+    """ping_timeout=None: an unanswered ping is no error, and pings keep going every
+    ping_interval (server side, handler inside recv()); the unanswered ones are not
+    remembered without bound."""
+    interval, count = 0.05, 6
+    conns = queue.Queue()
+
+    def handler(ws, address):
+        conns.put(ws)
+        ws.recv(10)
+
+    with running_server(handler, backend=backend, ping_interval=interval, ping_timeout=None) as server:
+        peer = raw_client(server.port)
+        peer.sock.settimeout(3)
+        ws = conns.get(timeout=5)
+        start = time.monotonic()
+        for _ in range(count):
+            opcode, _ = peer.recv_frame()  # never answered
+            assert opcode == 9
+        assert time.monotonic() - start < 2.0
+        assert ws.open
+        with ws._lock:
+            assert len(ws.protocol.pings) <= 1
+        peer.close()
 
 
 # ---------------------------------------------------------------- limits

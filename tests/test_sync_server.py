@@ -13,9 +13,11 @@ import time
 
 import pytest
 
+import kn_sock.sync.server as server_module
 from kn_sock.exceptions import InvalidStatus
+from kn_sock.handshake import ServerHandshake
 from kn_sock.sync import WebSocketServer, connect_websocket, start_websocket_server
-from sync_support import running_server, wait_for
+from sync_support import raw_client, running_server, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -143,6 +145,84 @@ def test_shutdown_drops_peers_that_do_not_finish_the_closing_handshake(backend):
         data += chunk
     assert data[:4] == b"\x88\x02\x03\xe9"  # close frame, 1001
     raw.close()
+
+
+def test_shutdown_just_after_the_101_still_sends_1001(backend, monkeypatch):
+    """The race of a shutdown with a connection whose 101 answer has just gone out: it
+    must get its 1001 close (SPEC), not a bare end of TCP. Made deterministic by holding
+    the server between sending the 101 and starting the connection while shutdown() runs."""
+    answered, proceed = threading.Event(), threading.Event()
+    real = server_module.WebSocket
+
+    def held_after_the_101(*args, **kwargs):
+        answered.set()
+        proceed.wait(5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server_module, "WebSocket", held_after_the_101)
+    with running_server(echo, backend=backend, ping_interval=None) as server:
+        peer = raw_client(server.port)  # has read the 101
+        assert answered.wait(5)
+        start = time.monotonic()
+        server.shutdown()
+        assert time.monotonic() - start < 0.5
+        proceed.set()
+        opcode, payload = peer.recv_frame()
+        assert opcode == 8 and payload[:2] == (1001).to_bytes(2, "big")
+        peer.send_frame(8, payload[:2])
+        with pytest.raises(EOFError):
+            peer.recv_frame()
+        peer.close()
+
+
+def test_shutdown_during_the_handshake_never_leaves_a_101_without_a_close(backend, monkeypatch):
+    """A shutdown that starts before the 101 goes out: the client is answered 503 or dropped,
+    and never upgraded (a 101 would then owe it a close frame)."""
+    reached, proceed = threading.Event(), threading.Event()
+
+    class HeldHandshake(ServerHandshake):
+        def accept(self, request):
+            reached.set()
+            proceed.wait(5)
+            return super().accept(request)
+
+    monkeypatch.setattr(server_module, "ServerHandshake", HeldHandshake)
+    with running_server(echo, backend=backend) as server:
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        from kn_sock.handshake import ClientHandshake
+        from kn_sock.uri import parse_uri
+
+        raw.sendall(ClientHandshake(parse_uri("127.0.0.1", server.port)).data_to_send())
+        assert reached.wait(5)
+        start = time.monotonic()
+        server.shutdown()
+        assert time.monotonic() - start < 0.5
+        proceed.set()
+        data = b""
+        try:
+            while chunk := raw.recv(4096):
+                data += chunk
+        except ConnectionResetError:
+            pass
+        raw.close()
+        assert data == b"" or data.startswith(b"HTTP/1.1 503 ")
+
+
+def test_shutdown_racing_fresh_connections_always_sends_1001(backend):
+    """The same race without a hook, a few times: shutdown() right after connect_websocket()."""
+    deadline = time.monotonic() + 10
+    for _ in range(10):
+        server = WebSocketServer("127.0.0.1", 0, echo, backend=backend, ping_interval=None)
+        thread = threading.Thread(target=server.serve_forever, daemon=True)
+        thread.start()
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend, ping_interval=None)
+        start = time.monotonic()
+        server.shutdown()
+        assert time.monotonic() - start < 0.5
+        assert ws.recv(5) is None
+        assert ws.close_code == 1001
+        thread.join(5)
+        assert time.monotonic() < deadline
 
 
 def test_context_manager_and_port_zero():
@@ -353,6 +433,33 @@ def test_tls(backend, tls_contexts):
             assert ws.ping().wait(5)
         with pytest.raises(ssl.SSLError):
             connect_websocket(f"wss://localhost:{server.port}/", open_timeout=2)  # untrusted certificate
+
+
+def test_tls_handshakes_leave_nothing_pending(tls_contexts):
+    """TLS connections, upgraded, refused or timed out, leave nothing in the server's set of
+    handshakes in progress (where the TLS socket replaced the TCP one)."""
+    server_ctx, client_ctx = tls_contexts
+
+    def tls_connection():
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        return client_ctx.wrap_socket(sock, server_hostname="localhost")
+
+    with running_server(echo, ssl=server_ctx, open_timeout=0.5) as server:
+        with connect_websocket(f"wss://localhost:{server.port}/", ssl=client_ctx) as ws:
+            ws.send("over TLS")
+            assert ws.recv(5) == "over TLS"
+        refused = tls_connection()
+        refused.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert refused.recv(4096).startswith(b"HTTP/1.1 426 ")
+        refused.close()
+        silent = tls_connection()  # TLS up, then no request: dropped after open_timeout
+        try:
+            data = silent.recv(4096)
+        except (ssl.SSLError, OSError):  # the server closed TCP without a TLS close_notify
+            data = b""
+        assert data == b""
+        silent.close()
+        assert wait_for(lambda: not server._pending)
 
 
 def test_tls_keepalive_while_idle(tls_contexts):

@@ -146,6 +146,7 @@ class WebSocket:
         "_done",
         "_keepalive",
         "_ka_timer",
+        "_ka_payload",
         "_close_timer",
         "_rpoll",
         "_reactor",
@@ -203,6 +204,7 @@ class WebSocket:
         self._done = threading.Event()
         self._keepalive: Keepalive | None = None
         self._ka_timer: Timer | None = None
+        self._ka_payload: bytes | None = None  # the keepalive ping in flight
         self._close_timer: Timer | None = None
         self._rpoll: Any = None
         self._reactor = get_reactor()
@@ -421,7 +423,13 @@ class WebSocket:
             self.latency = now - sent
             if waiter is None:  # keepalive ping
                 if self._keepalive is not None:
+                    self._ka_payload = None
                     self._keepalive.pong_received(now)
+                    # The next tick was set for this ping's timeout (or, with ping_timeout=None,
+                    # for ping_interval after it): the next ping is due ping_interval after this
+                    # one was sent, so schedule the tick from the new deadline.
+                    if self.protocol.state is _OPEN:
+                        self._schedule_keepalive()
             else:
                 waiter._set(now - sent)
 
@@ -561,6 +569,11 @@ class WebSocket:
                 timer.cancel()
         self._ka_timer = self._close_timer = None
         self._update_interest()
+        if self._held:
+            # The reactor's tick would drop it within HOLD_TICK; do it now, so that nothing
+            # of the reactor's refers to a closed connection.
+            self._held = False
+            self._reactor.unhold(self)
         try:
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes threads blocked on the socket
         except OSError:
@@ -607,10 +620,21 @@ class WebSocket:
     # ------------------------------------------------------------ keepalive (reactor thread)
 
     def _schedule_keepalive(self) -> None:
+        """(Re)arm the keepalive tick for ``Keepalive.deadline`` (``_lock`` held).
+
+        The timer holds this connection (its bound method) until it fires or is cancelled,
+        so every path that closes the connection cancels it (``_after_closed``, ``_finalize``).
+        """
         ka = self._keepalive
-        if ka is None or ka.deadline is None or self._sock_done:
+        if ka is None or self._sock_done:
             return
-        self._ka_timer = self._reactor.call_at(ka.deadline, self._keepalive_tick)
+        when = ka.deadline
+        timer = self._ka_timer
+        if timer is not None:
+            timer.cancel()
+            self._ka_timer = None
+        if when is not None:
+            self._ka_timer = self._reactor.call_at(when, self._keepalive_tick)
 
     def _keepalive_tick(self) -> None:
         with self._lock:
@@ -622,9 +646,14 @@ class WebSocket:
             now = time.monotonic()
             action = ka.poll(now)
             if action == "ping":
+                if self._ka_payload is not None:
+                    # An unanswered one (ping_timeout=None, or given up under our own
+                    # backpressure, below): forgotten, so a peer that never answers costs nothing.
+                    proto.pings.pop(self._ka_payload, None)
                 payload = os.urandom(4)
                 while payload in proto.pings:
                     payload = os.urandom(4)
+                self._ka_payload = payload
                 self._write(proto.send_ping(payload, (None, now)))
                 ka.ping_sent(now)
             elif action == "timeout":
@@ -769,16 +798,36 @@ class WebSocket:
         return True
 
     def _send_fragments(self, fragments: Any) -> None:
+        """Send an iterable of str or bytes as one fragmented message (``_send_lock`` held).
+
+        One item is read ahead, so the last one goes out with FIN. If the iterable (or a
+        fragment of the wrong type) fails once a fragment went out, the peer holds half a
+        message and no other message can follow it: the connection is failed with 1011 (as
+        the asyncio layer and websockets do), and the exception propagates. A failure
+        before the first fragment leaves the connection usable.
+        """
         proto = self.protocol
-        it = iter(fragments)
         try:
-            prev = next(it)
-        except StopIteration:
-            return
-        for item in it:
-            self._send_frame(lambda p=prev: proto.send_fragment(p, False))
-            prev = item
-        self._send_frame(lambda: proto.send_fragment(prev, True))
+            it = iter(fragments)
+            try:
+                prev = next(it)
+            except StopIteration:
+                return
+            for item in it:
+                self._send_frame(lambda p=prev: proto.send_fragment(p, False))
+                prev = item
+            self._send_frame(lambda: proto.send_fragment(prev, True))
+        except BaseException:
+            with self._lock:
+                if proto._send_frag_open and proto.state is _OPEN and not self._sock_done:
+                    self._fail(1011, "error in fragmented message")
+            raise
+
+    def _fail(self, code: int, reason: str) -> None:
+        """Fail the connection (RFC 6455 §7.1.7): close frame, then close TCP (``_lock`` held)."""
+        logger.info("failing connection %s: %s (code %d)", self.remote_address, reason, code)
+        self.protocol.fail(code, reason)
+        self._dispatch([Closed(1006, "")])
 
     def _send_frame(self, build: Any) -> None:
         with self._lock:

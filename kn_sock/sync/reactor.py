@@ -42,21 +42,40 @@ EVENT_WRITE = selectors.EVENT_WRITE
 #: Period of the lazy hand-back tick (see ``Reactor.hold``): an application thread that left
 #: ``recv()`` keeps reading rights for between one and two ticks.
 HOLD_TICK = 0.01
+#: Cancelled timers are removed from the heap once there are at least this many and they
+#: are more than half of it (each connection cancels one per keepalive pong and one at close).
+_COMPACT_MIN = 64
 
 
 class Timer:
-    """A scheduled callback; ``cancel()`` makes the reactor skip it."""
+    """A scheduled callback; ``cancel()`` makes the reactor skip it.
 
-    __slots__ = ("when", "callback", "cancelled")
+    A cancelled timer drops its callback at once, so it keeps nothing alive (a connection's
+    bound method, and through it the connection's buffers) while it waits in the heap, and
+    the reactor removes cancelled timers from the heap once they are most of it.
+    """
+
+    __slots__ = ("when", "callback", "_reactor")
 
     def __init__(self, when: float, callback: Callable[[], Any]) -> None:
         self.when = when
-        self.callback = callback
-        self.cancelled = False
+        self.callback: Callable[[], Any] | None = callback
+        # The reactor whose heap holds this timer; None once popped (or never pushed).
+        self._reactor: Reactor | None = None
+
+    @property
+    def cancelled(self) -> bool:
+        """True once cancelled (or run)."""
+        return self.callback is None
 
     def cancel(self) -> None:
-        """Do not run the callback (it may already be running)."""
-        self.cancelled = True
+        """Do not run the callback (it may already be running); drop the reference to it."""
+        if self.callback is None:
+            return
+        self.callback = None
+        reactor = self._reactor
+        if reactor is not None:
+            reactor._timer_cancelled()
 
 
 class Reactor:
@@ -73,6 +92,8 @@ class Reactor:
         self._wake_w.setblocking(False)
         self._sel.register(self._wake_r.fileno(), EVENT_READ, None)
         self._timers: list[tuple[float, int, Timer]] = []
+        # Cancelled timers still in ``_timers`` (approximate: one cancelled as it is popped may count).
+        self._ncancelled = 0
         self._seq = itertools.count()
         self._tlock = threading.Lock()
         self._sleep_until = math.inf
@@ -114,6 +135,7 @@ class Reactor:
     def call_at(self, when: float, callback: Callable[[], Any]) -> Timer:
         """Run ``callback()`` in the reactor thread at ``when`` (``time.monotonic()`` clock)."""
         timer = Timer(when, callback)
+        timer._reactor = self
         with self._tlock:
             heapq.heappush(self._timers, (when, next(self._seq), timer))
             wake = when < self._sleep_until
@@ -124,6 +146,17 @@ class Reactor:
     def call_soon(self, callback: Callable[[], Any]) -> Timer:
         """Run ``callback()`` in the reactor thread as soon as possible."""
         return self.call_at(time.monotonic(), callback)
+
+    def _timer_cancelled(self) -> None:
+        """A timer in the heap was cancelled: compact the heap if it is mostly dead timers."""
+        with self._tlock:
+            self._ncancelled += 1
+            timers = self._timers
+            if self._ncancelled >= _COMPACT_MIN and 2 * self._ncancelled > len(timers):
+                # In place: the reactor thread reads ``self._timers`` without the lock.
+                timers[:] = [entry for entry in timers if entry[2].callback is not None]
+                heapq.heapify(timers)
+                self._ncancelled = 0
 
     def hold(self, obj: Any) -> None:
         """``obj`` keeps its socket for now; call ``obj._release_hold(now)`` every ``HOLD_TICK``.
@@ -187,14 +220,23 @@ class Reactor:
         with self._tlock:
             timers = self._timers
             while timers and timers[0][0] <= now:
-                due.append(heapq.heappop(timers)[2])
+                timer = heapq.heappop(timers)[2]
+                timer._reactor = None
+                if timer.callback is None:
+                    if self._ncancelled:
+                        self._ncancelled -= 1
+                else:
+                    due.append(timer)
         for timer in due:
-            if timer.cancelled:
+            # Read once: another thread may cancel (and clear) it meanwhile.
+            callback = timer.callback
+            if callback is None:
                 continue
+            timer.callback = None  # run: holds nothing any more
             try:
-                timer.callback()
+                callback()
             except Exception:
-                logger.exception("kn_sock reactor: error in timer %r", timer.callback)
+                logger.exception("kn_sock reactor: error in timer %r", callback)
 
     def _tick(self) -> None:
         now = time.monotonic()

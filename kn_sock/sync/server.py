@@ -224,16 +224,36 @@ class WebSocketServer:
                 self.connections.discard(ws)
 
     def _handshake(self, sock: socket.socket, address: Any) -> WebSocket | None:
+        """The opening handshake on ``sock`` (in ``_pending``): the connection, or None if refused.
+
+        The socket leaves ``_pending`` (whose sockets ``_close_all`` shuts down to wake their
+        threads) when the 101 answer is about to be sent: from then on the connection is
+        ours to close with 1001 (``_serve_connection``), never to drop.
+        """
         opts = self.options
         timeout = opts.open_timeout
         deadline = None if timeout is None else time.monotonic() + timeout
-        if opts.ssl is not None:
-            _set_timeout(sock, deadline)
-            tls = opts.ssl.wrap_socket(sock, server_side=True)
-            with self._lock:
-                self._pending.discard(sock)
-                self._pending.add(tls)
-            sock = tls
+        if opts.ssl is None:
+            return self._upgrade(sock, address, deadline)
+        _set_timeout(sock, deadline)
+        tls = opts.ssl.wrap_socket(sock, server_side=True)
+        with self._lock:
+            self._pending.discard(sock)
+            self._pending.add(tls)
+        ws = None
+        try:
+            ws = self._upgrade(tls, address, deadline)
+        finally:
+            if ws is None:
+                # ``sock`` was detached by wrap_socket: only ``tls`` can close the descriptor.
+                with self._lock:
+                    self._pending.discard(tls)
+                tls.close()
+        return ws
+
+    def _upgrade(self, sock: Any, address: Any, deadline: float | None) -> WebSocket | None:
+        """Read the upgrade request and answer it (``_handshake`` after TLS, if any)."""
+        opts = self.options
         kwargs: dict[str, Any] = {"server_header": opts.server_header} if opts.server_header else {}
         hs = ServerHandshake(
             subprotocols=opts.subprotocols,
@@ -257,6 +277,15 @@ class WebSocketServer:
             if hook is not None and self._process_request(sock, hs, hook, request, deadline):
                 return None
             response = hs.accept(request)
+            with self._lock:
+                # The point of no return (see the docstring of _handshake): a shutdown that
+                # started before it answers 503 (or has already dropped the socket); one that
+                # starts after it finds the connection in ``connections`` or sees it come in.
+                closing = self._closing
+                if not closing:
+                    self._pending.discard(sock)
+            if closing:
+                raise InvalidHandshake("server is shutting down", status=503)
         except InvalidHandshake as exc:
             logger.info("rejected opening handshake from %s: HTTP %d %s", address, exc.status, exc)
             self._answer(sock, hs.reject_from(exc), deadline)
