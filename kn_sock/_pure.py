@@ -20,6 +20,7 @@ import select
 import socket as _socket
 import stat as _stat
 import struct
+import threading
 from operator import index as _operator_index
 from typing import Any, Union
 
@@ -49,6 +50,12 @@ _pack_2 = struct.Struct("!BB").pack
 _pack_4 = struct.Struct("!BBH").pack
 _pack_10 = struct.Struct("!BBQ").pack
 _from_bytes = int.from_bytes
+
+#: The read buffer get_buffer() hands out, one per thread and shared by every parser on it:
+#: buffer_updated() copies what was read into the parser's own buffer before anything else
+#: runs, so an idle connection holds no 128 KiB of its own.
+_READ_BUFFERS = threading.local()
+_READ_SIZE = 131072
 
 
 def _mask_key(mask: BytesLike) -> bytes:
@@ -286,9 +293,18 @@ class FrameParser:
 
     def get_buffer(self, sizehint: int = -1) -> memoryview:
         """Return a writable buffer for the next read (``recv_into`` / ``BufferedProtocol``)."""
-        if self._scratch is None:
-            self._scratch = bytearray(131072)
-        return memoryview(self._scratch)
+        scratch = getattr(_READ_BUFFERS, "buffer", None)
+        if scratch is not None:
+            try:
+                scratch.append(0)  # a bytearray can change size only while no view of it is alive
+            except BufferError:  # someone still holds a view from an earlier read: leave it that
+                scratch = None
+            else:
+                del scratch[-1]
+        if scratch is None:
+            scratch = _READ_BUFFERS.buffer = bytearray(_READ_SIZE)
+        self._scratch = scratch
+        return memoryview(scratch)
 
     def buffer_updated(self, nbytes: int) -> list[Frame]:
         """Parse the ``nbytes`` just written into the buffer from ``get_buffer``."""

@@ -1399,3 +1399,38 @@ def test_receive_buffers_are_recycled():
     finally:
         a.close()
         b.close()
+
+
+def test_pure_parsers_share_one_read_buffer_per_thread():
+    """Memory: an idle pure-twin connection holds no read buffer of its own (140 -> 12 KiB a
+    connection pair); parsers on one thread share it, since buffer_updated() takes the bytes
+    out before anything else runs, and another thread has its own. A buffer someone still
+    holds a view of is not handed out again."""
+    import threading
+
+    from kn_sock import _pure
+
+    def read(parser, data):  # what a transport does: get_buffer, recv_into, buffer_updated
+        view = parser.get_buffer(-1)
+        view[: len(data)] = data
+        owner = view.obj
+        view.release()
+        return owner, parser.buffer_updated(len(data))
+
+    a, b = client_parser(_pure), client_parser(_pure)
+    frame_a, frame_b = _pure.build_frame(2, b"A" * 300), _pure.build_frame(1, "b" * 200)
+    shared, frames = read(a, frame_a)
+    assert frames == [(2, True, False, b"A" * 300)]
+    owner, frames = read(b, frame_b[:-7])  # b keeps an incomplete frame...
+    assert owner is shared and frames == []
+    owner, frames = read(a, frame_a)  # ...while a reads into the same memory
+    assert owner is shared and frames == [(2, True, False, b"A" * 300)]
+    owner, frames = read(b, frame_b[-7:])
+    assert owner is shared and frames == [(1, True, False, "b" * 200)]
+    held = a.get_buffer(-1)
+    assert b.get_buffer(-1).obj is not held.obj  # a view still alive: that memory is left to it
+    other = []
+    thread = threading.Thread(target=lambda: other.append(read(client_parser(_pure), frame_a)[0]))
+    thread.start()
+    thread.join()
+    assert other[0] is not shared
