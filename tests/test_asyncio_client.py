@@ -5,6 +5,8 @@ handshake from the client's side (RFC 6455 §4.1), failures, and interop with th
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 
 import pytest
 import websockets
@@ -308,3 +310,31 @@ async def test_interop_websockets_server_rejects(backend):
         with pytest.raises(InvalidStatus) as info:
             await async_connect_websocket("127.0.0.1", port, backend=backend)
         assert info.value.status == 401 and info.value.body == b"go way"
+
+
+async def test_cancelling_a_connect_leaves_no_unretrieved_error(backend):
+    """Cancelled while create_connection() finishes, the opening may still fail afterwards
+    (asyncio closes the transport it had just made): that error must not be logged as 'Future
+    exception was never retrieved' (audit)."""
+    import gc
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(200)  # accepts TCP, never answers the upgrade
+    errors: list[str] = []
+    asyncio.get_running_loop().set_exception_handler(lambda loop, ctx: errors.append(ctx["message"]))
+    try:
+        for i in range(100):
+            task = asyncio.ensure_future(
+                async_connect_websocket("127.0.0.1", listener.getsockname()[1], backend=backend, ping_interval=None)
+            )
+            await asyncio.sleep((0.0001, 0.0002, 0.0003, 0.0005, 0.0008)[i % 5])
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await asyncio.sleep(0.1)
+        gc.collect()
+        await asyncio.sleep(0.05)
+    finally:
+        listener.close()
+    assert errors == []

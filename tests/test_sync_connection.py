@@ -130,6 +130,34 @@ def test_fragment_source_failing_before_any_fragment_leaves_the_connection_usabl
             assert ws.recv(5) == "whole"
 
 
+def test_a_client_that_keeps_sending_sees_the_servers_close(backend):
+    """A thread streaming large messages stops reading while over write_limit; once its sends
+    bring it back under, reading must resume, or the server's close frame sits unread and a
+    clean 1001 ends as two 1006s after close_timeout (audit)."""
+    codes = []
+
+    def handler(ws, address):
+        for _ in range(50):
+            if ws.recv() is None:
+                return
+            time.sleep(0.001)  # a consumer a little slower than the producer
+        ws.close(1001, "enough")
+        codes.append(ws.close_code)
+
+    with running_server(handler, backend=backend, compression=None, close_timeout=5) as server:
+        for _ in range(4):
+            ws = connect_websocket("127.0.0.1", server.port, backend=backend, compression=None, ping_interval=None)
+            started = time.monotonic()
+            with pytest.raises(ConnectionClosed):
+                while time.monotonic() - started < 10:
+                    ws.send(b"x" * 70_000)
+            assert time.monotonic() - started < 4  # not the server's close_timeout
+            assert ws.close_code == 1001
+            ws.close()
+        wait_for(lambda: len(codes) == 4)
+        assert codes == [1001] * 4
+
+
 def test_json(backend):
     with running_server(echo, backend=backend) as server:
         with connect_websocket("127.0.0.1", server.port, backend=backend) as ws:

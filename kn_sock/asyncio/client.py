@@ -88,6 +88,12 @@ def _handshake(wsuri: WebSocketURI, opts: Options) -> ClientHandshake:
     )
 
 
+def _retrieve(fut: asyncio.Future[Any]) -> None:
+    """Mark a future's exception as retrieved (no 'exception was never retrieved' log)."""
+    if not fut.cancelled():
+        fut.exception()
+
+
 async def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default") -> AsyncWebSocket:
     if timeout == "default":
         timeout = opts.open_timeout
@@ -116,8 +122,13 @@ async def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default") ->
     except BaseException as exc:
         if transport is not None:
             transport.abort()
-        if fut.done() and not fut.cancelled():
-            fut.exception()
+        if fut.done():
+            if not fut.cancelled():
+                fut.exception()
+        else:
+            # The connection may still fail after we have gone (asyncio closing a transport
+            # it had just made when the cancel came): nobody is left to read that error.
+            fut.add_done_callback(_retrieve)
         if isinstance(exc, TimeoutError):  # asyncio.timeout's says nothing; the blocking client's words
             raise TimeoutError("timed out during the opening handshake") from None
         raise

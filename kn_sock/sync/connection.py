@@ -847,6 +847,10 @@ class WebSocket:
                     raise self.protocol.closed_exception()
                 self._flush()
                 if self._wbuf_size <= self._write_limit:
+                    # Reading may have stopped while we were over the limit (backpressure):
+                    # back under it, the reactor must read again (a close frame may be waiting).
+                    if not self._sock_done:
+                        self._update_interest()
                     return
                 if self._sock_done:
                     raise self.protocol.closed_exception()
@@ -1008,6 +1012,7 @@ class WebSocket:
             with self._lock:
                 if not self._sock_done:
                     self._flush()
+                    self._update_interest()
             return
         flags = self._nb
         if flags and deadline is None:
