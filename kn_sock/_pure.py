@@ -365,7 +365,6 @@ class FrameParser:
                 pos += consumed
             if pos:
                 del buf[:pos]
-                self._text_validator = None  # the frame it checked is complete
             # speed: only a call that ends inside a text frame pays for the early check.
             if len(buf) > 2 and self.decode_text:
                 kind = buf[0] & 0x4F
@@ -520,7 +519,6 @@ class FrameParser:
                 self._msg_size = length
         return (opcode, fin, rsv1, payload)
 
-
     def _text_fragment(self, opcode: int, fin: bool, payload: bytes) -> None:
         """A frame of an uncompressed fragmented text message is complete: validate the bytes
         the early check has not seen (all of them if it saw none) and carry the state over to
@@ -537,6 +535,7 @@ class FrameParser:
             raise ProtocolError("invalid UTF-8 in text message", 1007)
         if not fin:
             self._msg_validator = validator
+
 
 def build_frame(
     opcode: int,

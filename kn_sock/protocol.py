@@ -235,9 +235,8 @@ class Protocol:
             self._parts = []
             # The parser validates uncompressed fragmented text itself (as it arrives, even
             # mid-frame) when it decodes text; inflated text is validated here.
-            self._validator = (
-                self._validator_cls() if opcode == OP_TEXT and not fin and (rsv1 or not self.parser.decode_text) else None
-            )
+            checked_by_parser = not rsv1 and self.parser.decode_text
+            self._validator = self._validator_cls() if opcode == OP_TEXT and not fin and not checked_by_parser else None
         if compressed:
             payload = self.deflate.decompress(payload, fin, self.max_size)
         text = self._part_opcode == OP_TEXT
