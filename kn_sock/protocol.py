@@ -24,6 +24,7 @@ bounded by the I/O layer's ``close_timeout``.
 
 from __future__ import annotations
 
+import os
 import struct
 from enum import IntEnum
 from typing import Any, Iterable, Union
@@ -512,14 +513,15 @@ class Keepalive:
     """Keepalive bookkeeping (when to ping, when a ping is overdue), driven by the caller's clock.
 
     One keepalive ping is in flight at a time. The I/O layer calls ``poll(now)`` once
-    ``deadline`` has passed; it answers ``"ping"`` (send one, then call ``ping_sent(now)``),
+    ``deadline`` has passed; it answers ``"ping"`` (send one with ``new_payload(pings)``, then
+    call ``ping_sent(now)``),
     ``"timeout"`` (no pong within ``timeout``: fail with 1011) or None. ``pong_received(now)``
     clears the ping in flight; the next ping is due ``interval`` after the previous one was sent.
     With ``timeout=None`` a ping that gets no answer is given up ``interval`` after it was sent
     and the next one goes out (pings keep flowing, as with websockets' ``ping_timeout=None``).
     """
 
-    __slots__ = ("interval", "timeout", "_next_ping", "_ping_at")
+    __slots__ = ("interval", "timeout", "_next_ping", "_ping_at", "_payload")
 
     def __init__(self, interval: float | None, timeout: float | None, now: float) -> None:
         """Start counting from ``now``; ``interval=None`` disables keepalive."""
@@ -527,6 +529,22 @@ class Keepalive:
         self.timeout = timeout
         self._ping_at: float | None = None
         self._next_ping: float | None = now + interval if interval else None
+        self._payload: bytes | None = None  # the last keepalive ping's payload
+
+    def new_payload(self, pings: dict[bytes, Any]) -> bytes:
+        """The payload for the next keepalive ping: fresh, not in the protocol's ``pings``.
+
+        The previous keepalive ping, if it is still in ``pings`` (never answered: given up with
+        ``timeout=None`` or under our own backpressure), is dropped from it, so a peer that
+        never answers costs nothing.
+        """
+        if self._payload is not None:
+            pings.pop(self._payload, None)
+        payload = os.urandom(4)
+        while payload in pings:
+            payload = os.urandom(4)
+        self._payload = payload
+        return payload
 
     @property
     def deadline(self) -> float | None:

@@ -1232,6 +1232,17 @@ class TestKeepalive:
         ka.pong_received(2.5)
         assert ka.deadline == 3.0 and ka.poll(3.0) == "ping"
 
+    def test_new_payload_is_fresh_and_drops_the_unanswered_one(self, backend: Any) -> None:
+        client, _ = connected(backend)
+        ka = Keepalive(1.0, None, now=0.0)
+        first = ka.new_payload(client.pings)
+        client.send_ping(first, tag=None)
+        second = ka.new_payload(client.pings)
+        assert second != first and first not in client.pings
+        client.send_ping(b"user", tag="user")
+        ka.new_payload(client.pings)
+        assert client.pings.get(b"user") == "user"
+
     @pytest.mark.parametrize("interval", [None, 0])
     def test_disabled_with_none(self, backend: Any, interval: Any) -> None:
         ka = Keepalive(interval, 20.0, now=0.0)

@@ -61,7 +61,6 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         "_drain_waiter",
         "_keepalive",
         "_ka_handle",
-        "_ka_payload",
         "_close_handle",
         "_on_open",
         "path",
@@ -98,7 +97,6 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._drain_waiter: asyncio.Future[None] | None = None
         self._keepalive: Keepalive | None = None
         self._ka_handle: asyncio.TimerHandle | None = None
-        self._ka_payload: bytes | None = None  # the keepalive ping in flight
         self._close_handle: asyncio.TimerHandle | None = None
         self._hs_buf: bytearray | None = None
         self._on_open: Callable[[], None] | None = None
@@ -384,7 +382,6 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             self.latency = clock - sent
             if fut is None:  # keepalive ping
                 if self._keepalive is not None:
-                    self._ka_payload = None
                     self._keepalive.pong_received(now)
                     # The next tick may have been set at the ping's timeout, or not at all
                     # (ping_timeout=None): schedule it from the new deadline.
@@ -466,9 +463,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         now = self._loop.time()
         action = ka.poll(now)
         if action == "ping":
-            if self._ka_payload is not None:  # an unanswered one (ping_timeout=None): given up
-                proto.pings.pop(self._ka_payload, None)
-            payload = self._ka_payload = os.urandom(4)
+            payload = ka.new_payload(proto.pings)
             self._write(proto.send_ping(payload, (None, time.perf_counter())))
             ka.ping_sent(now)
         elif action == "timeout":

@@ -146,7 +146,6 @@ class WebSocket:
         "_done",
         "_keepalive",
         "_ka_timer",
-        "_ka_payload",
         "_close_timer",
         "_rpoll",
         "_reactor",
@@ -204,7 +203,6 @@ class WebSocket:
         self._done = threading.Event()
         self._keepalive: Keepalive | None = None
         self._ka_timer: Timer | None = None
-        self._ka_payload: bytes | None = None  # the keepalive ping in flight
         self._close_timer: Timer | None = None
         self._rpoll: Any = None
         self._reactor = get_reactor()
@@ -423,7 +421,6 @@ class WebSocket:
             self.latency = now - sent
             if waiter is None:  # keepalive ping
                 if self._keepalive is not None:
-                    self._ka_payload = None
                     self._keepalive.pong_received(now)
                     # The next tick was set for this ping's timeout (or, with ping_timeout=None,
                     # for ping_interval after it): the next ping is due ping_interval after this
@@ -646,14 +643,7 @@ class WebSocket:
             now = time.monotonic()
             action = ka.poll(now)
             if action == "ping":
-                if self._ka_payload is not None:
-                    # An unanswered one (ping_timeout=None, or given up under our own
-                    # backpressure, below): forgotten, so a peer that never answers costs nothing.
-                    proto.pings.pop(self._ka_payload, None)
-                payload = os.urandom(4)
-                while payload in proto.pings:
-                    payload = os.urandom(4)
-                self._ka_payload = payload
+                payload = ka.new_payload(proto.pings)
                 self._write(proto.send_ping(payload, (None, now)))
                 ka.ping_sent(now)
             elif action == "timeout":
