@@ -497,9 +497,10 @@ class FrameParser:
             opcode == 1 and not fin and not rsv1 and self.decode_text
         ):
             self._text_fragment(opcode, fin, payload)
-        # The frame an early UTF-8 check was following (always the next to complete) is done.
-        self._text_validator = None
-        self._text_checked = 0
+        if self._text_validator is not None:
+            # The frame the early UTF-8 check was following (always the next to complete) is done.
+            self._text_validator = None
+            self._text_checked = 0
         if opcode == 0:
             if fin:
                 self._frag_opcode = 0
