@@ -82,27 +82,33 @@ def apply_mask(data: BytesLike, mask: BytesLike) -> bytes:
     return _xor(view.cast("B") if view.c_contiguous else view.tobytes(), key)
 
 
-#: Big-integer XOR in pieces of this size, which stay in the CPU cache (measured: 2.3x at 1 MiB).
-_XOR_CHUNK = 16384
+#: Big-integer XOR in pieces of this size, which stay in the CPU cache (measured: 2.3x at 1 MiB; 4-16 KiB all within 5%).
+_XOR_CHUNK = 8192
+#: 0x00000001 repeated: ``int.from_bytes(key, "little") * _XOR_ONES`` is the key repeated over a
+#: piece (one short multiplication instead of building and converting 16 KiB of key bytes).
+_XOR_ONES = _from_bytes(b"\x01\x00\x00\x00" * (_XOR_CHUNK >> 2), "little")
 
 
 def _xor(data: bytes | memoryview, key: bytes) -> bytes:
     """``data`` (bytes or a 1-D byte view) XOR the repeating ``key``, mask phase 0 at its start.
 
-    One big-integer XOR instead of a loop over bytes: ~100x faster in CPython.
+    One big-integer XOR instead of a loop over bytes: ~100x faster in CPython. Larger inputs go
+    in pieces joined once at the end (no output buffer to fill and copy again): 144 -> 88 us at
+    64 KiB here; the int conversions (~1.2 ns a byte each way) are what is left.
     """
     n = len(data)
     if n <= _XOR_CHUNK:
         return (_from_bytes(data, "little") ^ _from_bytes(key * (n >> 2) + key[: n & 3], "little")).to_bytes(n, "little")
-    out = bytearray(n)
+    k = _from_bytes(key, "little") * _XOR_ONES
     view = memoryview(data)
-    k = _from_bytes(key * (_XOR_CHUNK >> 2), "little")
     end = n - n % _XOR_CHUNK
-    for i in range(0, end, _XOR_CHUNK):
-        out[i : i + _XOR_CHUNK] = (_from_bytes(view[i : i + _XOR_CHUNK], "little") ^ k).to_bytes(_XOR_CHUNK, "little")
+    parts = [
+        (_from_bytes(view[i : i + _XOR_CHUNK], "little") ^ k).to_bytes(_XOR_CHUNK, "little")
+        for i in range(0, end, _XOR_CHUNK)
+    ]
     if end < n:
-        out[end:] = _xor(view[end:], key)  # _XOR_CHUNK is a multiple of 4: still phase 0
-    return bytes(out)
+        parts.append(_xor(view[end:], key))  # _XOR_CHUNK is a multiple of 4: still phase 0
+    return b"".join(parts)
 
 
 def apply_mask_inplace(buffer: BytesLike, mask: BytesLike, offset: int = 0, length: int = -1) -> None:

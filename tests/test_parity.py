@@ -84,6 +84,19 @@ def test_apply_mask_inplace_long_runs(data, mask, offset, cut):
     assert a == b
 
 
+@pytest.mark.parametrize("n", [8191, 8192, 8193, 16384, 16387, 65536 + 1, 3 * 8192 + 4095])
+def test_apply_mask_pieces(n):
+    """The pure twin masks long inputs in pieces: every piece boundary and tail keeps the phase."""
+    data = random.Random(n).randbytes(n)
+    mask = b"\x01\x80\xfe\x7f"
+    expected = bytes(b ^ mask[i & 3] for i, b in enumerate(data))
+    assert P.apply_mask(data, mask) == S.apply_mask(data, mask) == expected
+    assert P.apply_mask(memoryview(bytearray(data))[1:], mask) == S.apply_mask(data[1:], mask)
+    buf = bytearray(data)
+    P.apply_mask_inplace(buf, mask)
+    assert buf == expected
+
+
 @SETTINGS
 @given(data=nasty)
 def test_validate_utf8(data):
