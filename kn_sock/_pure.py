@@ -844,14 +844,17 @@ class AsyncCore:
         if parser is not None:
             return parser.get_buffer(sizehint)
         if self._hs_buf is None:
-            self._hs_buf = bytearray(16384)
+            # A memoryview, not the bytearray: a transport may fill it piecewise through
+            # slices (asyncio's TLS reads more records into buf[offset:]), and a slice of a
+            # bytearray is a copy, where a slice of a view writes through.
+            self._hs_buf = memoryview(bytearray(16384))
         return self._hs_buf
 
     def buffer_updated(self, nbytes: int) -> None:
         """Parse what arrived and dispatch it."""
         parser = self._parser
         if parser is None:
-            data = bytes(memoryview(self._hs_buf)[:nbytes])
+            data = bytes(self._hs_buf[:nbytes])
             if self._handshake is not None:
                 self._handshake.data_received(self, data)
             return

@@ -2360,7 +2360,10 @@ cdef class AsyncCore:
             return parser.get_buffer(sizehint)
         if self._hs_buf is None:
             # Not zero-filled (bytearray(n) would be): only the bytes a read stores are used.
-            self._hs_buf = PyByteArray_FromStringAndSize(NULL, 16384)
+            # A memoryview, not the bytearray: a transport may fill it piecewise through
+            # slices (asyncio's TLS reads more records into buf[offset:]), and a slice of a
+            # bytearray is a copy, where a slice of a view writes through.
+            self._hs_buf = PyMemoryView_FromObject(PyByteArray_FromStringAndSize(NULL, 16384))
         return self._hs_buf
 
     def buffer_updated(self, Py_ssize_t nbytes):
@@ -2368,7 +2371,7 @@ cdef class AsyncCore:
         cdef list frames
         parser = self._parser
         if parser is None:
-            data = bytes(memoryview(self._hs_buf)[:nbytes])
+            data = bytes(self._hs_buf[:nbytes])
             if self._handshake is not None:
                 self._handshake.data_received(self, data)
             return

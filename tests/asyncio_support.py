@@ -167,11 +167,12 @@ async def raw_client(port: int, path: str = "/", headers: dict[str, str] | None 
 
 @contextlib.asynccontextmanager
 async def raw_server(
-    answer: bool = True, first_frames: bytes = b""
+    answer: bool = True, first_frames: bytes = b"", ssl: Any = None, split: bool = False
 ) -> AsyncIterator[tuple[int, asyncio.Queue[RawPeer]]]:
     """A server on 127.0.0.1:0 that answers the upgrade by hand (``answer``, followed in the
-    same write by ``first_frames``) and then only does what the test does with the
-    ``RawPeer`` it puts in the queue."""
+    same write by ``first_frames``, or in a write of their own with ``split``: over TLS, a
+    record of their own) and then only does what the test does with the ``RawPeer`` it puts
+    in the queue."""
     peers: asyncio.Queue[RawPeer] = asyncio.Queue()
     writers = []
 
@@ -184,13 +185,18 @@ async def raw_server(
                 for line in head.split(b"\r\n")
                 if line.lower().startswith(b"sec-websocket-key:")
             )
-            writer.write(
+            head = (
                 b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n" + first_frames
+                b"Sec-WebSocket-Accept: " + accept_key(key).encode() + b"\r\n\r\n"
             )
+            if split:
+                writer.write(head)
+                writer.write(first_frames)
+            else:
+                writer.write(head + first_frames)
         await peers.put(RawPeer(reader, writer, mask=False))
 
-    server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
+    server = await asyncio.start_server(on_connect, "127.0.0.1", 0, ssl=ssl)
     try:
         yield server.sockets[0].getsockname()[1], peers
     finally:

@@ -12,7 +12,7 @@ import pytest
 import websockets
 from websockets.asyncio.server import serve as ws_serve
 
-from asyncio_support import TIMEOUT, echo, raw_server, serving
+from asyncio_support import TIMEOUT, echo, make_tls_contexts, raw_server, serving
 from kn_sock._pure import build_frame
 from kn_sock import (
     AsyncWebSocket,
@@ -201,6 +201,23 @@ async def test_server_first_frames_arrive_with_the_handshake(backend):
         peer.close()
         assert await ws.recv(timeout=TIMEOUT) is None
         assert ws.close_code == 1006
+
+
+async def test_wss_first_frames_in_tls_records_of_their_own(backend, tmp_path):
+    """Over TLS, a 101 and the frames after it in records of their own (asyncio's TLS transport
+    fills the read buffer record by record, through slices of it): none is lost."""
+    server_ctx, client_ctx = make_tls_contexts(tmp_path)
+    first = build_frame(1, b"first") + build_frame(2, b"second")
+    async with raw_server(first_frames=first, ssl=server_ctx, split=True) as (port, peers):
+        for _ in range(5):
+            ws = await async_connect_websocket(
+                f"wss://127.0.0.1:{port}/", backend=backend, compression=None, ssl=client_ctx
+            )
+            peer = await asyncio.wait_for(peers.get(), TIMEOUT)
+            assert await ws.recv(timeout=TIMEOUT) == "first"
+            assert await ws.recv(timeout=TIMEOUT) == b"second"
+            peer.writer.transport.abort()
+            assert await ws.recv(timeout=TIMEOUT) is None
 
 
 async def test_server_protocol_error_fails_client_1002(backend):

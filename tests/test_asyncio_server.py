@@ -15,6 +15,7 @@ from websockets.asyncio.client import connect as ws_connect
 
 from asyncio_support import (
     TIMEOUT,
+    RawPeer,
     echo,
     http_exchange,
     make_tls_contexts,
@@ -22,6 +23,7 @@ from asyncio_support import (
     serving,
     upgrade_request,
 )
+from kn_sock import _pure
 from kn_sock import (
     AsyncWebSocketServer,
     InvalidStatus,
@@ -456,6 +458,25 @@ async def test_wss_echo(backend, tmp_path):
         # An untrusted certificate fails the TLS handshake on the client.
         with pytest.raises(OSError):
             await async_connect_websocket(f"wss://127.0.0.1:{server.port}/", backend=backend, open_timeout=TIMEOUT)
+
+
+async def test_wss_request_and_first_frame_in_tls_records_of_their_own(backend, tmp_path):
+    """asyncio's TLS transport fills the read buffer record by record through slices of it: a
+    request in two records and the first frame in a third must all arrive intact (the
+    handshake buffer was a bytearray, whose slices are copies: the later records were lost)."""
+    server_ctx, client_ctx = make_tls_contexts(tmp_path)
+    async with serving(echo, backend=backend, ssl=server_ctx) as server:
+        for _ in range(5):
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port, ssl=client_ctx)
+            request = upgrade_request("/tls")
+            writer.write(request[:40])  # each write: a TLS record of its own
+            writer.write(request[40:])
+            writer.write(_pure.build_frame(1, b"first", True, False, b"\x01\x02\x03\x04"))
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+            assert head.startswith(b"HTTP/1.1 101")
+            peer = RawPeer(reader, writer, mask=True)
+            assert await asyncio.wait_for(peer.read_frame(), TIMEOUT) == (1, b"first")
+            writer.transport.abort()
 
 
 async def test_wss_open_timeout_covers_tls_handshake(backend, tmp_path):

@@ -98,7 +98,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._keepalive: Keepalive | None = None
         self._ka_handle: asyncio.TimerHandle | None = None
         self._close_handle: asyncio.TimerHandle | None = None
-        self._hs_buf: bytearray | None = None
+        self._hs_buf: memoryview | None = None
         self._on_open: Callable[[], None] | None = None
         self.path = "/"
         self.request_headers = Headers()
