@@ -77,7 +77,27 @@ class InvalidHandshake(WebSocketError):
 
 
 class InvalidStatus(InvalidHandshake):
-    """Client side: the server answered the upgrade with a status other than 101."""
+    """Client side: the server answered the upgrade with a status other than 101.
+
+    ``status``, ``headers`` and ``body`` are the answer's; ``response`` is the whole answer
+    (``response.status_code``, ``.reason_phrase``, ``.headers``, ``.body``, as in websockets).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        status: int = 400,
+        headers: Mapping[str, str] | list[tuple[str, str]] | None = None,
+        body: bytes = b"",
+        response: Any = None,
+    ) -> None:
+        super().__init__(message, status, headers, body)
+        self.response = response
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status of the answer (the same as ``status``)."""
+        return self.status
 
 
 class InvalidHeader(InvalidHandshake):

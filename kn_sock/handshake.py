@@ -31,6 +31,7 @@ from __future__ import annotations
 import base64
 import binascii
 import http
+import re
 from typing import Any
 
 from .exceptions import InvalidHandshake, InvalidHeader, InvalidStatus
@@ -254,6 +255,7 @@ class ClientHandshake:
                 status=response.status,
                 headers=headers,
                 body=response.body,
+                response=response,
             )
         if parse_token_list(headers.get_all("Upgrade")) != ["websocket"]:
             raise InvalidHeader(f"invalid Upgrade header: {headers.get_all('Upgrade')!r}")
@@ -395,6 +397,9 @@ class ServerHandshake:
         hosts = headers.get_all("Host")
         if len(hosts) != 1 or not hosts[0]:
             raise _fail("missing or repeated Host header", 400)
+        if _HOST_RE.fullmatch(hosts[0]) is None:
+            # RFC 9112 §3.2: a Host field with an invalid value gets 400.
+            raise _fail(f"invalid Host header: {hosts[0][:80]!r}", 400)
         lengths = headers.get_all("Content-Length")
         if "Transfer-Encoding" in headers or any(v.strip() != "0" for v in lengths):
             # A body would be mistaken for WebSocket frames.
@@ -412,7 +417,7 @@ class ServerHandshake:
             raise _fail(
                 "this is a WebSocket endpoint; send an Upgrade: websocket request",
                 426,
-                [("Upgrade", "websocket"), ("Connection", "Upgrade")],
+                [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
             )
         if "upgrade" not in connection:
             raise _fail("missing Upgrade in Connection header", 400)
@@ -421,10 +426,11 @@ class ServerHandshake:
             raise _fail("missing or repeated Sec-WebSocket-Version header", 400)
         if versions[0].strip() != "13":
             # RFC 6455 §4.4: answer 426 with the versions we support.
+            # A 426 names the protocol to upgrade to (RFC 9110 §15.5.22).
             raise _fail(
                 f"unsupported WebSocket version {versions[0]!r}",
                 426,
-                [("Sec-WebSocket-Version", "13")],
+                [("Upgrade", "websocket"), ("Sec-WebSocket-Version", "13")],
             )
         keys = headers.get_all("Sec-WebSocket-Key")
         if len(keys) != 1:
@@ -481,8 +487,10 @@ class ServerHandshake:
     def reject(self, status: int, headers: HeadersLike = None, body: bytes | str = b"") -> bytes:
         """Return an HTTP response that ends the connection (errors, ``process_request``).
 
-        Adds ``Connection: close``, ``Content-Length`` and, when there is a body and none
-        is given, ``Content-Type: text/plain; charset=utf-8``. A str body is UTF-8 encoded.
+        Adds ``Connection: close`` (``Upgrade, close`` when there is an ``Upgrade`` header:
+        RFC 9110 §7.8), ``Content-Length`` and, when there is a body and none is given,
+        ``Content-Type: text/plain; charset=utf-8``. A str body is UTF-8 encoded. The answer
+        to a HEAD request has no body (its ``Content-Length`` is the body's, RFC 9110 §9.3.2).
 
         Raises:
             ValueError: if ``status`` is 101 or not a valid status code, or a header is invalid.
@@ -492,12 +500,14 @@ class ServerHandshake:
         if status == 101:
             raise ValueError("reject() cannot send 101 Switching Protocols")
         response = Headers(headers)
-        response["Connection"] = "close"
+        response["Connection"] = "Upgrade, close" if "Upgrade" in response else "close"
         if body and "Content-Type" not in response:
             response["Content-Type"] = "text/plain; charset=utf-8"
         response["Content-Length"] = str(len(body))
         if self.server_header is not None and "Server" not in response:
             response["Server"] = self.server_header
+        if self.request is not None and self.request.method == "HEAD":
+            body = b""
         return build_response(status, response, body)
 
     def reject_from(self, exc: InvalidHandshake) -> bytes:
@@ -506,6 +516,11 @@ class ServerHandshake:
         if not body:
             body = _error_body(str(exc))
         return self.reject(exc.status, exc.headers, body)
+
+
+#: A Host field value (RFC 9110 §7.2): uri-host [ ":" port ], the host an IP literal in
+#: brackets or a reg-name (RFC 3986 §3.2.2: unreserved, pct-encoded and sub-delims).
+_HOST_RE = re.compile(r"(?:\[[0-9A-Za-z:.%_~-]+\]|[0-9A-Za-z._~!$&'()*+,;=%-]+)(?::[0-9]*)?")
 
 
 def _error_body(message: str) -> bytes:

@@ -61,6 +61,8 @@ MAX_HEADERS = 128
 MAX_HEAD = 65536
 #: Largest response body kept (bytes); longer bodies are truncated to this.
 MAX_BODY = 2**20
+#: Interim (1xx) responses a client skips before the answer to its upgrade request.
+_MAX_INTERIM = 8
 
 #: RFC 6455 §1.3: the GUID concatenated with Sec-WebSocket-Key.
 GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
@@ -70,6 +72,11 @@ _TOKEN = r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
 _TOKEN_RE = re.compile(_TOKEN)
 # RFC 7230 §3.1.1 request-line; origin-form target: visible ASCII starting with "/".
 _REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN.encode() + rb") (/[\x21-\x7e]*) HTTP/([0-9])\.([0-9])")
+#: The absolute-form of a request target (RFC 9112 §3.2.2), which a server must accept:
+#: scheme "://" authority, then the origin-form (path and query) it stands for, if any.
+_ABSOLUTE_LINE_RE = re.compile(
+    rb"(" + _TOKEN.encode() + rb") ((?i:https?|wss?)://[\x21-\x2e\x30-\x3e\x40-\x7e]+)([/?][\x21-\x7e]*)? HTTP/([0-9])\.([0-9])"
+)
 # RFC 7230 §3.1.2 status-line; the reason phrase may be empty (and its SP is tolerated missing).
 _STATUS_LINE_RE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 # RFC 7230 §3.2: field-name ":" OWS field-value OWS; field-value is VCHAR / obs-text / SP / HTAB.
@@ -284,6 +291,16 @@ class Response:
     headers: Headers = field(default_factory=Headers)
     body: bytes = b""
 
+    @property
+    def status_code(self) -> int:
+        """``status`` under the name websockets and requests use."""
+        return self.status
+
+    @property
+    def reason_phrase(self) -> str:
+        """``reason`` under the name websockets uses."""
+        return self.reason
+
 
 class _HeadParser:
     """Resumable parser of an HTTP head: start line, header lines, empty line."""
@@ -299,6 +316,14 @@ class _HeadParser:
         self._head_done = False
         #: Bytes received after the head (and after the body, for a response).
         self.remainder = b""
+
+    def _reset_head(self) -> None:
+        """Forget the head parsed so far (a response after an interim one starts afresh)."""
+        self._buffer = bytearray()
+        self._line_start = self._scan = 0
+        self._started = False
+        self._headers = Headers()
+        self._count = 0
 
     def _feed_head(self, data: bytes) -> bool:
         """Buffer ``data`` and parse complete lines; return True once the head is complete."""
@@ -422,9 +447,16 @@ class RequestParser(_HeadParser):
     def _start_line(self, line: bytes) -> None:
         """Parse ``method SP request-target SP HTTP-version``."""
         match = _REQUEST_LINE_RE.fullmatch(line)
-        if match is None:
-            raise InvalidHandshake(f"invalid HTTP request line: {_excerpt(line)}")
-        method, path, major, minor = match.groups()
+        if match is not None:
+            method, path, major, minor = match.groups()
+        else:
+            absolute = _ABSOLUTE_LINE_RE.fullmatch(line)
+            if absolute is None:
+                raise InvalidHandshake(f"invalid HTTP request line: {_excerpt(line)}")
+            method, _, path, major, minor = absolute.groups()
+            path = path or b"/"
+            if path[:1] == b"?":
+                path = b"/" + path
         _check_version(major, minor)
         self._method = method.decode("ascii")
         self._path = path.decode("ascii")
@@ -446,6 +478,7 @@ class ResponseParser(_HeadParser):
         self._http10 = False
         self._body_length: int | None = None  # bytes of body still to wait for
         self._result: Response | None = None
+        self._interim = 0  # 1xx responses skipped
 
     def feed(self, data: bytes) -> Response | None:
         """Consume ``data``; return the response once complete, else None.
@@ -462,9 +495,18 @@ class ResponseParser(_HeadParser):
         if self._error is not None:
             raise self._error
         try:
-            if not self._head_done:
+            while not self._head_done:
                 if not self._feed_head(data):
                     return None
+                if 100 <= self._status < 200 and self._status != 101:
+                    # An interim response (RFC 9110 §15.2: 100 Continue, 103 Early Hints...)
+                    # comes before the final one: skip it and parse what follows.
+                    self._interim += 1
+                    if self._interim > _MAX_INTERIM:
+                        raise InvalidHandshake(f"more than {_MAX_INTERIM} interim (1xx) responses")
+                    data, self.remainder = self.remainder, b""
+                    self._reset_head()
+                    continue
                 self._head_done = True
                 self._body_length = self._expected_body_length()
                 data = b""
@@ -530,7 +572,9 @@ def _line_too_long(header: bool) -> InvalidHandshake:
     """The 431 error for a line over :data:`MAX_LINE` bytes."""
     if header:
         return InvalidHeader(f"HTTP header line longer than {MAX_LINE} bytes", status=431)
-    return InvalidHandshake(f"HTTP start line longer than {MAX_LINE} bytes", status=431)
+    # RFC 9112 §3: a request-target too long to parse gets 414 (the start line of a
+    # request is its method, target and version: the target is what grows).
+    return InvalidHandshake(f"HTTP start line longer than {MAX_LINE} bytes", status=414)
 
 
 def _bare_newline() -> InvalidHandshake:

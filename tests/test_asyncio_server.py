@@ -22,6 +22,7 @@ from asyncio_support import (
     raw_client,
     serving,
     upgrade_request,
+    wait_until,
 )
 from kn_sock import _pure
 from kn_sock import (
@@ -240,8 +241,34 @@ async def test_http_answers(backend, request_bytes, status, header):
         assert got == status
         if header is not None:
             assert headers[header[0]] == header[1]
-        assert headers["connection"] == "close"
+        # A 426 names the upgrade (RFC 9110 §15.5.22), and Connection lists it (§7.8).
+        assert headers["connection"] == ("Upgrade, close" if status == 426 else "close")
+        if status == 426:
+            assert (headers["upgrade"], headers["sec-websocket-version"]) == ("websocket", "13")
         assert int(headers["content-length"]) == len(body)
+
+
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        upgrade_request(headers={"X-Big": "a" * 200_000}),
+        upgrade_request(method="POST", headers={"Content-Length": "300000"}) + bytes(300_000),
+    ],
+    ids=["oversized-head", "post-with-body"],
+)
+async def test_refusal_with_unread_bytes_ends_without_a_reset(backend, request_bytes):
+    """The server half-closes after an HTTP refusal and drops what the client still sends until
+    the client closes: closing with unread bytes would reset the connection (and a reset can
+    destroy the answer before the client reads it)."""
+    async with serving(echo, backend=backend) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(request_bytes)
+        data = await asyncio.wait_for(reader.read(), TIMEOUT)  # EOF from the half-close, no reset
+        assert data.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 405 "))
+        await writer.drain()
+        writer.close()
+        await writer.wait_closed()
+        await wait_until(lambda: not server.connections)
 
 
 async def test_origin_check(backend):

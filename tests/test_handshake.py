@@ -253,6 +253,27 @@ class TestSection4_1ClientValidatesResponse:
         assert str(exc) == "server rejected WebSocket connection: HTTP 403"
         assert hs.response is not None and hs.response.status == 403
 
+    def test_item_1_the_whole_answer_as_websockets_names_it(self) -> None:
+        exc = client_error(client(), build_response(503, Headers({"Retry-After": "1"}), b"busy"))
+        assert isinstance(exc, InvalidStatus) and exc.status_code == 503
+        response = exc.response
+        assert (response.status_code, response.reason_phrase, response.body) == (503, "Service Unavailable", b"busy")
+        assert response.headers["Retry-After"] == "1"
+
+    def test_interim_responses_before_the_101_are_skipped(self) -> None:
+        """RFC 9110 §15.2: a client parses 1xx (interim) responses before the final one."""
+        interim = b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+        hs = client()
+        assert hs.receive_data(interim + response_to(hs) + FRAME) is not None and hs.remainder == FRAME
+        assert "Link" not in hs.response.headers
+        hs = client()
+        data = interim + response_to(hs) + FRAME
+        results = [hs.receive_data(data[i : i + 1]) for i in range(len(data))]
+        assert results[-len(FRAME) - 1] is not None and hs.remainder == FRAME
+        hs = client()
+        exc = client_error(hs, b"HTTP/1.1 100 Continue\r\n\r\n" * 9 + response_to(hs))
+        assert "interim" in str(exc)
+
     def test_item_1_waits_for_the_error_body(self) -> None:
         hs = client()
         data = build_response(500, Headers(), b"internal error")
@@ -411,12 +432,13 @@ class TestSection4_2Server:
         exc = rejected(server, Request("GET", "/", Headers({"Host": "h"})))
         assert exc.status == 426
         headers = Headers(exc.headers)
-        assert (headers["Upgrade"], headers["Connection"]) == ("websocket", "Upgrade")
+        assert (headers["Upgrade"], headers["Sec-WebSocket-Version"]) == ("websocket", "13")
         assert b"WebSocket" in exc.body
         response = ResponseParser().feed(server.reject_from(exc))
         assert response is not None and response.status == 426
         assert response.headers["Upgrade"] == "websocket"
-        assert response.headers["Connection"] == "close"  # the rejection closes
+        # RFC 9110 §7.8: Upgrade comes with "upgrade" in Connection; the rejection closes.
+        assert response.headers["Connection"] == "Upgrade, close"
         assert response.body == exc.body
 
     def test_other_upgrade_is_426(self) -> None:
@@ -441,6 +463,11 @@ class TestSection4_2Server:
             {"Sec_WebSocket_Key": base64.b64encode(b"x" * 17).decode()},
             {"Host": None},
             {"Host": ""},
+            {"Host": "exa mple"},  # RFC 9112 §3.2: an invalid Host value is a 400
+            {"Host": "a, b"},
+            {"Host": "@@@/x"},
+            {"Host": "h:notaport"},
+            {"Host": "[::1"},
             {"Content_Length": "5"},
             {"Transfer_Encoding": "chunked"},
             {"Sec_WebSocket_Protocol": "a b"},
@@ -450,6 +477,10 @@ class TestSection4_2Server:
     def test_other_bad_upgrades_are_400(self, changes: dict[str, str | None]) -> None:
         exc = rejected(ServerHandshake(), upgrade_request(**changes))
         assert isinstance(exc, InvalidHeader) and exc.status == 400
+
+    @pytest.mark.parametrize("host", ["example.com", "h:8080", "h:", "[::1]:9", "[fe80::1%25eth0]", "xn--bcher-kva.example", "127.0.0.1"])
+    def test_valid_host_values(self, host: str) -> None:
+        ServerHandshake().accept(upgrade_request(Host=host))
 
     def test_repeated_key_is_400(self) -> None:
         request = upgrade_request()
@@ -539,6 +570,16 @@ class TestSection4_2Server:
         with pytest.raises(ValueError):
             server.reject(101)
         assert server.reject(200, None, "h\u00e9").endswith(b"\r\n\r\nh\xc3\xa9")
+
+    def test_answer_to_head_has_no_body(self) -> None:
+        """RFC 9110 §9.3.2: no content in a response to HEAD (Content-Length still says it)."""
+        server = ServerHandshake()
+        request = server.receive_data(b"HEAD / HTTP/1.1\r\nHost: h\r\n\r\n")
+        assert request is not None
+        exc = rejected(server, request)
+        answer = server.reject_from(exc)
+        assert exc.status == 405 and answer.endswith(b"\r\n\r\n")
+        assert b"Content-Length: %d\r\n" % len(exc.body) in answer
 
     def test_reject_from_uses_the_message_when_there_is_no_body(self) -> None:
         answer = ServerHandshake().reject_from(InvalidHandshake("bad", 400))

@@ -172,6 +172,19 @@ class TestSection4_1RequestParsing:
     def test_other_methods_are_parsed_for_the_handshake_to_answer_405(self) -> None:
         assert parse_request(REQUEST.replace(b"GET", b"POST", 1)).method == "POST"
 
+    @pytest.mark.parametrize(
+        ("target", "path"),
+        [
+            (b"http://h/chat?x=1", "/chat?x=1"),
+            (b"HTTP://h:8080", "/"),
+            (b"ws://[::1]:9/a/b", "/a/b"),
+            (b"wss://user@h?q", "/?q"),
+        ],
+    )
+    def test_absolute_form_target_stands_for_its_path(self, target: bytes, path: str) -> None:
+        """RFC 9112 §3.2.2: a server must accept the absolute-form (a client talking to a proxy)."""
+        assert parse_request(b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n\r\n").path == path
+
     def test_later_http_1_minor_version_is_accepted(self) -> None:
         assert parse_request(b"GET / HTTP/1.2\r\nHost: h\r\n\r\n").path == "/"
 
@@ -182,7 +195,9 @@ class TestSection4_1RequestParsing:
             b"GET / HTTP/2.0\r\n\r\n",
             b"GET / HTTP/1.1 \r\n\r\n",
             b"GET  / HTTP/1.1\r\n\r\n",
-            b"GET http://h/ HTTP/1.1\r\n\r\n",
+            b"GET ftp://h/ HTTP/1.1\r\n\r\n",
+            b"GET http:/h/ HTTP/1.1\r\n\r\n",
+            b"GET http:// HTTP/1.1\r\n\r\n",
             b"GET /\x01 HTTP/1.1\r\n\r\n",
             b"G(T / HTTP/1.1\r\n\r\n",
             b"GET /\r\n\r\n",
@@ -226,8 +241,10 @@ class TestSection4_1RequestParsing:
         line = b"X: " + b"a" * (MAX_LINE - 3)
         assert len(parse_request(request_with(line)).headers["X"]) == MAX_LINE - 3
 
-    def test_request_line_over_8_kib_is_431(self) -> None:
-        assert request_error(b"GET /" + b"a" * MAX_LINE + b" HTTP/1.1\r\n\r\n").status == 431
+    def test_request_line_over_8_kib_is_414(self) -> None:
+        """RFC 9112 §3: a request-target too long to parse gets 414 URI Too Long."""
+        assert request_error(b"GET /" + b"a" * MAX_LINE + b" HTTP/1.1\r\n\r\n").status == 414
+        assert request_error(b"GET /" + b"a" * MAX_LINE).status == 414  # not even finished
 
     def test_129_headers_is_431(self) -> None:
         lines = [b"X-%d: v" % i for i in range(MAX_HEADERS + 1)]

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 import threading
 import time
 
 import pytest
 
 from kn_sock.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from kn_sock.reconnect import retryable_error
 from kn_sock.sync import connect_websocket
 from sync_support import raw_server, running_server
 
@@ -165,3 +167,26 @@ def test_websockets_server_closing_is_seen(backend):
         finally:
             server.shutdown()
             thread.join(5)
+
+
+def test_reset_during_the_handshake_is_invalid_handshake():
+    """A server that resets the connection mid-handshake: InvalidHandshake (as the asyncio
+    client raises), not a bare ConnectionResetError; a reconnecting client retries it."""
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        conn.recv(4096)
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # RST
+
+    thread = threading.Thread(target=serve)
+    thread.start()
+    try:
+        with pytest.raises(InvalidHandshake, match="connection closed during the opening handshake") as info:
+            connect_websocket("127.0.0.1", listener.getsockname()[1], open_timeout=5)
+        assert isinstance(info.value.__cause__, ConnectionResetError)
+        assert retryable_error(info.value)
+    finally:
+        thread.join(5)
+        listener.close()

@@ -286,6 +286,24 @@ def test_process_request_health_check():
             assert ws.recv(5) == "upgraded"
 
 
+@pytest.mark.parametrize(
+    "answer",
+    [(101, [], b""), (200, []), (200, [("X", "a\r\nInjected: 1")], b""), (999, [], b"")],
+    ids=["101", "pair", "crlf-in-header", "status-999"],
+)
+def test_process_request_bad_answer_is_500(answer, caplog):
+    """A hook answer that cannot be sent is the hook's failure: 500, as the asyncio server."""
+    with running_server(echo, process_request=lambda path, headers: answer) as server:
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
+        data = b""
+        while chunk := raw.recv(4096):
+            data += chunk
+        raw.close()
+        assert data.startswith(b"HTTP/1.1 500 ")
+    assert "process_request failed" in caplog.text
+
+
 def test_plain_get_gets_426_and_bad_origin_403():
     with running_server(echo, origins=["https://good.example"]) as server:
         raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)

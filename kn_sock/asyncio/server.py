@@ -19,6 +19,10 @@ logger = logging.getLogger("kn_sock")
 
 Handler = Callable[..., Awaitable[Any]]
 
+#: How long a connection refused with an HTTP answer is read (and the bytes dropped) after
+#: the answer, waiting for the client to close (see ``_ServerOpening._answer``).
+_LINGER = 1.0
+
 
 def _wants_path(handler: Callable[..., Any]) -> bool:
     """Tell whether ``handler`` takes ``(websocket, path)`` (the documented form) or ``(websocket)``."""
@@ -99,8 +103,7 @@ class _ServerOpening:
         if ws.transport is None:
             return
         if response is not None:
-            ws.transport.write(response)
-            ws.transport.close()
+            self._answer(ws, response)
             return
         ws.transport.resume_reading()
         self._accept(ws, request)
@@ -113,9 +116,32 @@ class _ServerOpening:
         transport = ws.transport
         if transport is not None:
             if self.hs is not None:
-                transport.write(self.hs.reject_from(exc))
-            transport.close()
+                self._answer(ws, self.hs.reject_from(exc))
+            else:
+                transport.close()
         self.hs = None
+
+    def _answer(self, ws: AsyncWebSocket, data: bytes) -> None:
+        """Send a plain HTTP answer and end the connection.
+
+        Half-close first, then read and drop what the client still sends (a request body,
+        the rest of an oversized head) until it closes too, for at most ``_LINGER`` seconds:
+        closing with unread bytes would make the kernel reset the connection, which can
+        destroy the answer before the client reads it.
+        """
+        self.hs = None  # from now on, whatever arrives is dropped (data_received)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        transport = ws.transport
+        assert transport is not None
+        transport.write(data)
+        if not transport.can_write_eof():  # TLS: no half-close
+            transport.close()
+            return
+        transport.write_eof()
+        transport.resume_reading()
+        self.timer = self.server.loop.call_later(_LINGER, transport.close)
 
     def _accept(self, ws: AsyncWebSocket, request: Any) -> None:
         hs = self.hs

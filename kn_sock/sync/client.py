@@ -98,15 +98,21 @@ def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default") -> WebSo
             origin=opts.origin,
             **kwargs,
         )
-        _set_timeout(sock, deadline)
-        sock.sendall(hs.data_to_send())
         response = None
-        while response is None:
+        try:
             _set_timeout(sock, deadline)
-            data = sock.recv(65536)
-            if not data:
-                raise InvalidHandshake("connection closed during the opening handshake")
-            response = hs.receive_data(data)
+            sock.sendall(hs.data_to_send())
+            while response is None:
+                _set_timeout(sock, deadline)
+                data = sock.recv(65536)
+                if not data:
+                    raise InvalidHandshake("connection closed during the opening handshake: EOF")
+                response = hs.receive_data(data)
+        except socket.timeout:
+            raise
+        except OSError as exc:
+            # A reset (or a TLS alert) mid-handshake: the same error as the asyncio client's.
+            raise InvalidHandshake(f"connection closed during the opening handshake: {exc}") from exc
         proto = Protocol(
             CLIENT,
             max_size=opts.max_size,

@@ -310,13 +310,16 @@ class WebSocketServer:
         """Run the ``process_request`` hook; True if it answered with plain HTTP (sent here)."""
         try:
             answer = hook(request.path, request.headers)
+            if answer is None:
+                return False
+            # A malformed answer (not a triple, status 101, bad headers) is the hook's
+            # failure too: answer 500 rather than drop the client without a word.
+            status, headers, body = answer
+            response = hs.reject(int(status), headers, body or b"")
         except Exception:
-            logger.exception("process_request raised")
+            logger.exception("process_request failed")
             raise InvalidHandshake("process_request failed", status=500) from None
-        if answer is None:
-            return False
-        status, headers, body = answer
-        self._answer(sock, hs.reject(int(status), headers, body or b""), deadline)
+        self._answer(sock, response, deadline)
         return True
 
     @staticmethod
