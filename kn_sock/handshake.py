@@ -33,8 +33,9 @@ import binascii
 import http
 import re
 from typing import Any
+from urllib.parse import urljoin
 
-from .exceptions import InvalidHandshake, InvalidHeader, InvalidStatus
+from .exceptions import InvalidHandshake, InvalidHeader, InvalidStatus, InvalidURI
 from .http11 import (
     Headers,
     HeadersLike,
@@ -51,7 +52,7 @@ from .http11 import (
     parse_subprotocols,
     parse_token_list,
 )
-from .uri import WebSocketURI
+from .uri import WebSocketURI, parse_uri
 
 try:
     from . import __version__
@@ -516,6 +517,37 @@ class ServerHandshake:
         if not body:
             body = _error_body(str(exc))
         return self.reject(exc.status, exc.headers, body)
+
+
+#: Redirections a client follows (RFC 6455 §4.1 lets it: 3xx "MAY be redirected"), and how many.
+REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
+MAX_REDIRECTS = 10
+
+
+def redirect_target(wsuri: WebSocketURI, exc: InvalidStatus) -> WebSocketURI | None:
+    """Where a 3xx answer to a connection to ``wsuri`` sends the client, or None if ``exc``
+    is not a redirection. ``Location`` may be relative, ``ws``/``wss`` or ``http``/``https``
+    (taken as ``ws``/``wss``).
+
+    Raises:
+        InvalidHandshake: a redirection without a usable ``Location``, or from ``wss://`` to
+            a plain ``ws://`` URI (never downgrade TLS).
+    """
+    if exc.status not in REDIRECT_STATUSES:
+        return None
+    locations = Headers(exc.headers).get_all("Location")
+    if len(locations) != 1 or not locations[0].strip():
+        raise InvalidHandshake(f"HTTP {exc.status} redirection without one Location header")
+    target = urljoin(wsuri.uri, locations[0].strip())
+    scheme, sep, rest = target.partition("://")
+    scheme = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme.lower())
+    try:
+        new = parse_uri(f"{scheme}{sep}{rest}")
+    except InvalidURI as error:
+        raise InvalidHandshake(f"HTTP {exc.status} redirection to an invalid URI: {error}") from None
+    if wsuri.secure and not new.secure:
+        raise InvalidHandshake(f"refused to follow a redirection from {wsuri.uri} to insecure {new.uri}")
+    return new
 
 
 #: A Host field value (RFC 9110 §7.2): uri-host [ ":" port ], the host an IP literal in

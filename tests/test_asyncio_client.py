@@ -355,3 +355,26 @@ async def test_cancelling_a_connect_leaves_no_unretrieved_error(backend):
     finally:
         listener.close()
     assert errors == []
+
+
+async def test_redirects_are_followed(backend):
+    """A 3xx with a Location (relative here) is followed, up to 10 times; then InvalidHandshake."""
+
+    def hook(path, headers):
+        if path.startswith("/hop"):
+            n = int(path[4:])
+            return 302 if n % 2 else 307, [("Location", f"/hop{n - 1}" if n > 1 else "/chat")], b""
+        if path == "/loop":
+            return 301, [("Location", "ws://127.0.0.1:%d/loop" % port)], b""
+        return None
+
+    async with serving(echo, backend=backend, process_request=hook) as server:
+        port = server.port
+        async with async_connect_websocket("127.0.0.1", port, "/hop10", backend=backend) as ws:
+            assert ws.path == "/chat"
+            await ws.send("after ten redirections")
+            assert await ws.recv(timeout=TIMEOUT) == "after ten redirections"
+        with pytest.raises(InvalidHandshake, match="more than 10 redirections"):
+            await async_connect_websocket("127.0.0.1", port, "/hop11", backend=backend)
+        with pytest.raises(InvalidHandshake, match="more than 10 redirections"):
+            await async_connect_websocket("127.0.0.1", port, "/loop", backend=backend)

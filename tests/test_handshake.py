@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from kn_sock import handshake
 from kn_sock.exceptions import InvalidHandshake, InvalidHeader, InvalidStatus
-from kn_sock.handshake import ClientHandshake, ServerHandshake
+from kn_sock.handshake import ClientHandshake, ServerHandshake, redirect_target
 from kn_sock.http11 import (
     Headers,
     Request,
@@ -667,3 +667,40 @@ def test_fuzz_client_handshake(data: st.DataObject) -> None:
         hs.receive_data(data.draw(mutated(valid + FRAME) | st.binary(max_size=300)))
     except InvalidHandshake:
         pass
+
+
+class TestRedirects:
+    """RFC 6455 §4.1: a 3xx answer MAY be followed (the clients follow up to MAX_REDIRECTS)."""
+
+    @staticmethod
+    def status(code: int, location: str | None) -> InvalidStatus:
+        headers = [] if location is None else [("Location", location)]
+        return InvalidStatus("redirect", status=code, headers=headers)
+
+    @pytest.mark.parametrize(
+        ("base", "location", "expected"),
+        [
+            ("ws://h:1/a/b?x", "/c", "ws://h:1/c"),
+            ("ws://h:1/a/b?x", "d?y", "ws://h:1/a/d?y"),
+            ("ws://h/a", "http://o:8080/p", "ws://o:8080/p"),
+            ("ws://h/a", "https://o/p", "wss://o/p"),
+            ("wss://h/a", "wss://o/p", "wss://o/p"),
+            ("wss://h/a", "/p", "wss://h/p"),
+        ],
+    )
+    def test_target(self, base: str, location: str, expected: str) -> None:
+        for code in (301, 302, 303, 307, 308):
+            target = redirect_target(parse_uri(base), self.status(code, location))
+            assert target is not None and target.uri == expected
+
+    def test_other_statuses_are_not_redirections(self) -> None:
+        assert redirect_target(parse_uri("ws://h/"), self.status(404, "/x")) is None
+        assert redirect_target(parse_uri("ws://h/"), self.status(304, "/x")) is None
+
+    @pytest.mark.parametrize(
+        ("base", "location"),
+        [("wss://h/a", "ws://h/a"), ("wss://h/a", "http://h/a"), ("ws://h/", None), ("ws://h/", "ftp://h/"), ("ws://h/", "ws://h/#f")],
+    )
+    def test_refused(self, base: str, location: str | None) -> None:
+        with pytest.raises(InvalidHandshake):
+            redirect_target(parse_uri(base), self.status(302, location))

@@ -190,3 +190,20 @@ def test_reset_during_the_handshake_is_invalid_handshake():
     finally:
         thread.join(5)
         listener.close()
+
+
+def test_redirects_are_followed():
+    """A 3xx with a Location is followed (here to another path, then another server)."""
+    with running_server(lambda ws, address: ws.send(ws.path)) as target:
+
+        def hook(path, headers):
+            if path == "/old":
+                return 308, {"Location": "/older?x=1"}, b""
+            if path == "/older?x=1":
+                return 302, {"Location": f"http://127.0.0.1:{target.port}/new"}, b""
+            return None
+
+        with running_server(echo, process_request=hook) as server:
+            with connect_websocket("127.0.0.1", server.port, "/old") as ws:
+                assert ws.path == "/new"
+                assert ws.recv(5) == "/new"

@@ -9,8 +9,8 @@ import logging
 import ssl as ssl_module
 from typing import Any, AsyncIterator, Generator
 
-from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake
-from ..handshake import ClientHandshake
+from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus
+from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
 from ..options import Options, make_options
 from ..protocol import CLIENT, Protocol, State
 from ..reconnect import ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
@@ -95,8 +95,29 @@ def _retrieve(fut: asyncio.Future[Any]) -> None:
 
 
 async def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default") -> AsyncWebSocket:
+    """Connect to ``wsuri``, following up to ``MAX_REDIRECTS`` redirections, all within ``timeout``."""
     if timeout == "default":
         timeout = opts.open_timeout
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout is None else loop.time() + timeout
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            return await _open_once(wsuri, opts, timeout)
+        except InvalidStatus as exc:
+            target = redirect_target(wsuri, exc)
+            if target is None:
+                raise
+            logger.info("%s redirected (HTTP %d) to %s", wsuri.uri, exc.status, target.uri)
+            wsuri = target
+        if deadline is not None:
+            timeout = deadline - loop.time()
+            if timeout <= 0:
+                raise TimeoutError("timed out during the opening handshake")
+    raise InvalidHandshake(f"more than {MAX_REDIRECTS} redirections")
+
+
+async def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) -> AsyncWebSocket:
+    """One connection attempt: TCP (+ TLS) and the opening handshake with ``wsuri``."""
     loop = asyncio.get_running_loop()
     hs = _handshake(wsuri, opts)
     ssl = opts.ssl

@@ -18,8 +18,8 @@ import threading
 import time
 from typing import Any, Iterator
 
-from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidState
-from ..handshake import ClientHandshake
+from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidState, InvalidStatus
+from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
 from ..options import Options, make_options
 from ..protocol import CLIENT, Protocol, State
 from ..reconnect import ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
@@ -68,8 +68,30 @@ connect = connect_websocket
 
 
 def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default") -> WebSocket:
+    """Connect to ``wsuri``, following up to ``MAX_REDIRECTS`` redirections, all within ``timeout``."""
     if timeout == "default":
         timeout = opts.open_timeout
+    if opts.extra.get("sock") is not None:  # a caller's socket goes to one place only
+        return _open_once(wsuri, opts, timeout)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            return _open_once(wsuri, opts, timeout)
+        except InvalidStatus as exc:
+            target = redirect_target(wsuri, exc)
+            if target is None:
+                raise
+            logger.info("%s redirected (HTTP %d) to %s", wsuri.uri, exc.status, target.uri)
+            wsuri = target
+        if deadline is not None:
+            timeout = deadline - time.monotonic()
+            if timeout <= 0:
+                raise TimeoutError("timed out during the opening handshake")
+    raise InvalidHandshake(f"more than {MAX_REDIRECTS} redirections")
+
+
+def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) -> WebSocket:
+    """One connection attempt: TCP (+ TLS) and the opening handshake with ``wsuri``."""
     deadline = None if timeout is None else time.monotonic() + timeout
     host = wsuri.host[1:-1] if wsuri.host.startswith("[") else wsuri.host
     sock: socket.socket | None = opts.extra.get("sock")
