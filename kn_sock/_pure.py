@@ -56,6 +56,9 @@ _from_bytes = int.from_bytes
 #: runs, so an idle connection holds no 128 KiB of its own.
 _READ_BUFFERS = threading.local()
 _READ_SIZE = 131072
+#: recv_from's read buffers, taken only for the read itself (any thread), a few kept.
+_RECV_POOL: list = []
+_RECV_POOL_MAX = 4
 
 
 def _mask_key(mask: BytesLike) -> bytes:
@@ -334,20 +337,33 @@ class FrameParser:
         fd = _fileno(sock)
         if flags != 0 and flags != _MSG_DONTWAIT:
             raise ValueError("flags must be 0 or socket.MSG_DONTWAIT")
-        buf = self.get_buffer(-1)
         if not hasattr(os, "readv"):  # pragma: no cover - Windows
             raise OSError(_errno.ENOSYS, os.strerror(_errno.ENOSYS))
-        if flags & _MSG_DONTWAIT:
-            # The read itself must not wait: ask first (one reader per parser, so what is
-            # readable now is still there for the read).
-            poller = select.poll()
-            poller.register(fd, select.POLLIN)
-            if not poller.poll(0):
-                raise BlockingIOError(_errno.EAGAIN, os.strerror(_errno.EAGAIN))
-        n = os.readv(fd, [buf])
-        if n == 0:
-            return None
-        frames = self.buffer_updated(n)
+        # Wait (or, with MSG_DONTWAIT, look) until there is something to read before taking a
+        # read buffer: a blocking reader waits with none, so a thread per idle connection
+        # holds no 128 KiB (one reader per parser: what is readable now is still there next).
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        if not poller.poll(0 if flags & _MSG_DONTWAIT else None):
+            raise BlockingIOError(_errno.EAGAIN, os.strerror(_errno.EAGAIN))
+        try:
+            scratch = _RECV_POOL.pop()
+        except IndexError:
+            scratch = bytearray(_READ_SIZE)
+        view = memoryview(scratch)
+        try:
+            n = os.readv(fd, [view])
+            if n == 0:
+                return None
+            part = view[:n]
+            try:
+                frames = self.feed(part)  # copies what it keeps
+            finally:
+                part.release()
+        finally:
+            view.release()
+            if len(_RECV_POOL) < _RECV_POOL_MAX:
+                _RECV_POOL.append(scratch)
         if len(frames) == 1 and self.error is None:
             opcode, fin, rsv1, payload = frames[0]
             if fin is True and rsv1 is False and (opcode == 2 or (opcode == 1 and self.decode_text)):

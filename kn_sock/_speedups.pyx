@@ -436,6 +436,7 @@ cdef extern from *:
     #include <errno.h>
     #ifdef _WIN32
     static Py_ssize_t kn_recv(long long fd, char *buf, Py_ssize_t n, int flags) { (void)fd; (void)buf; (void)n; (void)flags; return -ENOSYS; }
+    static int kn_wait_readable(long long fd) { (void)fd; return 0; }
     static Py_ssize_t kn_recv3(long long fd, char *a, Py_ssize_t na, char *b, Py_ssize_t nb, char *c, Py_ssize_t nc, int flags) { (void)fd; (void)a; (void)na; (void)b; (void)nb; (void)c; (void)nc; (void)flags; return -ENOSYS; }
     #define KN_EINTR EINTR
     #define KN_MSG_DONTWAIT 0
@@ -449,6 +450,15 @@ cdef extern from *:
     #else
     #define KN_MSG_DONTWAIT 0
     #endif
+    #include <poll.h>
+    /* Wait until fd is readable (or at its end, or failed): 0, or -errno. */
+    static int kn_wait_readable(long long fd) {
+        struct pollfd p;
+        p.fd = (int)fd;
+        p.events = POLLIN;
+        p.revents = 0;
+        return poll(&p, 1, -1) < 0 ? -errno : 0;
+    }
     /* One recv(2): the bytes read, 0 at the end of the stream, or -errno. */
     static Py_ssize_t kn_recv(long long fd, char *buf, Py_ssize_t n, int flags) {
         ssize_t r = recv((int)fd, buf, (size_t)n, flags);
@@ -472,6 +482,7 @@ cdef extern from *:
     #endif
     """
     Py_ssize_t kn_recv(long long fd, char *buf, Py_ssize_t n, int flags) nogil
+    int kn_wait_readable(long long fd) nogil
     Py_ssize_t kn_recv3(long long fd, char *a, Py_ssize_t na, char *b, Py_ssize_t nb,
                         char *c, Py_ssize_t nc, int flags) nogil
     int EINTR "KN_EINTR"
@@ -1059,7 +1070,20 @@ cdef class FrameParser:
         cdef Py_ssize_t room, r
         cdef list frames = None
         landing = None
+        cdef int w
         if self._predict and self._pp == NULL and self._end == self._start and self.error is None:
+            if flags == 0:
+                # A blocking read: wait for the next frame before allocating its guessed
+                # payload (an idle connection waiting for its next message, in a thread of
+                # its own, would otherwise hold a buffer of the last messages' size).
+                while True:
+                    with nogil:
+                        w = kn_wait_readable(fd)
+                    if w != -EINTR:
+                        break
+                    PyErr_CheckSignals()
+                if w < 0:
+                    _raise_errno(-w)
             try:
                 landing = PyBytes_FromStringAndSize(NULL, self._predict)
             except MemoryError:  # read as usual, without a guess

@@ -303,6 +303,8 @@ class WebSocketServer:
         ws.path = request.path
         ws.request_headers = request.headers
         ws.response_headers = hs.response_headers  # type: ignore[assignment]
+        request.headers.compact()  # memory: idle connections keep one bytes object each
+        ws.response_headers.compact()
         ws._start(hs.remainder)
         return ws
 
