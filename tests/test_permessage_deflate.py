@@ -213,7 +213,7 @@ class TestServerAcceptOffer:
         assert response == [("server_max_window_bits", "12"), ("client_max_window_bits", "12")]
         assert ext.is_server
         assert (ext.local_max_window_bits, ext.remote_max_window_bits) == (12, 12)
-        assert ext.compress_settings == {"memLevel": 5}
+        assert ext.compress_settings == {"memLevel": 4}
         assert ext.response_params() == response
 
     def test_7_1_2_2_offer_without_client_max_window_bits_forces_15_bits(self) -> None:
