@@ -117,7 +117,7 @@ class Protocol:
         "__weakref__", "side", "is_client", "backend", "max_size", "subprotocol", "extensions",
         "deflate", "parser", "_build", "_validator_cls", "_masks", "state", "_out", "_parts",
         "_part_opcode", "_part_compressed", "_validator", "_send_frag_open", "_send_frag_compressed",
-        "_send_frag_text", "close_rcvd", "close_sent", "close_rcvd_then_sent", "close_transport",
+        "_send_frag_text", "close_rcvd", "close_sent", "close_rcvd_then_sent", "close_transport", "failed",
         "error", "eof_received", "pings", "hold_pongs", "_held_pong",
     )  # memory: one connection's state without a per-instance __dict__
 
@@ -173,6 +173,10 @@ class Protocol:
         self.close_sent: tuple[int, str] | None = None
         self.close_rcvd_then_sent: bool | None = None
         self.close_transport = False
+        #: The connection was failed (RFC 6455 §7.1.7) for the peer's bad input, which it may
+        #: still be sending: the I/O layer half-closes and reads until its EOF (bounded by
+        #: close_timeout) before closing TCP, so that our close frame is not lost to a reset.
+        self.failed = False
         self.error: ProtocolError | None = None
         self.eof_received = False
         # Pings in flight: payload -> tag chosen by the I/O layer (waiter, send time, ...).
@@ -340,6 +344,7 @@ class Protocol:
     def _fail_with(self, exc: ProtocolError, events: list[Any]) -> None:
         self.error = exc
         self.fail(exc.code, exc.reason)
+        self.failed = True
         events.append(Closed(1006, "", exc))
 
     # ---------------------------------------------------------------- sending

@@ -271,6 +271,22 @@ async def test_refusal_with_unread_bytes_ends_without_a_reset(backend, request_b
         await wait_until(lambda: not server.connections)
 
 
+async def test_failing_drains_so_the_peer_gets_the_close_frame(backend):
+    """A peer still sending the rest of an oversized message gets our 1009 close frame and then
+    our EOF (we half-close and read until its EOF: closing at once with its bytes unread would
+    reset the connection, and the reset can destroy the close frame before it is read)."""
+    async with serving(echo, backend=backend, max_size=1000) as server:
+        for _ in range(3):
+            peer = await raw_client(server.port)
+            peer.send_frame(2, bytes(300_000))  # the server fails at the header, the rest follows
+            await asyncio.wait_for(peer.writer.drain(), TIMEOUT)
+            assert (await peer.read_close())[0] == 1009
+            assert await peer.at_eof()  # the half-close: a clean EOF, not ECONNRESET
+            peer.writer.write_eof()
+            peer.close()
+        await wait_until(lambda: not server.connections)
+
+
 async def test_origin_check(backend):
     async with serving(echo, backend=backend, origins=["https://good.example"]) as server:
         status, _, _ = await http_exchange(server.port, upgrade_request(headers={"Origin": "https://evil.example"}))

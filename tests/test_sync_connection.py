@@ -571,6 +571,23 @@ def test_max_size_closes_1009(backend):
         assert ws.close_code == 1009
 
 
+def test_failing_drains_so_the_peer_gets_the_close_frame(backend):
+    """A peer still sending the rest of an oversized message gets our 1009 close frame and then
+    our EOF: we half-close and read until its EOF, where closing at once with its bytes unread
+    would reset the connection (and the reset can destroy the close frame before it is read)."""
+    with running_server(echo, backend=backend, max_size=1000) as server:
+        for _ in range(3):
+            peer = raw_client(server.port)
+            peer.send_frame(2, bytes(300_000))  # the server fails at the header, the rest follows
+            opcode, payload = peer.recv_frame()
+            assert (opcode, int.from_bytes(payload[:2], "big")) == (8, 1009)
+            with pytest.raises(EOFError):
+                peer.recv_frame()  # the half-close: a clean EOF, not ECONNRESET
+            peer.sock.shutdown(socket.SHUT_WR)
+            peer.close()
+        wait_for(lambda: not server.connections)
+
+
 def test_max_queue_backpressure_with_flooding_peer(backend):
     """The server's application does not read: its queue stays at max_queue and TCP pushes back."""
     release = threading.Event()

@@ -410,8 +410,17 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             self._ka_handle.cancel()
             self._ka_handle = None
         self._stop_backpressure()  # a client must see the server's EOF even with a full queue
-        if self.protocol.close_transport:  # type: ignore[union-attr]
-            transport.close()
+        proto = self.protocol
+        if proto.close_transport:  # type: ignore[union-attr]
+            if proto.failed and not proto.eof_received and transport.can_write_eof():  # type: ignore[union-attr]
+                # Failing with the peer perhaps still sending (the rest of an oversized
+                # message...): closing with unread bytes would make the kernel reset the
+                # connection, which can destroy our close frame before the peer reads it.
+                # Half-close after it instead and read (dropping everything: the parser has
+                # failed) until the peer's EOF, bounded by close_timeout below.
+                transport.write_eof()
+            else:
+                transport.close()
         # Bounded: a peer that neither reads our buffer nor closes TCP is dropped after close_timeout.
         self._arm_abort()
 

@@ -140,6 +140,8 @@ class WebSocket:
         "_wbuf_size",
         "_write_limit",
         "_close_after_flush",
+        "_half_closed",
+        "_half_close_after_flush",
         "_eof",
         "_sock_done",
         "_fd_closed",
@@ -197,6 +199,8 @@ class WebSocket:
         self._wbuf_size = 0
         self._write_limit = opts.write_limit
         self._close_after_flush = False
+        self._half_closed = False
+        self._half_close_after_flush = False
         self._eof = False
         self._sock_done = False
         self._fd_closed = False
@@ -436,13 +440,37 @@ class WebSocket:
             self._ka_timer.cancel()
             self._ka_timer = None
         if self.protocol.close_transport or self._eof:
-            if self._eof or not self._wbuf:
-                self._finalize()
-                return
-            self._close_after_flush = True
+            if self._eof or not self._drain_before_close():
+                if self._eof or not self._wbuf:
+                    self._finalize()
+                    return
+                self._close_after_flush = True
         # Bounded: a peer that neither reads our buffer nor closes TCP is dropped after close_timeout.
         self._arm_close_timer()
         self._update_interest()
+
+    def _drain_before_close(self) -> bool:
+        """Failing (RFC 6455 §7.1.7) a plain TCP connection whose peer may still be sending:
+        half-close once our close frame is out and read (dropping everything: the parser has
+        failed) until the peer's EOF, instead of closing now. Closing with unread bytes makes
+        the kernel reset the connection, which can destroy our close frame before the peer
+        reads it. Returns False when the connection should just close."""
+        if not self.protocol.failed or self._ssl:
+            return False
+        if not self._half_closed:
+            if self._wbuf:
+                self._half_close_after_flush = True
+            else:
+                self._half_close()
+        return True
+
+    def _half_close(self) -> None:
+        self._half_closed = True
+        self._half_close_after_flush = False
+        try:
+            self._sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
 
     # ------------------------------------------------------------ writing (``_lock`` held)
 
@@ -532,8 +560,11 @@ class WebSocket:
                 wbuf[0] = memoryview(data)[n:]
                 break
             wbuf.popleft()
-        if not wbuf and self._close_after_flush:
-            self._finalize()
+        if not wbuf:
+            if self._close_after_flush:
+                self._finalize()
+            elif self._half_close_after_flush:
+                self._half_close()
 
     def _connection_lost(self, exc: BaseException | None) -> None:
         logger.debug("connection to %s lost: %s", self.remote_address, exc)
