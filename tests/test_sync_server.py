@@ -304,6 +304,40 @@ def test_process_request_bad_answer_is_500(answer, caplog):
     assert "process_request failed" in caplog.text
 
 
+@pytest.mark.parametrize(
+    "request_bytes",
+    [
+        b"GET / HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 200_000 + b"\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n" + bytes(300_000),
+    ],
+    ids=["oversized-head", "post-with-body"],
+)
+def test_refusal_with_unread_bytes_ends_without_a_reset(request_bytes):
+    """The server half-closes after an HTTP refusal and drops what the client still sends until
+    the client closes (closing with unread bytes would reset the connection)."""
+    with running_server(echo) as server:
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        errors = []
+
+        def send() -> None:
+            try:
+                for i in range(0, len(request_bytes), 1000):  # still sending after the answer
+                    raw.sendall(request_bytes[i : i + 1000])
+                    time.sleep(0.0005)
+            except OSError as exc:
+                errors.append(exc)
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        data = b""
+        while chunk := raw.recv(65536):  # EOF from the half-close: no ECONNRESET
+            data += chunk
+        sender.join(5)
+        raw.close()
+        assert data.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 405 "))
+        assert errors == []  # the rest of the request was read (and dropped), not reset
+
+
 def test_plain_get_gets_426_and_bad_origin_403():
     with running_server(echo, origins=["https://good.example"]) as server:
         raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)

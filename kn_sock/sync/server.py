@@ -37,6 +37,10 @@ logger = logging.getLogger("kn_sock")
 
 #: Default stack size of handler threads (see the module docstring).
 DEFAULT_THREAD_STACK_SIZE = 256 * 1024
+#: How long a connection refused with an HTTP answer is read (and the bytes dropped) after
+#: the answer, waiting for the client to close (see ``WebSocketServer._answer``).
+_LINGER = 1.0
+
 #: How long ``shutdown()`` waits for closing handshakes (1001) before dropping connections.
 SHUTDOWN_GRACE = 0.35
 #: How often ``serve_forever`` checks a ``shutdown_event``.
@@ -326,11 +330,22 @@ class WebSocketServer:
 
     @staticmethod
     def _answer(sock: socket.socket, data: bytes, deadline: float | None) -> None:
-        """Send a plain HTTP answer and close (half-close first so the answer is not reset)."""
+        """Send a plain HTTP answer and close.
+
+        Half-close first, then read and drop what the client still sends (a request body,
+        the rest of an oversized head) until it closes too, for at most ``_LINGER`` seconds:
+        closing with unread bytes would make the kernel reset the connection, which can
+        destroy the answer before the client reads it.
+        """
         try:
             _set_timeout(sock, deadline)
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
+            end = time.monotonic() + _LINGER
+            while (left := end - time.monotonic()) > 0:
+                sock.settimeout(left)
+                if not sock.recv(65536):
+                    break
         except OSError:
             pass
         sock.close()
