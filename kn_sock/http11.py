@@ -306,21 +306,17 @@ class _HeadParser:
     """Resumable parser of an HTTP head: start line, header lines, empty line."""
 
     def __init__(self) -> None:
-        self._buffer = bytearray()
-        self._line_start = 0  # offset of the first unparsed line
-        self._scan = 0  # where to resume looking for CRLF
-        self._started = False
-        self._headers = Headers()
-        self._count = 0
+        self._reset_head()
         self._error: InvalidHandshake | None = None
         self._head_done = False
         #: Bytes received after the head (and after the body, for a response).
         self.remainder = b""
 
     def _reset_head(self) -> None:
-        """Forget the head parsed so far (a response after an interim one starts afresh)."""
+        """Start a head afresh (at first, and for a response after an interim one)."""
         self._buffer = bytearray()
-        self._line_start = self._scan = 0
+        self._line_start = 0  # offset of the first unparsed line
+        self._scan = 0  # where to resume looking for CRLF
         self._started = False
         self._headers = Headers()
         self._count = 0
