@@ -1001,7 +1001,7 @@ class AsyncCore:
         handle = self._loop.call_later(timeout, _timeout_waiter, waiter) if timeout is not None else None
         try:
             return await waiter
-        except _asyncio()[1]:
+        except BaseException:  # cancelled (or closed): a message handed over must not be lost
             self._recv_cancelled(waiter)
             raise
         finally:

@@ -2480,20 +2480,21 @@ cdef class AsyncCore:
 
     # ------------------------------------------------------------ the coroutine API's hot calls
 
-    async def send(self, message, compress=None):
+    def send(self, message, compress=None):
         """Send a message: str → text, bytes-like → binary, (async) iterable → fragmented.
 
         Raises:
             ConnectionClosed: the connection is closing or closed.
             TypeError: a message of another type.
         """
-        if compress is None and self._try_send(message) == 1:  # speed: a whole message, now
-            if self._write_paused:
-                await self._drain()
-            return
-        await self._send_slow(message, compress)
+        # Speed: a coroutine-like object (see _Send), not a coroutine: the same behaviour.
+        cdef _Send op = _Send.__new__(_Send)
+        op._core = self
+        op._message = message
+        op._compress = compress
+        return op
 
-    async def recv(self, timeout=None):
+    def recv(self, timeout=None):
         """Return the next message (str or bytes), or None once the connection is closed.
 
         Raises:
@@ -2501,6 +2502,14 @@ cdef class AsyncCore:
             InvalidState: another coroutine is already waiting in ``recv``, or messages go to
                 an ``on_message`` callback.
         """
+        if timeout is not None:
+            return self._recv_timeout(timeout)
+        cdef _Recv op = _Recv.__new__(_Recv)  # speed: see _Recv
+        op._core = self
+        return op
+
+    async def _recv_timeout(self, timeout):
+        """recv() with a timeout."""
         msg = self._take_queued()
         if msg is not None:
             return msg
@@ -2510,7 +2519,7 @@ cdef class AsyncCore:
         handle = self._loop.call_later(timeout, _timeout_waiter, waiter) if timeout is not None else None
         try:
             return await waiter
-        except _CancelledError:
+        except BaseException:  # cancelled (or closed): a message handed over must not be lost
             self._recv_cancelled(<Waiter>waiter)
             raise
         finally:
@@ -2523,25 +2532,11 @@ cdef class AsyncCore:
         """``async for message in ws`` yields messages until the connection closes."""
         return self
 
-    async def __anext__(self):
-        # recv() without a timeout, inlined: one coroutine per message instead of two.
-        msg = self._take_queued()
-        if msg is not None:
-            return msg
-        waiter = self._new_waiter()
-        if waiter is None:
-            raise StopAsyncIteration
-        try:
-            msg = await waiter
-        except _CancelledError:
-            self._recv_cancelled(<Waiter>waiter)
-            raise
-        finally:
-            if self._waiter is waiter:
-                self._waiter = None
-        if msg is None:
-            raise StopAsyncIteration
-        return msg
+    def __anext__(self):
+        cdef _Recv op = _Recv.__new__(_Recv)  # speed: see _Recv
+        op._core = self
+        op._stop = True
+        return op
 
     cdef object _take_queued(self):
         """The oldest queued message (reading resumes once the queue has drained), or None."""
@@ -2631,6 +2626,207 @@ cdef class AsyncCore:
         for part in rest:
             transport.write(part)
         return 1
+
+cdef extern from "Python.h":
+    int PyIter_Send(object iter, object arg, PyObject **presult)
+
+
+cdef int _raise_thrown(object typ, object val) except -1:
+    """Raise what ``throw(typ[, val])`` was given."""
+    if val is None:
+        raise typ
+    if isinstance(val, BaseException):
+        raise val
+    raise typ(val)
+
+
+# Speed: ``send()`` and ``recv()`` return these instead of coroutines. They behave as the
+# coroutines of the pure twin do (nothing happens until the first step; ``await``, tasks,
+# ``send`` / ``throw`` / ``close``; collections.abc.Coroutine by their methods) without a
+# coroutine object, its frame and its closure per message (~1,500 instructions a call here).
+
+@cython.final
+@cython.freelist(8)
+cdef class _Send:
+    """The awaitable ``AsyncCore.send()`` returns: the message goes out at the first step."""
+
+    cdef AsyncCore _core
+    cdef object _message
+    cdef object _compress
+    cdef object _inner  # the general path's coroutine, once delegated to
+    cdef int _state  # 0: not started, 1: delegating to _inner, 2: finished
+
+    cdef int _step(self, object arg, PyObject **presult) except -1:
+        cdef int r
+        if self._state == 0:
+            self._state = 2
+            core = self._core
+            message = self._message
+            self._message = None
+            if self._compress is None and core._try_send(message) == 1:  # a whole message, now
+                if not core._write_paused:
+                    Py_INCREF(None)
+                    presult[0] = <PyObject *>None
+                    return 0
+                self._inner = core._drain()
+            else:
+                self._inner = core._send_slow(message, self._compress)
+            self._state = 1
+            arg = None
+        if self._state == 1:
+            r = PyIter_Send(self._inner, arg, presult)  # -1: failed, with the exception set
+            if r != 1:
+                self._state = 2
+                self._inner = None
+            return r
+        raise RuntimeError("cannot reuse already awaited coroutine")
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return _step_result(self, None)
+
+    def send(self, value):
+        """Coroutine protocol: run to the next suspension; StopIteration once finished."""
+        return _step_result(self, value)
+
+    def throw(self, typ, val=None, tb=None):
+        """Coroutine protocol: raise ``typ`` (or ``val``) at the suspension point."""
+        if self._state == 1:
+            inner = self._inner
+            try:
+                return inner.throw(typ) if val is None and tb is None else inner.throw(typ, val, tb)
+            except BaseException:
+                self._state = 2
+                self._inner = None
+                raise
+        self._state = 2
+        self._message = None
+        _raise_thrown(typ, val)
+
+    def close(self):
+        """Coroutine protocol: abandon the send."""
+        inner = self._inner
+        self._state = 2
+        self._message = self._inner = None
+        if inner is not None:
+            inner.close()
+
+
+@cython.final
+@cython.freelist(8)
+cdef class _Recv:
+    """The awaitable ``AsyncCore.recv()`` (and ``__anext__``) return: the next message."""
+
+    cdef AsyncCore _core
+    cdef Waiter _w
+    cdef bint _stop  # __anext__: the end (None) is StopAsyncIteration
+    cdef int _state  # 0: not started, 1: waiting on _w, 2: finished
+
+    cdef int _step(self, object arg, PyObject **presult) except -1:
+        cdef Waiter w
+        if self._state == 0:
+            self._state = 2
+            core = self._core
+            value = core._take_queued()
+            if value is None:
+                waiter = core._new_waiter()
+                if waiter is not None:
+                    w = <Waiter>waiter
+                    self._w = w
+                    self._state = 1
+                    w._asyncio_future_blocking = True
+                    Py_INCREF(w)
+                    presult[0] = <PyObject *>w
+                    return 1
+        elif self._state == 1:
+            w = self._w
+            if w._state == _W_PENDING:  # stepped before the waiter is done: suspend again
+                w._asyncio_future_blocking = True
+                Py_INCREF(w)
+                presult[0] = <PyObject *>w
+                return 1
+            self._state = 2
+            self._w = None
+            core = self._core
+            if core._waiter is w:
+                core._waiter = None
+            value = w._value if w._state == _W_RESULT else w.result()  # result() raises the others
+        else:
+            raise RuntimeError("cannot reuse already awaited coroutine")
+        if value is None and self._stop:
+            raise StopAsyncIteration
+        Py_INCREF(value)
+        presult[0] = <PyObject *>value
+        return 0
+
+    cdef int _abandon(self) except -1:
+        """Thrown into or closed: a message already handed over goes back to the queue."""
+        w = self._w
+        self._state = 2
+        self._w = None
+        if w is not None:
+            core = self._core
+            if core._waiter is w:
+                core._waiter = None
+            core._recv_cancelled(w)
+        return 0
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return _step_result(self, None)
+
+    def send(self, value):
+        """Coroutine protocol: run to the next suspension; StopIteration once finished."""
+        return _step_result(self, value)
+
+    def throw(self, typ, val=None, tb=None):
+        """Coroutine protocol: raise ``typ`` (or ``val``) at the suspension point."""
+        self._abandon()
+        _raise_thrown(typ, val)
+
+    def close(self):
+        """Coroutine protocol: abandon the receive (a message handed over is kept)."""
+        self._abandon()
+
+
+cdef object _step_result(object op, object arg):
+    """``send()`` / ``__next__`` of _Send and _Recv: the yielded value, or StopIteration."""
+    cdef PyObject *result = NULL
+    cdef int r
+    if type(op) is _Send:
+        r = (<_Send>op)._step(arg, &result)
+    else:
+        r = (<_Recv>op)._step(arg, &result)
+    value = <object>result
+    Py_DECREF(value)  # <object> took a new reference: drop the one _step handed over
+    if r == 1:
+        return value
+    if value is None:
+        raise StopIteration
+    raise StopIteration(value)
+
+
+cdef int _send_am_send(object self, object arg, PyObject **presult) except -1:
+    return (<_Send>self)._step(arg, presult)
+
+
+cdef int _recv_am_send(object self, object arg, PyObject **presult) except -1:
+    return (<_Recv>self)._step(arg, presult)
+
+
+kn_set_am_send(<void *>_Send, <void *>_send_am_send)
+kn_set_am_send(<void *>_Recv, <void *>_recv_am_send)
+
 
 def _spares():
     """Private test hook: how many receive buffers wait for reuse."""

@@ -293,6 +293,56 @@ async def test_wait_for_recv_timeout_does_not_lose_a_message(backend):
             assert await ws.recv(timeout=TIMEOUT) == "kept"
 
 
+async def test_send_and_recv_return_coroutines(backend):
+    # With the Cython twin send() and recv() return coroutine-like objects instead of
+    # coroutines (speed); both twins must behave as coroutines do: nothing happens before
+    # the first step, tasks and asyncio's helpers take them, and one can be awaited once.
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            unstarted = ws.recv()
+            later = ws.recv()  # not waiting yet: no "already being awaited"
+            first = ws.send("first")
+            for call in (unstarted, later, first, ws.__anext__()):
+                assert asyncio.iscoroutine(call)
+                if call is not unstarted and call is not later and call is not first:
+                    call.close()
+            await ws.send("second")  # "first" has not gone out: it was not awaited yet
+            assert await ws.recv(timeout=TIMEOUT) == "second"
+            await first
+            assert await later == "first"
+            with pytest.raises(RuntimeError):
+                await later
+            unstarted.close()
+
+            task = asyncio.create_task(ws.recv())
+            await ws.send("to a task")
+            assert await asyncio.wait_for(task, TIMEOUT) == "to a task"
+            future = asyncio.ensure_future(ws.recv())
+            await asyncio.gather(ws.send("a"), ws.send("b"))
+            done, _ = await asyncio.wait([future], timeout=TIMEOUT)
+            assert done and future.result() == "a"
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "b"
+
+            # A step with an exception thrown in: raised there; the connection stays usable.
+            thrown = ws.recv()
+            assert thrown.send(None) is not None  # suspended, waiting
+            with pytest.raises(KeyError):
+                thrown.throw(KeyError("x"))
+            await ws.send("after")
+            assert await ws.recv(timeout=TIMEOUT) == "after"
+            not_sent = ws.send("never")
+            with pytest.raises(ValueError):
+                not_sent.throw(ValueError("y"))
+            await ws.send("last")
+            assert await ws.recv(timeout=TIMEOUT) == "last"
+    # Closed: recv() gives None, async for's step ends the iteration, also inside a task.
+    assert await ws.recv() is None
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.create_task(ws.__anext__())
+    with pytest.raises(ConnectionClosed):
+        await asyncio.create_task(ws.send("closed"))
+
+
 @RECEIVERS
 async def test_concurrent_recv_is_an_error(backend, receive):
     async with serving(echo, backend=backend) as server:
