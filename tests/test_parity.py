@@ -84,9 +84,10 @@ def test_apply_mask_inplace_long_runs(data, mask, offset, cut):
     assert a == b
 
 
-@pytest.mark.parametrize("n", [8191, 8192, 8193, 16384, 16387, 65536 + 1, 3 * 8192 + 4095])
+@pytest.mark.parametrize("n", [2047, 2048, 2049, 8193, 32767, 32768, 32769, 65536 + 1, 3 * 32768 + 4095])
 def test_apply_mask_pieces(n):
-    """The pure twin masks long inputs in pieces: every piece boundary and tail keeps the phase."""
+    """The pure twin masks long inputs by table lookups in 32 KiB pieces (big-integer XOR below
+    2 KiB): every method switch, piece boundary and tail keeps the phase."""
     data = random.Random(n).randbytes(n)
     mask = b"\x01\x80\xfe\x7f"
     expected = bytes(b ^ mask[i & 3] for i, b in enumerate(data))
