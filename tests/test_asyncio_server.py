@@ -132,6 +132,18 @@ async def test_server_close_sends_1001_and_wait_closed_returns(backend):
         await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), TIMEOUT)
 
 
+async def test_wait_closed_does_not_wait_for_done_callbacks(backend):
+    # Python 3.12's gather() of finished tasks completes without a trip through the loop, so
+    # the done callback that takes a finished handler task out of ``tasks`` had not run yet
+    # and wait_closed() spun forever. It must judge what is still running by itself.
+    server = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend)
+    finished = asyncio.get_running_loop().create_task(asyncio.sleep(0))
+    await finished
+    server.tasks.add(finished)  # finished, and nothing will ever remove it
+    server.close()
+    await asyncio.wait_for(server.wait_closed(), TIMEOUT)
+
+
 async def test_server_close_drops_connections_still_in_handshake(backend):
     server = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)

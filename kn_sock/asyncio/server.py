@@ -300,8 +300,14 @@ class AsyncWebSocketServer:
         """Wait until the server and every connection are closed."""
         if self._server is not None:
             await self._server.wait_closed()
-        while self.connections or self.tasks:
-            waits = [ws.wait_closed() for ws in list(self.connections)] + list(self.tasks)
+        while True:
+            # What is still open or running, judged here: a finished task leaves ``tasks``
+            # through a done callback that runs on a later loop iteration, and gather() of
+            # finished awaitables (Python 3.12+) completes without ever yielding to the loop.
+            waits: list[Awaitable[None]] = [ws.wait_closed() for ws in self.connections if not ws._closed_fut.done()]
+            waits += [task for task in self.tasks if not task.done()]
+            if not waits:
+                return
             await asyncio.gather(*waits, return_exceptions=True)
 
     async def serve_forever(self) -> None:
