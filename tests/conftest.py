@@ -8,12 +8,24 @@ when the extension is not loaded (with the import error as the reason), unless
 
 from __future__ import annotations
 
+import asyncio
 import os
+import sys
 from types import ModuleType
 
 import pytest
 
 from kn_sock import _backend
+
+if sys.version_info < (3, 11):  # pragma: no cover - Python 3.10 only
+    # The tests are written for 3.11+: asyncio.timeout exists and asyncio's TimeoutError is
+    # the builtin one (3.10's asyncio.wait_for raises a class of its own).
+    import asyncio.exceptions
+
+    from kn_sock.asyncio._compat import timeout as _timeout
+
+    asyncio.timeout = _timeout  # type: ignore[attr-defined]
+    asyncio.exceptions.TimeoutError = asyncio.TimeoutError = TimeoutError  # type: ignore[misc]
 
 __all__ = ["BACKEND_IDS", "backend", "require_extension"]
 

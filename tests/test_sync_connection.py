@@ -750,11 +750,12 @@ def test_large_frame_sent_while_the_socket_is_full_is_queued_whole(backend):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         total = 0
         with ws._lock:  # keep the reactor from flushing while the buffer is filled by hand
-            while True:
-                try:
-                    total += sock.send(b"\x00" * 4096, socket.MSG_DONTWAIT)
-                except BlockingIOError:
-                    break
+            for size in (4096, 512, 64, 8, 1):  # to the byte: a smaller write may still fit
+                while True:
+                    try:
+                        total += sock.send(b"\x00" * size, socket.MSG_DONTWAIT)
+                    except BlockingIOError:
+                        break
             filler.append(total)
         ws.send(message)
         assert ws._wbuf_size == len(message) + 10  # nothing taken: all of it queued

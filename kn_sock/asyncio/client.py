@@ -15,6 +15,8 @@ from ..options import Options, make_options
 from ..protocol import CLIENT, Protocol, State
 from ..reconnect import ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
 from ..uri import WebSocketURI, parse_uri
+from ._compat import cancelling
+from ._compat import timeout as _timeout
 from .connection import AsyncWebSocket
 
 __all__ = ["async_connect_websocket", "connect", "AsyncReconnectingWebSocket"]
@@ -134,7 +136,7 @@ async def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) 
 
     transport = None
     try:
-        async with asyncio.timeout(timeout):
+        async with _timeout(timeout):
             host = wsuri.host[1:-1] if wsuri.host.startswith("[") else wsuri.host
             transport, ws = await loop.create_connection(
                 factory, host, wsuri.port, ssl=ssl or None, server_hostname=host if ssl else None
@@ -374,7 +376,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
     async def _wait_change(self, timeout: float | None) -> None:
         if self._changed is None:
             self._changed = asyncio.get_running_loop().create_future()
-        async with asyncio.timeout(timeout):
+        async with _timeout(timeout):
             await asyncio.shield(self._changed)
 
     # ------------------------------------------------------------ the connection's surface
@@ -502,7 +504,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
             try:
                 await task
             except asyncio.CancelledError:
-                if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                if cancelling(asyncio.current_task()):
                     raise
         ws = self._ws  # a connection opened meanwhile
         if ws is not None and not ws.closed:
