@@ -17,8 +17,12 @@ import os
 import sys
 import warnings
 
+import shutil
+from pathlib import Path
+
 from setuptools import setup
 from setuptools.command.build_ext import build_ext
+from setuptools.command.build_py import build_py
 
 MODE = os.environ.get("KN_SOCK_BUILD_EXTENSION", "auto").strip().lower()
 if MODE not in ("yes", "no", "auto"):
@@ -55,6 +59,22 @@ class OptionalBuildExt(build_ext):
             _warn_pure(exc)
 
 
+class BuildPyWithBenchmarks(build_py):
+    """``build_py`` that also ships ``benchmarks/`` as ``kn_sock/_benchmarks`` (for ``kn-sock
+    bench`` in an installed package; an editable install uses the checkout's folder)."""
+
+    def run(self) -> None:
+        super().run()
+        source = Path(__file__).resolve().parent / "benchmarks"
+        if getattr(self, "editable_mode", False) or not source.is_dir():
+            return
+        target = Path(self.build_lib) / "kn_sock" / "_benchmarks"
+        target.mkdir(parents=True, exist_ok=True)
+        for path in sorted(source.iterdir()):
+            if path.suffix in (".py", ".md"):
+                shutil.copyfile(path, target / path.name)
+
+
 def _extensions() -> list:
     if MODE == "no" or sys.implementation.name != "cpython":
         return []
@@ -76,4 +96,4 @@ def _extensions() -> list:
         return []
 
 
-setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt})
+setup(ext_modules=_extensions(), cmdclass={"build_ext": OptionalBuildExt, "build_py": BuildPyWithBenchmarks})

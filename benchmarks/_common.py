@@ -22,7 +22,7 @@ from typing import Any, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-if ROOT not in sys.path:  # run from a checkout without installing
+if ROOT not in sys.path and os.path.isdir(os.path.join(ROOT, "kn_sock")):  # a checkout, not installed
     sys.path.insert(0, ROOT)
 
 _CHILDREN: list["Child"] = []

@@ -25,7 +25,9 @@ import tracemalloc
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+ROOT = Path(__file__).resolve().parent.parent
+if (ROOT / "kn_sock").is_dir():  # a checkout (installed: kn_sock/_benchmarks)
+    sys.path.insert(0, str(ROOT))
 
 from kn_sock import _pure  # noqa: E402
 from kn_sock._backend import speedups  # noqa: E402

@@ -16,7 +16,9 @@ import sys
 import time
 from typing import Callable
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if os.path.isdir(os.path.join(ROOT, "kn_sock")):  # a checkout (installed: kn_sock/_benchmarks)
+    sys.path.insert(0, ROOT)
 
 from kn_sock import _pure  # noqa: E402
 from kn_sock._backend import speedups  # noqa: E402

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if ROOT not in sys.path:  # run from a checkout without installing
+if ROOT not in sys.path and os.path.isdir(os.path.join(ROOT, "kn_sock")):  # a checkout, not installed
     sys.path.insert(0, ROOT)
 
 from kn_sock import async_connect_websocket, start_async_websocket_server  # noqa: E402

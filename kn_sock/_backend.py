@@ -30,7 +30,14 @@ else:
     try:
         from . import _speedups as speedups  # type: ignore[no-redef]
     except ImportError as exc:  # no compiler at install time: the pure twin serves
-        IMPORT_ERROR = str(exc)
+        import importlib.machinery
+        from pathlib import Path
+
+        here = Path(__file__).resolve().parent
+        if any((here / f"_speedups{suffix}").exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES):
+            IMPORT_ERROR = str(exc)
+        else:  # Python's own words would be about a "partially initialized module"
+            IMPORT_ERROR = "the C extension is not built (installed without a C compiler or Cython)"
         backend = pure
     else:
         backend = speedups

@@ -455,9 +455,17 @@ SUITES = {
 DEFAULT_SUITES = ["speedups", "protocol", "echo"]
 
 
+def benchmarks_dir() -> Path:
+    """Where the benchmark scripts are: a source checkout's ``benchmarks/``, else the copy an
+    installed package carries (``kn_sock/_benchmarks``)."""
+    package = Path(__file__).resolve().parent
+    checkout = package.parent / "benchmarks"
+    return checkout if (checkout / "_common.py").exists() else package / "_benchmarks"
+
+
 def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
-    """Run the benchmark scripts from ``benchmarks/`` (a source checkout), one after the other."""
-    root = Path(__file__).resolve().parent.parent / "benchmarks"
+    """Run the benchmark scripts (``benchmarks/``), one after the other."""
+    root = benchmarks_dir()
     chosen = list(dict.fromkeys(args.suite or DEFAULT_SUITES))
     status = EXIT_OK
     started = time.perf_counter()
@@ -465,7 +473,7 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
         script = root / SUITES[name]
         tag = f"[{i}/{len(chosen)}] {name}"
         if not script.exists():
-            _err(f"error: {tag}: {script} not found (the benchmarks ship with the source checkout)")
+            _err(f"error: {tag}: {script} not found (an install without the benchmarks; a source checkout has them)")
             status = EXIT_FAILURE
             continue
         cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else []) + list(extra)
@@ -522,7 +530,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compression", action="store_true", help="do not offer permessage-deflate")
     p = sub.add_parser("demo", help="echo server and client in one process, with throughput")
     p.add_argument("--seconds", type=float, default=1.0, help="per message size (default 1 s)")
-    p = sub.add_parser("bench", help="run the benchmarks (source checkout); extra options go to the scripts")
+    p = sub.add_parser("bench", help="run the benchmarks; extra options go to the scripts")
     p.add_argument("--suite", action="append", choices=list(SUITES),
                    help=f"repeatable (default: {' '.join(DEFAULT_SUITES)})")
     p.add_argument("--quick", action="store_true", help="the scripts' short smoke runs")

@@ -312,3 +312,38 @@ def test_bench_quick_speedups_prints_a_table() -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[1/1] speedups" in proc.stdout and "done in" in proc.stdout
     assert "## Masking" in proc.stdout and "kn_sock pure" in proc.stdout
+
+
+def test_an_installed_package_carries_the_benchmarks(tmp_path: Path) -> None:
+    """A wheel has no benchmarks/ beside the package: the build copies it into
+    kn_sock/_benchmarks, where ``kn-sock bench`` finds it. Built here without the extension,
+    which also shows what an install without a compiler reports."""
+    if not (ROOT / "benchmarks" / "bench_speedups.py").exists():
+        pytest.skip("no benchmarks/ in this checkout")
+    env = {**os.environ, "KN_SOCK_BUILD_EXTENSION": "no"}
+    env.pop("KN_SOCK_PURE", None)
+    build = subprocess.run(
+        [sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(tmp_path)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert build.returncode == 0, build.stderr[-2000:]
+    assert (tmp_path / "kn_sock" / "_benchmarks" / "_common.py").exists()
+    for built in (tmp_path / "kn_sock").glob("_speedups*"):  # copied from this checkout's build
+        if built.suffix in (".so", ".pyd"):
+            built.unlink()
+    env["PYTHONPATH"] = str(tmp_path)
+    probe = subprocess.run(  # -S: no site-packages, where an editable install would map _speedups
+        [sys.executable, "-S", "-c", "import kn_sock, kn_sock._backend as b, kn_sock.cli as c;"
+         "print(kn_sock.__file__, kn_sock.IMPLEMENTATION, c.benchmarks_dir(), b.IMPORT_ERROR, sep='|')"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    where, impl, bench_dir, reason = probe.stdout.strip().split("|")
+    assert where.startswith(str(tmp_path)) and impl == "pure"
+    assert bench_dir == str(tmp_path / "kn_sock" / "_benchmarks")
+    assert reason == "the C extension is not built (installed without a C compiler or Cython)"
+    proc = subprocess.run(
+        [sys.executable, "-m", "kn_sock", "bench", "--quick", "--suite", "speedups"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "## Masking" in proc.stdout
