@@ -196,6 +196,29 @@ async def test_async_with_server_and_serve_forever(backend):
             assert ws.close_code == 1001
 
 
+async def test_serve_forever_returns_once_the_server_is_closed(backend):
+    # The usual shutdown: a signal handler calls close() while main awaits serve_forever().
+    server = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend)
+    forever = asyncio.create_task(server.serve_forever())
+    also = asyncio.create_task(server.serve_forever())
+    async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+        await ws.send("x")
+        assert await ws.recv(timeout=TIMEOUT) == "x"
+        also.cancel()  # one caller's cancellation ends its own wait and closes the server
+        with pytest.raises(asyncio.CancelledError):
+            await also
+        assert await asyncio.wait_for(forever, TIMEOUT) is None
+        assert await ws.recv(timeout=TIMEOUT) is None
+        assert ws.close_code == 1001
+    # Called on a closed server: returns at once.
+    await asyncio.wait_for(server.serve_forever(), TIMEOUT)
+    server2 = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend)
+    forever = asyncio.create_task(server2.serve_forever())
+    await asyncio.sleep(0)
+    server2.close()
+    assert await asyncio.wait_for(forever, TIMEOUT) is None
+
+
 async def test_one_bad_connection_does_not_disturb_others(backend):
     async with serving(echo, backend=backend, max_size=100) as server:
         async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as good:

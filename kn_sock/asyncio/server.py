@@ -193,6 +193,7 @@ class AsyncWebSocketServer:
         self.options = options
         self.loop = loop or asyncio.get_running_loop()
         self.connections: set[AsyncWebSocket] = set()
+        self._stopped: asyncio.Future[None] | None = None  # serve_forever()'s, once called
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self._server: asyncio.base_events.Server | None = None
@@ -285,6 +286,8 @@ class AsyncWebSocketServer:
     def close(self, close_connections: bool = True) -> None:
         """Stop listening and close every connection with 1001 (going away)."""
         self.closing = True
+        if self._stopped is not None and not self._stopped.done():
+            self._stopped.set_result(None)  # serve_forever() returns
         if self._server is not None:
             self._server.close()
         if close_connections:
@@ -311,9 +314,13 @@ class AsyncWebSocketServer:
             await asyncio.gather(*waits, return_exceptions=True)
 
     async def serve_forever(self) -> None:
-        """Serve until cancelled; the server is closed on the way out."""
+        """Serve until ``close()`` (then return once closed) or until cancelled (close, re-raise)."""
+        if self._stopped is None:
+            self._stopped = self.loop.create_future()
+            if self.closing:
+                self._stopped.set_result(None)
         try:
-            await asyncio.Future()
+            await asyncio.shield(self._stopped)  # shared by every caller: one's cancel is its own
         finally:
             self.close()
             await self.wait_closed()
