@@ -1051,7 +1051,9 @@ class AsyncCore:
         if self._closed_fut.done() or proto is None or proto.state is _closed_state():
             return None
         w = self._waiter
-        if w is not None and not w.done():
+        if w is not None and not w.done() and (w._wake is not None or w._callbacks):
+            # (A pending waiter with no wake-up registered is one nobody waits on: a recv()
+            # stepped by hand and dropped. The next recv() takes its place.)
             raise InvalidState("recv() is already being awaited by another task")
         if self._on_message is not None:
             raise InvalidState("messages go to the on_message callback, not to recv()")

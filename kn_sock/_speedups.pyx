@@ -2555,7 +2555,7 @@ cdef class AsyncCore:
         if self._closed_fut.done() or proto is None or proto.state is _closed_state():
             return None
         w = self._waiter
-        if w is not None and not w.done():
+        if w is not None and not w.done() and not _abandoned(w):
             raise InvalidState("recv() is already being awaited by another task")
         if self._on_message is not None:
             raise InvalidState("messages go to the on_message callback, not to recv()")
@@ -2629,6 +2629,12 @@ cdef class AsyncCore:
 
 cdef extern from "Python.h":
     int PyIter_Send(object iter, object arg, PyObject **presult)
+
+
+cdef bint _abandoned(object w):
+    """A pending recv() waiter nobody waits on (no task registered a wake-up: a recv() stepped
+    by hand and dropped, not closed): the next recv() may take its place."""
+    return type(w) is Waiter and (<Waiter>w)._wake is None and not (<Waiter>w)._callbacks
 
 
 cdef int _raise_thrown(object typ, object val) except -1:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import gc
 import os
 import socket
 
@@ -330,6 +331,14 @@ async def test_send_and_recv_return_coroutines(backend):
                 thrown.throw(KeyError("x"))
             await ws.send("after")
             assert await ws.recv(timeout=TIMEOUT) == "after"
+            for drop in (True, False):  # stepped by hand: waiting, with no task to wake
+                stepped = ws.recv()
+                assert stepped.send(None) is not None
+                if drop:
+                    del stepped
+                    gc.collect()
+                await ws.send("after a stepped recv")  # the next recv() takes its place
+                assert await ws.recv(timeout=TIMEOUT) == "after a stepped recv"
             not_sent = ws.send("never")
             with pytest.raises(ValueError):
                 not_sent.throw(ValueError("y"))
