@@ -2516,15 +2516,14 @@ cdef class AsyncCore:
         waiter = self._new_waiter()
         if waiter is None:
             return None
-        handle = self._loop.call_later(timeout, _timeout_waiter, waiter) if timeout is not None else None
+        handle = self._loop.call_later(timeout, _timeout_waiter, waiter)
         try:
             return await waiter
         except BaseException:  # cancelled (or closed): a message handed over must not be lost
             self._recv_cancelled(<Waiter>waiter)
             raise
         finally:
-            if handle is not None:
-                handle.cancel()
+            handle.cancel()
             if self._waiter is waiter:
                 self._waiter = None
 
