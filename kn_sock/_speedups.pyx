@@ -2592,8 +2592,8 @@ cdef class AsyncCore:
         cdef Py_ssize_t n = 0
         cdef unsigned char key[4]
         cdef int err
-        cdef int op = _message_bytes(message, &src, &n)
-        if op == 0 or self._cork is not None or self._messages:
+        cdef int op
+        if not (PyUnicode_CheckExact(message) or PyBytes_CheckExact(message)) or self._cork is not None or self._messages:
             return 0
         proto = self.protocol
         transport = self.transport
@@ -2605,6 +2605,9 @@ cdef class AsyncCore:
             self._cmasks = proto._masks
         if self._cdeflate or proto.state is not self._open or proto._send_frag_open:
             return 0
+        # (Encoded once the connection is known to be open: a str that cannot be encoded
+        # fails as the general path fails, ConnectionClosed first.)
+        op = _message_bytes(message, &src, &n)
         masks = self._cmasks
         if masks is not None:
             if masks is next_mask:
@@ -2637,12 +2640,26 @@ cdef bint _abandoned(object w):
 
 
 cdef int _raise_thrown(object typ, object val) except -1:
-    """Raise what ``throw(typ[, val])`` was given."""
+    """Raise what ``throw(typ[, val])`` was given, as a coroutine's frame would let it out (a
+    StopIteration becomes RuntimeError: PEP 479)."""
     if val is None:
-        raise typ
-    if isinstance(val, BaseException):
-        raise val
-    raise typ(val)
+        exc = typ() if isinstance(typ, type) else typ
+    elif isinstance(val, BaseException):
+        exc = val
+    else:
+        exc = typ(val)
+    if not isinstance(exc, BaseException):
+        raise TypeError("exceptions must be classes or instances deriving from BaseException")
+    if isinstance(exc, StopIteration):
+        raise RuntimeError("coroutine raised StopIteration") from exc
+    raise exc
+
+
+cdef int _check_first_send(int state, object value) except -1:
+    """``send(value)`` on a coroutine not started yet takes only None."""
+    if state == 0 and value is not None:
+        raise TypeError("can't send non-None value to a just-started coroutine")
+    return 0
 
 
 # Speed: ``send()`` and ``recv()`` return these instead of coroutines. They behave as the
@@ -2660,12 +2677,14 @@ cdef class _Send:
     cdef object _compress
     cdef object _inner  # the general path's coroutine, once delegated to
     cdef int _state  # 0: not started, 1: delegating to _inner, 2: finished
+    cdef bint _running  # inside _inner (a message's iterator may step us again: refused)
 
     cdef int _step(self, object arg, PyObject **presult) except -1:
         cdef int r
         if self._state == 0:
             self._state = 2
             core = self._core
+            self._core = None  # a finished send keeps no connection alive
             message = self._message
             self._message = None
             if self._compress is None and core._try_send(message) == 1:  # a whole message, now
@@ -2679,7 +2698,11 @@ cdef class _Send:
             self._state = 1
             arg = None
         if self._state == 1:
+            if self._running:
+                raise ValueError("coroutine already executing")
+            self._running = True
             r = PyIter_Send(self._inner, arg, presult)  # -1: failed, with the exception set
+            self._running = False
             if r != 1:
                 self._state = 2
                 self._inner = None
@@ -2697,27 +2720,35 @@ cdef class _Send:
 
     def send(self, value):
         """Coroutine protocol: run to the next suspension; StopIteration once finished."""
+        _check_first_send(self._state, value)
         return _step_result(self, value)
 
     def throw(self, typ, val=None, tb=None):
         """Coroutine protocol: raise ``typ`` (or ``val``) at the suspension point."""
+        if self._running:
+            raise ValueError("coroutine already executing")
         if self._state == 1:
             inner = self._inner
+            self._running = True
             try:
                 return inner.throw(typ) if val is None and tb is None else inner.throw(typ, val, tb)
             except BaseException:
                 self._state = 2
                 self._inner = None
                 raise
+            finally:
+                self._running = False
         self._state = 2
-        self._message = None
+        self._message = self._core = None
         _raise_thrown(typ, val)
 
     def close(self):
         """Coroutine protocol: abandon the send."""
+        if self._running:
+            raise ValueError("coroutine already executing")
         inner = self._inner
         self._state = 2
-        self._message = self._inner = None
+        self._message = self._inner = self._core = None
         if inner is not None:
             inner.close()
 
@@ -2763,6 +2794,7 @@ cdef class _Recv:
             value = w._value if w._state == _W_RESULT else w.result()  # result() raises the others
         else:
             raise RuntimeError("cannot reuse already awaited coroutine")
+        self._core = None  # finished: keeps no connection alive
         if value is None and self._stop:
             raise StopAsyncIteration
         Py_INCREF(value)
@@ -2770,16 +2802,24 @@ cdef class _Recv:
         return 0
 
     cdef int _abandon(self) except -1:
-        """Thrown into or closed: a message already handed over goes back to the queue."""
+        """Thrown into, closed or dropped: a message already handed over goes back to the
+        queue, and the connection's next message no longer comes here."""
         w = self._w
+        core = self._core
         self._state = 2
         self._w = None
-        if w is not None:
-            core = self._core
+        self._core = None
+        if w is not None and core is not None:
             if core._waiter is w:
                 core._waiter = None
             core._recv_cancelled(w)
         return 0
+
+    def __dealloc__(self):
+        # Dropped while waiting (stepped by hand, never finished: a coroutine would be
+        # closed here): as close().
+        if self._w is not None:
+            self._abandon()
 
     def __await__(self):
         return self
@@ -2792,6 +2832,7 @@ cdef class _Recv:
 
     def send(self, value):
         """Coroutine protocol: run to the next suspension; StopIteration once finished."""
+        _check_first_send(self._state, value)
         return _step_result(self, value)
 
     def throw(self, typ, val=None, tb=None):

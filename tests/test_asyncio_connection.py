@@ -10,6 +10,7 @@ import contextvars
 import gc
 import os
 import socket
+import weakref
 
 import pytest
 
@@ -350,6 +351,81 @@ async def test_send_and_recv_return_coroutines(backend):
         await asyncio.create_task(ws.__anext__())
     with pytest.raises(ConnectionClosed):
         await asyncio.create_task(ws.send("closed"))
+
+
+async def test_hand_stepped_calls_behave_as_coroutines(backend):
+    # The corners of the coroutine protocol, the same under both twins.
+    got: list = []
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            # A recv() stepped by hand and dropped: the messages that arrive before the next
+            # recv() (or before an on_message callback is set) are queued, not lost with it.
+            stepped = ws.recv()
+            assert stepped.send(None) is not None
+            del stepped
+            gc.collect()
+            await ws.send("arrives while nobody waits")
+            await wait_until(lambda: bool(ws._messages))  # queued: nobody waits
+            assert await ws.recv(timeout=TIMEOUT) == "arrives while nobody waits"
+            stepped = ws.recv()
+            stepped.send(None)
+            del stepped
+            gc.collect()
+            ws.on_message = got.append  # no recv() is being awaited any more
+            await ws.send("to the callback")
+            await wait_until(lambda: got)
+            assert got == ["to the callback"]
+            ws.on_message = None
+
+            # As a coroutine: only None for the first step; StopIteration thrown in becomes
+            # RuntimeError (PEP 479); nothing was sent.
+            with pytest.raises(TypeError):
+                ws.recv().send("not None")
+            with pytest.raises(RuntimeError):
+                ws.send("never").throw(StopIteration)
+
+            # Stepped again from inside its own step (a fragment iterator stepping the send
+            # that reads it): refused, the send itself goes on unharmed.
+            ops: list = []
+            refused: list = []
+
+            class Fragments:
+                def __init__(self) -> None:
+                    self.n = 0
+
+                def __aiter__(self) -> "Fragments":
+                    return self
+
+                async def __anext__(self) -> bytes:
+                    self.n += 1
+                    if self.n == 2:
+                        try:
+                            ops[0].send(None)
+                        except ValueError as exc:
+                            refused.append(exc)
+                    if self.n > 3:
+                        raise StopAsyncIteration
+                    return b"f"
+
+            ops.append(ws.send(Fragments()))
+            await asyncio.wait_for(ops[0], TIMEOUT)
+            assert len(refused) == 1
+            assert await ws.recv(timeout=TIMEOUT) == b"fff"
+            await ws.send("still usable")
+            assert await ws.recv(timeout=TIMEOUT) == "still usable"
+
+            # Finished, they keep no connection alive.
+            done_send = ws.send("kept?")
+            await done_send
+            done_recv = ws.recv()
+            assert await done_recv == "kept?"
+            ref = weakref.ref(ws)
+    # Closed: a str that cannot be encoded fails as any send does, ConnectionClosed first.
+    with pytest.raises(ConnectionClosed):
+        await ws.send("\ud800")
+    del ws
+    gc.collect()
+    assert ref() is None
 
 
 @RECEIVERS
