@@ -392,15 +392,12 @@ class Protocol:
             raise InvalidState("a fragmented message is being sent")
         if t is str:
             opcode = OP_TEXT
-        elif t is bytes or t is bytearray or t is memoryview:
+        elif t is bytes or t is bytearray:
             opcode = OP_BINARY
         elif isinstance(message, str):
             opcode, message = OP_TEXT, str(message)
         else:
-            try:
-                message = memoryview(message)
-            except TypeError:
-                raise TypeError(f"message must be str or bytes-like, not {t.__name__}") from None
+            message = _contiguous(message, "message")
             opcode = OP_BINARY
         if self.deflate is not None and compress is not False:
             data = message.encode("utf-8") if opcode == OP_TEXT else message
@@ -423,10 +420,7 @@ class Protocol:
         self._check_open()
         is_text = isinstance(message, str)
         if not is_text:
-            try:
-                message = memoryview(message)
-            except TypeError:
-                raise TypeError(f"fragment must be str or bytes-like, not {type(message).__name__}") from None
+            message = _contiguous(message, "fragment")
         if self._send_frag_open:
             if is_text != self._send_frag_text:
                 raise TypeError("all fragments of a message must be of the same type")
@@ -491,6 +485,18 @@ class Protocol:
 SPLIT_THRESHOLD = 65536
 _pack_len2 = struct.Struct("!BBH").pack
 _pack_len8 = struct.Struct("!BBQ").pack
+
+
+def _contiguous(message: Any, what: str) -> memoryview | bytes:
+    """A bytes-like message as one C-contiguous buffer (copied only when it is a strided view)."""
+    if type(message) is not memoryview:
+        try:
+            message = memoryview(message)
+        except TypeError:
+            raise TypeError(f"{what} must be str or bytes-like, not {type(message).__name__}") from None
+    if not message.c_contiguous:
+        return message.tobytes()  # e.g. view[::2]: the frame builders and zlib need one piece
+    return message
 
 
 def _frame_header(opcode: int, length: int) -> bytes:

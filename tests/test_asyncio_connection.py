@@ -42,8 +42,9 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(20)]
         (b"", b""),
         (bytearray(b"ba"), b"ba"),
         (memoryview(b"mv"), b"mv"),
+        (memoryview(b"s-t-r-i-d-e-d")[::2], b"strided"),
     ],
-    ids=["text", "text-utf8", "binary", "empty-text", "empty-binary", "bytearray", "memoryview"],
+    ids=["text", "text-utf8", "binary", "empty-text", "empty-binary", "bytearray", "memoryview", "strided-view"],
 )
 @pytest.mark.parametrize("compression", ["deflate", None])
 async def test_echo_types(backend, message, expected, compression):
@@ -57,7 +58,7 @@ async def test_echo_types(backend, message, expected, compression):
 @pytest.mark.parametrize("compression", ["deflate", None])
 @pytest.mark.parametrize(
     "fragments, expected",
-    [(["a", "é", "", "c"], "aéc"), ([b"a", bytearray(b"b"), memoryview(b"c")], b"abc"), (["only"], "only")],
+    [(["a", "é", "", "c"], "aéc"), ([b"a", bytearray(b"b"), memoryview(b"c"), memoryview(b"d-e")[::2]], b"abcde"), (["only"], "only")],
     ids=["text", "binary", "single"],
 )
 async def test_echo_fragmented_sync_iterable(backend, compression, fragments, expected):
