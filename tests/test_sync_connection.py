@@ -16,6 +16,7 @@ import weakref
 
 import pytest
 
+from kn_sock._pure import build_frame
 from kn_sock.exceptions import ConnectionClosed
 from kn_sock.handshake import ClientHandshake
 from kn_sock.sync import connect_websocket
@@ -43,6 +44,10 @@ def test_echo_text_binary_empty_fragmented_large(backend, compression):
             ws.send(["frag", "ment", "ed"])
             assert ws.recv(5) == "fragmented"
             ws.send([b"a", bytearray(b"b"), memoryview(b"c")])
+            assert ws.recv(5) == b"abc"
+            ws.send(memoryview(b"s-t-r-i-d-e-d")[::2])  # a strided view: sent as its bytes
+            assert ws.recv(5) == b"strided"
+            ws.send([memoryview(b"a-b")[::2], b"c"])
             assert ws.recv(5) == b"abc"
             big = os.urandom(2**20 - 64)
             ws.send(big)
@@ -131,9 +136,9 @@ def test_fragment_source_failing_before_any_fragment_leaves_the_connection_usabl
 
 
 def test_a_client_that_keeps_sending_sees_the_servers_close(backend):
-    """A thread streaming large messages stops reading while over write_limit; once its sends
-    bring it back under, reading must resume, or the server's close frame sits unread and a
-    clean 1001 ends as two 1006s after close_timeout (audit)."""
+    """A thread streaming large messages (each over write_limit) must go on reading while it
+    waits for them to drain, or the server's close frame sits unread and a clean 1001 ends as
+    two 1006s after close_timeout (audit)."""
     codes = []
 
     def handler(ws, address):
@@ -145,7 +150,7 @@ def test_a_client_that_keeps_sending_sees_the_servers_close(backend):
         codes.append(ws.close_code)
 
     with running_server(handler, backend=backend, compression=None, close_timeout=5) as server:
-        for _ in range(4):
+        for _ in range(8):  # (before the fix about one in ten took seconds: reading paused)
             ws = connect_websocket("127.0.0.1", server.port, backend=backend, compression=None, ping_interval=None)
             started = time.monotonic()
             with pytest.raises(ConnectionClosed):
@@ -155,7 +160,7 @@ def test_a_client_that_keeps_sending_sees_the_servers_close(backend):
             assert ws.close_code == 1001
             ws.close()
         wait_for(lambda: len(codes) == 4)
-        assert codes == [1001] * 4
+        assert codes == [1001] * 8
 
 
 def test_json(backend):
@@ -585,6 +590,41 @@ def test_failing_drains_so_the_peer_gets_the_close_frame(backend):
                 peer.recv_frame()  # the half-close: a clean EOF, not ECONNRESET
             peer.sock.shutdown(socket.SHUT_WR)
             peer.close()
+        wait_for(lambda: not server.connections)
+
+
+def test_ping_flood_while_a_send_waits_on_a_peer_that_never_reads(backend):
+    """Bad input: a handler blocked sending to a peer that does not read goes on reading (so a
+    close frame would be seen), and the pongs for the peer's ping flood stay bounded: reading
+    pauses once they add write_limit to what the send waits on."""
+    conns = []
+    sending = threading.Event()
+
+    def handler(ws, address):
+        conns.append(ws)
+        sending.set()
+        try:
+            ws.send(b"x" * 32_000_000)  # more than the kernel buffers: blocks, the peer never reads
+        except ConnectionClosed:
+            pass
+
+    with running_server(handler, backend=backend, write_limit=4096, ping_interval=None, compression=None) as server:
+        peer = raw_client(server.port)
+        assert sending.wait(5)
+        ping = build_frame(9, b"p" * 125, True, False, os.urandom(4))
+        peer.sock.settimeout(0.5)
+        sent = 0
+        try:
+            for _ in range(200):  # up to 5 MB of pings: the server stops reading them at some point
+                peer.sock.sendall(ping * 200)
+                sent += 1
+        except socket.timeout:
+            pass
+        ws = conns[0]
+        assert ws._app_writers == 1 and ws._drain_base <= 32_000_016  # still waiting in send()
+        assert ws._wbuf_size <= ws._drain_base + 4096 + 300_000  # write_limit + one read's pongs at most
+        assert sent < 200, "the server must stop reading while its pongs pile up"
+        peer.close()
         wait_for(lambda: not server.connections)
 
 

@@ -135,6 +135,7 @@ class WebSocket:
         "_held",
         "_held_since",
         "_app_writers",
+        "_drain_base",
         "_interest",
         "_wbuf",
         "_wbuf_size",
@@ -194,6 +195,7 @@ class WebSocket:
         self._held = False
         self._held_since = 0.0
         self._app_writers = 0
+        self._drain_base = 0
         self._interest = 0
         self._wbuf: deque[Any] = deque()
         self._wbuf_size = 0
@@ -326,9 +328,18 @@ class WebSocket:
         else:
             new = 0
             # Backpressure both ways while OPEN: a full queue, or a peer that does not read
-            # what we send (its pings would pile up pongs), pauses reading.
+            # what we send (its pings would pile up pongs), pauses reading. An application
+            # thread waiting for its own message to drain does not: reading goes on (a close
+            # frame must be seen) until the replies written meanwhile reach write_limit.
+            wbuf = self._wbuf_size
             if not self._app_reading and not self._held and not self._eof and (
-                self.protocol.state is not _OPEN or not self._read_paused and self._wbuf_size <= self._write_limit
+                self.protocol.state is not _OPEN
+                or not self._read_paused
+                and (
+                    wbuf <= self._write_limit
+                    or self._app_writers
+                    and wbuf <= self._drain_base + self._write_limit
+                )
             ):
                 new = EVENT_READ
             if self._wbuf and not self._app_writers:
@@ -862,6 +873,7 @@ class WebSocket:
 
     def _drain(self) -> None:
         """Flush from this thread until at most ``write_limit`` bytes are pending."""
+        base = -1
         while True:
             with self._lock:
                 if self._sock_done:
@@ -875,6 +887,9 @@ class WebSocket:
                     return
                 if self._sock_done:
                     raise self.protocol.closed_exception()
+                if base < 0:
+                    base = self._wbuf_size  # what this send waits on; replies may add write_limit
+                self._drain_base = base
                 self._app_writers += 1
                 self._update_interest()
             try:
