@@ -322,9 +322,11 @@ class Protocol:
     def data_to_send(self) -> list[bytes]:
         """Return (and forget) the frames the protocol wants written: pongs, close frames."""
         out = self._out
-        if self._held_pong is not None and not self.hold_pongs:
-            out.append(self._held_pong)
+        held = self._held_pong
+        if held is not None and not self.hold_pongs:
             self._held_pong = None
+            if self.close_sent is None:  # never a pong after our close frame (§5.5.1)
+                out.append(held)
         if out:
             self._out = []
         return out

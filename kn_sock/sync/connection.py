@@ -135,7 +135,6 @@ class WebSocket:
         "_held",
         "_held_since",
         "_app_writers",
-        "_drain_base",
         "_interest",
         "_wbuf",
         "_wbuf_size",
@@ -195,7 +194,6 @@ class WebSocket:
         self._held = False
         self._held_since = 0.0
         self._app_writers = 0
-        self._drain_base = 0
         self._interest = 0
         self._wbuf: deque[Any] = deque()
         self._wbuf_size = 0
@@ -327,19 +325,12 @@ class WebSocket:
             new = 0
         else:
             new = 0
-            # Backpressure both ways while OPEN: a full queue, or a peer that does not read
-            # what we send (its pings would pile up pongs), pauses reading. An application
-            # thread waiting for its own message to drain does not: reading goes on (a close
-            # frame must be seen) until the replies written meanwhile reach write_limit.
-            wbuf = self._wbuf_size
+            # Backpressure while OPEN: a full queue pauses reading. What we have not sent yet
+            # does not: a peer that writes as much as we do must be read to go on reading us
+            # (or both sides would wait to write), and a close frame must be seen. The pongs a
+            # peer that does not read could pile up are held instead (see _flush).
             if not self._app_reading and not self._held and not self._eof and (
-                self.protocol.state is not _OPEN
-                or not self._read_paused
-                and (
-                    wbuf <= self._write_limit
-                    or self._app_writers
-                    and wbuf <= self._drain_base + self._write_limit
-                )
+                self.protocol.state is not _OPEN or not self._read_paused
             ):
                 new = EVENT_READ
             if self._wbuf and not self._app_writers:
@@ -376,7 +367,12 @@ class WebSocket:
             return
         if got or self._parser.error is not None:
             with self._lock:
-                self._dispatch(self.protocol.receive_frames(got))
+                proto = self.protocol
+                # Over write_limit, only the latest ping gets a pong (RFC 6455 §5.5.3), once
+                # the buffer drains (_flush): a ping flood from a peer that does not read our
+                # answers cannot pile them up.
+                proto.hold_pongs = self._wbuf_size > self._write_limit
+                self._dispatch(proto.receive_frames(got))
 
     def _read_py(self, flags: int) -> Any:
         """One read through the socket object (TLS; platforms without ``recv_from``), in the
@@ -571,6 +567,11 @@ class WebSocket:
                 wbuf[0] = memoryview(data)[n:]
                 break
             wbuf.popleft()
+        proto = self.protocol
+        if proto._held_pong is not None and self._wbuf_size <= self._write_limit:
+            proto.hold_pongs = False
+            for data in proto.data_to_send():  # the pong held for the latest ping
+                self._write(data)
         if not wbuf:
             if self._close_after_flush:
                 self._finalize()
@@ -873,7 +874,6 @@ class WebSocket:
 
     def _drain(self) -> None:
         """Flush from this thread until at most ``write_limit`` bytes are pending."""
-        base = -1
         while True:
             with self._lock:
                 if self._sock_done:
@@ -887,9 +887,6 @@ class WebSocket:
                     return
                 if self._sock_done:
                     raise self.protocol.closed_exception()
-                if base < 0:
-                    base = self._wbuf_size  # what this send waits on; replies may add write_limit
-                self._drain_base = base
                 self._app_writers += 1
                 self._update_interest()
             try:
@@ -1040,16 +1037,6 @@ class WebSocket:
     def _read_once(self, deadline: float | None) -> None:
         """Wait for the socket (until ``deadline``) and feed what it has (``_read_lock`` held)."""
         sock = self._sock
-        if self._wbuf_size > self._write_limit and self.protocol.state is _OPEN:
-            # Same backpressure as the reactor's: flush before reading more from this peer.
-            timeout = None if deadline is None else max(deadline - time.monotonic(), 0.0)
-            if not _wait_fd(self._fd, True, timeout, None):
-                raise TimeoutError("no message received in time")
-            with self._lock:
-                if not self._sock_done:
-                    self._flush()
-                    self._update_interest()
-            return
         flags = self._nb
         if flags and deadline is None:
             flags = 0  # blocking read: the data, the peer's EOF or our shutdown() wakes it
