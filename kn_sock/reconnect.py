@@ -329,6 +329,8 @@ class ReconnectingState:
         """Set the state both clients share (called from their ``__init__``)."""
         self._outbox = Outbox(max_pending, ack)
         self._ws = None
+        #: Ended connections whose received messages recv() has not returned yet (oldest first).
+        self._ended: deque = deque()
         self._closing = False  # close() was called: never reconnect
         self._final = False  # no reconnection will follow
         #: True while a connection is open and the queue has been flushed into it.
@@ -337,6 +339,22 @@ class ReconnectingState:
         self.reconnects = 0
         #: How the previous connection ended (``end_code``), None before any ended.
         self.last_close_code: int | None = None
+
+    def _replaced(self, old: Any) -> None:
+        """``old`` ended and a new connection takes its place: what it received stays readable."""
+        if old._messages:
+            self._ended.append(old)
+
+    def _take_ended(self) -> Any:
+        """The oldest message an ended connection received and recv() has not returned, or None."""
+        ended = self._ended
+        while ended:
+            messages = ended[0]._messages
+            try:
+                return messages.popleft()
+            except (IndexError, AttributeError):  # drained (by another reader too), or none
+                ended.popleft()
+        return None
 
     @property
     def connection(self) -> Any:

@@ -40,6 +40,31 @@ def first_closes_with(code, counter):
     return handler
 
 
+def test_messages_received_before_a_reconnection_are_not_lost(backend):
+    """Messages that arrived on a connection that then ended (and was replaced) are returned
+    by recv(), in order, before the new connection's (audit: they were dropped)."""
+    counter: list[int] = []
+
+    def handler(ws, address):
+        counter.append(1)
+        n = len(counter)
+        if n <= 2:  # two connections end with 1001, each after three messages
+            for i in range(3):
+                ws.send(f"c{n}-{i}")
+            ws.close(1001)
+            return
+        ws.send("new")
+        ws.wait_closed(TIMEOUT)
+
+    with running_server(handler, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST)
+        assert wait_for(lambda: ws.reconnects == 2)  # the application was busy meanwhile
+        got = [ws.recv(TIMEOUT) for _ in range(7)]
+        assert got == ["c1-0", "c1-1", "c1-2", "c2-0", "c2-1", "c2-2", "new"]
+        ws.close()
+        assert ws.recv(TIMEOUT) is None
+
+
 @pytest.mark.parametrize("code", [1001, 1011, 1012, None], ids=lambda c: str(c or 1006))
 def test_reconnects_after_retryable_close(backend, code):
     counter: list[int] = []

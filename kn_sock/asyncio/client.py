@@ -316,6 +316,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                 new = await self._reconnect()
                 if new is None:
                     break
+                self._replaced(ws)
                 self._ws = new
                 self.reconnects += 1
                 self._notify()
@@ -426,14 +427,19 @@ class AsyncReconnectingWebSocket(ReconnectingState):
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:
+            # What ended connections received comes first, in order.
+            message = self._take_ended() if self._ended else None
             ws = self._ws
             assert ws is not None
-            left = None if deadline is None else max(0.0, deadline - loop.time())
-            message = await ws.recv(left)
+            if message is None:
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                message = await ws.recv(left)
             if message is not None:
                 if self._outbox.ack is not None:
                     self._outbox.received(message)
                 return message
+            if self._ended:
+                continue
             if self._final:
                 return None
             if self._ws is ws:

@@ -268,6 +268,7 @@ class ReconnectingWebSocket(ReconnectingState):
                 with cond:
                     closing = self._closing
                     if not closing:
+                        self._replaced(ws)
                         self._ws = new
                         self.reconnects += 1
                         cond.notify_all()
@@ -377,10 +378,14 @@ class ReconnectingWebSocket(ReconnectingState):
         deadline = None if timeout is None else time.monotonic() + timeout
         cond = self._cond
         while True:
-            ws = self._ws
-            assert ws is not None
-            left = None if deadline is None else max(0.0, deadline - time.monotonic())
-            message = ws.recv(left)
+            with cond:
+                # What ended connections received comes first, in order.
+                message = self._take_ended() if self._ended else None
+                ws = self._ws
+            if message is None:
+                assert ws is not None
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                message = ws.recv(left)
             if message is not None:
                 if self._outbox.ack is not None:
                     with cond:
@@ -392,7 +397,7 @@ class ReconnectingWebSocket(ReconnectingState):
                     if left is not None and left <= 0:
                         raise TimeoutError("no message received in time")
                     cond.wait(left)
-                if self._final and self._ws is ws:
+                if self._final and self._ws is ws and not self._ended:
                     return None
 
     def recv_json(self, timeout: float | None = None) -> Any:
