@@ -169,6 +169,32 @@ async def test_server_close_is_bounded_by_close_timeout(backend):
         peer.close()
 
 
+async def test_cancelling_wait_closed_leaves_the_handlers_alone(backend):
+    """wait_for(server.wait_closed(), t) gives up after t, even while a silent peer holds the
+    closing handshake open, and cancels neither the handlers nor the closing (audit)."""
+    cancelled = []
+
+    async def handler(ws, path):
+        try:
+            await ws.wait_closed()
+        except asyncio.CancelledError:
+            cancelled.append(path)
+            raise
+
+    async with serving(handler, backend=backend, close_timeout=1.0) as server:
+        peer = await raw_client(server.port)
+        loop = asyncio.get_running_loop()
+        server.close()
+        start = loop.time()
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(server.wait_closed(), 0.1)
+        assert loop.time() - start < 0.5
+        await asyncio.wait_for(server.wait_closed(), 5)  # close_timeout drops the silent peer
+        assert cancelled == []
+        assert await peer.read_close() == (1001, "")
+        peer.close()
+
+
 async def test_messages_before_close_are_not_lost(backend):
     async def handler(websocket, path):
         for i in range(5):

@@ -311,7 +311,9 @@ class AsyncWebSocketServer:
             waits += [task for task in self.tasks if not task.done()]
             if not waits:
                 return
-            await asyncio.gather(*waits, return_exceptions=True)
+            # Shielded: cancelling this wait (wait_for(server.wait_closed(), t)) must not
+            # cancel the handlers or the closing handshakes it waits for.
+            await asyncio.shield(asyncio.gather(*waits, return_exceptions=True))
 
     async def serve_forever(self) -> None:
         """Serve until ``close()`` (then return once closed) or until cancelled (close, re-raise)."""
