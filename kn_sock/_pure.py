@@ -462,6 +462,8 @@ class FrameParser:
             if end - pos < 4:
                 return 0
             length = (buf[pos + 2] << 8) | buf[pos + 3]
+            if length < 126:
+                raise ProtocolError("frame length not in its minimal form", 1002)
             hdr = 4
         elif length == 127:
             if end - pos < 10:
@@ -469,6 +471,8 @@ class FrameParser:
             length = _from_bytes(buf[pos + 2 : pos + 10], "big")
             if length >> 63:
                 raise ProtocolError("frame length has the most significant bit set", 1002)
+            if length < 65536:  # RFC 6455 §5.2: "the minimal number of bytes MUST be used"
+                raise ProtocolError("frame length not in its minimal form", 1002)
             hdr = 10
         if opcode < 8:
             self._check_size(opcode, rsv1, length)

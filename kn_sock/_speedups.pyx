@@ -1491,6 +1491,9 @@ cdef class FrameParser:
                 if avail < 4:
                     break
                 length = (p[2] << 8) | p[3]
+                if length < 126:
+                    self._fail(ProtocolError("frame length not in its minimal form", 1002))
+                    return pos
                 hdr = 4
             else:
                 if avail < 10:
@@ -1498,6 +1501,9 @@ cdef class FrameParser:
                 length = _be64(p + 2)
                 if length >> 63:
                     self._fail(ProtocolError("frame length has the most significant bit set", 1002))
+                    return pos
+                if length < 65536:  # RFC 6455 §5.2: "the minimal number of bytes MUST be used"
+                    self._fail(ProtocolError("frame length not in its minimal form", 1002))
                     return pos
                 hdr = 10
             # RFC 6455 §10.4 / SPEC: the limit is decided from the header, before any payload.

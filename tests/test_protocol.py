@@ -810,8 +810,8 @@ class TestMaxSize:
         server = make(backend, SERVER, max_size=1000)
         for _ in range(3):
             assert server.receive_data(peer(server, OP_BINARY if _ == 0 else OP_CONT, bytes(300), fin=False)) == []
-        # 900 bytes so far: a 101-byte fragment is refused from its header.
-        assert_failed(server, server.receive_data(b"\x80\xfe" + struct.pack("!H", 101)), 1009)
+        # 900 bytes so far: a 200-byte fragment is refused from its header.
+        assert_failed(server, server.receive_data(b"\x80\xfe" + struct.pack("!H", 200)), 1009)
 
     def test_fragmented_message_of_exactly_max_size_is_accepted(self, backend: Any) -> None:
         server = make(backend, SERVER, max_size=1000)

@@ -436,6 +436,11 @@ PROTOCOL_ERRORS = [
     (bytes([0x81, 0x80, 1, 2, 3, 4]), "incorrect masking: server frames must not be masked", 1002, {}),
     (m(0x81), "incorrect masking: client frames must be masked", 1002, {"expect_mask": True}),
     (bytes([0x82, 0x7F, 0x80, 0, 0, 0, 0, 0, 0, 0]), "frame length has the most significant bit set", 1002, {}),
+    # RFC 6455 §5.2: "the minimal number of bytes MUST be used to encode the length".
+    (bytes([0x81, 0x7E, 0, 5]) + b"hello", "frame length not in its minimal form", 1002, {}),
+    (bytes([0x82, 0x7E, 0, 125]) + bytes(125), "frame length not in its minimal form", 1002, {}),
+    (bytes([0x81, 0x7F]) + (5).to_bytes(8, "big") + b"hello", "frame length not in its minimal form", 1002, {}),
+    (bytes([0x82, 0x7F]) + (65535).to_bytes(8, "big") + bytes(65535), "frame length not in its minimal form", 1002, {}),
     (m(0x81, b"\xff"), "invalid UTF-8 in text message", 1007, {}),
     (m(0x81, b"ok\xed\xa0\x80"), "invalid UTF-8 in text message", 1007, {}),
     (m(0x82, bytes(11)), "message too big: 11 bytes > 10 bytes", 1009, {"max_size": 10}),
