@@ -44,6 +44,32 @@ def first_closes_with(code: int | None, counter: list[int]):
 # --------------------------------------------------------------------------- reconnect or not
 
 
+async def test_first_connection_ending_during_on_connect_is_retried(backend):
+    """A retryable close (1013 "try again later") that makes on_connect fail on the first
+    connection is retried like one after it (audit: the connect raised)."""
+    counter: list[int] = []
+
+    async def handler(ws, path):
+        counter.append(1)
+        if len(counter) == 1:
+            await ws.close(1013, "try again later")
+            return
+        await ws.send("welcome")
+        async for message in ws:
+            await ws.send(message)
+
+    async def on_connect(ws):
+        await ws.recv()  # the first connection: None, it is closed
+        await ws.send("subscribe")  # ConnectionClosed the first time
+
+    async with serving(handler, backend=backend) as server:
+        async with async_connect_websocket(
+            "127.0.0.1", server.port, backend=backend, reconnect=FAST, on_connect=on_connect
+        ) as ws:
+            assert await ws.recv(TIMEOUT) == "subscribe"
+            assert ws.reconnects == 1 and len(counter) == 2
+
+
 async def test_messages_received_before_a_reconnection_are_not_lost(backend):
     """Messages that arrived on a connection that then ended (and was replaced) are returned
     by recv(), in order, before the new connection's (audit: they were dropped)."""

@@ -40,6 +40,30 @@ def first_closes_with(code, counter):
     return handler
 
 
+def test_first_connection_ending_during_on_connect_is_retried(backend):
+    """A retryable close (1013 "try again later") that makes on_connect fail on the first
+    connection is retried like one after it (audit: the connect raised)."""
+    counter: list[int] = []
+
+    def handler(ws, address):
+        counter.append(1)
+        if len(counter) == 1:
+            ws.close(1013, "try again later")
+            return
+        ws.send("welcome")
+        echo(ws, address)
+
+    def on_connect(ws):
+        ws.recv(TIMEOUT)  # the first connection: None, it is closed
+        ws.send("subscribe")  # ConnectionClosed the first time
+
+    with running_server(handler, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST, on_connect=on_connect)
+        assert ws.recv(TIMEOUT) == "subscribe"
+        assert ws.reconnects == 1 and len(counter) == 2
+        ws.close()
+
+
 def test_messages_received_before_a_reconnection_are_not_lost(backend):
     """Messages that arrived on a connection that then ended (and was replaced) are returned
     by recv(), in order, before the new connection's (audit: they were dropped)."""

@@ -288,13 +288,27 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                 await asyncio.sleep(delay)
         policy.reset()
         self._ws = ws
+        connected = True
         try:
             await _maybe_await(self._opts.on_connect(ws)) if self._opts.on_connect else None
+        except ConnectionClosed:
+            # The connection ended under on_connect (a server answering 1013 "try again
+            # later", say): as after any retryable end, the supervisor reconnects.
+            try:  # how it ended decides (the closing is bounded by close_timeout)
+                async with _timeout(None if self._opts.close_timeout is None else self._opts.close_timeout + 1):
+                    await ws.wait_closed()
+            except TimeoutError:  # pragma: no cover - the close timer fires first
+                pass
+            if self._closing or not self._policy.should_reconnect(end_code(ws.protocol)):
+                self._final = True
+                raise
+            logger.info("connection to %s lost during on_connect: reconnecting", self._wsuri.uri)
+            connected = False
         except BaseException:
             self._final = True
             await ws.close(1011)
             raise
-        self.connected = True
+        self.connected = connected
         self._task = asyncio.get_running_loop().create_task(self._supervise())
 
     async def _supervise(self) -> None:

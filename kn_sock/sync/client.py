@@ -233,14 +233,24 @@ class ReconnectingWebSocket(ReconnectingState):
                 time.sleep(delay)
         policy.reset()
         self._ws = ws
+        connected = True
         if self._opts.on_connect is not None:
             try:
                 self._opts.on_connect(ws)
+            except ConnectionClosed:
+                # The connection ended under on_connect (a server answering 1013 "try again
+                # later", say): as after any retryable end, the supervisor reconnects.
+                ws.wait_closed(self._opts.close_timeout)  # how it ended decides
+                if self._closing or not self._policy.should_reconnect(end_code(ws.protocol)):
+                    self._final = True
+                    raise
+                logger.info("connection to %s lost during on_connect: reconnecting", self._wsuri.uri)
+                connected = False
             except BaseException:
                 self._final = True
                 ws.close(1011)
                 raise
-        self.connected = True
+        self.connected = connected
         self._thread = threading.Thread(target=self._supervise, name="kn_sock-reconnect", daemon=True)
         self._thread.start()
 
