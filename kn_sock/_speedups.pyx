@@ -31,6 +31,7 @@ from libc.string cimport memcpy, memmove
 
 cimport cython
 import os as _os
+import warnings as _warnings
 from collections import deque as _deque
 
 from .exceptions import InvalidState, PayloadTooBig, ProtocolError
@@ -2672,6 +2673,14 @@ cdef int _raise_thrown(object typ, object val) except -1:
     raise exc
 
 
+cdef void _never_awaited(str name) noexcept:
+    """What a coroutine dropped before its first step says (``__dealloc__``: errors are reported)."""
+    if _warnings is None:  # interpreter shutdown
+        return
+    # (noexcept: warnings turned into errors are reported as unraisable, never raised here)
+    _warnings.warn(f"coroutine 'AsyncCore.{name}' was never awaited", RuntimeWarning, 2)
+
+
 cdef int _check_first_send(int state, object value) except -1:
     """``send(value)`` on a coroutine not started yet takes only None."""
     if state == 0 and value is not None:
@@ -2769,6 +2778,10 @@ cdef class _Send:
         if inner is not None:
             inner.close()
 
+    def __dealloc__(self):
+        if self._state == 0 and self._core is not None:
+            _never_awaited("send")
+
 
 @cython.final
 @cython.freelist(8)
@@ -2837,6 +2850,8 @@ cdef class _Recv:
         # closed here): as close().
         if self._w is not None:
             self._abandon()
+        elif self._state == 0 and self._core is not None:
+            _never_awaited("__anext__" if self._stop else "recv")
 
     def __await__(self):
         return self

@@ -94,6 +94,7 @@ def build_close(code: int, reason: str = "") -> bytes:
 
     Raises:
         ValueError: for a code that may not be sent or a reason over 123 bytes of UTF-8.
+        TypeError: a reason that is not a str.
     """
     if code == CloseCode.NO_STATUS_RCVD:
         if reason:
@@ -101,6 +102,8 @@ def build_close(code: int, reason: str = "") -> bytes:
         return b""
     if not is_valid_close_code(code):
         raise ValueError(f"invalid close code {code}")
+    if not isinstance(reason, str):
+        raise TypeError(f"close reason must be str, not {type(reason).__name__}")
     data = reason.encode("utf-8")
     if len(data) > 123:
         raise ValueError("close reason must be at most 123 bytes of UTF-8")

@@ -447,7 +447,7 @@ class Protocol:
             ValueError: more than 125 bytes, or a ping with the same payload is in flight.
         """
         self._check_open()
-        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        payload = control_payload(data)
         if len(payload) > 125:
             raise ValueError("ping payload must be at most 125 bytes")
         if payload in self.pings:
@@ -463,7 +463,7 @@ class Protocol:
             ValueError: more than 125 bytes.
         """
         self._check_open()
-        payload = data.encode("utf-8") if isinstance(data, str) else bytes(data)
+        payload = control_payload(data)
         if len(payload) > 125:
             raise ValueError("pong payload must be at most 125 bytes")
         return self._frame(OP_PONG, payload)
@@ -499,6 +499,22 @@ def _contiguous(message: Any, what: str) -> memoryview | bytes:
     if not message.c_contiguous:
         return message.tobytes()  # e.g. view[::2]: the frame builders and zlib need one piece
     return message
+
+
+def control_payload(data: Any) -> bytes:
+    """A ping / pong payload as bytes: str (UTF-8) or bytes-like; None is empty.
+
+    Raises:
+        TypeError: another type (``bytes(5)`` would make five zero bytes of an int).
+    """
+    if isinstance(data, str):
+        return data.encode("utf-8")
+    if data is None:  # websockets' ping(None): a payload of our choosing
+        return b""
+    try:
+        return bytes(memoryview(data))
+    except TypeError:
+        raise TypeError(f"ping/pong data must be str or bytes-like, not {type(data).__name__}") from None
 
 
 def _frame_header(opcode: int, length: int) -> bytes:

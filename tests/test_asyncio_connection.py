@@ -380,8 +380,10 @@ async def test_hand_stepped_calls_behave_as_coroutines(backend):
 
             # As a coroutine: only None for the first step; StopIteration thrown in becomes
             # RuntimeError (PEP 479); nothing was sent.
+            unstarted = ws.recv()
             with pytest.raises(TypeError):
-                ws.recv().send("not None")
+                unstarted.send("not None")
+            unstarted.close()  # (still unstarted: dropped, it would warn "never awaited")
             with pytest.raises(RuntimeError):
                 ws.send("never").throw(StopIteration)
 
@@ -427,6 +429,18 @@ async def test_hand_stepped_calls_behave_as_coroutines(backend):
     del ws
     gc.collect()
     assert ref() is None
+
+
+async def test_a_call_never_awaited_warns(backend):
+    # A forgotten await: the message is not sent, and Python says so, under both twins.
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            for name, call in (("send", lambda: ws.send("lost")), ("recv", ws.recv), ("__anext__", ws.__anext__)):
+                with pytest.warns(RuntimeWarning, match=f"coroutine 'AsyncCore.{name}' was never awaited"):
+                    call()
+                    gc.collect()
+            await ws.send("sent")
+            assert await ws.recv(timeout=TIMEOUT) == "sent"
 
 
 @RECEIVERS
@@ -620,6 +634,15 @@ async def test_ping_waiter_and_latency(backend):
             assert await asyncio.wait_for(waiter, TIMEOUT) > 0
             with pytest.raises(ValueError):
                 await ws.ping(b"x" * 126)
+            assert await asyncio.wait_for(await ws.ping(bytearray(b"ba")), TIMEOUT) > 0
+            assert await asyncio.wait_for(await ws.ping(None), TIMEOUT) > 0  # as websockets' ping()
+            for bad in (125, 1.5):  # not bytes(125): 125 zero bytes
+                with pytest.raises(TypeError):
+                    await ws.ping(bad)
+                with pytest.raises(TypeError):
+                    await ws.pong(bad)
+            with pytest.raises(TypeError):
+                await ws.close(1000, b"a reason must be str")
             await ws.pong(b"unsolicited")  # ignored by the peer
             await ws.send("ok")
             assert await ws.recv(timeout=TIMEOUT) == "ok"

@@ -128,6 +128,7 @@ async def test_server_close_sends_1001_and_wait_closed_returns(backend):
         assert ws.close_code == 1001
         await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
     assert not server.connections and not server.tasks
+    assert server.port == port  # still known once closed
     with pytest.raises(OSError):
         await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), TIMEOUT)
 

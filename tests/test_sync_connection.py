@@ -413,6 +413,13 @@ def test_ping_waiter_and_latency(backend):
             assert ws.latency == waiter.rtt
             waiter = ws.ping(b"custom")
             assert waiter.wait(5)
+            for bad in (125, 1.5):  # not bytes(125): 125 zero bytes
+                with pytest.raises(TypeError):
+                    ws.ping(bad)
+                with pytest.raises(TypeError):
+                    ws.pong(bad)
+            with pytest.raises(TypeError):
+                ws.close(1000, b"a reason must be str")
             ws.pong(b"unsolicited")  # ignored by the peer
             ws.send("still fine")
             assert ws.recv(5) == "still fine"

@@ -138,8 +138,10 @@ def test_shutdown_drops_peers_that_do_not_finish_the_closing_handshake(backend):
             pass
         assert wait_for(lambda: len(server.connections) == 1)
         start = time.monotonic()
+        port = server.port
         server.shutdown()
         assert time.monotonic() - start < 0.5
+        assert server.port == port  # still known once shut down
     data = b""
     while chunk := raw.recv(4096):
         data += chunk

@@ -22,7 +22,7 @@ from .._malloc import tune_malloc_once
 from ..exceptions import ConnectionClosed, InvalidState
 from ..http11 import Headers
 from ..options import Options
-from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State
+from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State, control_payload
 
 __all__ = ["AsyncWebSocket"]
 
@@ -764,7 +764,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         proto = self.protocol
         if proto is None:
             raise InvalidState("the connection is not open")
-        payload = data.encode() if isinstance(data, str) else bytes(data)
+        payload = control_payload(data)
         while not payload or payload in proto.pings:
             payload = os.urandom(4)
         fut: asyncio.Future[float] = self._loop.create_future()

@@ -197,6 +197,7 @@ class AsyncWebSocketServer:
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self._server: asyncio.base_events.Server | None = None
+        self._port: int | None = None  # the bound TCP port, kept once closed
         self._wants_path = _wants_path(handler)
         self._new_handshake()  # invalid options raise here, not in every connection_made
 
@@ -228,6 +229,11 @@ class AsyncWebSocketServer:
             self._server = await self.loop.create_server(self._factory, host, port, ssl=ssl, **kwargs)
             if not port and "sock" not in kwargs:
                 await self._same_port_everywhere(host, ssl, kwargs)
+        for sock in self.sockets:
+            name = sock.getsockname()
+            if isinstance(name, tuple):
+                self._port = int(name[1])
+                break
         return self
 
     async def _same_port_everywhere(self, host: str | None, ssl: Any, kwargs: dict[str, Any]) -> None:
@@ -251,12 +257,10 @@ class AsyncWebSocketServer:
 
     @property
     def port(self) -> int:
-        """The bound port (useful with ``port=0``)."""
-        for sock in self.sockets:
-            name = sock.getsockname()
-            if isinstance(name, tuple):
-                return int(name[1])
-        raise RuntimeError("the server is not listening on TCP")
+        """The bound port (useful with ``port=0``); still known once the server is closed."""
+        if self._port is None:
+            raise RuntimeError("the server is not listening on TCP")
+        return self._port
 
     def _start_handler(self, ws: AsyncWebSocket) -> None:
         task = self.loop.create_task(self._run_handler(ws))

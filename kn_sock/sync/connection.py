@@ -52,7 +52,7 @@ from ..exceptions import ConnectionClosed
 from ..frames import OP_BINARY, OP_TEXT
 from ..http11 import Headers
 from ..options import Options
-from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State
+from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State, control_payload
 from .reactor import EVENT_READ, EVENT_WRITE, HOLD_TICK, Timer, get_reactor
 
 __all__ = ["WebSocket", "PongWaiter"]
@@ -911,7 +911,7 @@ class WebSocket:
             ValueError: more than 125 bytes, or a ping with this payload is in flight.
         """
         proto = self.protocol
-        payload = data.encode() if isinstance(data, str) else bytes(data)
+        payload = control_payload(data)
         waiter = PongWaiter()
         with self._lock:
             while not payload or payload in proto.pings:

@@ -111,6 +111,8 @@ class WebSocketServer:
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
         self.socket = self._bind(host, port, backlog, reuse_port)
+        name = self.socket.getsockname()
+        self._port = int(name[1]) if isinstance(name, tuple) else None  # kept once closed
 
     def _bind(self, host: str | None, port: int | None, backlog: int, reuse_port: bool) -> socket.socket:
         if self._unix is not None:
@@ -136,11 +138,10 @@ class WebSocketServer:
 
     @property
     def port(self) -> int:
-        """The bound TCP port (useful with ``port=0``)."""
-        name = self.socket.getsockname()
-        if isinstance(name, tuple):
-            return int(name[1])
-        raise RuntimeError("the server is not listening on TCP")
+        """The bound TCP port (useful with ``port=0``); still known once the server is closed."""
+        if self._port is None:
+            raise RuntimeError("the server is not listening on TCP")
+        return self._port
 
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
