@@ -2657,9 +2657,14 @@ cdef bint _abandoned(object w):
     return type(w) is Waiter and (<Waiter>w)._wake is None and not (<Waiter>w)._callbacks
 
 
-cdef int _raise_thrown(object typ, object val) except -1:
-    """Raise what ``throw(typ[, val])`` was given, as a coroutine's frame would let it out (a
-    StopIteration becomes RuntimeError: PEP 479)."""
+cdef extern from "Python.h":
+    int PY_VERSION_HEX
+
+
+cdef int _raise_thrown(object typ, object val, bint started) except -1:
+    """Raise what ``throw(typ[, val])`` was given, as a coroutine would let it out: from its
+    frame, a StopIteration becomes RuntimeError (PEP 479); thrown into one not started yet,
+    it comes out as it is from Python 3.12 on (the frame never runs)."""
     if val is None:
         exc = typ() if isinstance(typ, type) else typ
     elif isinstance(val, BaseException):
@@ -2668,7 +2673,7 @@ cdef int _raise_thrown(object typ, object val) except -1:
         exc = typ(val)
     if not isinstance(exc, BaseException):
         raise TypeError("exceptions must be classes or instances deriving from BaseException")
-    if isinstance(exc, StopIteration):
+    if isinstance(exc, StopIteration) and (started or PY_VERSION_HEX < 0x030C0000):
         raise RuntimeError("coroutine raised StopIteration") from exc
     raise exc
 
@@ -2764,9 +2769,11 @@ cdef class _Send:
                 raise
             finally:
                 self._running = False
-        self._state = 2
+        if self._state == 2:
+            raise RuntimeError("cannot reuse already awaited coroutine")
+        self._state = 2  # not started: it never will be
         self._message = self._core = None
-        _raise_thrown(typ, val)
+        _raise_thrown(typ, val, False)
 
     def close(self):
         """Coroutine protocol: abandon the send."""
@@ -2869,8 +2876,11 @@ cdef class _Recv:
 
     def throw(self, typ, val=None, tb=None):
         """Coroutine protocol: raise ``typ`` (or ``val``) at the suspension point."""
+        state = self._state
+        if state == 2:
+            raise RuntimeError("cannot reuse already awaited coroutine")
         self._abandon()
-        _raise_thrown(typ, val)
+        _raise_thrown(typ, val, state == 1)
 
     def close(self):
         """Coroutine protocol: abandon the receive (a message handed over is kept)."""
