@@ -119,6 +119,40 @@ def test_shutdown_event_returns_within_half_a_second_with_1001(backend):
         assert ws.close_code == 1001
 
 
+def test_shutdown_event_returns_within_half_a_second_with_many_silent_peers(backend):
+    """1,500 peers that never answer the 1001: dropping them wakes as many handler threads,
+    which compete for the GIL; the grace leaves time for that (audit: 0.57-0.72 s)."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    n = min(1500, (soft - 200) // 2)
+    if n < 500:
+        pytest.skip(f"open file limit {soft} too low for this test")
+    port = free_port()
+    event = threading.Event()
+    server = threading.Thread(
+        target=start_websocket_server,
+        args=("127.0.0.1", port, echo),
+        kwargs={"shutdown_event": event, "backend": backend, "ping_interval": None},
+        daemon=True,
+    )
+    server.start()
+    wait_for(lambda: _try_connect(port, backend=backend, ping_interval=None))  # listening
+    peers = []
+    try:
+        for _ in range(n):
+            peers.append(raw_client(port))  # handshake done; never reads nor answers
+        start = time.monotonic()
+        event.set()
+        server.join(5)
+        elapsed = time.monotonic() - start
+        assert not server.is_alive()
+        assert elapsed < 0.5
+    finally:
+        for peer in peers:
+            peer.close()
+
+
 def _try_connect(port, **options):
     try:
         return connect_websocket("127.0.0.1", port, **options)
