@@ -25,12 +25,15 @@ and clock are injectable, so tests check the delays without sleeping.
 
 from __future__ import annotations
 
+import logging
 import random as random_module
 import time
 from collections import deque
 from typing import Any, Callable
 
 from .exceptions import ConnectionClosedError, InvalidHandshake, InvalidStatus
+
+logger = logging.getLogger("kn_sock")
 
 __all__ = [
     "ReconnectingState",
@@ -321,6 +324,7 @@ class ReconnectingState:
     """
 
     _ws: Any
+    _opts: Any
     _final: bool
     connected: bool
     _outbox: Outbox
@@ -341,9 +345,23 @@ class ReconnectingState:
         self.last_close_code: int | None = None
 
     def _replaced(self, old: Any) -> None:
-        """``old`` ended and a new connection takes its place: what it received stays readable."""
-        if old._messages:
-            self._ended.append(old)
+        """``old`` ended and a new connection takes its place: what it received stays readable.
+
+        Bounded: past ``max_queue`` messages held for ended connections (an application that
+        does not read while the connection keeps ending), the oldest connection's go.
+        """
+        if not old._messages:
+            return
+        ended = self._ended
+        ended.append(old)
+        limit = self._opts.max_queue
+        if limit is None:
+            return
+        held = sum(len(c._messages or ()) for c in ended)
+        while held > limit and len(ended) > 1:
+            dropped = len(ended.popleft()._messages or ())
+            held -= dropped
+            logger.warning("%d messages received before a reconnection dropped: recv() did not take them", dropped)
 
     def _take_ended(self) -> Any:
         """The oldest message an ended connection received and recv() has not returned, or None."""

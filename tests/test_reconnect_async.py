@@ -44,6 +44,31 @@ def first_closes_with(code: int | None, counter: list[int]):
 # --------------------------------------------------------------------------- reconnect or not
 
 
+async def test_messages_held_for_ended_connections_are_bounded(backend, caplog):
+    """An application that does not read while the connection keeps ending: what ended
+    connections received is held up to max_queue messages, the oldest connections' go first."""
+    counter: list[int] = []
+
+    async def handler(ws, path):
+        counter.append(1)
+        n = len(counter)
+        if n <= 4:
+            for i in range(10):
+                await ws.send(f"c{n}-{i}")
+            await ws.close(1001)
+            return
+        await ws.send("new")
+        await ws.wait_closed()
+
+    async with serving(handler, backend=backend) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST, max_queue=16)
+        await wait_until(lambda: ws.reconnects == 4)
+        got = [await ws.recv(TIMEOUT) for _ in range(11)]
+        assert got == [f"c4-{i}" for i in range(10)] + ["new"]
+        assert "messages received before a reconnection dropped" in caplog.text
+        await ws.close()
+
+
 async def test_first_connection_ending_during_on_connect_is_retried(backend):
     """A retryable close (1013 "try again later") that makes on_connect fail on the first
     connection is retried like one after it (audit: the connect raised)."""
