@@ -388,10 +388,11 @@ class ReconnectingWebSocket(ReconnectingState):
         deadline = None if timeout is None else time.monotonic() + timeout
         cond = self._cond
         while True:
-            with cond:
-                # What ended connections received comes first, in order.
-                message = self._take_ended() if self._ended else None
-                ws = self._ws
+            message = None
+            if self._ended:  # what ended connections received comes first, in order
+                with cond:
+                    message = self._take_ended()
+            ws = self._ws
             if message is None:
                 assert ws is not None
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())

@@ -880,8 +880,7 @@ class WebSocket:
                     raise self.protocol.closed_exception()
                 self._flush()
                 if self._wbuf_size <= self._write_limit:
-                    # Reading may have stopped while we were over the limit (backpressure):
-                    # back under it, the reactor must read again (a close frame may be waiting).
+                    # What the reactor watches follows the buffer (no write interest once empty).
                     if not self._sock_done:
                         self._update_interest()
                     return
