@@ -41,26 +41,32 @@ def first_closes_with(code: int | None, counter: list[int]):
     return handler
 
 
-# --------------------------------------------------------------------------- reconnect or not
-
-
-async def test_messages_held_for_ended_connections_are_bounded(backend, caplog):
-    """An application that does not read while the connection keeps ending: what ended
-    connections received is held up to max_queue messages, the oldest connections' go first."""
+def ending_connections(ended: int, count: int):
+    """A handler: the first ``ended`` connections send ``count`` messages ("c<n>-<i>") and end
+    with 1001; later ones send "new" and stay open."""
     counter: list[int] = []
 
     async def handler(ws, path):
         counter.append(1)
         n = len(counter)
-        if n <= 4:
-            for i in range(10):
+        if n <= ended:
+            for i in range(count):
                 await ws.send(f"c{n}-{i}")
             await ws.close(1001)
             return
         await ws.send("new")
         await ws.wait_closed()
 
-    async with serving(handler, backend=backend) as server:
+    return handler
+
+
+# --------------------------------------------------------------------------- reconnect or not
+
+
+async def test_messages_held_for_ended_connections_are_bounded(backend, caplog):
+    """An application that does not read while the connection keeps ending: what ended
+    connections received is held up to max_queue messages, the oldest connections' go first."""
+    async with serving(ending_connections(4, 10), backend=backend) as server:
         ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST, max_queue=16)
         await wait_until(lambda: ws.reconnects == 4)
         got = [await ws.recv(TIMEOUT) for _ in range(11)]
@@ -98,20 +104,7 @@ async def test_first_connection_ending_during_on_connect_is_retried(backend):
 async def test_messages_received_before_a_reconnection_are_not_lost(backend):
     """Messages that arrived on a connection that then ended (and was replaced) are returned
     by recv(), in order, before the new connection's (audit: they were dropped)."""
-    counter: list[int] = []
-
-    async def handler(ws, path):
-        counter.append(1)
-        n = len(counter)
-        if n <= 2:  # two connections end with 1001, each after three messages
-            for i in range(3):
-                await ws.send(f"c{n}-{i}")
-            await ws.close(1001)
-            return
-        await ws.send("new")
-        await ws.wait_closed()
-
-    async with serving(handler, backend=backend) as server:
+    async with serving(ending_connections(2, 3), backend=backend) as server:
         ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST)
         await wait_until(lambda: ws.reconnects == 2)  # the application was busy meanwhile
         got = [await ws.recv(TIMEOUT) for _ in range(7)]

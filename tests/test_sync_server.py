@@ -97,23 +97,12 @@ def test_shutdown_event_returns_within_half_a_second_with_1001(backend):
     port = free_port()
     event = threading.Event()
     handlers = []
-    server = threading.Thread(
-        target=start_websocket_server,
-        args=("127.0.0.1", port, lambda ws, a: (handlers.append(ws), echo(ws, a))),
-        kwargs={"shutdown_event": event, "backend": backend},
-        daemon=True,
-    )
-    server.start()
+    server = _serve_in_thread(port, lambda ws, a: (handlers.append(ws), echo(ws, a)), event, backend=backend)
     clients = [wait_for(lambda: _try_connect(port, backend=backend)) for _ in range(5)]
     for ws in clients:
         ws.send("ping")
         assert ws.recv(5) == "ping"
-    start = time.monotonic()
-    event.set()
-    server.join(2)
-    elapsed = time.monotonic() - start
-    assert not server.is_alive()
-    assert elapsed < 0.5
+    assert _seconds_to_stop(server, event) < 0.5
     for ws in clients:
         assert ws.recv(5) is None
         assert ws.close_code == 1001
@@ -130,27 +119,37 @@ def test_shutdown_event_returns_within_half_a_second_with_many_silent_peers(back
         pytest.skip(f"open file limit {soft} too low for this test")
     port = free_port()
     event = threading.Event()
-    server = threading.Thread(
-        target=start_websocket_server,
-        args=("127.0.0.1", port, echo),
-        kwargs={"shutdown_event": event, "backend": backend, "ping_interval": None},
-        daemon=True,
-    )
-    server.start()
+    server = _serve_in_thread(port, echo, event, backend=backend, ping_interval=None)
     wait_for(lambda: _try_connect(port, backend=backend, ping_interval=None))  # listening
     peers = []
     try:
         for _ in range(n):
             peers.append(raw_client(port))  # handshake done; never reads nor answers
-        start = time.monotonic()
-        event.set()
-        server.join(5)
-        elapsed = time.monotonic() - start
-        assert not server.is_alive()
-        assert elapsed < 0.5
+        assert _seconds_to_stop(server, event) < 0.5
     finally:
         for peer in peers:
             peer.close()
+
+
+def _serve_in_thread(port, handler, event, **options):
+    """start_websocket_server(..., shutdown_event=event) in a daemon thread, started."""
+    server = threading.Thread(
+        target=start_websocket_server,
+        args=("127.0.0.1", port, handler),
+        kwargs={"shutdown_event": event, **options},
+        daemon=True,
+    )
+    server.start()
+    return server
+
+
+def _seconds_to_stop(server, event):
+    """Set ``event``; how long the server thread took to return (it must have)."""
+    start = time.monotonic()
+    event.set()
+    server.join(5)
+    assert not server.is_alive()
+    return time.monotonic() - start
 
 
 def _try_connect(port, **options):
