@@ -1112,7 +1112,7 @@ cdef class FrameParser:
                 if flags == 0 or room > _NOGIL_READ:  # may wait, or a long copy
                     with nogil:
                         r = kn_recv(fd, dst, room, flags)
-                else:  # speed: a short non-blocking read keeps the GIL (~600 instructions)
+                else:  # speed: a short non-blocking read keeps the GIL (see _NOGIL_READ)
                     r = kn_recv(fd, dst, room, flags)
                 if r != -EINTR:
                     break
