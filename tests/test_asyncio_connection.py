@@ -151,6 +151,39 @@ async def test_send_waits_for_a_fragmented_message_in_progress(backend):
             assert await ws.recv(timeout=TIMEOUT) == "other"
 
 
+async def test_close_during_a_fragmented_send_runs_the_closing_handshake(backend):
+    """close() from another task while a fragmented send is between fragments: the sender's
+    next fragment raises ConnectionClosed, and the closing handshake completes (1000 both
+    sides) instead of the connection being failed (as in the blocking layer)."""
+    gate = asyncio.Event()
+    seen = asyncio.get_running_loop().create_future()
+
+    async def parts():
+        yield "a"
+        yield "b"
+        await gate.wait()
+        yield "c"
+        yield "d"
+
+    async def handler(websocket, path):
+        async for _ in websocket:
+            pass
+        seen.set_result(websocket.close_code)
+
+    async with serving(handler, backend=backend, compression=None) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=None)
+        frag = asyncio.create_task(ws.send(parts()))
+        await asyncio.sleep(0.01)
+        closing = asyncio.create_task(ws.close())
+        await asyncio.sleep(0)
+        gate.set()
+        await asyncio.wait_for(closing, TIMEOUT)
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(frag, TIMEOUT)
+        assert await asyncio.wait_for(seen, TIMEOUT) == 1000
+        assert ws.close_code == 1000
+
+
 async def test_send_wrong_type(backend):
     async with serving(echo, backend=backend) as server:
         async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:

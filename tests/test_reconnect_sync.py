@@ -89,6 +89,24 @@ def test_messages_received_before_a_reconnection_are_not_lost(backend):
         assert ws.recv(TIMEOUT) is None
 
 
+def test_reconnects_promptly_while_recv_is_polled(backend):
+    """recv(timeout) called more often than the reactor's hold tick, on a connection that the
+    server closed (1001): the server's EOF is still read and the client reconnects after its
+    backoff, not after close_timeout (audit: 10 s)."""
+    counter: list[int] = []
+    with running_server(first_closes_with(1001, counter), backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST, close_timeout=8)
+        assert ws.recv(TIMEOUT) == "first"
+        t0 = time.monotonic()
+        while not ws.reconnects and time.monotonic() - t0 < TIMEOUT:
+            with pytest.raises(TimeoutError):
+                ws.recv(0.002)
+        assert ws.reconnects == 1 and time.monotonic() - t0 < 2.0
+        ws.send("again")
+        assert ws.recv(TIMEOUT) == "again"
+        ws.close()
+
+
 @pytest.mark.parametrize("code", [1001, 1011, 1012, None], ids=lambda c: str(c or 1006))
 def test_reconnects_after_retryable_close(backend, code):
     counter: list[int] = []

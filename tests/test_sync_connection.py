@@ -182,6 +182,33 @@ def test_iteration_ends_at_close(backend):
         assert ws.close_code == 1000
 
 
+def test_messages_read_with_the_peers_close_frame_are_all_delivered(backend):
+    # 200 messages and the close frame in one write (one read here): every message sent before
+    # the close frame is delivered, not only max_queue of them.
+    burst = b"".join(build_frame(1, str(i).encode()) for i in range(200)) + build_frame(8, b"\x03\xe8")
+    with raw_server() as srv:
+        peer, ws = _raw_peer_and_client(srv, backend)
+        peer.sock.sendall(burst)
+        assert [int(m) for m in ws] == list(range(200))
+        assert ws.close_code == 1000
+        peer.close()
+
+
+def test_server_handler_gets_every_message_sent_before_the_clients_close(backend):
+    got = queue.Queue()
+
+    def handler(ws, address):
+        got.put([int(m) for m in ws])
+
+    with running_server(handler, backend=backend) as server:
+        peer = raw_client(server.port)
+        frames = b"".join(build_frame(2, str(i).encode(), True, False, os.urandom(4)) for i in range(200))
+        peer.sock.sendall(frames + build_frame(8, b"\x03\xe8", True, False, os.urandom(4)))
+        assert got.get(timeout=5) == list(range(200))
+        assert peer.recv_frame()[0] == 8
+        peer.close()
+
+
 # ---------------------------------------------------------------- closing (§7)
 
 

@@ -666,7 +666,10 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 prev = item
             self._write(proto.send_fragment(prev, True, compress))
         except BaseException:
-            if started:  # half a message is out: the connection cannot be used any more
+            # Half a message is out: the connection cannot be used any more. Unless it is
+            # already closing (close() from another task, the peer's close frame): then the
+            # closing handshake goes on, as in the blocking layer.
+            if started and proto.state is _OPEN:
                 self._fail(1011, "error in fragmented message")
             raise
         finally:

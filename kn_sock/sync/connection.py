@@ -372,7 +372,8 @@ class WebSocket:
                 # the buffer drains (_flush): a ping flood from a peer that does not read our
                 # answers cannot pile them up.
                 proto.hold_pongs = self._wbuf_size > self._write_limit
-                self._dispatch(proto.receive_frames(got))
+                open_before = proto.state is _OPEN
+                self._dispatch(proto.receive_frames(got), open_before)
 
     def _read_py(self, flags: int) -> Any:
         """One read through the socket object (TLS; platforms without ``recv_from``), in the
@@ -392,12 +393,17 @@ class WebSocket:
                 return payload
         return frames
 
-    def _dispatch(self, events: list[Any]) -> None:
-        """Queue messages, handle control events, write the protocol's frames (``_lock`` held)."""
+    def _dispatch(self, events: list[Any], open_before: bool = True) -> None:
+        """Queue messages, handle control events, write the protocol's frames (``_lock`` held).
+
+        ``open_before``: the connection was open before the frames behind ``events`` were read.
+        """
         messages = self._messages
-        # Closing: reading no longer pauses (the close frame must get through), so the queue is
-        # bounded by dropping what the application has no room for.
-        drop_over = self._max_queue if self.protocol.state is not _OPEN else None
+        # Closing: reading no longer pauses (the peer's close frame must get through), so the
+        # queue is bounded by dropping what the application has no room for. Messages read
+        # while the connection was open are all kept, even when the peer's close frame came
+        # in the same read (the read's size bounds them): they were sent before it.
+        drop_over = self._max_queue if not open_before else None
         for ev in events:
             t = type(ev)
             if t is str or t is bytes:
@@ -971,9 +977,9 @@ class WebSocket:
                     self._app_reading = False
                     self._held_since = _monotonic()
                     rl.release()
-                    if self._sock_done:
+                    if self._sock_done or self.protocol.state is _CLOSED:
                         with self._lock:
-                            self._maybe_close_fd()
+                            self._after_recv_closed()
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._read_lock.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
             raise TimeoutError("no message received in time")
@@ -996,8 +1002,8 @@ class WebSocket:
             try:
                 self._app_reading = False
                 self._read_lock.release()
-                if self._sock_done:
-                    self._maybe_close_fd()
+                if self._sock_done or self.protocol.state is _CLOSED:
+                    self._after_recv_closed()
                 else:
                     # Lazy hand-back (Reactor.hold): keep the socket away from the reactor
                     # for one more tick; the next recv() most likely comes much sooner.
@@ -1022,6 +1028,19 @@ class WebSocket:
             if self._sock_done or self.protocol.state is _CLOSED:
                 return None
             self._read_once(deadline)
+
+    def _after_recv_closed(self) -> None:
+        """recv() found the connection closed (``_lock`` held): close the socket once done, else
+        give it back to the reactor at once, which reads the peer's EOF (a client waits for it
+        after the closing handshake): holding it again for recv() calls that will only ever
+        return None would leave that EOF unread, however often they come, until close_timeout."""
+        if self._sock_done:
+            self._maybe_close_fd()
+        elif not self._app_reading:
+            if self._held:
+                self._held = False
+                self._reactor.unhold(self)
+            self._update_interest()
 
     def _release_hold(self, now: float) -> None:
         """Reactor tick: give the socket back to the reactor if the application left it idle."""
