@@ -51,6 +51,13 @@ _pack_4 = struct.Struct("!BBH").pack
 _pack_10 = struct.Struct("!BBQ").pack
 _from_bytes = int.from_bytes
 
+#: ``send()`` yields to the event loop once after this many sends that did not suspend (the
+#: socket took every frame at once): a task sending in a loop to a peer that reads as fast, or
+#: that is gone (asyncio reports a lost connection through the loop, which such a loop would
+#: never let run: sends "succeeded" for ever and every other connection froze), lets the loop
+#: run now and then. A task that suspends in ``recv()`` (an echo, a request/response) never pays.
+_SEND_YIELD_EVERY = 128
+
 #: The read buffer get_buffer() hands out, one per thread and shared by every parser on it:
 #: buffer_updated() copies what was read into the parser's own buffer before anything else
 #: runs, so an idle connection holds no 128 KiB of its own.
@@ -853,12 +860,13 @@ class AsyncCore:
 
     __slots__ = (
         "_parser", "_waiter", "_messages", "protocol", "_hs_buf", "_handshake", "_open", "transport", "_cork", "_fd",
-        "_on_message", "_tx_idle", "_loop", "_closed_fut", "_paused_reading", "_write_paused",
+        "_on_message", "_tx_idle", "_loop", "_closed_fut", "_paused_reading", "_write_paused", "_unyielded",
     )
 
     def __init__(self) -> None:
         self._on_message: Any = None
         self._tx_idle = False  # the transport holds nothing (the Cython twin's direct writes)
+        self._unyielded = 0  # sends done without suspending since the task last did (_SEND_YIELD_EVERY)
         self._fd = -1  # the plain socket's descriptor (the Cython twin writes small frames to it)
         self.transport: Any = None
         self._cork: Any = None
@@ -965,6 +973,7 @@ class AsyncCore:
             or proto.state is not self._open
             or proto.deflate is not None
             or proto._send_frag_open
+            or transport.is_closing()  # lost: send()'s general path lets the loop report it
         ):
             return False
         data = message.encode("utf-8") if t is str else message  # type: ignore[attr-defined]
@@ -1000,6 +1009,10 @@ class AsyncCore:
         if compress is None and self._send_now(message):  # speed: a whole message, now
             if self._write_paused:
                 await self._drain()  # type: ignore[attr-defined]
+            else:
+                self._unyielded += 1
+                if self._unyielded >= _SEND_YIELD_EVERY:
+                    await self._yield_to_loop()  # type: ignore[attr-defined]
             return
         await self._send_slow(message, compress)  # type: ignore[attr-defined]
 
@@ -1062,6 +1075,7 @@ class AsyncCore:
         if self._on_message is not None:
             raise InvalidState("messages go to the on_message callback, not to recv()")
         waiter = self._waiter = Waiter(self._loop)
+        self._unyielded = 0  # the task suspends here
         return waiter
 
     def _recv_cancelled(self, waiter: Waiter) -> None:

@@ -2189,6 +2189,7 @@ cdef extern from *:
 cdef enum:
     _WM_STACK = 2048         # write_message frames up to this size are built on the C stack
     _WM_SPLIT = 65536        # unmasked payloads from this size go out after their header (no copy)
+    _SEND_YIELD_EVERY = 128  # send() yields to the event loop after this many sends without suspending (see _pure)
 
 
 cdef inline int _message_bytes(object message, const unsigned char **src, Py_ssize_t *n) except -1:
@@ -2380,6 +2381,7 @@ cdef class AsyncCore:
     cdef public long long _fd
     cdef public object _on_message
     cdef public bint _tx_idle
+    cdef public int _unyielded  # sends done without suspending since the task last did (see _pure)
     cdef public object _loop
     cdef public object _closed_fut
     cdef public bint _paused_reading
@@ -2580,6 +2582,7 @@ cdef class AsyncCore:
         waiter = Waiter.__new__(Waiter)
         waiter._loop = self._loop
         self._waiter = waiter
+        self._unyielded = 0  # the task suspends here
         return waiter
 
     cdef int _recv_cancelled(self, Waiter waiter) except -1:
@@ -2643,6 +2646,10 @@ cdef class AsyncCore:
             self._tx_idle = True
             return 1
         self._tx_idle = False  # a failed write (err) is the transport's to find out
+        if err:
+            # The connection is lost: the transport learns it from the write below and
+            # reports it to the protocol through the loop, so this send() yields to it.
+            self._unyielded = _SEND_YIELD_EVERY
         for part in rest:
             transport.write(part)
         return 1
@@ -2720,10 +2727,14 @@ cdef class _Send:
             self._message = None
             if self._compress is None and core._try_send(message) == 1:  # a whole message, now
                 if not core._write_paused:
-                    Py_INCREF(None)
-                    presult[0] = <PyObject *>None
-                    return 0
-                self._inner = core._drain()
+                    core._unyielded += 1
+                    if core._unyielded < _SEND_YIELD_EVERY:
+                        Py_INCREF(None)
+                        presult[0] = <PyObject *>None
+                        return 0
+                    self._inner = core._yield_to_loop()
+                else:
+                    self._inner = core._drain()
             else:
                 self._inner = core._send_slow(message, self._compress)
             self._state = 1

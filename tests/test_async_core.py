@@ -39,6 +39,9 @@ class FakeTransport:
     def get_write_buffer_size(self) -> int:
         return self.held + sum(map(len, self.writes))
 
+    def is_closing(self) -> bool:
+        return False
+
 
 def make_core(backend: ModuleType, side: str = "client", **proto_options: Any) -> Any:
     core = type("Core", (backend.AsyncCore,), {})()

@@ -8,6 +8,11 @@ The documented example, handler lifecycle and close codes, shutdown, the opening
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
+import threading
+import time
+from typing import Any
 
 import pytest
 import websockets
@@ -27,6 +32,7 @@ from asyncio_support import (
 from kn_sock import _pure
 from kn_sock import (
     AsyncWebSocketServer,
+    ConnectionClosed,
     InvalidStatus,
     async_connect_websocket,
     start_async_websocket_server,
@@ -622,3 +628,61 @@ async def test_echo_under_uvloop(backend, tmp_path):
 
     await asyncio.wait_for(asyncio.to_thread(run), 15)
 
+
+
+def _handshake_then_reset(port: int, client_ctx: Any, compression: bool, gone: threading.Event) -> None:
+    """A client that completes the opening handshake, reads nothing more, and resets TCP."""
+    sock = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    conn = client_ctx.wrap_socket(sock, server_hostname="127.0.0.1") if client_ctx is not None else sock
+    extra = {"Sec-WebSocket-Extensions": "permessage-deflate"} if compression else None
+    conn.sendall(upgrade_request("/", extra))
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += conn.recv(1024)
+    assert head.startswith(b"HTTP/1.1 101"), head
+    time.sleep(0.3)
+    sock.close()  # SO_LINGER 0: a reset
+    gone.set()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["tcp", "tls"])
+@pytest.mark.parametrize("compression", [True, False], ids=["deflate", "plain"])
+async def test_a_handler_sending_in_a_loop_learns_that_the_peer_is_gone(backend, tls, compression, tmp_path):
+    """A handler that only sends (``while True: await ws.send(...)``) to a peer that resets:
+    its send() raises ConnectionClosed soon after, and meanwhile the event loop keeps running
+    other tasks (audit: sends "succeeded" for ever and the loop froze; asyncio reports a lost
+    connection through the loop, which the sends never let run)."""
+    loop = asyncio.get_running_loop()
+    outcome = loop.create_future()
+    ticks: list[float] = []
+
+    async def handler(ws, path):
+        t0 = loop.time()
+        try:
+            while loop.time() - t0 < 8:
+                await ws.send("tick")
+        except ConnectionClosed as exc:
+            outcome.set_result(exc)
+        else:
+            outcome.set_result(None)
+
+    async def ticker():
+        while True:
+            ticks.append(loop.time())
+            await asyncio.sleep(0.02)
+
+    server_ctx, client_ctx = make_tls_contexts(tmp_path) if tls else (None, None)
+    async with serving(handler, backend=backend, ssl=server_ctx, compression="deflate" if compression else None) as server:
+        tick = asyncio.create_task(ticker())
+        gone = threading.Event()
+        client = threading.Thread(target=_handshake_then_reset, args=(server.port, client_ctx, compression, gone))
+        client.start()
+        try:
+            result = await asyncio.wait_for(outcome, 6)
+        finally:
+            tick.cancel()
+            client.join(TIMEOUT)
+        assert gone.is_set()
+        assert isinstance(result, ConnectionClosed)
+        assert max(b - a for a, b in zip(ticks, ticks[1:])) < 1.0

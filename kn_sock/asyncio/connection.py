@@ -42,6 +42,8 @@ _OWN_READER = (
 )
 #: send() holds back at most this many bytes of frames (see AsyncWebSocket._cork).
 _CORK_MAX = 65536
+#: See kn_sock._pure._SEND_YIELD_EVERY (the Cython twin has the same figure).
+_SEND_YIELD_EVERY = 128
 _OPEN = State.OPEN
 
 
@@ -94,6 +96,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._write_paused = False
         self._on_message = None
         self._tx_idle = False
+        self._unyielded = 0
         self._drain_waiter: asyncio.Future[None] | None = None
         self._keepalive: Keepalive | None = None
         self._ka_handle: asyncio.TimerHandle | None = None
@@ -506,7 +509,13 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         if cork and self.transport is not None:
             self._twrite(cork[0] if len(cork) == 1 else b"".join(cork))
 
+    async def _yield_to_loop(self) -> None:
+        """``send()`` after ``_SEND_YIELD_EVERY`` sends that did not suspend: let the loop run."""
+        self._unyielded = 0
+        await asyncio.sleep(0)
+
     async def _drain(self) -> None:
+        self._unyielded = 0
         while self._write_paused:
             if self.transport is None:  # lost with our data still buffered
                 raise self.protocol.closed_exception()  # type: ignore[union-attr]
@@ -534,6 +543,11 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         proto = self.protocol
         if proto is None:
             raise InvalidState("the connection is not open")
+        transport = self.transport
+        if transport is not None and transport.is_closing() and proto.state is _OPEN:
+            # Lost (a write failed): asyncio tells the protocol through the loop, so let it
+            # run; a task sending in a loop would otherwise never learn it (and block the loop).
+            await self._yield_to_loop()
         t = type(message)
         if t is str or t is bytes or t is bytearray or t is memoryview or isinstance(message, (str, bytes, bytearray, memoryview)):
             try:
@@ -579,6 +593,10 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             proto.send(message, compress)  # raises the TypeError
         if self._write_paused:
             await self._drain()
+        else:
+            self._unyielded += 1
+            if self._unyielded >= _SEND_YIELD_EVERY:
+                await self._yield_to_loop()
 
     def _write_pair(self, transport: Any, head: bytes, payload: bytes) -> None:
         """Write a large frame given as header + payload: on an idle plain socket, one
