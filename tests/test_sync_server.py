@@ -481,6 +481,26 @@ def test_ipv6():
             assert ws.remote_address[0] == "::1"
 
 
+@pytest.mark.parametrize("host", [None, ""])
+def test_all_interfaces_means_ipv4_and_ipv6(host):
+    """host None / "" listens on every interface, IPv4 and (where there is IPv6) IPv6, one
+    port, as the asyncio server does (audit: IPv4 only)."""
+    with WebSocketServer(host, 0, echo) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        families = {s.family for s in server.sockets}
+        assert socket.AF_INET in families
+        assert {s.getsockname()[1] for s in server.sockets} == {server.port}
+        with connect_websocket(f"ws://127.0.0.1:{server.port}/") as ws:
+            ws.send("v4")
+            assert ws.recv(5) == "v4"
+            assert ws.remote_address[0] == "127.0.0.1"
+        if socket.AF_INET6 not in families:
+            pytest.skip("no IPv6 here")
+        with connect_websocket(f"ws://[::1]:{server.port}/") as ws:
+            ws.send("v6")
+            assert ws.recv(5) == "v6"
+
+
 @pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
 def test_unix_socket(tmp_path):
     path = str(tmp_path / "ws.sock")

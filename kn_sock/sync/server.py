@@ -115,11 +115,12 @@ class WebSocketServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self.socket = self._bind(host, port, backlog, reuse_port)
+        self._listeners = self._bind(host, port, backlog, reuse_port)
+        self.socket = self._listeners[0]
         name = self.socket.getsockname()
         self._port = int(name[1]) if isinstance(name, tuple) else None  # kept once closed
 
-    def _bind(self, host: str | None, port: int | None, backlog: int, reuse_port: bool) -> socket.socket:
+    def _bind(self, host: str | None, port: int | None, backlog: int, reuse_port: bool) -> list[socket.socket]:
         if self._unix is not None:
             path = self._unix
             try:
@@ -134,10 +135,24 @@ class WebSocketServer:
             except BaseException:
                 sock.close()
                 raise
-            return sock
-        infos = socket.getaddrinfo(host or None, port or 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+            return [sock]
+        if not host:
+            # All interfaces: IPv4 and, where the machine has it, IPv6 on the same port (two
+            # sockets, as asyncio's servers; IPv4 clients keep plain IPv4 addresses).
+            sock = socket.create_server(("0.0.0.0", port or 0), family=socket.AF_INET, backlog=backlog, reuse_port=reuse_port)
+            if socket.has_ipv6:
+                try:
+                    six = socket.create_server(
+                        ("::", sock.getsockname()[1]), family=socket.AF_INET6, backlog=backlog, reuse_port=reuse_port
+                    )
+                except OSError as exc:  # no IPv6 here, or that port is taken on it
+                    logger.debug("listening on IPv4 only: %s", exc)
+                else:
+                    return [sock, six]
+            return [sock]
+        infos = socket.getaddrinfo(host, port or 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         family, _, _, _, sockaddr = infos[0]
-        return socket.create_server(sockaddr, family=family, backlog=backlog, reuse_port=reuse_port)
+        return [socket.create_server(sockaddr, family=family, backlog=backlog, reuse_port=reuse_port)]
 
     # ------------------------------------------------------------ properties
 
@@ -151,7 +166,7 @@ class WebSocketServer:
     @property
     def sockets(self) -> tuple[socket.socket, ...]:
         """The listening sockets."""
-        return (self.socket,)
+        return tuple(self._listeners)
 
     # ------------------------------------------------------------ serving
 
@@ -164,13 +179,14 @@ class WebSocketServer:
             poll_interval = _EVENT_POLL if poll_interval is None else min(poll_interval, _EVENT_POLL)
         sel = selectors.DefaultSelector()
         try:
-            self.socket.setblocking(False)
-            sel.register(self.socket, selectors.EVENT_READ, True)
+            for listener in self._listeners:
+                listener.setblocking(False)
+                sel.register(listener, selectors.EVENT_READ, True)
             sel.register(self._wake_r, selectors.EVENT_READ, False)
             while not self._closing and not (event is not None and event.is_set()):
                 for key, _ in sel.select(poll_interval):
                     if key.data:
-                        self._accept_all()
+                        self._accept_all(key.fileobj)  # type: ignore[arg-type]
                     else:
                         _drain(self._wake_r)
         finally:
@@ -179,10 +195,10 @@ class WebSocketServer:
             self._serving_ident = None
             self._stopped.set()
 
-    def _accept_all(self) -> None:
+    def _accept_all(self, listener: socket.socket) -> None:
         while not self._closing:
             try:
-                sock, address = self.socket.accept()
+                sock, address = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and friends: back off instead of spinning
@@ -401,10 +417,11 @@ class WebSocketServer:
             self._closed_all = True
             conns = list(self.connections)
             pending = list(self._pending)
-        try:
-            self.socket.close()
-        except OSError:  # pragma: no cover
-            pass
+        for listener in self._listeners:
+            try:
+                listener.close()
+            except OSError:  # pragma: no cover
+                pass
         if self._unix is not None:
             try:
                 os.unlink(self._unix)
