@@ -471,6 +471,14 @@ class TestClose:
         exc = server.closed_exception()
         assert isinstance(exc, ConnectionClosedOK) and exc.code == 1005
 
+    def test_after_failing_the_closed_exception_carries_the_protocol_error(self, backend: Any) -> None:
+        server = make(backend, SERVER)
+        server.receive_data(peer(server, OP_CLOSE, b"\x03"))
+        exc = server.closed_exception()
+        assert isinstance(exc, ConnectionClosedError) and exc.code == 1006
+        assert isinstance(exc.__cause__, ProtocolError) and exc.__cause__.code == 1002
+        assert "failed by us" in str(exc) and exc.__cause__.reason in str(exc)
+
     def test_one_byte_close_payload_fails_with_1002(self, backend: Any) -> None:
         server = make(backend, SERVER)
         assert_failed(server, server.receive_data(peer(server, OP_CLOSE, b"\x03")), 1002)
