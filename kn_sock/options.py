@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
-__all__ = ["Options", "make_options"]
+__all__ = ["Options", "check_server_ssl", "make_options"]
 
 
 @dataclass
@@ -37,14 +37,48 @@ class Options:
     def __post_init__(self) -> None:
         if self.compression not in (None, "deflate"):
             raise ValueError(f"unsupported compression: {self.compression!r}")
-        if self.max_size is not None and self.max_size < 0:
-            raise ValueError("max_size must be >= 0 or None")
+        for name in ("ping_interval", "ping_timeout", "open_timeout", "close_timeout"):
+            # Seconds, or None for no limit (ping_interval: no keepalive; 0 too, as websockets).
+            _check_number(name, getattr(self, name), optional=True)
+        for name in ("max_size", "max_queue", "write_limit", "max_pending"):
+            _check_number(name, getattr(self, name), optional=name in ("max_size", "max_queue"), integer=True)
         if self.max_queue is not None and self.max_queue < 1:
             raise ValueError("max_queue must be >= 1 or None")
-        if self.write_limit < 0:
-            raise ValueError("write_limit must be >= 0")
         if isinstance(self.subprotocols, str):
             self.subprotocols = [self.subprotocols]
+        if isinstance(self.origins, str):
+            self.origins = [self.origins]  # one origin, as one subprotocol
+        for name in ("on_connect", "process_request"):
+            if getattr(self, name) is not None and not callable(getattr(self, name)):
+                raise TypeError(f"{name} must be callable or None, not {type(getattr(self, name)).__name__}")
+        if self.ssl is not None and not isinstance(self.ssl, bool):
+            import ssl
+
+            if not isinstance(self.ssl, ssl.SSLContext):
+                raise TypeError(f"ssl must be an ssl.SSLContext, True/False or None, not {type(self.ssl).__name__}")
+        if self.backend is not None and not hasattr(self.backend, "FrameParser"):
+            raise TypeError("backend must be kn_sock._pure or kn_sock._speedups")
+
+
+def check_server_ssl(value: Any) -> None:
+    """A server's ``ssl`` option: None or an ``ssl.SSLContext`` (TypeError otherwise)."""
+    if value is not None:
+        import ssl
+
+        if not isinstance(value, ssl.SSLContext):
+            raise TypeError(f"ssl must be an ssl.SSLContext or None on a server, not {type(value).__name__}")
+
+
+def _check_number(name: str, value: Any, *, optional: bool, integer: bool = False) -> None:
+    """Raise TypeError / ValueError unless ``value`` is a number >= 0 (None if ``optional``)."""
+    if value is None and optional:
+        return
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds):
+        what = "an int" if integer else "a number of seconds"
+        raise TypeError(f"{name} must be {what}{' or None' if optional else ''}, not {type(value).__name__}")
+    if not value >= 0:  # (NaN too)
+        raise ValueError(f"{name} must be >= 0{' or None' if optional else ''}, not {value!r}")
 
 
 _NAMES = frozenset(f.name for f in fields(Options)) - {"extra"}

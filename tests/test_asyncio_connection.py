@@ -549,6 +549,11 @@ async def test_tcp_dropped_without_close_is_1006(backend):
     async with serving(handler, backend=backend) as server:
         ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend)
         ws.abort()
+        # Closed at once, as in the blocking layer (audit: open until the next loop iteration,
+        # a send() meanwhile silently dropped).
+        assert ws.closed and not ws.open and ws.close_code == 1006
+        with pytest.raises(ConnectionClosed):
+            await ws.send("after abort")
         assert await asyncio.wait_for(seen, TIMEOUT) == 1006
         await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
         assert ws.close_code == 1006

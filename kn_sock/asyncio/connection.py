@@ -840,6 +840,11 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._fd = -1  # no more direct writes (see AsyncCore._send_now)
         if self.transport is not None:
             self.transport.abort()
+            # The transport reports it at the next loop iteration; the connection is closed
+            # (1006) now, as in the blocking layer: send() raises, recv() returns None.
+            proto = self.protocol
+            if proto is not None and proto.state is not State.CLOSED:
+                self._dispatch(proto.receive_eof())
 
     async def __aenter__(self) -> "AsyncWebSocket":
         return self

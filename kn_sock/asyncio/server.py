@@ -9,7 +9,7 @@ from typing import Any, Awaitable, Callable
 
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
-from ..options import Options, make_options
+from ..options import Options, check_server_ssl, make_options
 from ..protocol import SERVER, Protocol
 from .connection import AsyncWebSocket
 
@@ -199,6 +199,7 @@ class AsyncWebSocketServer:
         self._server: asyncio.base_events.Server | None = None
         self._port: int | None = None  # the bound TCP port, kept once closed
         self._wants_path = _wants_path(handler)
+        check_server_ssl(options.ssl)
         self._new_handshake()  # invalid options raise here, not in every connection_made
 
     def _new_handshake(self) -> ServerHandshake:

@@ -26,7 +26,7 @@ from typing import Any, Callable
 
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
-from ..options import make_options
+from ..options import check_server_ssl, make_options
 from ..protocol import SERVER, Protocol
 from .client import _set_timeout
 from .connection import WebSocket
@@ -102,6 +102,7 @@ class WebSocketServer:
         self._stack_size = options.pop("thread_stack_size", DEFAULT_THREAD_STACK_SIZE)
         self._grace = options.pop("shutdown_grace", SHUTDOWN_GRACE)
         self.options = make_options(options)
+        check_server_ssl(self.options.ssl)
         self.handler = handler
         self._wants_address = _wants_address(handler)
         self._lock = threading.Lock()
@@ -112,6 +113,7 @@ class WebSocketServer:
         self._serving_ident: int | None = None
         self._stopped = threading.Event()
         self._shutdown_event: Any = None
+        self._new_handshake()  # invalid options raise here, not in every connection
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
@@ -277,17 +279,21 @@ class WebSocketServer:
                 tls.close()
         return ws
 
-    def _upgrade(self, sock: Any, address: Any, deadline: float | None) -> WebSocket | None:
-        """Read the upgrade request and answer it (``_handshake`` after TLS, if any)."""
+    def _new_handshake(self) -> ServerHandshake:
         opts = self.options
         kwargs: dict[str, Any] = {"server_header": opts.server_header} if opts.server_header else {}
-        hs = ServerHandshake(
+        return ServerHandshake(
             subprotocols=opts.subprotocols,
             origins=opts.origins,
             extra_headers=opts.headers,
             compression=opts.compression,
             **kwargs,
         )
+
+    def _upgrade(self, sock: Any, address: Any, deadline: float | None) -> WebSocket | None:
+        """Read the upgrade request and answer it (``_handshake`` after TLS, if any)."""
+        opts = self.options
+        hs = self._new_handshake()
         request = None
         try:
             while request is None:

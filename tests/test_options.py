@@ -1,0 +1,100 @@
+"""The options of SPEC.md: invalid names and values are refused when a client connects or a
+server is made (TypeError / ValueError, docs/api.md), never later in every connection."""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+
+import pytest
+
+from kn_sock import WebSocketServer, async_connect_websocket, connect_websocket, start_async_websocket_server
+from kn_sock.options import make_options
+
+pytestmark = pytest.mark.timeout(20)
+
+BAD = [
+    ({"ping_interval": -1}, ValueError),  # audit: pings went out back to back (a core spinning)
+    ({"ping_timeout": -0.5}, ValueError),
+    ({"open_timeout": math.nan}, ValueError),
+    ({"close_timeout": -1}, ValueError),
+    ({"ping_interval": "x"}, TypeError),
+    ({"close_timeout": True}, TypeError),
+    ({"max_size": -1}, ValueError),
+    ({"max_size": 1.5}, TypeError),
+    ({"max_queue": 0}, ValueError),
+    ({"write_limit": -1}, ValueError),
+    ({"max_pending": -1}, ValueError),
+    ({"on_connect": 5}, TypeError),
+    ({"process_request": "no"}, TypeError),
+    ({"ssl": "yes"}, TypeError),
+    ({"compression": "gzip"}, ValueError),
+    ({"no_such_option": 1}, TypeError),
+]
+SERVER_BAD = BAD + [
+    ({"headers": 123}, TypeError),
+    ({"headers": {"Bad Header": "x"}}, ValueError),
+    ({"subprotocols": 123}, TypeError),
+    ({"server_header": 5}, TypeError),
+    ({"origins": 123}, TypeError),
+    ({"ssl": True}, TypeError),  # a server needs a context with its certificate
+]
+
+
+def _ids(cases):
+    return [",".join(f"{k}={v!r}" for k, v in kw.items()) for kw, _ in cases]
+
+
+@pytest.mark.parametrize("options, error", BAD, ids=_ids(BAD))
+def test_invalid_option_values_are_refused(options, error):
+    with pytest.raises(error):
+        make_options(options)
+
+
+def test_valid_values_pass():
+    opts = make_options({"ping_interval": 0, "ping_timeout": None, "open_timeout": 0.5, "max_size": None,
+                         "max_queue": None, "origins": "https://a.example", "subprotocols": "chat"})
+    assert opts.origins == ["https://a.example"] and opts.subprotocols == ["chat"]
+
+
+@pytest.mark.parametrize("options, error", SERVER_BAD, ids=_ids(SERVER_BAD))
+def test_blocking_server_refuses_invalid_options_when_made(options, error):
+    with pytest.raises(error):
+        WebSocketServer("127.0.0.1", 0, lambda ws, address: None, **options).shutdown()
+
+
+@pytest.mark.parametrize("options, error", SERVER_BAD, ids=_ids(SERVER_BAD))
+async def test_asyncio_server_refuses_invalid_options_when_started(options, error):
+    with pytest.raises(error):
+        server = await start_async_websocket_server("127.0.0.1", 0, lambda ws, path: None, **options)
+        server.close()
+
+
+@pytest.mark.parametrize("options, error", BAD, ids=_ids(BAD))
+async def test_clients_refuse_invalid_options_before_connecting(options, error):
+    # Port 9 (discard) on 127.0.0.1: nothing is listening; the options are refused first.
+    with pytest.raises(error):
+        connect_websocket("127.0.0.1", 9, **options)
+    with pytest.raises(error):
+        await async_connect_websocket("127.0.0.1", 9, **options)
+
+
+def test_one_origin_as_a_str_is_a_list_of_one():
+    with WebSocketServer("127.0.0.1", 0, lambda ws, address: ws.send("hi"), origins="https://ok.example") as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        with connect_websocket("127.0.0.1", server.port, origin="https://ok.example") as ws:
+            assert ws.recv(5) == "hi"
+
+
+async def test_one_origin_as_a_str_asyncio():
+    async def handler(ws, path):
+        await ws.send("hi")
+
+    server = await start_async_websocket_server("127.0.0.1", 0, handler, origins="https://ok.example")
+    try:
+        async with async_connect_websocket("127.0.0.1", server.port, origin="https://ok.example") as ws:
+            assert await asyncio.wait_for(ws.recv(), 5) == "hi"
+    finally:
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 5)
