@@ -7,7 +7,7 @@ import asyncio
 import inspect
 import logging
 import ssl as ssl_module
-from typing import Any, AsyncIterator, Generator
+from typing import Any, AsyncIterator, Generator, Generic, Literal, TypeVar, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
@@ -157,9 +157,42 @@ async def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) 
         raise
 
 
-class connect:
+_W = TypeVar("_W")  # what the connection is: AsyncWebSocket, or the reconnecting one
+
+
+class connect(Generic[_W]):
     """``async_connect_websocket(...)``: await it for a connection, or use it with ``async with``."""
 
+    @overload
+    def __init__(
+        self: "connect[AsyncWebSocket]",
+        host_or_uri: str,
+        port: int | None = None,
+        path: str = "/",
+        *,
+        reconnect: Literal[False] = False,
+        **options: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: "connect[AsyncReconnectingWebSocket]",
+        host_or_uri: str,
+        port: int | None = None,
+        path: str = "/",
+        *,
+        reconnect: Literal[True] | dict[str, Any],
+        **options: Any,
+    ) -> None: ...
+    @overload
+    def __init__(
+        self: "connect[AsyncWebSocket | AsyncReconnectingWebSocket]",
+        host_or_uri: str,
+        port: int | None = None,
+        path: str = "/",
+        *,
+        reconnect: bool | dict[str, Any],
+        **options: Any,
+    ) -> None: ...
     def __init__(self, host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> None:
         """Validate the URI and options now; connect when awaited."""
         self.wsuri = parse_uri(host_or_uri, port, path)
@@ -176,10 +209,10 @@ class connect:
         await ws._connect_first()
         return ws
 
-    def __await__(self) -> Generator[Any, None, Any]:
+    def __await__(self) -> Generator[Any, None, _W]:
         return self._connect().__await__()
 
-    async def __aenter__(self) -> Any:
+    async def __aenter__(self) -> _W:
         self.ws = await self._connect()
         return self.ws
 
@@ -188,7 +221,19 @@ class connect:
             await self.ws.close()
 
 
-def async_connect_websocket(host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> connect:
+@overload
+def async_connect_websocket(
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[False] = False, **options: Any
+) -> connect[AsyncWebSocket]: ...
+@overload
+def async_connect_websocket(
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[True] | dict[str, Any], **options: Any
+) -> connect[AsyncReconnectingWebSocket]: ...
+@overload
+def async_connect_websocket(
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: bool | dict[str, Any], **options: Any
+) -> connect[AsyncWebSocket | AsyncReconnectingWebSocket]: ...
+def async_connect_websocket(host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> connect[Any]:
     """Open an asyncio WebSocket client connection: ``await`` it or use ``async with``.
 
     Gives an ``AsyncWebSocket``; with ``reconnect=True`` (or a dict of ``ReconnectPolicy``
@@ -432,7 +477,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
 
         await self.send(json.dumps(obj))
 
-    async def recv(self, timeout: float | None = None) -> Any:
+    async def recv(self, timeout: float | None = None) -> str | bytes | None:
         """Return the next message, waiting across reconnections; None once closed for good.
 
         Raises:
@@ -482,11 +527,11 @@ class AsyncReconnectingWebSocket(ReconnectingState):
             raise InvalidState("ack() needs the ack= option")
         return self._outbox.acknowledge(n)
 
-    def __aiter__(self) -> AsyncIterator[Any]:
+    def __aiter__(self) -> AsyncIterator[str | bytes]:
         """``async for message in ws`` continues across reconnections."""
         return self
 
-    async def __anext__(self) -> Any:
+    async def __anext__(self) -> str | bytes:
         message = await self.recv()
         if message is None:
             raise StopAsyncIteration

@@ -528,13 +528,13 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         async def send(self, message: Any, compress: bool | None = None) -> None:
             """Send a message: str → text, bytes-like → binary, (async) iterable → fragmented."""
 
-        async def recv(self, timeout: float | None = None) -> Any:
+        async def recv(self, timeout: float | None = None) -> str | bytes | None:
             """Return the next message (str or bytes), or None once the connection is closed."""
 
-        def __aiter__(self) -> AsyncIterator[Any]:
+        def __aiter__(self) -> AsyncIterator[str | bytes]:
             """``async for message in ws`` yields messages until the connection closes."""
 
-        async def __anext__(self) -> Any:
+        async def __anext__(self) -> str | bytes:
             """The next message; StopAsyncIteration once closed."""
 
     async def _send_slow(self, message: Any, compress: bool | None) -> None:

@@ -16,7 +16,7 @@ import socket
 import ssl as ssl_module
 import threading
 import time
-from typing import Any, Iterator
+from typing import Any, Iterator, Literal, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidState, InvalidStatus
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
@@ -31,7 +31,21 @@ __all__ = ["connect_websocket", "connect", "ReconnectingWebSocket"]
 logger = logging.getLogger("kn_sock")
 
 
-def connect_websocket(host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> Any:
+@overload
+def connect_websocket(
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[False] = False, **options: Any
+) -> WebSocket: ...
+@overload
+def connect_websocket(
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[True] | dict[str, Any], **options: Any
+) -> ReconnectingWebSocket: ...
+@overload
+def connect_websocket(
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: bool | dict[str, Any], **options: Any
+) -> WebSocket | ReconnectingWebSocket: ...
+def connect_websocket(
+    host_or_uri: str, port: int | None = None, path: str = "/", **options: Any
+) -> WebSocket | ReconnectingWebSocket:
     """Open a blocking WebSocket client connection and return it once the handshake succeeded.
 
     Gives a ``WebSocket``; with ``reconnect=True`` (or a dict of ``ReconnectPolicy``
@@ -379,7 +393,7 @@ class ReconnectingWebSocket(ReconnectingState):
         """Send ``obj`` as a JSON text message (queued while disconnected)."""
         self.send(json.dumps(obj))
 
-    def recv(self, timeout: float | None = None) -> Any:
+    def recv(self, timeout: float | None = None) -> str | bytes | None:
         """Return the next message, blocking across reconnections; None once closed for good.
 
         Raises:
@@ -427,7 +441,7 @@ class ReconnectingWebSocket(ReconnectingState):
         with self._cond:
             return self._outbox.acknowledge(n)
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[str | bytes]:
         """``for message in ws`` continues across reconnections."""
         while (message := self.recv()) is not None:
             yield message

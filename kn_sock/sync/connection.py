@@ -934,7 +934,7 @@ class WebSocket:
 
     # ------------------------------------------------------------ receiving
 
-    def recv(self, timeout: float | None = None) -> Any:
+    def recv(self, timeout: float | None = None) -> str | bytes | None:
         """Return the next message (str or bytes), or None once the connection is closed.
 
         Raises:
@@ -1092,7 +1092,7 @@ class WebSocket:
         msg = self.recv(timeout)
         return None if msg is None else json.loads(msg)
 
-    def __iter__(self) -> Iterator[Any]:
+    def __iter__(self) -> Iterator[str | bytes]:
         """``for message in ws`` yields messages until the connection closes."""
         while (msg := self.recv()) is not None:
             yield msg
