@@ -117,7 +117,12 @@ class WebSocketServer:
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
         self._wake_w.setblocking(False)
-        self._listeners = self._bind(host, port, backlog, reuse_port)
+        try:
+            self._listeners = self._bind(host, port, backlog, reuse_port)
+        except BaseException:
+            self._wake_r.close()
+            self._wake_w.close()
+            raise
         self.socket = self._listeners[0]
         name = self.socket.getsockname()
         self._port = int(name[1]) if isinstance(name, tuple) else None  # kept once closed
