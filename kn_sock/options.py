@@ -39,9 +39,17 @@ class Options:
             raise ValueError(f"unsupported compression: {self.compression!r}")
         for name in ("ping_interval", "ping_timeout", "open_timeout", "close_timeout"):
             # Seconds, or None for no limit (ping_interval: no keepalive; 0 too, as websockets).
-            _check_number(name, getattr(self, name), optional=True)
+            value = getattr(self, name)
+            _check_number(name, value, optional=True)
+            if value is not None and value > _TIMEOUT_MAX:  # inf: no limit, as None
+                setattr(self, name, None)
         for name in ("max_size", "max_queue", "write_limit", "max_pending"):
+            value = getattr(self, name)
+            if isinstance(value, float) and value.is_integer():
+                setattr(self, name, int(value))  # 32.0 as 32
             _check_number(name, getattr(self, name), optional=name in ("max_size", "max_queue"), integer=True)
+        if self.ssl is False:
+            self.ssl = None
         if self.max_queue is not None and self.max_queue < 1:
             raise ValueError("max_queue must be >= 1 or None")
         if isinstance(self.subprotocols, str):
@@ -67,6 +75,10 @@ def check_server_ssl(value: Any) -> None:
 
         if not isinstance(value, ssl.SSLContext):
             raise TypeError(f"ssl must be an ssl.SSLContext or None on a server, not {type(value).__name__}")
+
+
+#: Longer timeouts are no limit (threading's waits refuse more than about 9e9 s).
+_TIMEOUT_MAX = 1e9
 
 
 def _check_number(name: str, value: Any, *, optional: bool, integer: bool = False) -> None:

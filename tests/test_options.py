@@ -58,6 +58,14 @@ def test_valid_values_pass():
     assert opts.origins == ["https://a.example"] and opts.subprotocols == ["chat"]
 
 
+def test_unbounded_timeouts_and_whole_float_sizes():
+    opts = make_options({"open_timeout": math.inf, "close_timeout": 1e12, "max_queue": 32.0, "write_limit": 32768.0,
+                         "ssl": False})
+    assert opts.open_timeout is None and opts.close_timeout is None  # no limit, as None
+    assert opts.max_queue == 32 and type(opts.max_queue) is int and opts.write_limit == 32768
+    assert opts.ssl is None
+
+
 @pytest.mark.parametrize("options, error", SERVER_BAD, ids=_ids(SERVER_BAD))
 def test_blocking_server_refuses_invalid_options_when_made(options, error):
     with pytest.raises(error):

@@ -170,7 +170,7 @@ class connect(Generic[_W]):
         port: int | None = None,
         path: str = "/",
         *,
-        reconnect: Literal[False] = False,
+        reconnect: Literal[False] | None = False,
         **options: Any,
     ) -> None: ...
     @overload
@@ -190,7 +190,7 @@ class connect(Generic[_W]):
         port: int | None = None,
         path: str = "/",
         *,
-        reconnect: bool | dict[str, Any],
+        reconnect: bool | dict[str, Any] | None,
         **options: Any,
     ) -> None: ...
     def __init__(self, host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> None:
@@ -223,7 +223,7 @@ class connect(Generic[_W]):
 
 @overload
 def async_connect_websocket(
-    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[False] = False, **options: Any
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[False] | None = False, **options: Any
 ) -> connect[AsyncWebSocket]: ...
 @overload
 def async_connect_websocket(
@@ -231,7 +231,7 @@ def async_connect_websocket(
 ) -> connect[AsyncReconnectingWebSocket]: ...
 @overload
 def async_connect_websocket(
-    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: bool | dict[str, Any], **options: Any
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: bool | dict[str, Any] | None, **options: Any
 ) -> connect[AsyncWebSocket | AsyncReconnectingWebSocket]: ...
 def async_connect_websocket(host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> connect[Any]:
     """Open an asyncio WebSocket client connection: ``await`` it or use ``async with``.

@@ -681,6 +681,12 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 started = True
                 if self._write_paused:
                     await self._drain()
+                else:
+                    # As send(): a lost connection is reported through the loop; let it run.
+                    self._unyielded += 1
+                    transport = self.transport
+                    if self._unyielded >= _SEND_YIELD_EVERY or transport is None or transport.is_closing():
+                        await self._yield_to_loop()
                 prev = item
             self._write(proto.send_fragment(prev, True, compress))
         except BaseException:

@@ -33,7 +33,7 @@ logger = logging.getLogger("kn_sock")
 
 @overload
 def connect_websocket(
-    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[False] = False, **options: Any
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[False] | None = False, **options: Any
 ) -> WebSocket: ...
 @overload
 def connect_websocket(
@@ -41,7 +41,7 @@ def connect_websocket(
 ) -> ReconnectingWebSocket: ...
 @overload
 def connect_websocket(
-    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: bool | dict[str, Any], **options: Any
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: bool | dict[str, Any] | None, **options: Any
 ) -> WebSocket | ReconnectingWebSocket: ...
 def connect_websocket(
     host_or_uri: str, port: int | None = None, path: str = "/", **options: Any

@@ -14,6 +14,7 @@ connections fit in memory.
 
 from __future__ import annotations
 
+import errno
 import inspect
 import logging
 import os
@@ -152,8 +153,11 @@ class WebSocketServer:
                     six = socket.create_server(
                         ("::", sock.getsockname()[1]), family=socket.AF_INET6, backlog=backlog, reuse_port=reuse_port
                     )
-                except OSError as exc:  # no IPv6 here, or that port is taken on it
-                    logger.debug("listening on IPv4 only: %s", exc)
+                except OSError as exc:
+                    if port and exc.errno == errno.EADDRINUSE:  # the port asked for is taken on IPv6
+                        sock.close()
+                        raise
+                    logger.debug("listening on IPv4 only: %s", exc)  # no IPv6 here
                 else:
                     return [sock, six]
             return [sock]
