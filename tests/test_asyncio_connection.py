@@ -184,6 +184,33 @@ async def test_close_during_a_fragmented_send_runs_the_closing_handshake(backend
         assert ws.close_code == 1000
 
 
+@pytest.mark.parametrize("answer", [1000, 1011])
+async def test_send_during_our_close_waits_for_the_handshake_outcome(backend, answer):
+    """send() while our close frame awaits the peer's answer: raised once the handshake has
+    ended, telling how (ConnectionClosedOK after 1000/1000; ConnectionClosedError with the
+    peer's code otherwise), not an immediate ConnectionClosedError(1006) (as websockets)."""
+    from kn_sock import ConnectionClosedError, ConnectionClosedOK
+
+    async with raw_server() as (port, peers):
+        ws = await async_connect_websocket("127.0.0.1", port, backend=backend, compression=None)
+        peer = await asyncio.wait_for(peers.get(), TIMEOUT)
+        closing = asyncio.create_task(ws.close())
+        assert await peer.read_close() == (1000, "")
+        sending = asyncio.create_task(ws.send("late"))
+        await asyncio.sleep(0.05)
+        assert not sending.done()  # waiting for the peer's answer
+        peer.send_frame(8, answer.to_bytes(2, "big") + b"bye")
+        peer.close()
+        with pytest.raises(ConnectionClosed) as info:
+            await asyncio.wait_for(sending, TIMEOUT)
+        await asyncio.wait_for(closing, TIMEOUT)
+        assert info.value.code == answer and info.value.reason == "bye"
+        assert isinstance(info.value, ConnectionClosedOK if answer == 1000 else ConnectionClosedError)
+        # Once closed, send() raises at once.
+        with pytest.raises(ConnectionClosedOK if answer == 1000 else ConnectionClosedError):
+            await asyncio.wait_for(ws.send("later"), 0.5)
+
+
 async def test_send_wrong_type(backend):
     async with serving(echo, backend=backend) as server:
         async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:

@@ -212,6 +212,41 @@ def test_server_handler_gets_every_message_sent_before_the_clients_close(backend
 # ---------------------------------------------------------------- closing (§7)
 
 
+@pytest.mark.parametrize("answer", [1000, 1011])
+def test_send_during_our_close_waits_for_the_handshake_outcome(backend, answer):
+    """send() while our close frame awaits the peer's answer: raised once the handshake has
+    ended, telling how (ConnectionClosedOK after 1000/1000; ConnectionClosedError with the
+    peer's code otherwise), not an immediate ConnectionClosedError(1006) (as websockets)."""
+    from kn_sock import ConnectionClosedError, ConnectionClosedOK
+
+    with raw_server() as srv:
+        peer, ws = _raw_peer_and_client(srv, backend)
+        closing = threading.Thread(target=ws.close)
+        closing.start()
+        assert peer.recv_frame() == (8, b"\x03\xe8")
+        outcome = queue.Queue()
+
+        def late_send():
+            try:
+                ws.send("late")
+            except ConnectionClosed as exc:
+                outcome.put(exc)
+
+        sender = threading.Thread(target=late_send)
+        sender.start()
+        with pytest.raises(queue.Empty):
+            outcome.get(timeout=0.05)  # waiting for the peer's answer
+        peer.send_frame(8, answer.to_bytes(2, "big") + b"bye")
+        peer.close()
+        exc = outcome.get(timeout=5)
+        sender.join(5)
+        closing.join(5)
+        assert exc.code == answer and exc.reason == "bye"
+        assert isinstance(exc, ConnectionClosedOK if answer == 1000 else ConnectionClosedError)
+        with pytest.raises(ConnectionClosedOK if answer == 1000 else ConnectionClosedError):
+            ws.send("later")
+
+
 def test_recv_none_after_close_and_close_codes(backend):
     seen = queue.Queue()
 

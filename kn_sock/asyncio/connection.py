@@ -543,60 +543,70 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         proto = self.protocol
         if proto is None:
             raise InvalidState("the connection is not open")
-        transport = self.transport
-        if transport is not None and transport.is_closing() and proto.state is _OPEN:
-            # Lost (a write failed): asyncio tells the protocol through the loop, so let it
-            # run; a task sending in a loop would otherwise never learn it (and block the loop).
-            await self._yield_to_loop()
-        t = type(message)
-        if t is str or t is bytes or t is bytearray or t is memoryview or isinstance(message, (str, bytes, bytearray, memoryview)):
-            try:
-                data = proto.send(message, compress)
-            except InvalidState:
-                if self._frag_done is None:
-                    raise
-                # Another task is sending a fragmented message: wait for its end (off the hot path).
-                await self._wait_fragmented()
-                return await self.send(message, compress)
+        try:
             transport = self.transport
-            if transport is None:
-                raise proto.closed_exception()
-            cork = self._cork
-            if type(data) is tuple:  # large frame: header, then the payload itself (no copy)
-                if cork:
-                    self._uncork()
-                self._write_pair(transport, data[0], data[1])
-            elif len(data) > 65536:
-                if cork:
-                    self._uncork()
-                self._twrite(memoryview(data))
-            elif cork is not None:
-                cork.append(data)
-                self._cork_size += len(data)
-                if not self._messages or self._cork_size > _CORK_MAX:
-                    self._uncork()
-            elif self._messages:
-                # Speed: more received messages wait for the application, so most likely more
-                # sends follow in this same task step (a pipelining peer): hold the frames
-                # back and write them together, once the backlog is answered (above) or at the
-                # next loop iteration, whichever comes first. One write for many messages.
-                self._cork = [data]
-                self._cork_size = len(data)
-                self._loop.call_soon(self._uncork)
-            else:
-                self._twrite(data)
-        elif hasattr(message, "__aiter__"):
-            await self._send_fragments_async(message, compress)
-        elif hasattr(message, "__iter__") and not isinstance(message, dict):
-            await self._send_fragments(message, compress)
-        else:
-            proto.send(message, compress)  # raises the TypeError
-        if self._write_paused:
-            await self._drain()
-        else:
-            self._unyielded += 1
-            if self._unyielded >= _SEND_YIELD_EVERY:
+            if transport is not None and transport.is_closing() and proto.state is _OPEN:
+                # Lost (a write failed): asyncio tells the protocol through the loop, so let it
+                # run; a task sending in a loop would otherwise never learn it (and block the loop).
                 await self._yield_to_loop()
+            t = type(message)
+            if t is str or t is bytes or t is bytearray or t is memoryview or isinstance(message, (str, bytes, bytearray, memoryview)):
+                try:
+                    data = proto.send(message, compress)
+                except InvalidState:
+                    if self._frag_done is None:
+                        raise
+                    # Another task is sending a fragmented message: wait for its end (off the hot path).
+                    await self._wait_fragmented()
+                    return await self.send(message, compress)
+                transport = self.transport
+                if transport is None:
+                    raise proto.closed_exception()
+                cork = self._cork
+                if type(data) is tuple:  # large frame: header, then the payload itself (no copy)
+                    if cork:
+                        self._uncork()
+                    self._write_pair(transport, data[0], data[1])
+                elif len(data) > 65536:
+                    if cork:
+                        self._uncork()
+                    self._twrite(memoryview(data))
+                elif cork is not None:
+                    cork.append(data)
+                    self._cork_size += len(data)
+                    if not self._messages or self._cork_size > _CORK_MAX:
+                        self._uncork()
+                elif self._messages:
+                    # Speed: more received messages wait for the application, so most likely more
+                    # sends follow in this same task step (a pipelining peer): hold the frames
+                    # back and write them together, once the backlog is answered (above) or at the
+                    # next loop iteration, whichever comes first. One write for many messages.
+                    self._cork = [data]
+                    self._cork_size = len(data)
+                    self._loop.call_soon(self._uncork)
+                else:
+                    self._twrite(data)
+            elif hasattr(message, "__aiter__"):
+                await self._send_fragments_async(message, compress)
+            elif hasattr(message, "__iter__") and not isinstance(message, dict):
+                await self._send_fragments(message, compress)
+            else:
+                proto.send(message, compress)  # raises the TypeError
+            if self._write_paused:
+                await self._drain()
+            else:
+                self._unyielded += 1
+                if self._unyielded >= _SEND_YIELD_EVERY:
+                    await self._yield_to_loop()
+            return
+        except ConnectionClosed:
+            if proto.state is not State.CLOSING:
+                raise
+        # Our close frame is out and the peer's answer awaited: how the connection ends
+        # (ConnectionClosedOK after a clean handshake) is not known yet. Wait for it (bounded
+        # by close_timeout), as websockets does, rather than report 1006 now.
+        await self.wait_closed()
+        raise proto.closed_exception()
 
     def _write_pair(self, transport: Any, head: bytes, payload: bytes) -> None:
         """Write a large frame given as header + payload: on an idle plain socket, one

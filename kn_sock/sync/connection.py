@@ -715,9 +715,23 @@ class WebSocket:
         Blocks while more than ``write_limit`` bytes are waiting to be sent.
 
         Raises:
-            ConnectionClosed: the connection is closing or closed.
+            ConnectionClosed: the connection is closing or closed. While our close frame
+                awaits the peer's answer, raised once the closing handshake has ended
+                (bounded by ``close_timeout``), telling how it ended.
             TypeError: a message of another type.
         """
+        try:
+            return self._send(message)
+        except ConnectionClosed:
+            if self.protocol.state is not State.CLOSING or threading.get_ident() == self._reactor.ident:
+                raise
+        # Our close frame is out and the peer's answer awaited: how the connection ends
+        # (ConnectionClosedOK after a clean handshake) is not known yet. Wait for it (bounded
+        # by the close timer), as websockets does, rather than report 1006 now.
+        self.wait_closed(self._opts.close_timeout)
+        raise self.protocol.closed_exception()
+
+    def _send(self, message: Any) -> None:
         proto = self.protocol
         t = type(message)
         if t is bytes or t is str:
