@@ -337,6 +337,10 @@ class ReconnectingState:
         self._ended: deque = deque()
         self._closing = False  # close() was called: never reconnect
         self._final = False  # no reconnection will follow
+        #: The new connection ``on_connect`` is running with: recv() leaves it alone until
+        #: on_connect returns (what the connection brings first, a re-subscription's answer,
+        #: is on_connect's to read).
+        self._settling: Any = None
         #: True while a connection is open and the queue has been flushed into it.
         self.connected = False
         #: Successful reconnections so far (the first connection does not count).

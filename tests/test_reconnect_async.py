@@ -355,6 +355,37 @@ async def test_on_connect_runs_each_time_before_the_queue():
         await ws.close()
 
 
+async def test_on_connect_reads_the_new_connections_first_message_not_the_application(backend):
+    """On a reconnection on_connect runs while the application already waits in recv(): the
+    new connection's first message (the answer to on_connect's re-subscription) is
+    on_connect's; the application gets what follows (it could get either)."""
+    counter: list[int] = []
+
+    async def handler(ws, path):
+        counter.append(1)
+        assert await ws.recv(TIMEOUT) == "auth"
+        await ws.send(f"welcome {len(counter)}")
+        await ws.send(f"data {len(counter)}")
+        if len(counter) == 1:
+            await ws.close(1012)
+            return
+        await echo(ws, path)
+
+    answers: list[str] = []
+
+    async def on_connect(conn):
+        await conn.send("auth")
+        await asyncio.sleep(0.02)  # the application's recv() is waiting meanwhile
+        answers.append(await conn.recv(TIMEOUT))
+
+    async with serving(handler, backend=backend) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST, on_connect=on_connect)
+        for _ in range(2):  # the application stays in recv() across the reconnection
+            assert await ws.recv(TIMEOUT) == f"data {len(answers)}"
+        assert answers == ["welcome 1", "welcome 2"] and ws.reconnects == 1
+        await ws.close()
+
+
 async def test_initial_connection_retried_until_the_server_starts():
     server = await start_async_websocket_server("127.0.0.1", 0, echo)
     port = server.port

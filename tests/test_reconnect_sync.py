@@ -55,8 +55,6 @@ def test_first_connection_ending_during_on_connect_is_retried(backend):
     calls: list[int] = []
 
     def on_connect(ws):
-        # (On a reconnection on_connect runs in the supervisor thread while the application
-        # may be in recv() already: it only sends, so no message is raced for.)
         calls.append(1)
         if len(calls) == 1:
             assert ws.recv(TIMEOUT) is None  # the first connection: closed with 1013
@@ -279,6 +277,36 @@ def test_iteration_continues_and_on_connect_runs_each_time():
         assert list(ws) == ["hello 1", "hello 2", "hello 3"]
         assert seen == ["subscribe 1", "subscribe 2", "subscribe 3"]
         assert ws.reconnects == 2 and len(calls) == 3 and ws.closed
+
+
+def test_on_connect_reads_the_new_connections_first_message_not_the_application(backend):
+    """On a reconnection on_connect runs while the application is already blocked in recv():
+    the new connection's first message (the answer to on_connect's re-subscription) is
+    on_connect's; the application gets what follows (it could get either)."""
+    counter: list[int] = []
+
+    def handler(ws, address):
+        counter.append(1)
+        assert ws.recv(TIMEOUT) == "auth"
+        ws.send(f"welcome {len(counter)}")
+        ws.send(f"data {len(counter)}")
+        if len(counter) == 1:
+            ws.close(1012)
+            return
+        echo(ws, address)
+
+    answers: list[str] = []
+
+    def on_connect(conn):
+        conn.send("auth")
+        answers.append(conn.recv(TIMEOUT))
+
+    with running_server(handler, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST, on_connect=on_connect)
+        for _ in range(2):  # the application stays in recv() across the reconnection
+            assert ws.recv(TIMEOUT) == f"data {len(answers)}"
+        assert answers == ["welcome 1", "welcome 2"] and ws.reconnects == 1
+        ws.close()
 
 
 def test_initial_connection_retried_then_bounded():

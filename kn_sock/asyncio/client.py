@@ -280,7 +280,8 @@ class AsyncReconnectingWebSocket(ReconnectingState):
       unless ``ack=`` is on (see ``ack``).
     - ``on_connect(conn)`` (a function or coroutine function) gets each new underlying
       ``AsyncWebSocket`` before the queued messages are flushed, so what it sends
-      (re-subscriptions) goes first.
+      (re-subscriptions) goes first; ``recv()`` takes the new connection's messages only
+      once it has returned (what on_connect reads, a re-subscription's answer, is its own).
     - ``connected``, ``reconnects`` (successful reconnections), ``last_close_code`` (how
       the previous connection ended), ``close_code`` / ``close_reason`` (the current one's).
     """
@@ -378,12 +379,18 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                 self._replaced(ws)
                 self._ws = new
                 self.reconnects += 1
+                on_connect = self._opts.on_connect
+                if on_connect is not None:
+                    self._settling = new
                 self._notify()
-                if self._opts.on_connect is not None:
+                if on_connect is not None:
                     try:
-                        await _maybe_await(self._opts.on_connect(new))
+                        await _maybe_await(on_connect(new))
                     except Exception:
                         logger.exception("on_connect failed for %s", self._wsuri.uri)
+                    finally:
+                        self._settling = None
+                        self._notify()
                 await self._flush(new)
         finally:
             self._final = True
@@ -490,6 +497,15 @@ class AsyncReconnectingWebSocket(ReconnectingState):
             message = self._take_ended() if self._ended else None
             ws = self._ws
             assert ws is not None
+            if message is None and ws is self._settling:
+                # on_connect is running with this new connection: what it brings first is
+                # on_connect's to read; wait until it returns.
+                left = None if deadline is None else max(0.0, deadline - loop.time())
+                try:
+                    await self._wait_change(left)
+                except TimeoutError:
+                    raise TimeoutError("no message received in time") from None
+                continue
             if message is None:
                 left = None if deadline is None else max(0.0, deadline - loop.time())
                 message = await ws.recv(left)

@@ -197,7 +197,9 @@ class ReconnectingWebSocket(ReconnectingState):
       ``on_connect``. A message handed to a connection that then died is not sent again,
       unless ``ack=`` is on (see ``ack``).
     - ``on_connect(conn)`` runs in the supervisor thread with each new underlying
-      ``WebSocket`` before the queued messages are flushed, so what it sends goes first.
+      ``WebSocket`` before the queued messages are flushed, so what it sends goes first;
+      ``recv()`` takes the new connection's messages only once it has returned (what
+      on_connect reads, the answer to a re-subscription, is its own).
     - ``connected``, ``reconnects`` (successful reconnections), ``last_close_code`` (how
       the previous connection ended), ``close_code`` / ``close_reason`` (the current one's).
 
@@ -289,21 +291,28 @@ class ReconnectingWebSocket(ReconnectingState):
                 new = self._reconnect()
                 if new is None:
                     return
+                on_connect = self._opts.on_connect
                 with cond:
                     closing = self._closing
                     if not closing:
                         self._replaced(ws)
                         self._ws = new
                         self.reconnects += 1
+                        if on_connect is not None:
+                            self._settling = new
                         cond.notify_all()
                 if closing:
                     new.close()
                     return
-                if self._opts.on_connect is not None:
+                if on_connect is not None:
                     try:
-                        self._opts.on_connect(new)
+                        on_connect(new)
                     except Exception:
                         logger.exception("on_connect failed for %s", self._wsuri.uri)
+                    finally:
+                        with cond:
+                            self._settling = None
+                            cond.notify_all()
                 self._flush(new)
         except BaseException:  # pragma: no cover - a bug: say so, and do not leave recv() hanging
             logger.exception("reconnecting client for %s failed", self._wsuri.uri)
@@ -407,6 +416,16 @@ class ReconnectingWebSocket(ReconnectingState):
                 with cond:
                     message = self._take_ended()
             ws = self._ws
+            if message is None and ws is self._settling and not self._final:
+                # on_connect is running with this new connection: what it brings first is
+                # on_connect's to read; wait until it returns.
+                with cond:
+                    while self._settling is ws and not self._final:
+                        left = None if deadline is None else deadline - time.monotonic()
+                        if left is not None and left <= 0:
+                            raise TimeoutError("no message received in time")
+                        cond.wait(left)
+                continue
             if message is None:
                 assert ws is not None
                 left = None if deadline is None else max(0.0, deadline - time.monotonic())
