@@ -90,6 +90,14 @@ def test_open_timeout_with_silent_server():
         assert time.monotonic() - start < 2
 
 
+def test_open_timeout_zero_is_a_timeout():
+    """open_timeout=0: TimeoutError at once, as the asyncio client (a socket timeout of 0
+    made the connect non-blocking: BlockingIOError)."""
+    with raw_server() as srv:
+        with pytest.raises(TimeoutError):
+            connect_websocket("127.0.0.1", srv.port, open_timeout=0)
+
+
 def test_server_closing_during_handshake():
     with raw_server() as srv:
 

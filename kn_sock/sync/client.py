@@ -106,6 +106,8 @@ def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default") -> WebSo
 
 def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) -> WebSocket:
     """One connection attempt: TCP (+ TLS) and the opening handshake with ``wsuri``."""
+    if timeout is not None and timeout <= 0:  # (a socket timeout of 0 means non-blocking)
+        raise TimeoutError("timed out during the opening handshake")
     deadline = None if timeout is None else time.monotonic() + timeout
     host = wsuri.host[1:-1] if wsuri.host.startswith("[") else wsuri.host
     sock: socket.socket | None = opts.extra.get("sock")
