@@ -39,10 +39,15 @@ __all__ = [
     "AsyncCore",
     "send_many",
     "write_message",
+    "OP_EARLY",
 ]
 
 BytesLike = Union[bytes, bytearray, memoryview]
 Frame = tuple  # (opcode: int, fin: bool, rsv1: bool, payload: bytes | str)
+
+#: The opcode of the frames ``FrameParser(early_compressed_text=True)`` hands out for the
+#: payload of an incomplete compressed text frame (never on the wire: opcodes are 0-15).
+OP_EARLY = -1
 
 _MASK_LEN_ERROR = "mask must be 4 bytes"
 _utf8_decode = codecs.utf_8_decode
@@ -256,7 +261,9 @@ class FrameParser:
     the previous frame ended in, and a code point left truncated by the last frame is a 1007.
     An unfragmented text frame is validated by decoding it (the whole payload, once more).
     Compressed frames are not checked here (only the inflated bytes are text: the caller's
-    ``Utf8Validator`` does that).
+    ``Utf8Validator`` does that); with ``early_compressed_text``, a call that ends inside a
+    compressed text frame hands the caller its new payload bytes (an ``OP_EARLY`` frame) so
+    that it can inflate and check them before the frame is complete.
 
     Args:
         expect_mask: True on a server (client frames must be masked), False on a client.
@@ -265,6 +272,9 @@ class FrameParser:
             (defaults to max_size); the inflated size is bounded by the decompressor.
         rsv1_allowed: True once permessage-deflate is negotiated.
         decode_text: return unfragmented uncompressed text payloads as ``str``.
+        early_compressed_text: hand out the payload of an incomplete compressed text frame
+            as it arrives (``OP_EARLY`` frames, see ``_early_compressed``), for the caller to
+            inflate and check early (1007 mid-frame, SPEC "Bad input").
     """
 
     __slots__ = (
@@ -273,6 +283,7 @@ class FrameParser:
         "compressed_max_size",
         "rsv1_allowed",
         "decode_text",
+        "early_compressed_text",
         "error",
         "_buf",
         "_frag_opcode",
@@ -282,6 +293,7 @@ class FrameParser:
         "_text_validator",
         "_text_checked",
         "_msg_validator",
+        "_cz_done",
     )
 
     def __init__(
@@ -292,6 +304,7 @@ class FrameParser:
         compressed_max_size: int | None = None,
         rsv1_allowed: bool = False,
         decode_text: bool = True,
+        early_compressed_text: bool = False,
     ) -> None:
         """Create a parser for one direction of one connection."""
         self.expect_mask = expect_mask
@@ -299,6 +312,7 @@ class FrameParser:
         self.compressed_max_size = compressed_max_size
         self.rsv1_allowed = rsv1_allowed
         self.decode_text = decode_text
+        self.early_compressed_text = early_compressed_text
         self.error: ProtocolError | None = None
         self._buf = bytearray()
         self._frag_opcode = 0
@@ -312,6 +326,9 @@ class FrameParser:
         # The uncompressed fragmented text message in progress (with decode_text): validated
         # frame by frame, and mid-frame like a first frame (None: no such message).
         self._msg_validator: Utf8Validator | None = None
+        # early_compressed_text: the payload bytes of the incomplete compressed text frame
+        # at the head of ``_buf`` already handed out as an OP_EARLY frame.
+        self._cz_done = 0
 
     @property
     def buffered(self) -> int:
@@ -411,15 +428,45 @@ class FrameParser:
             if pos:
                 del buf[:pos]
             # speed: only a call that ends inside a text frame pays for the early check.
-            if len(buf) > 2 and self.decode_text:
+            if len(buf) > 2:
                 kind = buf[0] & 0x4F
-                if kind == 1 or (kind == 0 and self._msg_validator is not None):
+                if self.decode_text and (kind == 1 or (kind == 0 and self._msg_validator is not None)):
                     self._check_partial_text(buf)
+                elif self.early_compressed_text and (
+                    kind == 0x41 or (kind == 0 and self._frag_opcode == 1 and self._frag_compressed)
+                ):
+                    self._early_compressed(buf, frames)
         except ProtocolError as exc:
             self.error = exc
             self._buf = bytearray()
             return frames
         return frames
+
+    def _early_compressed(self, buf: bytearray, frames: list[Frame]) -> None:
+        """Hand out the new payload bytes of the incomplete compressed text frame ``buf`` holds.
+
+        With ``early_compressed_text``, a call that ends inside a compressed text frame (a
+        text message's first frame with RSV1, or a continuation of such a message) appends
+        ``(OP_EARLY, False, True, chunk)``: the frame's next unmasked payload bytes, each
+        byte once, so that the caller can inflate them and check the text as it arrives.
+        The complete frame is still returned whole; the bytes handed out early are its first.
+        """
+        b1 = buf[1]
+        hdr = 2 if b1 & 0x7F < 126 else 4 if b1 & 0x7F == 126 else 10
+        if b1 & 0x80:
+            hdr += 4
+        got = len(buf) - hdr
+        done = self._cz_done
+        if got <= done:
+            return
+        if b1 & 0x80:
+            key = bytes(buf[hdr - 4 : hdr])
+            phase = done & 3
+            chunk = apply_mask(memoryview(buf)[hdr + done :], key[phase:] + key[:phase])
+        else:
+            chunk = bytes(buf[hdr + done :])
+        self._cz_done = got
+        frames.append((OP_EARLY, False, True, chunk))
 
     def _check_partial_text(self, buf: bytearray) -> None:
         """Validate the new payload bytes of the incomplete text frame ``buf`` holds (fail fast).
@@ -506,7 +553,7 @@ class FrameParser:
             if not fin:
                 raise ProtocolError("fragmented control frame", 1002)
             if length > 125:
-                raise ProtocolError("control frame too long", 1002)
+                raise ProtocolError("control frame too long: at most 125 bytes, in the 7-bit length field", 1002)
             if rsv1:
                 raise ProtocolError("reserved bits must be 0", 1002)
         elif opcode == 0:
@@ -550,6 +597,7 @@ class FrameParser:
             # The frame the early UTF-8 check was following (always the next to complete) is done.
             self._text_validator = None
             self._text_checked = 0
+        self._cz_done = 0
         if opcode == 0:
             if fin:
                 self._frag_opcode = 0

@@ -30,6 +30,7 @@ cdef class FrameParser:
     cdef public bint expect_mask
     cdef public bint rsv1_allowed
     cdef public bint decode_text
+    cdef public bint early_compressed_text
     cdef public object error
     # max_size / compressed_max_size: the Python objects (for the getters and for the 1009
     # message) and their C values, refreshed by the setters.
@@ -81,6 +82,9 @@ cdef class FrameParser:
     # frame by frame, and mid-frame like a first frame; _mv_pending holds the code point its
     # last complete frame ended in.
     cdef bint _mv_active
+    # early_compressed_text: the payload bytes of the incomplete compressed text frame we
+    # hold already handed out as an OP_EARLY frame (reset by _emit).
+    cdef Py_ssize_t _cz_done
     cdef unsigned char _mv_pending[4]
     cdef int _mv_npending
 
@@ -113,6 +117,8 @@ cdef class FrameParser:
     cdef Py_ssize_t _head_need(self) noexcept
     cdef int _consume(self, const unsigned char *data, Py_ssize_t n, list frames) except -1
     cdef int _parse_buffer(self, list frames) except -1
+    cdef int _check_partial(self, list frames) except -1
+    cdef int _early_compressed(self, list frames) except -1
     cdef int _check_text(self) except -1
     cdef void _load_message_state(self) noexcept
     cdef int _text_fragment(self, bint fin, object payload) except -1

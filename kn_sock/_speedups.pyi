@@ -19,10 +19,12 @@ __all__ = [
     "AsyncCore",
     "send_many",
     "write_message",
+    "OP_EARLY",
 ]
 
 _BytesLike: TypeAlias = Union[bytes, bytearray, memoryview]
 Frame = tuple
+OP_EARLY: int
 
 def apply_mask(data: _BytesLike, mask: _BytesLike) -> bytes: ...
 def apply_mask_inplace(buffer: _BytesLike, mask: _BytesLike, offset: int = 0, length: int = -1) -> None: ...
@@ -41,6 +43,7 @@ class FrameParser:
     expect_mask: bool
     rsv1_allowed: bool
     decode_text: bool
+    early_compressed_text: bool
     error: ProtocolError | None
     def __init__(
         self,
@@ -50,6 +53,7 @@ class FrameParser:
         compressed_max_size: int | None = None,
         rsv1_allowed: bool = False,
         decode_text: bool = True,
+        early_compressed_text: bool = False,
     ) -> None: ...
     @property
     def max_size(self) -> int | None: ...

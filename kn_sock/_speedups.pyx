@@ -69,9 +69,14 @@ __all__ = [
     "AsyncCore",
     "send_many",
     "write_message",
+    "OP_EARLY",
 ]
 
 Frame = tuple  # (opcode: int, fin: bool, rsv1: bool, payload: bytes | str)
+
+#: The opcode of the frames ``FrameParser(early_compressed_text=True)`` hands out for the
+#: payload of an incomplete compressed text frame (never on the wire: opcodes are 0-15).
+OP_EARLY = -1
 
 cdef enum:
     # Release the GIL around payload loops from this size on. Releasing and retaking it costs
@@ -913,7 +918,9 @@ cdef class FrameParser:
     the previous frame ended in, and a code point left truncated by the last frame is a 1007.
     An unfragmented text frame is validated by decoding it (the whole payload, once more).
     Compressed frames are not checked here (only the inflated bytes are text: the caller's
-    ``Utf8Validator`` does that).
+    ``Utf8Validator`` does that); with ``early_compressed_text``, a call that ends inside a
+    compressed text frame hands the caller its new payload bytes (an ``OP_EARLY`` frame) so
+    that it can inflate and check them before the frame is complete.
 
     A payload of 64 KiB or more that the current read did not bring whole is received in
     place: once its header is parsed, the final
@@ -928,16 +935,21 @@ cdef class FrameParser:
             (defaults to max_size); the inflated size is bounded by the decompressor.
         rsv1_allowed: True once permessage-deflate is negotiated.
         decode_text: return unfragmented uncompressed text payloads as ``str``.
+        early_compressed_text: hand out the payload of an incomplete compressed text frame
+            as it arrives (``OP_EARLY`` frames, see ``_early_compressed``), for the caller to
+            inflate and check early (1007 mid-frame, SPEC "Bad input").
     """
 
     def __init__(self, *, bint expect_mask, max_size=2**20, compressed_max_size=None,
-                 bint rsv1_allowed=False, bint decode_text=True):
+                 bint rsv1_allowed=False, bint decode_text=True,
+                 bint early_compressed_text=False):
         """Create a parser for one direction of one connection."""
         self.expect_mask = expect_mask
         self._set_limit(max_size, False)
         self._set_limit(compressed_max_size, True)
         self.rsv1_allowed = rsv1_allowed
         self.decode_text = decode_text
+        self.early_compressed_text = early_compressed_text
         self.error = None
 
     def __dealloc__(self):
@@ -1195,9 +1207,8 @@ cdef class FrameParser:
                 self._consume(pp, pn, frames)
             if tn:
                 self._consume(<const unsigned char *>PyBytes_AS_STRING(tail), tn, frames)
-        if (self.error is None and (self._pp != NULL or self._end - self._start > 2)
-                and self.decode_text):
-            self._check_text()
+        if self.error is None and (self._pp != NULL or self._end - self._start > 2):
+            self._check_partial(frames)
         return frames
 
     cdef list _updated(self, Py_ssize_t nbytes):
@@ -1213,9 +1224,8 @@ cdef class FrameParser:
             self._end += nbytes
             self._parse_buffer(frames)
         # speed: only a call that ends inside a frame pays for the early UTF-8 check.
-        if (self.error is None and (self._pp != NULL or self._end - self._start > 2)
-                and self.decode_text):
-            self._check_text()
+        if self.error is None and (self._pp != NULL or self._end - self._start > 2):
+            self._check_partial(frames)
         return frames
 
     def feed(self, data):
@@ -1237,10 +1247,58 @@ cdef class FrameParser:
             finally:
                 PyBuffer_Release(&view)
         # speed: only a call that ends inside a frame pays for the early UTF-8 check.
-        if (self.error is None and (self._pp != NULL or self._end - self._start > 2)
-                and self.decode_text):
-            self._check_text()
+        if self.error is None and (self._pp != NULL or self._end - self._start > 2):
+            self._check_partial(frames)
         return frames
+
+    cdef int _check_partial(self, list frames) except -1:
+        """A call ended inside a frame: the early checks of its payload (text, compressed text)."""
+        if self.decode_text:
+            self._check_text()
+        if self.early_compressed_text and self.error is None:
+            self._early_compressed(frames)
+        return 0
+
+    cdef int _early_compressed(self, list frames) except -1:
+        """Hand out the new payload bytes of the incomplete compressed text frame we hold.
+
+        With ``early_compressed_text``, a call that ends inside a compressed text frame (a
+        text message's first frame with RSV1, or a continuation of such a message) appends
+        ``(OP_EARLY, False, True, chunk)``: the frame's next unmasked payload bytes, each
+        byte once, so that the caller can inflate them and check the text as it arrives.
+        The complete frame is still returned whole; the bytes handed out early are its first.
+        """
+        cdef const unsigned char *p
+        cdef Py_ssize_t hdr, got, done = self._cz_done
+        cdef int l7, kind
+        cdef bint masked
+        if self._pp != NULL:
+            kind = self._pl_opcode | (0x40 if self._pl_rsv1 else 0)
+            if not (kind == 0x41 or (kind == 0 and self._frag_opcode == 1 and self._frag_compressed)):
+                return 0
+            got = self._pl_filled
+            if got <= done:
+                return 0
+            chunk = PyBytes_FromStringAndSize(<const char *>self._pp + done, got - done)
+        else:
+            p = self._bp + self._start
+            kind = p[0] & 0x4F
+            if not (kind == 0x41 or (kind == 0 and self._frag_opcode == 1 and self._frag_compressed)):
+                return 0
+            l7 = p[1] & 0x7F
+            masked = (p[1] & 0x80) != 0
+            hdr = 2 if l7 < 126 else 4 if l7 == 126 else 10
+            if masked:
+                hdr += 4
+            got = self._end - self._start - hdr
+            if got <= done:
+                return 0
+            chunk = PyBytes_FromStringAndSize(NULL, got - done)
+            _copy_payload(<unsigned char *>PyBytes_AS_STRING(chunk), p + hdr + done, got - done,
+                          masked, p + hdr - 4 if masked else NULL, done & 3)
+        self._cz_done = got
+        frames.append((OP_EARLY, False, True, chunk))
+        return 0
 
     cdef int _check_text(self) except -1:
         """Validate the new payload bytes of the incomplete frame we hold, if it is text.
@@ -1618,6 +1676,7 @@ cdef class FrameParser:
         # The frame an early UTF-8 check was following (always the next to complete) is done.
         self._tv_done = 0
         self._tv_npending = 0
+        self._cz_done = 0
         if opcode == 0:
             if fin:
                 self._frag_opcode = 0
@@ -1662,7 +1721,7 @@ cdef class FrameParser:
             if not fin:
                 return self._fail(ProtocolError("fragmented control frame", 1002))
             if length > 125:
-                return self._fail(ProtocolError("control frame too long", 1002))
+                return self._fail(ProtocolError("control frame too long: at most 125 bytes, in the 7-bit length field", 1002))
             if rsv1:
                 return self._fail(ProtocolError("reserved bits must be 0", 1002))
         elif opcode == 0:

@@ -117,7 +117,7 @@ class Protocol:
         "__weakref__", "side", "is_client", "backend", "max_size", "subprotocol", "extensions",
         "deflate", "parser", "_build", "_validator_cls", "_masks", "state", "_out", "_parts",
         "_part_opcode", "_part_compressed", "_validator", "_send_frag_open", "_send_frag_compressed",
-        "_send_frag_text", "close_rcvd", "close_sent", "close_rcvd_then_sent", "close_transport", "failed",
+        "_send_frag_text", "_early_done", "close_rcvd", "close_sent", "close_rcvd_then_sent", "close_transport", "failed",
         "error", "eof_received", "pings", "hold_pongs", "_held_pong",
     )  # memory: one connection's state without a per-instance __dict__
 
@@ -153,6 +153,8 @@ class Protocol:
             max_size=max_size,
             compressed_max_size=compressed_max,
             rsv1_allowed=self.deflate is not None,
+            # Compressed text is inflated and checked as it arrives (1007 mid-frame).
+            early_compressed_text=self.deflate is not None,
         )
         self._build = self.backend.build_frame
         self._validator_cls = self.backend.Utf8Validator
@@ -164,6 +166,8 @@ class Protocol:
         self._part_opcode = 0
         self._part_compressed = False
         self._validator: Any = None
+        # Payload bytes of the incomplete compressed text frame inflated early (OP_EARLY).
+        self._early_done = 0
         # Outgoing fragmented message.
         self._send_frag_open = False
         self._send_frag_text = False
@@ -231,7 +235,11 @@ class Protocol:
         if opcode >= 8:
             self._control_frame(opcode, payload, events)
             return
-        if opcode == OP_CONT:
+        if opcode < 0:  # OP_EARLY: the first bytes of a compressed text frame still arriving
+            self._early_text(payload)
+            return
+        early = self._early_done
+        if opcode == OP_CONT or early:
             compressed = self._part_compressed
         else:
             compressed = rsv1
@@ -243,9 +251,12 @@ class Protocol:
             checked_by_parser = not rsv1 and self.parser.decode_text
             self._validator = self._validator_cls() if opcode == OP_TEXT and not fin and not checked_by_parser else None
         if compressed:
+            if early:  # its first bytes are inflated already (and in _parts)
+                self._early_done = 0
+                payload = memoryview(payload)[early:]
             payload = self.deflate.decompress(payload, fin, self.max_size)
         text = self._part_opcode == OP_TEXT
-        if fin and opcode != OP_CONT:
+        if fin and opcode != OP_CONT and not early:
             # A whole message that took the slow path: compressed, or text the parser left as bytes.
             message: Message = payload
             if text:
@@ -255,22 +266,49 @@ class Protocol:
         if text and self._validator is not None and not self._validator.feed(payload, fin):
             raise ProtocolError("invalid UTF-8 in text message", 1007)
         if payload:
-            parts = self._parts
-            if len(payload) >= _OWN_PART:
-                parts.append(payload)
-            elif parts and type(parts[-1]) is bytearray:
-                parts[-1] += payload
-            else:
-                # Memory: small fragments share one bytearray, so a message sent a byte a
-                # frame costs about its size, not ~40 bytes of object per byte; empty ones
-                # (a peer may send them forever) cost nothing.
-                parts.append(bytearray(payload))
+            self._add_part(payload)
         if fin:
             data = b"".join(self._parts)
             self._parts = []
             self._part_opcode = 0
             self._validator = None
             events.append(_decode_text(data) if text else data)
+
+    def _early_text(self, chunk: bytes) -> None:
+        """Inflate the first bytes of an incomplete compressed text frame and check them.
+
+        The parser hands them out (``early_compressed_text``) so that invalid UTF-8 fails the
+        connection as soon as the bytes received so far can no longer be valid (SPEC "Bad
+        input"), not once the whole frame is in; a message past ``max_size`` once inflated
+        fails early too. What they inflate to joins the message's parts; the complete frame
+        then inflates only its remaining bytes.
+        """
+        if not self._early_done and not self.parser.in_message:
+            # A new message's first frame (RSV1 text): start it as a fragmented one.
+            self._part_opcode = OP_TEXT
+            self._part_compressed = True
+            self._parts = []
+            self._validator = None
+        if self._validator is None:
+            self._validator = self._validator_cls()
+        self._early_done += len(chunk)
+        out = self.deflate.decompress(chunk, False, self.max_size)
+        if out:
+            if not self._validator.feed(out, False):
+                raise ProtocolError("invalid UTF-8 in text message", 1007)
+            self._add_part(out)
+
+    def _add_part(self, payload: Any) -> None:
+        parts = self._parts
+        if len(payload) >= _OWN_PART:
+            parts.append(payload)
+        elif parts and type(parts[-1]) is bytearray:
+            parts[-1] += payload
+        else:
+            # Memory: small fragments share one bytearray, so a message sent a byte a
+            # frame costs about its size, not ~40 bytes of object per byte; empty ones
+            # (a peer may send them forever) cost nothing.
+            parts.append(bytearray(payload))
 
     def _control_frame(self, opcode: int, payload: bytes, events: list[Any]) -> None:
         """Answer pings, match pongs, run the closing handshake (RFC 6455 §5.5)."""
@@ -404,7 +442,8 @@ class Protocol:
         elif t is bytes or t is bytearray:
             opcode = OP_BINARY
         elif isinstance(message, str):
-            opcode, message = OP_TEXT, str(message)
+            # Its text: str() of an enum member (class Cmd(str, Enum)) would be "Cmd.X".
+            opcode, message = OP_TEXT, str.__str__(message)
         else:
             message = _contiguous(message, "message")
             opcode = OP_BINARY

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import random
 
+import os
+
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
@@ -148,6 +150,7 @@ def frame_streams(draw):
         max_size=draw(st.sampled_from([None, 0, 10, 125, 1000, 2**20])),
         compressed_max_size=draw(st.sampled_from([None, 5, 100000])),
         decode_text=draw(st.booleans()),
+        early_compressed_text=draw(st.booleans()),
     )
     return b"".join(frames), opts
 
@@ -179,11 +182,12 @@ def run_parser(mod, stream, opts, cuts, use_buffer):
 
 
 def normalise(events):
-    """Merge frames across chunk boundaries: how a stream is cut may change how frames group."""
+    """Merge frames across chunk boundaries: how a stream is cut may change how frames group
+    (and how the payload of an incomplete compressed text frame is handed out early)."""
     frames, rest = [], []
     for e in events:
         if isinstance(e, list):
-            frames.extend(e)
+            frames.extend(f for f in e if f[0] != P.OP_EARLY)
         elif isinstance(e, tuple) and len(e) == 3:
             rest.append(e)
     return frames, rest[-1:] if rest else rest, events[-1]
@@ -217,6 +221,58 @@ def test_build_frame(opcode, payload, fin, rsv1, mask, wrap):
     assert outcome(S.build_frame, opcode, payload, fin, rsv1, mask) == outcome(
         P.build_frame, opcode, payload, fin, rsv1, mask
     )
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(sf=frame_streams(), cuts=st.lists(st.integers(0, 80_000), max_size=10), use_buffer=st.booleans())
+def test_early_compressed_chunks_are_the_next_frames_first_bytes(sf, cuts, use_buffer):
+    """early_compressed_text: what is handed out early (OP_EARLY) is, in order, the start of
+    the payload of the next data frame to complete, a compressed text frame or a
+    continuation of a compressed text message; both twins."""
+    stream, opts = sf
+    opts = dict(opts, early_compressed_text=True)
+    for mod in (P, S):
+        early = b""
+        compressed_text = False  # a compressed text message is open
+        for event in run_parser(mod, stream, opts, cuts, use_buffer):
+            if not isinstance(event, list):
+                continue
+            for opcode, fin, rsv1, payload in event:
+                if opcode == mod.OP_EARLY:
+                    assert fin is False and rsv1 is True and payload
+                    early += payload
+                    continue
+                if opcode < 8 and early:
+                    assert (opcode == 1 and rsv1) or (opcode == 0 and compressed_text)
+                    assert payload[: len(early)] == early
+                    early = b""
+                if opcode in (1, 2):
+                    compressed_text = opcode == 1 and rsv1 and not fin
+                elif opcode == 0 and fin:
+                    compressed_text = False
+
+
+@pytest.mark.parametrize("mod", [P, S], ids=["pure", "cython"])
+@pytest.mark.parametrize("size", [1000, 200_000])  # 200 KB: the Cython twin receives it in place
+@pytest.mark.parametrize("use_buffer", [False, True])
+@pytest.mark.parametrize("masked", [False, True])
+def test_early_compressed_chunks_example(mod, size, use_buffer, masked):
+    payload = os.urandom(size)
+    mask = b"\x01\x02\x03\x04" if masked else None
+    stream = P.build_frame(1, payload, fin=False, rsv1=True, mask=mask) + P.build_frame(0, payload[:99], mask=mask)
+    head = len(stream) - len(P.build_frame(0, payload[:99], mask=mask)) - size
+    cuts = [head + 10, head + 11, head + size // 2, len(stream) - 50]
+    opts = dict(expect_mask=masked, rsv1_allowed=True, max_size=None, early_compressed_text=True)
+    frames = [f for e in run_parser(mod, stream, opts, cuts, use_buffer) if isinstance(e, list) for f in e]
+    assert [f for f in frames if f[0] != mod.OP_EARLY] == [(1, False, True, payload), (0, True, False, payload[:99])]
+    first = frames.index((1, False, True, payload))
+    early = b"".join(f[3] for f in frames[:first])  # the first frame's, handed out early
+    assert all(f[0] == mod.OP_EARLY for f in frames[:first]) and len(frames[:first]) >= 3
+    assert payload.startswith(early) and len(early) >= size // 2
+    assert frames[first + 1] == (mod.OP_EARLY, False, True, payload[:49])  # the continuation's
+    # Off by default, and never for binary or uncompressed text.
+    opts["early_compressed_text"] = False
+    assert not [f for e in run_parser(mod, stream, opts, cuts, use_buffer) if isinstance(e, list) for f in e if f[0] < 0]
 
 
 # --------------------------------------------------------------------------- early UTF-8 (1007)

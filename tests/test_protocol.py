@@ -942,6 +942,17 @@ class TestFail:
 class TestSending:
     """What we send parses back on the other side (RFC 6455 §5.6, §5.4)."""
 
+    def test_a_str_subclass_is_sent_as_its_text(self, backend: Any) -> None:
+        """class Cmd(str, Enum): its value goes out, not str() of it ("Cmd.SUB"), as websockets."""
+        import enum
+
+        class Cmd(str, enum.Enum):
+            SUB = "subscribe"
+
+        client, server = connected(backend)
+        assert server.receive_data(client.send(Cmd.SUB)) == ["subscribe"]
+        assert client.receive_data(server.send(Cmd.SUB)) == ["subscribe"]
+
     @pytest.mark.parametrize(
         "message",
         ["", "héllo ✓", "x" * 70000, b"", b"\x00\xff", bytes(126), bytearray(b"ba"), memoryview(b"mv")],
@@ -1097,6 +1108,65 @@ class TestPerMessageDeflate:
     def test_rsv1_on_a_control_frame_fails_with_1002(self, backend: Any, opcode: int) -> None:
         client, server = connected(backend, deflate=True)
         assert_failed(server, server.receive_data(peer(server, opcode, b"", rsv=4)), 1002)
+
+    @pytest.mark.parametrize("side", [CLIENT, SERVER])
+    @pytest.mark.parametrize("continuation", [False, True])
+    def test_invalid_utf8_in_a_compressed_frame_fails_1007_before_the_frame_is_complete(
+        self, backend: Any, side: str, continuation: bool
+    ) -> None:
+        """SPEC "Bad input": 1007 as soon as the bytes received so far cannot be valid, even
+        mid-message: a compressed text frame's first bytes are inflated as they arrive (the
+        frame, 90 KiB of incompressible text, is never completed here)."""
+        client_ext, server_ext = deflate_pair()
+        receiver = make(backend, side, extensions=[server_ext if side == SERVER else client_ext])
+        sender_ext = client_ext if side == SERVER else server_ext
+        text = b"\xff\xfe" + os.urandom(60_000).hex().encode()[:90_000]
+        payload = sender_ext.compress(text, True)
+        if continuation:
+            head = sender_ext.compress(b"a valid start ", False)
+            data = peer(receiver, OP_TEXT, head, rsv=4, fin=False) + peer(receiver, OP_CONT, payload)
+        else:
+            data = peer(receiver, OP_TEXT, payload, rsv=4)
+        assert len(data) > 40_000
+        events: list[Any] = []
+        for i in range(0, 40_000, 1000):  # the first 40 KB of the frames, in pieces
+            events += receiver.receive_data(data[i : i + 1000])
+            if events:
+                break
+        assert_failed(receiver, events, 1007)
+        assert receiver.error is not None and receiver.error.reason == "invalid UTF-8 in text message"
+
+    @pytest.mark.parametrize("fragmented", [False, True])
+    @pytest.mark.parametrize("piece", [1, 7, 1000, 70_000])
+    def test_compressed_text_arriving_in_pieces_is_delivered_intact(
+        self, backend: Any, fragmented: bool, piece: int
+    ) -> None:
+        """The early inflation of compressed text (for the 1007 above) changes nothing about
+        what is delivered: messages cut anywhere, with pings in between, come out whole."""
+        client, server = connected(backend, deflate=True)
+        messages: list[Any] = ["é" * 3000 + os.urandom(20_000).hex(), "short ✓", b"\x00bin" * 500, ""]
+        data = b""
+        for message in messages:
+            if fragmented and message and isinstance(message, str):
+                third = len(message) // 3
+                parts = [message[:third], message[third : 2 * third], message[2 * third :]]
+                data += b"".join(client.send_fragment(p, i == 2) for i, p in enumerate(parts))
+            else:
+                data += client.send(message)
+            data += client.send_ping(os.urandom(4))
+        events: list[Any] = []
+        for i in range(0, len(data), piece):
+            events += server.receive_data(data[i : i + piece])
+        assert [e for e in events if not isinstance(e, Ping)] == messages
+        assert server.state is State.OPEN
+
+    def test_zip_bomb_in_one_text_frame_fails_with_1009_before_the_frame_is_complete(self, backend: Any) -> None:
+        client_ext, server_ext = deflate_pair()
+        server = make(backend, SERVER, max_size=10_000, extensions=[server_ext])
+        payload = client_ext.compress(b" " * 5_000_000 + os.urandom(30_000))
+        data = peer(server, OP_TEXT, payload, rsv=4)
+        events = server.receive_data(data[: len(data) // 2])
+        assert_failed(server, events, 1009)
 
     @pytest.mark.parametrize("fragmented", [False, True])
     def test_zip_bomb_fails_with_1009(self, backend: Any, fragmented: bool) -> None:

@@ -427,8 +427,8 @@ PROTOCOL_ERRORS = [
     (m(0x8B), "reserved opcode 0xb", 1002, {}),
     (m(0x8F), "reserved opcode 0xf", 1002, {}),
     (m(0x09), "fragmented control frame", 1002, {}),
-    (m(0x89, bytes(126)), "control frame too long", 1002, {}),
-    (m(0x88, bytes(126)), "control frame too long", 1002, {}),
+    (m(0x89, bytes(126)), "control frame too long: at most 125 bytes, in the 7-bit length field", 1002, {}),
+    (m(0x88, bytes(126)), "control frame too long: at most 125 bytes, in the 7-bit length field", 1002, {}),
     (m(0x80), "unexpected continuation frame", 1002, {}),
     (m(0x01) + m(0x81), "expected a continuation frame", 1002, {}),
     (m(0x01) + m(0x82), "expected a continuation frame", 1002, {}),
@@ -850,9 +850,10 @@ class TestBuildFrame:
 def test_same_public_names(backend):
     assert sorted(backend.__all__) == sorted(
         ["apply_mask", "apply_mask_inplace", "validate_utf8", "Utf8Validator", "FrameParser", "build_frame", "Frame", "Waiter",
-         "next_mask", "AsyncCore", "send_many", "write_message"]
+         "next_mask", "AsyncCore", "send_many", "write_message", "OP_EARLY"]
     )
     assert backend.Frame is tuple
+    assert backend.OP_EARLY == -1
 
 
 # --------------------------------------------------------------------------- send_many
