@@ -51,6 +51,9 @@ class ConnectionClosed(WebSocketError):
         self.reason = reason
         super().__init__(message or f"connection closed: code={code} reason={reason!r}")
 
+    def __reduce__(self) -> Any:
+        return (type(self), (self.code, self.reason, str(self)))
+
 
 class ConnectionClosedOK(ConnectionClosed):
     """The connection was closed normally (1000 or 1001)."""
@@ -75,6 +78,9 @@ class InvalidHandshake(WebSocketError):
         self.body = body
         super().__init__(message)
 
+    def __reduce__(self) -> Any:
+        return (type(self), (str(self), self.status, self.headers, self.body))
+
 
 class InvalidStatus(InvalidHandshake):
     """Client side: the server answered the upgrade with a status other than 101.
@@ -93,6 +99,9 @@ class InvalidStatus(InvalidHandshake):
     ) -> None:
         super().__init__(message, status, headers, body)
         self.response = response
+
+    def __reduce__(self) -> Any:
+        return (type(self), (str(self), self.status, self.headers, self.body, self.response))
 
     @property
     def status_code(self) -> int:

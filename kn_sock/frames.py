@@ -94,8 +94,10 @@ def build_close(code: int, reason: str = "") -> bytes:
 
     Raises:
         ValueError: for a code that may not be sent or a reason over 123 bytes of UTF-8.
-        TypeError: a reason that is not a str.
+        TypeError: a code that is not an int, a reason that is not a str.
     """
+    if not isinstance(code, int):
+        raise TypeError(f"close code must be an int, not {type(code).__name__}")
     if code == CloseCode.NO_STATUS_RCVD:
         if reason:
             raise ValueError("a reason needs a close code")

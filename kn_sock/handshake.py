@@ -95,6 +95,8 @@ def _extra_headers(headers: HeadersLike) -> Headers:
         ValueError: if a header the handshake computes is given, or a name/value is invalid.
         TypeError: if a name or value is not a str.
     """
+    if headers is not None and not hasattr(headers, "__iter__") or isinstance(headers, (str, bytes)):
+        raise TypeError(f"headers must be a mapping or a list of (name, value) pairs, not {type(headers).__name__}")
     extra = Headers(headers)
     for name in extra:
         if name.lower() in _RESERVED_HEADERS:
@@ -120,6 +122,8 @@ def _check_subprotocols(subprotocols: list[str] | None) -> list[str]:
         return []
     if isinstance(subprotocols, str):
         raise TypeError("subprotocols must be a list of str, not a str")
+    if not hasattr(subprotocols, "__iter__"):
+        raise TypeError(f"subprotocols must be a list of str, not {type(subprotocols).__name__}")
     protocols = list(subprotocols)
     if not all(isinstance(protocol, str) for protocol in protocols):
         raise TypeError(f"subprotocols must be str: {protocols!r}")
@@ -240,7 +244,11 @@ class ClientHandshake:
             if response is None:
                 return None
             self.response = response
-            self._validate(response)
+            try:
+                self._validate(response)
+            except InvalidHandshake as exc:
+                exc.status = response.status  # client side: the server's status (101 here)
+                raise
         except InvalidHandshake as exc:
             self._error = exc
             raise
@@ -489,7 +497,8 @@ class ServerHandshake:
         """Return an HTTP response that ends the connection (errors, ``process_request``).
 
         Adds ``Connection: close`` (``Upgrade, close`` when there is an ``Upgrade`` header:
-        RFC 9110 §7.8), ``Content-Length`` and, when there is a body and none is given,
+        RFC 9110 §7.8), ``Content-Length`` (but not to a 204 or 304, which have no content)
+        and, when there is a body and none is given,
         ``Content-Type: text/plain; charset=utf-8``. A str body is UTF-8 encoded. The answer
         to a HEAD request has no body (its ``Content-Length`` is the body's, RFC 9110 §9.3.2).
 
@@ -504,7 +513,11 @@ class ServerHandshake:
         response["Connection"] = "Upgrade, close" if "Upgrade" in response else "close"
         if body and "Content-Type" not in response:
             response["Content-Type"] = "text/plain; charset=utf-8"
-        response["Content-Length"] = str(len(body))
+        if status >= 200 and status not in (204, 304):
+            # (Never on a 1xx / 204 / 304 answer, which has no content: RFC 9110 §8.6.)
+            response["Content-Length"] = str(len(body))
+        elif "Content-Length" in response:
+            del response["Content-Length"]
         if self.server_header is not None and "Server" not in response:
             response["Server"] = self.server_header
         if self.request is not None and self.request.method == "HEAD":
@@ -537,16 +550,16 @@ def redirect_target(wsuri: WebSocketURI, exc: InvalidStatus) -> WebSocketURI | N
         return None
     locations = Headers(exc.headers).get_all("Location")
     if len(locations) != 1 or not locations[0].strip():
-        raise InvalidHandshake(f"HTTP {exc.status} redirection without one Location header")
+        raise InvalidHandshake(f"HTTP {exc.status} redirection without one Location header", exc.status, exc.headers, exc.body)
     target = urljoin(wsuri.uri, locations[0].strip())
     scheme, sep, rest = target.partition("://")
     scheme = {"http": "ws", "https": "wss"}.get(scheme.lower(), scheme.lower())
     try:
         new = parse_uri(f"{scheme}{sep}{rest}")
     except InvalidURI as error:
-        raise InvalidHandshake(f"HTTP {exc.status} redirection to an invalid URI: {error}") from None
+        raise InvalidHandshake(f"HTTP {exc.status} redirection to an invalid URI: {error}", exc.status, exc.headers, exc.body) from None
     if wsuri.secure and not new.secure:
-        raise InvalidHandshake(f"refused to follow a redirection from {wsuri.uri} to insecure {new.uri}")
+        raise InvalidHandshake(f"refused to follow a redirection from {wsuri.uri} to insecure {new.uri}", exc.status, exc.headers, exc.body)
     return new
 
 

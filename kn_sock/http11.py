@@ -57,8 +57,10 @@ __all__ = [
 MAX_LINE = 8192
 #: Most header fields accepted in one head.
 MAX_HEADERS = 128
-#: Largest accepted head: start line, header lines and the final empty line (bytes).
-MAX_HEAD = 65536
+#: Largest accepted head: start line, header lines and the final empty line (bytes). As
+#: large as the line and field limits allow (SPEC.md "Bad input" sets only those): no extra
+#: bound that a head within them could hit.
+MAX_HEAD = (MAX_HEADERS + 2) * (MAX_LINE + 2) + 2
 #: Largest response body kept (bytes); longer bodies are truncated to this.
 MAX_BODY = 2**20
 #: Interim (1xx) responses a client skips before the answer to its upgrade request.

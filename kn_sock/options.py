@@ -64,6 +64,14 @@ class Options:
 
             if not isinstance(self.ssl, ssl.SSLContext):
                 raise TypeError(f"ssl must be an ssl.SSLContext, True/False or None, not {type(self.ssl).__name__}")
+        for name in ("origin", "user_agent", "server_header"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise TypeError(f"{name} must be a str or None, not {type(value).__name__}")
+        if self.reconnect is not False and self.reconnect is not None:
+            from .reconnect import ReconnectPolicy
+
+            ReconnectPolicy.from_option(self.reconnect)  # TypeError / ValueError on either side
         if self.backend is not None and not hasattr(self.backend, "FrameParser"):
             raise TypeError("backend must be kn_sock._pure or kn_sock._speedups")
 

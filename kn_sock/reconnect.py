@@ -224,8 +224,11 @@ def queueable(message: Any) -> Any:
     """``message`` in a form that can wait in a queue: bytes-like copied to ``bytes`` (the
     caller may reuse its buffer once ``send`` returned), a fragment iterable as a list.
 
+    Checked now, as a connected ``send()`` would check it, since a message found wrong only
+    once a reconnection flushes the queue could no longer be reported to the caller.
+
     Raises:
-        TypeError: neither str, bytes-like nor an iterable of them.
+        TypeError: neither str, bytes-like nor an iterable of them all str or all bytes-like.
     """
     if isinstance(message, (str, bytes)):
         return message
@@ -233,7 +236,22 @@ def queueable(message: Any) -> Any:
         return bytes(message)
     if isinstance(message, dict) or not hasattr(message, "__iter__"):
         raise TypeError(f"message must be str, bytes-like or an iterable of them, not {type(message).__name__}")
-    return [queueable(part) for part in message]
+    parts: list[Any] = []
+    text = None
+    for part in message:
+        if isinstance(part, str):
+            is_text = True
+        elif isinstance(part, (bytes, bytearray, memoryview)):
+            is_text = False
+            part = bytes(part)
+        else:
+            raise TypeError(f"a fragmented message's parts must be str or bytes-like, not {type(part).__name__}")
+        if text is None:
+            text = is_text
+        elif text is not is_text:
+            raise TypeError("a fragmented message's parts must be all str or all bytes-like")
+        parts.append(part)
+    return parts
 
 
 class Outbox:

@@ -8,6 +8,7 @@ The documented example, handler lifecycle and close codes, shutdown, the opening
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 import struct
 import threading
@@ -590,12 +591,31 @@ async def test_wss_request_and_first_frame_in_tls_records_of_their_own(backend, 
             writer.transport.abort()
 
 
-async def test_wss_open_timeout_covers_tls_handshake(backend, tmp_path):
+async def test_wss_open_timeout_covers_tls_handshake(backend, tmp_path, caplog):
     server_ctx, _ = make_tls_contexts(tmp_path)
+    caplog.set_level(logging.INFO, logger="kn_sock")
     async with serving(echo, backend=backend, ssl=server_ctx, open_timeout=0.2) as server:
         reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
         assert await asyncio.wait_for(reader.read(), 3) == b""
         writer.close()
+        # Logged (SPEC "Bad input"): asyncio's own TLS server drops it without a word.
+        await wait_until(lambda: any("TLS handshake with" in r.getMessage() for r in caplog.records))
+
+
+async def test_wss_failed_tls_handshake_is_logged_and_neighbours_go_on(backend, tmp_path, caplog):
+    server_ctx, client_ctx = make_tls_contexts(tmp_path)
+    caplog.set_level(logging.INFO, logger="kn_sock")
+    async with serving(echo, backend=backend, ssl=server_ctx) as server:
+        async with async_connect_websocket(f"wss://127.0.0.1:{server.port}/", backend=backend, ssl=client_ctx) as ws:
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.write(upgrade_request("/plain-http-to-a-tls-port"))
+            assert await asyncio.wait_for(reader.read(), 3) == b""
+            writer.close()
+            await wait_until(lambda: any("TLS handshake with" in r.getMessage() and "failed" in r.getMessage()
+                                         for r in caplog.records))
+            await ws.send("still here")
+            assert await ws.recv(timeout=TIMEOUT) == "still here"
+            assert len(server.connections) == 1
 
 
 async def test_echo_under_uvloop(backend, tmp_path):

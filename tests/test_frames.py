@@ -175,6 +175,13 @@ class TestBuildClose:
         (closed,) = server.receive_data(client.send_close(code, "bye ✓"))
         assert (closed.code, closed.reason) == (code, "bye ✓")
 
+    @pytest.mark.parametrize("code", [1000.0, "1000", None])
+    def test_a_code_that_is_not_an_int_is_a_type_error(self, backend: Any, code: Any) -> None:
+        with pytest.raises(TypeError):
+            build_close(code)
+        with pytest.raises(TypeError):
+            Protocol(CLIENT, backend=backend).send_close(code)
+
     def test_1005_is_an_empty_payload(self, backend: Any) -> None:
         assert build_close(1005) == b""
         assert build_close(CloseCode.NO_STATUS_RCVD) == b""

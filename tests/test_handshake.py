@@ -305,6 +305,7 @@ class TestSection4_1ClientValidatesResponse:
         hs = client()
         exc = client_error(hs, response_to(hs, Sec_WebSocket_Accept=value))
         assert isinstance(exc, InvalidHeader) and "Sec-WebSocket-Accept" in str(exc)
+        assert exc.status == 101  # client side: the server's status (docs/api.md)
 
     def test_item_4_repeated_accept_is_refused(self) -> None:
         hs = client()
@@ -570,6 +571,15 @@ class TestSection4_2Server:
         with pytest.raises(ValueError):
             server.reject(101)
         assert server.reject(200, None, "h\u00e9").endswith(b"\r\n\r\nh\xc3\xa9")
+
+    @pytest.mark.parametrize("status", [204, 304])
+    def test_reject_without_content_has_no_content_length(self, status: int) -> None:
+        """RFC 9110 §8.6: no Content-Length in a 204 (nor in a 304: it would describe a 200)."""
+        server = ServerHandshake()
+        data = server.reject(status, {"Content-Length": "0", "X-A": "1"})
+        assert b"Content-Length" not in data and b"X-A: 1\r\n" in data
+        response = ResponseParser().feed(data)
+        assert response is not None and response.status == status and response.body == b""
 
     def test_answer_to_head_has_no_body(self) -> None:
         """RFC 9110 §9.3.2: no content in a response to HEAD (Content-Length still says it)."""

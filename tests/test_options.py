@@ -31,6 +31,18 @@ BAD = [
     ({"ssl": "yes"}, TypeError),
     ({"compression": "gzip"}, ValueError),
     ({"no_such_option": 1}, TypeError),
+    ({"origin": 5}, TypeError),  # audit: servers accepted these (clients failed at connect)
+    ({"user_agent": 5}, TypeError),
+    ({"reconnect": "yes"}, TypeError),
+    ({"reconnect": {"bogus": 1}}, TypeError),
+]
+#: Refused by the handshake's own checks: on the asyncio client, when called (before the await).
+CLIENT_BAD = [
+    ({"subprotocols": 5}, TypeError),
+    ({"subprotocols": ["bad token"]}, ValueError),
+    ({"headers": 5}, TypeError),
+    ({"headers": "X-A: 1"}, TypeError),
+    ({"headers": {"Sec-WebSocket-Key": "x"}}, ValueError),
 ]
 SERVER_BAD = BAD + [
     ({"headers": 123}, TypeError),
@@ -86,6 +98,13 @@ async def test_clients_refuse_invalid_options_before_connecting(options, error):
         connect_websocket("127.0.0.1", 9, **options)
     with pytest.raises(error):
         await async_connect_websocket("127.0.0.1", 9, **options)
+
+
+@pytest.mark.parametrize("options, error", BAD + CLIENT_BAD, ids=_ids(BAD + CLIENT_BAD))
+async def test_async_connect_refuses_invalid_options_when_called(options, error):
+    """docs/api.md: async_connect_websocket's "URI and options are validated when called"."""
+    with pytest.raises(error):
+        async_connect_websocket("127.0.0.1", 9, **options)
 
 
 def test_one_origin_as_a_str_is_a_list_of_one():

@@ -161,3 +161,13 @@ def test_queueable_copies_buffers_and_lists_fragments():
         queueable({"a": 1})
     with pytest.raises(TypeError):
         queueable(3)
+    assert queueable([b"a", bytearray(b"b"), memoryview(b"c")]) == [b"a", b"b", b"c"]
+
+
+@pytest.mark.parametrize("message", [[["n1"], ["n2"]], ["a", b"b"], [b"a", "b"], ["a", 1], [None]])
+def test_queueable_checks_fragments_as_a_connected_send_would(message):
+    """A message queued while disconnected is checked now: found wrong only when a
+    reconnection flushes the queue, it could not be reported to the caller (audit: nested
+    lists stopped the supervisor, mixed str/bytes failed the new connection with 1011)."""
+    with pytest.raises(TypeError):
+        queueable(message)

@@ -200,6 +200,7 @@ class connect(Generic[_W]):
         self.policy = ReconnectPolicy.from_option(self.options.reconnect)
         if self.options.extra.get("ack") and self.policy is None:
             raise ValueError("ack= needs reconnect=")
+        _handshake(self.wsuri, self.options)  # bad subprotocols / headers / origin raise here
         self.ws: Any = None
 
     async def _connect(self) -> Any:
@@ -438,6 +439,8 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                 await ws.send(message)
             except ConnectionClosed:
                 pass  # died while draining: the frame was handed over, not re-sent
+            except Exception:  # pragma: no cover - queueable() checked it; never end the client
+                logger.exception("queued message for %s could not be sent: dropped", self._wsuri.uri)
         self.connected = True
 
     async def _wait_change(self, timeout: float | None) -> None:

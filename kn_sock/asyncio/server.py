@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
+import socket
 from typing import Any, Awaitable, Callable
 
 from ..exceptions import ConnectionClosed, InvalidHandshake
@@ -184,6 +186,38 @@ class _ServerOpening:
         self.server.connections.discard(ws)
 
 
+class _TLSAccept(asyncio.Protocol):
+    """A TLS server's new TCP connection, before any byte is read from it.
+
+    The server runs each TLS handshake itself (``loop.connect_accepted_socket``, on a
+    duplicate of the accepted socket) rather than through ``create_server(ssl=)``, which drops
+    a failed or timed-out TLS handshake without a word (outside asyncio's debug mode): here
+    it is logged, as the blocking server does.
+    """
+
+    __slots__ = ("server",)
+
+    def __init__(self, server: "AsyncWebSocketServer") -> None:
+        self.server = server
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:  # type: ignore[override]
+        server = self.server
+        sock = transport.get_extra_info("socket")
+        tls_sock = None
+        if sock is not None and not server.closing:
+            try:
+                tls_sock = socket.socket(fileno=os.dup(sock.fileno()))
+            except OSError as exc:
+                logger.warning("cannot take over the connection from %s for TLS: %s", transport.get_extra_info("peername"), exc)
+        # Nothing has been read yet (connection_made comes first): the duplicate takes over.
+        transport.abort()  # type: ignore[attr-defined]
+        if tls_sock is not None:
+            task = server.loop.create_task(server._start_tls(tls_sock))
+            server.tasks.add(task)
+            server._tls_pending.add(task)
+            task.add_done_callback(server._tls_done)
+
+
 class AsyncWebSocketServer:
     """A listening asyncio WebSocket server; ``async with`` closes it on exit."""
 
@@ -198,6 +232,7 @@ class AsyncWebSocketServer:
         self.closing = False
         self._server: asyncio.base_events.Server | None = None
         self._port: int | None = None  # the bound TCP port, kept once closed
+        self._tls_pending: set[asyncio.Task[None]] = set()  # TLS handshakes in progress
         self._wants_path = _wants_path(handler)
         check_server_ssl(options.ssl)
         self._new_handshake()  # invalid options raise here, not in every connection_made
@@ -217,19 +252,44 @@ class AsyncWebSocketServer:
         ws._handshake = _ServerOpening(self)
         return ws
 
+    def _tls_factory(self) -> _TLSAccept:
+        return _TLSAccept(self)
+
+    async def _start_tls(self, sock: socket.socket) -> None:
+        """Run the TLS handshake of a new connection (bounded by ``open_timeout``); the
+        connection's protocol starts once it succeeds. A failure is logged (INFO) and dropped."""
+        try:
+            peer = sock.getpeername()
+        except OSError:
+            peer = None
+        timeout = self.options.open_timeout
+        try:
+            await self.loop.connect_accepted_socket(
+                self._factory, sock, ssl=self.options.ssl, ssl_handshake_timeout=timeout or None
+            )
+        except asyncio.CancelledError:
+            sock.close()
+            raise
+        except Exception as exc:
+            if not self.closing:  # (close() drops the handshakes in progress)
+                logger.info("TLS handshake with %s failed: %s", peer, exc or type(exc).__name__)
+            sock.close()
+
+    def _tls_done(self, task: asyncio.Task[None]) -> None:
+        self._tls_pending.discard(task)
+
     async def start(self, host: str | None, port: int | None, **kwargs: Any) -> "AsyncWebSocketServer":
         """Bind and listen (``unix=path`` for a Unix socket); return self."""
-        ssl = self.options.ssl
+        # TLS: each connection's handshake is run by _start_tls (logged when it fails; a
+        # silent client is dropped after open_timeout there too).
+        factory: Callable[[], asyncio.BaseProtocol] = self._factory if self.options.ssl is None else self._tls_factory
         unix = kwargs.pop("unix", None)
-        if ssl is not None and self.options.open_timeout is not None:
-            # A silent client must not hold a connection through the TLS handshake either.
-            kwargs.setdefault("ssl_handshake_timeout", self.options.open_timeout)
         if unix is not None:
-            self._server = await self.loop.create_unix_server(self._factory, unix, ssl=ssl, **kwargs)
+            self._server = await self.loop.create_unix_server(factory, unix, **kwargs)
         else:
-            self._server = await self.loop.create_server(self._factory, host, port, ssl=ssl, **kwargs)
+            self._server = await self.loop.create_server(factory, host, port, **kwargs)
             if not port and "sock" not in kwargs:
-                await self._same_port_everywhere(host, ssl, kwargs)
+                await self._same_port_everywhere(host, factory, kwargs)
         for sock in self.sockets:
             name = sock.getsockname()
             if isinstance(name, tuple):
@@ -237,7 +297,7 @@ class AsyncWebSocketServer:
                 break
         return self
 
-    async def _same_port_everywhere(self, host: str | None, ssl: Any, kwargs: dict[str, Any]) -> None:
+    async def _same_port_everywhere(self, host: str | None, factory: Any, kwargs: dict[str, Any]) -> None:
         """With port 0 and several addresses (``host=None``: IPv4 and IPv6), bind one port on all."""
         for _ in range(5):
             assert self._server is not None
@@ -247,9 +307,9 @@ class AsyncWebSocketServer:
             chosen = self._server.sockets[0].getsockname()[1]
             self._server.close()
             try:
-                self._server = await self.loop.create_server(self._factory, host, chosen, ssl=ssl, **kwargs)
+                self._server = await self.loop.create_server(factory, host, chosen, **kwargs)
             except OSError:  # taken on another family meanwhile: draw again
-                self._server = await self.loop.create_server(self._factory, host, 0, ssl=ssl, **kwargs)
+                self._server = await self.loop.create_server(factory, host, 0, **kwargs)
 
     @property
     def sockets(self) -> tuple[Any, ...]:
@@ -296,6 +356,8 @@ class AsyncWebSocketServer:
         if self._server is not None:
             self._server.close()
         if close_connections:
+            for task in list(self._tls_pending):  # in their TLS handshake: drop them
+                task.cancel()
             for ws in list(self.connections):
                 if ws.protocol is None:
                     ws.abort()

@@ -362,7 +362,12 @@ class ReconnectingWebSocket(ReconnectingState):
                     return
                 message = outbox.pending.popleft()
                 outbox.sent(message)
-            if not ws._send_if_open(message):
+            try:
+                sent = ws._send_if_open(message)
+            except Exception:  # pragma: no cover - queueable() checked it; never end the client
+                logger.exception("queued message for %s could not be sent: dropped", self._wsuri.uri)
+                continue
+            if not sent:
                 with cond:  # died again: back in front; the supervisor loop reconnects
                     if outbox.ack is not None:
                         outbox.unacked.pop()

@@ -1,0 +1,42 @@
+"""The exceptions of docs/api.md survive pickling (multiprocessing, concurrent.futures)."""
+
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from kn_sock.exceptions import (
+    ConnectionClosed,
+    ConnectionClosedError,
+    ConnectionClosedOK,
+    InvalidHandshake,
+    InvalidHeader,
+    InvalidState,
+    InvalidStatus,
+    InvalidURI,
+    PayloadTooBig,
+    ProtocolError,
+)
+
+CASES = [
+    ConnectionClosed(1006, ""),
+    ConnectionClosedOK(1001, "going away"),
+    ConnectionClosedError(1011, "oops", "connection failed by us: bad (code 1002)"),
+    InvalidHandshake("refused", 403, [("X-Why", "no")], b"body"),
+    InvalidStatus("server rejected WebSocket connection: HTTP 404", 404, [("A", "b")], b"missing"),
+    InvalidHeader("invalid Upgrade header", 101),
+    ProtocolError("bad frame", 1002),
+    PayloadTooBig("too big"),
+    InvalidURI("not a ws URI"),
+    InvalidState("not open"),
+]
+
+
+@pytest.mark.parametrize("exc", CASES, ids=[type(e).__name__ for e in CASES])
+def test_pickle_round_trip(exc):
+    """Type, message and attributes survive (audit: a ConnectionClosed's message doubled)."""
+    copy = pickle.loads(pickle.dumps(exc))
+    assert type(copy) is type(exc) and str(copy) == str(exc)
+    for name in ("code", "reason", "status", "headers", "body"):
+        assert getattr(copy, name, None) == getattr(exc, name, None)
