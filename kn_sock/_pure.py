@@ -62,6 +62,13 @@ _from_bytes = int.from_bytes
 #: never let run: sends "succeeded" for ever and every other connection froze), lets the loop
 #: run now and then. A task that suspends in ``recv()`` (an echo, a request/response) never pays.
 _SEND_YIELD_EVERY = 128
+#: A read (through the transport) that brought more frames than this reads no more until the
+#: next event loop iteration (``_yield_reading``): uvloop reads a socket up to 32 times in a
+#: row, so a peer flooding tiny frames held the loop for tens of milliseconds (fairness).
+_FAIR_FRAMES = 1024
+#: The pure parser's next read after such a read: this many bytes, not _READ_SIZE (a read of
+#: 6-byte frames is ~20,000 frames for Python to parse: ~20 ms with the loop held).
+_FAIR_READ = 8192
 
 #: The read buffer get_buffer() hands out, one per thread and shared by every parser on it:
 #: buffer_updated() copies what was read into the parser's own buffer before anything else
@@ -294,6 +301,9 @@ class FrameParser:
         "_text_checked",
         "_msg_validator",
         "_cz_done",
+        "_co_at",
+        "_co_run",
+        "last_frames",
     )
 
     def __init__(
@@ -329,6 +339,13 @@ class FrameParser:
         # early_compressed_text: the payload bytes of the incomplete compressed text frame
         # at the head of ``_buf`` already handed out as an OP_EARLY frame.
         self._cz_done = 0
+        # The run of continuation frames the current call merges into one (see _parse_one):
+        # the position after the frame it goes into (0: none), and its payload so far.
+        self._co_at = 0
+        self._co_run: bytearray | None = None
+        #: Frames the last feed / buffer_updated / recv_from call parsed (merged ones
+        #: included): the I/O layers' measure of the work one read brought (fairness).
+        self.last_frames = 0
 
     @property
     def buffered(self) -> int:
@@ -353,6 +370,8 @@ class FrameParser:
         if scratch is None:
             scratch = _READ_BUFFERS.buffer = bytearray(_READ_SIZE)
         self._scratch = scratch
+        if self.last_frames > _FAIR_FRAMES:  # the last read was a flood of tiny frames
+            return memoryview(scratch)[:_FAIR_READ]
         return memoryview(scratch)
 
     def buffer_updated(self, nbytes: int) -> list[Frame]:
@@ -392,7 +411,7 @@ class FrameParser:
             scratch = bytearray(_READ_SIZE)
         view = memoryview(scratch)
         try:
-            n = os.readv(fd, [view])
+            n = os.readv(fd, [view if self.last_frames <= _FAIR_FRAMES else view[:_FAIR_READ]])
             if n == 0:
                 return None
             part = view[:n]
@@ -412,6 +431,7 @@ class FrameParser:
 
     def feed(self, data: BytesLike) -> list[Frame]:
         """Add bytes from the peer and return every frame they complete, in order."""
+        self.last_frames = 0
         if self.error is not None:
             return []
         buf = self._buf
@@ -427,6 +447,7 @@ class FrameParser:
                 pos += consumed
             if pos:
                 del buf[:pos]
+            self._co_end(frames, False)
             # speed: only a call that ends inside a text frame pays for the early check.
             if len(buf) > 2:
                 kind = buf[0] & 0x4F
@@ -437,10 +458,19 @@ class FrameParser:
                 ):
                     self._early_compressed(buf, frames)
         except ProtocolError as exc:
+            self._co_end(frames, False)
             self.error = exc
             self._buf = bytearray()
             return frames
         return frames
+
+    def _co_end(self, frames: list[Frame], fin: bool) -> None:
+        """Close the run of continuation frames merged into ``frames[-1]`` (see ``_parse_one``)."""
+        run = self._co_run
+        self._co_run = None
+        self._co_at = 0
+        if run is not None:
+            frames[-1] = (0, fin, False, bytes(run))
 
     def _early_compressed(self, buf: bytearray, frames: list[Frame]) -> None:
         """Hand out the new payload bytes of the incomplete compressed text frame ``buf`` holds.
@@ -540,7 +570,23 @@ class FrameParser:
             payload = apply_mask(memoryview(buf)[start : start + length], buf[start - 4 : start])
         else:
             payload = bytes(buf[start : start + length])
-        frames.append(self._finish(opcode, fin, rsv1, length, payload))
+        frame = self._finish(opcode, fin, rsv1, length, payload)
+        self.last_frames += 1
+        if opcode == 0 and self._co_at and self._co_at == len(frames):
+            # The previous frame this call returns is a (non-final) continuation of the same
+            # message: one frame for both. A peer sending tiny (or empty) fragments then costs
+            # one frame per read, not one per fragment (fairness, as the Cython twin).
+            run = self._co_run
+            if run is None:
+                run = self._co_run = bytearray(frames[-1][3])
+            run += frame[3]
+            if fin:
+                self._co_end(frames, True)
+            return total
+        if self._co_run is not None:
+            self._co_end(frames, False)
+        frames.append(frame)
+        self._co_at = len(frames) if opcode == 0 and not fin else 0
         return total
 
     def _check_header(self, b0: int, opcode: int, fin: bool, rsv1: bool, masked: bool, length: int) -> None:
@@ -951,6 +997,8 @@ class AsyncCore:
                 self._handshake.data_received(self, data)
             return
         frames = parser.buffer_updated(nbytes)
+        if parser.last_frames > _FAIR_FRAMES:
+            self._yield_reading()  # type: ignore[attr-defined]
         if frames:
             if len(frames) == 1 and parser.error is None:
                 opcode, fin, rsv1, payload = frames[0]

@@ -32,6 +32,9 @@ cdef class FrameParser:
     cdef public bint decode_text
     cdef public bint early_compressed_text
     cdef public object error
+    # Frames the last feed / buffer_updated / recv_from call parsed (merged ones included):
+    # the I/O layers' measure of the work one read brought (fairness).
+    cdef readonly Py_ssize_t last_frames
     # max_size / compressed_max_size: the Python objects (for the getters and for the 1009
     # message) and their C values, refreshed by the setters.
     cdef object _max_size
@@ -85,6 +88,11 @@ cdef class FrameParser:
     # early_compressed_text: the payload bytes of the incomplete compressed text frame we
     # hold already handed out as an OP_EARLY frame (reset by _emit).
     cdef Py_ssize_t _cz_done
+    # The run of continuation frames the current call merges into one (see _emit): the
+    # position after the frame it goes into (0: none), and its payload so far (once it has
+    # two frames).
+    cdef Py_ssize_t _co_at
+    cdef object _co_run
     cdef unsigned char _mv_pending[4]
     cdef int _mv_npending
 
@@ -118,6 +126,7 @@ cdef class FrameParser:
     cdef int _consume(self, const unsigned char *data, Py_ssize_t n, list frames) except -1
     cdef int _parse_buffer(self, list frames) except -1
     cdef int _check_partial(self, list frames) except -1
+    cdef int _co_end(self, list frames, bint fin) except -1
     cdef int _early_compressed(self, list frames) except -1
     cdef int _check_text(self) except -1
     cdef void _load_message_state(self) noexcept

@@ -45,6 +45,8 @@ class FrameParser:
     decode_text: bool
     early_compressed_text: bool
     error: ProtocolError | None
+    @property
+    def last_frames(self) -> int: ...
     def __init__(
         self,
         *,

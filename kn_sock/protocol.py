@@ -316,8 +316,18 @@ class Protocol:
             # OPEN or CLOSING here: §5.5.2 owes a pong "unless it already received a Close frame".
             if self.hold_pongs:
                 self._held_pong = self._frame(OP_PONG, payload)
-            else:
-                self._out.append(self._frame(OP_PONG, payload))
+                events.append(Ping(payload))
+                return
+            out = self._out
+            if events and type(events[-1]) is Ping and out:
+                # Pings read together (the previous frame of this batch was one, its pong is
+                # out[-1]): one pong, for the latest (RFC 6455 §5.5.3: the earlier ones' were
+                # not sent yet). A ping flood then costs the I/O layer one write and one event
+                # per read, not one per ping (fairness).
+                out[-1] = self._frame(OP_PONG, payload)
+                events[-1] = Ping(payload)
+                return
+            out.append(self._frame(OP_PONG, payload))
             events.append(Ping(payload))
         elif opcode == OP_PONG:
             events.append(Pong(payload, self._ack_pings(payload)))

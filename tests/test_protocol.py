@@ -591,13 +591,29 @@ class TestPingPong:
 
     def test_every_ping_gets_its_own_pong(self, backend: Any) -> None:
         server = make(backend, SERVER)
-        server.receive_data(b"".join(peer(server, OP_PING, bytes([i])) for i in range(5)))
+        for i in range(5):
+            (ping,) = server.receive_data(peer(server, OP_PING, bytes([i])))
+            assert isinstance(ping, Ping) and ping.data == bytes([i])
         assert [f.payload for f in sent(server)] == [bytes([i]) for i in range(5)]
+
+    def test_pings_read_together_get_one_pong_for_the_latest(self, backend: Any) -> None:
+        """RFC 6455 §5.5.3 allows it: a ping flood costs one pong and one event per read
+        (fairness); pings separated by data frames or read apart each get theirs."""
+        server = make(backend, SERVER)
+        data = b"".join(peer(server, OP_PING, b"%d" % i) for i in range(1000))
+        events = server.receive_data(data)
+        assert len(events) == 1 and isinstance(events[0], Ping) and events[0].data == b"999"
+        assert [f.payload for f in sent(server)] == [b"999"]
+        data = peer(server, OP_PING, b"a") + peer(server, OP_TEXT, "m") + peer(server, OP_PING, b"b") + peer(server, OP_PING, b"c")
+        events = server.receive_data(data)
+        assert [type(e) for e in events] == [Ping, str, Ping] and events[2].data == b"c"
+        assert [f.payload for f in sent(server)] == [b"a", b"c"]
 
     def test_pong_matches_the_ping_and_acks_older_ones(self, backend: Any) -> None:
         client, server = connected(backend)
         pings = [client.send_ping(b"1", tag="a"), client.send_ping("2", tag="b"), client.send_ping(b"3", tag="c")]
-        server.receive_data(b"".join(pings[:2]))
+        server.receive_data(pings[0])
+        server.receive_data(pings[1])
         pongs = sent(server)
         (pong,) = client.receive_data(encode(OP_PONG, pongs[1].payload))
         assert isinstance(pong, Pong) and pong.data == b"2"

@@ -30,6 +30,18 @@ def naive_mask(data: bytes, mask: bytes, phase: int = 0) -> bytes:
     return bytes(b ^ mask[(i + phase) % 4] for i, b in enumerate(data))
 
 
+def merged(frames: list) -> list:
+    """Frames with each run of consecutive continuation frames as one: the parsers merge the
+    continuation frames one call completes, so how a stream is cut decides the grouping."""
+    out: list = []
+    for frame in frames:
+        if frame[0] == 0 and out and out[-1][0] == 0 and not out[-1][1]:
+            out[-1] = (0, frame[1], False, out[-1][3] + frame[3])
+        else:
+            out.append(frame)
+    return out
+
+
 def feed_chunks(parser, data: bytes, sizes) -> list:
     """Feed ``data`` in chunks of the given sizes (cycled); return all frames."""
     frames = []
@@ -486,9 +498,27 @@ class TestFrameParserErrors:
     def test_exact_limit(self, backend):
         p = client_parser(backend, max_size=10)
         assert p.feed(m(0x02, bytes(4)) + m(0x00, bytes(6)) + m(0x80)) == [
-            (2, False, False, bytes(4)), (0, False, False, bytes(6)), (0, True, False, b""),
+            (2, False, False, bytes(4)), (0, True, False, bytes(6)),  # continuations merged
         ]
         assert p.error is None
+
+    def test_continuation_frames_one_call_completes_are_merged(self, backend):
+        """Fairness: a peer sending tiny or empty fragments costs one frame per read, not one
+        per fragment; control frames keep their place (they end a run), and so does an error."""
+        p = client_parser(backend, max_size=None)
+        tiny = b"".join(m(0x00, b"x") for _ in range(5000)) + b"".join(m(0x00) for _ in range(5000))
+        assert p.feed(m(0x02, b"a") + tiny) == [(2, False, False, b"a"), (0, False, False, b"x" * 5000)]
+        assert p.feed(m(0x00, b"b") + m(0x00, b"c") + m(0x89, b"p") + m(0x00, b"d") + m(0x80, b"e")) == [
+            (0, False, False, b"bc"), (9, True, False, b"p"), (0, True, False, b"de"),
+        ]
+        # Runs never span calls, nor messages.
+        assert p.feed(m(0x02, b"a") + m(0x00, b"b")) == [(2, False, False, b"a"), (0, False, False, b"b")]
+        assert p.feed(m(0x00, b"c") + m(0x80, b"d") + m(0x02, b"e") + m(0x00, b"f")) == [
+            (0, True, False, b"cd"), (2, False, False, b"e"), (0, False, False, b"f"),
+        ]
+        # The frames before an error are all reported, the run included.
+        assert p.feed(m(0x00, b"g") + m(0x00, b"h") + m(0x03)) == [(0, False, False, b"gh")]
+        assert p.error is not None and p.error.code == 1002
 
     def test_control_frames_interleaved(self, backend):
         p = client_parser(backend, max_size=10)
@@ -541,11 +571,11 @@ class TestFrameParserBuffers:
         rng = random.Random(size)
         for max_chunk in (1000, 70_000, 3 * 2**20):
             p = backend.FrameParser(expect_mask=masked, max_size=None)
-            assert recv_into_chunks(p, stream, rng, max_chunk) == expected
+            assert merged(recv_into_chunks(p, stream, rng, max_chunk)) == merged(expected)
             assert p.buffered == 0
             p = backend.FrameParser(expect_mask=masked, max_size=None)
             sizes = [rng.randint(1, max_chunk) for _ in range(50)]
-            assert feed_chunks(p, stream, sizes) == expected
+            assert merged(feed_chunks(p, stream, sizes)) == merged(expected)
 
     def test_buffered_counts_a_large_payload(self, backend):
         p = client_parser(backend)

@@ -60,6 +60,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         "_opts",
         "side",
         "_paused_for_write",
+        "_fair_paused",
         "_drain_waiter",
         "_keepalive",
         "_ka_handle",
@@ -93,6 +94,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._closed_fut: asyncio.Future[None] = loop.create_future()
         self._paused_reading = False  # by max_queue: the application is not reading
         self._paused_for_write = False  # by write_limit while on_message answers from the read path
+        self._fair_paused = False  # for one loop iteration after a read of many frames
         self._write_paused = False
         self._on_message = None
         self._tx_idle = False
@@ -306,6 +308,23 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 self._loop._add_reader(self._fd, self._on_readable)  # type: ignore[attr-defined]
         else:
             transport.resume_reading()
+
+    def _yield_reading(self) -> None:
+        """Fairness: a read brought a lot of frames (``_FAIR_FRAMES``); read no more until the
+        next loop iteration, so that the other connections get their turn first (uvloop reads
+        a socket up to 32 times in a row: a peer flooding tiny frames held the loop ~30 ms)."""
+        transport = self.transport
+        if self._fair_paused or transport is None or self._own_reader:
+            return  # (our own reader reads once per iteration anyway)
+        self._fair_paused = True
+        transport.pause_reading()  # type: ignore[attr-defined]
+        self._loop.call_soon(self._fair_resume)
+
+    def _fair_resume(self) -> None:
+        self._fair_paused = False
+        transport = self.transport
+        if transport is not None and not self._paused_reading and not self._paused_for_write and not transport.is_closing():
+            transport.resume_reading()  # type: ignore[attr-defined]
 
     def _is_reading(self) -> bool:
         """Whether the socket is being read (flow control's state; for tests and debugging)."""

@@ -60,6 +60,18 @@ __all__ = ["WebSocket", "PongWaiter"]
 logger = logging.getLogger("kn_sock")
 
 _OPEN = State.OPEN
+
+#: A read that brought more frames than this (a peer flooding tiny frames or pings) is
+#: followed by a short sleep of the reading thread (the reactor's or the application's):
+#: it held the GIL parsing them, and the other connections' threads, each waiting for the
+#: GIL, took ~5 ms (the interpreter's switch interval) per handover, tens of ms a round trip.
+_FAIR_FRAMES = 1024
+_FAIR_SLEEP = 0.0002
+
+
+def _fair_pause() -> None:
+    """Let the threads waiting for the GIL run (see ``_FAIR_FRAMES``)."""
+    time.sleep(_FAIR_SLEEP)
 _CLOSED = State.CLOSED
 _WOULD_BLOCK = (BlockingIOError, InterruptedError, ssl_module.SSLWantReadError, ssl_module.SSLWantWriteError)
 _HAS_POLL = hasattr(select, "poll")
@@ -305,6 +317,8 @@ class WebSocket:
             except (OSError, ValueError):  # ValueError: the socket object was closed (fileno -1)
                 got = None
             self._feed(got)
+            if self._parser.last_frames > _FAIR_FRAMES:
+                _fair_pause()
             # TLS may hold decrypted bytes that will never make the socket readable again.
             if got is None or not self._ssl or self._read_paused and self.protocol.state is _OPEN:
                 return
@@ -986,6 +1000,8 @@ class WebSocket:
                         if (t is bytes or t is str) and self.protocol.state is _OPEN:
                             return got
                         self._feed(got)
+                        if self._parser.last_frames > _FAIR_FRAMES:
+                            _fair_pause()
                     return self._next_message(None)
                 finally:
                     self._app_reading = False
@@ -1092,6 +1108,8 @@ class WebSocket:
         except (OSError, ValueError):  # ValueError: the socket object was closed (fileno -1)
             got = None
         self._feed(got)
+        if self._parser.last_frames > _FAIR_FRAMES:
+            _fair_pause()
 
     def _maybe_resume(self) -> None:
         max_queue = self._max_queue or 1
