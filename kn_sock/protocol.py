@@ -100,6 +100,9 @@ _OPEN = State.OPEN
 #: Fragments of an incoming message from this size are kept as they are; smaller ones are
 #: gathered in a bytearray (at most ~1% of a message in per-fragment overhead either way).
 _OWN_PART = 4096
+#: Pings read together each get their pong up to this many (Autobahn 2.10 sends 10 at once
+#: and expects 10 pongs); past it, only the latest is answered (RFC 6455 §5.5.3).
+_PONGS_PER_READ = 32
 
 
 class Protocol:
@@ -118,7 +121,7 @@ class Protocol:
         "deflate", "parser", "_build", "_validator_cls", "_masks", "state", "_out", "_parts",
         "_part_opcode", "_part_compressed", "_validator", "_send_frag_open", "_send_frag_compressed",
         "_send_frag_text", "_early_done", "close_rcvd", "close_sent", "close_rcvd_then_sent", "close_transport", "failed",
-        "error", "eof_received", "pings", "hold_pongs", "_held_pong",
+        "error", "eof_received", "pings", "hold_pongs", "_held_pong", "_pongs",
     )  # memory: one connection's state without a per-instance __dict__
 
     def __init__(
@@ -191,6 +194,7 @@ class Protocol:
         #: never reads cannot grow our write buffer without bound.
         self.hold_pongs = False
         self._held_pong: bytes | None = None
+        self._pongs = 0
 
     # ---------------------------------------------------------------- receiving
 
@@ -213,6 +217,7 @@ class Protocol:
         """Turn frames into events; the fast path is one unfragmented uncompressed data frame."""
         events: list[Any] = []
         append = events.append
+        self._pongs = 0  # pongs this batch owes (see _control_frame)
         for frame in frames:
             opcode, fin, rsv1, payload = frame
             if opcode < 3 and fin and not rsv1 and opcode:
@@ -319,14 +324,15 @@ class Protocol:
                 events.append(Ping(payload))
                 return
             out = self._out
-            if events and type(events[-1]) is Ping and out:
-                # Pings read together (the previous frame of this batch was one, its pong is
-                # out[-1]): one pong, for the latest (RFC 6455 §5.5.3: the earlier ones' were
-                # not sent yet). A ping flood then costs the I/O layer one write and one event
-                # per read, not one per ping (fairness).
+            if self._pongs >= _PONGS_PER_READ and events and type(events[-1]) is Ping and out:
+                # Many pings read together (the previous frame of this batch was one, its pong
+                # is out[-1]): past the first _PONGS_PER_READ, one pong, for the latest (RFC
+                # 6455 §5.5.3: the earlier ones' were not sent yet). A ping flood then costs
+                # the I/O layer a bounded number of writes and events per read (fairness).
                 out[-1] = self._frame(OP_PONG, payload)
                 events[-1] = Ping(payload)
                 return
+            self._pongs += 1
             out.append(self._frame(OP_PONG, payload))
             events.append(Ping(payload))
         elif opcode == OP_PONG:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Run the Autobahn|Testsuite against kn_sock.
-#   tests/conformance/run_autobahn.sh [quick|full] [roles...]
+#   tests/conformance/run_autobahn.sh [quick|full|deflate] [roles...]
+# quick: all but 9.* (performance), 12.* and 13.* (compression); deflate: only 12.* and 13.*.
 # roles: async-server sync-server async-client sync-client (default: all four)
 # Environment: WSTEST_DIR (where ../shared/tools/autobahn/setup.sh builds wstest; built if missing),
 #              KN_SOCK_PURE=1 to test the pure twin, AUTOBAHN_OUT (reports folder).
@@ -19,7 +20,9 @@ if [ ! -x "$W/venv/bin/wstest" ]; then
   echo "building wstest in $W"
   bash "$shared/tools/autobahn/setup.sh" "$W" > "$out/setup.log" 2>&1 || { tail -20 "$out/setup.log"; exit 1; }
 fi
+cases='["*"]'
 if [ "$mode" = quick ]; then exclude='["9.*", "12.*", "13.*"]'; else exclude='[]'; fi
+if [ "$mode" = deflate ]; then cases='["12.*", "13.*"]'; fi
 status=0
 for role in $roles; do
   agent="kn_sock-$role-$impl"
@@ -33,7 +36,7 @@ for role in $roles; do
       port=$(cat "$dir/port" 2>/dev/null)
       cat > "$dir/spec.json" <<JSON
 {"outdir": "$dir/reports", "servers": [{"agent": "$agent", "url": "ws://127.0.0.1:$port"}],
- "cases": ["*"], "exclude-cases": $exclude, "exclude-agent-cases": {}}
+ "cases": $cases, "exclude-cases": $exclude, "exclude-agent-cases": {}}
 JSON
       (cd "$dir" && "$W/venv/bin/wstest" -m fuzzingclient -s spec.json > wstest.log 2>&1)
       kill $pid 2>/dev/null; wait $pid 2>/dev/null
@@ -42,7 +45,7 @@ JSON
       kind=${role%-client}
       port=$(python -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
       cat > "$dir/spec.json" <<JSON
-{"url": "ws://127.0.0.1:$port", "outdir": "$dir/reports", "cases": ["*"], "exclude-cases": $exclude, "exclude-agent-cases": {}}
+{"url": "ws://127.0.0.1:$port", "outdir": "$dir/reports", "cases": $cases, "exclude-cases": $exclude, "exclude-agent-cases": {}}
 JSON
       # exec: $! is then wstest itself, which the kill below stops (not just a subshell).
       (cd "$dir" && exec "$W/venv/bin/wstest" -m fuzzingserver -s spec.json -u 0 > wstest.log 2>&1) &
