@@ -64,8 +64,10 @@ _from_bytes = int.from_bytes
 _SEND_YIELD_EVERY = 128
 #: A read (through the transport) that brought more frames than this reads no more until the
 #: next event loop iteration (``_yield_reading``): uvloop reads a socket up to 32 times in a
-#: row, so a peer flooding tiny frames held the loop for tens of milliseconds (fairness).
-_FAIR_FRAMES = 1024
+#: row, so a peer flooding tiny frames or pings held the loop for tens of milliseconds
+#: (fairness). Pipelined 1 KiB messages (~128 a read) are under it; a pause and a resume per
+#: read of many small messages cost two system calls, nothing next to the messages' handling.
+_FAIR_FRAMES = 128
 #: The pure parser's next read after such a read: this many bytes, not _READ_SIZE (a read of
 #: 6-byte frames is ~20,000 frames for Python to parse: ~20 ms with the loop held).
 _FAIR_READ = 8192

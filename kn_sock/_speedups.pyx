@@ -2280,7 +2280,7 @@ cdef enum:
     _WM_STACK = 2048         # write_message frames up to this size are built on the C stack
     _WM_SPLIT = 65536        # unmasked payloads from this size go out after their header (no copy)
     _SEND_YIELD_EVERY = 128  # send() yields to the event loop after this many sends without suspending (see _pure)
-    _FAIR_FRAMES = 1024  # a read that brought more frames reads no more this loop iteration (see _pure)
+    _FAIR_FRAMES = 128  # a read that brought more frames reads no more this loop iteration (see _pure)
 
 
 cdef inline int _message_bytes(object message, const unsigned char **src, Py_ssize_t *n) except -1:

@@ -324,7 +324,7 @@ class Protocol:
                 events.append(Ping(payload))
                 return
             out = self._out
-            if self._pongs >= _PONGS_PER_READ and events and type(events[-1]) is Ping and out:
+            if self._pongs > _PONGS_PER_READ and events and type(events[-1]) is Ping and out:
                 # Many pings read together (the previous frame of this batch was one, its pong
                 # is out[-1]): past the first _PONGS_PER_READ, one pong, for the latest (RFC
                 # 6455 §5.5.3: the earlier ones' were not sent yet). A ping flood then costs
@@ -485,6 +485,8 @@ class Protocol:
         is_text = isinstance(message, str)
         if not is_text:
             message = _contiguous(message, "fragment")
+        elif type(message) is not str:
+            message = str.__str__(message)  # its text, not str() of it (an enum member: "Cmd.X")
         if self._send_frag_open:
             if is_text != self._send_frag_text:
                 raise TypeError("all fragments of a message must be of the same type")

@@ -359,6 +359,8 @@ class ReconnectingState:
         #: on_connect returns (what the connection brings first, a re-subscription's answer,
         #: is on_connect's to read).
         self._settling: Any = None
+        #: Who runs on_connect (its thread ident / task): its own recv() calls go through.
+        self._settling_runner: Any = None
         #: True while a connection is open and the queue has been flushed into it.
         self.connected = False
         #: Successful reconnections so far (the first connection does not count).

@@ -613,9 +613,16 @@ async def test_wss_failed_tls_handshake_is_logged_and_neighbours_go_on(backend, 
             writer.close()
             await wait_until(lambda: any("TLS handshake with" in r.getMessage() and "failed" in r.getMessage()
                                          for r in caplog.records))
+            # A client that connects and closes at once: the reason is never empty.
+            reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+            writer.close()
+            await wait_until(lambda: sum("TLS handshake with" in r.getMessage() for r in caplog.records) >= 2)
+            assert all(not r.getMessage().endswith(": ") for r in caplog.records)
             await ws.send("still here")
             assert await ws.recv(timeout=TIMEOUT) == "still here"
             assert len(server.connections) == 1
+            # No task kept per TLS connection (audit: every one stayed in server.tasks).
+            await wait_until(lambda: not server._tls_pending and all(not t.done() for t in server.tasks))
 
 
 async def test_echo_under_uvloop(backend, tmp_path):

@@ -609,8 +609,8 @@ class TestPingPong:
         server = make(backend, SERVER)
         data = b"".join(peer(server, OP_PING, b"%d" % i) for i in range(1000))
         events = server.receive_data(data)
-        assert [e.data for e in events] == [b"%d" % i for i in range(31)] + [b"999"]
-        assert [f.payload for f in sent(server)] == [b"%d" % i for i in range(31)] + [b"999"]
+        assert [e.data for e in events] == [b"%d" % i for i in range(32)] + [b"999"]
+        assert [f.payload for f in sent(server)] == [b"%d" % i for i in range(32)] + [b"999"]
         # The count starts again with each read.
         events = server.receive_data(b"".join(peer(server, OP_PING, b"x%d" % i) for i in range(3)))
         assert [f.payload for f in sent(server)] == [b"x0", b"x1", b"x2"]
@@ -974,6 +974,8 @@ class TestSending:
         client, server = connected(backend)
         assert server.receive_data(client.send(Cmd.SUB)) == ["subscribe"]
         assert client.receive_data(server.send(Cmd.SUB)) == ["subscribe"]
+        frames = [client.send_fragment(Cmd.SUB, False), client.send_fragment(Cmd.SUB, True)]
+        assert server.receive_data(b"".join(frames)) == ["subscribesubscribe"]
 
     @pytest.mark.parametrize(
         "message",

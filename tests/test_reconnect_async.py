@@ -386,6 +386,37 @@ async def test_on_connect_reads_the_new_connections_first_message_not_the_applic
         await ws.close()
 
 
+async def test_on_connect_may_read_through_the_reconnecting_client_itself(backend):
+    """on_connect awaiting the reconnecting client's own recv() (not the connection it was
+    given) reads the new connection's first message, no self-deadlock (audit)."""
+    counter: list[int] = []
+
+    async def handler(ws, path):
+        counter.append(1)
+        await ws.send(f"welcome {len(counter)}")
+        if len(counter) == 1:
+            await ws.close(1012)
+            return
+        await echo(ws, path)
+
+    answers: list = []
+    holder: list = []
+
+    async def on_connect(conn):
+        if holder:  # a reconnection: the client exists
+            answers.append(await holder[0].recv(TIMEOUT))
+
+    async with serving(handler, backend=backend) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST, on_connect=on_connect)
+        holder.append(ws)
+        assert await ws.recv(TIMEOUT) == "welcome 1"
+        await wait_until(lambda: answers)
+        assert answers == ["welcome 2"] and ws.reconnects == 1
+        await ws.send("echo")
+        assert await ws.recv(TIMEOUT) == "echo"
+        await ws.close()
+
+
 async def test_initial_connection_retried_until_the_server_starts():
     server = await start_async_websocket_server("127.0.0.1", 0, echo)
     port = server.port

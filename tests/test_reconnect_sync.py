@@ -309,6 +309,37 @@ def test_on_connect_reads_the_new_connections_first_message_not_the_application(
         ws.close()
 
 
+def test_on_connect_may_read_through_the_reconnecting_client_itself(backend):
+    """on_connect calling the reconnecting client's own recv() (not the connection it was
+    given) reads the new connection's first message, no self-deadlock (audit)."""
+    counter: list[int] = []
+
+    def handler(ws, address):
+        counter.append(1)
+        ws.send(f"welcome {len(counter)}")
+        if len(counter) == 1:
+            ws.close(1012)
+            return
+        echo(ws, address)
+
+    answers: list = []
+    holder: list = []
+
+    def on_connect(conn):
+        if holder:  # a reconnection: the client exists
+            answers.append(holder[0].recv(TIMEOUT))
+
+    with running_server(handler, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST, on_connect=on_connect)
+        holder.append(ws)
+        assert ws.recv(TIMEOUT) == "welcome 1"
+        wait_for(lambda: answers)
+        assert answers == ["welcome 2"] and ws.reconnects == 1
+        ws.send("echo")
+        assert ws.recv(TIMEOUT) == "echo"
+        ws.close()
+
+
 def test_initial_connection_retried_then_bounded():
     probe = WebSocketServer("127.0.0.1", 0, echo)
     port = probe.port

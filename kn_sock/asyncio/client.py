@@ -383,6 +383,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                 on_connect = self._opts.on_connect
                 if on_connect is not None:
                     self._settling = new
+                    self._settling_runner = asyncio.current_task()
                 self._notify()
                 if on_connect is not None:
                     try:
@@ -500,7 +501,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
             message = self._take_ended() if self._ended else None
             ws = self._ws
             assert ws is not None
-            if message is None and ws is self._settling:
+            if message is None and ws is self._settling and asyncio.current_task() is not self._settling_runner:
                 # on_connect is running with this new connection: what it brings first is
                 # on_connect's to read; wait until it returns.
                 left = None if deadline is None else max(0.0, deadline - loop.time())

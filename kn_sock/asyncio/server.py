@@ -272,11 +272,12 @@ class AsyncWebSocketServer:
             raise
         except Exception as exc:
             if not self.closing:  # (close() drops the handshakes in progress)
-                logger.info("TLS handshake with %s failed: %s", peer, exc or type(exc).__name__)
+                logger.info("TLS handshake with %s failed: %s", peer, str(exc) or type(exc).__name__)
             sock.close()
 
     def _tls_done(self, task: asyncio.Task[None]) -> None:
         self._tls_pending.discard(task)
+        self.tasks.discard(task)
 
     async def start(self, host: str | None, port: int | None, **kwargs: Any) -> "AsyncWebSocketServer":
         """Bind and listen (``unix=path`` for a Unix socket); return self."""

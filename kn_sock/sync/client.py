@@ -302,6 +302,7 @@ class ReconnectingWebSocket(ReconnectingState):
                         self.reconnects += 1
                         if on_connect is not None:
                             self._settling = new
+                            self._settling_runner = threading.get_ident()
                         cond.notify_all()
                 if closing:
                     new.close()
@@ -423,7 +424,7 @@ class ReconnectingWebSocket(ReconnectingState):
                 with cond:
                     message = self._take_ended()
             ws = self._ws
-            if message is None and ws is self._settling and not self._final:
+            if message is None and ws is self._settling and not self._final and threading.get_ident() != self._settling_runner:
                 # on_connect is running with this new connection: what it brings first is
                 # on_connect's to read; wait until it returns.
                 with cond:
