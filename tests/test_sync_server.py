@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import queue
 import shutil
+import signal
 import socket
 import ssl
 import subprocess
@@ -439,6 +440,38 @@ def test_connection_attributes():
             assert host == f"127.0.0.1:{server.port}"
             assert ws.request_headers["X-Test"] == "1"
             assert ws.response_headers["Upgrade"].lower() == "websocket"
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGUSR1"), reason="needs SIGUSR1")
+def test_shutdown_from_a_signal_handler_in_the_serving_thread():
+    """docs/guide.md: "On SIGTERM close the server". A signal handler calling shutdown() runs
+    in serve_forever's own thread: serve_forever returns (it hung: audit) and the client
+    gets 1001."""
+    server = WebSocketServer("127.0.0.1", 0, lambda ws, address: ws.recv())
+    got: queue.Queue = queue.Queue()
+
+    def client() -> None:
+        ws = connect_websocket("127.0.0.1", server.port)
+        got.put(ws.recv(5))
+        got.put(ws.close_code)
+
+    previous = signal.signal(signal.SIGUSR1, lambda signum, frame: server.shutdown())
+    try:
+        threading.Thread(target=client, daemon=True).start()
+
+        def signal_once_connected() -> None:
+            wait_for(lambda: server.connections)  # (serve_forever, below, accepts it)
+            os.kill(os.getpid(), signal.SIGUSR1)
+
+        timer = threading.Thread(target=signal_once_connected)
+        timer.start()
+        start = time.monotonic()
+        server.serve_forever()
+        assert time.monotonic() - start < 3
+        timer.join()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert got.get(timeout=5) is None and got.get(timeout=5) == 1001
 
 
 def test_handler_with_one_argument():

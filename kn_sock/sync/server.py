@@ -417,10 +417,14 @@ class WebSocketServer:
         except OSError:
             pass
         serving = self._serving_ident
-        if serving is not None and serving != threading.get_ident():
-            self._stopped.wait()
-        else:
+        if serving is None:
             self._close_all()
+        elif serving != threading.get_ident():
+            self._stopped.wait()
+        # else: called inside serve_forever's own thread, from a signal handler (SIGTERM):
+        # serve_forever sees the wake-up byte once the handler returns and closes everything
+        # itself. Closing now would close the selector's sockets under the select() the
+        # signal interrupted, which Python then retries on them: it never returned (audit).
 
     close = shutdown
 
