@@ -27,7 +27,7 @@ from __future__ import annotations
 import os
 import struct
 from enum import IntEnum
-from typing import Any, Iterable, Union
+from typing import Any, Callable, Iterable, Union
 
 from . import _backend
 from .exceptions import (
@@ -121,7 +121,7 @@ class Protocol:
         "deflate", "parser", "_build", "_validator_cls", "_masks", "state", "_out", "_parts",
         "_part_opcode", "_part_compressed", "_validator", "_send_frag_open", "_send_frag_compressed",
         "_send_frag_text", "_early_done", "close_rcvd", "close_sent", "close_rcvd_then_sent", "close_transport", "failed",
-        "error", "eof_received", "pings", "hold_pongs", "_held_pong", "_pongs",
+        "error", "eof_received", "pings", "hold_pongs", "_held_pong", "_pongs", "batch_room", "backlog",
     )  # memory: one connection's state without a per-instance __dict__
 
     def __init__(
@@ -195,6 +195,14 @@ class Protocol:
         self.hold_pongs = False
         self._held_pong: bytes | None = None
         self._pongs = 0
+        #: Set by an I/O layer that queues messages (asyncio: the room left under
+        #: ``max_queue``): with compression, one ``receive_frames`` call produces at most
+        #: ``batch_room()`` events; the frames left are kept in ``backlog`` (compressed: small)
+        #: and processed first by the next call. One read of highly compressed messages (1 MB
+        #: of zeros deflates to ~1 KB) would otherwise inflate ~100 x max_size at once, past
+        #: the queue bound (audit).
+        self.batch_room: Callable[[], int] | None = None
+        self.backlog: list[Any] | None = None
 
     # ---------------------------------------------------------------- receiving
 
@@ -205,10 +213,21 @@ class Protocol:
         return self.receive_frames(self.parser.feed(data))
 
     def receive_frames(self, frames: list[Any]) -> list[Any]:
-        """Process frames parsed elsewhere (by a parser fed through ``get_buffer``)."""
+        """Process frames parsed elsewhere (by a parser fed through ``get_buffer``); the
+        ``backlog`` a ``batch_room`` left goes first (``receive_frames([])`` processes it)."""
         if self.state is State.CLOSED or self.close_rcvd is not None:
+            self.backlog = None
             return []
+        backlog = self.backlog
+        if backlog is not None:
+            self.backlog = None
+            frames = backlog + frames if frames else backlog
         events = self._process(frames) if frames else []
+        if self.backlog is not None:
+            if self.state is State.CLOSED or self.close_rcvd is not None:
+                self.backlog = None  # what followed a close frame (or an error) is dropped
+            else:
+                return events  # (a parser error comes after the frames still waiting)
         if self.parser.error is not None and self.state is not State.CLOSED:
             self._fail_with(self.parser.error, events)
         return events
@@ -218,6 +237,13 @@ class Protocol:
         events: list[Any] = []
         append = events.append
         self._pongs = 0  # pongs this batch owes (see _control_frame)
+        room = self.batch_room
+        if room is not None and self.deflate is not None:
+            limit = room()
+            if len(frames) > limit:
+                # (A frame gives at most one event: this bounds the messages of this call.)
+                self.backlog = frames[limit:]
+                frames = frames[:limit]
         for frame in frames:
             opcode, fin, rsv1, payload = frame
             if opcode < 3 and fin and not rsv1 and opcode:
@@ -263,6 +289,7 @@ class Protocol:
         text = self._part_opcode == OP_TEXT
         if fin and opcode != OP_CONT and not early:
             # A whole message that took the slow path: compressed, or text the parser left as bytes.
+            self._part_opcode = 0
             message: Message = payload
             if text:
                 message = _decode_text(payload)
@@ -288,8 +315,9 @@ class Protocol:
         fails early too. What they inflate to joins the message's parts; the complete frame
         then inflates only its remaining bytes.
         """
-        if not self._early_done and not self.parser.in_message:
-            # A new message's first frame (RSV1 text): start it as a fragmented one.
+        if not self._early_done and not self._part_opcode:
+            # A new message's first frame (RSV1 text): start it as a fragmented one. (The
+            # protocol's own state, not the parser's: frames may wait in ``backlog``.)
             self._part_opcode = OP_TEXT
             self._part_compressed = True
             self._parts = []
@@ -364,14 +392,20 @@ class Protocol:
         return acked
 
     def receive_eof(self) -> list[Any]:
-        """The peer closed TCP: the connection is CLOSED (1006 unless a close frame came first)."""
+        """The peer closed TCP: the connection is CLOSED (1006 unless a close frame came first;
+        the frames still in ``backlog`` are processed first, whatever ``batch_room``)."""
+        events: list[Any] = []
+        if self.backlog is not None:
+            self.batch_room = None
+            events = self.receive_frames([])
         self.eof_received = True
         if self.state is State.CLOSED:
             self.close_transport = True
-            return []
+            return events
         self.state = State.CLOSED
         self.close_transport = True
-        return [Closed(1006, "")]
+        events.append(Closed(1006, ""))
+        return events
 
     def data_to_send(self) -> list[bytes]:
         """Return (and forget) the frames the protocol wants written: pongs, close frames."""

@@ -912,6 +912,60 @@ async def test_max_queue_pauses_reading(backend):
             assert got == [i.to_bytes(4, "big") * (size // 4) for i in range(count)]
 
 
+@pytest.mark.parametrize("side", ["server", "client"])
+@pytest.mark.parametrize("ending", ["read-all", "close", "on_message"])
+async def test_max_queue_bounds_compressed_messages_too(backend, side, ending):
+    """One read of highly compressed messages (1 MB of zeros deflates to ~1 KB: ~100 in one
+    read) is inflated only up to max_queue (it was ~100 x max_size for one connection, audit);
+    the rest waits compressed and is delivered, in order, as the application reads, or before
+    the closing handshake completes."""
+    count, size = 150, 1_000_000
+    messages = [i.to_bytes(4, "big") + bytes(size - 4) for i in range(count)]
+    peer_side = asyncio.get_running_loop().create_future()
+    done = asyncio.Event()
+
+    async def handler(websocket, path):
+        peer_side.set_result(websocket)
+        await done.wait()
+
+    async with serving(handler, backend=backend, max_queue=4, max_size=2**21) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, max_queue=4, max_size=2**21) as ws:
+            other = await asyncio.wait_for(peer_side, TIMEOUT)
+            receiver, sender = (other, ws) if side == "server" else (ws, other)
+            assert receiver.extensions == ["permessage-deflate"]
+            sending = asyncio.create_task(_send_all(sender, messages))
+            await wait_until(lambda: len(receiver._messages or ()) >= 4 and not receiver._is_reading())
+            await asyncio.sleep(0.05)
+            assert len(receiver._messages) <= 4  # bounded: 4 x 1 MB, not ~100 MB
+            if ending == "on_message":
+                got: list = []
+                receiver.on_message = got.append
+                await wait_until(lambda: len(got) == count)
+            else:
+                got = []
+                if ending == "close":
+                    for _ in range(10):
+                        got.append(await receiver.recv(timeout=TIMEOUT))
+                    assert len(receiver._messages or ()) <= 4
+                    await asyncio.wait_for(sending, TIMEOUT)
+                    await asyncio.wait_for(receiver.close(), TIMEOUT)
+                    assert receiver.close_code == 1000
+                    got += list(receiver._messages or ())  # what was queued before the close
+                    assert got == messages[: len(got)]
+                    done.set()
+                    return
+                while len(got) < count:
+                    got.append(await receiver.recv(timeout=TIMEOUT))
+            await asyncio.wait_for(sending, TIMEOUT)
+            assert got == messages
+            done.set()
+
+
+async def _send_all(ws: AsyncWebSocket, messages: list) -> None:
+    for message in messages:
+        await ws.send(message)
+
+
 async def _flood(ws: AsyncWebSocket, count: int, size: int) -> None:
     for i in range(count):
         await ws.send(i.to_bytes(4, "big") * (size // 4))

@@ -474,6 +474,12 @@ def test_shutdown_from_a_signal_handler_in_the_serving_thread():
     assert got.get(timeout=5) is None and got.get(timeout=5) == 1001
 
 
+def test_serve_forever_after_shutdown_returns_at_once():
+    server = WebSocketServer("127.0.0.1", 0, lambda ws, address: None)
+    server.shutdown()
+    server.serve_forever()  # (raised OSError EBADF: audit)
+
+
 def test_handler_with_one_argument():
     def handler(ws):
         ws.send("one-arg handler")

@@ -61,6 +61,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         "side",
         "_paused_for_write",
         "_fair_paused",
+        "_in_backlog",
         "_drain_waiter",
         "_keepalive",
         "_ka_handle",
@@ -95,6 +96,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._paused_reading = False  # by max_queue: the application is not reading
         self._paused_for_write = False  # by write_limit while on_message answers from the read path
         self._fair_paused = False  # for one loop iteration after a read of many frames
+        self._in_backlog = False  # _backlog_step is running
         self._write_paused = False
         self._on_message = None
         self._tx_idle = False
@@ -261,6 +263,9 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._parser = protocol.parser
         self._hs_buf = None
         opts = self._opts
+        if protocol.deflate is not None and self._max_queue is not None:
+            # One read of highly compressed messages must not inflate past the queue bound.
+            protocol.batch_room = self._queue_room
         if opts.ping_interval:
             self._keepalive = Keepalive(opts.ping_interval, opts.ping_timeout, self._loop.time())
             self._schedule_keepalive()
@@ -384,6 +389,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             if max_queue is not None and messages and len(messages) >= max_queue and not self._paused_reading and transport is not None:
                 self._paused_reading = True
                 self._pause_reading()
+            if proto.backlog is not None and not self._in_backlog:  # type: ignore[union-attr]
+                self._backlog_step()
             if proto.state is State.CLOSED:  # type: ignore[union-attr]
                 self._after_closed()
         finally:
@@ -391,6 +398,32 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 self._uncork()
             if woken is not None:
                 woken.wake_now()
+
+    def _queue_room(self) -> int:
+        """``Protocol.batch_room``: the messages the queue can still take (at least one)."""
+        max_queue = self._max_queue
+        if max_queue is None:
+            return 1 << 30
+        return max(1, max_queue - len(self._messages or ()))
+
+    def _backlog_step(self) -> None:
+        """Frames wait in ``protocol.backlog`` (``batch_room``: compressed messages): go on
+        with them while the queue has room (an ``on_message`` callback takes them at once);
+        else reading stays paused until the application takes messages (``_maybe_resume``)."""
+        proto = self.protocol
+        assert proto is not None
+        self._in_backlog = True
+        try:
+            while proto.backlog is not None:
+                max_queue = self._max_queue
+                if max_queue is not None and len(self._messages or ()) >= max_queue:
+                    if not self._paused_reading and self.transport is not None:
+                        self._paused_reading = True
+                        self._pause_reading()
+                    return
+                self._dispatch(proto.receive_frames([]))
+        finally:
+            self._in_backlog = False
 
     def _on_pong(self, ev: Pong) -> None:
         now = self._loop.time()
@@ -455,6 +488,11 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         if self._max_queue is not None:
             self._drop_limit = self._max_queue
         self._max_queue = None
+        proto = self.protocol
+        if proto is not None:
+            proto.batch_room = None
+            if proto.backlog is not None and proto.state is not State.CLOSED and not self._in_backlog:
+                self._dispatch(proto.receive_frames([]))
         if self._paused_reading or self._paused_for_write:
             self._paused_reading = self._paused_for_write = False
             self._resume_reading()
@@ -841,6 +879,11 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
     def _maybe_resume(self) -> None:
         max_queue = self._max_queue or 1
         if len(self._messages or ()) <= max_queue // 4 and self.transport is not None:
+            proto = self.protocol
+            if proto is not None and proto.backlog is not None:
+                self._backlog_step()  # what batch_room left comes before reading more
+                if proto.backlog is not None or len(self._messages or ()) >= max_queue:
+                    return
             self._paused_reading = False
             if not self._paused_for_write:
                 self._resume_reading()

@@ -183,6 +183,8 @@ class WebSocketServer:
 
     def serve_forever(self, poll_interval: float | None = None) -> None:
         """Accept connections until ``shutdown()`` (or the ``shutdown_event``); then close them all."""
+        if self._closed_all:
+            return  # shut down already (as the asyncio server's after close())
         self._serving_ident = threading.get_ident()
         self._stopped.clear()
         event = self._shutdown_event
