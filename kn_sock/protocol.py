@@ -242,8 +242,16 @@ class Protocol:
             limit = room()
             if len(frames) > limit:
                 # (A frame gives at most one event: this bounds the messages of this call.)
-                self.backlog = frames[limit:]
-                frames = frames[:limit]
+                frames, rest = frames[:limit], frames[limit:]
+                # Pings and pongs do not wait behind the messages (keepalive, both sides):
+                # handled now, up to the peer's close frame (after which nothing is answered).
+                # The close frame waits its turn, like one behind unread bytes in TCP.
+                end = next((i for i, f in enumerate(rest) if f[0] == OP_CLOSE), len(rest))
+                controls = [f for f in rest[:end] if f[0] == OP_PING or f[0] == OP_PONG]
+                if controls:
+                    frames = frames + controls
+                    rest = [f for f in rest[:end] if f[0] != OP_PING and f[0] != OP_PONG] + rest[end:]
+                self.backlog = rest or None
         for frame in frames:
             opcode, fin, rsv1, payload = frame
             if opcode < 3 and fin and not rsv1 and opcode:
@@ -393,11 +401,13 @@ class Protocol:
 
     def receive_eof(self) -> list[Any]:
         """The peer closed TCP: the connection is CLOSED (1006 unless a close frame came first;
-        the frames still in ``backlog`` are processed first, whatever ``batch_room``)."""
+        the frames still in ``backlog`` are processed first, as far as ``batch_room`` allows)."""
         events: list[Any] = []
         if self.backlog is not None:
-            self.batch_room = None
+            # What the queue has room for; the rest is dropped (an abnormal end: the bound on
+            # what one connection holds comes first).
             events = self.receive_frames([])
+            self.backlog = None
         self.eof_received = True
         if self.state is State.CLOSED:
             self.close_transport = True

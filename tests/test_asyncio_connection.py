@@ -961,6 +961,43 @@ async def test_max_queue_bounds_compressed_messages_too(backend, side, ending):
             done.set()
 
 
+async def test_pings_behind_compressed_messages_are_answered_while_the_queue_is_full(backend):
+    """max_queue bounds what is inflated (the rest waits compressed): a ping read with those
+    messages is still answered at once, whether or not the application reads (SPEC)."""
+    import zlib
+
+    from sync_support import raw_client as sync_raw_client
+
+    release = asyncio.Event()
+
+    async def handler(websocket, path):
+        await release.wait()
+
+    def peer(port: int) -> bytes:
+        raw = sync_raw_client(port, compression="deflate")
+        z = zlib.compressobj(wbits=-9)  # within any window the server may have asked for
+        data = b""
+        for i in range(20):
+            payload = z.compress(b"%d" % i + bytes(1_000_000)) + z.flush(zlib.Z_SYNC_FLUSH)
+            data += build_frame(2, payload[:-4], True, True, os.urandom(4))
+        raw.sock.sendall(data + build_frame(9, b"still there?", True, False, os.urandom(4)))
+        try:
+            while True:
+                opcode, payload = raw.recv_frame()
+                if opcode == 10:
+                    return payload
+        finally:
+            raw.close()
+
+    async with serving(handler, backend=backend, max_queue=2) as server:
+        try:
+            assert await asyncio.wait_for(asyncio.to_thread(peer, server.port), TIMEOUT) == b"still there?"
+            (sws,) = server.connections
+            assert len(sws._messages) <= 2 and sws.protocol.backlog is not None  # bounded
+        finally:
+            release.set()
+
+
 async def _send_all(ws: AsyncWebSocket, messages: list) -> None:
     for message in messages:
         await ws.send(message)

@@ -1184,6 +1184,33 @@ class TestPerMessageDeflate:
         assert [e for e in events if not isinstance(e, Ping)] == messages
         assert server.state is State.OPEN
 
+    def test_batch_room_bounds_the_messages_of_a_call_and_pings_do_not_wait(self, backend: Any) -> None:
+        """An I/O layer's batch_room (asyncio: the queue's room) bounds the messages one call
+        inflates; the rest waits compressed in backlog, in order; pings and pongs are handled
+        at once, the close frame in its turn; an EOF delivers what the room allows."""
+        client, server = connected(backend, deflate=True)
+        room = [4]
+        server.batch_room = lambda: room[0]
+        messages = [b"%d" % i + bytes(10_000) for i in range(20)]
+        data = b"".join(client.send(m) for m in messages)
+        data += client.send_ping(b"keepalive") + client.send_close(1000)
+        events = server.receive_data(data)
+        assert events[:4] == messages[:4] and isinstance(events[4], Ping) and len(events) == 5
+        assert [f.opcode for f in sent(server)] == [OP_PONG]  # answered now
+        assert server.backlog is not None and server.state is State.OPEN
+        got = list(events[:4])
+        while server.backlog is not None:
+            got += [e for e in server.receive_frames([]) if not isinstance(e, (Ping, Closed))]
+        assert got == messages and server.state is State.CLOSED  # the close frame came last
+        # An EOF with a backlog: what the room allows, then 1006; the rest is dropped.
+        client, server = connected(backend, deflate=True)
+        server.batch_room = lambda: 4
+        events = server.receive_data(b"".join(client.send(m) for m in messages))
+        assert events == messages[:4] and server.backlog is not None
+        events = server.receive_eof()
+        assert events[:4] == messages[4:8] and isinstance(events[4], Closed) and events[4].code == 1006
+        assert server.backlog is None
+
     def test_zip_bomb_in_one_text_frame_fails_with_1009_before_the_frame_is_complete(self, backend: Any) -> None:
         client_ext, server_ext = deflate_pair()
         server = make(backend, SERVER, max_size=10_000, extensions=[server_ext])
