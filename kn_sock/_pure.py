@@ -483,22 +483,10 @@ class FrameParser:
         byte once, so that the caller can inflate them and check the text as it arrives.
         The complete frame is still returned whole; the bytes handed out early are its first.
         """
-        b1 = buf[1]
-        hdr = 2 if b1 & 0x7F < 126 else 4 if b1 & 0x7F == 126 else 10
-        if b1 & 0x80:
-            hdr += 4
-        got = len(buf) - hdr
-        done = self._cz_done
-        if got <= done:
-            return
-        if b1 & 0x80:
-            key = bytes(buf[hdr - 4 : hdr])
-            phase = done & 3
-            chunk = apply_mask(memoryview(buf)[hdr + done :], key[phase:] + key[:phase])
-        else:
-            chunk = bytes(buf[hdr + done :])
-        self._cz_done = got
-        frames.append((OP_EARLY, False, True, chunk))
+        got, chunk = _partial_payload(buf, self._cz_done)
+        if chunk is not None:
+            self._cz_done = got
+            frames.append((OP_EARLY, False, True, chunk))
 
     def _check_partial_text(self, buf: bytearray) -> None:
         """Validate the new payload bytes of the incomplete text frame ``buf`` holds (fail fast).
@@ -506,29 +494,16 @@ class FrameParser:
         The frame's header has been checked already; the bytes checked by earlier calls are
         not looked at again (the validator keeps the code point they ended in).
         """
-        b1 = buf[1]
-        hdr = 2 if b1 & 0x7F < 126 else 4 if b1 & 0x7F == 126 else 10
-        if b1 & 0x80:
-            hdr += 4
-        got = len(buf) - hdr
         validator = self._text_validator
+        got, new = _partial_payload(buf, self._text_checked if validator is not None else 0)
+        if new is None:
+            return
         if validator is None:
-            if got <= 0:
-                return
             # A continuation frame goes on from where the message's previous frame ended.
             validator = self._msg_validator if buf[0] & 0x0F == 0 else None
             if validator is None:
                 validator = Utf8Validator()
             self._text_validator = validator
-            self._text_checked = 0
-        done = self._text_checked
-        if got <= done:
-            return
-        new: BytesLike = buf[hdr + done :]
-        if b1 & 0x80:
-            key = bytes(buf[hdr - 4 : hdr])
-            phase = done & 3
-            new = apply_mask(new, key[phase:] + key[:phase])
         self._text_checked = got
         if not validator.feed(new):
             raise ProtocolError("invalid UTF-8 in text message", 1007)
@@ -681,6 +656,23 @@ class FrameParser:
             raise ProtocolError("invalid UTF-8 in text message", 1007)
         if not fin:
             self._msg_validator = validator
+
+
+def _partial_payload(buf: bytearray, done: int) -> tuple[int, BytesLike | None]:
+    """For the incomplete frame ``buf`` starts with (its header checked): how many payload
+    bytes it holds, and those past the first ``done``, unmasked (None when there are none)."""
+    b1 = buf[1]
+    hdr = 2 if b1 & 0x7F < 126 else 4 if b1 & 0x7F == 126 else 10
+    if b1 & 0x80:
+        hdr += 4
+    got = len(buf) - hdr
+    if got <= done:
+        return got, None
+    if b1 & 0x80:
+        key = bytes(buf[hdr - 4 : hdr])
+        phase = done & 3
+        return got, apply_mask(memoryview(buf)[hdr + done :], key[phase:] + key[:phase])
+    return got, bytes(buf[hdr + done :])
 
 
 def build_frame(

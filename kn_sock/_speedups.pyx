@@ -880,6 +880,13 @@ cdef object _new_buffer(Py_ssize_t size):
     return PyBytes_FromStringAndSize(NULL, size)
 
 
+cdef inline Py_ssize_t _head_len(const unsigned char *p) noexcept nogil:
+    """The header length (mask key included) of the frame at ``p`` (its first two bytes in)."""
+    cdef int l7 = p[1] & 0x7F
+    cdef Py_ssize_t hdr = 2 if l7 < 126 else 4 if l7 == 126 else 10
+    return hdr + 4 if p[1] & 0x80 else hdr
+
+
 cdef inline uint64_t _be64(const unsigned char *p) noexcept nogil:
     cdef uint64_t v = 0
     cdef int j
@@ -1276,7 +1283,7 @@ cdef class FrameParser:
         """
         cdef const unsigned char *p
         cdef Py_ssize_t hdr, got, done = self._cz_done
-        cdef int l7, kind
+        cdef int kind
         cdef bint masked
         if self._pp != NULL:
             kind = self._pl_opcode | (0x40 if self._pl_rsv1 else 0)
@@ -1291,11 +1298,8 @@ cdef class FrameParser:
             kind = p[0] & 0x4F
             if not (kind == 0x41 or (kind == 0 and self._frag_opcode == 1 and self._frag_compressed)):
                 return 0
-            l7 = p[1] & 0x7F
             masked = (p[1] & 0x80) != 0
-            hdr = 2 if l7 < 126 else 4 if l7 == 126 else 10
-            if masked:
-                hdr += 4
+            hdr = _head_len(p)
             got = self._end - self._start - hdr
             if got <= done:
                 return 0
@@ -1319,7 +1323,7 @@ cdef class FrameParser:
         cdef Py_ssize_t hdr, got, done = self._tv_done, k
         cdef unsigned char tmp[_CHECK_CHUNK]
         cdef bint ok = True
-        cdef int l7, kind
+        cdef int kind
         if self._pp != NULL:
             kind = self._pl_opcode | (0x40 if self._pl_rsv1 else 0)
             if not (kind == 1 or (kind == 0 and self._mv_active)) or self._pl_filled <= done:
@@ -1334,10 +1338,7 @@ cdef class FrameParser:
             kind = p[0] & 0x4F
             if not (kind == 1 or (kind == 0 and self._mv_active)):
                 return 0
-            l7 = p[1] & 0x7F
-            hdr = 2 if l7 < 126 else 4 if l7 == 126 else 10
-            if p[1] & 0x80:
-                hdr += 4
+            hdr = _head_len(p)
             got = self._end - self._start - hdr
             if got <= done:
                 return 0
