@@ -243,7 +243,7 @@ class PerMessageDeflate:
 
         Raises:
             PayloadTooBig: the inflated message would exceed ``max_size`` (close code 1009).
-            ProtocolError: the data is not a valid deflate stream (close code 1007).
+            ProtocolError: the data is not a valid deflate stream (close code 1002).
         """
         decompressor = self._decompressor
         if decompressor is None:
@@ -262,7 +262,7 @@ class PerMessageDeflate:
                     output += self._inflate(decompressor, _TAIL, max_size)
         except zlib.error as exc:
             self.reset_decompress_state()
-            raise ProtocolError(f"invalid compressed data: {exc}", 1007) from exc
+            raise ProtocolError(f"invalid compressed data: {exc}", 1002) from exc
         except ProtocolError:
             self.reset_decompress_state()
             raise
@@ -290,7 +290,7 @@ class PerMessageDeflate:
         if decompressor.eof and len(decompressor.unused_data) > len(_TAIL) + 1:
             # After a final (BFINAL) block a sender following RFC 7692 §7.2.1 step 2 leaves
             # one byte (an empty stored block's header, §7.2.3.4), then comes our tail.
-            raise ProtocolError("invalid compressed data: bytes after the end of the deflate stream", 1007)
+            raise ProtocolError("invalid compressed data: bytes after the end of the deflate stream", 1002)
         self._inflated += len(output)
         return output
 

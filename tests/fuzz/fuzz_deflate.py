@@ -5,7 +5,7 @@ no_context_takeover, bit 4 is_server, bits 5-7 pick max_size), byte 1 = chunk si
 (1..256), byte 2 = chunks per message (1..8), the rest = compressed payloads, cut into
 frames and messages.
 
-Oracle: ``decompress`` raises only ``ProtocolError`` (1007, bad deflate data) or
+Oracle: ``decompress`` raises only ``ProtocolError`` (1002, bad deflate data) or
 ``PayloadTooBig`` (1009); a message never inflates past ``max_size``; and, as a round
 trip, whatever our compressor produces for the same bytes inflates back to them.
 
@@ -38,7 +38,7 @@ def _inflate_messages(ext: PerMessageDeflate, stream: bytes, chunk: int, per_mes
                 assert exc.code == 1009, repr(exc)
                 return  # the connection fails here
             except ProtocolError as exc:
-                assert exc.code == 1007 and type(exc) is ProtocolError, repr(exc)
+                assert exc.code == 1002 and type(exc) is ProtocolError, repr(exc)
                 return
             assert isinstance(out, bytes)
             total += len(out)
