@@ -2847,6 +2847,15 @@ cdef class _Send:
             return r
         raise RuntimeError("cannot reuse already awaited coroutine")
 
+    @property
+    def __qualname__(self):
+        # Task reprs and debug-mode warnings name the awaitable by this (a coroutine has it).
+        return "AsyncCore.send"
+
+    @property
+    def __name__(self):
+        return "send"
+
     def __await__(self):
         return self
 
@@ -2966,6 +2975,14 @@ cdef class _Recv:
             self._abandon()
         elif self._state == 0 and self._core is not None:
             _never_awaited("__anext__" if self._stop else "recv")
+
+    @property
+    def __qualname__(self):
+        return "AsyncCore.__anext__" if self._stop else "AsyncCore.recv"
+
+    @property
+    def __name__(self):
+        return "__anext__" if self._stop else "recv"
 
     def __await__(self):
         return self

@@ -152,15 +152,66 @@ async def test_wait_closed_does_not_wait_for_done_callbacks(backend):
     await asyncio.wait_for(server.wait_closed(), TIMEOUT)
 
 
-async def test_server_close_drops_connections_still_in_handshake(backend):
+@pytest.mark.parametrize("sent_before", [b"", b"GET / HTTP/1.1\r\n"])
+async def test_server_close_answers_503_to_connections_still_in_handshake(backend, sent_before):
+    """Accepted but not upgraded yet when the server closes: HTTP 503, not a bare reset (audit;
+    websockets answers the same), whether the request comes before or after the close."""
     server = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend)
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-    writer.write(b"GET / HTTP/1.1\r\n")  # incomplete
-    await asyncio.sleep(0.02)
+    writer.write(sent_before)
+    await wait_until(lambda: len(server.connections) == 1)
     server.close()
-    await asyncio.wait_for(server.wait_closed(), TIMEOUT)
-    assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""
+    writer.write(upgrade_request()[len(sent_before) :])
+    answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+    assert answer.startswith(b"HTTP/1.1 503 "), answer
     writer.close()
+    await asyncio.wait_for(server.wait_closed(), TIMEOUT)
+    assert not server.connections
+
+
+async def test_server_close_answers_503_during_process_request(backend):
+    entered = asyncio.Event()
+    cancelled = []
+
+    async def hook(path, headers):
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(path)
+            raise
+
+    server = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend, process_request=hook)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(upgrade_request("/slow"))
+    await asyncio.wait_for(entered.wait(), TIMEOUT)
+    server.close()
+    answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+    assert answer.startswith(b"HTTP/1.1 503 "), answer
+    assert cancelled == ["/slow"]
+    writer.close()
+    await asyncio.wait_for(server.wait_closed(), TIMEOUT)
+
+
+async def test_a_cancelled_handler_closes_1001_and_stays_cancelled(backend):
+    """Cancelling the handler's task (an application stopping its tasks, asyncio.run ending)
+    closes with 1001 and the task ends cancelled, as asyncio expects (audit: it returned)."""
+    started = asyncio.Event()
+
+    async def handler(websocket, path):
+        started.set()
+        await asyncio.sleep(30)
+
+    async with serving(handler, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            await asyncio.wait_for(started.wait(), TIMEOUT)
+            (task,) = server.tasks
+            task.cancel()
+            assert await ws.recv(timeout=TIMEOUT) is None
+            assert ws.close_code == 1001
+            with pytest.raises(asyncio.CancelledError):
+                await asyncio.wait_for(task, TIMEOUT)
+            assert task.cancelled()
 
 
 async def test_server_close_is_bounded_by_close_timeout(backend):

@@ -183,6 +183,23 @@ def test_shutdown_drops_peers_that_do_not_finish_the_closing_handshake(backend):
     raw.close()
 
 
+def test_shutdown_answers_503_to_a_handshake_in_progress(backend):
+    """A client still sending its upgrade request when the server shuts down gets HTTP 503
+    (as from the asyncio server and websockets), not a bare reset, within the 0.5 s bound."""
+    with running_server(echo, backend=backend) as server:
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # incomplete
+        assert wait_for(lambda: len(server._pending) == 1)
+        start = time.monotonic()
+        server.shutdown()
+        assert time.monotonic() - start < 0.5
+    data = b""
+    while chunk := raw.recv(4096):
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 503 "), data
+    raw.close()
+
+
 def test_shutdown_just_after_the_101_still_sends_1001(backend, monkeypatch):
     """The race of a shutdown with a connection whose 101 answer has just gone out: it
     must get its 1001 close (SPEC), not a bare end of TCP. Made deterministic by holding

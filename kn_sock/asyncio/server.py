@@ -110,6 +110,15 @@ class _ServerOpening:
         ws.transport.resume_reading()
         self._accept(ws, request)
 
+    def shut_down(self, ws: AsyncWebSocket) -> None:
+        """The server is closing while this handshake runs: answer 503, stop ``process_request``."""
+        if self.task is not None and not self.task.done():
+            self.task.cancel()
+        transport = ws.transport
+        if transport is not None:
+            transport.resume_reading()  # paused for process_request: the linger reads to EOF
+        self._reject(ws, InvalidHandshake("server is shutting down", status=503))
+
     def _reject(self, ws: AsyncWebSocket, exc: InvalidHandshake) -> None:
         logger.info("rejected opening handshake from %s: HTTP %d %s", ws.remote_address, exc.status, exc)
         if self.timer is not None:
@@ -331,12 +340,14 @@ class AsyncWebSocketServer:
 
     async def _run_handler(self, ws: AsyncWebSocket) -> None:
         code = 1000
+        cancelled = False
         try:
             if self._wants_path:
                 await self.handler(ws, ws.path)
             else:
                 await self.handler(ws)
         except asyncio.CancelledError:
+            cancelled = True  # closed with 1001, then the cancellation goes on (asyncio's rule)
             code = 1001
         except ConnectionClosed as exc:
             # The peer went away while the handler was sending: not a server error.
@@ -348,6 +359,8 @@ class AsyncWebSocketServer:
             await ws.close(code)
         except Exception:  # pragma: no cover - close never raises on purpose
             logger.exception("error while closing %s", ws.remote_address)
+        if cancelled:
+            raise asyncio.CancelledError
 
     def close(self, close_connections: bool = True) -> None:
         """Stop listening and close every connection with 1001 (going away)."""
@@ -361,7 +374,10 @@ class AsyncWebSocketServer:
                 task.cancel()
             for ws in list(self.connections):
                 if ws.protocol is None:
-                    ws.abort()
+                    opening = ws._handshake
+                    if opening.hs is not None:  # mid-handshake: a 503, as websockets answers
+                        opening.shut_down(ws)
+                    # else answered already, lingering until the client closes (``_answer``)
                 else:
                     task = self.loop.create_task(ws.close(1001))
                     self.tasks.add(task)

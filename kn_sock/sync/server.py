@@ -311,6 +311,8 @@ class WebSocketServer:
                 _set_timeout(sock, deadline)
                 data = sock.recv(65536)
                 if not data:
+                    if self._closing and type(sock) is socket.socket:  # woken by shutdown()
+                        raise InvalidHandshake("server is shutting down", status=503)
                     sock.close()
                     return None
                 request = hs.receive_data(data)
@@ -450,7 +452,9 @@ class WebSocketServer:
                 pass
         for sock in pending:  # handshakes in progress: wake their threads
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                # Plain TCP: only the reading side, so the woken thread answers 503 (as the
+                # asyncio server does). TLS: both (SSLSocket.shutdown drops the TLS layer).
+                sock.shutdown(socket.SHUT_RD if type(sock) is socket.socket else socket.SHUT_RDWR)
             except OSError:
                 pass
         t0 = time.monotonic()
