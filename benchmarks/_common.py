@@ -22,8 +22,13 @@ from typing import Any, Callable
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-if ROOT not in sys.path and os.path.isdir(os.path.join(ROOT, "kn_sock")):  # a checkout, not installed
-    sys.path.insert(0, ROOT)
+#: A source checkout: the directory holding the ``kn_sock`` package, for the children's
+#: PYTHONPATH. None when these scripts are the copy an installed package carries
+#: (``kn_sock/_benchmarks``): then ROOT is the package itself, and on sys.path its
+#: ``asyncio`` subpackage would shadow the standard library's.
+CHECKOUT = ROOT if os.path.isdir(os.path.join(ROOT, "kn_sock")) else None
+if CHECKOUT is not None and CHECKOUT not in sys.path:
+    sys.path.insert(0, CHECKOUT)
 
 _CHILDREN: list["Child"] = []
 
@@ -63,7 +68,7 @@ class Child:
             stdout=subprocess.PIPE,
             stderr=self.errfile,
             env=env,
-            cwd=ROOT,
+            cwd=CHECKOUT or HERE,  # never the installed package itself (see CHECKOUT)
         )
         self._buf = b""
         _CHILDREN.append(self)
@@ -297,7 +302,8 @@ def machine_line() -> str:
 def clean_env(**changes: str | None) -> dict[str, str]:
     env = dict(os.environ)
     env.pop("KN_SOCK_PURE", None)
-    env["PYTHONPATH"] = ROOT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    if CHECKOUT is not None:
+        env["PYTHONPATH"] = CHECKOUT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     for key, value in changes.items():
         if value is None:
             env.pop(key, None)
@@ -328,7 +334,7 @@ def kn_probe(env: dict[str, str]) -> tuple[str | None, bool, str]:
         "print(b.IMPLEMENTATION, s, b.IMPORT_ERROR or '')\n"
     )
     try:
-        r = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=30)
+        r = subprocess.run([sys.executable, "-c", code], env=env, cwd=CHECKOUT or HERE, capture_output=True, text=True, timeout=30)
     except subprocess.TimeoutExpired:
         return None, False, "import timed out"
     if r.returncode != 0:

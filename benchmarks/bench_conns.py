@@ -487,6 +487,7 @@ def main() -> None:
     limit = C.raise_nofile()
     counts = [200] if args.quick else [int(x) for x in (args.conns or "1000,5000").split(",")]
     notes: list[str] = []
+    failures = 0  # a contestant that crashed or reported an error (a skip is not one)
     impl, has_sync, err = C.kn_probe(C.clean_env())
     chosen = [c for c in CONTESTANTS if not args.only or c.name in args.only.split(",")]
     runnable = []
@@ -514,6 +515,7 @@ def main() -> None:
                 r = measure(c, m, args.concurrency)
             except C.ChildError as exc:
                 notes.append(f"{c.label} at {m}: {exc}")
+                failures += 1
                 continue
             if r.get("failed"):
                 notes.append(f"{c.label} at {m}: {r['failed']} connections failed to open")
@@ -521,6 +523,7 @@ def main() -> None:
                 notes.append(f"{c.label} at {m}: broadcast reached {r['bcast_got']} of {r['conns']} connections")
             if r.get("error"):
                 notes.append(f"{c.label} at {m}: {r['error']}")
+                failures += 1
             results.append((c, m, r))
             print(f"  {c.label:45s} n={m:5d} {r['kib_per_conn']:6.1f} KiB/conn  "
                   f"bcast {r['bcast_ms'] or float('nan'):7.1f} ms  open {r['open_s']:.2f} s", flush=True)
@@ -550,6 +553,9 @@ def main() -> None:
             json.dump({"machine": C.machine_line(), "notes": notes,
                        "results": [{"name": c.name, "label": c.label, **r} for c, m, r in results]}, f, indent=2)
         print(f"results written to {args.json}")
+    if failures:
+        print(f"FAILED: {failures} contestant run(s) failed (see the notes)")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

@@ -749,12 +749,15 @@ def main() -> None:
         modes = [m for m in MODES_FULL if m[0] in wanted]
         if not modes:
             ap.error(f"--cells: none of {wanted} in {[m[0] for m in MODES_FULL]}")
-    orchestrate(args, rounds, duration, warmup, modes)
+    if orchestrate(args, rounds, duration, warmup, modes):
+        sys.exit(1)
 
 
-def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: list[tuple[str, str, int]]) -> None:
+def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: list[tuple[str, str, int]]) -> int:
+    """Run the contestants, print the table; the number of failures (a skip is not one)."""
     t_start = time.monotonic()
     notes: list[str] = []
+    failures = 0
     chosen = [c for c in CONTESTANTS if not args.only or c.name in args.only.split(",")]
     if args.skip:
         chosen = [c for c in chosen if c.name not in args.skip.split(",")]
@@ -806,6 +809,7 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
             servers[c.name] = child
         except C.ChildError as exc:
             notes.append(f"{c.label}: server failed to start: {exc}")
+            failures += 1
             child.kill()
             runnable.remove(c)
 
@@ -822,6 +826,7 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
                 continue
             if not server.alive():
                 notes.append(f"{c.label}: server died before round {rnd + 1}{server.stderr_tail()}")
+                failures += 1
                 servers.pop(c.name).kill()
                 continue
             env = C.clean_env(**c.env, BENCH_CPU=client_cpu)
@@ -836,6 +841,7 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
                 res = json.loads(" ".join(words))
             except C.ChildError as exc:
                 notes.append(f"{c.label}, round {rnd + 1}: client failed: {exc}")
+                failures += 1
                 res = {"results": {}, "error": "client failed", "impl": None}
             finally:
                 tail = client.stderr_tail()
@@ -846,10 +852,12 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
                 impls[c.name].add(res["impl"])
             if res.get("error"):
                 notes.append(f"{c.label}, round {rnd + 1}: {res['error']}{tail}")
+                failures += 1
             cells = " ".join(f"{k}={C.fmt_rate(v)}" for k, v in res["results"].items())
             print(f"  round {rnd + 1}/{rounds} {c.label:40s} {cells}", flush=True)
             if server.alive() is False:
                 notes.append(f"{c.label}: server exited during round {rnd + 1}{server.stderr_tail()}")
+                failures += 1
 
     for child in servers.values():
         child.kill()
@@ -884,6 +892,9 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
                 "notes": notes,
             }, f, indent=2)
         print(f"results written to {args.json}")
+    if failures:
+        print(f"FAILED: {failures} contestant run(s) failed (see the notes)")
+    return failures
 
 
 def spreads(raw: dict[str, dict[str, list[float]]]) -> str:
