@@ -22,9 +22,12 @@ import stat as _stat
 import struct
 import threading
 from operator import index as _operator_index
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
 
 from .exceptions import InvalidState, PayloadTooBig, ProtocolError
+
+if TYPE_CHECKING:
+    from ._types import Data, Message
 
 __all__ = [
     "apply_mask",
@@ -1089,7 +1092,7 @@ class AsyncCore:
 
     # ------------------------------------------------------------ the coroutine API's hot calls
 
-    async def send(self, message: Any, compress: bool | None = None) -> None:
+    async def send(self, message: Message, compress: bool | None = None) -> None:
         """Send a message: str → text, bytes-like → binary, (async) iterable → fragmented.
 
         Raises:
@@ -1175,7 +1178,7 @@ class AsyncCore:
                 self._messages = collections.deque()
             self._messages.appendleft(waiter._value)
 
-    def send_nowait(self, message: Any, compress: bool | None = None) -> None:
+    def send_nowait(self, message: Data, compress: bool | None = None) -> None:
         """Send one whole message (str or bytes-like) now, without waiting for the peer to read.
 
         For ``on_message`` callbacks, which cannot await: the frame goes to the socket or, what

@@ -23,6 +23,7 @@ import os
 import platform
 import queue
 import signal
+import socket
 import ssl
 import subprocess
 import sys
@@ -258,8 +259,33 @@ def _open_client(args: argparse.Namespace) -> Any:
         raise CLIError(f"cannot connect to {args.uri}: {exc.strerror or exc}") from None
 
 
+def _port(text: str) -> int:
+    """argparse type: a TCP port number, 0-65535."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}") from None
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port {port} out of range 0-65535")
+    return port
+
+
+def _positive(text: str) -> float:
+    """argparse type: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
 def _listen_error(args: argparse.Namespace, exc: OSError) -> CLIError:
-    why = os.strerror(exc.errno) if exc.errno else str(exc)
+    if isinstance(exc, socket.gaierror):  # resolver codes are not errno values
+        why = exc.strerror or str(exc)
+    else:
+        why = os.strerror(exc.errno) if exc.errno else str(exc)
     return CLIError(f"cannot listen on {args.host}:{args.port}: {why}")
 
 
@@ -331,7 +357,10 @@ def _command(session: _Session, line: str) -> bool:
     if line == "/close" or line.startswith("/close "):
         parts = line.split(None, 2)
         try:
-            code = int(parts[1]) if len(parts) > 1 else 1000
+            try:
+                code = int(parts[1]) if len(parts) > 1 else 1000
+            except ValueError:
+                raise ValueError(f"{parts[1]!r} is not a close code (a number, e.g. 1000)") from None
             ws.close(code, parts[2] if len(parts) > 2 else "")
         except ValueError as exc:
             _err(f"error: /close [code] [reason]: {exc}")
@@ -509,7 +538,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("serve", help="run an echo server", description="Echo server; logs connections on stderr.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=8765, help="TCP port; 0 picks a free one (default 8765)")
+    p.add_argument("--port", type=_port, default=8765, help="TCP port; 0 picks a free one (default 8765)")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--sync", action="store_true", help="blocking server (a thread per connection)")
     mode.add_argument("--async", dest="use_async", action="store_true", help="asyncio server (the default)")
@@ -529,7 +558,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--subprotocol", action="append", metavar="NAME", help="offer a subprotocol (repeatable)")
     p.add_argument("--no-compression", action="store_true", help="do not offer permessage-deflate")
     p = sub.add_parser("demo", help="echo server and client in one process, with throughput")
-    p.add_argument("--seconds", type=float, default=1.0, help="per message size (default 1 s)")
+    p.add_argument("--seconds", type=_positive, default=1.0, help="per message size (default 1 s)")
     p = sub.add_parser("bench", help="run the benchmarks; extra options go to the scripts")
     p.add_argument("--suite", action="append", choices=list(SUITES),
                    help=f"repeatable (default: {' '.join(DEFAULT_SUITES)})")

@@ -89,6 +89,19 @@ def check_server_ssl(value: Any) -> None:
 _TIMEOUT_MAX = 1e9
 
 
+def check_port(port: Any) -> None:
+    """A server's port: 0-65535 (0: any free one) or None; else ValueError.
+
+    getaddrinfo() takes a larger number modulo 65536 (99999 would bind 34463).
+    """
+    if port is None or isinstance(port, str):  # a service name or digits: the resolver's to judge
+        return
+    if isinstance(port, bool) or not isinstance(port, int):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port {port} out of range 0-65535")
+
+
 def _check_number(name: str, value: Any, *, optional: bool, integer: bool = False) -> None:
     """Raise TypeError / ValueError unless ``value`` is a number >= 0 (None if ``optional``)."""
     if value is None and optional:

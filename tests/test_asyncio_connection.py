@@ -56,6 +56,19 @@ async def test_echo_types(backend, message, expected, compression):
             assert got == expected and type(got) is type(expected)
 
 
+async def test_send_and_recv_awaitables_are_named_like_the_pure_twins_coroutines(backend):
+    """Task reprs and debug warnings name them (the Cython twin's are not coroutine objects)."""
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            await ws.send("y")  # for __anext__
+            for make, name in ((lambda: ws.send("x"), "send"), (ws.recv, "recv"), (ws.__anext__, "__anext__")):
+                awaitable = make()
+                assert (awaitable.__name__, awaitable.__qualname__) == (name, f"AsyncCore.{name}")
+                task = asyncio.ensure_future(awaitable)
+                assert f"coro=<AsyncCore.{name}()" in repr(task)
+                await asyncio.wait_for(task, TIMEOUT)
+
+
 @pytest.mark.parametrize("compression", ["deflate", None])
 @pytest.mark.parametrize(
     "fragments, expected",

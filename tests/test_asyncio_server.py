@@ -552,6 +552,12 @@ async def test_server_rejects_invalid_options_at_start(options, error):
         await start_async_websocket_server("127.0.0.1", 0, echo, **options)
 
 
+@pytest.mark.parametrize("port, error", [(99999, ValueError), (65536, ValueError), (-1, ValueError), (1.5, TypeError)])
+async def test_server_rejects_a_port_out_of_range(port, error):
+    with pytest.raises(error):  # not OverflowError, nor a resolver wrapping it modulo 65536
+        await start_async_websocket_server("127.0.0.1", port, echo)
+
+
 # --------------------------------------------------------------------------- interop: websockets client
 
 

@@ -159,10 +159,25 @@ def test_connect_commands_ping_close_and_escape(server: Server) -> None:
 
 
 def test_connect_bad_close_code_is_reported_and_session_goes_on(server: Server) -> None:
-    proc = run_cli("connect", server.uri, input="/close 99\nstill here\n")
+    proc = run_cli("connect", server.uri, input="/close 99\n/close abc\nstill here\n")
     assert proc.returncode == 0
     assert "invalid close code" in proc.stderr
+    assert "'abc' is not a close code" in proc.stderr
     assert proc.stdout.splitlines() == ["still here"]
+
+
+@pytest.mark.parametrize("port", ["99999", "-1", "http"])
+def test_serve_port_out_of_range_is_a_usage_error(port: str) -> None:
+    proc = run_cli("serve", "--port", port)
+    assert proc.returncode == 2
+    assert "--port" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serve_unknown_host_is_one_line() -> None:
+    proc = run_cli("serve", "--port", "0", "--host", "nonexistent.invalid", timeout=20)
+    assert proc.returncode == 1
+    assert_one_line_error(proc, "cannot listen", "nonexistent.invalid")
+    assert "Unknown error" not in proc.stderr
 
 
 def test_serve_port_in_use_is_one_line(server: Server) -> None:
@@ -348,3 +363,14 @@ def test_an_installed_package_carries_the_benchmarks(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "## Masking" in proc.stdout
+    # The benchmark children: the package's own directory is never on their path (its
+    # asyncio subpackage shadowed the standard library's: every asyncio row failed).
+    probe = subprocess.run(
+        [sys.executable, "-S", "-c", "import sys; sys.path.insert(0, sys.argv[1]); import _common as C, subprocess;"
+         "env = C.clean_env(); print(C.CHECKOUT); subprocess.run([sys.executable, '-S', '-c',"
+         " 'import asyncio; print(asyncio.run.__module__)'], env=env, cwd=C.CHECKOUT or C.HERE, check=True)",
+         str(bench_dir)],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=TIMEOUT,
+    )
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    assert probe.stdout.split() == ["None", "asyncio.runners"]

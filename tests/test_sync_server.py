@@ -183,6 +183,13 @@ def test_shutdown_drops_peers_that_do_not_finish_the_closing_handshake(backend):
     raw.close()
 
 
+@pytest.mark.parametrize("port, error", [(99999, ValueError), (65536, ValueError), (-1, ValueError), (1.5, TypeError)])
+def test_server_rejects_a_port_out_of_range(port, error):
+    # getaddrinfo() takes 99999 modulo 65536: the server bound 34463 without a word (audit).
+    with pytest.raises(error, match="port"):
+        WebSocketServer("127.0.0.1", port, echo)
+
+
 def test_shutdown_answers_503_to_a_handshake_in_progress(backend):
     """A client still sending its upgrade request when the server shuts down gets HTTP 503
     (as from the asyncio server and websockets), not a bare reset, within the 0.5 s bound."""

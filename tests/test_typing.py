@@ -19,6 +19,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 GOOD = '''
 import asyncio
+from collections.abc import AsyncIterator
 from kn_sock import AsyncWebSocket, WebSocket, async_connect_websocket, connect_websocket
 from kn_sock.asyncio.client import AsyncReconnectingWebSocket
 from kn_sock.sync.client import ReconnectingWebSocket
@@ -61,6 +62,21 @@ async def aresilient() -> AsyncReconnectingWebSocket:
 async def rtt(ws: AsyncWebSocket) -> float:
     waiter = await ws.ping()
     return await waiter
+
+
+def fragments(ws: WebSocket, parts: list[bytes]) -> None:
+    ws.send(parts)
+    ws.send(memoryview(b"x"))
+    ws.send(["a", "b"])
+
+
+async def afragments(ws: AsyncWebSocket) -> None:
+    async def parts() -> AsyncIterator[str]:
+        yield "a"
+
+    await ws.send(parts())
+    await ws.send(bytearray(b"x"))
+    ws.send_nowait("x")
 '''
 
 BAD = '''
@@ -81,6 +97,15 @@ def text(ws_text: str) -> None: ...
 def unchecked() -> None:
     ws = connect_websocket("localhost", 8765)
     text(ws.recv())
+
+
+def not_a_message() -> None:
+    connect_websocket("localhost", 8765).send(123)
+
+
+async def anot_a_message() -> None:
+    ws = await async_connect_websocket("localhost", 8765)
+    await ws.send(1.5)
 '''
 
 
@@ -106,3 +131,5 @@ def test_connection_types_are_precise(tmp_path):
     assert 'Incompatible return value type (got "WebSocket", expected "int")' in out
     assert 'Incompatible return value type (got "AsyncWebSocket", expected "int")' in out
     assert 'Argument 1 to "text" has incompatible type "str | bytes | None"' in out
+    assert 'Argument 1 to "send" of "WebSocket" has incompatible type "int"' in out
+    assert 'Argument 1 to "send" of "AsyncWebSocket" has incompatible type "float"' in out

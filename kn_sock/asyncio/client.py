@@ -7,7 +7,7 @@ import asyncio
 import inspect
 import logging
 import ssl as ssl_module
-from typing import Any, AsyncIterator, Generator, Generic, Literal, TypeVar, overload
+from typing import TYPE_CHECKING, Any, AsyncIterator, Generator, Generic, Literal, TypeVar, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
@@ -18,6 +18,9 @@ from ..uri import WebSocketURI, parse_uri
 from ._compat import cancelling
 from ._compat import timeout as _timeout
 from .connection import AsyncWebSocket
+
+if TYPE_CHECKING:
+    from .._types import Message
 
 __all__ = ["async_connect_websocket", "connect", "AsyncReconnectingWebSocket"]
 
@@ -452,7 +455,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
 
     # ------------------------------------------------------------ the connection's surface
 
-    async def send(self, message: Any, compress: bool | None = None) -> None:
+    async def send(self, message: Message, compress: bool | None = None) -> None:
         """Send now when connected, else queue (see the class docstring).
 
         Raises:
@@ -467,7 +470,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
             if outbox.ack is not None:
                 outbox.check_room()
                 if hasattr(message, "__aiter__"):
-                    message = [part async for part in message]
+                    message = [part async for part in message]  # type: ignore[assignment]  # its fragments, listed
                 message = queueable(message)
                 outbox.sent(message)
             try:
@@ -479,7 +482,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
         if self.connected and ws is not None and ws.protocol is not None and not self._will_reconnect(ws):
             raise ws.protocol.closed_exception()  # ended for good; the supervisor has not noticed yet
         if hasattr(message, "__aiter__"):
-            message = [part async for part in message]
+            message = [part async for part in message]  # type: ignore[assignment]  # its fragments, listed
         outbox.add(queueable(message))
 
     async def send_json(self, obj: Any) -> None:

@@ -24,6 +24,9 @@ from ..http11 import Headers
 from ..options import Options
 from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State, control_payload
 
+if TYPE_CHECKING:
+    from .._types import Message
+
 __all__ = ["AsyncWebSocket"]
 
 logger = logging.getLogger("kn_sock")
@@ -582,7 +585,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
 
     if TYPE_CHECKING:  # the coroutine API's hot calls are AsyncCore's (C with the Cython twin)
 
-        async def send(self, message: Any, compress: bool | None = None) -> None:
+        async def send(self, message: Message, compress: bool | None = None) -> None:
             """Send a message: str → text, bytes-like → binary, (async) iterable → fragmented."""
 
         async def recv(self, timeout: float | None = None) -> str | bytes | None:

@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable
 
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
-from ..options import Options, check_server_ssl, make_options
+from ..options import Options, check_port, check_server_ssl, make_options
 from ..protocol import SERVER, Protocol
 from .connection import AsyncWebSocket
 
@@ -297,6 +297,7 @@ class AsyncWebSocketServer:
         if unix is not None:
             self._server = await self.loop.create_unix_server(factory, unix, **kwargs)
         else:
+            check_port(port)
             self._server = await self.loop.create_server(factory, host, port, **kwargs)
             if not port and "sock" not in kwargs:
                 await self._same_port_everywhere(host, factory, kwargs)

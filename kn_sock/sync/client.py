@@ -16,7 +16,7 @@ import socket
 import ssl as ssl_module
 import threading
 import time
-from typing import Any, Iterator, Literal, overload
+from typing import TYPE_CHECKING, Any, Iterator, Literal, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidState, InvalidStatus
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
@@ -25,6 +25,9 @@ from ..protocol import CLIENT, Protocol, State
 from ..reconnect import ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
 from ..uri import WebSocketURI, parse_uri
 from .connection import PongWaiter, WebSocket
+
+if TYPE_CHECKING:
+    from .._types import SyncMessage
 
 __all__ = ["connect_websocket", "connect", "ReconnectingWebSocket"]
 
@@ -377,7 +380,7 @@ class ReconnectingWebSocket(ReconnectingState):
 
     # ------------------------------------------------------------ the connection's surface
 
-    def send(self, message: Any) -> None:
+    def send(self, message: SyncMessage) -> None:
         """Send now when connected, else queue (see the class docstring).
 
         Raises:

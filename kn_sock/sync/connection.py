@@ -45,7 +45,7 @@ import threading
 import time
 from collections import deque
 from time import monotonic as _monotonic
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 from .._malloc import tune_malloc_once
 from ..exceptions import ConnectionClosed
@@ -54,6 +54,9 @@ from ..http11 import Headers
 from ..options import Options
 from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State, control_payload
 from .reactor import EVENT_READ, EVENT_WRITE, HOLD_TICK, Timer, get_reactor
+
+if TYPE_CHECKING:
+    from .._types import SyncMessage
 
 __all__ = ["WebSocket", "PongWaiter"]
 
@@ -723,7 +726,7 @@ class WebSocket:
 
     # ------------------------------------------------------------ sending
 
-    def send(self, message: Any) -> None:
+    def send(self, message: SyncMessage) -> None:
         """Send a message: str → text, bytes-like → binary, iterable of str/bytes → fragmented.
 
         Blocks while more than ``write_limit`` bytes are waiting to be sent.

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
-from ..options import check_server_ssl, make_options
+from ..options import check_port, check_server_ssl, make_options
 from ..protocol import SERVER, Protocol
 from .client import _set_timeout
 from .connection import WebSocket
@@ -104,6 +104,8 @@ class WebSocketServer:
         self._grace = options.pop("shutdown_grace", SHUTDOWN_GRACE)
         self.options = make_options(options)
         check_server_ssl(self.options.ssl)
+        if self._unix is None:
+            check_port(port)
         self.handler = handler
         self._wants_address = _wants_address(handler)
         self._lock = threading.Lock()
