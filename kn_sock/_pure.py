@@ -22,12 +22,11 @@ import stat as _stat
 import struct
 import threading
 from operator import index as _operator_index
-from typing import TYPE_CHECKING, Any, Union
+from typing import Any, Union
 
 from .exceptions import InvalidState, PayloadTooBig, ProtocolError
 
-if TYPE_CHECKING:
-    from ._types import Data, Message
+from ._types import Data, Message  # annotations (resolvable at run time too, e.g. get_type_hints)
 
 __all__ = [
     "apply_mask",

@@ -8,7 +8,9 @@ from typing import TypeAlias, Union
 BytesLike: TypeAlias = Union[bytes, bytearray, memoryview]
 #: One whole message: str → text, bytes-like → binary.
 Data: TypeAlias = Union[str, bytes, bytearray, memoryview]
-#: What the blocking ``send()`` takes: a whole message, or the fragments of one (all str or all bytes-like).
-SyncMessage: TypeAlias = Union[Data, Iterable[str], Iterable[BytesLike]]
+#: What the blocking ``send()`` takes: a whole message, or the fragments of one (all str or
+#: all bytes-like, checked at run time: an item type per fragment lets mypy accept a list
+#: mixing bytes and bytearray, which it would join to ``Sequence[int]`` otherwise).
+SyncMessage: TypeAlias = Union[Data, Iterable[Data]]
 #: What the asyncio ``send()`` takes: the same, or an async iterable of fragments.
-Message: TypeAlias = Union[SyncMessage, AsyncIterable[str], AsyncIterable[BytesLike]]
+Message: TypeAlias = Union[SyncMessage, AsyncIterable[Data]]

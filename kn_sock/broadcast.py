@@ -22,13 +22,12 @@ import logging
 import os
 import sys
 import types
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from . import _backend
 from .frames import OP_BINARY, OP_TEXT
 
-if TYPE_CHECKING:
-    from ._types import Data
+from ._types import Data  # annotations (resolvable at run time too, e.g. get_type_hints)
 
 __all__ = ["broadcast", "DEFAULT_LIMIT"]
 

@@ -90,15 +90,14 @@ _TIMEOUT_MAX = 1e9
 
 
 def check_port(port: Any) -> None:
-    """A server's port: 0-65535 (0: any free one) or None; else ValueError.
+    """A server's port number must be 0-65535 (0: any free one); else ValueError.
 
-    getaddrinfo() takes a larger number modulo 65536 (99999 would bind 34463).
+    getaddrinfo() takes a larger number modulo 65536 (99999 would bind 34463), as an int or
+    as digits. Anything else (None, a service name) is left to the resolver.
     """
-    if port is None or isinstance(port, str):  # a service name or digits: the resolver's to judge
-        return
-    if isinstance(port, bool) or not isinstance(port, int):
-        raise TypeError(f"port must be an int, not {type(port).__name__}")
-    if not 0 <= port <= 65535:
+    if isinstance(port, (str, bytes)) and port.strip().isdigit():
+        port = int(port)
+    if isinstance(port, int) and not 0 <= port <= 65535:
         raise ValueError(f"port {port} out of range 0-65535")
 
 

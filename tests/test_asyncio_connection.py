@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import mmap
 import os
 import socket
 import sys
@@ -233,6 +234,8 @@ async def test_send_wrong_type(backend):
                 await ws.send({"a": 1})
             with pytest.raises(TypeError):
                 await ws.send([42])
+            with pytest.raises(TypeError, match="mmap"):  # was framed and dropped (audit)
+                await ws.send(mmap.mmap(-1, 2))
             # The connection is still usable after API misuse that sent nothing.
             assert ws.open
             await ws.send("fine")

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import mmap
 import os
 import queue
 import socket
@@ -64,6 +65,11 @@ def test_send_rejects_other_types(backend):
                 ws.send(42)
             with pytest.raises(TypeError):
                 ws.send({"a": 1})
+            buffer = mmap.mmap(-1, 2)  # a buffer, not bytes-like here: it was framed and dropped
+            with pytest.raises(TypeError, match="mmap"):
+                ws.send(buffer)
+            ws.send(memoryview(buffer))
+            assert ws.recv(5) == bytes(2)
             ws.send("still usable")
             assert ws.recv(5) == "still usable"
 

@@ -68,6 +68,7 @@ def fragments(ws: WebSocket, parts: list[bytes]) -> None:
     ws.send(parts)
     ws.send(memoryview(b"x"))
     ws.send(["a", "b"])
+    ws.send([b"a", bytearray(b"b"), memoryview(b"c")])  # mixed bytes-likes: fine at run time too
 
 
 async def afragments(ws: AsyncWebSocket) -> None:
@@ -133,3 +134,17 @@ def test_connection_types_are_precise(tmp_path):
     assert 'Argument 1 to "text" has incompatible type "str | bytes | None"' in out
     assert 'Argument 1 to "send" of "WebSocket" has incompatible type "int"' in out
     assert 'Argument 1 to "send" of "AsyncWebSocket" has incompatible type "float"' in out
+
+
+def test_annotations_resolve_at_run_time():
+    """get_type_hints (sphinx autodoc, pydantic, beartype) resolves the message aliases."""
+    import typing
+
+    from kn_sock import WebSocket, broadcast
+    from kn_sock._pure import AsyncCore
+    from kn_sock.asyncio.client import AsyncReconnectingWebSocket
+    from kn_sock.sync.client import ReconnectingWebSocket
+
+    for function in (WebSocket.send, broadcast, ReconnectingWebSocket.send, AsyncReconnectingWebSocket.send,
+                     AsyncCore.send, AsyncCore.send_nowait):
+        assert "message" in typing.get_type_hints(function)

@@ -7,7 +7,7 @@ import asyncio
 import inspect
 import logging
 import ssl as ssl_module
-from typing import TYPE_CHECKING, Any, AsyncIterator, Generator, Generic, Literal, TypeVar, overload
+from typing import Any, AsyncIterator, Generator, Generic, Literal, TypeVar, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
@@ -19,8 +19,7 @@ from ._compat import cancelling
 from ._compat import timeout as _timeout
 from .connection import AsyncWebSocket
 
-if TYPE_CHECKING:
-    from .._types import Message
+from .._types import Message  # annotations (resolvable at run time too, e.g. get_type_hints)
 
 __all__ = ["async_connect_websocket", "connect", "AsyncReconnectingWebSocket"]
 

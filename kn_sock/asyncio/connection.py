@@ -24,8 +24,7 @@ from ..http11 import Headers
 from ..options import Options
 from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State, control_payload
 
-if TYPE_CHECKING:
-    from .._types import Message
+from .._types import Message  # annotations (resolvable at run time too, e.g. get_type_hints)
 
 __all__ = ["AsyncWebSocket"]
 
@@ -651,7 +650,9 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             elif hasattr(message, "__iter__") and not isinstance(message, dict):
                 await self._send_fragments(message, compress)
             else:
-                proto.send(message, compress)  # raises the TypeError
+                # (A buffer such as an mmap is neither: the caller wraps it in memoryview(), as in
+                # queueable() and send_nowait(); it was framed and dropped without a word: audit.)
+                raise TypeError(f"message must be str, bytes-like or an iterable of them, not {type(message).__name__}")
             if self._write_paused:
                 await self._drain()
             else:

@@ -24,6 +24,9 @@ Handler = Callable[..., Awaitable[Any]]
 #: How long a connection refused with an HTTP answer is read (and the bytes dropped) after
 #: the answer, waiting for the client to close (see ``_ServerOpening._answer``).
 _LINGER = 1.0
+#: The same when the server is closing: a client mid-handshake gets its 503 without holding
+#: ``wait_closed()`` (and Ctrl-C) for long.
+_SHUTDOWN_LINGER = 0.1
 
 
 def _wants_path(handler: Callable[..., Any]) -> bool:
@@ -90,36 +93,44 @@ class _ServerOpening:
             answer = hook(request.path, request.headers)  # type: ignore[misc]
             if inspect.isawaitable(answer):
                 answer = await answer
+            if self.hs is None or ws.transport is None:
+                return  # answered meanwhile (the server closed: 503), or the client left
             if answer is not None:
                 # A malformed answer (not a triple, status 101, bad headers) is the hook's
                 # failure too: answer 500 rather than leave the client hanging.
                 status, headers, body = answer
                 if isinstance(body, str):
                     body = body.encode("utf-8")
-                assert self.hs is not None
                 response = self.hs.reject(int(status), headers, body or b"")
         except Exception:
             logger.exception("process_request failed")
-            self._reject(ws, InvalidHandshake("process_request failed", status=500))
+            if self.hs is not None:
+                self._reject(ws, InvalidHandshake("process_request failed", status=500))
             return
         if ws.transport is None:
             return
         if response is not None:
             self._answer(ws, response)
             return
+        if self.server.closing:  # closed by the hook itself (see shut_down)
+            self._reject(ws, InvalidHandshake("server is shutting down", status=503), _SHUTDOWN_LINGER)
+            return
         ws.transport.resume_reading()
         self._accept(ws, request)
 
     def shut_down(self, ws: AsyncWebSocket) -> None:
         """The server is closing while this handshake runs: answer 503, stop ``process_request``."""
-        if self.task is not None and not self.task.done():
-            self.task.cancel()
+        task = self.task
+        if task is not None and not task.done():
+            if task is asyncio.current_task():
+                return  # the hook closed the server itself: its answer goes out (else a 503)
+            task.cancel()
         transport = ws.transport
         if transport is not None:
             transport.resume_reading()  # paused for process_request: the linger reads to EOF
-        self._reject(ws, InvalidHandshake("server is shutting down", status=503))
+        self._reject(ws, InvalidHandshake("server is shutting down", status=503), _SHUTDOWN_LINGER)
 
-    def _reject(self, ws: AsyncWebSocket, exc: InvalidHandshake) -> None:
+    def _reject(self, ws: AsyncWebSocket, exc: InvalidHandshake, linger: float = _LINGER) -> None:
         logger.info("rejected opening handshake from %s: HTTP %d %s", ws.remote_address, exc.status, exc)
         if self.timer is not None:
             self.timer.cancel()
@@ -127,18 +138,20 @@ class _ServerOpening:
         transport = ws.transport
         if transport is not None:
             if self.hs is not None:
-                self._answer(ws, self.hs.reject_from(exc))
+                self._answer(ws, self.hs.reject_from(exc), linger)
             else:
                 transport.close()
         self.hs = None
 
-    def _answer(self, ws: AsyncWebSocket, data: bytes) -> None:
+    def _answer(self, ws: AsyncWebSocket, data: bytes, linger: float = _LINGER) -> None:
         """Send a plain HTTP answer and end the connection.
 
         Half-close first, then read and drop what the client still sends (a request body,
-        the rest of an oversized head) until it closes too, for at most ``_LINGER`` seconds:
+        the rest of an oversized head) until it closes too, for at most ``linger`` seconds:
         closing with unread bytes would make the kernel reset the connection, which can
-        destroy the answer before the client reads it.
+        destroy the answer before the client reads it. TLS has no half-close: close, and
+        abort after ``linger`` a client that does not answer our close_notify (asyncio's
+        own wait for it is 30 s, which would hold ``wait_closed()``).
         """
         self.hs = None  # from now on, whatever arrives is dropped (data_received)
         if self.timer is not None:
@@ -149,10 +162,11 @@ class _ServerOpening:
         transport.write(data)
         if not transport.can_write_eof():  # TLS: no half-close
             transport.close()
+            self.timer = self.server.loop.call_later(linger, transport.abort)
             return
         transport.write_eof()
         transport.resume_reading()
-        self.timer = self.server.loop.call_later(_LINGER, transport.close)
+        self.timer = self.server.loop.call_later(linger, transport.close)
 
     def _accept(self, ws: AsyncWebSocket, request: Any) -> None:
         hs = self.hs
@@ -341,14 +355,14 @@ class AsyncWebSocketServer:
 
     async def _run_handler(self, ws: AsyncWebSocket) -> None:
         code = 1000
-        cancelled = False
+        cancelled: asyncio.CancelledError | None = None
         try:
             if self._wants_path:
                 await self.handler(ws, ws.path)
             else:
                 await self.handler(ws)
-        except asyncio.CancelledError:
-            cancelled = True  # closed with 1001, then the cancellation goes on (asyncio's rule)
+        except asyncio.CancelledError as exc:
+            cancelled = exc  # closed with 1001, then the cancellation goes on (asyncio's rule)
             code = 1001
         except ConnectionClosed as exc:
             # The peer went away while the handler was sending: not a server error.
@@ -360,8 +374,8 @@ class AsyncWebSocketServer:
             await ws.close(code)
         except Exception:  # pragma: no cover - close never raises on purpose
             logger.exception("error while closing %s", ws.remote_address)
-        if cancelled:
-            raise asyncio.CancelledError
+        if cancelled is not None:
+            raise cancelled
 
     def close(self, close_connections: bool = True) -> None:
         """Stop listening and close every connection with 1001 (going away)."""

@@ -16,7 +16,7 @@ import socket
 import ssl as ssl_module
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Literal, overload
+from typing import Any, Iterator, Literal, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidState, InvalidStatus
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
@@ -26,8 +26,7 @@ from ..reconnect import ReconnectingState, ReconnectPolicy, end_code, queueable,
 from ..uri import WebSocketURI, parse_uri
 from .connection import PongWaiter, WebSocket
 
-if TYPE_CHECKING:
-    from .._types import SyncMessage
+from .._types import SyncMessage  # annotations (resolvable at run time too, e.g. get_type_hints)
 
 __all__ = ["connect_websocket", "connect", "ReconnectingWebSocket"]
 
