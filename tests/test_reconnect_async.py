@@ -12,10 +12,11 @@ import threading
 
 import pytest
 
-from asyncio_support import TIMEOUT, echo, serving, wait_until
+from asyncio_support import TIMEOUT, echo, raw_server, serving, wait_until
 from kn_sock import AsyncWebSocket, ConnectionClosed, async_connect_websocket, connect_websocket
 from kn_sock.asyncio.client import AsyncReconnectingWebSocket
 from kn_sock.asyncio.server import start_async_websocket_server
+from kn_sock.frames import OP_TEXT
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -488,4 +489,73 @@ async def test_ack_mode_resends_what_was_not_acknowledged():
         assert await ws.recv(TIMEOUT) == "ack"
         assert seen[0][:2] == ["a", "b"] and seen[1] == ["b", "c"]
         assert ws.pending == 0 and ws.reconnects == 1
+        await ws.close()
+
+
+# --------------------------------------------------------------------------- audit: messages never written
+
+
+async def test_a_message_waiting_behind_a_fragmented_send_is_queued_when_the_connection_drops(backend):
+    """Another task's fragmented message is on the wire when the connection drops: the message
+    waiting behind it was never written, so it goes out on the next connection (audit: send()
+    returned and the message was gone)."""
+    async with raw_server() as (port, peers):
+        ws = await async_connect_websocket("127.0.0.1", port, backend=backend, reconnect=FAST,
+                                           ping_interval=None, compression=None)
+        first = await asyncio.wait_for(peers.get(), TIMEOUT)
+        go_on = asyncio.Event()
+
+        async def slow_fragments():
+            yield "part1"
+            yield "part2"  # part1 goes out once the next one is known
+            await go_on.wait()
+            yield "part3"
+
+        streaming = asyncio.create_task(ws.send(slow_fragments()))
+        assert await asyncio.wait_for(first.read_frame(), TIMEOUT) == (OP_TEXT, b"part1")
+        waiting = asyncio.create_task(ws.send("important"))
+        await asyncio.sleep(0.02)
+        assert not waiting.done()  # behind the fragmented message
+        first.close()  # the connection drops mid-message
+        second = await asyncio.wait_for(peers.get(), TIMEOUT)
+        go_on.set()
+        await asyncio.wait_for(asyncio.gather(streaming, waiting, return_exceptions=True), TIMEOUT)
+        await ws.send("after")
+        assert await asyncio.wait_for(second.read_frame(), TIMEOUT) == (OP_TEXT, b"important")
+        assert await asyncio.wait_for(second.read_frame(), TIMEOUT) == (OP_TEXT, b"after")
+        assert ws.pending == 0
+        await ws.close()
+
+
+async def test_on_connect_failing_on_a_reconnection_retries_without_flushing(backend, caplog):
+    """on_connect raising on a reconnection (a failed re-login) closes that connection with
+    1011 and reconnects with backoff; the queue waits for a connection whose on_connect
+    succeeded (audit: it was flushed on the failed session)."""
+    calls: list[int] = []
+    received: list[list[str]] = []
+
+    async def handler(websocket, path):
+        mine: list[str] = []
+        received.append(mine)
+        if len(received) == 1:
+            await websocket.close(1012)  # service restart: reconnect
+            return
+        async for message in websocket:
+            mine.append(message)
+
+    async def on_connect(conn):
+        calls.append(1)
+        if len(calls) == 2:
+            raise PermissionError("login rejected")
+        await conn.send(f"login{len(calls)}")
+
+    async with serving(handler, backend=backend) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST,
+                                           on_connect=on_connect, ping_interval=None)
+        await wait_until(lambda: len(calls) >= 2)  # the first connection is gone: queued or on the third
+        await ws.send("queued")
+        await wait_until(lambda: ws.connected and len(calls) == 3)
+        await wait_until(lambda: len(received) == 3 and received[2] == ["login3", "queued"])
+        assert received[1] == []  # the failed session got nothing
+        assert "login rejected" in caplog.text
         await ws.close()

@@ -3,12 +3,15 @@ mirroring test_reconnect_async.py against the blocking server."""
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
+from typing import Callable
 
 import pytest
 
-from kn_sock import ConnectionClosed, WebSocket, connect_websocket
+from kn_sock import ConnectionClosed, WebSocket, _pure, connect_websocket
+from kn_sock.http11 import accept_key
 from kn_sock.sync import WebSocketServer
 from kn_sock.sync.client import ReconnectingWebSocket
 from sync_support import running_server, wait_for
@@ -388,4 +391,153 @@ def test_ack_mode_manual():
         assert ws.recv(TIMEOUT) == "ack"  # "b" re-sent on the second connection
         ws.ack()
         assert seen[0] == ["a", "b"] and seen[1] == ["b"]
+        ws.close()
+
+
+# --------------------------------------------------------------------------- audit: raw peers
+
+
+def _upgrade(conn: socket.socket) -> bytes:
+    """Answer a client's upgrade request by hand; return what followed it."""
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = conn.recv(4096)
+        if not chunk:
+            raise ConnectionError("no request")
+        head += chunk
+    head, _, rest = head.partition(b"\r\n\r\n")
+    key = next(line.split(b":", 1)[1].strip() for line in head.split(b"\r\n") if line.lower().startswith(b"sec-websocket-key:"))
+    conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Accept: " + accept_key(key.decode()).encode() + b"\r\n\r\n")
+    return rest
+
+
+def _read_texts(conn: socket.socket, buf: bytes, until: Callable[[list[str]], bool]) -> list[str]:
+    """Small masked frames' payloads as text until ``until(got)``."""
+    got: list[str] = []
+    conn.settimeout(TIMEOUT)
+    while not until(got):
+        while len(buf) < 2 or len(buf) < 6 + (buf[1] & 0x7F):
+            chunk = conn.recv(4096)
+            if not chunk:
+                return got
+            buf += chunk
+        n = buf[1] & 0x7F
+        got.append(_pure.apply_mask(buf[6 : 6 + n], buf[2:6]).decode())
+        buf = buf[6 + n :]
+    return got
+
+
+def test_a_send_waiting_behind_a_fragmented_send_goes_out_after_the_reconnection(backend):
+    """A thread's send() waits behind another thread's fragmented message when the connection
+    drops; by the time it learns it, the client has reconnected and flushed its queue. The
+    message goes out on the new connection, and so do the next ones (audit: it was queued
+    after the flush, and every later send() queued behind it while connected)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    second_got: list[str] = []
+    part1 = threading.Event()
+
+    def serve() -> None:
+        first, _ = listener.accept()
+        with first:
+            _read_texts(first, _upgrade(first), lambda got: got == ["part1"])
+            part1.set()
+            time.sleep(0.1)  # let the other sender start waiting
+        second, _ = listener.accept()
+        with second:
+            second_got.extend(_read_texts(second, _upgrade(second), lambda got: len(got) == 3))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ws = connect_websocket("127.0.0.1", listener.getsockname()[1], backend=backend, reconnect=FAST,
+                           ping_interval=None, compression=None, max_pending=4)
+    go_on = threading.Event()
+
+    def slow_fragments():
+        yield "part1"
+        yield "part2"  # part1 goes out once the next one is known
+        go_on.wait(TIMEOUT)
+        yield "part3"
+
+    streaming = threading.Thread(target=lambda: ws.send(slow_fragments()), daemon=True)
+    streaming.start()
+    assert part1.wait(TIMEOUT)
+    waiting = threading.Thread(target=lambda: ws.send("important"), daemon=True)
+    waiting.start()
+    assert wait_for(lambda: ws.reconnects == 1 and ws.connected)
+    go_on.set()
+    streaming.join(TIMEOUT)
+    waiting.join(TIMEOUT)
+    ws.send("after0")
+    ws.send("after1")
+    thread.join(TIMEOUT)
+    assert second_got == ["important", "after0", "after1"]
+    assert ws.pending == 0
+    ws.close()
+    listener.close()
+
+
+def test_close_cuts_a_reconnection_attempt_short(backend):
+    """close() while an attempt waits for the server's handshake answer: the attempt ends at
+    once, no handshake completes after close() (audit: it went on until open_timeout)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    second_eof = threading.Event()
+
+    def serve() -> None:
+        first, _ = listener.accept()
+        _upgrade(first)
+        first.close()  # drop: the client reconnects
+        second, _ = listener.accept()  # ... and waits for an answer that never comes
+        second.settimeout(TIMEOUT)
+        try:
+            while second.recv(4096):
+                pass
+            second_eof.set()
+        finally:
+            second.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ws = connect_websocket("127.0.0.1", listener.getsockname()[1], backend=backend, reconnect=FAST,
+                           ping_interval=None, open_timeout=TIMEOUT)
+    assert wait_for(lambda: ws._attempt is not None and ws._attempt.sock is not None)
+    start = time.monotonic()
+    ws.close()
+    assert second_eof.wait(1) and time.monotonic() - start < 1
+    assert ws._thread is not None
+    ws._thread.join(1)
+    assert not ws._thread.is_alive()
+    listener.close()
+
+
+def test_on_connect_failing_on_a_reconnection_retries_without_flushing(backend, caplog):
+    """on_connect raising on a reconnection (a failed re-login) closes that connection with
+    1011 and reconnects with backoff; the queue waits for a connection whose on_connect
+    succeeded (audit: it was flushed on the failed session)."""
+    calls: list[int] = []
+    received: list[list[str]] = []
+
+    def handler(ws, address):
+        mine: list[str] = []
+        received.append(mine)
+        if len(received) == 1:
+            ws.close(1012)  # service restart: reconnect
+            return
+        for message in ws:
+            mine.append(message)
+
+    def on_connect(conn):
+        calls.append(1)
+        if len(calls) == 2:
+            raise PermissionError("login rejected")
+        conn.send(f"login{len(calls)}")
+
+    with running_server(handler, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST,
+                               on_connect=on_connect, ping_interval=None)
+        assert wait_for(lambda: len(calls) >= 2)  # the first connection is gone: queued or on the third
+        ws.send("queued")
+        assert wait_for(lambda: len(received) == 3 and received[2] == ["login3", "queued"])
+        assert received[1] == []  # the failed session got nothing
+        assert "login rejected" in caplog.text
         ws.close()

@@ -267,6 +267,14 @@ async def _maybe_await(value: Any) -> None:
         await value
 
 
+def _writable(ws: AsyncWebSocket) -> bool:
+    """Whether a message sent on ``ws`` now is handed to its TCP connection (not lost unsent):
+    open, with a transport that is not closing (a failed write closes it before asyncio
+    reports the loss, one loop iteration later)."""
+    transport = ws.transport
+    return ws.open and transport is not None and not transport.is_closing()
+
+
 class AsyncReconnectingWebSocket(ReconnectingState):
     """An asyncio client connection that reopens itself (``reconnect=`` option, SPEC.md "Reconnection").
 
@@ -362,6 +370,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
 
     async def _supervise(self) -> None:
         """Watch the connection; reopen it when it ends in a way worth a retry."""
+        setup_failed = False  # on_connect raised: reconnect whatever the close code
         try:
             while True:
                 ws = self._ws
@@ -371,7 +380,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                 code = self.last_close_code = end_code(ws.protocol)
                 if self._closing:
                     break
-                if not self._policy.should_reconnect(code):
+                if not setup_failed and not self._policy.should_reconnect(code):
                     logger.info("connection to %s closed with %d: not reconnecting", self._wsuri.uri, code)
                     break
                 self._outbox.requeue()
@@ -387,14 +396,22 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                     self._settling = new
                     self._settling_runner = asyncio.current_task()
                 self._notify()
+                setup_failed = False
                 if on_connect is not None:
                     try:
                         await _maybe_await(on_connect(new))
                     except Exception:
-                        logger.exception("on_connect failed for %s", self._wsuri.uri)
+                        # Not a session to send the queue on (a failed login, say): drop it
+                        # and try again, with backoff (the policy is reset only past this).
+                        logger.exception("on_connect failed for %s: closing (1011), reconnecting", self._wsuri.uri)
+                        setup_failed = True
                     finally:
                         self._settling = None
                         self._notify()
+                if setup_failed:
+                    await new.close(1011, "on_connect failed")
+                    continue
+                self._policy.reset()
                 await self._flush(new)
         finally:
             self._final = True
@@ -423,8 +440,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                     return None
                 logger.info("reconnection attempt %d to %s failed: %s", policy.attempts, self._wsuri.uri, exc)
                 continue
-            policy.reset()
-            logger.info("reconnected to %s", self._wsuri.uri)
+            logger.info("reconnected to %s", self._wsuri.uri)  # (the policy is reset once on_connect succeeded)
             return ws
         return None
 
@@ -433,7 +449,10 @@ class AsyncReconnectingWebSocket(ReconnectingState):
         outbox = self._outbox
         pending = outbox.pending
         while pending:
-            if not ws.open or ws.transport is None:
+            if ws._frag_done is not None:  # a fragmented message on_connect's task is sending
+                await ws._wait_fragmented()
+                continue
+            if not _writable(ws):
                 return  # died again: the supervisor sees it and reconnects
             message = pending.popleft()
             # Open and no await before the write: this message is handed to TCP now.
@@ -463,9 +482,17 @@ class AsyncReconnectingWebSocket(ReconnectingState):
         """
         if self._final or self._closing:
             raise self._closed_error()
-        ws = self._ws
         outbox = self._outbox
-        if self.connected and ws is not None and ws.open and ws.transport is not None and not outbox.pending:
+        ws = self._ws
+        while ws is not None and ws._frag_done is not None and self.connected and _writable(ws):
+            # Another task's fragmented message goes first. Waited here, not in ws.send(): if
+            # the connection dies meanwhile, this message (never written) is queued below
+            # rather than lost with the dead connection's ConnectionClosed (audit).
+            await ws._wait_fragmented()
+            if self._final or self._closing:
+                raise self._closed_error()
+            ws = self._ws
+        if self.connected and ws is not None and _writable(ws) and not outbox.pending:
             if outbox.ack is not None:
                 outbox.check_room()
                 if hasattr(message, "__aiter__"):

@@ -83,7 +83,33 @@ def connect_websocket(
 connect = connect_websocket
 
 
-def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default") -> WebSocket:
+class _Attempt:
+    """A reconnection attempt that ``close()`` can cut short from another thread."""
+
+    __slots__ = ("sock", "cancelled")
+
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.cancelled = False
+
+    def started(self, sock: socket.socket) -> None:
+        """The attempt's socket exists (TCP connected): cancellable from now on."""
+        self.sock = sock
+        if self.cancelled:
+            raise InvalidHandshake("connection attempt cancelled")
+
+    def cancel(self) -> None:
+        """Wake the attempt's blocking handshake (it fails at once), or make it fail when it starts."""
+        self.cancelled = True
+        sock = self.sock
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default", attempt: _Attempt | None = None) -> WebSocket:
     """Connect to ``wsuri``, following up to ``MAX_REDIRECTS`` redirections, all within ``timeout``."""
     if timeout == "default":
         timeout = opts.open_timeout
@@ -92,7 +118,7 @@ def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default") -> WebSo
     deadline = None if timeout is None else time.monotonic() + timeout
     for _ in range(MAX_REDIRECTS + 1):
         try:
-            return _open_once(wsuri, opts, timeout)
+            return _open_once(wsuri, opts, timeout, attempt)
         except InvalidStatus as exc:
             target = redirect_target(wsuri, exc)
             if target is None:
@@ -106,7 +132,7 @@ def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default") -> WebSo
     raise InvalidHandshake(f"more than {MAX_REDIRECTS} redirections")
 
 
-def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) -> WebSocket:
+def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None, attempt: _Attempt | None = None) -> WebSocket:
     """One connection attempt: TCP (+ TLS) and the opening handshake with ``wsuri``."""
     if timeout is not None and timeout <= 0:  # (a socket timeout of 0 means non-blocking)
         raise TimeoutError("timed out during the opening handshake")
@@ -116,6 +142,8 @@ def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) -> Web
     try:
         if sock is None:
             sock = socket.create_connection((host, wsuri.port), timeout=timeout)
+            if attempt is not None:
+                attempt.started(sock)
         else:
             sock.settimeout(timeout)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
@@ -127,6 +155,8 @@ def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) -> Web
             context = ssl_module.create_default_context() if ssl is True else ssl
             _set_timeout(sock, deadline)
             sock = context.wrap_socket(sock, server_hostname=host)
+            if attempt is not None:
+                attempt.started(sock)  # the TCP socket object was detached into this one
         kwargs: dict[str, Any] = {}
         if opts.user_agent:
             kwargs["user_agent"] = opts.user_agent
@@ -217,6 +247,7 @@ class ReconnectingWebSocket(ReconnectingState):
         self._init_state(opts.max_pending, opts.extra.get("ack"))
         self._cond = threading.Condition()
         self._stop = threading.Event()
+        self._attempt: _Attempt | None = None  # the reconnection attempt in progress (close() cuts it short)
         self._thread: threading.Thread | None = None
 
     def _closed_error(self) -> ConnectionClosed:
@@ -277,6 +308,7 @@ class ReconnectingWebSocket(ReconnectingState):
     def _supervise(self) -> None:
         """Watch the connection; reopen it when it ends in a way worth a retry."""
         cond = self._cond
+        setup_failed = False  # on_connect raised: reconnect whatever the close code
         try:
             while True:
                 ws = self._ws
@@ -287,7 +319,7 @@ class ReconnectingWebSocket(ReconnectingState):
                     code = self.last_close_code = end_code(ws.protocol)
                     if self._closing:
                         return
-                    if not self._policy.should_reconnect(code):
+                    if not setup_failed and not self._policy.should_reconnect(code):
                         logger.info("connection to %s closed with %d: not reconnecting", self._wsuri.uri, code)
                         return
                     self._outbox.requeue()
@@ -309,15 +341,23 @@ class ReconnectingWebSocket(ReconnectingState):
                 if closing:
                     new.close()
                     return
+                setup_failed = False
                 if on_connect is not None:
                     try:
                         on_connect(new)
                     except Exception:
-                        logger.exception("on_connect failed for %s", self._wsuri.uri)
+                        # Not a session to send the queue on (a failed login, say): drop it
+                        # and try again, with backoff (the policy is reset only past this).
+                        logger.exception("on_connect failed for %s: closing (1011), reconnecting", self._wsuri.uri)
+                        setup_failed = True
                     finally:
                         with cond:
                             self._settling = None
                             cond.notify_all()
+                if setup_failed:
+                    new.close(1011, "on_connect failed")
+                    continue
+                self._policy.reset()
                 self._flush(new)
         except BaseException:  # pragma: no cover - a bug: say so, and do not leave recv() hanging
             logger.exception("reconnecting client for %s failed", self._wsuri.uri)
@@ -340,16 +380,26 @@ class ReconnectingWebSocket(ReconnectingState):
             logger.info("reconnecting to %s in %.3f s (attempt %d)", self._wsuri.uri, delay, policy.attempts)
             if self._stop.wait(delay):
                 return None
+            with self._cond:
+                if self._closing:
+                    return None
+                attempt = self._attempt = _Attempt()
             try:
-                ws = _open(self._wsuri, self._opts)
+                ws = _open(self._wsuri, self._opts, attempt=attempt)
             except Exception as exc:
+                if self._closing:
+                    return None  # close() cut the attempt short
                 if not retryable_error(exc):
                     logger.warning("reconnecting to %s refused (%s): giving up", self._wsuri.uri, exc)
                     return None
                 logger.info("reconnection attempt %d to %s failed: %s", policy.attempts, self._wsuri.uri, exc)
                 continue
-            policy.reset()
-            logger.info("reconnected to %s", self._wsuri.uri)
+            finally:
+                self._attempt = None
+            if self._closing:  # close() came as the attempt succeeded
+                ws.close()
+                return None
+            logger.info("reconnected to %s", self._wsuri.uri)  # (the policy is reset once on_connect succeeded)
             return ws
         return None
 
@@ -406,7 +456,14 @@ class ReconnectingWebSocket(ReconnectingState):
         with self._cond:
             if not self._will_reconnect(ws):
                 raise ws.protocol.closed_exception()
-            outbox.add(queueable(message))
+            if self._ws is ws or not self.connected:
+                # The supervisor's flush (under _cond, until the queue is empty) sends it.
+                outbox.add(queueable(message))
+                return
+        # Reconnected while this thread waited (behind another thread's fragmented message)
+        # and the flush is over: queued now, it would wait for the next disconnection and
+        # hold every later send() behind it (audit). Send it on the new connection.
+        self.send(message)
 
     def send_json(self, obj: Any) -> None:
         """Send ``obj`` as a JSON text message (queued while disconnected)."""
@@ -502,7 +559,10 @@ class ReconnectingWebSocket(ReconnectingState):
         with self._cond:
             self._closing = True
             ws = self._ws
+            attempt = self._attempt
         self._stop.set()
+        if attempt is not None:
+            attempt.cancel()
         if ws is not None:
             ws.close(code, reason)
         with self._cond:
