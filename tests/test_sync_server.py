@@ -646,3 +646,38 @@ def test_tls_keepalive_while_idle(tls_contexts):
             assert ws.ping().wait(5)
             release.set()
             assert ws.recv(5) is None
+
+
+def test_shutdown_wakes_a_thread_in_the_tls_handshake(tls_contexts):
+    """A TCP connection that never starts TLS: shutdown() wakes its thread at once (audit: the
+    TCP socket in the pending set had been detached by wrap_socket, so the thread waited for
+    open_timeout)."""
+    server_ctx, _ = tls_contexts
+    server = WebSocketServer("127.0.0.1", 0, echo, ssl=server_ctx, open_timeout=30)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+    assert wait_for(lambda: len(server._pending) == 1)
+    server.shutdown()
+    assert raw.recv(4096) == b""  # dropped at once, not after open_timeout
+    assert wait_for(lambda: not server._pending, 2)
+    raw.close()
+    thread.join(5)
+
+
+def test_a_connection_accepted_as_shutdown_starts_gets_503(backend):
+    """A connection accepted just before shutdown(), whose thread starts after it: 503, as for
+    a handshake in progress (audit: closed without an answer)."""
+    server = WebSocketServer("127.0.0.1", 0, echo, backend=backend)
+    ours, theirs = socket.socketpair()
+    try:
+        theirs.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
+        theirs.shutdown(socket.SHUT_WR)
+        server._closing = True  # shutdown() has begun
+        server._serve_connection(ours, ("127.0.0.1", 1))
+        theirs.settimeout(5)
+        assert theirs.recv(4096).startswith(b"HTTP/1.1 503 ")
+    finally:
+        theirs.close()
+        server._closing = False
+        server.shutdown()

@@ -42,6 +42,8 @@ DEFAULT_THREAD_STACK_SIZE = 256 * 1024
 #: the answer, waiting for the client to close (see ``WebSocketServer._answer``).
 _LINGER = 1.0
 
+#: How long a connection accepted just before ``shutdown()`` is given to read its 503.
+_SHUTDOWN_ANSWER_TIME = 0.1
 #: How long ``shutdown()`` waits for closing handshakes (1001) before dropping connections.
 SHUTDOWN_GRACE = 0.35
 #: What the whole shutdown may take beyond the grace (start_websocket_server: 0.5 s in all,
@@ -231,10 +233,17 @@ class WebSocketServer:
     def _serve_connection(self, sock: socket.socket, address: Any) -> None:
         """Handler thread: handshake, then the user's handler, then close."""
         with self._lock:
-            if self._closing:
+            closing = self._closing
+            if not closing:
+                self._pending.add(sock)
+        if closing:  # accepted just before shutdown(): 503, as to a handshake in progress
+            if self.options.ssl is None:
+                logger.info("rejected opening handshake from %s: HTTP 503 server is shutting down", address)
+                answer = self._new_handshake().reject_from(InvalidHandshake("server is shutting down", status=503))
+                self._answer(sock, answer, time.monotonic() + _SHUTDOWN_ANSWER_TIME)
+            else:
                 sock.close()
-                return
-            self._pending.add(sock)
+            return
         ws = None
         try:
             ws = self._handshake(sock, address)
@@ -277,12 +286,18 @@ class WebSocketServer:
         if opts.ssl is None:
             return self._upgrade(sock, address, deadline)
         _set_timeout(sock, deadline)
-        tls = opts.ssl.wrap_socket(sock, server_side=True)
+        # The handshake runs after ``tls`` replaces ``sock`` in _pending: wrap_socket detaches
+        # ``sock`` at once, so shutdown() could not wake a thread in the TLS handshake (EBADF).
+        tls = opts.ssl.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
         with self._lock:
             self._pending.discard(sock)
             self._pending.add(tls)
+            closing = self._closing
         ws = None
         try:
+            if closing:
+                return None
+            tls.do_handshake()
             ws = self._upgrade(tls, address, deadline)
         finally:
             if ws is None:
@@ -455,8 +470,9 @@ class WebSocketServer:
         for sock in pending:  # handshakes in progress: wake their threads
             try:
                 # Plain TCP: only the reading side, so the woken thread answers 503 (as the
-                # asyncio server does). TLS: both (SSLSocket.shutdown drops the TLS layer).
-                sock.shutdown(socket.SHUT_RD if type(sock) is socket.socket else socket.SHUT_RDWR)
+                # asyncio server does). TLS: both, on the descriptor (SSLSocket.shutdown would
+                # also drop the TLS object under a thread about to use it).
+                socket.socket.shutdown(sock, socket.SHUT_RD if type(sock) is socket.socket else socket.SHUT_RDWR)
             except OSError:
                 pass
         t0 = time.monotonic()
