@@ -95,8 +95,13 @@ def check_port(port: Any) -> None:
     getaddrinfo() takes a larger number modulo 65536 (99999 would bind 34463), as an int or
     as digits. Anything else (None, a service name) is left to the resolver.
     """
-    if isinstance(port, (str, bytes)) and port.strip().isdigit():
-        port = int(port)
+    if isinstance(port, (bool, float)):
+        raise TypeError(f"port must be an int, not {type(port).__name__}")
+    if isinstance(port, (str, bytes)):
+        try:
+            port = int(port)
+        except ValueError:  # a service name ("http")
+            return
     if isinstance(port, int) and not 0 <= port <= 65535:
         raise ValueError(f"port {port} out of range 0-65535")
 

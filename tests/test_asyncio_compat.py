@@ -46,3 +46,28 @@ async def test_timeout_passes_an_outside_cancellation_through():
 async def test_cancelling():
     assert cancelling(None) is False
     assert cancelling(asyncio.current_task()) is False
+
+
+def test_server_close_with_the_loop_stopped_during_process_request():
+    """close() between run_until_complete calls (after run_forever, say) while a hook runs:
+    no RuntimeError (no running loop), the client gets its 503 (regression audit)."""
+    import socket
+
+    from asyncio_support import TIMEOUT, echo, upgrade_request, wait_until
+    from kn_sock import start_async_websocket_server
+
+    async def hook(path, headers):
+        await asyncio.sleep(30)
+
+    loop = asyncio.new_event_loop()
+    try:
+        server = loop.run_until_complete(start_async_websocket_server("127.0.0.1", 0, echo, process_request=hook))
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+        sock.sendall(upgrade_request())
+        loop.run_until_complete(wait_until(lambda: any(ws._handshake.task for ws in server.connections)))
+        server.close()  # the loop is not running here
+        loop.run_until_complete(asyncio.wait_for(server.wait_closed(), TIMEOUT))
+        assert sock.recv(4096).startswith(b"HTTP/1.1 503 ")
+        sock.close()
+    finally:
+        loop.close()

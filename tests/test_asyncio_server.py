@@ -576,6 +576,12 @@ async def test_server_rejects_a_port_out_of_range(port):
         await start_async_websocket_server("127.0.0.1", port, echo)
 
 
+@pytest.mark.parametrize("port", [True, 8765.0])
+async def test_server_rejects_a_port_that_is_not_an_int(port):
+    with pytest.raises(TypeError, match="port"):
+        await start_async_websocket_server("127.0.0.1", port, echo)
+
+
 # --------------------------------------------------------------------------- interop: websockets client
 
 

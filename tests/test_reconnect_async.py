@@ -501,7 +501,7 @@ async def test_a_message_waiting_behind_a_fragmented_send_is_queued_when_the_con
     returned and the message was gone)."""
     async with raw_server() as (port, peers):
         ws = await async_connect_websocket("127.0.0.1", port, backend=backend, reconnect=FAST,
-                                           ping_interval=None, compression=None)
+                                           ping_interval=None, compression=None, close_timeout=0.2)
         first = await asyncio.wait_for(peers.get(), TIMEOUT)
         go_on = asyncio.Event()
 
@@ -557,5 +557,31 @@ async def test_on_connect_failing_on_a_reconnection_retries_without_flushing(bac
         await wait_until(lambda: ws.connected and len(calls) == 3)
         await wait_until(lambda: len(received) == 3 and received[2] == ["login3", "queued"])
         assert received[1] == []  # the failed session got nothing
+        assert ws.reconnects == 1  # successful reconnections only
         assert "login rejected" in caplog.text
+        await ws.close()
+
+
+async def test_a_permanent_close_during_on_connect_ends_the_client(backend):
+    """The server refuses a reconnected session for good (1008) while on_connect runs: its
+    ConnectionClosed is not an on_connect failure to retry, the close code decides (regression
+    audit: reconnected for ever)."""
+    count: list[int] = []
+    calls: list[int] = []
+
+    async def handler(websocket, path):
+        count.append(1)
+        await websocket.close(1012 if len(count) == 1 else 1008)
+
+    async def on_connect(conn):
+        calls.append(1)
+        if len(calls) > 1:  # the reconnection: the server's 1008 comes
+            await conn.wait_closed()
+        await conn.send("login")
+
+    async with serving(handler, backend=backend) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST,
+                                           on_connect=on_connect, ping_interval=None)
+        assert await ws.recv(timeout=TIMEOUT) is None
+        assert len(count) == 2 and ws.last_close_code == 1008 and ws.reconnects == 0
         await ws.close()

@@ -3,6 +3,7 @@ mirroring test_reconnect_async.py against the blocking server."""
 
 from __future__ import annotations
 
+import mmap
 import socket
 import threading
 import time
@@ -539,5 +540,80 @@ def test_on_connect_failing_on_a_reconnection_retries_without_flushing(backend, 
         ws.send("queued")
         assert wait_for(lambda: len(received) == 3 and received[2] == ["login3", "queued"])
         assert received[1] == []  # the failed session got nothing
+        assert ws.reconnects == 1  # successful reconnections only
         assert "login rejected" in caplog.text
         ws.close()
+
+
+def test_a_permanent_close_during_on_connect_ends_the_client(backend):
+    """The server refuses a reconnected session for good (1008) while on_connect runs: its
+    ConnectionClosed is not an on_connect failure to retry, the close code decides (regression
+    audit: reconnected for ever)."""
+    count: list[int] = []
+    calls: list[int] = []
+
+    def handler(ws, address):
+        count.append(1)
+        ws.close(1012 if len(count) == 1 else 1008)
+
+    def on_connect(conn):
+        calls.append(1)
+        if len(calls) > 1:  # the reconnection: the server's 1008 comes
+            conn.wait_closed(TIMEOUT)
+        conn.send("login")
+
+    with running_server(handler, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST, on_connect=on_connect,
+                               ping_interval=None)
+        assert ws.wait_closed(TIMEOUT)
+        assert len(count) == 2 and ws.last_close_code == 1008 and ws.reconnects == 0
+        ws.close()
+
+
+def test_send_while_connected_checks_the_type(backend):
+    """dict / mmap while connected: TypeError, as while disconnected (audit: the dict's keys
+    went out as a text message, the mmap as 1-byte fragments)."""
+    with running_server(echo, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST, ping_interval=None)
+        for bad in ({"a": 1}, mmap.mmap(-1, 2)):
+            with pytest.raises(TypeError):
+                ws.send(bad)
+        ws.send("fine")
+        assert ws.recv(TIMEOUT) == "fine"
+        ws.close()
+
+
+def test_close_cuts_a_tls_reconnection_attempt_short(tmp_path):
+    """As above, during the attempt's TLS handshake (wrap_socket detached the TCP socket the
+    attempt had registered: the cancel missed it)."""
+    from asyncio_support import make_tls_contexts
+
+    server_ctx, client_ctx = make_tls_contexts(tmp_path)
+    listener = socket.create_server(("127.0.0.1", 0))
+    second_eof = threading.Event()
+
+    def serve() -> None:
+        first, _ = listener.accept()
+        tls = server_ctx.wrap_socket(first, server_side=True)
+        _upgrade(tls)
+        tls.close()  # drop: the client reconnects
+        second, _ = listener.accept()  # ... and never answers its TLS handshake
+        second.settimeout(TIMEOUT)
+        try:
+            while second.recv(4096):
+                pass
+            second_eof.set()
+        finally:
+            second.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    ws = connect_websocket(f"wss://127.0.0.1:{listener.getsockname()[1]}/", ssl=client_ctx, reconnect=FAST,
+                           ping_interval=None, open_timeout=TIMEOUT)
+    assert wait_for(lambda: ws._attempt is not None and ws._attempt.sock is not None)
+    ws.close()
+    assert second_eof.wait(1)
+    assert ws._thread is not None
+    ws._thread.join(1)
+    assert not ws._thread.is_alive()
+    listener.close()

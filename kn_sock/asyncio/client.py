@@ -390,28 +390,35 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                     break
                 self._replaced(ws)
                 self._ws = new
-                self.reconnects += 1
                 on_connect = self._opts.on_connect
                 if on_connect is not None:
                     self._settling = new
                     self._settling_runner = asyncio.current_task()
                 self._notify()
-                setup_failed = False
+                setup_failed = lost = False
                 if on_connect is not None:
                     try:
                         await _maybe_await(on_connect(new))
-                    except Exception:
-                        # Not a session to send the queue on (a failed login, say): drop it
-                        # and try again, with backoff (the policy is reset only past this).
-                        logger.exception("on_connect failed for %s: closing (1011), reconnecting", self._wsuri.uri)
-                        setup_failed = True
+                    except Exception as exc:
+                        if isinstance(exc, ConnectionClosed) and not new.open:
+                            # The connection ended under it: its close code decides (above).
+                            logger.info("connection to %s lost during on_connect", self._wsuri.uri)
+                            lost = True
+                        else:
+                            # Not a session to send the queue on (a failed login, say): drop
+                            # it and retry, with backoff (the policy is reset only past this).
+                            logger.exception("on_connect failed for %s: closing (1011), reconnecting", self._wsuri.uri)
+                            setup_failed = True
                     finally:
                         self._settling = None
                         self._notify()
                 if setup_failed:
                     await new.close(1011, "on_connect failed")
                     continue
+                if lost:
+                    continue
                 self._policy.reset()
+                self.reconnects += 1  # a usable session (on_connect, if any, succeeded)
                 await self._flush(new)
         finally:
             self._final = True

@@ -122,7 +122,11 @@ class _ServerOpening:
         """The server is closing while this handshake runs: answer 503, stop ``process_request``."""
         task = self.task
         if task is not None and not task.done():
-            if task is asyncio.current_task():
+            try:
+                current = asyncio.current_task()
+            except RuntimeError:  # close() with the loop stopped (after run_forever, say)
+                current = None
+            if task is current:
                 return  # the hook closed the server itself: its answer goes out (else a 503)
             task.cancel()
         transport = ws.transport
@@ -162,11 +166,23 @@ class _ServerOpening:
         transport.write(data)
         if not transport.can_write_eof():  # TLS: no half-close
             transport.close()
-            self.timer = self.server.loop.call_later(linger, transport.abort)
+            limit = self.server.options.close_timeout
+            deadline = None if limit is None else self.server.loop.time() + max(limit, linger)
+            self.timer = self.server.loop.call_later(linger, self._tls_linger_end, transport, deadline)
             return
         transport.write_eof()
         transport.resume_reading()
         self.timer = self.server.loop.call_later(linger, transport.close)
+
+    def _tls_linger_end(self, transport: Any, deadline: float | None) -> None:
+        """The answer is out: stop waiting for the client's close_notify. Still being written
+        (a slow reader): wait on, until ``close_timeout`` after the answer."""
+        self.timer = None
+        loop = self.server.loop
+        if transport.get_write_buffer_size() and (deadline is None or loop.time() < deadline):
+            self.timer = loop.call_later(0.1, self._tls_linger_end, transport, deadline)
+        else:
+            transport.abort()
 
     def _accept(self, ws: AsyncWebSocket, request: Any) -> None:
         hs = self.hs

@@ -103,8 +103,8 @@ class _Attempt:
         self.cancelled = True
         sock = self.sock
         if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
+            try:  # on the descriptor (SSLSocket.shutdown would drop the TLS object under the attempt)
+                socket.socket.shutdown(sock, socket.SHUT_RDWR)
             except OSError:
                 pass
 
@@ -154,9 +154,11 @@ def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None, attemp
         if ssl:
             context = ssl_module.create_default_context() if ssl is True else ssl
             _set_timeout(sock, deadline)
-            sock = context.wrap_socket(sock, server_hostname=host)
+            # Handshake once ``attempt`` knows the TLS socket (wrap_socket detaches the TCP one).
+            sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
             if attempt is not None:
-                attempt.started(sock)  # the TCP socket object was detached into this one
+                attempt.started(sock)
+            sock.do_handshake()
         kwargs: dict[str, Any] = {}
         if opts.user_agent:
             kwargs["user_agent"] = opts.user_agent
@@ -333,7 +335,6 @@ class ReconnectingWebSocket(ReconnectingState):
                     if not closing:
                         self._replaced(ws)
                         self._ws = new
-                        self.reconnects += 1
                         if on_connect is not None:
                             self._settling = new
                             self._settling_runner = threading.get_ident()
@@ -341,15 +342,20 @@ class ReconnectingWebSocket(ReconnectingState):
                 if closing:
                     new.close()
                     return
-                setup_failed = False
+                setup_failed = lost = False
                 if on_connect is not None:
                     try:
                         on_connect(new)
-                    except Exception:
-                        # Not a session to send the queue on (a failed login, say): drop it
-                        # and try again, with backoff (the policy is reset only past this).
-                        logger.exception("on_connect failed for %s: closing (1011), reconnecting", self._wsuri.uri)
-                        setup_failed = True
+                    except Exception as exc:
+                        if isinstance(exc, ConnectionClosed) and not new.open:
+                            # The connection ended under it: its close code decides (above).
+                            logger.info("connection to %s lost during on_connect", self._wsuri.uri)
+                            lost = True
+                        else:
+                            # Not a session to send the queue on (a failed login, say): drop
+                            # it and retry, with backoff (the policy is reset only past this).
+                            logger.exception("on_connect failed for %s: closing (1011), reconnecting", self._wsuri.uri)
+                            setup_failed = True
                     finally:
                         with cond:
                             self._settling = None
@@ -357,7 +363,11 @@ class ReconnectingWebSocket(ReconnectingState):
                 if setup_failed:
                     new.close(1011, "on_connect failed")
                     continue
+                if lost:
+                    continue
                 self._policy.reset()
+                with cond:
+                    self.reconnects += 1  # a usable session (on_connect, if any, succeeded)
                 self._flush(new)
         except BaseException:  # pragma: no cover - a bug: say so, and do not leave recv() hanging
             logger.exception("reconnecting client for %s failed", self._wsuri.uri)

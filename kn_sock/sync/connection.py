@@ -849,6 +849,8 @@ class WebSocket:
                 if self._sock_done or proto.state is not _OPEN:
                     return False
                 if not isinstance(message, (str, bytes, bytearray, memoryview)):
+                    if isinstance(message, dict) or not hasattr(message, "__iter__"):
+                        raise TypeError(f"message must be str, bytes-like or an iterable of them, not {type(message).__name__}")
                     fragments = True
                 else:
                     fragments = False
