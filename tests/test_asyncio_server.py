@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import struct
+import sys
 import threading
 import time
 from typing import Any
@@ -229,7 +230,9 @@ async def test_a_cancelled_handler_closes_1001_and_stays_cancelled(backend):
             assert ws.close_code == 1001
             with pytest.raises(asyncio.CancelledError) as info:
                 await asyncio.wait_for(task, TIMEOUT)
-            assert task.cancelled() and info.value.args == ("stopping",)  # the caller's message kept
+            assert task.cancelled()
+            if sys.version_info >= (3, 11):  # (3.10 does not carry the message to the awaiter)
+                assert info.value.args == ("stopping",)  # the caller's message kept
 
 
 async def test_server_close_is_bounded_by_close_timeout(backend):
