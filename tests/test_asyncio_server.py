@@ -662,6 +662,25 @@ async def test_wss_server_close_with_a_client_mid_handshake_is_bounded(backend, 
     sock.close()
 
 
+async def test_wss_server_close_ends_a_lingering_http_answer(backend, tmp_path):
+    """A TLS client got an HTTP answer (426 for a plain GET) and neither reads nor closes:
+    server close() does not wait for its close_notify (asyncio's 30 s; regression audit)."""
+    server_ctx, client_ctx = make_tls_contexts(tmp_path)
+    server = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend, ssl=server_ctx)
+
+    def client():
+        sock = client_ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT),
+                                      server_hostname="127.0.0.1")
+        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        return sock
+
+    sock = await asyncio.to_thread(client)
+    await wait_until(lambda: any(ws._handshake.hs is None for ws in server.connections))
+    server.close()
+    await asyncio.wait_for(server.wait_closed(), 2)
+    sock.close()
+
+
 async def test_wss_echo(backend, tmp_path):
     server_ctx, client_ctx = make_tls_contexts(tmp_path)
     async with serving(echo, backend=backend, ssl=server_ctx) as server:

@@ -585,3 +585,18 @@ async def test_a_permanent_close_during_on_connect_ends_the_client(backend):
         assert await ws.recv(timeout=TIMEOUT) is None
         assert len(count) == 2 and ws.last_close_code == 1008 and ws.reconnects == 0
         await ws.close()
+
+
+async def test_first_on_connect_failing_with_another_connections_closed_error_raises(backend):
+    """on_connect's ConnectionClosed comes from another, closed connection while the new one
+    is open: an on_connect failure, raised by the connect call (audit: a zombie client)."""
+    async with serving(echo, backend=backend) as server:
+        dead = await async_connect_websocket("127.0.0.1", server.port, backend=backend)
+        await dead.close()
+
+        async def on_connect(conn):
+            await dead.send("subscribe")
+
+        with pytest.raises(ConnectionClosed):
+            await asyncio.wait_for(async_connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST,
+                                                           on_connect=on_connect), 2)

@@ -617,3 +617,19 @@ def test_close_cuts_a_tls_reconnection_attempt_short(tmp_path):
     ws._thread.join(1)
     assert not ws._thread.is_alive()
     listener.close()
+
+
+def test_first_on_connect_failing_with_another_connections_closed_error_raises(backend):
+    """on_connect's ConnectionClosed comes from another, closed connection while the new one
+    is open: an on_connect failure, raised by the connect call (audit: a zombie client)."""
+    with running_server(echo, backend=backend) as server:
+        dead = connect_websocket("127.0.0.1", server.port, backend=backend)
+        dead.close()
+
+        def on_connect(conn):
+            dead.send("subscribe")
+
+        start = time.monotonic()
+        with pytest.raises(ConnectionClosed):
+            connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST, on_connect=on_connect)
+        assert time.monotonic() - start < 2

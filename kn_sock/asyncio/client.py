@@ -349,6 +349,10 @@ class AsyncReconnectingWebSocket(ReconnectingState):
         try:
             await _maybe_await(self._opts.on_connect(ws)) if self._opts.on_connect else None
         except ConnectionClosed:
+            if ws.open:  # not this connection's end (another one's): on_connect failed
+                self._final = True
+                await ws.close(1011)
+                raise
             # The connection ended under on_connect (a server answering 1013 "try again
             # later", say): as after any retryable end, the supervisor reconnects.
             try:  # how it ended decides (the closing is bounded by close_timeout)
@@ -394,11 +398,15 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                 if on_connect is not None:
                     self._settling = new
                     self._settling_runner = asyncio.current_task()
+                else:
+                    self.reconnects += 1  # successful reconnections (see below)
                 self._notify()
                 setup_failed = lost = False
                 if on_connect is not None:
+                    usable = False
                     try:
                         await _maybe_await(on_connect(new))
+                        usable = True
                     except Exception as exc:
                         if isinstance(exc, ConnectionClosed) and not new.open:
                             # The connection ended under it: its close code decides (above).
@@ -411,6 +419,8 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                             setup_failed = True
                     finally:
                         self._settling = None
+                        if usable:  # counted as recv() may take the session's messages
+                            self.reconnects += 1
                         self._notify()
                 if setup_failed:
                     await new.close(1011, "on_connect failed")
@@ -418,7 +428,6 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                 if lost:
                     continue
                 self._policy.reset()
-                self.reconnects += 1  # a usable session (on_connect, if any, succeeded)
                 await self._flush(new)
         finally:
             self._final = True

@@ -165,24 +165,28 @@ class _ServerOpening:
         assert transport is not None
         transport.write(data)
         if not transport.can_write_eof():  # TLS: no half-close
+            # asyncio flushes the answer, then waits for the client's close_notify (at most
+            # 30 s); a closing server does not wait that long (see end_linger).
             transport.close()
-            limit = self.server.options.close_timeout
-            deadline = None if limit is None else self.server.loop.time() + max(limit, linger)
-            self.timer = self.server.loop.call_later(linger, self._tls_linger_end, transport, deadline)
+            if self.server.closing:
+                self.timer = self.server.loop.call_later(linger, transport.abort)
             return
         transport.write_eof()
         transport.resume_reading()
         self.timer = self.server.loop.call_later(linger, transport.close)
 
-    def _tls_linger_end(self, transport: Any, deadline: float | None) -> None:
-        """The answer is out: stop waiting for the client's close_notify. Still being written
-        (a slow reader): wait on, until ``close_timeout`` after the answer."""
-        self.timer = None
-        loop = self.server.loop
-        if transport.get_write_buffer_size() and (deadline is None or loop.time() < deadline):
-            self.timer = loop.call_later(0.1, self._tls_linger_end, transport, deadline)
-        else:
-            transport.abort()
+    def end_linger(self, ws: AsyncWebSocket) -> None:
+        """The server is closing while an HTTP answer lingers: end it now. Plain TCP: close
+        (what was written still arrives); TLS: abort (no waiting for close_notify)."""
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        transport = ws.transport
+        if transport is not None:
+            if transport.can_write_eof():
+                transport.close()
+            else:
+                transport.abort()
 
     def _accept(self, ws: AsyncWebSocket, request: Any) -> None:
         hs = self.hs
@@ -408,7 +412,8 @@ class AsyncWebSocketServer:
                     opening = ws._handshake
                     if opening.hs is not None:  # mid-handshake: a 503, as websockets answers
                         opening.shut_down(ws)
-                    # else answered already, lingering until the client closes (``_answer``)
+                    else:  # answered already, lingering until the client closes (``_answer``)
+                        opening.end_linger(ws)
                 else:
                     task = self.loop.create_task(ws.close(1001))
                     self.tasks.add(task)

@@ -291,6 +291,10 @@ class ReconnectingWebSocket(ReconnectingState):
             try:
                 self._opts.on_connect(ws)
             except ConnectionClosed:
+                if ws.open:  # not this connection's end (another one's): on_connect failed
+                    self._final = True
+                    ws.close(1011)
+                    raise
                 # The connection ended under on_connect (a server answering 1013 "try again
                 # later", say): as after any retryable end, the supervisor reconnects.
                 ws.wait_closed(self._opts.close_timeout)  # how it ended decides
@@ -338,14 +342,18 @@ class ReconnectingWebSocket(ReconnectingState):
                         if on_connect is not None:
                             self._settling = new
                             self._settling_runner = threading.get_ident()
+                        else:
+                            self.reconnects += 1  # successful reconnections (see below)
                         cond.notify_all()
                 if closing:
                     new.close()
                     return
                 setup_failed = lost = False
                 if on_connect is not None:
+                    usable = False
                     try:
                         on_connect(new)
+                        usable = True
                     except Exception as exc:
                         if isinstance(exc, ConnectionClosed) and not new.open:
                             # The connection ended under it: its close code decides (above).
@@ -359,6 +367,8 @@ class ReconnectingWebSocket(ReconnectingState):
                     finally:
                         with cond:
                             self._settling = None
+                            if usable:  # counted as recv() may take the session's messages
+                                self.reconnects += 1
                             cond.notify_all()
                 if setup_failed:
                     new.close(1011, "on_connect failed")
@@ -366,8 +376,6 @@ class ReconnectingWebSocket(ReconnectingState):
                 if lost:
                     continue
                 self._policy.reset()
-                with cond:
-                    self.reconnects += 1  # a usable session (on_connect, if any, succeeded)
                 self._flush(new)
         except BaseException:  # pragma: no cover - a bug: say so, and do not leave recv() hanging
             logger.exception("reconnecting client for %s failed", self._wsuri.uri)

@@ -240,7 +240,7 @@ class WebSocketServer:
             if self.options.ssl is None:
                 logger.info("rejected opening handshake from %s: HTTP 503 server is shutting down", address)
                 answer = self._new_handshake().reject_from(InvalidHandshake("server is shutting down", status=503))
-                self._answer(sock, answer, time.monotonic() + _SHUTDOWN_ANSWER_TIME)
+                self._answer(sock, answer, time.monotonic() + _SHUTDOWN_ANSWER_TIME, _SHUTDOWN_ANSWER_TIME)
             else:
                 sock.close()
             return
@@ -387,7 +387,7 @@ class WebSocketServer:
         return True
 
     @staticmethod
-    def _answer(sock: socket.socket, data: bytes, deadline: float | None) -> None:
+    def _answer(sock: socket.socket, data: bytes, deadline: float | None, linger: float = _LINGER) -> None:
         """Send a plain HTTP answer and close.
 
         Half-close first, then read and drop what the client still sends (a request body,
@@ -399,7 +399,7 @@ class WebSocketServer:
             _set_timeout(sock, deadline)
             sock.sendall(data)
             sock.shutdown(socket.SHUT_WR)
-            end = time.monotonic() + _LINGER
+            end = time.monotonic() + linger
             while (left := end - time.monotonic()) > 0:
                 sock.settimeout(left)
                 if not sock.recv(65536):
