@@ -10,7 +10,8 @@ allows message by message, so no per-connection compression runs either. Only cl
 connections (masked, §5.3) need a frame of their own.
 
 Why one slow client cannot hurt the others: the frame is written to each connection's
-buffer without waiting; a connection whose unsent buffer would pass ``limit`` is skipped
+buffer without waiting; a connection with unsent bytes that the frame would take past
+``limit`` is skipped (one with nothing unsent always takes it, whatever its size)
 (``policy="skip"``), or failed with 1008 (``policy="close"``: its buffer is then dropped
 after ``close_timeout`` at the latest), so server memory per client stays below ``limit``
 plus one message.
@@ -44,8 +45,9 @@ def broadcast(connections: Iterable[Any], message: Data, *, limit: int = DEFAULT
     """Send ``message`` (str → text, bytes-like → binary) to every open connection, without waiting.
 
     Connections that are closing or closed are passed over silently (like
-    ``websockets.broadcast``). A connection is *skipped* when writing the frame would take
-    its unsent bytes past ``limit``, or when it is in the middle of sending a fragmented
+    ``websockets.broadcast``). A connection is *skipped* when it has unsent bytes and
+    writing the frame would take them past ``limit`` (an idle connection always gets the
+    message, even one larger than ``limit``), or when it is in the middle of sending a fragmented
     message (a frame cannot be put between two fragments, RFC 6455 §5.4).
 
     Args:

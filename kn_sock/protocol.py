@@ -696,6 +696,12 @@ class Keepalive:
         """A keepalive ping went out at ``now``."""
         self._ping_at = now
 
+    def reading_resumed(self, now: float) -> None:
+        """Our reading was paused (backpressure) and resumes at ``now``: the pong may still be
+        behind what was left unread, so the ping's timeout counts from now."""
+        if self._ping_at is not None and self._ping_at < now:
+            self._ping_at = now
+
     def pong_received(self, now: float) -> None:
         """The pong for the keepalive ping came back at ``now``."""
         if self._ping_at is not None and self.interval:

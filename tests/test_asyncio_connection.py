@@ -12,7 +12,9 @@ import mmap
 import os
 import socket
 import sys
+import time
 import weakref
+from typing import Any
 
 import pytest
 
@@ -25,7 +27,7 @@ from asyncio_support import (
     stalled_client,
     wait_until,
 )
-from kn_sock import AsyncWebSocket, ConnectionClosed, InvalidState, async_connect_websocket
+from kn_sock import AsyncWebSocket, ConnectionClosed, InvalidState, async_connect_websocket, start_async_websocket_server
 from kn_sock._pure import build_frame
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(20)]
@@ -1301,3 +1303,49 @@ async def test_held_back_frames_go_before_control_frames_and_close(backend):
             assert frames[0][1] == b"reply 1" and frames[2][1] == b"reply 2"
         finally:
             sock.close()
+
+
+@pytest.mark.parametrize("blocking_server", [False, True])
+async def test_keepalive_spares_a_peer_whose_pong_waited_behind_unread_messages(backend, blocking_server):
+    """The application leaves max_queue messages unread past ping_timeout, then reads: the
+    peer's pong is behind what we had not read, so no 1011 (audit: keepalive closed the
+    healthy connection right after reading resumed)."""
+    import threading
+
+    from kn_sock import WebSocketServer
+
+    opts = dict(ping_interval=0.2, ping_timeout=0.2, max_queue=4, compression=None, backend=backend)
+    result: list = []
+
+    async def ahandler(ws, path):
+        await asyncio.sleep(0.8)
+        n = 0
+        while (message := await ws.recv()) not in (None, "END"):
+            n += 1
+        result.append((n, message))
+
+    def shandler(ws, address):
+        time.sleep(0.8)
+        n = 0
+        while (message := ws.recv()) not in (None, "END"):
+            n += 1
+        result.append((n, message))
+
+    if blocking_server:
+        server: Any = WebSocketServer("127.0.0.1", 0, shandler, **opts)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    else:
+        server = await start_async_websocket_server("127.0.0.1", 0, ahandler, **opts)
+    try:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, ping_interval=None,
+                                           compression=None) as ws:
+            sent = 0
+            end = time.monotonic() + 1.2
+            while time.monotonic() < end:
+                await ws.send("x" * 1024)
+                sent += 1
+            await ws.send("END")
+            await wait_until(lambda: result, 5)
+        assert result == [(sent, "END")]
+    finally:
+        server.close() if not blocking_server else server.shutdown()

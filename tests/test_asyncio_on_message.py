@@ -220,3 +220,37 @@ async def test_answers_to_a_batch_keep_their_order_around_a_ping() -> None:
                 assert [await peer.read_frame() for _ in range(40)] == [(1, f"b{i}".encode()) for i in range(40)]
         finally:
             peer.close()
+
+
+@pytest.mark.parametrize("switch_at", [5, 17, 30])
+async def test_a_callback_replacing_itself_over_a_compressed_backlog_keeps_the_order(backend, switch_at):
+    """Reading paused (max_queue) with compressed messages waiting; the callback hands over to
+    another one mid-batch: every message once, in order (audit: the next batch of the backlog
+    overtook the rest of the current one)."""
+    count = 300
+    done = asyncio.Event()
+    got: list[str] = []
+
+    async def handler(ws, path):
+        await asyncio.sleep(0.3)  # the queue fills: reading pauses, the rest waits compressed
+
+        def collect(message):
+            got.append(message)
+            if len(got) == count:
+                done.set()
+
+        def first(message):
+            collect(message)
+            if len(got) == switch_at:
+                ws.on_message = collect
+
+        ws.on_message = first
+        await done.wait()
+
+    async with serving(handler, backend=backend, ping_interval=None) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, ping_interval=None) as ws:
+            assert ws.extensions == ["permessage-deflate"]
+            for i in range(count):
+                await ws.send(str(i))
+            await asyncio.wait_for(done.wait(), TIMEOUT)
+    assert got == [str(i) for i in range(count)]

@@ -188,3 +188,35 @@ async def test_direct_writes_that_fill_the_socket_hand_the_rest_to_the_transport
         await asyncio.to_thread(read_all)
         assert got == messages
         sock.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("policy", ["skip", "close"])
+async def test_a_message_over_limit_reaches_idle_connections(policy):
+    """Nothing unsent: the message goes, whatever its size (audit: a 1 MiB message with the
+    default 1 MiB limit reached nobody; with policy="close" it closed every connection)."""
+    conns, handler = collecting_server()
+    message = b"z" * 5000
+    async with serving(handler, compression=None) as server:
+        clients = [await async_connect_websocket("127.0.0.1", server.port) for _ in range(3)]
+        await wait_until(lambda: len(conns) == 3)
+        assert broadcast(list(conns), message, limit=4096, policy=policy) == []
+        for ws in clients:
+            assert await ws.recv(TIMEOUT) == message
+            await ws.close()
+
+
+def test_a_message_over_limit_reaches_idle_blocking_connections():
+    got: list = []
+
+    def handler(ws, address):
+        got.append(ws)
+        ws.recv()
+
+    with running_server(handler, compression=None) as server:
+        clients = [connect_websocket("127.0.0.1", server.port) for _ in range(2)]
+        assert wait_for(lambda: len(got) == 2)
+        assert broadcast(got, b"z" * 5000, limit=4096) == []
+        for ws in clients:
+            assert ws.recv(TIMEOUT) == b"z" * 5000
+            ws.close()

@@ -1334,6 +1334,17 @@ class TestKeepalive:
         assert ka.poll(119.0) is None
         assert ka.poll(120.0) == "ping"
 
+    def test_reading_resumed_counts_the_timeout_from_then(self, backend: Any) -> None:
+        # The pong may be behind what our own backpressure left unread (audit: 1011 right
+        # after the application resumed reading).
+        ka = Keepalive(10.0, 5.0, now=0.0)
+        ka.ping_sent(10.0)
+        ka.reading_resumed(14.0)
+        assert ka.poll(15.0) is None and ka.deadline == 19.0
+        assert ka.poll(19.0) == "timeout"
+        ka.reading_resumed(12.0)  # never earlier than the ping
+        assert ka.deadline == 19.0
+
     def test_late_pong_schedules_from_now(self, backend: Any) -> None:
         ka = Keepalive(10.0, 50.0, now=0.0)
         ka.ping_sent(10.0)

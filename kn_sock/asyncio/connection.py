@@ -247,6 +247,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             self._paused_for_write = False
             if not self._paused_reading:
                 self._resume_reading()
+                self._keepalive_resumed()
         self._wake_drain()
 
     def _wake_drain(self) -> None:
@@ -498,6 +499,13 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         if self._paused_reading or self._paused_for_write:
             self._paused_reading = self._paused_for_write = False
             self._resume_reading()
+            self._keepalive_resumed()
+
+    def _keepalive_resumed(self) -> None:
+        """Reading resumes after our own backpressure: see ``Keepalive.reading_resumed``."""
+        ka = self._keepalive
+        if ka is not None:
+            ka.reading_resumed(self._loop.time())
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 §7.1.7): close frame if possible, then close TCP."""
@@ -712,7 +720,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             if not transport.is_closing():
                 direct.append(self)
                 return 0
-        if buffered + size > limit:
+        if buffered and buffered + size > limit:  # (nothing waiting: it goes, whatever its size)
             if close_code is not None:
                 self._fail(close_code, "too slow for a broadcast")
             return 1
@@ -834,7 +842,10 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 self._callback_failed(exc)
                 return
         if self._paused_reading and callback is not None:
-            self._maybe_resume()
+            # On the next loop iteration: set from inside a callback, resuming now would
+            # dispatch later messages (the compressed backlog) before the rest of the batch
+            # being delivered (audit: out of order).
+            self._loop.call_soon(self._maybe_resume)
 
     def _callback_failed(self, exc: Exception) -> None:
         """``on_message`` raised: log it and fail the connection with 1011.
@@ -891,6 +902,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             self._paused_reading = False
             if not self._paused_for_write:
                 self._resume_reading()
+                self._keepalive_resumed()
 
     async def recv_json(self, timeout: float | None = None) -> Any:
         """Receive a message and decode it as JSON; None once closed."""

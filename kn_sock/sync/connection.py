@@ -824,7 +824,7 @@ class WebSocket:
             if proto._send_frag_open:
                 return 3
             size = len(frame) if frame is not None else len(message)
-            if self._wbuf_size + size > limit:
+            if self._wbuf_size and self._wbuf_size + size > limit:  # (nothing waiting: it goes)
                 if close_code is not None:
                     proto.fail(close_code, "too slow for a broadcast")
                     self._dispatch([Closed(1006, "")])
@@ -1124,6 +1124,9 @@ class WebSocket:
                 if self._read_paused and len(self._messages) <= max_queue // 4:
                     self._read_paused = False
                     self._update_interest()
+                    ka = self._keepalive
+                    if ka is not None:  # the pong may be behind what was left unread
+                        ka.reading_resumed(time.monotonic())
 
     def recv_json(self, timeout: float | None = None) -> Any:
         """Receive a message and decode it as JSON; None once closed."""
