@@ -170,6 +170,20 @@ async def test_server_close_answers_503_to_connections_still_in_handshake(backen
     assert not server.connections
 
 
+async def test_server_close_with_a_handshake_whose_client_left(backend):
+    """The client left mid-handshake and the loop has not noticed yet when the server closes:
+    close() does not raise (a Chromium test: ENOTCONN from write_eof after the 503)."""
+    server = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend)
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+    sock.sendall(b"GET / HTTP/1.1\r\n")
+    await wait_until(lambda: len(server.connections) == 1)
+    await asyncio.sleep(0.05)
+    sock.close()  # our answer to it will be met by a reset: write_eof() then fails (ENOTCONN)
+    time.sleep(0.05)  # (blocking: the loop does not see the end before close())
+    server.close()
+    await asyncio.wait_for(server.wait_closed(), TIMEOUT)
+
+
 async def test_server_close_answers_503_during_process_request(backend):
     entered = asyncio.Event()
     cancelled = []

@@ -171,7 +171,11 @@ class _ServerOpening:
             if self.server.closing:
                 self.timer = self.server.loop.call_later(linger, transport.abort)
             return
-        transport.write_eof()
+        try:
+            transport.write_eof()
+        except OSError:  # the client is gone already (ENOTCONN): nothing to linger for
+            transport.abort()
+            return
         transport.resume_reading()
         self.timer = self.server.loop.call_later(linger, transport.close)
 
@@ -410,10 +414,14 @@ class AsyncWebSocketServer:
             for ws in list(self.connections):
                 if ws.protocol is None:
                     opening = ws._handshake
-                    if opening.hs is not None:  # mid-handshake: a 503, as websockets answers
-                        opening.shut_down(ws)
-                    else:  # answered already, lingering until the client closes (``_answer``)
-                        opening.end_linger(ws)
+                    try:
+                        if opening.hs is not None:  # mid-handshake: a 503, as websockets answers
+                            opening.shut_down(ws)
+                        else:  # answered already, lingering until the client closes (``_answer``)
+                            opening.end_linger(ws)
+                    except Exception as exc:  # one connection's trouble never stops close()
+                        logger.debug("closing the handshake with %s: %s", ws.remote_address, exc)
+                        ws.abort()
                 else:
                     task = self.loop.create_task(ws.close(1001))
                     self.tasks.add(task)
