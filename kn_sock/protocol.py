@@ -658,7 +658,7 @@ class Keepalive:
     and the next one goes out (pings keep flowing, as with websockets' ``ping_timeout=None``).
     """
 
-    __slots__ = ("interval", "timeout", "_next_ping", "_ping_at", "_payload")
+    __slots__ = ("interval", "timeout", "_next_ping", "_ping_at", "_payload", "_extended", "_recheck")
 
     def __init__(self, interval: float | None, timeout: float | None, now: float) -> None:
         """Start counting from ``now``; ``interval=None`` disables keepalive."""
@@ -667,6 +667,8 @@ class Keepalive:
         self._ping_at: float | None = None
         self._next_ping: float | None = now + interval if interval else None
         self._payload: bytes | None = None  # the last keepalive ping's payload
+        self._extended = False  # this ping's timeout already restarted by reading_resumed
+        self._recheck: float | None = None  # the timeout came while our reading was paused: look again then
 
     def new_payload(self, pings: dict[bytes, Any]) -> bytes:
         """The payload for the next keepalive ping: fresh, not in the protocol's ``pings``.
@@ -688,31 +690,46 @@ class Keepalive:
         """When ``poll`` next has something to say; None when nothing is scheduled."""
         if self._ping_at is not None:
             if self.timeout is not None:
-                return self._ping_at + self.timeout
+                deadline = self._ping_at + self.timeout
+                recheck = self._recheck
+                return recheck if recheck is not None and recheck > deadline else deadline
             return self._ping_at + self.interval if self.interval else None
         return self._next_ping
 
     def ping_sent(self, now: float) -> None:
         """A keepalive ping went out at ``now``."""
         self._ping_at = now
+        self._extended = False
+        self._recheck = None
 
     def reading_resumed(self, now: float) -> None:
         """Our reading was paused (backpressure) and resumes at ``now``: the pong may still be
-        behind what was left unread, so the ping's timeout counts from now."""
-        if self._ping_at is not None and self._ping_at < now:
+        behind what was left unread, so the ping's timeout counts from now, once per ping (a
+        peer that never answers must not be kept alive by a reader that pauses often)."""
+        if self._ping_at is not None and self._ping_at < now and not self._extended:
             self._ping_at = now
+            self._extended = True
+            self._recheck = None
+
+    def deferred(self, now: float) -> None:
+        """The ping timed out while our own backpressure kept us from reading (its pong may be
+        sitting unread): keep waiting for it, and look again ``timeout`` from ``now``. The
+        ping stays the same: a peer that never answers is caught at a check that finds our
+        reading going (``reading_resumed`` extends a ping's wait once only)."""
+        self._recheck = now + (self.timeout or 0.0)
 
     def pong_received(self, now: float) -> None:
         """The pong for the keepalive ping came back at ``now``."""
         if self._ping_at is not None and self.interval:
             self._next_ping = max(self._ping_at + self.interval, now)
         self._ping_at = None
+        self._recheck = None
 
     def poll(self, now: float) -> str | None:
         """What to do at ``now``: ``"ping"``, ``"timeout"`` or None (not yet due)."""
         if self._ping_at is not None:
             if self.timeout is not None:
-                return "timeout" if now >= self._ping_at + self.timeout else None
+                return "timeout" if now >= self.deadline else None  # type: ignore[operator]
             if self.interval and now >= self._ping_at + self.interval:
                 return "ping"  # no timeout: the unanswered ping is given up, the next one is due
             return None

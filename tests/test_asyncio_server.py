@@ -695,6 +695,39 @@ async def test_wss_server_close_ends_a_lingering_http_answer(backend, tmp_path):
     sock.close()
 
 
+async def test_wss_answered_connection_is_released_after_the_linger(backend, tmp_path):
+    """A TLS client got its HTTP answer and neither reads on nor closes: let go after the
+    linger, not after asyncio's 30 s close_notify wait (for ever on 3.10; regression audit)."""
+    server_ctx, client_ctx = make_tls_contexts(tmp_path)
+    async with serving(echo, backend=backend, ssl=server_ctx) as server:
+
+        def client():
+            sock = client_ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT),
+                                          server_hostname="127.0.0.1")
+            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            return sock
+
+        sock = await asyncio.to_thread(client)
+        await wait_until(lambda: len(server.connections) == 1)
+        await wait_until(lambda: not server.connections, 3)
+        sock.close()
+
+
+async def test_server_close_with_an_unread_large_answer_is_bounded(backend):
+    """process_request answered 8 MiB that the client never reads: server close() aborts it
+    (close() would wait for the unsent bytes for ever; audit)."""
+    def hook(path, headers):
+        return 200, [], b"x" * (8 << 20)
+
+    server = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend, process_request=hook)
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(upgrade_request())
+    await wait_until(lambda: all(ws._handshake.hs is None for ws in server.connections) and server.connections)
+    server.close()
+    await asyncio.wait_for(server.wait_closed(), 2)
+    writer.close()
+
+
 async def test_wss_echo(backend, tmp_path):
     server_ctx, client_ctx = make_tls_contexts(tmp_path)
     async with serving(echo, backend=backend, ssl=server_ctx) as server:

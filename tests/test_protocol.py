@@ -1345,6 +1345,18 @@ class TestKeepalive:
         ka.reading_resumed(12.0)  # never earlier than the ping
         assert ka.deadline == 19.0
 
+    def test_a_peer_that_never_answers_is_not_kept_alive_by_pauses(self, backend: Any) -> None:
+        # Reading pausing and resuming all the time: one extension per ping, and a timeout
+        # found while paused waits on without starting over (regression audit: for ever).
+        ka = Keepalive(10.0, 5.0, now=0.0)
+        ka.ping_sent(10.0)
+        ka.reading_resumed(12.0)
+        ka.reading_resumed(16.0)  # a second resume: no second extension
+        assert ka.deadline == 17.0 and ka.poll(17.0) == "timeout"
+        ka.deferred(17.0)  # (found while paused)
+        assert ka.deadline == 22.0 and ka.poll(21.0) is None
+        assert ka.poll(22.0) == "timeout"  # the same ping: found while reading, it is the end
+
     def test_late_pong_schedules_from_now(self, backend: Any) -> None:
         ka = Keepalive(10.0, 50.0, now=0.0)
         ka.ping_sent(10.0)

@@ -49,6 +49,22 @@ _SEND_YIELD_EVERY = 128
 _OPEN = State.OPEN
 
 
+def tcp_transport(transport: Any) -> Any:
+    """The TCP transport under asyncio's TLS one (its private ``_ssl_protocol._transport``,
+    3.10-3.13), else None (plain TCP, uvloop)."""
+    return getattr(getattr(transport, "_ssl_protocol", None), "_transport", None)
+
+
+def unsent_bytes(transport: Any) -> int:
+    """Bytes a transport still holds to send, the TCP transport under a TLS one included
+    (``get_write_buffer_size()`` of asyncio's TLS transport counts only its own layer)."""
+    size: int = transport.get_write_buffer_size()
+    inner = tcp_transport(transport)
+    if inner is not None and not inner.is_closing():
+        size += inner.get_write_buffer_size()
+    return size
+
+
 #: The read path (get_buffer / buffer_updated / _on_readable) and the coroutine API's hot calls
 #: (send / recv / async for): C with the Cython twin (see kn_sock._pure.AsyncCore).
 _AsyncCore = _backend.backend.AsyncCore
@@ -549,8 +565,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             if self._paused_reading or self._paused_for_write:
                 # Our own backpressure (max_queue, the application not reading; write_limit
                 # with an on_message callback, the peer not reading) stopped reading:
-                # the pong may be sitting unread, which says nothing about the peer. Start over.
-                ka.pong_received(now)
+                # the pong may be sitting unread, which says nothing about the peer: wait on.
+                ka.deferred(now)
             else:
                 logger.info("keepalive ping timeout on %s: closing with 1011", self.remote_address)
                 self._fail(1011, "keepalive ping timeout")
@@ -715,7 +731,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         if self._cork:
             self._uncork()  # our own earlier frames go first
         size = len(frame) if frame is not None else len(message)
-        buffered = transport.get_write_buffer_size()
+        buffered = unsent_bytes(transport)
         if direct is not None and not buffered and self._fd >= 0 and frame is not None and size <= limit:
             if not transport.is_closing():
                 direct.append(self)

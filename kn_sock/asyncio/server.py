@@ -13,7 +13,7 @@ from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
 from ..options import Options, check_port, check_server_ssl, make_options
 from ..protocol import SERVER, Protocol
-from .connection import AsyncWebSocket
+from .connection import AsyncWebSocket, tcp_transport, unsent_bytes
 
 __all__ = ["AsyncWebSocketServer", "start_async_websocket_server"]
 
@@ -27,6 +27,8 @@ _LINGER = 1.0
 #: The same when the server is closing: a client mid-handshake gets its 503 without holding
 #: ``wait_closed()`` (and Ctrl-C) for long.
 _SHUTDOWN_LINGER = 0.1
+#: The longest an HTTP answer may take to reach its client when ``close_timeout`` is None.
+_ANSWER_WAIT = 30.0
 
 
 def _wants_path(handler: Callable[..., Any]) -> bool:
@@ -164,20 +166,42 @@ class _ServerOpening:
         transport = ws.transport
         assert transport is not None
         transport.write(data)
+        loop = self.server.loop
+        # A client still reading the answer gets until close_timeout after it; one that read
+        # it all is let go after ``linger`` (see _linger_end).
+        limit = self.server.options.close_timeout
+        wait = linger if self.server.closing else max(linger, _ANSWER_WAIT if limit is None else limit)
         if not transport.can_write_eof():  # TLS: no half-close
-            # asyncio flushes the answer, then waits for the client's close_notify (at most
-            # 30 s); a closing server does not wait that long (see end_linger).
+            transport.close()  # (asyncio flushes, sends close_notify, waits for the client's)
+        else:
+            try:
+                transport.write_eof()
+            except OSError:  # the client is gone already (ENOTCONN): nothing to linger for
+                transport.abort()
+                return
+            transport.resume_reading()
+        self.timer = loop.call_later(linger, self._linger_end, transport, loop.time() + wait)
+
+    def _linger_end(self, transport: Any, deadline: float) -> None:
+        """``linger`` after an HTTP answer: let the connection go, gently if the answer is out
+        (plain TCP: close; TLS: close the TCP transport below, without waiting any more for
+        the client's close_notify, which asyncio would for up to 30 s, 3.10 for ever). An
+        answer still being sent waits, until ``deadline``: then abort."""
+        self.timer = None
+        if unsent_bytes(transport):
+            if self.server.loop.time() < deadline:
+                self.timer = self.server.loop.call_later(0.1, self._linger_end, transport, deadline)
+            else:
+                transport.abort()
+            return
+        if transport.can_write_eof():
             transport.close()
-            if self.server.closing:
-                self.timer = self.server.loop.call_later(linger, transport.abort)
             return
-        try:
-            transport.write_eof()
-        except OSError:  # the client is gone already (ENOTCONN): nothing to linger for
+        inner = tcp_transport(transport)
+        if inner is not None:
+            inner.close()
+        else:
             transport.abort()
-            return
-        transport.resume_reading()
-        self.timer = self.server.loop.call_later(linger, transport.close)
 
     def end_linger(self, ws: AsyncWebSocket) -> None:
         """The server is closing while an HTTP answer lingers: end it now. Plain TCP: close
@@ -187,7 +211,7 @@ class _ServerOpening:
             self.timer = None
         transport = ws.transport
         if transport is not None:
-            if transport.can_write_eof():
+            if transport.can_write_eof() and not unsent_bytes(transport):
                 transport.close()
             else:
                 transport.abort()

@@ -715,7 +715,7 @@ class WebSocket:
                 if self._read_paused:
                     # Our own backpressure (max_queue, the application not reading) stopped
                     # reading: the pong may be sitting unread, which says nothing about the peer.
-                    ka.pong_received(now)
+                    ka.deferred(now)
                 else:
                     logger.info("keepalive ping timeout on %s: closing with 1011", self.remote_address)
                     proto.fail(1011, "keepalive ping timeout")
