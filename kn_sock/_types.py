@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterable, Iterable
 from typing import TypeAlias, Union
 
-BytesLike: TypeAlias = Union[bytes, bytearray, memoryview]
 #: One whole message: str → text, bytes-like → binary.
 Data: TypeAlias = Union[str, bytes, bytearray, memoryview]
 #: What the blocking ``send()`` takes: a whole message, or the fragments of one (all str or

@@ -155,9 +155,8 @@ class _ServerOpening:
         Half-close first, then read and drop what the client still sends (a request body,
         the rest of an oversized head) until it closes too, for at most ``linger`` seconds:
         closing with unread bytes would make the kernel reset the connection, which can
-        destroy the answer before the client reads it. TLS has no half-close: close, and
-        abort after ``linger`` a client that does not answer our close_notify (asyncio's
-        own wait for it is 30 s, which would hold ``wait_closed()``).
+        destroy the answer before the client reads it. TLS has no half-close: close (see
+        ``_linger_end`` for the end of either).
         """
         self.hs = None  # from now on, whatever arrives is dropped (data_received)
         if self.timer is not None:
