@@ -646,6 +646,11 @@ def _truncate_reason(reason: str) -> str:
     return data[:123].decode("utf-8", "ignore")
 
 
+#: The shortest wait before a deferred keepalive timeout is looked at again (``ping_timeout=0``
+#: with our reading paused would otherwise reschedule the check at once, again and again).
+_RECHECK_MIN = 0.05
+
+
 class Keepalive:
     """Keepalive bookkeeping (when to ping, when a ping is overdue), driven by the caller's clock.
 
@@ -716,7 +721,7 @@ class Keepalive:
         sitting unread): keep waiting for it, and look again ``timeout`` from ``now``. The
         ping stays the same: a peer that never answers is caught at a check that finds our
         reading going (``reading_resumed`` extends a ping's wait once only)."""
-        self._recheck = now + (self.timeout or 0.0)
+        self._recheck = now + max(self.timeout or 0.0, _RECHECK_MIN)
 
     def pong_received(self, now: float) -> None:
         """The pong for the keepalive ping came back at ``now``."""

@@ -1357,6 +1357,13 @@ class TestKeepalive:
         assert ka.deadline == 22.0 and ka.poll(21.0) is None
         assert ka.poll(22.0) == "timeout"  # the same ping: found while reading, it is the end
 
+    def test_a_deferred_timeout_waits_a_little_even_with_ping_timeout_zero(self, backend: Any) -> None:
+        ka = Keepalive(1.0, 0.0, now=0.0)
+        ka.ping_sent(1.0)
+        assert ka.poll(1.0) == "timeout"
+        ka.deferred(1.0)  # paused: no check loop at the same instant (regression audit)
+        assert ka.deadline == pytest.approx(1.05) and ka.poll(1.01) is None
+
     def test_late_pong_schedules_from_now(self, backend: Any) -> None:
         ka = Keepalive(10.0, 50.0, now=0.0)
         ka.ping_sent(10.0)
