@@ -654,6 +654,14 @@ async def test_interop_websockets_client_handler_outcomes(backend):
 # --------------------------------------------------------------------------- TLS, uvloop
 
 
+def _tls_request(client_ctx: Any, port: int, request: bytes) -> Any:
+    """A TLS connection to the server on ``port`` that sends ``request`` (blocking: in a thread)."""
+    sock = client_ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT),
+                                  server_hostname="127.0.0.1")
+    sock.sendall(request)
+    return sock
+
+
 async def test_wss_server_close_with_a_client_mid_handshake_is_bounded(backend, tmp_path):
     """TLS done, HTTP request incomplete, and the client never answers our close_notify: the
     503 goes out and the connection is dropped soon, not after asyncio's 30 s TLS shutdown
@@ -661,13 +669,7 @@ async def test_wss_server_close_with_a_client_mid_handshake_is_bounded(backend, 
     server_ctx, client_ctx = make_tls_contexts(tmp_path)
     server = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend, ssl=server_ctx)
 
-    def client():
-        sock = client_ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT),
-                                      server_hostname="127.0.0.1")
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
-        return sock
-
-    sock = await asyncio.to_thread(client)
+    sock = await asyncio.to_thread(_tls_request, client_ctx, server.port, b"GET / HTTP/1.1\r\nHost: x\r\n")
     await wait_until(lambda: len(server.connections) == 1)
     server.close()
     await asyncio.wait_for(server.wait_closed(), 3)
@@ -682,13 +684,7 @@ async def test_wss_server_close_ends_a_lingering_http_answer(backend, tmp_path):
     server_ctx, client_ctx = make_tls_contexts(tmp_path)
     server = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend, ssl=server_ctx)
 
-    def client():
-        sock = client_ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT),
-                                      server_hostname="127.0.0.1")
-        sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-        return sock
-
-    sock = await asyncio.to_thread(client)
+    sock = await asyncio.to_thread(_tls_request, client_ctx, server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
     await wait_until(lambda: any(ws._handshake.hs is None for ws in server.connections))
     server.close()
     await asyncio.wait_for(server.wait_closed(), 2)
@@ -701,13 +697,7 @@ async def test_wss_answered_connection_is_released_after_the_linger(backend, tmp
     server_ctx, client_ctx = make_tls_contexts(tmp_path)
     async with serving(echo, backend=backend, ssl=server_ctx) as server:
 
-        def client():
-            sock = client_ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT),
-                                          server_hostname="127.0.0.1")
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
-            return sock
-
-        sock = await asyncio.to_thread(client)
+        sock = await asyncio.to_thread(_tls_request, client_ctx, server.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         await wait_until(lambda: len(server.connections) == 1)
         await wait_until(lambda: not server.connections, 3)
         sock.close()

@@ -429,6 +429,17 @@ def _read_texts(conn: socket.socket, buf: bytes, until: Callable[[list[str]], bo
     return got
 
 
+def _read_to_eof(conn: socket.socket, eof: threading.Event) -> None:
+    """Read and drop until the peer closes (then set ``eof``); close ``conn``."""
+    conn.settimeout(TIMEOUT)
+    try:
+        while conn.recv(4096):
+            pass
+        eof.set()
+    finally:
+        conn.close()
+
+
 def test_a_send_waiting_behind_a_fragmented_send_goes_out_after_the_reconnection(backend):
     """A thread's send() waits behind another thread's fragmented message when the connection
     drops; by the time it learns it, the client has reconnected and flushed its queue. The
@@ -489,13 +500,7 @@ def test_close_cuts_a_reconnection_attempt_short(backend):
         _upgrade(first)
         first.close()  # drop: the client reconnects
         second, _ = listener.accept()  # ... and waits for an answer that never comes
-        second.settimeout(TIMEOUT)
-        try:
-            while second.recv(4096):
-                pass
-            second_eof.set()
-        finally:
-            second.close()
+        _read_to_eof(second, second_eof)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -598,13 +603,7 @@ def test_close_cuts_a_tls_reconnection_attempt_short(tmp_path):
         _upgrade(tls)
         tls.close()  # drop: the client reconnects
         second, _ = listener.accept()  # ... and never answers its TLS handshake
-        second.settimeout(TIMEOUT)
-        try:
-            while second.recv(4096):
-                pass
-            second_eof.set()
-        finally:
-            second.close()
+        _read_to_eof(second, second_eof)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
