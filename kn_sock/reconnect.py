@@ -31,7 +31,7 @@ import time
 from collections import deque
 from typing import Any, Callable
 
-from .exceptions import ConnectionClosedError, InvalidHandshake, InvalidStatus
+from .exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus
 
 logger = logging.getLogger("kn_sock")
 
@@ -343,6 +343,7 @@ class ReconnectingState:
 
     _ws: Any
     _opts: Any
+    _wsuri: Any
     _final: bool
     connected: bool
     _outbox: Outbox
@@ -386,6 +387,17 @@ class ReconnectingState:
             dropped = len(ended.popleft()._messages or ())
             held -= dropped
             logger.warning("%d messages received before a reconnection dropped: recv() did not take them", dropped)
+
+    def _setup_failed(self, exc: Exception, conn: Any) -> bool:
+        """``on_connect(conn)`` raised ``exc`` on a reconnection: log it, and tell whether the
+        session failed (True: close it 1011 and retry with backoff; a failed login, say) or
+        the connection ended under it (False: its close code decides, as for any end)."""
+        if isinstance(exc, ConnectionClosed) and not conn.open:
+            logger.info("connection to %s lost during on_connect", self._wsuri.uri)
+            return False
+        # Not a session to send the queue on: the policy is reset only once on_connect succeeded.
+        logger.error("on_connect failed for %s: closing (1011), reconnecting", self._wsuri.uri, exc_info=exc)
+        return True
 
     def _take_ended(self) -> Any:
         """The oldest message an ended connection received and recv() has not returned, or None."""

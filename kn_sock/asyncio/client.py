@@ -408,15 +408,8 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                         await _maybe_await(on_connect(new))
                         usable = True
                     except Exception as exc:
-                        if isinstance(exc, ConnectionClosed) and not new.open:
-                            # The connection ended under it: its close code decides (above).
-                            logger.info("connection to %s lost during on_connect", self._wsuri.uri)
-                            lost = True
-                        else:
-                            # Not a session to send the queue on (a failed login, say): drop
-                            # it and retry, with backoff (the policy is reset only past this).
-                            logger.exception("on_connect failed for %s: closing (1011), reconnecting", self._wsuri.uri)
-                            setup_failed = True
+                        setup_failed = self._setup_failed(exc, new)
+                        lost = not setup_failed  # ended under it: its close code decides (above)
                     finally:
                         self._settling = None
                         if usable:  # counted as recv() may take the session's messages
