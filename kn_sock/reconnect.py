@@ -81,8 +81,9 @@ def retryable_error(exc: BaseException) -> bool:
     if isinstance(exc, InvalidStatus):
         return exc.status >= 500 or exc.status in _RETRY_STATUSES
     if isinstance(exc, InvalidHandshake):
-        # Only a handshake cut short by the network (a server going down mid-handshake).
-        return "connection closed during the opening handshake" in str(exc)
+        # Only a handshake cut short by the network (a server going down mid-handshake): the
+        # clients chain the network error, or EOFError, as its cause.
+        return isinstance(exc.__cause__, (OSError, EOFError))
     return isinstance(exc, (OSError, TimeoutError, EOFError))
 
 

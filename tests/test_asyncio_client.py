@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import struct
 
 import pytest
 import websockets
@@ -14,6 +15,7 @@ from websockets.asyncio.server import serve as ws_serve
 
 from asyncio_support import TIMEOUT, echo, make_tls_contexts, raw_server, serving
 from kn_sock._pure import build_frame
+from kn_sock.reconnect import retryable_error
 from kn_sock import (
     AsyncWebSocket,
     ConnectionClosed,
@@ -146,15 +148,22 @@ async def test_open_timeout_says_what_timed_out(backend):
         assert str(blocking.value) == "timed out during the opening handshake"
 
 
-async def test_server_closes_during_handshake():
+@pytest.mark.parametrize("reset", [False, True], ids=["eof", "reset"])
+async def test_server_closes_during_handshake(reset):
+    """No HTTP answer, only EOF or a reset: InvalidHandshake whose cause is the network's
+    (EOFError, ConnectionResetError), which a reconnecting client retries."""
     async def on_connect(reader, writer):
         await reader.readuntil(b"\r\n\r\n")
+        if reset:
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         writer.close()
 
     server = await asyncio.start_server(on_connect, "127.0.0.1", 0)
     async with server:
-        with pytest.raises(InvalidHandshake):
+        with pytest.raises(InvalidHandshake, match="connection closed during the opening handshake") as info:
             await async_connect_websocket("127.0.0.1", server.sockets[0].getsockname()[1], open_timeout=TIMEOUT)
+    assert isinstance(info.value.__cause__, ConnectionResetError if reset else EOFError)
+    assert retryable_error(info.value)
 
 
 @pytest.mark.parametrize(

@@ -177,23 +177,26 @@ def test_websockets_server_closing_is_seen(backend):
             thread.join(5)
 
 
-def test_reset_during_the_handshake_is_invalid_handshake():
-    """A server that resets the connection mid-handshake: InvalidHandshake (as the asyncio
-    client raises), not a bare ConnectionResetError; a reconnecting client retries it."""
+@pytest.mark.parametrize("reset", [True, False], ids=["reset", "eof"])
+def test_reset_during_the_handshake_is_invalid_handshake(reset):
+    """A server that resets (or closes) the connection mid-handshake: InvalidHandshake (as the
+    asyncio client raises), not a bare ConnectionResetError, with the network's error (or
+    EOFError) as its cause; a reconnecting client retries it."""
     listener = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
         conn, _ = listener.accept()
         conn.recv(4096)
-        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        conn.close()  # RST
+        if reset:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.close()  # RST, or FIN
 
     thread = threading.Thread(target=serve)
     thread.start()
     try:
         with pytest.raises(InvalidHandshake, match="connection closed during the opening handshake") as info:
             connect_websocket("127.0.0.1", listener.getsockname()[1], open_timeout=5)
-        assert isinstance(info.value.__cause__, ConnectionResetError)
+        assert isinstance(info.value.__cause__, ConnectionResetError if reset else EOFError)
         assert retryable_error(info.value)
     finally:
         thread.join(5)

@@ -74,7 +74,9 @@ class _ClientOpening:
 
     def connection_lost(self, ws: AsyncWebSocket, exc: Exception | None) -> None:
         if not self.fut.done():
-            self.fut.set_exception(InvalidHandshake(f"connection closed during the opening handshake: {exc or 'EOF'}"))
+            error = InvalidHandshake(f"connection closed during the opening handshake: {exc or 'EOF'}")
+            error.__cause__ = exc if exc is not None else EOFError("EOF")  # no HTTP status came
+            self.fut.set_exception(error)
 
 
 def _handshake(wsuri: WebSocketURI, opts: Options) -> ClientHandshake:

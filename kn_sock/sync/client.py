@@ -178,7 +178,7 @@ def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None, attemp
                 _set_timeout(sock, deadline)
                 data = sock.recv(65536)
                 if not data:
-                    raise InvalidHandshake("connection closed during the opening handshake: EOF")
+                    raise InvalidHandshake("connection closed during the opening handshake: EOF") from EOFError("EOF")
                 response = hs.receive_data(data)
         except socket.timeout:
             raise
