@@ -13,7 +13,7 @@ import pytest
 import websockets
 from websockets.asyncio.server import serve as ws_serve
 
-from asyncio_support import TIMEOUT, echo, make_tls_contexts, raw_server, serving
+from asyncio_support import TIMEOUT, echo, make_tls_contexts, raw_server, serving, wait_until
 from kn_sock._pure import build_frame
 from kn_sock.reconnect import retryable_error
 from kn_sock import (
@@ -146,6 +146,25 @@ async def test_open_timeout_says_what_timed_out(backend):
         with pytest.raises(TimeoutError) as blocking:
             await asyncio.to_thread(connect_websocket, "127.0.0.1", port, backend=backend, open_timeout=0.2)
         assert str(blocking.value) == "timed out during the opening handshake"
+
+
+async def test_connect_is_also_a_coroutine(backend):
+    """asyncio.create_task (and TaskGroup.create_task, asyncio.run) take the connect object,
+    as they take aiohttp's ws_connect(); cancelling such a task cancels the attempt."""
+    async with serving(echo, backend=backend) as server:
+        attempt = async_connect_websocket("127.0.0.1", server.port, backend=backend)
+        assert asyncio.iscoroutine(attempt)
+        ws = await asyncio.create_task(attempt)
+        await ws.send("task")
+        assert await ws.recv(timeout=TIMEOUT) == "task"
+        await ws.close()
+        task = asyncio.create_task(async_connect_websocket("127.0.0.1", server.port, backend=backend))
+        await asyncio.sleep(0)  # started: connecting
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async_connect_websocket("127.0.0.1", server.port).close()  # never started: nothing to do
+        await wait_until(lambda: not server.connections)
 
 
 @pytest.mark.parametrize("reset", [False, True], ids=["eof", "reset"])

@@ -170,6 +170,32 @@ async def test_server_close_answers_503_to_connections_still_in_handshake(backen
     assert not server.connections
 
 
+async def test_server_close_right_after_an_accept_answers_503(backend, monkeypatch):
+    """close() between asyncio accepting a connection and the task that makes its transport:
+    the client gets its 503 (asyncio's server closed at once failed that task and left the
+    socket open, the client waiting for its open_timeout; regression audit 53)."""
+    loop = asyncio.get_running_loop()
+    if not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+        pytest.skip("selector event loops only")
+    server = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend)
+    create_task = loop.create_task
+    hit = []
+
+    def close_after_accept(coro, **kwargs):
+        task = create_task(coro, **kwargs)
+        if getattr(coro, "__name__", "") == "_accept_connection2" and not hit:
+            hit.append(coro)
+            server.close()  # the accepted socket's transport is not made yet
+        return task
+
+    monkeypatch.setattr(loop, "create_task", close_after_accept)
+    with pytest.raises(InvalidStatus) as info:
+        await async_connect_websocket("127.0.0.1", server.port, backend=backend, open_timeout=TIMEOUT)
+    assert hit and info.value.status == 503
+    await asyncio.wait_for(server.wait_closed(), TIMEOUT)
+    assert not server.sockets
+
+
 async def test_server_close_with_a_handshake_whose_client_left(backend):
     """The client left mid-handshake and the loop has not noticed yet when the server closes:
     close() does not raise (a Chromium test: ENOTCONN from write_eof after the 503)."""

@@ -7,7 +7,8 @@ import asyncio
 import inspect
 import logging
 import ssl as ssl_module
-from typing import Any, AsyncIterator, Generator, Generic, Literal, TypeVar, overload
+from collections.abc import Coroutine
+from typing import Any, AsyncIterator, Generator, Literal, TypeVar, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
@@ -164,8 +165,12 @@ async def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) 
 _W = TypeVar("_W")  # what the connection is: AsyncWebSocket, or the reconnecting one
 
 
-class connect(Generic[_W]):
-    """``async_connect_websocket(...)``: await it for a connection, or use it with ``async with``."""
+class connect(Coroutine[Any, Any, _W]):
+    """``async_connect_websocket(...)``: await it for a connection, or use it with ``async with``.
+
+    It is also a coroutine (``send``/``throw``/``close``), so ``asyncio.create_task``,
+    ``TaskGroup.create_task`` and ``asyncio.run`` take it, as they take aiohttp's ``ws_connect()``.
+    """
 
     @overload
     def __init__(
@@ -206,6 +211,7 @@ class connect(Generic[_W]):
             raise ValueError("ack= needs reconnect=")
         _handshake(self.wsuri, self.options)  # bad subprotocols / headers / origin raise here
         self.ws: Any = None
+        self._steps: Any = None  # the connection attempt, once driven as a coroutine (send/throw)
 
     async def _connect(self) -> Any:
         if self.policy is None:
@@ -216,6 +222,27 @@ class connect(Generic[_W]):
 
     def __await__(self) -> Generator[Any, None, _W]:
         return self._connect().__await__()
+
+    def _driven(self) -> Any:
+        steps = self._steps
+        if steps is None:
+            steps = self._steps = self._connect().__await__()
+        return steps
+
+    def send(self, value: Any) -> Any:
+        """Coroutine protocol: run the connection attempt to its next suspension."""
+        return self._driven().send(value)
+
+    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
+        """Coroutine protocol: raise ``typ`` inside the connection attempt."""
+        if val is None and tb is None:
+            return self._driven().throw(typ)
+        return self._driven().throw(typ, val, tb)  # the old three-argument form
+
+    def close(self) -> None:
+        """Coroutine protocol: abandon the connection attempt (a no-op if it never started)."""
+        if self._steps is not None:
+            self._steps.close()
 
     async def __aenter__(self) -> _W:
         self.ws = await self._connect()

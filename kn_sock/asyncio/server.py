@@ -385,8 +385,8 @@ class AsyncWebSocketServer:
 
     @property
     def sockets(self) -> tuple[Any, ...]:
-        """The listening sockets."""
-        return tuple(self._server.sockets) if self._server is not None else ()
+        """The listening sockets (none once closing)."""
+        return tuple(self._server.sockets) if self._server is not None and not self.closing else ()
 
     @property
     def port(self) -> int:
@@ -430,7 +430,7 @@ class AsyncWebSocketServer:
         if self._stopped is not None and not self._stopped.done():
             self._stopped.set_result(None)  # serve_forever() returns
         if self._server is not None:
-            self._server.close()
+            self._stop_listening()
         if close_connections:
             for task in list(self._tls_pending):  # in their TLS handshake: drop them
                 task.cancel()
@@ -449,6 +449,22 @@ class AsyncWebSocketServer:
                     task = self.loop.create_task(ws.close(1001))
                     self.tasks.add(task)
                     task.add_done_callback(self.tasks.discard)
+
+    def _stop_listening(self) -> None:
+        """Close the listening sockets. Selector loops: stop accepting now, but let asyncio's
+        server go one loop iteration later, so that connections accepted just before (their
+        transports are made by tasks that have not run yet) are still attached to it and get
+        their 503 (``connection_made``); closed at once, it fails their transport creation and
+        leaves each socket open, the client waiting for ``open_timeout`` (asyncio's own race)."""
+        server = self._server
+        assert server is not None
+        loop = self.loop
+        if not (isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop) and loop.is_running()):
+            server.close()
+            return
+        for sock in server.sockets:
+            loop.remove_reader(sock.fileno())
+        loop.call_soon(server.close)
 
     async def wait_closed(self) -> None:
         """Wait until the server and every connection are closed."""
