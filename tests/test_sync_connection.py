@@ -776,6 +776,56 @@ def test_max_queue_backpressure_with_flooding_peer(backend):
     assert len(received) == n and all(m == payload for m in received)
 
 
+@pytest.mark.parametrize("side", ["server", "client"])
+@pytest.mark.parametrize("ending", ["read-all", "close"])
+def test_max_queue_bounds_compressed_messages_too(backend, side, ending):
+    """One read of highly compressed messages (1 MB of zeros deflates to ~1 KB: ~100 in one
+    read) is inflated only up to max_queue; the rest waits compressed and is delivered, in
+    order, as the application reads, or before the closing handshake completes (it was 60 to
+    120 x max_size for one connection whose application did not read: audit 55)."""
+    count, size = 150, 1_000_000
+    messages = [i.to_bytes(4, "big") + bytes(size - 4) for i in range(count)]
+    peer_side: "queue.Queue[object]" = queue.Queue()
+    done = threading.Event()
+
+    def handler(ws, address):
+        peer_side.put(ws)
+        done.wait(20)
+
+    options = dict(backend=backend, max_queue=4, max_size=2**21)
+    with running_server(handler, **options) as server:
+        ws = connect_websocket("127.0.0.1", server.port, **options)
+        try:
+            other = peer_side.get(timeout=5)
+            receiver, sender = (other, ws) if side == "server" else (ws, other)
+            assert receiver.extensions == ["permessage-deflate"]
+            sending = threading.Thread(target=lambda: [sender.send(m) for m in messages], daemon=True)
+            sending.start()
+            assert wait_for(lambda: len(receiver._messages) >= 4 and receiver._read_paused)
+            time.sleep(0.1)  # (nothing to wait for: what must not happen is more inflating)
+            assert len(receiver._messages) <= 4  # bounded: 4 x 1 MB, not ~100 MB
+            got = []
+            if ending == "close":
+                for _ in range(10):
+                    got.append(receiver.recv(timeout=5))
+                assert len(receiver._messages) <= 4
+                sending.join(10)
+                assert not sending.is_alive()
+                receiver.close()
+                assert receiver.close_code == 1000
+                got += list(receiver._messages)  # what was queued before the close
+                assert got == messages[: len(got)]
+            else:
+                while len(got) < count:
+                    got.append(receiver.recv(timeout=5))
+                    assert len(receiver._messages) <= 4
+                sending.join(10)
+                assert got == messages
+        finally:
+            done.set()
+            ws.close()
+
+
 def test_write_limit_with_peer_that_never_reads(backend):
     with raw_server() as srv:
         peers = []

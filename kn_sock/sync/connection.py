@@ -280,11 +280,15 @@ class WebSocket:
         self._sock.setblocking(bool(self._nb))
         opts = self._opts
         with self._lock:
+            if self.protocol.deflate is not None and self._max_queue is not None:
+                # One read of highly compressed messages must not inflate past the queue bound.
+                self.protocol.batch_room = self._queue_room
             if opts.ping_interval:
                 self._keepalive = Keepalive(opts.ping_interval, opts.ping_timeout, time.monotonic())
                 self._schedule_keepalive()
             if remainder:
                 self._dispatch(self.protocol.receive_data(remainder))
+                self._backlog_step()
             self._update_interest()
 
     # ------------------------------------------------------------ reactor interface (reactor thread)
@@ -390,6 +394,8 @@ class WebSocket:
                 proto.hold_pongs = self._wbuf_size > self._write_limit
                 open_before = proto.state is _OPEN
                 self._dispatch(proto.receive_frames(got), open_before)
+                if proto.backlog is not None:
+                    self._backlog_step()
 
     def _read_py(self, flags: int) -> Any:
         """One read through the socket object (TLS; platforms without ``recv_from``), in the
@@ -444,6 +450,29 @@ class WebSocket:
             self._read_paused = True
         if proto.state is _CLOSED:
             self._after_closed()
+
+    def _queue_room(self) -> int:
+        """``Protocol.batch_room``: the messages the queue can still take (at least one); no
+        bound once closing (``_dispatch`` then drops what is over ``max_queue``)."""
+        max_queue = self._max_queue
+        if max_queue is None or self.protocol.state is not _OPEN:
+            return 1 << 30
+        return max(1, max_queue - len(self._messages))
+
+    def _backlog_step(self) -> None:
+        """Frames ``batch_room`` left in ``protocol.backlog`` (compressed messages) go on while
+        the queue has room; else reading stays paused until the application takes messages
+        (``_maybe_resume``), so the backlog always comes before anything read later
+        (``_lock`` held)."""
+        proto = self.protocol
+        messages = self._messages
+        while proto.backlog is not None:
+            max_queue = self._max_queue
+            open_before = proto.state is _OPEN
+            if open_before and max_queue is not None and len(messages) >= max_queue:
+                self._read_paused = True
+                return
+            self._dispatch(proto.receive_frames([]), open_before)
 
     def _on_pong(self, ev: Pong) -> None:
         now = time.monotonic()
@@ -1122,6 +1151,10 @@ class WebSocket:
         if len(self._messages) <= max_queue // 4:
             with self._lock:
                 if self._read_paused and len(self._messages) <= max_queue // 4:
+                    if self.protocol.backlog is not None:
+                        self._backlog_step()  # what batch_room left comes before reading more
+                        if self.protocol.backlog is not None or len(self._messages) >= max_queue:
+                            return
                     self._read_paused = False
                     self._update_interest()
                     ka = self._keepalive
@@ -1154,6 +1187,8 @@ class WebSocket:
             if not self._sock_done and proto.state is _OPEN:
                 self._write(proto.send_close(code, reason))
                 self._arm_close_timer()
+                if proto.backlog is not None:
+                    self._backlog_step()  # closing: the peer's close frame may be waiting there
                 self._update_interest()
 
     def wait_closed(self, timeout: float | None = None) -> bool:
