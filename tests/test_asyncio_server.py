@@ -116,6 +116,30 @@ async def test_handler_raises_closes_1011(backend, caplog):
     assert any("secret detail" in (r.exc_text or str(r.exc_info)) for r in caplog.records)
 
 
+async def test_handler_raising_another_connections_connection_closed_closes_1011(backend, caplog):
+    """A relay handler sending to a peer that left lets that ConnectionClosed out: its own,
+    open connection is closed 1011 and the error logged, not taken for its own peer leaving
+    (regression audit 54)."""
+    gone = []
+
+    async def handler(websocket, path):
+        if path == "/first":
+            gone.append(websocket)
+            await websocket.wait_closed()
+            return
+        await gone[0].send("relay")  # the first client left: ConnectionClosed
+
+    async with serving(handler, backend=backend) as server:
+        first = await async_connect_websocket(f"ws://127.0.0.1:{server.port}/first", backend=backend)
+        await first.close()
+        await wait_until(lambda: gone and gone[0].closed)
+        with caplog.at_level(logging.ERROR, logger="kn_sock"):
+            async with async_connect_websocket(f"ws://127.0.0.1:{server.port}/second", backend=backend) as ws:
+                assert await ws.recv(timeout=TIMEOUT) is None
+                assert ws.close_code == 1011
+    assert any("handler failed" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
 async def test_server_close_sends_1001_and_wait_closed_returns(backend):
     ready = asyncio.Queue()
 

@@ -290,6 +290,32 @@ def test_handler_return_closes_1000_and_exception_closes_1011(backend, caplog):
         assert any("handler failed" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
+def test_handler_raising_another_connections_connection_closed_closes_1011(backend, caplog):
+    """A relay handler sending to a peer that left lets that ConnectionClosed out: its own,
+    open connection is closed 1011 and the error logged, not taken for its own peer leaving
+    (regression audit 54)."""
+    gone = []
+    first_done = threading.Event()
+
+    def handler(ws, address):
+        if ws.path == "/first":
+            gone.append(ws)
+            ws.recv(5)
+            first_done.set()
+            return
+        gone[0].send("relay")  # the first client left: ConnectionClosed
+
+    with running_server(handler, backend=backend) as server:
+        first = connect_websocket(f"ws://127.0.0.1:{server.port}/first", backend=backend)
+        first.close()
+        assert first_done.wait(5) and wait_for(lambda: gone[0].closed)
+        with caplog.at_level(logging.ERROR, logger="kn_sock"):
+            ws = connect_websocket(f"ws://127.0.0.1:{server.port}/second", backend=backend)
+            assert ws.recv(5) is None
+            assert ws.close_code == 1011
+    assert any("handler failed" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
 def test_server_close_reason_visible_to_client(backend):
     def handler(ws, address):
         ws.close(4001, "go away")

@@ -412,8 +412,11 @@ class AsyncWebSocketServer:
             cancelled = exc  # closed with 1001, then the cancellation goes on (asyncio's rule)
             code = 1001
         except ConnectionClosed as exc:
-            # The peer went away while the handler was sending: not a server error.
-            logger.debug("connection %s closed during the handler: %s", ws.remote_address, exc)
+            if ws.open:  # not this connection's: another one's (a relay to a peer that left)
+                logger.exception("connection handler failed for %s", ws.remote_address)
+                code = 1011
+            else:  # the peer went away while the handler was sending: not a server error
+                logger.debug("connection %s closed during the handler: %s", ws.remote_address, exc)
         except Exception:
             logger.exception("connection handler failed for %s", ws.remote_address)
             code = 1011

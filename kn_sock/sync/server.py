@@ -416,8 +416,11 @@ class WebSocketServer:
             else:
                 self.handler(ws)
         except ConnectionClosed as exc:
-            # The peer went away while the handler was sending: not a server error.
-            logger.debug("connection %s closed during the handler: %s", address, exc)
+            if ws.open:  # not this connection's: another one's (a relay to a peer that left)
+                logger.exception("connection handler failed for %s", address)
+                code = 1011
+            else:  # the peer went away while the handler was sending: not a server error
+                logger.debug("connection %s closed during the handler: %s", address, exc)
         except Exception:
             logger.exception("connection handler failed for %s", address)
             code = 1011
