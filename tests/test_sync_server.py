@@ -637,6 +637,41 @@ def test_tls_handshakes_leave_nothing_pending(tls_contexts):
         assert wait_for(lambda: not server._pending)
 
 
+@pytest.mark.parametrize("where", ["request", "process_request"])
+def test_tls_shutdown_answers_503_to_a_handshake_in_progress(backend, tls_contexts, where):
+    """TLS up, the upgrade request still coming in (or process_request running) when the
+    server shuts down: HTTP 503 over TLS, as over plain TCP and from the asyncio server (the
+    socket was shut down under the TLS read: a bare EOF; regression audit 54)."""
+    server_ctx, client_ctx = tls_contexts
+    entered, release = threading.Event(), threading.Event()
+
+    def hook(path, headers):
+        entered.set()
+        release.wait(5)
+
+    options = {"process_request": hook} if where == "process_request" else {}
+    with running_server(echo, ssl=server_ctx, backend=backend, **options) as server:
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        tls = client_ctx.wrap_socket(sock, server_hostname="localhost")
+        if where == "request":
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n")  # incomplete
+            assert wait_for(lambda: server._tls_up)
+        else:
+            tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+            assert entered.wait(5)
+        start = time.monotonic()
+        threading.Timer(0.1, release.set).start()
+        server.shutdown()
+        assert time.monotonic() - start < 0.5
+    data = b""
+    while chunk := tls.recv(4096):
+        data += chunk
+    assert data.startswith(b"HTTP/1.1 503 "), data
+    tls.close()
+    assert wait_for(lambda: server._halt_r is None)  # closed with the last handshake waiting on it
+
+
 def test_tls_keepalive_while_idle(tls_contexts):
     server_ctx, client_ctx = tls_contexts
     release = threading.Event()

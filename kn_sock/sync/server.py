@@ -18,6 +18,7 @@ import errno
 import inspect
 import logging
 import os
+import select
 import selectors
 import socket
 import stat
@@ -30,7 +31,7 @@ from ..handshake import ServerHandshake
 from ..options import check_port, check_server_ssl, make_options
 from ..protocol import SERVER, Protocol
 from .client import _set_timeout
-from .connection import WebSocket
+from .connection import _HAS_POLL, WebSocket
 
 __all__ = ["WebSocketServer", "start_websocket_server"]
 
@@ -113,6 +114,13 @@ class WebSocketServer:
         self._lock = threading.Lock()
         self.connections: set[WebSocket] = set()
         self._pending: set[socket.socket] = set()
+        #: The sockets of ``_pending`` past their TLS handshake, reading the upgrade request:
+        #: they wait on ``_halt_r`` too (``_tls_wait``), which ``_close_all`` makes readable,
+        #: so that they get their 503 (shutting the socket down under a TLS read would
+        #: break the session, and no answer could go out).
+        self._tls_up: set[socket.socket] = set()
+        self._halt_r: socket.socket | None = None
+        self._halt_w: socket.socket | None = None
         self._closing = False
         self._closed_all = False
         self._serving_ident: int | None = None
@@ -128,6 +136,8 @@ class WebSocketServer:
             self._wake_r.close()
             self._wake_w.close()
             raise
+        if self.options.ssl is not None:
+            self._halt_r, self._halt_w = socket.socketpair()
         self.socket = self._listeners[0]
         name = self.socket.getsockname()
         self._port = int(name[1]) if isinstance(name, tuple) else None  # kept once closed
@@ -298,14 +308,51 @@ class WebSocketServer:
             if closing:
                 return None
             tls.do_handshake()
+            with self._lock:
+                if not self._closing:  # (else _upgrade answers 503 without waiting)
+                    self._tls_up.add(tls)
             ws = self._upgrade(tls, address, deadline)
         finally:
             if ws is None:
                 # ``sock`` was detached by wrap_socket: only ``tls`` can close the descriptor.
                 with self._lock:
                     self._pending.discard(tls)
+                    self._tls_left(tls)
                 tls.close()
         return ws
+
+    def _tls_wait(self, sock: Any, deadline: float | None) -> None:
+        """TLS, before each read of the upgrade request: wait until the client's bytes come,
+        ``deadline`` passes (the read then times out) or ``shutdown()`` starts (503)."""
+        if self._closing:
+            raise InvalidHandshake("server is shutting down", status=503)
+        if sock.pending():
+            return
+        halt = self._halt_r  # open while ``sock`` is in _tls_up (see _tls_left)
+        assert halt is not None
+        timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+        if _HAS_POLL:
+            poller = select.poll()
+            poller.register(sock, select.POLLIN)
+            poller.register(halt, select.POLLIN)
+            poller.poll(None if timeout is None else int(timeout * 1000 + 0.999))
+        else:  # pragma: no cover - no poll() (Windows)
+            select.select([sock, halt], [], [], timeout)
+        if self._closing:
+            raise InvalidHandshake("server is shutting down", status=503)
+
+    def _tls_left(self, sock: Any) -> None:
+        """``sock`` no longer reads its upgrade request (``_lock`` held): once the server is
+        closed and no thread waits on ``_halt_r`` any more, close it."""
+        self._tls_up.discard(sock)
+        if self._closed_all and not self._tls_up:
+            self._close_halt()
+
+    def _close_halt(self) -> None:
+        for s in (self._halt_r, self._halt_w):
+            if s is not None:
+                s.close()
+        self._halt_r = self._halt_w = None
 
     def _new_handshake(self) -> ServerHandshake:
         opts = self.options
@@ -325,6 +372,8 @@ class WebSocketServer:
         request = None
         try:
             while request is None:
+                if type(sock) is not socket.socket:
+                    self._tls_wait(sock, deadline)
                 _set_timeout(sock, deadline)
                 data = sock.recv(65536)
                 if not data:
@@ -346,6 +395,7 @@ class WebSocketServer:
                 closing = self._closing
                 if not closing:
                     self._pending.discard(sock)
+                    self._tls_left(sock)
             if closing:
                 raise InvalidHandshake("server is shutting down", status=503)
         except InvalidHandshake as exc:
@@ -459,7 +509,23 @@ class WebSocketServer:
                 return
             self._closed_all = True
             conns = list(self.connections)
-            pending = list(self._pending)
+            # Plain TCP: only the reading side, so that the woken thread answers 503 (as the
+            # asyncio server does). TLS past its handshake: left alone, woken through
+            # ``_halt_r`` (_tls_wait). TLS still in its handshake: both sides (no answer can
+            # go out), on the descriptor (SSLSocket.shutdown would also drop the TLS object
+            # under a thread about to use it).
+            pending = [
+                (sock, socket.SHUT_RD if type(sock) is socket.socket else socket.SHUT_RDWR)
+                for sock in self._pending
+                if sock not in self._tls_up
+            ]
+            if self._halt_w is not None:
+                try:
+                    self._halt_w.send(b"\0")  # never read: _halt_r stays readable
+                except OSError:  # pragma: no cover
+                    pass
+                if not self._tls_up:
+                    self._close_halt()
         for listener in self._listeners:
             try:
                 listener.close()
@@ -470,12 +536,9 @@ class WebSocketServer:
                 os.unlink(self._unix)
             except OSError:
                 pass
-        for sock in pending:  # handshakes in progress: wake their threads
+        for sock, how in pending:  # handshakes in progress: wake their threads
             try:
-                # Plain TCP: only the reading side, so the woken thread answers 503 (as the
-                # asyncio server does). TLS: both, on the descriptor (SSLSocket.shutdown would
-                # also drop the TLS object under a thread about to use it).
-                socket.socket.shutdown(sock, socket.SHUT_RD if type(sock) is socket.socket else socket.SHUT_RDWR)
+                socket.socket.shutdown(sock, how)
             except OSError:
                 pass
         t0 = time.monotonic()
