@@ -212,6 +212,29 @@ def test_shutdown_answers_503_to_a_handshake_in_progress(backend):
     raw.close()
 
 
+def test_shutdown_hands_the_gil_over_quickly_then_restores_the_switch_interval(backend, monkeypatch):
+    """While shutdown() runs, the GIL changes hands every 0.1 ms (10 handlers busy in Python
+    code made it wait 5 ms at every system call: 1 to 2.7 s to shut down, SPEC's bound being
+    0.5 s; audit 54); the application's switch interval is back afterwards."""
+    import sys
+
+    seen = []
+    real = server_module.WebSocket._start_close
+
+    def recording(self, *args, **kwargs):
+        seen.append(sys.getswitchinterval())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(server_module.WebSocket, "_start_close", recording)
+    before = sys.getswitchinterval()
+    with running_server(echo, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend)
+        assert wait_for(lambda: server.connections)
+    assert seen and seen[0] == pytest.approx(server_module._SHUTDOWN_SWITCH)
+    assert sys.getswitchinterval() == before
+    assert ws.recv(5) is None and ws.close_code == 1001
+
+
 def test_shutdown_just_after_the_101_still_sends_1001(backend, monkeypatch):
     """The race of a shutdown with a connection whose 101 answer has just gone out: it
     must get its 1001 close (SPEC), not a bare end of TCP. Made deterministic by holding

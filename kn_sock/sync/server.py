@@ -14,6 +14,7 @@ connections fit in memory.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import inspect
 import logging
@@ -22,9 +23,10 @@ import select
 import selectors
 import socket
 import stat
+import sys
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
@@ -55,7 +57,35 @@ _DROP_COST = 0.00012
 #: How often ``serve_forever`` checks a ``shutdown_event``.
 _EVENT_POLL = 0.05
 
+#: The interpreter's switch interval while ``shutdown()`` runs (see ``_quick_gil_handoff``).
+_SHUTDOWN_SWITCH = 0.0001
+
 _stack_lock = threading.Lock()
+_switch_lock = threading.Lock()
+_switch_users = 0
+_switch_saved = 0.005
+
+
+@contextlib.contextmanager
+def _quick_gil_handoff() -> Iterator[None]:
+    """While a server shuts down, the GIL changes hands every 0.1 ms instead of every 5 ms:
+    the shutdown (and the reactor reading the 1001 answers) releases the GIL at each system
+    call and waits that long each time behind handler threads busy in Python code (measured,
+    10 CPU-bound handlers: 1.0 to 2.7 s to shut down, SPEC's bound being 0.5 s; 0.12 to 0.36 s
+    with this). Process-wide, so nested and concurrent shutdowns share one saved value."""
+    global _switch_users, _switch_saved
+    with _switch_lock:
+        if _switch_users == 0:
+            _switch_saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_saved, _SHUTDOWN_SWITCH))
+        _switch_users += 1
+    try:
+        yield
+    finally:
+        with _switch_lock:
+            _switch_users -= 1
+            if _switch_users == 0:
+                sys.setswitchinterval(_switch_saved)
 
 
 def _spawn(target: Callable[..., Any], args: tuple[Any, ...], stack_size: int | None, name: str) -> None:
@@ -503,6 +533,10 @@ class WebSocketServer:
     close = shutdown
 
     def _close_all(self) -> None:
+        with _quick_gil_handoff():
+            self._close_all_now()
+
+    def _close_all_now(self) -> None:
         with self._lock:
             self._closing = True
             if self._closed_all:
