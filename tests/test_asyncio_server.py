@@ -220,6 +220,31 @@ async def test_server_close_right_after_an_accept_answers_503(backend, monkeypat
     assert not server.sockets
 
 
+async def test_server_close_then_loop_stop_closes_the_port(backend):
+    """close() and loop.stop() in one callback (a SIGTERM handler), the loop then closed:
+    the port is closed at once (a close deferred to the next iteration never ran: the
+    listening socket stayed open; regression audit 56). (A loop of its own, in a thread.)"""
+
+    def run_and_stop() -> None:
+        loop = asyncio.new_event_loop()
+        try:
+            server = loop.run_until_complete(start_async_websocket_server("127.0.0.1", 0, echo, backend=backend))
+
+            def on_signal():
+                server.close()
+                loop.stop()
+
+            loop.call_soon(on_signal)
+            loop.run_forever()
+            assert not server.sockets
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT).close()
+        finally:
+            loop.close()
+
+    await asyncio.to_thread(run_and_stop)
+
+
 async def test_server_close_with_a_handshake_whose_client_left(backend):
     """The client left mid-handshake and the loop has not noticed yet when the server closes:
     close() does not raise (a Chromium test: ENOTCONN from write_eof after the 503)."""
@@ -751,6 +776,33 @@ async def test_wss_answered_connection_is_released_after_the_linger(backend, tmp
         await wait_until(lambda: len(server.connections) == 1)
         await wait_until(lambda: not server.connections, 3)
         sock.close()
+
+
+async def test_wss_close_just_after_the_tls_handshake_answers_503_and_ends(backend, tmp_path, monkeypatch):
+    """close() after TLS came up (connection_made) but before the task that ran the TLS
+    handshake resumed: the client gets its 503 and wait_closed() returns; that task was
+    cancelled, asyncio closed the TLS transport a second time, which detached it from its TLS
+    layer, and the connection stayed until asyncio's 30 s shutdown timeout (audit 56)."""
+    import kn_sock.asyncio.server as server_module
+
+    server_ctx, client_ctx = make_tls_contexts(tmp_path)
+    server = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend, ssl=server_ctx)
+    real = server_module._ServerOpening.connection_made
+
+    tls_tasks = []
+
+    def then_close(self, ws):
+        tls_tasks.extend(server._tls_pending)  # (one connection: its TLS task)
+        real(self, ws)
+        server.close()  # the TLS task's waiter is done, the task has not resumed yet
+
+    monkeypatch.setattr(server_module._ServerOpening, "connection_made", then_close)
+    sock = await asyncio.to_thread(_tls_request, client_ctx, server.port, upgrade_request())
+    await asyncio.wait_for(server.wait_closed(), TIMEOUT)
+    assert tls_tasks and tls_tasks[0].done() and not tls_tasks[0].cancelled()
+    answer = await asyncio.to_thread(sock.recv, 4096)
+    assert answer.startswith(b"HTTP/1.1 503 "), answer
+    sock.close()
 
 
 async def test_server_close_with_an_unread_large_answer_is_bounded(backend):

@@ -235,6 +235,25 @@ def test_shutdown_hands_the_gil_over_quickly_then_restores_the_switch_interval(b
     assert ws.recv(5) is None and ws.close_code == 1001
 
 
+def test_the_quick_gil_handoff_keeps_an_interval_the_application_set_meanwhile():
+    """Nested (concurrent shutdowns) restore once, at the end; an interval the application
+    set during a shutdown stays (regression audit 56)."""
+    import sys
+
+    before = sys.getswitchinterval()
+    try:
+        with server_module._quick_gil_handoff():
+            with server_module._quick_gil_handoff():
+                assert sys.getswitchinterval() == pytest.approx(server_module._SHUTDOWN_SWITCH)
+            assert sys.getswitchinterval() == pytest.approx(server_module._SHUTDOWN_SWITCH)
+        assert sys.getswitchinterval() == before
+        with server_module._quick_gil_handoff():
+            sys.setswitchinterval(0.002)
+        assert sys.getswitchinterval() == pytest.approx(0.002)
+    finally:
+        sys.setswitchinterval(before)
+
+
 def test_shutdown_just_after_the_101_still_sends_1001(backend, monkeypatch):
     """The race of a shutdown with a connection whose 101 answer has just gone out: it
     must get its 1001 close (SPEC), not a bare end of TCP. Made deterministic by holding
@@ -693,6 +712,44 @@ def test_tls_shutdown_answers_503_to_a_handshake_in_progress(backend, tls_contex
     assert data.startswith(b"HTTP/1.1 503 "), data
     tls.close()
     assert wait_for(lambda: server._halt_r is None)  # closed with the last handshake waiting on it
+
+
+def test_tls_shutdown_answers_503_to_a_client_midway_through_a_tls_record(backend, tls_contexts):
+    """TLS up, then only 3 bytes of the record carrying the request when the server shuts
+    down: 503 at once (the thread sat in the TLS read, waiting for the rest of the record,
+    until open_timeout; regression audit 56). The client runs TLS over memory BIOs to send
+    part of a record."""
+    server_ctx, client_ctx = tls_contexts
+    with running_server(echo, ssl=server_ctx, backend=backend, open_timeout=10) as server:
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = client_ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        raw.sendall(outgoing.read())
+        tls.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
+        raw.sendall(outgoing.read()[:3])  # 3 bytes of a 5-byte record header
+        assert wait_for(lambda: server._tls_up)
+        time.sleep(0.05)  # (nothing to wait for: the server thread is waiting for the record)
+        start = time.monotonic()
+        server.shutdown()
+        assert time.monotonic() - start < 0.5
+    data = b""
+    while chunk := raw.recv(65536):
+        incoming.write(chunk)
+    while True:
+        try:
+            data += tls.read(65536)
+        except (ssl.SSLWantReadError, ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            break
+    assert data.startswith(b"HTTP/1.1 503 "), data
+    assert time.monotonic() - start < 2  # not after open_timeout
+    raw.close()
 
 
 def test_tls_keepalive_while_idle(tls_contexts):

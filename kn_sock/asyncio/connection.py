@@ -58,7 +58,10 @@ def tcp_transport(transport: Any) -> Any:
 def unsent_bytes(transport: Any) -> int:
     """Bytes a transport still holds to send, the TCP transport under a TLS one included
     (``get_write_buffer_size()`` of asyncio's TLS transport counts only its own layer)."""
-    size: int = transport.get_write_buffer_size()
+    try:
+        size: int = transport.get_write_buffer_size()
+    except AttributeError:  # asyncio's TLS transport closed twice: detached from its TLS layer
+        return 0
     inner = tcp_transport(transport)
     if inner is not None and not inner.is_closing():
         size += inner.get_write_buffer_size()

@@ -43,19 +43,37 @@ def _wants_path(handler: Callable[..., Any]) -> bool:
     return len(positional) >= 2
 
 
+def _accepting(task: asyncio.Task[Any]) -> bool:
+    """``task`` is asyncio's making of an accepted connection's transport, not started yet
+    (``BaseSelectorEventLoop._accept_connection2``, 3.10-3.13)."""
+    coro = task.get_coro()
+    return (
+        getattr(coro, "__name__", "") == "_accept_connection2"
+        and inspect.iscoroutine(coro)
+        and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED
+    )
+
+
 class _ServerOpening:
     """Per-connection opening handshake on the server side, bounded by ``open_timeout``."""
 
-    __slots__ = ("server", "hs", "timer", "task")
+    __slots__ = ("server", "hs", "timer", "task", "tls_task")
 
     def __init__(self, server: "AsyncWebSocketServer") -> None:
         self.server = server
         self.hs: ServerHandshake | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+        self.tls_task: asyncio.Task[Any] | None = None  # TLS: the task that ran the TLS handshake
 
     def connection_made(self, ws: AsyncWebSocket) -> None:
         server = self.server
+        if self.tls_task is not None:
+            # TLS is up: the connection is ours from now on (close() answers it 503); its
+            # task ends by itself. Cancelled now, asyncio would close the transport a second
+            # time, which detaches it from its TLS layer, out of our reach (audit 56).
+            server._tls_pending.discard(self.tls_task)
+            self.tls_task = None
         opts = server.options
         server.connections.add(ws)
         self.hs = server._new_handshake()
@@ -333,9 +351,16 @@ class AsyncWebSocketServer:
         except OSError:
             peer = None
         timeout = self.options.open_timeout
+        task = asyncio.current_task()
+
+        def factory() -> AsyncWebSocket:
+            ws = self._factory()
+            ws._handshake.tls_task = task
+            return ws
+
         try:
             await self.loop.connect_accepted_socket(
-                self._factory, sock, ssl=self.options.ssl, ssl_handshake_timeout=timeout or None
+                factory, sock, ssl=self.options.ssl, ssl_handshake_timeout=timeout or None
             )
         except asyncio.CancelledError:
             sock.close()
@@ -454,20 +479,26 @@ class AsyncWebSocketServer:
                     task.add_done_callback(self.tasks.discard)
 
     def _stop_listening(self) -> None:
-        """Close the listening sockets. Selector loops: stop accepting now, but let asyncio's
-        server go one loop iteration later, so that connections accepted just before (their
-        transports are made by tasks that have not run yet) are still attached to it and get
-        their 503 (``connection_made``); closed at once, it fails their transport creation and
-        leaves each socket open, the client waiting for ``open_timeout`` (asyncio's own race)."""
+        """Close the listening sockets. Selector loops, with connections accepted whose
+        transports asyncio has not made yet (tasks that have not run): stop accepting now, but
+        let asyncio's server go one loop iteration later, so that they are still attached to
+        it and get their 503 (``connection_made``); closed at once, it fails their transport
+        creation and leaves each socket open, the client waiting for ``open_timeout``
+        (asyncio's own race). Otherwise, at once (a loop stopped right after close() would
+        never run a deferred close: the port would stay open)."""
         server = self._server
         assert server is not None
         loop = self.loop
-        if not (isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop) and loop.is_running()):
+        if (
+            isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop)
+            and loop.is_running()
+            and any(_accepting(task) for task in asyncio.all_tasks(loop))
+        ):
+            for sock in server.sockets:
+                loop.remove_reader(sock.fileno())
+            loop.call_soon(server.close)
+        else:
             server.close()
-            return
-        for sock in server.sockets:
-            loop.remove_reader(sock.fileno())
-        loop.call_soon(server.close)
 
     async def wait_closed(self) -> None:
         """Wait until the server and every connection are closed."""

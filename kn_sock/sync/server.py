@@ -22,6 +22,7 @@ import os
 import select
 import selectors
 import socket
+import ssl as ssl_module
 import stat
 import sys
 import threading
@@ -64,6 +65,7 @@ _stack_lock = threading.Lock()
 _switch_lock = threading.Lock()
 _switch_users = 0
 _switch_saved = 0.005
+_switch_set = 0.0
 
 
 @contextlib.contextmanager
@@ -73,18 +75,20 @@ def _quick_gil_handoff() -> Iterator[None]:
     call and waits that long each time behind handler threads busy in Python code (measured,
     10 CPU-bound handlers: 1.0 to 2.7 s to shut down, SPEC's bound being 0.5 s; 0.12 to 0.36 s
     with this). Process-wide, so nested and concurrent shutdowns share one saved value."""
-    global _switch_users, _switch_saved
+    global _switch_users, _switch_saved, _switch_set
     with _switch_lock:
         if _switch_users == 0:
             _switch_saved = sys.getswitchinterval()
             sys.setswitchinterval(min(_switch_saved, _SHUTDOWN_SWITCH))
+            _switch_set = sys.getswitchinterval()
         _switch_users += 1
     try:
         yield
     finally:
         with _switch_lock:
             _switch_users -= 1
-            if _switch_users == 0:
+            # (Unless the application set an interval of its own meanwhile: that one stays.)
+            if _switch_users == 0 and sys.getswitchinterval() == _switch_set:
                 sys.setswitchinterval(_switch_saved)
 
 
@@ -351,25 +355,43 @@ class WebSocketServer:
                 tls.close()
         return ws
 
-    def _tls_wait(self, sock: Any, deadline: float | None) -> None:
-        """TLS, before each read of the upgrade request: wait until the client's bytes come,
-        ``deadline`` passes (the read then times out) or ``shutdown()`` starts (503)."""
+    def _tls_read(self, sock: Any, deadline: float | None) -> bytes:
+        """TLS: the next bytes of the upgrade request. Non-blocking reads, each after a wait
+        for the socket or ``shutdown()`` (``_tls_wait``), so that neither a TLS record that
+        comes in pieces nor a silent client keeps the thread from answering 503."""
+        while True:
+            self._tls_wait(sock, deadline, False)
+            sock.settimeout(0.0)
+            try:
+                data: bytes = sock.recv(65536)
+                return data
+            except ssl_module.SSLWantReadError:  # a partial record: wait for the rest
+                continue
+            except ssl_module.SSLWantWriteError:  # (TLS has something to send first)
+                self._tls_wait(sock, deadline, True)
+
+    def _tls_wait(self, sock: Any, deadline: float | None, write: bool) -> None:
+        """Wait until ``sock`` is readable (or writable), or raise: ``shutdown()`` started
+        (503), ``deadline`` passed (socket.timeout)."""
         if self._closing:
             raise InvalidHandshake("server is shutting down", status=503)
-        if sock.pending():
+        if not write and sock.pending():
             return
         halt = self._halt_r  # open while ``sock`` is in _tls_up (see _tls_left)
         assert halt is not None
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         if _HAS_POLL:
             poller = select.poll()
-            poller.register(sock, select.POLLIN)
+            poller.register(sock, select.POLLOUT if write else select.POLLIN)
             poller.register(halt, select.POLLIN)
-            poller.poll(None if timeout is None else int(timeout * 1000 + 0.999))
+            ready = poller.poll(None if timeout is None else int(timeout * 1000 + 0.999))
         else:  # pragma: no cover - no poll() (Windows)
-            select.select([sock, halt], [], [], timeout)
+            r, w, _ = select.select([halt] if write else [sock, halt], [sock] if write else [], [], timeout)
+            ready = r + w
         if self._closing:
             raise InvalidHandshake("server is shutting down", status=503)
+        if not ready:
+            raise socket.timeout("timed out")
 
     def _tls_left(self, sock: Any) -> None:
         """``sock`` no longer reads its upgrade request (``_lock`` held): once the server is
@@ -402,10 +424,11 @@ class WebSocketServer:
         request = None
         try:
             while request is None:
-                if type(sock) is not socket.socket:
-                    self._tls_wait(sock, deadline)
-                _set_timeout(sock, deadline)
-                data = sock.recv(65536)
+                if type(sock) is socket.socket:
+                    _set_timeout(sock, deadline)
+                    data = sock.recv(65536)
+                else:
+                    data = self._tls_read(sock, deadline)
                 if not data:
                     if self._closing and type(sock) is socket.socket:  # woken by shutdown()
                         raise InvalidHandshake("server is shutting down", status=503)
