@@ -482,6 +482,9 @@ def main() -> None:
     if args.client:
         return client_main(args.port, not args.raw, args.deflate, args.concurrency)
 
+    unknown = sorted(set((args.only or "").split(",")) - set(BY_NAME) - {""})
+    if unknown:
+        ap.error(f"--only: unknown contestant(s) {', '.join(unknown)} (known: {','.join(BY_NAME)})")
     C.install_parent_handlers()
     t_start = time.monotonic()
     limit = C.raise_nofile()

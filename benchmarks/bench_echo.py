@@ -749,6 +749,10 @@ def main() -> None:
         modes = [m for m in MODES_FULL if m[0] in wanted]
         if not modes:
             ap.error(f"--cells: none of {wanted} in {[m[0] for m in MODES_FULL]}")
+    for option in ("only", "skip"):
+        unknown = sorted(set((getattr(args, option) or "").split(",")) - set(BY_NAME) - {""})
+        if unknown:
+            ap.error(f"--{option}: unknown contestant(s) {', '.join(unknown)} (known: {','.join(BY_NAME)})")
     if orchestrate(args, rounds, duration, warmup, modes):
         sys.exit(1)
 

@@ -216,8 +216,11 @@ def bench_parse(quick: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    quick = "--quick" in argv
+    import argparse
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="smoke run: fewer sizes and rounds")
+    quick = parser.parse_args(sys.argv[1:] if argv is None else argv).quick
     print(f"kn_sock speedups benchmark — cython {'loaded' if speedups else 'NOT loaded'}, Python {sys.version.split()[0]}")
     t0 = time.perf_counter()
     bench_mask(quick)

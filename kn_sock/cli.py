@@ -257,6 +257,8 @@ def _open_client(args: argparse.Namespace) -> Any:
         raise CLIError(f"{args.uri}: timed out after {args.timeout:g} s") from None
     except OSError as exc:
         raise CLIError(f"cannot connect to {args.uri}: {exc.strerror or exc}") from None
+    except ValueError as exc:  # an option's value (a subprotocol that is not an HTTP token)
+        raise CLIError(str(exc), EXIT_USAGE) from None
 
 
 def _port(text: str) -> int:
@@ -278,6 +280,17 @@ def _positive(text: str) -> float:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    return value
+
+
+def _not_negative(text: str) -> float:
+    """argparse type: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
     return value
 
 
@@ -550,8 +563,8 @@ def _parser() -> argparse.ArgumentParser:
         "('< ' in front when stdout is a terminal). /ping, /close [code] [reason]; //text sends /text. "
         "At the end of stdin, replies still due are awaited (--linger) before closing."))
     p.add_argument("uri", help="ws://host:port/path or wss://...")
-    p.add_argument("--timeout", type=float, default=10.0, help="opening handshake timeout (default 10 s)")
-    p.add_argument("--linger", type=float, default=DEFAULT_LINGER,
+    p.add_argument("--timeout", type=_positive, default=10.0, help="opening handshake timeout (default 10 s)")
+    p.add_argument("--linger", type=_not_negative, default=DEFAULT_LINGER,
                    help=f"at end of input, wait up to this long for replies (default {DEFAULT_LINGER:g} s)")
     p.add_argument("--cafile", metavar="PEM", help="trust this certificate / CA bundle for wss://")
     p.add_argument("-k", "--insecure", action="store_true", help="wss:// without certificate checks")

@@ -173,6 +173,18 @@ def test_serve_port_out_of_range_is_a_usage_error(port: str) -> None:
     assert "--port" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "option, value", [("--timeout", "-1"), ("--timeout", "nan"), ("--linger", "-1"), ("--subprotocol", "a b")]
+)
+def test_connect_bad_option_values_are_usage_errors(option: str, value: str) -> None:
+    """One line and exit 2, no traceback, before any connection (port 9: nothing listens;
+    regression audit 57: a traceback, or a network error hiding the bad value)."""
+    proc = run_cli("connect", "ws://127.0.0.1:9/", option, value)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and "refused" not in proc.stderr
+    assert (option in proc.stderr) if option != "--subprotocol" else ("subprotocol" in proc.stderr)
+
+
 def test_serve_unknown_host_is_one_line() -> None:
     proc = run_cli("serve", "--port", "0", "--host", "nonexistent.invalid", timeout=20)
     assert proc.returncode == 1
@@ -327,6 +339,20 @@ def test_bench_quick_speedups_prints_a_table() -> None:
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "[1/1] speedups" in proc.stdout and "done in" in proc.stdout
     assert "## Masking" in proc.stdout and "kn_sock pure" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "script, args",
+    [("bench_speedups.py", ["--bogus"]), ("bench_echo.py", ["--only", "nosuch"]), ("bench_conns.py", ["--only", "nosuch"])],
+)
+def test_bench_scripts_refuse_unknown_options_and_contestants(script: str, args: list[str]) -> None:
+    """A usage error (exit 2), not a silent run or an empty table (regression audit 57)."""
+    path = ROOT / "benchmarks" / script
+    if not path.exists():
+        pytest.skip("no benchmarks/ in this checkout")
+    proc = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "error:" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_an_installed_package_carries_the_benchmarks(tmp_path: Path) -> None:

@@ -177,6 +177,17 @@ def test_websockets_server_closing_is_seen(backend):
             thread.join(5)
 
 
+@pytest.mark.parametrize(
+    "options",
+    [{"subprotocols": ["a b"]}, {"headers": {"Bad Name": "x"}}, {"origin": "bad\r\nx"}, {"user_agent": "a\r\nb"}],
+)
+def test_bad_handshake_options_raise_before_connecting(options):
+    """ValueError at once, as from the asyncio client, not a network error that hides the bad
+    value (nothing listens on port 9; regression audit 57)."""
+    with pytest.raises(ValueError):
+        connect_websocket("127.0.0.1", 9, open_timeout=5, **options)
+
+
 @pytest.mark.parametrize("reset", [True, False], ids=["reset", "eof"])
 def test_reset_during_the_handshake_is_invalid_handshake(reset):
     """A server that resets (or closes) the connection mid-handshake: InvalidHandshake (as the

@@ -16,6 +16,11 @@ W=${WSTEST_DIR:-$HOME/.cache/kn_sock/autobahn-wstest}
 out=${AUTOBAHN_OUT:-$root/build/autobahn}
 impl=$(python -c "import kn_sock._backend as b; print(b.IMPLEMENTATION)" 2>/dev/null || echo unknown)
 mkdir -p "$out"
+if [ ! -f "$shared/tools/autobahn/summarize.py" ]; then
+  echo "error: the Autobahn tools are not in $shared/tools/autobahn (setup.sh, summarize.py):" >&2
+  echo "  they come with the workspace, beside this repository; point KN_SOCK_SHARED at the folder holding tools/" >&2
+  exit 2
+fi
 if [ ! -x "$W/venv/bin/wstest" ]; then
   echo "building wstest in $W"
   bash "$shared/tools/autobahn/setup.sh" "$W" > "$out/setup.log" 2>&1 || { tail -20 "$out/setup.log"; exit 1; }
