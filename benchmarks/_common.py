@@ -33,6 +33,36 @@ if CHECKOUT is not None and CHECKOUT not in sys.path:
 _CHILDREN: list["Child"] = []
 
 
+#: Set by ``kn-sock bench``, which gives one command line to several suites: an option or a
+#: contestant id that belongs to another suite is then ignored here, with a note.
+SUITE_ENV = "KN_SOCK_BENCH_SUITE"
+
+
+def parse_args(ap: Any, argv: list[str] | None = None) -> Any:
+    """``ap.parse_args(argv)``; under ``kn-sock bench`` (SUITE_ENV), options for another suite
+    are ignored with a note instead of being a usage error."""
+    if not os.environ.get(SUITE_ENV):
+        return ap.parse_args(argv)
+    args, unknown = ap.parse_known_args(argv)
+    if unknown:
+        print(f"note: ignored by this suite (for another one): {' '.join(unknown)}", flush=True)
+    return args
+
+
+def known_ids(ap: Any, option: str, value: str | None, known: Any) -> str | None:
+    """The ids of ``--option value`` (comma-separated) that this script knows: an unknown id
+    is a usage error, or, under ``kn-sock bench``, ignored with a note."""
+    if not value:
+        return value
+    ids = [i for i in value.split(",") if i]
+    unknown = [i for i in ids if i not in known]
+    if unknown:
+        if not os.environ.get(SUITE_ENV):
+            ap.error(f"--{option}: unknown contestant(s) {', '.join(unknown)} (known: {','.join(known)})")
+        print(f"note: --{option}: not contestants of this suite, ignored: {', '.join(unknown)}", flush=True)
+    return ",".join(i for i in ids if i in known) or ","  # (",": a selection that matches none)
+
+
 def _kill_children() -> None:
     for child in list(_CHILDREN):
         child.kill()

@@ -475,16 +475,14 @@ def main() -> None:
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--deflate", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--raw", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = C.parse_args(ap)
 
     if args.serve:
         return serve(args.serve, args.deflate)
     if args.client:
         return client_main(args.port, not args.raw, args.deflate, args.concurrency)
 
-    unknown = sorted(set((args.only or "").split(",")) - set(BY_NAME) - {""})
-    if unknown:
-        ap.error(f"--only: unknown contestant(s) {', '.join(unknown)} (known: {','.join(BY_NAME)})")
+    args.only = C.known_ids(ap, "only", args.only, BY_NAME)
     C.install_parent_handlers()
     t_start = time.monotonic()
     limit = C.raise_nofile()

@@ -729,7 +729,7 @@ def main() -> None:
     ap.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cells", help='comma-separated cells to run, e.g. "64 B,64 KiB" (default: all)')
     ap.add_argument("--modes", help=argparse.SUPPRESS)
-    args = ap.parse_args()
+    args = C.parse_args(ap)
 
     if os.environ.get("BENCH_CPU"):
         C.pin_cpu(os.environ["BENCH_CPU"])
@@ -749,10 +749,8 @@ def main() -> None:
         modes = [m for m in MODES_FULL if m[0] in wanted]
         if not modes:
             ap.error(f"--cells: none of {wanted} in {[m[0] for m in MODES_FULL]}")
-    for option in ("only", "skip"):
-        unknown = sorted(set((getattr(args, option) or "").split(",")) - set(BY_NAME) - {""})
-        if unknown:
-            ap.error(f"--{option}: unknown contestant(s) {', '.join(unknown)} (known: {','.join(BY_NAME)})")
+    args.only = C.known_ids(ap, "only", args.only, BY_NAME)
+    args.skip = C.known_ids(ap, "skip", args.skip, BY_NAME)
     if orchestrate(args, rounds, duration, warmup, modes):
         sys.exit(1)
 

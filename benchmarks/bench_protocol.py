@@ -29,6 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if (ROOT / "kn_sock").is_dir():  # a checkout (installed: kn_sock/_benchmarks)
     sys.path.insert(0, str(ROOT))
 
+import _common as C  # noqa: E402
 from kn_sock import _pure  # noqa: E402
 from kn_sock._backend import speedups  # noqa: E402
 from kn_sock.extensions.permessage_deflate import ClientDeflateFactory, ServerDeflateFactory  # noqa: E402
@@ -154,7 +155,7 @@ def main() -> int:
     """Print the table."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args()
+    args = C.parse_args(parser)
     seconds, rounds = (0.1, 1) if args.quick else (0.4, 5)
     rows: list[tuple[str, float, float]] = []
     contestants: list[tuple[str, Any]] = []

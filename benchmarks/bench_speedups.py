@@ -20,6 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if os.path.isdir(os.path.join(ROOT, "kn_sock")):  # a checkout (installed: kn_sock/_benchmarks)
     sys.path.insert(0, ROOT)
 
+import _common as C  # noqa: E402
 from kn_sock import _pure  # noqa: E402
 from kn_sock._backend import speedups  # noqa: E402
 
@@ -220,7 +221,7 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer sizes and rounds")
-    quick = parser.parse_args(sys.argv[1:] if argv is None else argv).quick
+    quick = C.parse_args(parser, sys.argv[1:] if argv is None else argv).quick
     print(f"kn_sock speedups benchmark — cython {'loaded' if speedups else 'NOT loaded'}, Python {sys.version.split()[0]}")
     t0 = time.perf_counter()
     bench_mask(quick)

@@ -257,6 +257,8 @@ def _open_client(args: argparse.Namespace) -> Any:
         raise CLIError(f"{args.uri}: timed out after {args.timeout:g} s") from None
     except OSError as exc:
         raise CLIError(f"cannot connect to {args.uri}: {exc.strerror or exc}") from None
+    except UnicodeError as exc:  # a host name IDNA cannot encode ("a..b", a label over 63)
+        raise CLIError(f"invalid URI: {args.uri}: bad host name ({exc})", EXIT_USAGE) from None
     except ValueError as exc:  # an option's value (a subprotocol that is not an HTTP token)
         raise CLIError(str(exc), EXIT_USAGE) from None
 
@@ -521,7 +523,9 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
         cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else []) + list(extra)
         _out(f"== {tag}: {script.name}{' --quick' if args.quick else ''} ...")
         t0 = time.perf_counter()
-        rc = subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})  # stream its tables as they come
+        # (KN_SOCK_BENCH_SUITE: an option or contestant id for another suite is ignored there.)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "KN_SOCK_BENCH_SUITE": "1"}
+        rc = subprocess.call(cmd, env=env)  # stream its tables as they come
         _out(f"== {tag}: {'done' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - t0:.1f} s")
         if rc != 0:
             status = EXIT_FAILURE
