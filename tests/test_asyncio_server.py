@@ -8,8 +8,10 @@ The documented example, handler lifecycle and close codes, shutdown, the opening
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -220,10 +222,12 @@ async def test_server_close_right_after_an_accept_answers_503(backend, monkeypat
     assert not server.sockets
 
 
-async def test_server_close_then_loop_stop_closes_the_port(backend):
+@pytest.mark.parametrize("accepting", [False, True], ids=["idle", "accepting"])
+async def test_server_close_then_loop_stop_closes_the_port(backend, accepting):
     """close() and loop.stop() in one callback (a SIGTERM handler), the loop then closed:
     the port is closed at once (a close deferred to the next iteration never ran: the
-    listening socket stayed open; regression audit 56). (A loop of its own, in a thread.)"""
+    listening socket stayed open; regression audits 56, 58), also when a connection was just
+    accepted (asyncio's server then goes one iteration later). (A loop of its own, in a thread.)"""
 
     def run_and_stop() -> None:
         loop = asyncio.new_event_loop()
@@ -234,11 +238,31 @@ async def test_server_close_then_loop_stop_closes_the_port(backend):
                 server.close()
                 loop.stop()
 
-            loop.call_soon(on_signal)
+            if accepting:
+                if not isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+                    return
+                create_task = loop.create_task
+
+                def stop_after_accept(coro, **kwargs):
+                    task = create_task(coro, **kwargs)
+                    if getattr(coro, "__name__", "") == "_accept_connection2":
+                        loop.create_task = create_task  # type: ignore[method-assign]
+                        on_signal()  # the accepted connection's transport is not made yet
+                    return task
+
+                loop.create_task = stop_after_accept  # type: ignore[method-assign]
+                client = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+            else:
+                loop.call_soon(on_signal)
             loop.run_forever()
             assert not server.sockets
             with pytest.raises(ConnectionRefusedError):
                 socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT).close()
+            if accepting:  # the loop runs again: the accepted connection is answered 503
+                answer = loop.run_until_complete(asyncio.wait_for(asyncio.to_thread(client.recv, 4096), TIMEOUT))
+                assert answer.startswith(b"HTTP/1.1 503 "), answer
+                client.close()
+                loop.run_until_complete(asyncio.wait_for(server.wait_closed(), TIMEOUT))
         finally:
             loop.close()
 
@@ -803,6 +827,53 @@ async def test_wss_close_just_after_the_tls_handshake_answers_503_and_ends(backe
     answer = await asyncio.to_thread(sock.recv, 4096)
     assert answer.startswith(b"HTTP/1.1 503 "), answer
     sock.close()
+
+
+async def test_wss_close_as_the_tls_handshake_completes_ends_promptly(backend, tmp_path):
+    """close() runs in the loop iteration that then completes a client's TLS handshake (its
+    last flight arrived while the loop was busy): wait_closed() returns promptly. close()
+    cancelled the handshake's task; the handshake completed (503), then the cancellation made
+    asyncio close the TLS transport a second time, detaching it: 30 s (audit 58). The client
+    runs TLS over memory BIOs to hold back its last flight."""
+    server_ctx, client_ctx = make_tls_contexts(tmp_path)
+    server = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend, ssl=server_ctx)
+    loop = asyncio.get_running_loop()
+    ready, go, done = threading.Event(), threading.Event(), threading.Event()
+
+    def client() -> None:
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = client_ctx.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
+        while True:
+            try:
+                tls.do_handshake()
+                break
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())
+                incoming.write(raw.recv(65536))
+        last_flight = outgoing.read()
+        ready.set()
+        go.wait(TIMEOUT)
+        raw.sendall(last_flight)
+        with contextlib.suppress(OSError):
+            while raw.recv(65536):
+                pass
+        raw.close()
+        done.set()
+
+    threading.Thread(target=client, daemon=True).start()
+    assert await asyncio.to_thread(ready.wait, TIMEOUT)
+    await wait_until(lambda: server._tls_pending)
+
+    def busy_then_close() -> None:
+        go.set()
+        time.sleep(0.2)  # the last flight arrives while the loop is busy
+        loop.call_soon(server.close)  # next iteration: close() first, then that read
+
+    loop.call_soon(busy_then_close)
+    await asyncio.sleep(0.01)
+    await asyncio.wait_for(server.wait_closed(), TIMEOUT)
+    assert await asyncio.to_thread(done.wait, TIMEOUT)
 
 
 async def test_server_close_with_an_unread_large_answer_is_bounded(backend):

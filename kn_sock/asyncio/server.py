@@ -72,7 +72,7 @@ class _ServerOpening:
             # TLS is up: the connection is ours from now on (close() answers it 503); its
             # task ends by itself. Cancelled now, asyncio would close the transport a second
             # time, which detaches it from its TLS layer, out of our reach (audit 56).
-            server._tls_pending.discard(self.tls_task)
+            server._tls_pending.pop(self.tls_task, None)
             self.tls_task = None
         opts = server.options
         server.connections.add(ws)
@@ -302,7 +302,7 @@ class _TLSAccept(asyncio.Protocol):
         if tls_sock is not None:
             task = server.loop.create_task(server._start_tls(tls_sock))
             server.tasks.add(task)
-            server._tls_pending.add(task)
+            server._tls_pending[task] = tls_sock
             task.add_done_callback(server._tls_done)
 
 
@@ -320,7 +320,8 @@ class AsyncWebSocketServer:
         self.closing = False
         self._server: asyncio.base_events.Server | None = None
         self._port: int | None = None  # the bound TCP port, kept once closed
-        self._tls_pending: set[asyncio.Task[None]] = set()  # TLS handshakes in progress
+        #: TLS handshakes in progress: their tasks, and the sockets they run on.
+        self._tls_pending: dict[asyncio.Task[None], socket.socket] = {}
         self._wants_path = _wants_path(handler)
         check_server_ssl(options.ssl)
         self._new_handshake()  # invalid options raise here, not in every connection_made
@@ -371,7 +372,7 @@ class AsyncWebSocketServer:
             sock.close()
 
     def _tls_done(self, task: asyncio.Task[None]) -> None:
-        self._tls_pending.discard(task)
+        self._tls_pending.pop(task, None)
         self.tasks.discard(task)
 
     async def start(self, host: str | None, port: int | None, **kwargs: Any) -> "AsyncWebSocketServer":
@@ -460,8 +461,17 @@ class AsyncWebSocketServer:
         if self._server is not None:
             self._stop_listening()
         if close_connections:
-            for task in list(self._tls_pending):  # in their TLS handshake: drop them
-                task.cancel()
+            for task, sock in list(self._tls_pending.items()):  # in their TLS handshake: drop them
+                # By ending the socket: the handshake fails at once and asyncio closes its
+                # transport. Not by cancelling the task: a handshake that completes later in
+                # this loop iteration makes the connection ours (503), and the cancellation,
+                # arriving after, would make asyncio close that transport a second time,
+                # which detaches it from its TLS layer, out of reach until asyncio's 30 s
+                # shutdown timeout (audit 58).
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:  # (not connected any more, or no longer this socket's)
+                    task.cancel()
             for ws in list(self.connections):
                 if ws.protocol is None:
                     opening = ws._handshake
@@ -495,7 +505,16 @@ class AsyncWebSocketServer:
             and any(_accepting(task) for task in asyncio.all_tasks(loop))
         ):
             for sock in server.sockets:
-                loop.remove_reader(sock.fileno())
+                fd = sock.fileno()
+                loop.remove_reader(fd)
+                # Not listening any more from now on, even if the loop stops before the
+                # deferred close (a signal handler's close(); loop.stop()): shut down through
+                # a duplicate (asyncio owns the socket object), which ends the listening state.
+                try:
+                    with socket.socket(fileno=os.dup(fd)) as dup:
+                        dup.shutdown(socket.SHUT_RD)
+                except OSError:  # (not on every platform: the deferred close does it)
+                    pass
             loop.call_soon(server.close)
         else:
             server.close()
