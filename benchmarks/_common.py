@@ -33,15 +33,23 @@ if CHECKOUT is not None and CHECKOUT not in sys.path:
 _CHILDREN: list["Child"] = []
 
 
-#: Set by ``kn-sock bench``, which gives one command line to several suites: an option or a
-#: contestant id that belongs to another suite is then ignored here, with a note.
+#: Set by ``kn-sock bench`` to the number of suites it runs with one command line: with more
+#: than one, an option or a contestant id that belongs to another suite is ignored here, with
+#: a note (with one, it is an error, as when the script is run directly: a typo).
 SUITE_ENV = "KN_SOCK_BENCH_SUITE"
 
 
+def _among_suites() -> bool:
+    try:
+        return int(os.environ.get(SUITE_ENV, "0")) > 1
+    except ValueError:
+        return False
+
+
 def parse_args(ap: Any, argv: list[str] | None = None) -> Any:
-    """``ap.parse_args(argv)``; under ``kn-sock bench`` (SUITE_ENV), options for another suite
-    are ignored with a note instead of being a usage error."""
-    if not os.environ.get(SUITE_ENV):
+    """``ap.parse_args(argv)``; under ``kn-sock bench`` with several suites (SUITE_ENV), options
+    for another suite are ignored with a note instead of being a usage error."""
+    if not _among_suites():
         return ap.parse_args(argv)
     args, unknown = ap.parse_known_args(argv)
     if unknown:
@@ -51,13 +59,13 @@ def parse_args(ap: Any, argv: list[str] | None = None) -> Any:
 
 def known_ids(ap: Any, option: str, value: str | None, known: Any) -> str | None:
     """The ids of ``--option value`` (comma-separated) that this script knows: an unknown id
-    is a usage error, or, under ``kn-sock bench``, ignored with a note."""
+    is a usage error, or, under ``kn-sock bench`` with several suites, ignored with a note."""
     if not value:
         return value
     ids = [i for i in value.split(",") if i]
     unknown = [i for i in ids if i not in known]
     if unknown:
-        if not os.environ.get(SUITE_ENV):
+        if not _among_suites():
             ap.error(f"--{option}: unknown contestant(s) {', '.join(unknown)} (known: {','.join(known)})")
         print(f"note: --{option}: not contestants of this suite, ignored: {', '.join(unknown)}", flush=True)
     return ",".join(i for i in ids if i in known) or ","  # (",": a selection that matches none)

@@ -523,8 +523,9 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
         cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else []) + list(extra)
         _out(f"== {tag}: {script.name}{' --quick' if args.quick else ''} ...")
         t0 = time.perf_counter()
-        # (KN_SOCK_BENCH_SUITE: an option or contestant id for another suite is ignored there.)
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "KN_SOCK_BENCH_SUITE": "1"}
+        # (KN_SOCK_BENCH_SUITE: with several suites, an option or contestant id meant for
+        # another one is ignored there, with a note; with one, it is an error, a typo.)
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "KN_SOCK_BENCH_SUITE": str(len(chosen))}
         rc = subprocess.call(cmd, env=env)  # stream its tables as they come
         _out(f"== {tag}: {'done' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - t0:.1f} s")
         if rc != 0:
@@ -576,7 +577,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-compression", action="store_true", help="do not offer permessage-deflate")
     p = sub.add_parser("demo", help="echo server and client in one process, with throughput")
     p.add_argument("--seconds", type=_positive, default=1.0, help="per message size (default 1 s)")
-    p = sub.add_parser("bench", help="run the benchmarks; extra options go to the scripts")
+    p = sub.add_parser("bench", help="run the benchmarks; extra options go to the scripts", description=(
+        "Runs the benchmark scripts of benchmarks/ one after the other. Extra options go to every "
+        "script; with several suites, one that a script does not know (or a contestant id of "
+        "another suite's --only / --skip) is ignored there, with a note."))
     p.add_argument("--suite", action="append", choices=list(SUITES),
                    help=f"repeatable (default: {' '.join(DEFAULT_SUITES)})")
     p.add_argument("--quick", action="store_true", help="the scripts' short smoke runs")

@@ -876,6 +876,40 @@ async def test_wss_close_as_the_tls_handshake_completes_ends_promptly(backend, t
     assert await asyncio.to_thread(done.wait, TIMEOUT)
 
 
+async def test_wss_close_before_a_tls_handshake_starts_closes_its_socket(backend, tmp_path):
+    """A connection reset before its TLS handshake task ran, then close(): the task, cancelled
+    before its first step, never ran its body; its socket is closed all the same (it was
+    left to the garbage collector: ResourceWarning; regression audit 59)."""
+    server_ctx, _ = make_tls_contexts(tmp_path)
+    server = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend, ssl=server_ctx)
+    loop = asyncio.get_running_loop()
+    socks: list = []
+    default = loop.get_task_factory()
+
+    def close_now() -> None:
+        socks.extend(server._tls_pending.values())
+        server.close()
+
+    def factory(loop, coro, **kwargs):
+        if getattr(coro, "__name__", "") == "_start_tls":
+            loop.call_soon(close_now)  # before the task's first step
+        return default(loop, coro, **kwargs) if default else asyncio.Task(coro, loop=loop, **kwargs)
+
+    def client_resets() -> None:  # connect, then RST, while the loop is busy
+        client = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        client.close()
+        time.sleep(0.05)
+
+    loop.set_task_factory(factory)
+    try:
+        loop.call_soon(client_resets)
+        await asyncio.wait_for(server.wait_closed(), TIMEOUT)
+        await wait_until(lambda: socks and all(sock.fileno() == -1 for sock in socks))
+    finally:
+        loop.set_task_factory(default)
+
+
 async def test_server_close_with_an_unread_large_answer_is_bounded(backend):
     """process_request answered 8 MiB that the client never reads: server close() aborts it
     (close() would wait for the unsent bytes for ever; audit)."""

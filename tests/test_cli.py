@@ -341,13 +341,17 @@ def test_demo_prints_implementation_and_throughput() -> None:
 def test_bench_quick_speedups_prints_a_table() -> None:
     if not (ROOT / "benchmarks" / "bench_speedups.py").exists():
         pytest.skip("no benchmarks/ in this checkout")
-    # An option for another suite (--only: echo's, conns') is ignored here, with a note
-    # (regression audit 58: bench_speedups refused it, failing the whole command).
-    proc = run_cli("bench", "--quick", "--suite", "speedups", "--only", "kn_pure", timeout=50)
+    # With several suites, an option for another one (--only: echo's) is ignored here, with a
+    # note (regression audit 58: bench_speedups refused it, failing the whole command); with
+    # one suite, an option it does not know is a typo: an error (regression audit 59).
+    proc = run_cli("bench", "--quick", "--suite", "speedups", "--suite", "echo", "--only", "kn_pure",
+                   "--cells", "64 B", "--rounds", "1", "--duration", "0.05", timeout=80)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert "[1/1] speedups" in proc.stdout and "done in" in proc.stdout
+    assert "[1/2] speedups" in proc.stdout and "[2/2] echo" in proc.stdout and "done in" in proc.stdout
     assert "note: ignored by this suite (for another one): --only kn_pure" in proc.stdout
     assert "## Masking" in proc.stdout and "kn_sock pure" in proc.stdout
+    proc = run_cli("bench", "--quick", "--suite", "speedups", "--quik", timeout=50)
+    assert proc.returncode != 0 and "unrecognized arguments: --quik" in proc.stderr
 
 
 @pytest.mark.parametrize(

@@ -372,8 +372,10 @@ class AsyncWebSocketServer:
             sock.close()
 
     def _tls_done(self, task: asyncio.Task[None]) -> None:
-        self._tls_pending.pop(task, None)
+        sock = self._tls_pending.pop(task, None)
         self.tasks.discard(task)
+        if sock is not None and task.cancelled():
+            sock.close()  # (cancelled before its first step, the task never closed it)
 
     async def start(self, host: str | None, port: int | None, **kwargs: Any) -> "AsyncWebSocketServer":
         """Bind and listen (``unix=path`` for a Unix socket); return self."""
