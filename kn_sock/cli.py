@@ -274,26 +274,25 @@ def _port(text: str) -> int:
     return port
 
 
-def _positive(text: str) -> float:
-    """argparse type: a number of seconds above 0."""
+def _seconds(text: str, zero: bool) -> float:
+    """A number of seconds above 0 (or 0 too, with ``zero``); nan is refused."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+    if not (value >= 0 if zero else value > 0):
+        raise argparse.ArgumentTypeError(f"must be {'0 or more' if zero else 'above 0'}, not {text}")
     return value
+
+
+def _positive(text: str) -> float:
+    """argparse type: a number of seconds above 0."""
+    return _seconds(text, zero=False)
 
 
 def _not_negative(text: str) -> float:
     """argparse type: a number of seconds, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid number {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
-    return value
+    return _seconds(text, zero=True)
 
 
 def _listen_error(args: argparse.Namespace, exc: OSError) -> CLIError:

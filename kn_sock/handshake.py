@@ -191,6 +191,23 @@ class ClientHandshake:
         self._error: InvalidHandshake | None = None
         self._done = False
 
+    @classmethod
+    def from_options(cls, wsuri: WebSocketURI, opts: Any) -> "ClientHandshake":
+        """The handshake a client with connection options ``opts`` (``Options``) sends to
+        ``wsuri``; built before connecting, so that bad subprotocols, headers, ``origin`` or
+        ``user_agent`` raise ValueError at once, not behind a network error."""
+        kwargs: dict[str, Any] = {}
+        if opts.user_agent:
+            kwargs["user_agent"] = opts.user_agent
+        return cls(
+            wsuri,
+            subprotocols=opts.subprotocols,
+            extra_headers=opts.headers,
+            compression=opts.compression,
+            origin=opts.origin,
+            **kwargs,
+        )
+
     def _request_headers(
         self, extra_headers: HeadersLike, origin: str | None, user_agent: str | None
     ) -> Headers:

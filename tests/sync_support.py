@@ -40,6 +40,24 @@ def running_server(handler: Callable[..., Any], **options: Any) -> Iterator[WebS
         assert not thread.is_alive()
 
 
+def bio_tls_client(port: int, context: Any, server_hostname: str, timeout: float = 5.0) -> tuple[Any, Any, Any, Any]:
+    """A TLS client over memory BIOs, its handshake done, holding back its last flight (in
+    ``outgoing``): (tcp socket, SSLObject, incoming BIO, outgoing BIO). The caller decides
+    when the TLS bytes go out, and how many (part of a record)."""
+    import ssl
+
+    raw = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+    while True:
+        try:
+            tls.do_handshake()
+            return raw, tls, incoming, outgoing
+        except ssl.SSLWantReadError:
+            raw.sendall(outgoing.read())
+            incoming.write(raw.recv(65536))
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
     """Poll ``predicate`` until it is true (for state that has no event to wait on)."""
     deadline = time.monotonic() + timeout

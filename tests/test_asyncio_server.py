@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import logging
 import socket
-import ssl
 import struct
 import sys
 import threading
@@ -34,6 +33,7 @@ from asyncio_support import (
     wait_until,
 )
 from kn_sock import _pure
+from sync_support import bio_tls_client
 from kn_sock import (
     AsyncWebSocketServer,
     ConnectionClosed,
@@ -841,16 +841,7 @@ async def test_wss_close_as_the_tls_handshake_completes_ends_promptly(backend, t
     ready, go, done = threading.Event(), threading.Event(), threading.Event()
 
     def client() -> None:
-        raw = socket.create_connection(("127.0.0.1", server.port), timeout=TIMEOUT)
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = client_ctx.wrap_bio(incoming, outgoing, server_hostname="127.0.0.1")
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                raw.sendall(outgoing.read())
-                incoming.write(raw.recv(65536))
+        raw, _, _, outgoing = bio_tls_client(server.port, client_ctx, "127.0.0.1", TIMEOUT)
         last_flight = outgoing.read()
         ready.set()
         go.wait(TIMEOUT)

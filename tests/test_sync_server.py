@@ -18,7 +18,7 @@ import kn_sock.sync.server as server_module
 from kn_sock.exceptions import InvalidStatus
 from kn_sock.handshake import ServerHandshake
 from kn_sock.sync import WebSocketServer, connect_websocket, start_websocket_server
-from sync_support import raw_client, running_server, wait_for
+from sync_support import bio_tls_client, raw_client, running_server, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -721,16 +721,7 @@ def test_tls_shutdown_answers_503_to_a_client_midway_through_a_tls_record(backen
     part of a record."""
     server_ctx, client_ctx = tls_contexts
     with running_server(echo, ssl=server_ctx, backend=backend, open_timeout=10) as server:
-        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-        tls = client_ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
-        while True:
-            try:
-                tls.do_handshake()
-                break
-            except ssl.SSLWantReadError:
-                raw.sendall(outgoing.read())
-                incoming.write(raw.recv(65536))
+        raw, tls, incoming, outgoing = bio_tls_client(server.port, client_ctx, "localhost")
         raw.sendall(outgoing.read())
         tls.write(b"GET / HTTP/1.1\r\nHost: localhost\r\n")
         raw.sendall(outgoing.read()[:3])  # 3 bytes of a 5-byte record header

@@ -80,21 +80,6 @@ class _ClientOpening:
             self.fut.set_exception(error)
 
 
-def _handshake(wsuri: WebSocketURI, opts: Options) -> ClientHandshake:
-    """Build the handshake before connecting, so invalid options raise from the caller's await."""
-    kwargs: dict[str, Any] = {}
-    if opts.user_agent:
-        kwargs["user_agent"] = opts.user_agent
-    return ClientHandshake(
-        wsuri,
-        subprotocols=opts.subprotocols,
-        extra_headers=opts.headers,
-        compression=opts.compression,
-        origin=opts.origin,
-        **kwargs,
-    )
-
-
 def _retrieve(fut: asyncio.Future[Any]) -> None:
     """Mark a future's exception as retrieved (no 'exception was never retrieved' log)."""
     if not fut.cancelled():
@@ -126,7 +111,7 @@ async def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default") ->
 async def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) -> AsyncWebSocket:
     """One connection attempt: TCP (+ TLS) and the opening handshake with ``wsuri``."""
     loop = asyncio.get_running_loop()
-    hs = _handshake(wsuri, opts)
+    hs = ClientHandshake.from_options(wsuri, opts)
     ssl = opts.ssl
     if wsuri.secure and not ssl:
         ssl = True
@@ -209,7 +194,7 @@ class connect(Coroutine[Any, Any, _W]):
         self.policy = ReconnectPolicy.from_option(self.options.reconnect)
         if self.options.extra.get("ack") and self.policy is None:
             raise ValueError("ack= needs reconnect=")
-        _handshake(self.wsuri, self.options)  # bad subprotocols / headers / origin raise here
+        ClientHandshake.from_options(self.wsuri, self.options)  # bad subprotocols / headers / origin raise here
         self.ws: Any = None
         self._steps: Any = None  # the connection attempt, once driven as a coroutine (send/throw)
 

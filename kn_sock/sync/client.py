@@ -138,19 +138,7 @@ def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None, attemp
         raise TimeoutError("timed out during the opening handshake")
     deadline = None if timeout is None else time.monotonic() + timeout
     host = wsuri.host[1:-1] if wsuri.host.startswith("[") else wsuri.host
-    kwargs: dict[str, Any] = {}
-    if opts.user_agent:
-        kwargs["user_agent"] = opts.user_agent
-    # Built before connecting: bad subprotocols / headers / origin raise ValueError at once,
-    # not behind a network error (as the asyncio client does).
-    hs = ClientHandshake(
-        wsuri,
-        subprotocols=opts.subprotocols,
-        extra_headers=opts.headers,
-        compression=opts.compression,
-        origin=opts.origin,
-        **kwargs,
-    )
+    hs = ClientHandshake.from_options(wsuri, opts)  # (before connecting: bad options raise at once)
     sock: socket.socket | None = opts.extra.get("sock")
     try:
         if sock is None:
