@@ -58,6 +58,14 @@ def bio_tls_client(port: int, context: Any, server_hostname: str, timeout: float
             incoming.write(raw.recv(65536))
 
 
+def read_to_eof(sock: Any, size: int = 4096) -> bytes:
+    """Everything ``sock`` (a socket or a TLS socket) receives until the peer's EOF."""
+    data = b""
+    while chunk := sock.recv(size):
+        data += chunk
+    return data
+
+
 def wait_for(predicate: Callable[[], Any], timeout: float = 5.0) -> Any:
     """Poll ``predicate`` until it is true (for state that has no event to wait on)."""
     deadline = time.monotonic() + timeout

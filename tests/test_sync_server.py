@@ -18,7 +18,7 @@ import kn_sock.sync.server as server_module
 from kn_sock.exceptions import InvalidStatus
 from kn_sock.handshake import ServerHandshake
 from kn_sock.sync import WebSocketServer, connect_websocket, start_websocket_server
-from sync_support import bio_tls_client, raw_client, running_server, wait_for
+from sync_support import bio_tls_client, raw_client, read_to_eof, running_server, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -176,9 +176,7 @@ def test_shutdown_drops_peers_that_do_not_finish_the_closing_handshake(backend):
         server.shutdown()
         assert time.monotonic() - start < 0.5
         assert server.port == port  # still known once shut down
-    data = b""
-    while chunk := raw.recv(4096):
-        data += chunk
+    data = read_to_eof(raw)
     assert data[:4] == b"\x88\x02\x03\xe9"  # close frame, 1001
     raw.close()
 
@@ -205,9 +203,7 @@ def test_shutdown_answers_503_to_a_handshake_in_progress(backend):
         start = time.monotonic()
         server.shutdown()
         assert time.monotonic() - start < 0.5
-    data = b""
-    while chunk := raw.recv(4096):
-        data += chunk
+    data = read_to_eof(raw)
     assert data.startswith(b"HTTP/1.1 503 "), data
     raw.close()
 
@@ -382,9 +378,7 @@ def test_process_request_health_check():
     with running_server(echo, process_request=process_request) as server:
         raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        while chunk := raw.recv(4096):
-            data += chunk
+        data = read_to_eof(raw)
         raw.close()
         assert data.startswith(b"HTTP/1.1 200 ")
         assert data.endswith(b"\r\n\r\nOK\n")
@@ -406,9 +400,7 @@ def test_process_request_bad_answer_is_500(answer, caplog):
     with running_server(echo, process_request=lambda path, headers: answer) as server:
         raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
         raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
-        data = b""
-        while chunk := raw.recv(4096):
-            data += chunk
+        data = read_to_eof(raw)
         raw.close()
         assert data.startswith(b"HTTP/1.1 500 ")
     assert "process_request failed" in caplog.text
@@ -439,9 +431,7 @@ def test_refusal_with_unread_bytes_ends_without_a_reset(request_bytes):
 
         sender = threading.Thread(target=send)
         sender.start()
-        data = b""
-        while chunk := raw.recv(65536):  # EOF from the half-close: no ECONNRESET
-            data += chunk
+        data = read_to_eof(raw, 65536)  # EOF from the half-close: no ECONNRESET
         sender.join(5)
         raw.close()
         assert data.startswith((b"HTTP/1.1 431 ", b"HTTP/1.1 405 "))
@@ -709,9 +699,7 @@ def test_tls_shutdown_answers_503_to_a_handshake_in_progress(backend, tls_contex
         threading.Timer(0.1, release.set).start()
         server.shutdown()
         assert time.monotonic() - start < 0.5
-    data = b""
-    while chunk := tls.recv(4096):
-        data += chunk
+    data = read_to_eof(tls)
     assert data.startswith(b"HTTP/1.1 503 "), data
     tls.close()
     assert wait_for(lambda: server._halt_r is None)  # closed with the last handshake waiting on it
