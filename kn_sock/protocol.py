@@ -121,7 +121,8 @@ class Protocol:
         "deflate", "parser", "_build", "_validator_cls", "_masks", "state", "_out", "_parts",
         "_part_opcode", "_part_compressed", "_validator", "_send_frag_open", "_send_frag_compressed",
         "_send_frag_text", "_early_done", "close_rcvd", "close_sent", "close_rcvd_then_sent", "close_transport", "failed",
-        "error", "eof_received", "pings", "hold_pongs", "_held_pong", "_pongs", "batch_room", "backlog",
+        "error", "eof_received", "pings", "hold_pongs", "_held_pong", "_pongs", "batch_room", "batch_bytes",
+        "backlog",
     )  # memory: one connection's state without a per-instance __dict__
 
     def __init__(
@@ -202,6 +203,12 @@ class Protocol:
         #: of zeros deflates to ~1 KB) would otherwise inflate ~100 x max_size at once, past
         #: the queue bound (audit).
         self.batch_room: Callable[[], int] | None = None
+        #: With ``batch_room`` (and compression): the bytes of messages one ``receive_frames``
+        #: call produces before the frames left wait in ``backlog`` too (at least one message
+        #: goes through). Inflating costs ~2.5 ms per MiB: an asyncio layer sets it so that one
+        #: read callback of highly compressed messages cannot hold its event loop (and every
+        #: other connection on it) for a quarter of a second (audit). None: no such bound.
+        self.batch_bytes: int | None = None
         self.backlog: list[Any] | None = None
 
     # ---------------------------------------------------------------- receiving
@@ -234,24 +241,12 @@ class Protocol:
 
     def _process(self, frames: list[Any]) -> list[Any]:
         """Turn frames into events; the fast path is one unfragmented uncompressed data frame."""
+        room = self.batch_room
+        if room is not None and self.deflate is not None:
+            return self._process_bounded(frames, room(), self.batch_bytes)
         events: list[Any] = []
         append = events.append
         self._pongs = 0  # pongs this batch owes (see _control_frame)
-        room = self.batch_room
-        if room is not None and self.deflate is not None:
-            limit = room()
-            if len(frames) > limit:
-                # (A frame gives at most one event: this bounds the messages of this call.)
-                frames, rest = frames[:limit], frames[limit:]
-                # Pings and pongs do not wait behind the messages (keepalive, both sides):
-                # handled now, up to the peer's close frame (after which nothing is answered).
-                # The close frame waits its turn, like one behind unread bytes in TCP.
-                end = next((i for i, f in enumerate(rest) if f[0] == OP_CLOSE), len(rest))
-                controls = [f for f in rest[:end] if f[0] == OP_PING or f[0] == OP_PONG]
-                if controls:
-                    frames = frames + controls
-                    rest = [f for f in rest[:end] if f[0] != OP_PING and f[0] != OP_PONG] + rest[end:]
-                self.backlog = rest or None
         for frame in frames:
             opcode, fin, rsv1, payload = frame
             if opcode < 3 and fin and not rsv1 and opcode:
@@ -267,6 +262,47 @@ class Protocol:
                 return events
             if self.state is State.CLOSED or self.close_rcvd is not None:
                 break
+        return events
+
+    def _process_bounded(self, frames: list[Any], limit: int, budget: int | None) -> list[Any]:
+        """``_process`` under ``batch_room`` (``limit`` frames: a frame gives at most one message)
+        and ``batch_bytes`` (``budget``): the frames left wait in ``backlog``."""
+        events: list[Any] = []
+        self._pongs = 0
+        n = len(frames)
+        done = 0
+        size = 0
+        while done < n:
+            opcode, fin, rsv1, payload = frames[done]
+            done += 1
+            if opcode < 3 and fin and not rsv1 and opcode:
+                events.append(payload)
+                size += len(payload)
+            else:
+                count = len(events)
+                try:
+                    self._slow_frame(opcode, fin, rsv1, payload, events)
+                except ProtocolError as exc:
+                    self._fail_with(exc, events)
+                    return events
+                if self.state is State.CLOSED or self.close_rcvd is not None:
+                    return events
+                if len(events) > count and type(events[-1]) in (str, bytes):
+                    size += len(events[-1])
+            if done >= limit or (budget is not None and size >= budget):
+                break
+        if done < n:
+            rest = frames[done:]
+            # Pings and pongs do not wait behind the messages (keepalive, both sides):
+            # handled now, up to the peer's close frame (after which nothing is answered).
+            # The close frame waits its turn, like one behind unread bytes in TCP.
+            end = next((i for i, f in enumerate(rest) if f[0] == OP_CLOSE), len(rest))
+            controls = [f for f in rest[:end] if f[0] == OP_PING or f[0] == OP_PONG]
+            if controls:
+                rest = [f for f in rest[:end] if f[0] != OP_PING and f[0] != OP_PONG] + rest[end:]
+                for opcode, fin, rsv1, payload in controls:
+                    self._control_frame(opcode, payload, events)
+            self.backlog = rest or None
         return events
 
     def _slow_frame(self, opcode: int, fin: bool, rsv1: bool, payload: Any, events: list[Any]) -> None:
@@ -406,7 +442,11 @@ class Protocol:
         if self.backlog is not None:
             # What the queue has room for; the rest is dropped (an abnormal end: the bound on
             # what one connection holds comes first).
-            events = self.receive_frames([])
+            budget, self.batch_bytes = self.batch_bytes, None  # (all it has room for: last call)
+            try:
+                events = self.receive_frames([])
+            finally:
+                self.batch_bytes = budget
             self.backlog = None
         self.eof_received = True
         if self.state is State.CLOSED:

@@ -1016,6 +1016,77 @@ async def test_pings_behind_compressed_messages_are_answered_while_the_queue_is_
             release.set()
 
 
+def _ticker(loop: asyncio.AbstractEventLoop) -> list[int]:
+    """A callback counting the event loop's iterations (it reschedules itself each one, until
+    the count is set negative)."""
+    ticks = [0]
+
+    def tick() -> None:
+        if ticks[0] >= 0:
+            ticks[0] += 1
+            loop.call_soon(tick)
+
+    loop.call_soon(tick)
+    return ticks
+
+
+async def test_inflating_a_read_of_compressed_messages_lets_the_loop_run(backend):
+    """A read bringing many small deflated messages that inflate to ~1 MB each is processed a
+    budget at a time, one loop iteration each, not all in one read callback (audit: a peer
+    sending such messages held the loop 0.3-0.5 s per read, starving every other connection)."""
+    import zlib
+
+    from sync_support import raw_client as sync_raw_client
+
+    loop = asyncio.get_running_loop()
+    seen: list[int] = []
+    ticks = [0]
+
+    async def handler(websocket, path):
+        nonlocal ticks
+        async for message in websocket:
+            if not seen:
+                ticks = _ticker(loop)
+            seen.append(ticks[0])
+            if len(seen) == 12:
+                ticks[0] = -1
+                return
+
+    def peer(port: int) -> None:
+        raw = sync_raw_client(port, compression="deflate")
+        z = zlib.compressobj(wbits=-9)
+        data = b""
+        for i in range(12):
+            payload = z.compress(b"%d" % i + bytes(1_000_000)) + z.flush(zlib.Z_SYNC_FLUSH)
+            data += build_frame(2, payload[:-4], True, True, os.urandom(4))
+        raw.sock.sendall(data)  # ~12 KB: one read
+        raw.sock.settimeout(TIMEOUT)
+        try:
+            raw.sock.recv(1)  # the server's close
+        finally:
+            raw.close()
+
+    async with serving(handler, backend=backend, max_size=2**21) as server:
+        await asyncio.wait_for(asyncio.to_thread(peer, server.port), TIMEOUT)
+        await wait_until(lambda: len(seen) == 12)
+    assert seen[-1] - seen[0] >= 4, seen  # two messages a step
+
+
+async def test_compressed_sends_let_the_loop_run(backend):
+    """send() counts what it deflates towards yielding to the loop: a task sending large
+    compressed messages without ever suspending still lets the other callbacks run."""
+    loop = asyncio.get_running_loop()
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            assert ws.extensions == ["permessage-deflate"]
+            ticks = _ticker(loop)
+            before = ticks[0]
+            for _ in range(4):
+                await ws.send(bytes(300_000))  # deflates to ~300 bytes: never waits to drain
+            after, ticks[0] = ticks[0], -1
+            assert after > before
+
+
 async def _send_all(ws: AsyncWebSocket, messages: list) -> None:
     for message in messages:
         await ws.send(message)

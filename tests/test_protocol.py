@@ -1211,6 +1211,34 @@ class TestPerMessageDeflate:
         assert events[:4] == messages[4:8] and isinstance(events[4], Closed) and events[4].code == 1006
         assert server.backlog is None
 
+    def test_batch_bytes_bounds_what_one_call_inflates(self, backend: Any) -> None:
+        """batch_bytes (asyncio: a read callback's inflating budget) bounds the bytes of the
+        messages one call produces, at least one message; the rest waits in backlog, in
+        order, pings answered at once; an EOF then processes all the room allows."""
+        client, server = connected(backend, deflate=True)
+        server.batch_room = lambda: 16
+        server.batch_bytes = 250_000
+        messages = [b"%d" % i + bytes(100_000) for i in range(12)] + [bytes(600_000), b"x"]
+        data = b"".join(client.send(m) for m in messages) + client.send_ping(b"ka")
+        events = server.receive_data(data)
+        assert events[:3] == messages[:3] and isinstance(events[3], Ping) and len(events) == 4
+        assert [f.opcode for f in sent(server)] == [OP_PONG]
+        got, calls = list(events[:3]), 1
+        while server.backlog is not None:
+            step = server.receive_frames([])
+            assert 0 < sum(len(e) for e in step) < 250_000 + 600_000
+            got += step
+            calls += 1
+        assert got == messages and calls == 6  # 3 + 3 + 3 + 3, then 600 KB alone, then b"x"
+        client, server = connected(backend, deflate=True)
+        server.batch_room = lambda: 16
+        server.batch_bytes = 1
+        events = server.receive_data(b"".join(client.send(m) for m in messages[:5]))
+        assert events == messages[:1] and server.backlog is not None
+        events = server.receive_eof()
+        assert events[:4] == messages[1:5] and isinstance(events[4], Closed) and events[4].code == 1006
+        assert server.batch_bytes == 1
+
     def test_zip_bomb_in_one_text_frame_fails_with_1009_before_the_frame_is_complete(self, backend: Any) -> None:
         client_ext, server_ext = deflate_pair()
         server = make(backend, SERVER, max_size=10_000, extensions=[server_ext])

@@ -46,6 +46,14 @@ _OWN_READER = (
 _CORK_MAX = 65536
 #: See kn_sock._pure._SEND_YIELD_EVERY (the Cython twin has the same figure).
 _SEND_YIELD_EVERY = 128
+#: Inflated bytes of messages one read callback (or one later step with the frames left)
+#: produces; the rest waits a loop iteration, reading paused (Protocol.batch_bytes): zlib
+#: inflates ~0.4 MiB per ms, so each step holds the loop a few ms at most (audit: one peer
+#: sending deflated 1 MiB messages held it 0.3-0.5 s per read, every connection starved).
+_INFLATE_BUDGET = 1 << 20
+#: send() with compression counts one message per this many bytes towards _SEND_YIELD_EVERY
+#: (deflating costs ~6-18 ms per MiB): a task answering queued messages still lets the loop run.
+_DEFLATE_YIELD_UNIT = 4096
 _OPEN = State.OPEN
 
 
@@ -82,7 +90,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         "side",
         "_paused_for_write",
         "_fair_paused",
-        "_in_backlog",
+        "_backlog_set",
         "_drain_waiter",
         "_keepalive",
         "_ka_handle",
@@ -117,7 +125,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._paused_reading = False  # by max_queue: the application is not reading
         self._paused_for_write = False  # by write_limit while on_message answers from the read path
         self._fair_paused = False  # for one loop iteration after a read of many frames
-        self._in_backlog = False  # _backlog_step is running
+        self._backlog_set = False  # _backlog_run is scheduled
         self._write_paused = False
         self._on_message = None
         self._tx_idle = False
@@ -233,6 +241,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                     fut.set_exception(err)
                     fut.exception()  # mark retrieved: nobody may be awaiting it
             proto.pings.clear()
+            proto.batch_room = None  # (a bound method of ours: a cycle keeping a closed connection alive)
+            proto.backlog = None
         self._wake_drain()
         if self._handshake is not None:
             self._handshake.connection_lost(self, exc)
@@ -285,9 +295,11 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._parser = protocol.parser
         self._hs_buf = None
         opts = self._opts
-        if protocol.deflate is not None and self._max_queue is not None:
-            # One read of highly compressed messages must not inflate past the queue bound.
+        if protocol.deflate is not None:
+            # One read of highly compressed messages must neither inflate past the queue bound
+            # nor hold the event loop while it inflates (the rest waits: _backlog_soon).
             protocol.batch_room = self._queue_room
+            protocol.batch_bytes = _INFLATE_BUDGET
         if opts.ping_interval:
             self._keepalive = Keepalive(opts.ping_interval, opts.ping_timeout, self._loop.time())
             self._schedule_keepalive()
@@ -411,8 +423,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             if max_queue is not None and messages and len(messages) >= max_queue and not self._paused_reading and transport is not None:
                 self._paused_reading = True
                 self._pause_reading()
-            if proto.backlog is not None and not self._in_backlog:  # type: ignore[union-attr]
-                self._backlog_step()
+            if proto.backlog is not None:  # type: ignore[union-attr]
+                self._backlog_soon()
             if proto.state is State.CLOSED:  # type: ignore[union-attr]
                 self._after_closed()
         finally:
@@ -428,24 +440,35 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             return 1 << 30
         return max(1, max_queue - len(self._messages or ()))
 
-    def _backlog_step(self) -> None:
-        """Frames wait in ``protocol.backlog`` (``batch_room``: compressed messages): go on
-        with them while the queue has room (an ``on_message`` callback takes them at once);
-        else reading stays paused until the application takes messages (``_maybe_resume``)."""
+    def _backlog_soon(self) -> None:
+        """Frames wait in ``protocol.backlog`` (compressed messages ``batch_room`` or
+        ``batch_bytes`` left): reading pauses until they are processed, on later loop
+        iterations (``_backlog_run``) while the queue has room; else once the application
+        takes messages (``_maybe_resume``). The backlog always comes before anything read later."""
+        if not self._paused_reading and self.transport is not None:
+            self._paused_reading = True
+            self._pause_reading()
+        max_queue = self._max_queue
+        if not self._backlog_set and (max_queue is None or len(self._messages or ()) < max_queue):
+            self._backlog_set = True
+            self._loop.call_soon(self._backlog_run)
+
+    def _backlog_run(self) -> None:
+        """One step through ``protocol.backlog`` (see ``_backlog_soon``); reading resumes after the last."""
+        self._backlog_set = False
         proto = self.protocol
-        assert proto is not None
-        self._in_backlog = True
-        try:
-            while proto.backlog is not None:
-                max_queue = self._max_queue
-                if max_queue is not None and len(self._messages or ()) >= max_queue:
-                    if not self._paused_reading and self.transport is not None:
-                        self._paused_reading = True
-                        self._pause_reading()
-                    return
-                self._dispatch(proto.receive_frames([]))
-        finally:
-            self._in_backlog = False
+        if proto is None or proto.backlog is None or self.transport is None:
+            return
+        max_queue = self._max_queue
+        if max_queue is not None and len(self._messages or ()) >= max_queue:
+            return  # the application takes messages first (_maybe_resume comes back)
+        self._dispatch(proto.receive_frames([]))  # (schedules the next step if frames are left)
+        if proto.backlog is None and self._paused_reading and self.transport is not None:
+            if self._max_queue is None or len(self._messages or ()) < self._max_queue:
+                self._paused_reading = False
+                if not self._paused_for_write:
+                    self._resume_reading()
+                    self._keepalive_resumed()
 
     def _on_pong(self, ev: Pong) -> None:
         now = self._loop.time()
@@ -512,9 +535,12 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._max_queue = None
         proto = self.protocol
         if proto is not None:
-            proto.batch_room = None
-            if proto.backlog is not None and proto.state is not State.CLOSED and not self._in_backlog:
-                self._dispatch(proto.receive_frames([]))
+            if proto.backlog is not None and proto.state is not State.CLOSED:
+                # (The peer's close frame may wait there: reading resumes after it, as the
+                # backlog is processed step by step, not all at once: fairness.)
+                self._paused_for_write = False
+                self._backlog_soon()
+                return
         if self._paused_reading or self._paused_for_write:
             self._paused_reading = self._paused_for_write = False
             self._resume_reading()
@@ -648,6 +674,10 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 transport = self.transport
                 if transport is None:
                     raise proto.closed_exception()
+                if proto.deflate is not None and compress is not False:
+                    # Deflating is the costly part: weigh it towards the yield (_DEFLATE_YIELD_UNIT).
+                    size = message.nbytes if t is memoryview else len(message)
+                    self._unyielded += size // _DEFLATE_YIELD_UNIT
                 cork = self._cork
                 if type(data) is tuple:  # large frame: header, then the payload itself (no copy)
                     if cork:
@@ -915,9 +945,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         if len(self._messages or ()) <= max_queue // 4 and self.transport is not None:
             proto = self.protocol
             if proto is not None and proto.backlog is not None:
-                self._backlog_step()  # what batch_room left comes before reading more
-                if proto.backlog is not None or len(self._messages or ()) >= max_queue:
-                    return
+                self._backlog_soon()  # what batch_room left comes before reading more
+                return
             self._paused_reading = False
             if not self._paused_for_write:
                 self._resume_reading()
