@@ -24,7 +24,7 @@ import threading
 from operator import index as _operator_index
 from typing import Any, Union
 
-from .exceptions import InvalidState, PayloadTooBig, ProtocolError
+from .exceptions import InvalidState, PayloadTooBig, ProtocolError, detached
 
 from ._types import Data, Message  # annotations (resolvable at run time too, e.g. get_type_hints)
 
@@ -463,7 +463,7 @@ class FrameParser:
                     self._early_compressed(buf, frames)
         except ProtocolError as exc:
             self._co_end(frames, False)
-            self.error = exc
+            self.error = detached(exc)
             self._buf = bytearray()
             return frames
         return frames

@@ -35,8 +35,8 @@ from .exceptions import (
     ConnectionClosedError,
     ConnectionClosedOK,
     InvalidState,
-    PayloadTooBig,
     ProtocolError,
+    detached,
 )
 from .frames import OP_BINARY, OP_CLOSE, OP_CONT, OP_PING, OP_PONG, OP_TEXT, build_close, parse_close
 
@@ -482,7 +482,7 @@ class Protocol:
         self.close_transport = True
 
     def _fail_with(self, exc: ProtocolError, events: list[Any]) -> None:
-        self.error = exc
+        self.error = exc = detached(exc)
         self.fail(exc.code, exc.reason)
         self.failed = True
         events.append(Closed(1006, "", exc))

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import socket
 import struct
+import weakref
 
 import pytest
 import websockets
@@ -406,3 +408,30 @@ async def test_redirects_are_followed(backend):
             await async_connect_websocket("127.0.0.1", port, "/hop11", backend=backend)
         with pytest.raises(InvalidHandshake, match="more than 10 redirections"):
             await async_connect_websocket("127.0.0.1", port, "/loop", backend=backend)
+
+
+@pytest.mark.parametrize("compression", ["deflate", None])
+async def test_a_closed_client_is_freed_without_the_cycle_collector(backend, compression):
+    """A closed connection (client and server side) is in no reference cycle (audit: the opening handshake's
+    future held the connection, which held the handshake, so every closed client waited,
+    zlib streams and all, for a full collection)."""
+    refs = []
+
+    async def handler(ws, path):
+        refs.append(weakref.ref(ws))
+        await echo(ws, path)
+
+    async with serving(handler, backend=backend, compression=compression) as server:
+        gc.collect()
+        gc.disable()
+        try:
+            for _ in range(3):
+                ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=compression)
+                await ws.send("hello")
+                assert await ws.recv(timeout=TIMEOUT) == "hello"
+                await ws.close()
+                refs.append(weakref.ref(ws))
+                del ws
+            await wait_until(lambda: len(refs) == 6 and all(ref() is None for ref in refs))
+        finally:
+            gc.enable()

@@ -394,6 +394,35 @@ def test_closed_connections_are_freed_promptly(backend, ending):
         assert wait_for(lambda: _freed(client, server_ref), 2)
 
 
+def test_closed_compressed_connections_are_freed_without_the_cycle_collector(backend):
+    """With permessage-deflate (the default), a closed connection is in no reference cycle
+    (audit: the protocol kept a bound method of the connection, so each closed pair, zlib
+    streams and buffers, waited for a full collection, which a large heap makes rare)."""
+    server_side = queue.Queue()
+
+    def handler(ws, address):
+        server_side.put(weakref.ref(ws))
+        for message in ws:
+            ws.send(message)
+
+    with running_server(handler, backend=backend) as server:
+        gc.collect()
+        gc.disable()
+        try:
+            ws = connect_websocket("127.0.0.1", server.port, backend=backend)
+            assert ws.extensions == ["permessage-deflate"]
+            ws.send("hello" * 100)
+            assert ws.recv(5) == "hello" * 100
+            ws.close()
+            assert ws.wait_closed(5)
+            client = weakref.ref(ws)
+            del ws
+            server_ref = server_side.get(timeout=5)
+            assert wait_for(lambda: client() is None and server_ref() is None, 2)
+        finally:
+            gc.enable()
+
+
 # ---------------------------------------------------------------- timeouts, threads
 
 

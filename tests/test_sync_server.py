@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 import queue
 import shutil
@@ -130,6 +132,60 @@ def test_shutdown_event_returns_within_half_a_second_with_many_silent_peers(back
     finally:
         for peer in peers:
             peer.close()
+
+
+def test_accept_failures_are_logged_once_a_run(backend, caplog):
+    """Out of descriptors (EMFILE), accept() fails until some are freed: one error line for
+    the run of failures and one when accepting works again, not ten lines a second (audit)."""
+    with WebSocketServer("127.0.0.1", 0, echo, backend=backend) as server:
+        real = server.sockets[0]
+        real.setblocking(False)
+
+        class Exhausted:
+            failures = 3
+
+            def accept(self):
+                if self.failures:
+                    self.failures -= 1
+                    raise OSError(errno.EMFILE, os.strerror(errno.EMFILE))
+                return real.accept()
+
+        listener = Exhausted()
+        with caplog.at_level(logging.DEBUG, logger="kn_sock"):
+            for _ in range(3):
+                server._accept_all(listener)
+            with connect_websocket_later(server.port, backend) as result:
+                assert wait_for(lambda: server._accept_all(listener) or not result.empty(), 5)
+            assert result.get(timeout=5) == "still serving"
+        lines = [(r.levelno, r.getMessage()) for r in caplog.records if "accept" in r.getMessage()]
+        assert lines == [
+            (logging.ERROR, "accept() failed: [Errno 24] Too many open files (retrying every 0.1 s)"),
+            (logging.WARNING, "accepting again after 3 failed accept() calls"),
+        ]
+
+
+class connect_websocket_later:
+    """A client connecting (and echoing one message) in a thread, while the test accepts."""
+
+    def __init__(self, port, backend):
+        self.port, self.backend = port, backend
+        self.result = queue.Queue()
+
+    def _run(self):
+        try:
+            with connect_websocket("127.0.0.1", self.port, backend=self.backend) as ws:
+                ws.send("still serving")
+                self.result.put(ws.recv(5))
+        except Exception as exc:  # reported by the test
+            self.result.put(exc)
+
+    def __enter__(self):
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self.result
+
+    def __exit__(self, *exc):
+        self.thread.join(5)
 
 
 def _serve_in_thread(port, handler, event, **options):

@@ -70,6 +70,7 @@ class _ClientOpening:
         )
         remainder = hs.remainder
         self.hs = None
+        ws._handshake = None  # (ws -> this -> fut -> ws: a cycle keeping a closed client alive)
         self.fut.set_result(ws)
         ws.start(proto, remainder)
 

@@ -676,6 +676,7 @@ class WebSocket:
             if tag is not None and tag[0] is not None:
                 tag[0]._set(None)
         proto.pings.clear()
+        proto.batch_room = None  # (a bound method of ours: a cycle keeping a closed connection alive)
         self._done.set()
 
     def _maybe_close_fd(self) -> None:

@@ -160,6 +160,7 @@ class WebSocketServer:
         self._serving_ident: int | None = None
         self._stopped = threading.Event()
         self._shutdown_event: Any = None
+        self._accept_failures = 0  # accept() errors in a row (EMFILE...): logged once a run
         self._new_handshake()  # invalid options raise here, not in every connection
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
@@ -263,9 +264,15 @@ class WebSocketServer:
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # EMFILE and friends: back off instead of spinning
-                logger.error("accept() failed: %s", exc)
+                # Logged once per run of failures, not ten times a second (audit: a flood).
+                if not self._accept_failures:
+                    logger.error("accept() failed: %s (retrying every 0.1 s)", exc)
+                self._accept_failures += 1
                 time.sleep(0.1)
                 return
+            if self._accept_failures:
+                logger.warning("accepting again after %d failed accept() calls", self._accept_failures)
+                self._accept_failures = 0
             if sock.family in (socket.AF_INET, socket.AF_INET6):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
