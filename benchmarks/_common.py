@@ -250,6 +250,17 @@ def raise_nofile() -> int:
     return soft
 
 
+def timeout(delay: float) -> Any:
+    """``asyncio.timeout(delay)``; on Python 3.10, which lacks it, kn_sock's equivalent."""
+    import asyncio
+
+    if hasattr(asyncio, "timeout"):
+        return asyncio.timeout(delay)
+    from kn_sock.asyncio._compat import timeout as compat_timeout
+
+    return compat_timeout(delay)
+
+
 def run_event_loop(main: Any, use_uvloop: bool = False) -> Any:
     if use_uvloop:
         import uvloop

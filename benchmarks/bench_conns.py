@@ -363,7 +363,7 @@ async def client_async(port: int, ws: bool, deflate: bool, concurrency: int) -> 
         async with sem:
             transport = None
             try:
-                async with asyncio.timeout(30):
+                async with C.timeout(30):
                     transport, proto = await loop.create_connection(Client, HOST, port)
                     await proto.ready
                 protos.append(proto)
@@ -391,7 +391,7 @@ async def client_async(port: int, ws: bool, deflate: bool, concurrency: int) -> 
             state["target"] = len(protos)
             if state["got"] < state["target"]:
                 try:
-                    async with asyncio.timeout(60):
+                    async with C.timeout(60):
                         await state["event"].wait()
                 except TimeoutError:
                     pass

@@ -316,18 +316,16 @@ def check_echo(sent: Any, got: Any, what: str) -> None:
 
 async def async_client(kind: str, port: int, modes: list[tuple[str, str, int]], duration: float, warmup: float,
                        window: int, results: dict[str, float]) -> None:
-    import asyncio
-
     limit = duration + warmup + 30  # whole-mode bound: a hang becomes a TimeoutError
-    async with asyncio.timeout(20):
+    async with C.timeout(20):
         conn = await open_async(kind, port)
     try:
-        async with asyncio.timeout(30):
+        async with C.timeout(30):
             await conn.rt(PRIME, 0.0)  # see PRIME
             await conn.rt(PRIME, 0.0)
         for key, mode, size in modes:
             msg = payload(mode, size)
-            async with asyncio.timeout(limit):
+            async with C.timeout(limit):
                 if mode == "pipe":
                     await conn.pipe(msg, window, time.perf_counter() + warmup)
                     results[key] = await conn.pipe(msg, window, time.perf_counter() + duration)
@@ -336,7 +334,7 @@ async def async_client(kind: str, port: int, modes: list[tuple[str, str, int]], 
                     await conn.rt(msg, time.perf_counter() + warmup)
                     results[key] = await conn.rt(msg, time.perf_counter() + duration)
     finally:
-        async with asyncio.timeout(10):
+        async with C.timeout(10):
             await conn.close()
 
 

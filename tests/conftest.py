@@ -27,6 +27,34 @@ if sys.version_info < (3, 11):  # pragma: no cover - Python 3.10 only
     asyncio.timeout = _timeout  # type: ignore[attr-defined]
     asyncio.exceptions.TimeoutError = asyncio.TimeoutError = TimeoutError  # type: ignore[misc]
 
+    class _Runner:
+        """The part of 3.11's ``asyncio.Runner`` the tests use: a loop from ``loop_factory``,
+        ``run(coro)``, and on exit the tasks left cancelled and the loop closed."""
+
+        def __init__(self, *, loop_factory=None, debug=None):  # type: ignore[no-untyped-def]
+            self._factory = loop_factory or asyncio.new_event_loop
+
+        def __enter__(self):  # type: ignore[no-untyped-def]
+            self._loop = self._factory()
+            return self
+
+        def run(self, coro):  # type: ignore[no-untyped-def]
+            return self._loop.run_until_complete(coro)
+
+        def __exit__(self, *exc):  # type: ignore[no-untyped-def]
+            loop = self._loop
+            try:
+                tasks = asyncio.all_tasks(loop)
+                for task in tasks:
+                    task.cancel()
+                if tasks:
+                    loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+
+    asyncio.Runner = _Runner  # type: ignore[attr-defined, misc]
+
 __all__ = ["BACKEND_IDS", "backend", "require_extension"]
 
 BACKEND_IDS = ["pure", "cython"]

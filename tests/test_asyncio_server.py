@@ -1029,7 +1029,7 @@ def _handshake_then_reset(port: int, client_ctx: Any, compression: bool, gone: t
         head += conn.recv(1024)
     assert head.startswith(b"HTTP/1.1 101"), head
     time.sleep(0.3)
-    sock.close()  # SO_LINGER 0: a reset
+    conn.close()  # SO_LINGER 0: a reset (conn: the TLS socket owns the descriptor)
     gone.set()
 
 

@@ -347,7 +347,7 @@ def test_on_connect_may_read_through_the_reconnecting_client_itself(backend):
 def test_initial_connection_retried_then_bounded():
     probe = WebSocketServer("127.0.0.1", 0, echo)
     port = probe.port
-    probe.socket.close()
+    probe.shutdown()  # (a free port, nothing listening on it)
     with pytest.raises(OSError):
         connect_websocket("127.0.0.1", port, reconnect={"initial_delay": 0.01, "max_attempts": 2})
     with pytest.raises((OSError, TimeoutError)):
