@@ -2720,8 +2720,8 @@ cdef class AsyncCore:
             self._cproto = proto
             self._cdeflate = proto.deflate is not None
             self._cmasks = proto._masks
-        if self._cdeflate or proto.state is not self._open or proto._send_frag_open:
-            return 0
+        if self._cdeflate or proto.state is not self._open or proto._send_frag_open or transport.is_closing():
+            return 0  # (closing: lost; send()'s general path lets the loop report it, as _pure)
         # (Encoded once the connection is known to be open: a str that cannot be encoded
         # fails as the general path fails, ConnectionClosed first.)
         op = _message_bytes(message, &src, &n)

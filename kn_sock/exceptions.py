@@ -154,17 +154,20 @@ _E = TypeVar("_E", bound=BaseException)
 
 
 def detached(exc: _E) -> _E:
-    """``exc``, and the exceptions it chains, without their tracebacks: for an error kept
-    past the code that caught it (a connection's ``error``).
+    """``exc`` without its traceback, nor those of the exceptions it was raised ``from``: for
+    an error kept past the code that caught it (a connection's ``error``).
 
     A traceback holds its frames and their locals: a ``ProtocolError`` kept with it would
     keep the parser's buffers, the message and the zlib stream alive in a reference cycle
     with the connection (audit: 1-2 MB per connection failed for bad input, until a full
-    collection)."""
+    collection). The implicit ``__context__`` is dropped, not cleared: it may be the
+    application's own exception, being handled when it called ``recv()``."""
     seen: BaseException | None = exc
     for _ in range(8):  # (a chain is short; bounded all the same)
         if seen is None:
             break
         seen.__traceback__ = None
-        seen = seen.__cause__ or seen.__context__
+        if seen.__context__ is not seen.__cause__:
+            seen.__context__ = None
+        seen = seen.__cause__
     return exc

@@ -122,7 +122,7 @@ class Protocol:
         "_part_opcode", "_part_compressed", "_validator", "_send_frag_open", "_send_frag_compressed",
         "_send_frag_text", "_early_done", "close_rcvd", "close_sent", "close_rcvd_then_sent", "close_transport", "failed",
         "error", "eof_received", "pings", "hold_pongs", "_held_pong", "_pongs", "batch_room", "batch_bytes",
-        "backlog",
+        "batch_spent", "backlog",
     )  # memory: one connection's state without a per-instance __dict__
 
     def __init__(
@@ -209,6 +209,9 @@ class Protocol:
         #: read callback of highly compressed messages cannot hold its event loop (and every
         #: other connection on it) for a quarter of a second (audit). None: no such bound.
         self.batch_bytes: int | None = None
+        #: The bytes of messages the last bounded call produced (for the I/O layer's own
+        #: budget across calls).
+        self.batch_spent = 0
         self.backlog: list[Any] | None = None
 
     # ---------------------------------------------------------------- receiving
@@ -284,13 +287,16 @@ class Protocol:
                     self._slow_frame(opcode, fin, rsv1, payload, events)
                 except ProtocolError as exc:
                     self._fail_with(exc, events)
-                    return events
-                if self.state is State.CLOSED or self.close_rcvd is not None:
+                    self.batch_spent = size
                     return events
                 if len(events) > count and type(events[-1]) in (str, bytes):
                     size += len(events[-1])
+                if self.state is State.CLOSED or self.close_rcvd is not None:
+                    self.batch_spent = size
+                    return events
             if done >= limit or (budget is not None and size >= budget):
                 break
+        self.batch_spent = size
         if done < n:
             rest = frames[done:]
             # Pings and pongs do not wait behind the messages (keepalive, both sides):

@@ -1072,6 +1072,76 @@ async def test_inflating_a_read_of_compressed_messages_lets_the_loop_run(backend
     assert seen[-1] - seen[0] >= 4, seen  # two messages a step
 
 
+@pytest.mark.parametrize("max_queue", [None, 16])
+async def test_keepalive_fails_a_silent_peer_that_keeps_the_inflating_busy(backend, max_queue):
+    """A peer that never answers pings but keeps sending small deflated messages that inflate
+    to ~1 MB: the backlog processed a budget per loop iteration (reading paused meanwhile) is
+    no reason to wait on for its pong (audit 64: no 1011 for 30 s and more)."""
+    import select
+    import struct
+    import zlib
+
+    from sync_support import raw_client as sync_raw_client
+
+    codes: list[int] = []
+
+    async def handler(websocket, path):
+        async for message in websocket:
+            pass
+
+    def peer(port: int) -> int | None:
+        raw = sync_raw_client(port, compression="deflate")
+        z = zlib.compressobj(wbits=-9)
+        first = z.compress(bytes(1_000_000)) + z.flush(zlib.Z_SYNC_FLUSH)
+        steady = [z.compress(bytes(1_000_000)) + z.flush(zlib.Z_SYNC_FLUSH) for _ in range(2)]
+        assert steady[0] == steady[1]  # (deflate in a steady state: each next message the same)
+        head = build_frame(2, first[:-4], True, True, os.urandom(4))
+        batch = b"".join(build_frame(2, steady[0][:-4], True, True, os.urandom(4)) for _ in range(2)) * 16
+        data = bytearray()
+        deadline = time.monotonic() + 8
+        try:
+            raw.sock.sendall(head + batch)
+            raw.sock.setblocking(False)
+            sending = True
+            while time.monotonic() < deadline:
+                readable, writable, _ = select.select([raw.sock], [raw.sock] if sending else [], [], 0.01)
+                if writable:
+                    try:
+                        raw.sock.send(batch)
+                    except BlockingIOError:
+                        pass
+                    except OSError:
+                        sending = False  # (the server is gone: what it sent may still be read)
+                if not readable:
+                    continue
+                try:
+                    chunk = raw.sock.recv(65536)
+                except BlockingIOError:
+                    continue
+                except OSError:
+                    return None
+                if not chunk:
+                    return None
+                data += chunk
+                while len(data) >= 2:  # server frames: unmasked, control frames short
+                    n = data[1] & 0x7F
+                    if n > 125 or len(data) < 2 + n:
+                        break
+                    opcode, payload = data[0] & 0x0F, bytes(data[2 : 2 + n])
+                    del data[: 2 + n]
+                    if opcode == 8:  # (pings, opcode 9, go unanswered)
+                        return struct.unpack("!H", payload[:2])[0]
+            return None
+        finally:
+            raw.close()
+
+    async with serving(handler, backend=backend, max_queue=max_queue, max_size=2**21,
+                       ping_interval=0.3, ping_timeout=0.3, close_timeout=1) as server:
+        start = time.monotonic()
+        code = await asyncio.wait_for(asyncio.to_thread(peer, server.port), TIMEOUT)
+        assert code == 1011 and time.monotonic() - start < 5
+
+
 async def test_compressed_sends_let_the_loop_run(backend):
     """send() counts what it deflates towards yielding to the loop: a task sending large
     compressed messages without ever suspending still lets the other callbacks run."""
@@ -1420,3 +1490,17 @@ async def test_keepalive_spares_a_peer_whose_pong_waited_behind_unread_messages(
         assert result == [(sent, "END")]
     finally:
         server.close() if not blocking_server else server.shutdown()
+
+
+async def test_send_once_the_transport_is_lost_raises_under_both_twins(backend):
+    """The transport is closing (a reset, abort()) before asyncio reports the connection lost:
+    send() raises ConnectionClosed with either twin (the Cython fast path wrote to the socket
+    and returned, the pure one raised: audit 65)."""
+    async with serving(echo, backend=backend) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=None)
+        await ws.send("before")
+        assert await ws.recv(timeout=TIMEOUT) == "before"
+        ws.transport.abort()
+        with pytest.raises(ConnectionClosed):
+            await ws.send("after")
+        assert ws.close_code == 1006

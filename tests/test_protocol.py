@@ -870,6 +870,22 @@ class TestMaxSize:
 class TestFail:
     """RFC 6455 §7.1.7, §7.1.1 (who closes TCP) and §7.1.5 (1006)."""
 
+    def test_a_failure_leaves_the_applications_exception_alone(self, backend: Any) -> None:
+        """Bad input fed while the application handles an exception of its own (recv() in an
+        ``except`` block): the stored error drops that context; it neither keeps it nor
+        strips its traceback (a regression of the fix below: audit 64)."""
+        client, server = connected(backend, deflate=True)
+        try:
+            raise ValueError("the application's")
+        except ValueError as app_error:
+            server.receive_data(backend.build_frame(2, b"\xff" * 100, True, True, os.urandom(4)))
+            chain, error = [], server.error
+            while error is not None:
+                chain.append(error)
+                error = error.__cause__ or error.__context__
+            assert chain and app_error not in chain
+            assert app_error.__traceback__ is not None
+
     @pytest.mark.parametrize("bad", ["corrupt deflate", "deflate bomb", "invalid utf-8", "bad close code"])
     def test_a_connection_failed_for_bad_input_is_freed_without_the_cycle_collector(self, backend: Any, bad: str) -> None:
         """The ProtocolError kept as ``error`` holds no traceback: its frames would keep the

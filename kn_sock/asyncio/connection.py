@@ -90,7 +90,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         "side",
         "_paused_for_write",
         "_fair_paused",
-        "_backlog_set",
+        "_in_backlog",
+        "_budget_paused",
         "_drain_waiter",
         "_keepalive",
         "_ka_handle",
@@ -125,7 +126,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._paused_reading = False  # by max_queue: the application is not reading
         self._paused_for_write = False  # by write_limit while on_message answers from the read path
         self._fair_paused = False  # for one loop iteration after a read of many frames
-        self._backlog_set = False  # _backlog_run is scheduled
+        self._in_backlog = False  # _backlog_step is running
+        self._budget_paused = False  # reading paused and _backlog_run scheduled (_INFLATE_BUDGET)
         self._write_paused = False
         self._on_message = None
         self._tx_idle = False
@@ -274,7 +276,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 self._write(b"".join(out))
         if self._paused_for_write:
             self._paused_for_write = False
-            if not self._paused_reading:
+            if not self._paused_reading and not self._budget_paused:
                 self._resume_reading()
                 self._keepalive_resumed()
         self._wake_drain()
@@ -297,7 +299,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         opts = self._opts
         if protocol.deflate is not None:
             # One read of highly compressed messages must neither inflate past the queue bound
-            # nor hold the event loop while it inflates (the rest waits: _backlog_soon).
+            # nor hold the event loop while it inflates (the rest waits: _backlog_step).
             protocol.batch_room = self._queue_room
             protocol.batch_bytes = _INFLATE_BUDGET
         if opts.ping_interval:
@@ -362,7 +364,13 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
     def _fair_resume(self) -> None:
         self._fair_paused = False
         transport = self.transport
-        if transport is not None and not self._paused_reading and not self._paused_for_write and not transport.is_closing():
+        if (
+            transport is not None
+            and not self._paused_reading
+            and not self._paused_for_write
+            and not self._budget_paused
+            and not transport.is_closing()
+        ):
             transport.resume_reading()  # type: ignore[attr-defined]
 
     def _is_reading(self) -> bool:
@@ -423,8 +431,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             if max_queue is not None and messages and len(messages) >= max_queue and not self._paused_reading and transport is not None:
                 self._paused_reading = True
                 self._pause_reading()
-            if proto.backlog is not None:  # type: ignore[union-attr]
-                self._backlog_soon()
+            if proto.backlog is not None and not self._in_backlog:  # type: ignore[union-attr]
+                self._backlog_step(proto.batch_spent)  # type: ignore[union-attr]
             if proto.state is State.CLOSED:  # type: ignore[union-attr]
                 self._after_closed()
         finally:
@@ -440,35 +448,46 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             return 1 << 30
         return max(1, max_queue - len(self._messages or ()))
 
-    def _backlog_soon(self) -> None:
+    def _backlog_step(self, spent: int) -> None:
         """Frames wait in ``protocol.backlog`` (compressed messages ``batch_room`` or
-        ``batch_bytes`` left): reading pauses until they are processed, on later loop
-        iterations (``_backlog_run``) while the queue has room; else once the application
-        takes messages (``_maybe_resume``). The backlog always comes before anything read later."""
-        if not self._paused_reading and self.transport is not None:
-            self._paused_reading = True
-            self._pause_reading()
-        max_queue = self._max_queue
-        if not self._backlog_set and (max_queue is None or len(self._messages or ()) < max_queue):
-            self._backlog_set = True
-            self._loop.call_soon(self._backlog_run)
+        ``batch_bytes`` left): go on with them now while the queue has room, up to
+        ``_INFLATE_BUDGET`` bytes of messages in all (``spent``: so far in this callback); past
+        it, on the next loop iteration (``_backlog_run``), reading paused meanwhile; with the
+        queue full, once the application takes messages (``_maybe_resume``). The backlog
+        always comes before anything read later."""
+        proto = self.protocol
+        assert proto is not None
+        self._in_backlog = True
+        try:
+            while proto.backlog is not None:
+                max_queue = self._max_queue
+                if max_queue is not None and len(self._messages or ()) >= max_queue:
+                    if not self._paused_reading and self.transport is not None:
+                        self._paused_reading = True
+                        self._pause_reading()
+                    return
+                if spent >= _INFLATE_BUDGET:
+                    if not self._budget_paused and self.transport is not None:
+                        self._budget_paused = True
+                        self._pause_reading()
+                        self._loop.call_soon(self._backlog_run)
+                    return
+                self._dispatch(proto.receive_frames([]))
+                spent += proto.batch_spent
+        finally:
+            self._in_backlog = False
 
     def _backlog_run(self) -> None:
-        """One step through ``protocol.backlog`` (see ``_backlog_soon``); reading resumes after the last."""
-        self._backlog_set = False
+        """The next loop iteration's share of the backlog (``_backlog_step``); reading resumes
+        once it is done, unless the queue is full."""
+        self._budget_paused = False
         proto = self.protocol
-        if proto is None or proto.backlog is None or self.transport is None:
+        if proto is None or self.transport is None:
             return
-        max_queue = self._max_queue
-        if max_queue is not None and len(self._messages or ()) >= max_queue:
-            return  # the application takes messages first (_maybe_resume comes back)
-        self._dispatch(proto.receive_frames([]))  # (schedules the next step if frames are left)
-        if proto.backlog is None and self._paused_reading and self.transport is not None:
-            if self._max_queue is None or len(self._messages or ()) < self._max_queue:
-                self._paused_reading = False
-                if not self._paused_for_write:
-                    self._resume_reading()
-                    self._keepalive_resumed()
+        if proto.backlog is not None and not self._in_backlog:
+            self._backlog_step(0)
+        if not self._budget_paused and not self._paused_reading and not self._paused_for_write:
+            self._resume_reading()
 
     def _on_pong(self, ev: Pong) -> None:
         now = self._loop.time()
@@ -535,15 +554,14 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._max_queue = None
         proto = self.protocol
         if proto is not None:
-            if proto.backlog is not None and proto.state is not State.CLOSED:
-                # (The peer's close frame may wait there: reading resumes after it, as the
-                # backlog is processed step by step, not all at once: fairness.)
-                self._paused_for_write = False
-                self._backlog_soon()
-                return
+            if proto.backlog is not None and proto.state is not State.CLOSED and not self._in_backlog:
+                # (The peer's close frame may wait there; unbounded now, but still a budget
+                # per loop iteration: fairness.)
+                self._backlog_step(0)
         if self._paused_reading or self._paused_for_write:
             self._paused_reading = self._paused_for_write = False
-            self._resume_reading()
+            if not self._budget_paused:
+                self._resume_reading()
             self._keepalive_resumed()
 
     def _keepalive_resumed(self) -> None:
@@ -945,10 +963,11 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         if len(self._messages or ()) <= max_queue // 4 and self.transport is not None:
             proto = self.protocol
             if proto is not None and proto.backlog is not None:
-                self._backlog_soon()  # what batch_room left comes before reading more
-                return
+                self._backlog_step(0)  # what batch_room left comes before reading more
+                if self._max_queue is not None and len(self._messages or ()) >= self._max_queue:
+                    return  # full again
             self._paused_reading = False
-            if not self._paused_for_write:
+            if not self._paused_for_write and not self._budget_paused:
                 self._resume_reading()
                 self._keepalive_resumed()
 
