@@ -1504,3 +1504,31 @@ async def test_send_once_the_transport_is_lost_raises_under_both_twins(backend):
         with pytest.raises(ConnectionClosed):
             await ws.send("after")
         assert ws.close_code == 1006
+
+
+async def test_messages_dropped_while_closing_are_a_tail_never_a_gap(backend):
+    """As in the blocking layer: closing with the application not reading, what it has no
+    room for is dropped, but only as a tail (audit 67: later messages were kept again once
+    the application took some, and it saw a hole in the stream)."""
+    async with raw_server() as (port, peers):
+        ws = await async_connect_websocket("127.0.0.1", port, backend=backend, compression=None, max_queue=4)
+        peer = await asyncio.wait_for(peers.get(), TIMEOUT)
+        for i in range(6):  # the queue fills (4), reading pauses
+            peer.send_frame(1, b"%d" % i)
+        await wait_until(lambda: len(ws._messages or ()) >= 4)
+        closer = asyncio.create_task(ws.close())
+        assert (await peer.read_close())[0] == 1000
+        for i in range(6, 20):  # closing: read on, the queue full: dropped
+            peer.send_frame(1, b"%d" % i)
+        await wait_until(lambda: ws._dropping)
+        got = [await ws.recv(timeout=TIMEOUT) for _ in range(2)]  # room made now
+        for i in range(20, 30):
+            peer.send_frame(1, b"%d" % i)
+        peer.send_frame(8, b"\x03\xe8")
+        peer.close()
+        while (message := await ws.recv(timeout=TIMEOUT)) is not None:
+            got.append(message)
+        await asyncio.wait_for(closer, TIMEOUT)
+    numbers = [int(m) for m in got]
+    assert numbers == list(range(len(numbers))), numbers  # a prefix of the stream
+    assert ws.close_code == 1000

@@ -394,6 +394,41 @@ def test_closed_connections_are_freed_promptly(backend, ending):
         assert wait_for(lambda: _freed(client, server_ref), 2)
 
 
+def test_messages_dropped_while_closing_are_a_tail_never_a_gap(backend):
+    """Closing with the application not reading: what it has no room for is dropped (reading
+    cannot pause: the close frame must get through), but only as a tail: once one message is
+    dropped, so is every later one (audit: after the application took some, later ones were
+    kept again, and it saw a hole in the stream)."""
+    with raw_server() as srv:
+        peers = []
+        t = threading.Thread(target=lambda: peers.append(srv.accept_ws()))
+        t.start()
+        ws = connect_websocket("127.0.0.1", srv.port, backend=backend, compression=None, max_queue=4)
+        t.join(5)
+        peer = peers[0]
+        for i in range(6):  # the queue fills (4), reading pauses
+            peer.send_frame(1, b"%d" % i)
+        assert wait_for(lambda: len(ws._messages) >= 4)
+        closer = threading.Thread(target=ws.close)
+        closer.start()
+        opcode, _ = peer.recv_frame()
+        assert opcode == 8
+        for i in range(6, 20):  # closing: read on, the queue full: dropped
+            peer.send_frame(1, b"%d" % i)
+        got = [ws.recv(5) for _ in range(2)]
+        assert wait_for(lambda: ws._dropping)  # the first burst read (and dropped); room made now
+        for i in range(20, 30):
+            peer.send_frame(1, b"%d" % i)
+        peer.send_frame(8, b"\x03\xe8")
+        peer.close()  # (the server closes TCP first)
+        while (message := ws.recv(5)) is not None:
+            got.append(message)
+        closer.join(5)
+    numbers = [int(m) for m in got]
+    assert numbers == list(range(len(numbers))), numbers  # a prefix of the stream
+    assert ws.close_code == 1000
+
+
 def test_closed_compressed_connections_are_freed_without_the_cycle_collector(backend):
     """With permessage-deflate (the default), a closed connection is in no reference cycle
     (audit: the protocol kept a bound method of the connection, so each closed pair, zlib

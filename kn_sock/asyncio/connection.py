@@ -105,6 +105,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         "latency",
         "_max_queue",
         "_drop_limit",
+        "_dropping",
         "_frag_done",
         "_cork_size",
         "_own_reader",
@@ -146,6 +147,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self.latency = 0.0
         self._max_queue = opts.max_queue
         self._drop_limit: int | None = None  # closing: queue bound (reading no longer pauses)
+        self._dropping = False  # closing, a message was dropped: so is every later one
         self._handshake: Any = None
         self._frag_done: asyncio.Future[None] | None = None  # set while a fragmented message is sent
         self._fd = -1  # plain (non-TLS) socket's descriptor: broadcast() may write to it directly
@@ -396,6 +398,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         for ev in events:
             t = type(ev)
             if t is str or t is bytes:
+                if self._dropping:
+                    continue
                 callback = self._on_message
                 if callback is not None and not messages:
                     try:
@@ -413,7 +417,11 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 if messages is None:
                     messages = self._messages = deque()
                 elif self._drop_limit is not None and len(messages) >= self._drop_limit:
-                    continue  # closing and the application is not reading: bounded, drop
+                    # Closing and the application is not reading: bounded, drop. A tail, never
+                    # a message in the middle (audit: later ones were kept again, after a gap).
+                    self._dropping = True
+                    logger.debug("closing %s: dropping the messages the application has no room for", self.remote_address)
+                    continue
                 messages.append(ev)
             elif t is Pong:
                 self._on_pong(ev)

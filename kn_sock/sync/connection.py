@@ -145,6 +145,7 @@ class WebSocket:
         "_messages",
         "_max_queue",
         "_read_paused",
+        "_dropping",
         "_app_reading",
         "_held",
         "_held_since",
@@ -204,6 +205,7 @@ class WebSocket:
         self._messages: deque[Any] = deque()
         self._max_queue = opts.max_queue
         self._read_paused = False
+        self._dropping = False  # closing, a message was dropped: so is every later one
         self._app_reading = False
         self._held = False
         self._held_since = 0.0
@@ -429,7 +431,12 @@ class WebSocket:
         for ev in events:
             t = type(ev)
             if t is str or t is bytes:
-                if drop_over is not None and len(messages) >= drop_over:
+                if drop_over is not None and (self._dropping or len(messages) >= drop_over):
+                    # A tail is dropped, never a message in the middle (audit: once the
+                    # application took some, later ones were kept again, after a gap).
+                    if not self._dropping:
+                        self._dropping = True
+                        logger.debug("closing %s: dropping the messages the application has no room for", self.remote_address)
                     continue
                 messages.append(ev)
             elif t is Pong:
