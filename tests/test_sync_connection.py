@@ -394,6 +394,58 @@ def test_closed_connections_are_freed_promptly(backend, ending):
         assert wait_for(lambda: _freed(client, server_ref), 2)
 
 
+@pytest.mark.parametrize("max_queue", [None, 16])
+def test_the_reactor_inflates_a_budget_at_a_time(backend, max_queue):
+    """The shared reactor thread, reading for a connection whose application is not in
+    recv(), inflates a read of many small deflated ~1 MB messages a budget (1 MiB) at a time,
+    other connections' events in between (audit 67: it held the reactor 150-250 ms, every
+    other connection's reads and keepalive stalled); recv() then gets every message, in order."""
+    import zlib
+
+    with raw_server() as srv:
+        peers = []
+        t = threading.Thread(target=lambda: peers.append(srv.accept_ws(compression="deflate")))
+        t.start()
+        ws = connect_websocket("127.0.0.1", srv.port, backend=backend, max_queue=max_queue, max_size=2**21)
+        t.join(5)
+        peer = peers[0]
+        assert ws.extensions == ["permessage-deflate"]
+        steps: list[int] = []
+        done = threading.Event()
+
+        def tick() -> None:  # the reactor's turns, and how many messages were queued at each
+            steps.append(len(ws._messages))
+            if len(ws._messages) >= 12 or len(steps) > 100_000:
+                done.set()
+            else:
+                ws._reactor.call_soon(tick)
+
+        z = zlib.compressobj(wbits=-9)
+        data = b""
+        for i in range(12):
+            payload = z.compress(b"%02d" % i + bytes(1_000_000)) + z.flush(zlib.Z_SYNC_FLUSH)
+            data += build_frame(2, payload[:-4], True, True, None)
+        again = b""
+        for i in range(12):
+            payload = z.compress(b"%02d" % i + bytes(1_000_000)) + z.flush(zlib.Z_SYNC_FLUSH)
+            again += build_frame(2, payload[:-4], True, True, None)
+        ws._reactor.call_soon(tick)
+        peer.sock.sendall(data)  # ~12 KB: one read
+        assert done.wait(10)
+        jumps = [b - a for a, b in zip(steps, steps[1:])]
+        assert max(jumps) <= 3, steps  # two 1 MB messages a turn (1 MiB budget), not all twelve
+        got = [ws.recv(5) for _ in range(12)]
+        assert [m[:2] for m in got] == [b"%02d" % i for i in range(12)]
+        # Again, the application in recv() at once: a backlog the reactor left for its next
+        # turn comes before anything read from the socket (no wait for more data).
+        peer.sock.sendall(again)
+        got = [ws.recv(5) for _ in range(12)]
+        assert [m[:2] for m in got] == [b"%02d" % i for i in range(12)]
+        peer.send_frame(8, b"\x03\xe8")
+        peer.close()
+        ws.close()
+
+
 def test_messages_dropped_while_closing_are_a_tail_never_a_gap(backend):
     """Closing with the application not reading: what it has no room for is dropped (reading
     cannot pause: the close frame must get through), but only as a tail: once one message is

@@ -69,6 +69,12 @@ _OPEN = State.OPEN
 #: GIL, took ~5 ms (the interpreter's switch interval) per handover, tens of ms a round trip.
 _FAIR_FRAMES = 1024
 _FAIR_SLEEP = 0.0002
+#: The shared reactor thread, reading for a connection whose application is not in recv(),
+#: inflates at most this many bytes of its compressed messages at a time (Protocol.batch_bytes),
+#: the rest after the other connections' events, reading that one paused meanwhile (audit:
+#: one peer's deflated 1 MiB messages held the reactor 150-250 ms, stalling every other
+#: connection's reads and keepalive).
+_INFLATE_BUDGET = 1 << 20
 
 
 def _fair_pause() -> None:
@@ -146,6 +152,7 @@ class WebSocket:
         "_max_queue",
         "_read_paused",
         "_dropping",
+        "_backlog_later",
         "_app_reading",
         "_held",
         "_held_since",
@@ -206,6 +213,7 @@ class WebSocket:
         self._max_queue = opts.max_queue
         self._read_paused = False
         self._dropping = False  # closing, a message was dropped: so is every later one
+        self._backlog_later = False  # the reactor goes on with protocol.backlog soon (reading paused)
         self._app_reading = False
         self._held = False
         self._held_since = 0.0
@@ -282,9 +290,11 @@ class WebSocket:
         self._sock.setblocking(bool(self._nb))
         opts = self._opts
         with self._lock:
-            if self.protocol.deflate is not None and self._max_queue is not None:
-                # One read of highly compressed messages must not inflate past the queue bound.
+            if self.protocol.deflate is not None:
+                # One read of highly compressed messages must not inflate past the queue bound,
+                # nor hold the reactor thread while it inflates (_INFLATE_BUDGET).
                 self.protocol.batch_room = self._queue_room
+                self.protocol.batch_bytes = _INFLATE_BUDGET
             if opts.ping_interval:
                 self._keepalive = Keepalive(opts.ping_interval, opts.ping_timeout, time.monotonic())
                 self._schedule_keepalive()
@@ -324,7 +334,7 @@ class WebSocket:
                 return
             except (OSError, ValueError):  # ValueError: the socket object was closed (fileno -1)
                 got = None
-            self._feed(got)
+            self._feed(got, True)
             if self._parser.last_frames > _FAIR_FRAMES:
                 _fair_pause()
             # TLS may hold decrypted bytes that will never make the socket readable again.
@@ -351,7 +361,7 @@ class WebSocket:
             # does not: a peer that writes as much as we do must be read to go on reading us
             # (or both sides would wait to write), and a close frame must be seen. The pongs a
             # peer that does not read could pile up are held instead (see _flush).
-            if not self._app_reading and not self._held and not self._eof and (
+            if not self._app_reading and not self._held and not self._eof and not self._backlog_later and (
                 self.protocol.state is not _OPEN or not self._read_paused
             ):
                 new = EVENT_READ
@@ -366,8 +376,9 @@ class WebSocket:
 
     # ------------------------------------------------------------ receive path (whoever holds _read_lock)
 
-    def _feed(self, got: Any) -> None:
-        """Take what one read gave: ``FrameParser.recv_from``'s result (None: end of stream)."""
+    def _feed(self, got: Any, in_reactor: bool = False) -> None:
+        """Take what one read gave: ``FrameParser.recv_from``'s result (None: end of stream);
+        ``in_reactor``: read by the shared reactor thread (which inflates a budget at a time)."""
         t = type(got)
         if t is bytes or t is str:
             # Speed: one whole uncompressed data message (the parser has checked it is not
@@ -397,7 +408,7 @@ class WebSocket:
                 open_before = proto.state is _OPEN
                 self._dispatch(proto.receive_frames(got), open_before)
                 if proto.backlog is not None:
-                    self._backlog_step()
+                    self._backlog_step(proto.batch_spent if in_reactor else None)
 
     def _read_py(self, flags: int) -> Any:
         """One read through the socket object (TLS; platforms without ``recv_from``), in the
@@ -466,11 +477,13 @@ class WebSocket:
             return 1 << 30
         return max(1, max_queue - len(self._messages))
 
-    def _backlog_step(self) -> None:
-        """Frames ``batch_room`` left in ``protocol.backlog`` (compressed messages) go on while
-        the queue has room; else reading stays paused until the application takes messages
-        (``_maybe_resume``), so the backlog always comes before anything read later
-        (``_lock`` held)."""
+    def _backlog_step(self, spent: int | None = None) -> None:
+        """Frames ``batch_room`` or ``batch_bytes`` left in ``protocol.backlog`` (compressed
+        messages) go on while the queue has room; else reading stays paused until the
+        application takes messages (``_maybe_resume``), so the backlog always comes before
+        anything read later (``_lock`` held). In the reactor thread (``spent``: the bytes of
+        messages produced so far), past ``_INFLATE_BUDGET`` the rest waits for the reactor's
+        next turn (``_backlog_later_step``)."""
         proto = self.protocol
         messages = self._messages
         while proto.backlog is not None:
@@ -479,7 +492,23 @@ class WebSocket:
             if open_before and max_queue is not None and len(messages) >= max_queue:
                 self._read_paused = True
                 return
+            if spent is not None and spent >= _INFLATE_BUDGET:
+                if not self._backlog_later:
+                    self._backlog_later = True
+                    self._reactor.call_soon(self._backlog_later_step)
+                return
             self._dispatch(proto.receive_frames([]), open_before)
+            if spent is not None:
+                spent += proto.batch_spent
+
+    def _backlog_later_step(self) -> None:
+        """The reactor's next share of the backlog (see ``_backlog_step``)."""
+        with self._lock:
+            self._backlog_later = False
+            if not self._sock_done:
+                if self.protocol.backlog is not None:
+                    self._backlog_step(0)
+                self._update_interest()
 
     def _on_pong(self, ev: Pong) -> None:
         now = time.monotonic()
@@ -1032,7 +1061,7 @@ class WebSocket:
                 self._app_reading = True
                 try:
                     if (not messages and not self._sock_done and self.protocol.state is _OPEN
-                            and self._wbuf_size <= self._write_limit):
+                            and self._wbuf_size <= self._write_limit and self.protocol.backlog is None):
                         try:
                             got = self._parser.recv_from(self._sock, 0)
                         except _WOULD_BLOCK:
@@ -1100,6 +1129,13 @@ class WebSocket:
                 return msg
             if self._sock_done or self.protocol.state is _CLOSED:
                 return None
+            if self.protocol.backlog is not None:
+                # Messages wait there (the reactor leaves a backlog for its next turn): they
+                # come before anything read from the socket.
+                with self._lock:
+                    if self.protocol.backlog is not None:
+                        self._backlog_step()
+                continue
             self._read_once(deadline)
 
     def _after_recv_closed(self) -> None:
