@@ -446,6 +446,20 @@ def test_the_reactor_inflates_a_budget_at_a_time(backend, max_queue):
         ws.close()
 
 
+def test_a_message_read_while_a_backlog_waits_comes_after_it(backend):
+    """A whole message read while frames wait in ``protocol.backlog`` (the reactor's budget
+    left them for its next turn) is queued after them, not ahead through the fast path
+    (audit 68: over TLS the reactor read on and a small message overtook the backlog)."""
+    with running_server(echo, backend=backend) as server:
+        with connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            ws.send("hello")
+            assert ws.recv(5) == "hello"
+            with ws._lock:
+                ws.protocol.backlog = [(2, True, False, b"B0"), (2, True, False, b"B1")]
+            ws._feed(b"TAIL")
+            assert [ws.recv(5) for _ in range(3)] == [b"B0", b"B1", b"TAIL"]
+
+
 def test_messages_dropped_while_closing_are_a_tail_never_a_gap(backend):
     """Closing with the application not reading: what it has no room for is dropped (reading
     cannot pause: the close frame must get through), but only as a tail: once one message is

@@ -340,6 +340,8 @@ class WebSocket:
             # TLS may hold decrypted bytes that will never make the socket readable again.
             if got is None or not self._ssl or self._read_paused and self.protocol.state is _OPEN:
                 return
+            if self._backlog_later:
+                return  # (the deferred backlog first: _backlog_later_step reads on after it)
             if not sock.pending():
                 return
 
@@ -384,7 +386,7 @@ class WebSocket:
             # Speed: one whole uncompressed data message (the parser has checked it is not
             # inside a fragmented one); while OPEN, queue it without the Protocol round trip:
             # what _dispatch would do, minus everything only control frames need.
-            if self.protocol.state is _OPEN:
+            if self.protocol.state is _OPEN and self.protocol.backlog is None:
                 messages = self._messages
                 messages.append(got)
                 max_queue = self._max_queue
