@@ -1072,6 +1072,93 @@ async def test_inflating_a_read_of_compressed_messages_lets_the_loop_run(backend
     assert seen[-1] - seen[0] >= 4, seen  # two messages a step
 
 
+def _deflated_burst(count: int, size: int) -> bytes:
+    """``count`` client frames of ``size`` zero bytes (after a 4-byte id), deflated in one
+    stream (context takeover, a window any server accepts)."""
+    import zlib
+
+    z = zlib.compressobj(wbits=-9)
+    out = b""
+    for i in range(count):
+        payload = z.compress(i.to_bytes(4, "big") + bytes(size)) + z.flush(zlib.Z_SYNC_FLUSH)
+        out += build_frame(2, payload[:-4], True, True, os.urandom(4))
+    return out
+
+
+async def test_the_inflating_budget_is_per_loop_iteration(backend):
+    """Small messages that inflate to 60 KB each, read by a plain ``async for``: each recv()
+    that drains the queue refills it from the backlog, but a loop iteration still inflates
+    about the budget, not the whole read (audit 66: 97 MB in one iteration, 0.4-0.7 s)."""
+    from sync_support import raw_client as sync_raw_client
+
+    loop = asyncio.get_running_loop()
+    ticks = [0]
+    seen: list[int] = []
+
+    async def handler(websocket, path):
+        nonlocal ticks
+        async for message in websocket:
+            if not seen:
+                ticks = _ticker(loop)
+            seen.append(ticks[0])
+            if len(seen) == 300:
+                ticks[0] = -1
+                return
+
+    def peer(port: int) -> None:
+        raw = sync_raw_client(port, compression="deflate")
+        raw.sock.sendall(_deflated_burst(300, 60_000))
+        raw.sock.settimeout(TIMEOUT)
+        try:
+            raw.sock.recv(1)
+        finally:
+            raw.close()
+
+    async with serving(handler, backend=backend) as server:
+        await asyncio.wait_for(asyncio.to_thread(peer, server.port), TIMEOUT)
+        await wait_until(lambda: len(seen) == 300)
+    per_iteration = max(seen.count(t) for t in set(seen))
+    assert per_iteration * 60_000 <= 3_000_000, per_iteration
+
+
+@pytest.mark.parametrize("max_queue", [None, 16])
+async def test_abort_from_on_message_keeps_the_order(backend, max_queue):
+    """on_message aborting mid-batch: what is delivered is a prefix of the stream (audit 66:
+    the compressed backlog, processed by abort(), overtook the rest of the batch)."""
+    from sync_support import raw_client as sync_raw_client
+
+    got: list[int] = []
+    done = asyncio.Event()
+
+    async def handler(websocket, path):
+        def on_message(message):
+            got.append(int.from_bytes(message[:4], "big"))
+            if len(got) == 20:
+                websocket.abort()
+
+        websocket.on_message = on_message
+        await websocket.wait_closed()
+        done.set()
+
+    def peer(port: int) -> None:
+        raw = sync_raw_client(port, compression="deflate")
+        raw.sock.sendall(_deflated_burst(120, 50_000))
+        raw.sock.settimeout(TIMEOUT)
+        try:
+            while raw.sock.recv(65536):
+                pass
+        except OSError:
+            pass
+        finally:
+            raw.close()
+
+    async with serving(handler, backend=backend, max_queue=max_queue) as server:
+        task = asyncio.create_task(asyncio.to_thread(peer, server.port))
+        await asyncio.wait_for(done.wait(), TIMEOUT)
+        await asyncio.wait_for(task, TIMEOUT)
+    assert got == list(range(len(got))) and len(got) >= 20, got
+
+
 @pytest.mark.parametrize("max_queue", [None, 16])
 async def test_keepalive_fails_a_silent_peer_that_keeps_the_inflating_busy(backend, max_queue):
     """A peer that never answers pings but keeps sending small deflated messages that inflate

@@ -92,6 +92,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         "_fair_paused",
         "_in_backlog",
         "_budget_paused",
+        "_spent",
         "_drain_waiter",
         "_keepalive",
         "_ka_handle",
@@ -129,6 +130,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._fair_paused = False  # for one loop iteration after a read of many frames
         self._in_backlog = False  # _backlog_step is running
         self._budget_paused = False  # reading paused and _backlog_run scheduled (_INFLATE_BUDGET)
+        self._spent = 0  # bytes of compressed messages inflated in this loop iteration (_spend)
         self._write_paused = False
         self._on_message = None
         self._tx_idle = False
@@ -440,7 +442,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 self._paused_reading = True
                 self._pause_reading()
             if proto.backlog is not None and not self._in_backlog:  # type: ignore[union-attr]
-                self._backlog_step(proto.batch_spent)  # type: ignore[union-attr]
+                self._spend(proto.batch_spent)  # type: ignore[union-attr]
+                self._backlog_step()
             if proto.state is State.CLOSED:  # type: ignore[union-attr]
                 self._after_closed()
         finally:
@@ -456,13 +459,25 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             return 1 << 30
         return max(1, max_queue - len(self._messages or ()))
 
-    def _backlog_step(self, spent: int) -> None:
+    def _spend(self, nbytes: int) -> None:
+        """Count inflated bytes against this loop iteration's ``_INFLATE_BUDGET`` (reset at the
+        next one: per iteration, not per call, since recv() calls come back here each time the
+        queue drains without the task ever suspending: audit 66)."""
+        if nbytes:
+            if not self._spent:
+                self._loop.call_soon(self._spent_reset)
+            self._spent += nbytes
+
+    def _spent_reset(self) -> None:
+        self._spent = 0
+
+    def _backlog_step(self) -> None:
         """Frames wait in ``protocol.backlog`` (compressed messages ``batch_room`` or
         ``batch_bytes`` left): go on with them now while the queue has room, up to
-        ``_INFLATE_BUDGET`` bytes of messages in all (``spent``: so far in this callback); past
-        it, on the next loop iteration (``_backlog_run``), reading paused meanwhile; with the
-        queue full, once the application takes messages (``_maybe_resume``). The backlog
-        always comes before anything read later."""
+        ``_INFLATE_BUDGET`` bytes of messages in this loop iteration (``_spend``); past it, on
+        the next iteration (``_backlog_run``), reading paused meanwhile; with the queue full,
+        once the application takes messages (``_maybe_resume``). The backlog always comes
+        before anything read later."""
         proto = self.protocol
         assert proto is not None
         self._in_backlog = True
@@ -474,14 +489,14 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                         self._paused_reading = True
                         self._pause_reading()
                     return
-                if spent >= _INFLATE_BUDGET:
+                if self._spent >= _INFLATE_BUDGET:
                     if not self._budget_paused and self.transport is not None:
                         self._budget_paused = True
                         self._pause_reading()
                         self._loop.call_soon(self._backlog_run)
                     return
                 self._dispatch(proto.receive_frames([]))
-                spent += proto.batch_spent
+                self._spend(proto.batch_spent)
         finally:
             self._in_backlog = False
 
@@ -489,11 +504,12 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         """The next loop iteration's share of the backlog (``_backlog_step``); reading resumes
         once it is done, unless the queue is full."""
         self._budget_paused = False
+        self._spent = 0
         proto = self.protocol
         if proto is None or self.transport is None:
             return
         if proto.backlog is not None and not self._in_backlog:
-            self._backlog_step(0)
+            self._backlog_step()
         if not self._budget_paused and not self._paused_reading and not self._paused_for_write:
             self._resume_reading()
 
@@ -565,7 +581,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             if proto.backlog is not None and proto.state is not State.CLOSED and not self._in_backlog:
                 # (The peer's close frame may wait there; unbounded now, but still a budget
                 # per loop iteration: fairness.)
-                self._backlog_step(0)
+                self._backlog_step()
         if self._paused_reading or self._paused_for_write:
             self._paused_reading = self._paused_for_write = False
             if not self._budget_paused:
@@ -971,7 +987,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         if len(self._messages or ()) <= max_queue // 4 and self.transport is not None:
             proto = self.protocol
             if proto is not None and proto.backlog is not None:
-                self._backlog_step(0)  # what batch_room left comes before reading more
+                self._backlog_step()  # what batch_room left comes before reading more
                 if self._max_queue is not None and len(self._messages or ()) >= self._max_queue:
                     return  # full again
             self._paused_reading = False
@@ -1013,6 +1029,10 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             # (1006) now, as in the blocking layer: send() raises, recv() returns None.
             proto = self.protocol
             if proto is not None and proto.state is not State.CLOSED:
+                # What still waits compressed in the backlog is dropped with the connection:
+                # delivered now, from inside an on_message callback that aborts, it would
+                # overtake the rest of the batch being delivered (audit 66).
+                proto.backlog = None
                 self._dispatch(proto.receive_eof())
 
     async def __aenter__(self) -> "AsyncWebSocket":
