@@ -1170,8 +1170,6 @@ async def test_keepalive_fails_a_silent_peer_that_keeps_the_inflating_busy(backe
 
     from sync_support import raw_client as sync_raw_client
 
-    codes: list[int] = []
-
     async def handler(websocket, path):
         async for message in websocket:
             pass
