@@ -1030,48 +1030,6 @@ def _ticker(loop: asyncio.AbstractEventLoop) -> list[int]:
     return ticks
 
 
-async def test_inflating_a_read_of_compressed_messages_lets_the_loop_run(backend):
-    """A read bringing many small deflated messages that inflate to ~1 MB each is processed a
-    budget at a time, one loop iteration each, not all in one read callback (audit: a peer
-    sending such messages held the loop 0.3-0.5 s per read, starving every other connection)."""
-    import zlib
-
-    from sync_support import raw_client as sync_raw_client
-
-    loop = asyncio.get_running_loop()
-    seen: list[int] = []
-    ticks = [0]
-
-    async def handler(websocket, path):
-        nonlocal ticks
-        async for message in websocket:
-            if not seen:
-                ticks = _ticker(loop)
-            seen.append(ticks[0])
-            if len(seen) == 12:
-                ticks[0] = -1
-                return
-
-    def peer(port: int) -> None:
-        raw = sync_raw_client(port, compression="deflate")
-        z = zlib.compressobj(wbits=-9)
-        data = b""
-        for i in range(12):
-            payload = z.compress(b"%d" % i + bytes(1_000_000)) + z.flush(zlib.Z_SYNC_FLUSH)
-            data += build_frame(2, payload[:-4], True, True, os.urandom(4))
-        raw.sock.sendall(data)  # ~12 KB: one read
-        raw.sock.settimeout(TIMEOUT)
-        try:
-            raw.sock.recv(1)  # the server's close
-        finally:
-            raw.close()
-
-    async with serving(handler, backend=backend, max_size=2**21) as server:
-        await asyncio.wait_for(asyncio.to_thread(peer, server.port), TIMEOUT)
-        await wait_until(lambda: len(seen) == 12)
-    assert seen[-1] - seen[0] >= 4, seen  # two messages a step
-
-
 def _deflated_burst(count: int, size: int) -> bytes:
     """``count`` client frames of ``size`` zero bytes (after a 4-byte id), deflated in one
     stream (context takeover, a window any server accepts)."""
@@ -1085,10 +1043,9 @@ def _deflated_burst(count: int, size: int) -> bytes:
     return out
 
 
-async def test_the_inflating_budget_is_per_loop_iteration(backend):
-    """Small messages that inflate to 60 KB each, read by a plain ``async for``: each recv()
-    that drains the queue refills it from the backlog, but a loop iteration still inflates
-    about the budget, not the whole read (audit 66: 97 MB in one iteration, 0.4-0.7 s)."""
+async def _loop_turns_per_message(backend: Any, count: int, size: int, **options: Any) -> list[int]:
+    """A raw peer sends ``count`` deflated messages of ``size`` zeros in one write to an
+    ``async for`` handler; for each message, the event loop iteration it arrived in."""
     from sync_support import raw_client as sync_raw_client
 
     loop = asyncio.get_running_loop()
@@ -1101,22 +1058,38 @@ async def test_the_inflating_budget_is_per_loop_iteration(backend):
             if not seen:
                 ticks = _ticker(loop)
             seen.append(ticks[0])
-            if len(seen) == 300:
+            if len(seen) == count:
                 ticks[0] = -1
                 return
 
     def peer(port: int) -> None:
         raw = sync_raw_client(port, compression="deflate")
-        raw.sock.sendall(_deflated_burst(300, 60_000))
+        raw.sock.sendall(_deflated_burst(count, size))
         raw.sock.settimeout(TIMEOUT)
         try:
-            raw.sock.recv(1)
+            raw.sock.recv(1)  # the server's close
         finally:
             raw.close()
 
-    async with serving(handler, backend=backend) as server:
+    async with serving(handler, backend=backend, **options) as server:
         await asyncio.wait_for(asyncio.to_thread(peer, server.port), TIMEOUT)
-        await wait_until(lambda: len(seen) == 300)
+        await wait_until(lambda: len(seen) == count)
+    return seen
+
+
+async def test_inflating_a_read_of_compressed_messages_lets_the_loop_run(backend):
+    """A read bringing many small deflated messages that inflate to ~1 MB each is processed a
+    budget at a time, one loop iteration each, not all in one read callback (audit: a peer
+    sending such messages held the loop 0.3-0.5 s per read, starving every other connection)."""
+    seen = await _loop_turns_per_message(backend, 12, 1_000_000, max_size=2**21)  # ~12 KB: one read
+    assert seen[-1] - seen[0] >= 4, seen  # two messages a step
+
+
+async def test_the_inflating_budget_is_per_loop_iteration(backend):
+    """Small messages that inflate to 60 KB each, read by a plain ``async for``: each recv()
+    that drains the queue refills it from the backlog, but a loop iteration still inflates
+    about the budget, not the whole read (audit 66: 97 MB in one iteration, 0.4-0.7 s)."""
+    seen = await _loop_turns_per_message(backend, 300, 60_000)
     per_iteration = max(seen.count(t) for t in set(seen))
     assert per_iteration * 60_000 <= 3_000_000, per_iteration
 
