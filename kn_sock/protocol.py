@@ -103,6 +103,13 @@ _OWN_PART = 4096
 #: Pings read together each get their pong up to this many (Autobahn 2.10 sends 10 at once
 #: and expects 10 pongs); past it, only the latest is answered (RFC 6455 §5.5.3).
 _PONGS_PER_READ = 32
+#: What the I/O layers set ``Protocol.batch_bytes`` to, and their own budget across calls:
+#: the bytes of compressed messages inflated per event-loop iteration (asyncio) or per turn
+#: of the shared reactor thread (blocking layer) before the rest waits for the next one,
+#: that connection's reading paused meanwhile. zlib inflates ~0.4 MiB per ms, so a turn
+#: holds its thread a few ms at most (audits 62, 67: one peer's deflated max_size messages
+#: held it 0.15-0.5 s per read, every other connection starved).
+INFLATE_BUDGET = 1 << 20
 
 
 class Protocol:

@@ -22,6 +22,7 @@ from .._malloc import tune_malloc_once
 from ..exceptions import ConnectionClosed, InvalidState
 from ..http11 import Headers
 from ..options import Options
+from ..protocol import INFLATE_BUDGET as _INFLATE_BUDGET
 from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State, control_payload
 
 from .._types import Message  # annotations (resolvable at run time too, e.g. get_type_hints)
@@ -46,11 +47,6 @@ _OWN_READER = (
 _CORK_MAX = 65536
 #: See kn_sock._pure._SEND_YIELD_EVERY (the Cython twin has the same figure).
 _SEND_YIELD_EVERY = 128
-#: Inflated bytes of messages one read callback (or one later step with the frames left)
-#: produces; the rest waits a loop iteration, reading paused (Protocol.batch_bytes): zlib
-#: inflates ~0.4 MiB per ms, so each step holds the loop a few ms at most (audit: one peer
-#: sending deflated 1 MiB messages held it 0.3-0.5 s per read, every connection starved).
-_INFLATE_BUDGET = 1 << 20
 #: send() with compression counts one message per this many bytes towards _SEND_YIELD_EVERY
 #: (deflating costs ~6-18 ms per MiB): a task answering queued messages still lets the loop run.
 _DEFLATE_YIELD_UNIT = 4096

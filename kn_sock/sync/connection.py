@@ -52,6 +52,7 @@ from ..exceptions import ConnectionClosed
 from ..frames import OP_BINARY, OP_TEXT
 from ..http11 import Headers
 from ..options import Options
+from ..protocol import INFLATE_BUDGET as _INFLATE_BUDGET
 from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State, control_payload
 from .reactor import EVENT_READ, EVENT_WRITE, HOLD_TICK, Timer, get_reactor
 
@@ -69,12 +70,6 @@ _OPEN = State.OPEN
 #: GIL, took ~5 ms (the interpreter's switch interval) per handover, tens of ms a round trip.
 _FAIR_FRAMES = 1024
 _FAIR_SLEEP = 0.0002
-#: The shared reactor thread, reading for a connection whose application is not in recv(),
-#: inflates at most this many bytes of its compressed messages at a time (Protocol.batch_bytes),
-#: the rest after the other connections' events, reading that one paused meanwhile (audit:
-#: one peer's deflated 1 MiB messages held the reactor 150-250 ms, stalling every other
-#: connection's reads and keepalive).
-_INFLATE_BUDGET = 1 << 20
 
 
 def _fair_pause() -> None:
