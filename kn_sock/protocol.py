@@ -212,9 +212,7 @@ class Protocol:
         self.batch_room: Callable[[], int] | None = None
         #: With ``batch_room`` (and compression): the bytes of messages one ``receive_frames``
         #: call produces before the frames left wait in ``backlog`` too (at least one message
-        #: goes through). Inflating costs ~2.5 ms per MiB: an asyncio layer sets it so that one
-        #: read callback of highly compressed messages cannot hold its event loop (and every
-        #: other connection on it) for a quarter of a second (audit). None: no such bound.
+        #: goes through); both I/O layers set ``INFLATE_BUDGET``. None: no such bound.
         self.batch_bytes: int | None = None
         #: The bytes of messages the last bounded call produced (for the I/O layer's own
         #: budget across calls).

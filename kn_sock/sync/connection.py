@@ -381,7 +381,8 @@ class WebSocket:
             # Speed: one whole uncompressed data message (the parser has checked it is not
             # inside a fragmented one); while OPEN, queue it without the Protocol round trip:
             # what _dispatch would do, minus everything only control frames need.
-            if self.protocol.state is _OPEN and self.protocol.backlog is None:
+            proto = self.protocol
+            if proto.state is _OPEN and proto.backlog is None:
                 messages = self._messages
                 messages.append(got)
                 max_queue = self._max_queue
