@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 from typing import Any
 
 import pytest
 
 from asyncio_support import TIMEOUT, raw_client, serving, wait_until
 from kn_sock import ConnectionClosed, InvalidState, async_connect_websocket
+from kn_sock._pure import build_frame
+from kn_sock.asyncio.connection import unsent_bytes
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(30)]
 
@@ -254,3 +257,118 @@ async def test_a_callback_replacing_itself_over_a_compressed_backlog_keeps_the_o
                 await ws.send(str(i))
             await asyncio.wait_for(done.wait(), TIMEOUT)
     assert got == [str(i) for i in range(count)]
+
+
+async def test_a_callback_set_after_the_peers_close_gets_every_queued_message() -> None:
+    """Its answers raise ConnectionClosed (closing): no failure, the next messages still come
+    (audit 70: it stopped after the first, the rest stuck in the queue, recv() refused)."""
+
+    async def three_then_close(ws: Any, path: str) -> None:
+        for i in range(3):
+            await ws.send(f"m{i}")
+
+    async with serving(three_then_close) as server:
+        async with async_connect_websocket("127.0.0.1", server.port) as ws:
+            await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+            got: list[str] = []
+
+            def answer(message: str) -> None:
+                got.append(message)
+                ws.send_nowait(message)
+
+            ws.on_message = answer
+            assert got == ["m0", "m1", "m2"]
+
+
+async def test_connection_closed_from_another_connection_is_a_callback_failure(caplog: pytest.LogCaptureFixture) -> None:
+    """A relay to a connection already closed: 1011 and an ERROR line, as for a handler
+    (audit 70: swallowed at DEBUG, the rest of the callback skipped silently)."""
+    caplog.set_level(logging.ERROR, logger="kn_sock")
+    gone: list[Any] = []
+
+    async def relay(ws: Any, path: str) -> None:
+        if path == "/gone":
+            gone.append(ws)
+            return
+        ws.on_message = lambda message: gone[0].send_nowait(message)
+        await ws.wait_closed()
+
+    async with serving(relay) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, path="/gone") as other:
+            assert await asyncio.wait_for(other.recv(), TIMEOUT) is None
+        async with async_connect_websocket("127.0.0.1", server.port, path="/src") as ws:
+            await ws.send("relay me")
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) is None
+            assert ws.close_code == 1011
+    assert any("on_message" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+async def test_a_coroutine_function_is_refused_as_callback() -> None:
+    async with serving(callback_echo) as server:
+        async with async_connect_websocket("127.0.0.1", server.port) as ws:
+
+            async def never_awaited(message: Any) -> None:
+                pass
+
+            with pytest.raises(TypeError, match="coroutine"):
+                ws.on_message = never_awaited
+            assert ws.on_message is None
+            await ws.send("still usable")
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "still usable"
+
+
+async def test_answers_to_one_read_of_many_messages_stay_within_write_limit() -> None:
+    """One read brings 2,000 tiny messages, each answered with 16 KiB, and the peer is not
+    reading: the callback stops getting messages once its answers fill the buffer, and gets
+    the rest as the peer reads (audit 70: all 2,000 answered at once, 32 MB buffered)."""
+    server_ws: list[Any] = []
+    answer = b"a" * 16384
+
+    async def handler(ws: Any, path: str) -> None:
+        server_ws.append(ws)
+        ws.on_message = lambda message: ws.send_nowait(message + answer)
+        await ws.wait_closed()
+
+    count = 2000
+    async with serving(handler, compression=None, write_limit=65536) as server:
+        peer = await raw_client(server.port)
+        try:
+            peer.writer.write(b"".join(build_frame(2, i.to_bytes(2, "big"), True, False, os.urandom(4)) for i in range(count)))
+            await wait_until(lambda: bool(server_ws) and server_ws[0]._paused_for_write)
+            ws = server_ws[0]
+            peak = 0
+            for _ in range(10):
+                peak = max(peak, unsent_bytes(ws.transport))
+                await asyncio.sleep(0.01)
+            assert peak < 65536 + 65536 + 4 * len(answer)  # write_limit + the cork + a few answers
+            async with asyncio.timeout(TIMEOUT * 3):  # the peer reads: every answer, in order
+                for i in range(count):
+                    assert await peer.read_frame() == (2, i.to_bytes(2, "big") + answer)
+            peer.send_frame(9, b"still reading")
+            assert await asyncio.wait_for(peer.read_frame(), TIMEOUT) == (10, b"still reading")
+        finally:
+            peer.close()
+
+
+async def test_keepalive_ends_a_callback_connection_whose_peer_reads_nothing(caplog: pytest.LogCaptureFixture) -> None:
+    """Reading paused by the callback's answers, and the peer reads none of them: no pong can
+    come, and none is awaited forever (audit 70: the ping timeout was deferred again and
+    again, the connection held open with its buffer full)."""
+    caplog.set_level(logging.INFO, logger="kn_sock")
+    server_ws: list[Any] = []
+    big = b"x" * (4 << 20)
+
+    async def handler(ws: Any, path: str) -> None:
+        server_ws.append(ws)
+        ws.on_message = lambda message: ws.send_nowait(big)
+        await ws.wait_closed()
+
+    async with serving(handler, compression=None, ping_interval=0.2, ping_timeout=0.2, close_timeout=0.5) as server:
+        peer = await raw_client(server.port)
+        try:
+            peer.send_frame(2, b"go")
+            await wait_until(lambda: bool(server_ws) and server_ws[0]._paused_for_write)
+            await wait_until(lambda: server_ws[0].closed)
+        finally:
+            peer.close()
+    assert any("keepalive ping timeout" in r.getMessage() for r in caplog.records)

@@ -10,6 +10,7 @@ message received costs exactly one task wake-up. No stream reader, no per-frame 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 import logging
 import os
@@ -107,6 +108,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         "_cork_size",
         "_own_reader",
         "_reader_off",
+        "_ka_unsent",
     )
 
     def __init__(self, side: str, opts: Options, loop: asyncio.AbstractEventLoop) -> None:
@@ -155,6 +157,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._cork_size = 0
         self._own_reader = False  # the loop calls _on_readable for this socket (see _take_reading)
         self._reader_off = False  # ... and _pause_reading unregistered it
+        self._ka_unsent = -1  # unsent bytes when a keepalive timeout was deferred under _paused_for_write
 
     # ------------------------------------------------------------ public attributes
 
@@ -276,7 +279,16 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 self._write(b"".join(out))
         if self._paused_for_write:
             self._paused_for_write = False
-            if not self._paused_reading and not self._budget_paused:
+            self._ka_unsent = -1
+            if self._messages and self._on_message is not None:
+                # Messages that arrived while the callback's answers filled the buffer.
+                self._feed_callback()
+                if self._paused_for_write:  # its answers filled it again
+                    self._wake_drain()
+                    return
+            if self._paused_reading:
+                self._maybe_resume()
+            elif not self._budget_paused:
                 self._resume_reading()
                 self._keepalive_resumed()
         self._wake_drain()
@@ -399,7 +411,9 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 if self._dropping:
                     continue
                 callback = self._on_message
-                if callback is not None and not messages:
+                if callback is not None and not messages and not self._paused_for_write:
+                    # (Once its answers fill the write buffer, later messages wait in the
+                    # queue for resume_writing: bounded by write_limit, not by one read.)
                     try:
                         callback(ev)
                     except Exception as exc:
@@ -583,6 +597,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             if not self._budget_paused:
                 self._resume_reading()
             self._keepalive_resumed()
+        if self._messages and self._on_message is not None:
+            self._feed_callback()  # held back by _paused_for_write: the callback still gets them
 
     def _keepalive_resumed(self) -> None:
         """Reading resumes after our own backpressure: see ``Keepalive.reading_resumed``."""
@@ -629,16 +645,24 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             self._write(proto.send_ping(payload, (None, time.perf_counter())))
             ka.ping_sent(now)
         elif action == "timeout":
-            if self._paused_reading or self._paused_for_write:
+            if self._paused_reading or (self._paused_for_write and self._peer_reads()):
                 # Our own backpressure (max_queue, the application not reading; write_limit
-                # with an on_message callback, the peer not reading) stopped reading:
+                # with an on_message callback, the peer reading slowly) stopped reading:
                 # the pong may be sitting unread, which says nothing about the peer: wait on.
+                # (A peer that reads nothing of our answers for a timeout is dead, though.)
                 ka.deferred(now)
             else:
                 logger.info("keepalive ping timeout on %s: closing with 1011", self.remote_address)
                 self._fail(1011, "keepalive ping timeout")
                 return
         self._schedule_keepalive()
+
+    def _peer_reads(self) -> bool:
+        """Reading paused by ``_paused_for_write``: has the peer read any of our buffer since
+        the last look? (The first look says yes: it only sets the mark.)"""
+        unsent = unsent_bytes(self.transport)
+        last, self._ka_unsent = self._ka_unsent, unsent
+        return last < 0 or unsent < last
 
     # ------------------------------------------------------------ sending
 
@@ -909,7 +933,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         ``recv()`` again. Closing does not call it: ``await ws.wait_closed()``.
 
         Raises (on assignment):
-            TypeError: neither callable nor None.
+            TypeError: neither callable nor None, or a coroutine function (never awaited).
             InvalidState: a ``recv()`` is being awaited.
         """
         return self._on_message  # type: ignore[no-any-return]
@@ -918,29 +942,37 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
     def on_message(self, callback: Callable[[Any], Any] | None) -> None:
         if callback is not None and not callable(callback):
             raise TypeError("on_message must be a callable or None")
+        if inspect.iscoroutinefunction(callback):
+            raise TypeError("on_message must be a plain function (it is called without being awaited), not a coroutine function")
         if callback is not None and self._waiter is not None and not self._waiter.done():
             raise InvalidState("recv() is being awaited: on_message cannot be set now")
         self._on_message = callback
-        messages = self._messages
-        while callback is not None and messages and self._on_message is callback:
-            try:
-                callback(messages.popleft())
-            except Exception as exc:
-                self._callback_failed(exc)
-                return
-        if self._paused_reading and callback is not None:
+        self._feed_callback()
+        if self._paused_reading and self._on_message is not None:
             # On the next loop iteration: set from inside a callback, resuming now would
             # dispatch later messages (the compressed backlog) before the rest of the batch
             # being delivered (audit: out of order).
             self._loop.call_soon(self._maybe_resume)
 
+    def _feed_callback(self) -> None:
+        """Hand queued messages to ``on_message`` in order, until none is left, the callback
+        changes or fails, or its answers fill the write buffer (``_paused_for_write``)."""
+        callback = self._on_message
+        messages = self._messages
+        while callback is not None and messages and self._on_message is callback and not self._paused_for_write:
+            try:
+                callback(messages.popleft())
+            except Exception as exc:
+                self._callback_failed(exc)
+
     def _callback_failed(self, exc: Exception) -> None:
         """``on_message`` raised: log it and fail the connection with 1011.
 
-        ``ConnectionClosed`` (an answer to a message that arrived just before the peer's close)
-        is no failure: the connection is closing anyway.
+        ``ConnectionClosed`` from this connection (an answer to a message that arrived just
+        before the peer's close) is no failure: the connection is closing anyway. From
+        another one (a relay), it is, as for a handler.
         """
-        if isinstance(exc, ConnectionClosed):
+        if isinstance(exc, ConnectionClosed) and not self.open:
             logger.debug("on_message on %s: %s", self.remote_address, exc)
             return
         logger.error("on_message callback failed on %s: closing with 1011", self.remote_address, exc_info=exc)
