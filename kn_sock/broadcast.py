@@ -85,7 +85,9 @@ def broadcast(connections: Iterable[Any], message: Data, *, limit: int = DEFAULT
     # asyncio connections whose socket has nothing buffered: written all at once below by
     # send_many (C loop, GIL released) rather than one transport.write() each.
     direct: list[Any] | None = [] if _DIRECT else None
-    for ws in connections:
+    # A snapshot: a blocking server's ``connections`` changes in other threads (handlers
+    # coming and going) while this loop runs.
+    for ws in list(connections):
         proto = ws.protocol
         if proto is None:
             continue

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import struct
 import sys
@@ -1073,3 +1074,27 @@ async def test_a_handler_sending_in_a_loop_learns_that_the_peer_is_gone(backend,
         assert gone.is_set()
         assert isinstance(result, ConnectionClosed)
         assert max(b - a for a, b in zip(ticks, ticks[1:])) < 1.0
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
+async def test_unix_socket_served_and_its_file_removed_on_close(tmp_path):
+    """unix=: served there; close() removes the socket file (audit 70: asyncio before 3.13
+    left it), but not one another server has bound at that path since."""
+    path = str(tmp_path / "ws.sock")
+    async with await start_async_websocket_server(None, None, echo, unix=path) as server:
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.write(upgrade_request())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 101")
+        writer.write(_pure.build_frame(1, b"over unix", True, False, b"abcd"))
+        assert await asyncio.wait_for(reader.readexactly(11), TIMEOUT) == b"\x81\x09over unix"
+        writer.close()
+    assert not os.path.exists(path)
+
+    server = await start_async_websocket_server(None, None, echo, unix=path)
+    os.unlink(path)
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(path)
+        server.close()
+        await server.wait_closed()
+        assert os.path.exists(path)

@@ -160,6 +160,53 @@ def test_sync_server_connections_and_bad_arguments():
             c.close()
 
 
+def test_a_set_changing_during_the_broadcast_is_no_error():
+    """A blocking server's ``connections`` changes in handler threads while broadcast() runs
+    (audit 70: "Set changed size during iteration")."""
+    conns: set = set()
+
+    class Leaving:
+        @property
+        def protocol(self):
+            conns.discard(self)  # another thread's handler returning, as seen from here
+            conns.update((Leaving(), Leaving()))  # and new ones coming
+            return None
+
+    conns.update(Leaving() for _ in range(5))
+    assert broadcast(conns, "x") == []
+
+
+def test_broadcast_to_the_blocking_servers_connections_while_clients_come_and_go():
+    stop = threading.Event()
+
+    def handler(ws, address):
+        while ws.recv() is not None:
+            pass
+
+    with running_server(handler) as server:
+        errors: list = []
+
+        def churn():
+            while not stop.is_set():
+                try:
+                    connect_websocket("127.0.0.1", server.port).close()
+                except Exception as exc:  # pragma: no cover - reported below
+                    errors.append(exc)
+
+        threads = [threading.Thread(target=churn) for _ in range(2)]
+        for t in threads:
+            t.start()
+        try:
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                broadcast(server.connections, "hi")
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(TIMEOUT)
+        assert errors == []
+
+
 @pytest.mark.asyncio
 async def test_direct_writes_that_fill_the_socket_hand_the_rest_to_the_transport(backend):
     # broadcast() writes to idle plain sockets itself (send_many); when the kernel takes only

@@ -672,6 +672,16 @@ def test_unix_socket(tmp_path):
     assert not os.path.exists(path)
 
 
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
+def test_unix_socket_file_bound_by_another_server_since_is_left_alone(tmp_path):
+    path = str(tmp_path / "ws.sock")
+    with running_server(echo, unix=path):
+        os.unlink(path)
+        with socket.socket(socket.AF_UNIX) as other:
+            other.bind(path)  # another server's now: shutdown must not remove it
+    assert os.path.exists(path)
+
+
 @pytest.fixture(scope="module")
 def tls_contexts(tmp_path_factory):
     if shutil.which("openssl") is None:

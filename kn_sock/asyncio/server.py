@@ -12,6 +12,7 @@ from typing import Any, Awaitable, Callable
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
 from ..options import Options, check_port, check_server_ssl, make_options
+from .._unix import remove_unix_socket, socket_inode
 from ..protocol import SERVER, Protocol
 from .connection import AsyncWebSocket, tcp_transport, unsent_bytes
 
@@ -319,6 +320,7 @@ class AsyncWebSocketServer:
         self.tasks: set[asyncio.Task[None]] = set()
         self.closing = False
         self._server: asyncio.base_events.Server | None = None
+        self._unix: tuple[Any, int] | None = None  # (path, inode) of the Unix socket bound
         self._port: int | None = None  # the bound TCP port, kept once closed
         #: TLS handshakes in progress: their tasks, and the sockets they run on.
         self._tls_pending: dict[asyncio.Task[None], socket.socket] = {}
@@ -385,6 +387,8 @@ class AsyncWebSocketServer:
         unix = kwargs.pop("unix", None)
         if unix is not None:
             self._server = await self.loop.create_unix_server(factory, unix, **kwargs)
+            if isinstance(unix, (str, bytes, os.PathLike)):
+                self._unix = (unix, socket_inode(unix))  # removed by close() (asyncio < 3.13 leaves it)
         else:
             check_port(port)
             self._server = await self.loop.create_server(factory, host, port, **kwargs)
@@ -462,6 +466,9 @@ class AsyncWebSocketServer:
             self._stopped.set_result(None)  # serve_forever() returns
         if self._server is not None:
             self._stop_listening()
+        if self._unix is not None:
+            remove_unix_socket(*self._unix)
+            self._unix = None
         if close_connections:
             for task, sock in list(self._tls_pending.items()):  # in their TLS handshake: drop them
                 # By ending the socket: the handshake fails at once and asyncio closes its

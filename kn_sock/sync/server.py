@@ -18,17 +18,16 @@ import contextlib
 import errno
 import inspect
 import logging
-import os
 import select
 import selectors
 import socket
 import ssl as ssl_module
-import stat
 import sys
 import threading
 import time
 from typing import Any, Callable, Iterator
 
+from .._unix import remove_stale_socket, remove_unix_socket, socket_inode
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
 from ..options import check_port, check_server_ssl, make_options
@@ -135,6 +134,7 @@ class WebSocketServer:
     def __init__(self, host: str | None, port: int | None, handler: Callable[..., Any], **options: Any) -> None:
         """Bind and listen."""
         self._unix: str | None = options.pop("unix", None)
+        self._unix_inode: int | None = None  # of the socket file we bound, removed by shutdown
         backlog = options.pop("backlog", 1024)
         reuse_port = options.pop("reuse_port", False)
         self._stack_size = options.pop("thread_stack_size", DEFAULT_THREAD_STACK_SIZE)
@@ -180,14 +180,11 @@ class WebSocketServer:
     def _bind(self, host: str | None, port: int | None, backlog: int, reuse_port: bool) -> list[socket.socket]:
         if self._unix is not None:
             path = self._unix
-            try:
-                if stat.S_ISSOCK(os.stat(path).st_mode):
-                    os.unlink(path)  # a stale socket of a previous run
-            except FileNotFoundError:
-                pass
+            remove_stale_socket(path)  # a previous run's
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             try:
                 sock.bind(path)
+                self._unix_inode = socket_inode(path)
                 sock.listen(backlog)
             except BaseException:
                 sock.close()
@@ -595,11 +592,9 @@ class WebSocketServer:
                 listener.close()
             except OSError:  # pragma: no cover
                 pass
-        if self._unix is not None:
-            try:
-                os.unlink(self._unix)
-            except OSError:
-                pass
+        if self._unix is not None and self._unix_inode is not None:
+            remove_unix_socket(self._unix, self._unix_inode)
+            self._unix_inode = None
         for sock, how in pending:  # handshakes in progress: wake their threads
             try:
                 socket.socket.shutdown(sock, how)

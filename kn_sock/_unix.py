@@ -1,0 +1,30 @@
+"""Unix socket files of the servers: a stale one removed before binding, ours after closing."""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any
+
+
+def remove_stale_socket(path: Any) -> None:
+    """Remove ``path`` if it is a socket file (a previous run's), before binding to it."""
+    try:
+        if stat.S_ISSOCK(os.stat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def socket_inode(path: Any) -> int:
+    """The inode of the socket file just bound at ``path`` (see ``remove_unix_socket``)."""
+    return os.stat(path).st_ino
+
+
+def remove_unix_socket(path: Any, inode: int) -> None:
+    """Remove the socket file a closing server bound, unless another has replaced it since."""
+    try:
+        if os.stat(path).st_ino == inode:
+            os.unlink(path)
+    except OSError:  # gone already (asyncio 3.13+ removes it too), or not ours to remove
+        pass
