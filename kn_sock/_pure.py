@@ -15,6 +15,7 @@ from __future__ import annotations
 import codecs
 import collections
 import errno as _errno
+import operator
 import os
 import select
 import socket as _socket
@@ -84,6 +85,10 @@ _RECV_POOL: list = []
 _RECV_POOL_MAX = 4
 
 
+#: What the Cython twin's buffer access raises (BufferError) for a non-contiguous buffer.
+_NOT_CONTIGUOUS = "memoryview: underlying buffer is not C-contiguous"
+
+
 def _mask_key(mask: BytesLike) -> bytes:
     """Return the 4-byte mask as bytes, or raise ValueError / TypeError."""
     key = bytes(memoryview(mask))
@@ -102,10 +107,12 @@ def apply_mask(data: BytesLike, mask: BytesLike) -> bytes:
     if type(data) is bytes and type(mask) is bytes and len(mask) == 4:
         return _xor(data, mask)  # speed: the common case, no memoryview, no validation call
     view = memoryview(data)
+    if not view.c_contiguous:
+        raise BufferError(_NOT_CONTIGUOUS)
     key = _mask_key(mask)
     if view.nbytes == 0:
         return b""
-    return _xor(view.cast("B") if view.c_contiguous else view.tobytes(), key)
+    return _xor(view.cast("B"), key)
 
 
 #: Below this size masking is one big-integer XOR (fastest for short payloads); from it on,
@@ -163,6 +170,8 @@ def apply_mask_inplace(buffer: BytesLike, mask: BytesLike, offset: int = 0, leng
         ValueError: when ``mask`` is not 4 bytes or the range falls outside the buffer.
     """
     view = memoryview(buffer)
+    if not view.c_contiguous:
+        raise BufferError(_NOT_CONTIGUOUS)
     if view.readonly:
         raise TypeError("buffer must be writable")
     key = _mask_key(mask)
@@ -321,6 +330,9 @@ class FrameParser:
         early_compressed_text: bool = False,
     ) -> None:
         """Create a parser for one direction of one connection."""
+        for limit in (max_size, compressed_max_size):
+            if limit is not None:
+                operator.index(limit)  # an integer (TypeError otherwise, as the Cython twin)
         self.expect_mask = expect_mask
         self.max_size = max_size
         self.compressed_max_size = compressed_max_size
@@ -380,9 +392,10 @@ class FrameParser:
 
     def buffer_updated(self, nbytes: int) -> list[Frame]:
         """Parse the ``nbytes`` just written into the buffer from ``get_buffer``."""
-        if self._scratch is None or not 0 <= nbytes <= len(self._scratch):
+        scratch = self._scratch
+        if scratch is None or not 0 <= nbytes <= len(scratch):
             raise ValueError("nbytes out of range")
-        return self.feed(memoryview(self._scratch)[:nbytes])
+        return self.feed(memoryview(scratch)[:nbytes])  # (feed: the buffer no longer counts)
 
     def recv_from(self, sock: object, flags: int = 0) -> list[Frame] | bytes | str | None:
         """Read once from the plain socket ``sock`` (or its descriptor) into the receive
@@ -436,10 +449,16 @@ class FrameParser:
     def feed(self, data: BytesLike) -> list[Frame]:
         """Add bytes from the peer and return every frame they complete, in order."""
         self.last_frames = 0
+        self._scratch = None  # a buffer from get_buffer before this call no longer counts
         if self.error is not None:
             return []
         buf = self._buf
-        buf += data
+        try:
+            buf += data
+        except TypeError:
+            if type(data) is memoryview and not data.c_contiguous:
+                raise BufferError(_NOT_CONTIGUOUS) from None
+            raise
         frames: list[Frame] = []
         pos = 0
         end = len(buf)
@@ -617,7 +636,11 @@ class FrameParser:
         if (opcode == 0 and self._msg_validator is not None) or (
             opcode == 1 and not fin and not rsv1 and self.decode_text
         ):
-            self._text_fragment(opcode, fin, payload)
+            try:
+                self._text_fragment(opcode, fin, payload)
+            except ProtocolError:
+                self.last_frames += 1  # a fragment counts before its check (as the Cython twin)
+                raise
         if self._text_validator is not None:
             # The frame the early UTF-8 check was following (always the next to complete) is done.
             self._text_validator = None
@@ -698,6 +721,8 @@ def build_frame(
         data = str(payload).encode("utf-8")
     else:
         data = memoryview(payload)  # type: ignore[arg-type]
+        if not data.c_contiguous:
+            raise BufferError(_NOT_CONTIGUOUS)
     if not 0 <= opcode <= 15:
         raise ValueError("opcode must be between 0 and 15")
     n = len(data) if type(data) is bytes else data.nbytes  # type: ignore[union-attr]

@@ -375,3 +375,66 @@ def test_early_utf8_error_at_the_same_call(case):
         return
     index = next(i for i, b in enumerate(bounds) if b > info["first_bad"])
     assert expected[1:] == ((ProtocolError, 1007, "invalid UTF-8 in text message"), index)
+
+
+def _outcome(call, *args):
+    try:
+        return ("ok", call(*args))
+    except Exception as exc:
+        return (type(exc).__name__, str(exc))
+
+
+def _strided() -> memoryview:
+    return memoryview(bytearray(b"abcdefgh"))[::2]
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        lambda m: m.apply_mask(_strided(), b"abcd"),
+        lambda m: m.apply_mask(_strided(), "abcd"),
+        lambda m: m.apply_mask_inplace(_strided(), b"abcd"),
+        lambda m: m.apply_mask_inplace(_strided(), b"abc"),
+        lambda m: m.build_frame(1, _strided()),
+        lambda m: m.build_frame(1, _strided(), mask=b"abcd"),
+        lambda m: m.FrameParser(expect_mask=False).feed(_strided()),
+        lambda m: m.FrameParser(expect_mask=False, max_size=1e6),  # type: ignore[arg-type]
+        lambda m: m.FrameParser(expect_mask=False, max_size="10"),  # type: ignore[arg-type]
+        lambda m: m.FrameParser(expect_mask=False, compressed_max_size=2.5),  # type: ignore[arg-type]
+    ],
+)
+def test_off_contract_arguments_fail_alike(case):
+    """Strided buffers and non-integer limits: the same exception from both (audit 71: pure
+    masked strided views that Cython refused, and took a float max_size)."""
+    pure, cython = _outcome(case, P), _outcome(case, S)
+    assert pure == cython
+    assert pure[0] in ("BufferError", "TypeError", "ValueError")
+
+
+def test_buffer_updated_without_a_fresh_buffer_fails_alike():
+    """A buffer from get_buffer counts for one buffer_updated, and none after a feed (audit 71:
+    pure parsed the old buffer again, a duplicated message)."""
+    for m in (P, S):
+        p = m.FrameParser(expect_mask=False)
+        buf = p.get_buffer(-1)
+        buf[:2] = b"\x82\x00"
+        del buf
+        assert p.buffer_updated(2) == [(2, True, False, b"")]
+        with pytest.raises(ValueError, match="nbytes out of range"):
+            p.buffer_updated(2)
+        buf = p.get_buffer(-1)
+        buf[:2] = b"\x82\x00"
+        del buf
+        assert p.feed(b"") == []
+        with pytest.raises(ValueError, match="nbytes out of range"):
+            p.buffer_updated(2)
+
+
+def test_last_frames_after_invalid_utf8_in_a_fragment_agrees():
+    counts = []
+    for m in (P, S):
+        p = m.FrameParser(expect_mask=False)
+        assert p.feed(b"\x01\x02\xc0\xaf") == []
+        assert p.error is not None and p.error.code == 1007
+        counts.append(p.last_frames)
+    assert counts[0] == counts[1]
