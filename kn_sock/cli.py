@@ -6,8 +6,10 @@ Exit codes (also in ``kn-sock --help`` and docs/guide.md):
     1    could not connect or serve: refused, DNS, timeout, TLS, handshake rejected
          (the HTTP status is shown), port in use, unreadable certificate; a benchmark failed
     2    bad command line, including an invalid URI
-    3    ``connect``: the connection was closed with an error code or lost (1006)
+    3    ``connect``: the connection was closed with an error code or lost (1006), by the
+         server or by the client (e.g. a message over ``--max-size``: 1009)
     130  interrupted (Ctrl-C) — except ``serve``, for which Ctrl-C / SIGTERM is the normal stop
+    143  ``connect``: stopped by SIGTERM (after closing with 1001, as on Ctrl-C)
 
 Expected failures print one ``error: ...`` line on stderr, never a traceback. The library's
 own log lines (``logging.getLogger("kn_sock")``) go to stderr; the CLI's output to stdout.
@@ -30,13 +32,14 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from . import __version__
 from ._backend import IMPLEMENTATION
 from .exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI, WebSocketError
+from .options import Options
 
-__all__ = ["main", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_CLOSED", "EXIT_INTERRUPTED"]
+__all__ = ["main", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_CLOSED", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
 
 logger = logging.getLogger("kn_sock")
 
@@ -45,6 +48,7 @@ EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_CLOSED = 3
 EXIT_INTERRUPTED = 130
+EXIT_TERMINATED = 143  # 128 + SIGTERM
 
 #: ``connect``: after stdin ends, wait at most this long for replies still due (seconds).
 DEFAULT_LINGER = 2.0
@@ -79,6 +83,30 @@ def _addr(address: Any) -> str:
         host = address[0]
         return f"[{host}]:{address[1]}" if ":" in str(host) else f"{host}:{address[1]}"
     return str(address or "?")
+
+
+def _redact(uri: str) -> str:
+    """``ws://user:pw@host/`` → ``ws://user:***@host/``: no password in what we print."""
+    scheme, sep, rest = uri.partition("://")
+    if not sep:
+        return uri
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i != -1), default=len(rest))
+    user_info, at, host = rest[:cut].rpartition("@")
+    if not at or ":" not in user_info:
+        return uri
+    return f"{scheme}://{user_info.partition(':')[0]}:***@{host}{rest[cut:]}"
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM during ``connect``: raised in the main thread, handled as Ctrl-C (close 1001)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
 
 
 def _short(message: Any, limit: int = 60) -> str:
@@ -202,7 +230,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     tls = _server_tls(args.tls_cert, args.tls_key)
     scheme = "wss" if tls else "ws"
     style = "blocking" if args.sync else "asyncio"
-    host = f"[{args.host}]" if ":" in args.host else args.host
+    host = args.host or "0.0.0.0"  # "" binds every interface; "ws://:8765/" is no address
+    host = f"[{host}]" if ":" in host else host
 
     def banner(port: int) -> None:
         _out(f"kn_sock {__version__} ({IMPLEMENTATION}) {style} echo server on {scheme}://{host}:{port}/")
@@ -228,39 +257,63 @@ def _client_tls(args: argparse.Namespace) -> ssl.SSLContext | None:
     return ctx
 
 
-def _open_client(args: argparse.Namespace) -> Any:
-    """Connect, turning every expected failure into a one-line ``CLIError``."""
+def _open_client(args: argparse.Namespace, shown: str) -> Any:
+    """Connect, turning every expected failure into a one-line ``CLIError``.
+
+    ``shown``: the URI as printed (password redacted).
+    """
     from .sync import connect_websocket
+    from .uri import parse_uri
+
+    def hide(text: str) -> str:
+        return text.replace(args.uri, shown)
 
     options: dict[str, Any] = {"open_timeout": args.timeout}
-    tls = _client_tls(args)
-    if tls is not None:
-        options["ssl"] = tls
     if args.no_compression:
         options["compression"] = None
     if args.subprotocol:
         options["subprotocols"] = args.subprotocol
+    if args.max_size is not None:
+        options["max_size"] = args.max_size or None  # 0: no limit
     try:
+        secure = parse_uri(args.uri).secure
+        if secure:
+            tls = _client_tls(args)
+            if tls is not None:
+                options["ssl"] = tls
+        elif args.cafile or args.insecure:
+            _err("note: --cafile / --insecure ignored: a ws:// URI does not use TLS")
         return connect_websocket(args.uri, **options)
     except InvalidURI as exc:
-        raise CLIError(f"invalid URI: {exc}", EXIT_USAGE) from None
+        raise CLIError(hide(f"invalid URI: {exc}"), EXIT_USAGE) from None
     except InvalidStatus as exc:
-        raise CLIError(f"{args.uri}: the server refused the WebSocket upgrade: HTTP {_status(exc.status)}") from None
+        raise CLIError(f"{shown}: the server refused the WebSocket upgrade: HTTP {_status(exc.status)}") from None
     except InvalidHandshake as exc:
-        raise CLIError(f"{args.uri}: opening handshake failed: {exc}") from None
+        raise CLIError(hide(f"{shown}: opening handshake failed: {exc}")) from None
     except ssl.SSLCertVerificationError as exc:
         hint = " (--cafile FILE trusts a certificate, --insecure skips the check)"
-        raise CLIError(f"{args.uri}: TLS certificate check failed: {exc.verify_message or exc}{hint}") from None
+        raise CLIError(f"{shown}: TLS certificate check failed: {exc.verify_message or exc}{hint}") from None
     except ssl.SSLError as exc:
-        raise CLIError(f"{args.uri}: TLS handshake failed: {exc.reason or exc}") from None
+        raise CLIError(f"{shown}: TLS handshake failed: {exc.reason or exc}") from None
     except TimeoutError:
-        raise CLIError(f"{args.uri}: timed out after {args.timeout:g} s") from None
+        raise CLIError(f"{shown}: timed out after {args.timeout:g} s") from None
     except OSError as exc:
-        raise CLIError(f"cannot connect to {args.uri}: {exc.strerror or exc}") from None
+        raise CLIError(hide(f"cannot connect to {shown}: {exc.strerror or exc}")) from None
     except UnicodeError as exc:  # a host name IDNA cannot encode ("a..b", a label over 63)
-        raise CLIError(f"invalid URI: {args.uri}: bad host name ({exc})", EXIT_USAGE) from None
+        raise CLIError(hide(f"invalid URI: {shown}: bad host name ({exc})"), EXIT_USAGE) from None
     except ValueError as exc:  # an option's value (a subprotocol that is not an HTTP token)
-        raise CLIError(str(exc), EXIT_USAGE) from None
+        raise CLIError(hide(str(exc)), EXIT_USAGE) from None
+
+
+def _size(text: str) -> int:
+    """argparse type: a number of bytes, 0 or more."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid number of bytes {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, not {text}")
+    return value
 
 
 def _port(text: str) -> int:
@@ -311,7 +364,11 @@ def _status(code: int) -> str:
 
 
 class _Session:
-    """State shared by the stdin reader, the WebSocket reader and the main thread of ``connect``."""
+    """State shared by the stdin reader, the WebSocket reader and the main thread of ``connect``.
+
+    Both reader threads always end with one event: ``("eof", None)`` / ``("closed", None)``,
+    or ``("failed", message)`` for an unexpected error (the session then ends with exit 1).
+    """
 
     def __init__(self, ws: Any) -> None:
         self.ws = ws
@@ -319,41 +376,81 @@ class _Session:
         self.cond = threading.Condition()
         self.sent = 0
         self.received = 0
+        #: Messages received since the first one was sent (a greeting sent on connect is no reply).
+        self.replies = 0
         self.last_activity = time.monotonic()
         self.finished = False
         self.decorate = sys.stdout.isatty()
+        self.warned = False
+
+    def _lines(self) -> Iterator[str]:
+        """stdin's lines, decoded as UTF-8 here: bytes that are not UTF-8 become U+FFFD (with
+        one warning), instead of killing the thread (strict decoding) or making send() fail
+        (surrogateescape)."""
+        stdin = sys.stdin
+        if stdin is None:
+            return
+        buffer = getattr(stdin, "buffer", None)
+        source: Iterator[Any] = iter(buffer) if buffer is not None else iter(stdin)
+        for raw in source:
+            if isinstance(raw, str):  # a text stdin without a buffer (replaced by the caller)
+                try:
+                    raw = raw.encode("utf-8", "surrogateescape")
+                except UnicodeEncodeError:  # other lone surrogates: U+FFFD below
+                    raw = raw.encode("utf-8", "surrogatepass")
+            try:
+                yield raw.decode("utf-8")
+            except UnicodeDecodeError:
+                if not self.warned:
+                    self.warned = True
+                    _err("warning: input is not valid UTF-8: the invalid bytes are sent as U+FFFD")
+                yield raw.decode("utf-8", "replace")
 
     def read_stdin(self) -> None:
-        for line in sys.stdin:
-            self.events.put(("line", line.rstrip("\r\n")))
-        self.events.put(("eof", None))
+        outcome: tuple[str, Any] = ("failed", "reading stdin stopped unexpectedly")
+        try:
+            for line in self._lines():
+                self.events.put(("line", line.rstrip("\r\n")))
+            outcome = ("eof", None)
+        except Exception as exc:
+            outcome = ("failed", f"cannot read stdin: {exc}")
+        finally:
+            self.events.put(outcome)
 
     def read_ws(self) -> None:
+        outcome: tuple[str, Any] = ("closed", None)
         try:
             for msg in self.ws:
+                with self.cond:  # decided before it is shown (what is shown may prompt a send)
+                    reply = self.sent > 0
                 text = repr(bytes(msg)) if isinstance(msg, (bytes, bytearray)) else msg
                 _out(f"< {text}" if self.decorate else text)
                 with self.cond:
                     self.received += 1
+                    if reply:
+                        self.replies += 1
                     self.last_activity = time.monotonic()
                     self.cond.notify_all()
         except BrokenPipeError:
             pass
+        except Exception as exc:
+            outcome = ("failed", f"cannot show a message received: {exc}")
         finally:
             with self.cond:
                 self.finished = True
                 self.cond.notify_all()
-            self.events.put(("closed", None))
+            self.events.put(outcome)
 
     def linger(self, limit: float) -> None:
-        """After stdin ended: wait (at most ``limit`` s) until every message sent has had a reply."""
+        """After stdin ended: wait (at most ``limit`` s) until every message sent has had a reply:
+        as many messages received since the first one was sent as were sent."""
         deadline = time.monotonic() + limit
         with self.cond:
             while not self.finished:
                 now = time.monotonic()
                 if now >= deadline:
                     return
-                if self.received >= self.sent and now - self.last_activity >= _QUIET:
+                if self.replies >= self.sent and now - self.last_activity >= _QUIET:
                     return
                 self.cond.wait(min(deadline - now, _QUIET))
 
@@ -393,19 +490,37 @@ def _command(session: _Session, line: str) -> bool:
 
 
 def cmd_connect(args: argparse.Namespace) -> int:
-    """Interactive client: lines typed are sent, messages received are printed."""
-    ws = _open_client(args)
-    _err(f"connected to {args.uri} ({IMPLEMENTATION}); /ping, /close [code] [reason], EOF (Ctrl-D) to quit")
+    """Interactive client: lines typed are sent, messages received are printed.
+
+    SIGTERM is handled as Ctrl-C: close with 1001, then exit (143 instead of 130).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        return _connect(args)
+    previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        return _connect(args)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _connect(args: argparse.Namespace) -> int:
+    shown = _redact(args.uri)
+    ws = _open_client(args, shown)
     session = _Session(ws)
     reader = threading.Thread(target=session.read_ws, name="kn_sock-cli-reader", daemon=True)
-    reader.start()
-    threading.Thread(target=session.read_stdin, name="kn_sock-cli-stdin", daemon=True).start()
     we_close = False  # we decided to close while the connection was still open
-    try:
+    try:  # (from here on, Ctrl-C / SIGTERM closes with 1001)
+        reader.start()
+        threading.Thread(target=session.read_stdin, name="kn_sock-cli-stdin", daemon=True).start()
+        _err(f"connected to {shown} ({IMPLEMENTATION}); /ping, /close [code] [reason], EOF (Ctrl-D) to quit")
         while True:
             kind, line = session.events.get()
             if kind == "closed":
                 break
+            if kind == "failed":  # an unexpected error in a reader thread
+                ws.close(1001)
+                reader.join(2)
+                raise CLIError(line)
             if kind == "eof":
                 session.linger(args.linger)
                 # The server may have closed (or TCP died) while we lingered: then its end decides.
@@ -417,10 +532,11 @@ def cmd_connect(args: argparse.Namespace) -> int:
                 break
     except ConnectionClosed:
         pass
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM (_Terminated)
         ws.close(1001)
-        reader.join(2)
-        return EXIT_INTERRUPTED
+        if reader.ident is not None:
+            reader.join(2)
+        return _interrupted(exc)
     ws.close()
     reader.join(2)
     return _report_close(ws, we_close and ws.protocol.close_rcvd_then_sent is not True)
@@ -430,13 +546,24 @@ def _report_close(ws: Any, we_closed: bool) -> int:
     """Print how the connection ended; the exit code says how, not when input ended.
 
     0 when we started the closing handshake or the server closed with 1000 / 1001; 3 when
-    the server closed with another code or the connection was lost (1006).
+    the server closed with another code, the connection was lost (1006), or the client
+    library failed it (a message over max_size: 1009, invalid UTF-8: 1007, keepalive: 1011).
     """
     code, reason = ws.close_code, ws.close_reason
     detail = f"{code} {reason!r}" if reason else f"{code}"
     if we_closed or code in _NORMAL_CLOSE:
         _err(f"connection closed: {detail}")
         return EXIT_OK
+    proto = ws.protocol
+    error = proto.error  # the ProtocolError we failed the connection for (the server's input)
+    if error is not None:
+        hint = " (--max-size raises the limit)" if error.code == 1009 else ""
+        _err(f"error: connection closed by the client: {error.code}, {error.reason}{hint}")
+        return EXIT_CLOSED
+    if proto.close_rcvd is None and proto.close_sent is not None:  # e.g. keepalive timeout
+        sent_code, sent_reason = proto.close_sent
+        _err(f"error: connection closed by the client: {sent_code}" + (f", {sent_reason}" if sent_reason else ""))
+        return EXIT_CLOSED
     _err(f"error: connection closed by the server: {detail}")
     return EXIT_CLOSED
 
@@ -519,7 +646,8 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
             _err(f"error: {tag}: {script} not found (an install without the benchmarks; a source checkout has them)")
             status = EXIT_FAILURE
             continue
-        cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else []) + list(extra)
+        options = _per_suite_json(extra, name) if len(chosen) > 1 else list(extra)
+        cmd = [sys.executable, str(script)] + (["--quick"] if args.quick else []) + options
         _out(f"== {tag}: {script.name}{' --quick' if args.quick else ''} ...")
         t0 = time.perf_counter()
         # (KN_SOCK_BENCH_SUITE: with several suites, an option or contestant id meant for
@@ -533,6 +661,25 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return status
 
 
+def _per_suite_json(extra: Sequence[str], suite: str) -> list[str]:
+    """With several suites, ``--json r.json`` becomes ``--json r.SUITE.json`` for each one
+    (each run wrote the same file: only the last suite's results were left)."""
+    options = list(extra)
+    for i, arg in enumerate(options):
+        if arg == "--json" and i + 1 < len(options) and options[i + 1]:
+            options[i + 1] = _suite_file(options[i + 1], suite)
+            break
+        if arg.startswith("--json=") and len(arg) > len("--json="):
+            options[i] = "--json=" + _suite_file(arg[len("--json="):], suite)
+            break
+    return options
+
+
+def _suite_file(name: str, suite: str) -> str:
+    path = Path(name)
+    return str(path.with_name(f"{path.stem}.{suite}{path.suffix}"))
+
+
 # ---------------------------------------------------------------- main
 
 EPILOG = """\
@@ -540,8 +687,9 @@ exit codes:
   0    success
   1    could not connect or serve (refused, DNS, timeout, TLS, HTTP status), a benchmark failed
   2    bad command line or invalid URI
-  3    connect: the connection was closed with an error code or lost
+  3    connect: the connection was closed with an error code or lost (by the server or the client)
   130  interrupted (Ctrl-C); serve stops with 0 on Ctrl-C / SIGTERM
+  143  connect: stopped by SIGTERM (it closes with 1001 first, as on Ctrl-C)
 """
 
 
@@ -569,9 +717,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("uri", help="ws://host:port/path or wss://...")
     p.add_argument("--timeout", type=_positive, default=10.0, help="opening handshake timeout (default 10 s)")
     p.add_argument("--linger", type=_not_negative, default=DEFAULT_LINGER,
-                   help=f"at end of input, wait up to this long for replies (default {DEFAULT_LINGER:g} s)")
-    p.add_argument("--cafile", metavar="PEM", help="trust this certificate / CA bundle for wss://")
-    p.add_argument("-k", "--insecure", action="store_true", help="wss:// without certificate checks")
+                   help=f"at end of input, wait up to this long (default {DEFAULT_LINGER:g} s) for replies: "
+                        "until as many messages came in since the first one was sent as were sent "
+                        "(a greeting before it does not count)")
+    p.add_argument("--max-size", type=_size, metavar="BYTES",
+                   help=f"largest message accepted, 0: no limit (default {Options.max_size}, the library's)")
+    p.add_argument("--cafile", metavar="PEM", help="trust this certificate / CA bundle for wss:// (ignored for ws://)")
+    p.add_argument("-k", "--insecure", action="store_true", help="wss:// without certificate checks (ignored for ws://)")
     p.add_argument("--subprotocol", action="append", metavar="NAME", help="offer a subprotocol (repeatable)")
     p.add_argument("--no-compression", action="store_true", help="do not offer permessage-deflate")
     p = sub.add_parser("demo", help="echo server and client in one process, with throughput")
@@ -579,7 +731,8 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run the benchmarks; extra options go to the scripts", description=(
         "Runs the benchmark scripts of benchmarks/ one after the other. Extra options go to every "
         "script; with several suites, one that a script does not know (or a contestant id of "
-        "another suite's --only / --skip) is ignored there, with a note."))
+        "another suite's --only / --skip) is ignored there, with a note; --json FILE then writes one "
+        "file per suite (--json r.json: r.echo.json, r.conns.json, ...)."))
     p.add_argument("--suite", action="append", choices=list(SUITES),
                    help=f"repeatable (default: {' '.join(DEFAULT_SUITES)})")
     p.add_argument("--quick", action="store_true", help="the scripts' short smoke runs")
@@ -598,16 +751,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "demo": lambda: cmd_demo(args),
         "bench": lambda: cmd_bench(args, extra),
     }
-    if args.command is None:
-        parser.print_help()
+    if args.command is None:  # argparse's convention: usage and the error on stderr, exit 2
+        parser.print_usage(sys.stderr)
+        _err(f"{parser.prog}: error: a command is required: serve, connect, demo or bench")
         return EXIT_USAGE
     try:
         return commands[args.command]()
     except CLIError as exc:
         _err(f"error: {exc}")
         return exc.code
-    except KeyboardInterrupt:
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except BrokenPipeError:  # stdout closed early (``| head``): not worth a traceback
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush stays quiet

@@ -10,6 +10,7 @@ import os
 import re
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -413,3 +414,229 @@ def test_an_installed_package_carries_the_benchmarks(tmp_path: Path) -> None:
     )
     assert probe.returncode == 0, probe.stderr[-2000:]
     assert probe.stdout.split() == ["None", "asyncio.runners"]
+
+
+# ------------------------------------------------------------------ audit of the command line
+
+
+def read_line_within(stream, timeout: float = TIMEOUT) -> str:  # type: ignore[no-untyped-def]
+    """One line of a subprocess pipe, or "" if none came within ``timeout``."""
+    box: list[str] = []
+    reader = threading.Thread(target=lambda: box.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return box[0] if box else ""
+
+
+@pytest.mark.parametrize(
+    ("encoding", "data", "echoed"),
+    [
+        ("utf-8:strict", b"x\xff\n", ["x\ufffd"]),  # the stdin thread died: a hang
+        (None, b"x\xff\xfey\nok\nz\xff\n", ["x\ufffd\ufffdy", "ok", "z\ufffd"]),  # a traceback from send()
+    ],
+)
+def test_connect_input_not_utf8_is_sent_with_replacement_characters(
+    server: Server, encoding: str | None, data: bytes, echoed: list[str]
+) -> None:
+    env = {**os.environ}
+    env.pop("PYTHONIOENCODING", None)
+    if encoding:
+        env["PYTHONIOENCODING"] = encoding
+    proc = subprocess.run([sys.executable, "-m", "kn_sock", "connect", server.uri], input=data,
+                          capture_output=True, timeout=TIMEOUT, cwd=ROOT, env=env)
+    err = proc.stderr.decode("utf-8", "replace")
+    assert proc.returncode == 0, err
+    assert proc.stdout.decode("utf-8").splitlines() == echoed
+    assert "Traceback" not in err and err.count("not valid UTF-8") == 1, err
+
+
+def test_connect_stdin_read_error_ends_the_session_with_one_error_line(server: Server) -> None:
+    """stdin fails (a socket reset by its peer): one ``error:`` line and exit 1, not a hang."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    with listener, socket.create_connection(listener.getsockname()[:2], timeout=TIMEOUT) as stdin:
+        peer, _ = listener.accept()
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # a reset: stdin's first read fails with ECONNRESET
+        proc = subprocess.run([sys.executable, "-m", "kn_sock", "connect", server.uri], stdin=stdin.fileno(),
+                              capture_output=True, text=True, timeout=TIMEOUT, cwd=ROOT)
+    assert proc.returncode == 1, proc.stderr
+    assert_one_line_error(proc, "cannot read stdin")
+
+
+@pytest.mark.parametrize("option", [["-k"], ["--insecure"], ["--cafile", "missing.pem"]])
+def test_connect_tls_options_are_ignored_for_ws(server: Server, option: list[str]) -> None:
+    proc = run_cli("connect", server.uri, *option, input="plain\n")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines() == ["plain"]
+    assert "ignored" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def _raw_server(frame: bytes, got: list[bytes]) -> tuple[socket.socket, threading.Thread]:
+    """A minimal WebSocket server: accepts the upgrade, sends ``frame``, then reads until EOF
+    (what it reads, the client's close frame, goes to ``got``)."""
+    import base64
+    import hashlib
+
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(TIMEOUT)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(65536)
+            key = re.search(rb"(?i)sec-websocket-key: *(\S+)", request).group(1)  # type: ignore[union-attr]
+            accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n" + frame)
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+            got.append(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    return listener, thread
+
+
+def _close_code_of(frame: bytes) -> int:
+    """The code of a masked (client) close frame."""
+    assert frame[0] == 0x88, frame
+    mask, payload = frame[2:6], frame[6:8]
+    return int.from_bytes(bytes(b ^ mask[i] for i, b in enumerate(payload)), "big")
+
+
+@pytest.mark.parametrize(
+    ("frame", "options", "code", "shown"),
+    [
+        (b"\x82\x14" + b"x" * 20, ["--max-size", "10"], 1009, "message too big"),
+        (b"\x82\x7f" + (2**20 + 1).to_bytes(8, "big") + bytes(2**20 + 1), [], 1009, "--max-size raises"),
+        (b"\x81\x02\xff\xfe", [], 1007, "invalid UTF-8"),
+    ],
+    ids=["max-size-option", "default-max-size", "invalid-utf8"],
+)
+def test_connect_reports_a_connection_the_client_failed(frame: bytes, options: list[str], code: int, shown: str) -> None:
+    """The server's message is too big or not UTF-8: our side closed (1009 / 1007), not the server."""
+    got: list[bytes] = []
+    listener, thread = _raw_server(frame, got)
+    try:
+        with subprocess.Popen([sys.executable, "-m", "kn_sock", "connect", "--no-compression", *options,
+                               f"ws://127.0.0.1:{listener.getsockname()[1]}/"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT) as proc:
+            try:
+                proc.wait(TIMEOUT)  # stdin stays open: the end is the failure's, not the input's
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                _, err = proc.communicate()
+        thread.join(TIMEOUT)
+    finally:
+        listener.close()
+    assert proc.returncode == 3, err
+    assert_one_line_error(subprocess.CompletedProcess([], 3, "", err), f"closed by the client: {code}", shown)
+    assert got and _close_code_of(got[0]) == code
+
+
+def test_connect_linger_does_not_count_a_greeting_as_a_reply() -> None:
+    """The server greets on connect, then echoes after a while: linger waits for the echo."""
+    from kn_sock import WebSocketServer
+
+    def handler(ws, address) -> None:  # type: ignore[no-untyped-def]
+        ws.send("welcome")
+        msg = ws.recv(TIMEOUT)
+        time.sleep(1.0)  # a slow reply (the old rule took the greeting for it and closed)
+        ws.send(msg)
+        ws.recv(TIMEOUT)
+
+    with WebSocketServer("127.0.0.1", 0, handler) as srv:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        proc = subprocess.Popen([sys.executable, "-m", "kn_sock", "connect", "--linger", "10",
+                                 f"ws://127.0.0.1:{srv.port}/"], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+        try:
+            assert read_line_within(proc.stdout) == "welcome\n"  # before anything was sent
+            out, err = proc.communicate("hi\n", timeout=TIMEOUT)  # (nothing more came before "hi")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    assert proc.returncode == 0, err
+    assert out.splitlines() == ["hi"], err
+
+
+def test_connect_sigterm_closes_with_1001() -> None:
+    from kn_sock import WebSocketServer
+
+    codes: list[int | None] = []
+    done = threading.Event()
+
+    def handler(ws, address) -> None:  # type: ignore[no-untyped-def]
+        for _ in ws:
+            pass
+        codes.append(ws.close_code)
+        done.set()
+
+    with WebSocketServer("127.0.0.1", 0, handler) as srv:
+        threading.Thread(target=srv.serve_forever, daemon=True).start()
+        proc = subprocess.Popen([sys.executable, "-m", "kn_sock", "connect", f"ws://127.0.0.1:{srv.port}/"],
+                                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=ROOT)
+        try:
+            assert read_line_within(proc.stderr).startswith("connected to")
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(TIMEOUT)
+            assert done.wait(TIMEOUT)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            _, err = proc.communicate()
+    assert proc.returncode == 143, err
+    assert codes == [1001] and "Traceback" not in err
+    assert "143" in run_cli("--help").stdout
+
+
+def test_bench_json_with_several_suites_writes_one_file_per_suite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kn_sock import cli
+
+    script = ("import argparse, json, os, sys\n"
+              "ap = argparse.ArgumentParser(); ap.add_argument('--json'); args, _ = ap.parse_known_args()\n"
+              "json.dump({'suite': os.path.basename(sys.argv[0])}, open(args.json, 'w'))\n")
+    for name in ("_common.py", "bench_echo.py", "bench_conns.py"):
+        (tmp_path / name).write_text(script)
+    monkeypatch.setattr(cli, "benchmarks_dir", lambda: tmp_path)
+    assert cli.main(["bench", "--suite", "echo", "--suite", "conns", "--json", str(tmp_path / "r.json")]) == 0
+    assert cli.main(["bench", "--suite", "echo", "--suite", "conns", f"--json={tmp_path / 'x'}"]) == 0
+    import json
+
+    assert json.loads((tmp_path / "r.echo.json").read_text()) == {"suite": "bench_echo.py"}
+    assert json.loads((tmp_path / "r.conns.json").read_text()) == {"suite": "bench_conns.py"}
+    assert (tmp_path / "x.echo").exists() and (tmp_path / "x.conns").exists()
+    assert not (tmp_path / "r.json").exists()
+    assert cli.main(["bench", "--suite", "echo", "--json", str(tmp_path / "one.json")]) == 0  # one suite: as given
+    assert (tmp_path / "one.json").exists()
+
+
+@pytest.mark.parametrize("where", ["{port}", "x"])
+def test_connect_error_lines_redact_the_password(where: str) -> None:
+    proc = run_cli("connect", f"ws://user:s3cret@127.0.0.1:{where.format(port=free_port())}/", input="")
+    assert_one_line_error(proc, "ws://user:***@127.0.0.1:")
+    assert "s3cret" not in proc.stderr
+
+
+def test_no_command_prints_usage_on_stderr() -> None:
+    proc = run_cli()
+    assert proc.returncode == 2
+    assert proc.stdout == "" and proc.stderr.startswith("usage: kn-sock")
+
+
+def test_serve_banner_for_every_interface(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """``--host ""`` binds every interface: the banner names 0.0.0.0, not ``ws://:PORT/``
+    (the server is replaced here: the test listens on 127.0.0.1 only)."""
+    from kn_sock import cli
+
+    monkeypatch.setattr(cli, "_serve_async", lambda args, tls, banner: banner(4321) or 0)
+    assert cli.main(["serve", "--host", "", "--port", "0"]) == 0
+    assert "echo server on ws://0.0.0.0:4321/" in capsys.readouterr().out
