@@ -90,6 +90,27 @@ def install_parent_handlers() -> None:
         signal.signal(sig, _on_signal)
 
 
+#: Exit status on Ctrl-C (128 + SIGINT), as a shell reports it.
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+
+def run_main(main: Callable[[], Any]) -> None:
+    """``sys.exit(main())``, except that Ctrl-C kills the children and exits with 130 after one
+    line on stderr instead of a traceback. A child process of a benchmark (``--serve`` /
+    ``--client``: it shares the terminal's process group, so it gets the Ctrl-C too) exits
+    with 130 silently, leaving the one line to its parent."""
+    try:
+        status = main()
+    except KeyboardInterrupt:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the cleanup
+        _kill_children()
+        if any(arg in ("--serve", "--client") for arg in sys.argv[1:]):
+            os._exit(EXIT_INTERRUPTED)  # a child: no word, and no wait for its server threads
+        sys.stderr.write(f"{os.path.basename(sys.argv[0])}: interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)
+    sys.exit(status)
+
+
 class ChildError(RuntimeError):
     pass
 

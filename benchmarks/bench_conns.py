@@ -15,10 +15,14 @@ For each server contestant and each N in ``--conns`` (default 1000,5000; ``--qui
    ``transport.write`` of one prebuilt frame.
 
 Blocking servers (kn_sock sync, websockets.sync) are measured at min(N, ``--sync-max``) connections.
+With ``--rounds R`` every server and count is measured R times (interleaved, a fresh server each
+time) and the table shows medians. The ``bcast vs raw`` column is a row's broadcast time divided
+by raw asyncio's at the same count.
 
     python benchmarks/bench_conns.py            # ~2 min
     python benchmarks/bench_conns.py --quick    # ~20 s
     python benchmarks/bench_conns.py --conns 1000 --only kn_off,websockets --json conns.json
+    python benchmarks/bench_conns.py --conns 1000,5000 --rounds 5 --only raw_async,kn_bcast,websockets_bcast
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import argparse
 import base64
 import json
 import os
+import statistics
 import sys
 import threading
 import time
@@ -69,6 +74,24 @@ CONTESTANTS = [
                requires=("websockets",)),
 ]
 BY_NAME = {c.name: c for c in CONTESTANTS}
+BASELINE = "raw_async"  # the "bcast vs raw" column: a row's broadcast time / this server's
+
+
+def median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several rounds of the same server and count: the median of each figure
+    (None where no round has it), ``error`` from the first round that had one."""
+    out: dict[str, Any] = {}
+    for key in dict.fromkeys(k for r in runs for k in r):
+        values = [r[key] for r in runs if r.get(key) is not None]
+        if not values:
+            out[key] = None
+        elif key == "error" or not all(isinstance(v, (int, float)) for v in values):
+            out[key] = values[0]
+        elif all(isinstance(v, int) for v in values):
+            out[key] = statistics.median_low(values)  # a count: one that was measured
+        else:
+            out[key] = statistics.median(values)
+    return out
 
 
 # =============================================================== servers (child processes)
@@ -125,16 +148,18 @@ async def serve_async(kind: str, deflate: bool) -> None:
         server = await start_async_websocket_server(HOST, 0, handler, compression=compression, backlog=1024)
         port = server.port
 
-        async def broadcast() -> tuple[float, float, int]:
-            t0 = time.perf_counter()
-            for ws in list(conns):
-                await ws.send(MESSAGE)
-            return t0, time.perf_counter(), len(conns)
+        if not use_bcast:
 
-        if use_bcast:
+            async def broadcast() -> tuple[float, float, int]:
+                t0 = time.perf_counter()
+                for ws in list(conns):
+                    await ws.send(MESSAGE)
+                return t0, time.perf_counter(), len(conns)
+
+        else:
             from kn_sock import broadcast as kn_broadcast
 
-            async def broadcast() -> tuple[float, float, int]:  # noqa: F811
+            async def broadcast() -> tuple[float, float, int]:
                 t0 = time.perf_counter()
                 skipped = kn_broadcast(conns, MESSAGE)
                 return t0, time.perf_counter(), len(conns) - len(skipped)
@@ -153,16 +178,18 @@ async def serve_async(kind: str, deflate: bool) -> None:
         server = await ws_serve(handler, HOST, 0, compression=compression, backlog=1024)
         port = server.sockets[0].getsockname()[1]
 
-        async def broadcast() -> tuple[float, float, int]:
-            t0 = time.perf_counter()
-            for ws in list(conns):
-                await ws.send(MESSAGE)
-            return t0, time.perf_counter(), len(conns)
+        if not use_bcast:
 
-        if use_bcast:
+            async def broadcast() -> tuple[float, float, int]:
+                t0 = time.perf_counter()
+                for ws in list(conns):
+                    await ws.send(MESSAGE)
+                return t0, time.perf_counter(), len(conns)
+
+        else:
             from websockets.asyncio.server import broadcast as ws_broadcast
 
-            async def broadcast() -> tuple[float, float, int]:  # noqa: F811
+            async def broadcast() -> tuple[float, float, int]:
                 t0 = time.perf_counter()
                 ws_broadcast(conns, MESSAGE)
                 return t0, time.perf_counter(), len(conns)
@@ -468,8 +495,11 @@ def main() -> None:
     ap.add_argument("--conns", help="comma-separated connection counts (default 1000,5000)")
     ap.add_argument("--sync-max", type=int, default=1000, help="cap on connections for blocking servers")
     ap.add_argument("--concurrency", type=int, default=64, help="handshakes in flight while opening")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure every server and count this many times, interleaved; the table shows medians "
+                         "(default 1)")
     ap.add_argument("--only", help="comma-separated contestant ids (" + ",".join(BY_NAME) + ")")
-    ap.add_argument("--json", metavar="FILE", help="write the results to FILE")
+    ap.add_argument("--json", metavar="FILE", help="write the results (medians and every round) to FILE")
     ap.add_argument("--serve", metavar="KIND", help=argparse.SUPPRESS)
     ap.add_argument("--client", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -487,6 +517,7 @@ def main() -> None:
     t_start = time.monotonic()
     limit = C.raise_nofile()
     counts = [200] if args.quick else [int(x) for x in (args.conns or "1000,5000").split(",")]
+    rounds = max(args.rounds, 1)
     notes: list[str] = []
     failures = 0  # a contestant that crashed or reported an error (a skip is not one)
     impl, has_sync, err = C.kn_probe(C.clean_env())
@@ -506,37 +537,54 @@ def main() -> None:
     if max(counts) + 100 > limit:
         notes.append(f"RLIMIT_NOFILE is {limit}: counts above it will fail")
 
-    results: list[tuple[Contestant, int, dict[str, Any]]] = []
-    for n in counts:
-        for c in runnable:
-            m = min(n, args.sync_max) if c.sync else n
-            if c.sync and any(r[0] is c and r[1] == m for r in results):
-                continue  # already measured at the capped count
-            try:
-                r = measure(c, m, args.concurrency)
-            except C.ChildError as exc:
-                notes.append(f"{c.label} at {m}: {exc}")
-                failures += 1
-                continue
-            if r.get("failed"):
-                notes.append(f"{c.label} at {m}: {r['failed']} connections failed to open")
-            if r["bcast_got"] != r["conns"]:
-                notes.append(f"{c.label} at {m}: broadcast reached {r['bcast_got']} of {r['conns']} connections")
-            if r.get("error"):
-                notes.append(f"{c.label} at {m}: {r['error']}")
-                failures += 1
-            results.append((c, m, r))
-            print(f"  {c.label:45s} n={m:5d} {r['kib_per_conn']:6.1f} KiB/conn  "
-                  f"bcast {r['bcast_ms'] or float('nan'):7.1f} ms  open {r['open_s']:.2f} s", flush=True)
+    # (contestant, count) -> one result per round; rounds interleave the contestants
+    runs: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    cells: list[tuple[Contestant, int]] = []
+    for rnd in range(rounds):
+        tag = f"round {rnd + 1}/{rounds} " if rounds > 1 else ""
+        for n in counts:
+            for c in runnable:
+                m = min(n, args.sync_max) if c.sync else n
+                if (c.name, m) in runs and len(runs[(c.name, m)]) > rnd:
+                    continue  # a blocking server already measured at the capped count this round
+                where = f"{c.label} at {m}" + (f", round {rnd + 1}" if rounds > 1 else "")
+                try:
+                    r = measure(c, m, args.concurrency)
+                except C.ChildError as exc:
+                    notes.append(f"{where}: {exc}")
+                    failures += 1
+                    continue
+                if r.get("failed"):
+                    notes.append(f"{where}: {r['failed']} connections failed to open")
+                if r["bcast_got"] != r["conns"]:
+                    notes.append(f"{where}: broadcast reached {r['bcast_got']} of {r['conns']} connections")
+                if r.get("error"):
+                    notes.append(f"{where}: {r['error']}")
+                    failures += 1
+                if (c.name, m) not in runs:
+                    runs[(c.name, m)] = []
+                    cells.append((c, m))
+                runs[(c.name, m)].append(r)
+                print(f"  {tag}{c.label:45s} n={m:5d} {r['kib_per_conn']:6.1f} KiB/conn  "
+                      f"bcast {r['bcast_ms'] or float('nan'):7.1f} ms  open {r['open_s']:.2f} s", flush=True)
+    results = [(c, m, median_result(runs[(c.name, m)])) for c, m in cells]
 
-    header = ["server", "conns", "KiB/conn", "after bcast", "threads/conn", "fds/conn", "broadcast ms", "send loop ms",
-              "handshakes/s"]
+    header = ["server", "conns", "KiB/conn", "after bcast", "threads/conn", "fds/conn", "broadcast ms",
+              "bcast vs raw", "send loop ms", "handshakes/s"]
+    raw_ms = {m: r["bcast_ms"] for c, m, r in results if c.name == BASELINE}
     rows = []
     for c, m, r in results:
+        base = raw_ms.get(m)
+        if c.name == BASELINE:
+            ratio = ""
+        elif base and r["bcast_ms"]:
+            ratio = f"{r['bcast_ms'] / base:.2f}x"
+        else:
+            ratio = "-"
         rows.append([
-            c.label, str(r["conns"]), f"{r['kib_per_conn']:.1f}", f"{r['kib_per_conn_after_bcast']:.1f}",f"{r['threads_per_conn']:.2f}",
-            f"{r['fds_per_conn']:.2f}",
-            f"{r['bcast_ms']:.1f}" if r["bcast_ms"] is not None else "-",
+            c.label, str(r["conns"]), f"{r['kib_per_conn']:.1f}", f"{r['kib_per_conn_after_bcast']:.1f}",
+            f"{r['threads_per_conn']:.2f}", f"{r['fds_per_conn']:.2f}",
+            f"{r['bcast_ms']:.1f}" if r["bcast_ms"] is not None else "-", ratio,
             f"{r['bcast_send_ms']:.1f}", C.fmt_rate(r["conns"] / r["open_s"]) if r["open_s"] else "-",
         ])
     print()
@@ -545,14 +593,18 @@ def main() -> None:
     print("KiB/conn: server VmRSS growth / connections (idle, after the handshake); after bcast: the same once")
     print("every connection has sent one message (lazily allocated send state, e.g. a deflate compressor);")
     print("threads/conn, fds/conn: the same for the server's thread and fd counts; broadcast ms: server's first send -> last")
-    print("client receipt of one 100 B message to all; send loop ms: the server's own loop; handshakes/s: opening rate (64 in flight).")
+    print("client receipt of one 100 B message to all; bcast vs raw: this row's broadcast ms / raw asyncio's at the same")
+    print("count (below 1: faster than raw); send loop ms: the server's own loop; handshakes/s: opening rate (64 in flight).")
+    if rounds > 1:
+        print(f"Every figure is the median of {rounds} rounds (each a fresh server and client).")
     for note in notes:
         print(f"note: {note}")
     print(f"total time {time.monotonic() - t_start:.0f} s")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"machine": C.machine_line(), "notes": notes,
-                       "results": [{"name": c.name, "label": c.label, **r} for c, m, r in results]}, f, indent=2)
+            json.dump({"machine": C.machine_line(), "rounds": rounds, "notes": notes,
+                       "results": [{"name": c.name, "label": c.label, **r, "rounds": runs[(c.name, m)]}
+                                   for c, m, r in results]}, f, indent=2)
         print(f"results written to {args.json}")
     if failures:
         print(f"FAILED: {failures} contestant run(s) failed (see the notes)")
@@ -560,4 +612,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    C.run_main(main)

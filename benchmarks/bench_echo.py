@@ -9,7 +9,8 @@ compression off everywhere. Modes:
 
 Contestants are interleaved and the whole set is repeated ``--rounds`` times; the table shows
 medians. Async rows are compared with a raw asyncio TCP echo, blocking rows with a raw blocking
-socket echo, and kn_sock rows also with picows (same event loop).
+socket echo, and kn_sock rows also with picows (asyncio rows on the same event loop; the blocking
+row with picows on the default asyncio loop, picows having no blocking API).
 
     python benchmarks/bench_echo.py            # ~3 min
     python benchmarks/bench_echo.py --quick    # ~30 s smoke run
@@ -28,7 +29,7 @@ import sys
 import threading
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -67,28 +68,33 @@ class Contestant:
     requires: tuple[str, ...] = ()
     picows_ref: str | None = None  # picows row to compare kn_sock rows with
     note: str = ""
+    # kn_sock rows: the implementation the row claims, "cython" or "pure", or "default" for the
+    # one kn_sock picks here (then named in the label). Checked before the row runs (a probe in
+    # the row's environment), on its server (IMPL line) and in every client (RESULT): a row whose
+    # implementation is not the one claimed is skipped with a note, never shown mislabelled.
+    impl: str | None = None
 
 
 CONTESTANTS = [
     Contestant("raw_async", "raw asyncio (limit)", "async", "raw_async", "raw_async"),
     Contestant("raw_async_buf", "raw asyncio BufferedProtocol", "async", "raw_async_buf", "raw_async_buf"),
     Contestant("kn_cython", "kn_sock asyncio (cython)", "async", "kn_async", "kn_async",
-               env={"KN_SOCK_PURE": None}, picows_ref="picows"),
+               env={"KN_SOCK_PURE": None}, picows_ref="picows", impl="cython"),
     Contestant("kn_pure", "kn_sock asyncio (pure)", "async", "kn_async", "kn_async",
-               env={"KN_SOCK_PURE": "1"}, picows_ref="picows"),
+               env={"KN_SOCK_PURE": "1"}, picows_ref="picows", impl="pure"),
     Contestant("kn_uvloop", "kn_sock asyncio + uvloop", "async", "kn_async", "kn_async",
-               uvloop=True, requires=("uvloop",), picows_ref="picows_uvloop"),
+               uvloop=True, requires=("uvloop",), picows_ref="picows_uvloop", impl="default"),
     Contestant("kn_cb", "kn_sock asyncio on_message (cython)", "async", "kn_async_cb", "kn_async_cb",
-               env={"KN_SOCK_PURE": None}, picows_ref="picows"),
+               env={"KN_SOCK_PURE": None}, picows_ref="picows", impl="cython"),
     Contestant("kn_cb_uvloop", "kn_sock on_message + uvloop", "async", "kn_async_cb", "kn_async_cb",
-               uvloop=True, requires=("uvloop",), picows_ref="picows_uvloop"),
+               uvloop=True, requires=("uvloop",), picows_ref="picows_uvloop", impl="default"),
     Contestant("picows", "picows (callbacks)", "async", "picows", "picows", requires=("picows",)),
     Contestant("picows_uvloop", "picows + uvloop", "async", "picows", "picows", uvloop=True,
                requires=("picows", "uvloop")),
     Contestant("websockets", "websockets (asyncio)", "async", "websockets", "websockets", requires=("websockets",)),
     Contestant("aiohttp", "aiohttp", "async", "aiohttp", "aiohttp", requires=("aiohttp",)),
     Contestant("raw_sync", "raw blocking socket (limit)", "sync", "raw_sync", "raw_sync"),
-    Contestant("kn_sync", "kn_sock sync", "sync", "kn_sync", "kn_sync", picows_ref="picows"),
+    Contestant("kn_sync", "kn_sock sync", "sync", "kn_sync", "kn_sync", picows_ref="picows", impl="default"),
     Contestant("websockets_sync", "websockets.sync", "sync", "websockets_sync", "websockets_sync",
                requires=("websockets",)),
     Contestant("websocket_client", "websocket-client (vs picows server)", "sync", "picows", "websocket_client",
@@ -96,6 +102,19 @@ CONTESTANTS = [
 ]
 BY_NAME = {c.name: c for c in CONTESTANTS}
 BASELINE = {"async": "raw_async", "sync": "raw_sync"}
+
+
+def kn_implementation() -> str:
+    """The implementation kn_sock runs in this process ("cython" or "pure"), as both
+    ``kn_sock._backend.IMPLEMENTATION`` and ``kn_sock.IMPLEMENTATION`` say; if they disagree,
+    both (which matches no claim)."""
+    import kn_sock
+    import kn_sock._backend as backend
+
+    public = getattr(kn_sock, "IMPLEMENTATION", backend.IMPLEMENTATION)
+    if public == backend.IMPLEMENTATION:
+        return backend.IMPLEMENTATION
+    return f"{backend.IMPLEMENTATION}/kn_sock.IMPLEMENTATION={public}"
 
 
 # =============================================================== servers (child processes)
@@ -144,7 +163,6 @@ async def serve_async(kind: str, port: int) -> None:
         bound = server.sockets[0].getsockname()[1]
 
     elif kind == "kn_async":
-        import kn_sock._backend as backend
         from kn_sock.asyncio.server import start_async_websocket_server
 
         async def handler(ws: Any, path: str) -> None:
@@ -155,10 +173,9 @@ async def serve_async(kind: str, port: int) -> None:
             HOST, port, handler, compression=None, ping_interval=None, max_size=MAX_SIZE
         )
         bound = server.port
-        C.out(f"IMPL {backend.IMPLEMENTATION}")
+        C.out(f"IMPL {kn_implementation()}")
 
     elif kind == "kn_async_cb":
-        import kn_sock._backend as backend
         from kn_sock.asyncio.server import start_async_websocket_server
 
         async def cb_handler(ws: Any, path: str) -> None:
@@ -169,7 +186,7 @@ async def serve_async(kind: str, port: int) -> None:
             HOST, port, cb_handler, compression=None, ping_interval=None, max_size=MAX_SIZE
         )
         bound = server.port
-        C.out(f"IMPL {backend.IMPLEMENTATION}")
+        C.out(f"IMPL {kn_implementation()}")
 
     elif kind == "picows":
         from picows import WSListener, WSMsgType, ws_create_server
@@ -244,7 +261,6 @@ def serve_raw_sync(port: int) -> None:
 
 
 def serve_kn_sync(port: int) -> None:
-    import kn_sock._backend as backend
     from kn_sock.sync import WebSocketServer
 
     def handler(ws: Any, address: Any) -> None:
@@ -252,7 +268,7 @@ def serve_kn_sync(port: int) -> None:
             ws.send(msg)
 
     server = WebSocketServer(HOST, port, handler, compression=None, ping_interval=None, max_size=MAX_SIZE)
-    C.out(f"IMPL {backend.IMPLEMENTATION}")
+    C.out(f"IMPL {kn_implementation()}")
     C.out(f"PORT {server.port}")
     server.serve_forever()
 
@@ -284,21 +300,24 @@ def payload(kind: str, size: int) -> bytes | str:
 
 
 def run_client(kind: str, port: int, modes: list[tuple[str, str, int]], duration: float, warmup: float,
-               window: int, use_uvloop: bool) -> None:
+               window: int, use_uvloop: bool, expect_impl: str | None) -> None:
     C.exit_on_eof()
     results: dict[str, float] = {}
     error = None
-    try:
-        if kind in ("raw_sync", "kn_sync", "websockets_sync", "websocket_client"):
-            sync_client(kind, port, modes, duration, warmup, window, results)
-        else:
-            C.run_event_loop(async_client(kind, port, modes, duration, warmup, window, results), use_uvloop)
-    except BaseException as exc:  # report what was measured so far
-        traceback.print_exc()
-        error = f"{type(exc).__name__}: {exc}"
-    impl = None
-    if "kn_sock._backend" in sys.modules:
-        impl = sys.modules["kn_sock._backend"].IMPLEMENTATION
+    # A kn_sock row checks its implementation first: on a mismatch nothing is measured, and the
+    # parent, seeing "impl" differ from its claim, skips the row.
+    impl = kn_implementation() if expect_impl else None
+    if impl == expect_impl:
+        try:
+            if kind in ("raw_sync", "kn_sync", "websockets_sync", "websocket_client"):
+                sync_client(kind, port, modes, duration, warmup, window, results)
+            else:
+                C.run_event_loop(async_client(kind, port, modes, duration, warmup, window, results), use_uvloop)
+        except BaseException as exc:  # report what was measured so far
+            traceback.print_exc()
+            error = f"{type(exc).__name__}: {exc}"
+        if "kn_sock._backend" in sys.modules:
+            impl = kn_implementation()
     C.out("RESULT " + json.dumps({"results": results, "error": error, "impl": impl}))
     sys.stdout.flush()
     os._exit(0)
@@ -312,6 +331,25 @@ def check_echo(sent: Any, got: Any, what: str) -> None:
             f"{what}: echo mismatch: sent {type(sent).__name__}[{len(sent)}], got {type(got).__name__}"
             f"[{len(got) if hasattr(got, '__len__') else '?'}]"
         )
+
+
+# Echoes inside the timed loops: every loop, whatever the contestant, adds up the length of each
+# echo it receives (one len() and one integer add per message) and keeps the last one; after the
+# window, outside the timing, check_window() compares the total with what was sent and the last
+# echo with the message. A short, long, missing or extra echo thus fails the run (a wrong length
+# or count), and so does a wrong last one. (Raw TCP rows count bytes instead: see open_async.)
+
+
+def check_window(msg: Any, sent: int, received: int, total: int, last: Any, what: str) -> None:
+    """After a timed window: ``received`` echoes of ``total`` length in all for ``sent`` messages
+    ``msg``, the last echo ``last`` (None: not compared)."""
+    if received != sent or total != sent * len(msg):
+        raise AssertionError(
+            f"{what}: {sent} messages of length {len(msg)} sent ({sent * len(msg)} in all), "
+            f"{received} echoes of length {total} in all received"
+        )
+    if last is not None:
+        check_echo(msg, last, f"{what}: last echo")
 
 
 async def async_client(kind: str, port: int, modes: list[tuple[str, str, int]], duration: float, warmup: float,
@@ -357,14 +395,17 @@ class CoroConn:
     async def rt(self, msg: Any, end: float) -> float:
         send, recv = self._pair(msg)
         pc = time.perf_counter
-        n = 0
+        n = total = 0
         t0 = pc()
         while True:
             await send(msg)
-            await recv()
+            got = await recv()
             n += 1
+            total += len(got)
             if (t := pc()) >= end:
-                return n / (t - t0)
+                break
+        check_window(msg, n, n, total, got, "round trips")
+        return n / (t - t0)
 
     async def pipe(self, msg: Any, window: int, end: float) -> float:
         send, recv = self._pair(msg)
@@ -372,15 +413,18 @@ class CoroConn:
         t0 = pc()
         for _ in range(window):
             await send(msg)
-        n = 0
+        n = total = 0
         while True:
-            await recv()
+            got = await recv()
             n += 1
+            total += len(got)
             if (t := pc()) >= end:
                 break
             await send(msg)
         for _ in range(window - 1):  # drain what is still in flight
-            await recv()
+            got = await recv()
+            total += len(got)
+        check_window(msg, window + n - 1, n + window - 1, total, got, "pipelined")
         return n / (t - t0)
 
     async def close(self) -> None:
@@ -396,6 +440,7 @@ class CallbackConn:
         self.write: Any = None  # write(msg) sends one message
         self.on_message: Any = self._idle
         self.last: Any = None
+        self.after_window: Any = None  # raw TCP: checks the byte counts after each window
 
     def _idle(self, data: Any) -> None:
         pass
@@ -414,53 +459,68 @@ class CallbackConn:
     def check_got(self, msg: Any, got: Any) -> None:
         check_echo(msg, got, "first echo")
 
+    def check_window(self, msg: Any, sent: int, received: int, total: int, last: Any, what: str) -> None:
+        if self.after_window is not None:  # raw TCP: the bytes; a "message" is only a length
+            self.after_window()
+            msg, last = (msg.encode() if isinstance(msg, str) else msg), None
+        check_window(msg, sent, received, total, last, what)
+
     async def rt(self, msg: Any, end: float) -> float:
         fut = self.loop.create_future()
         pc = time.perf_counter
         write = self.write
-        state = [0]
+        n = total = 0
         t0 = pc()
 
         def on_message(data: Any) -> None:
-            state[0] += 1
+            nonlocal n, total
+            n += 1
+            total += len(data)
             t = pc()
             if t >= end:
-                fut.set_result(state[0] / (t - t0))
+                if not fut.done():  # (done: an extra echo after the last; never set twice)
+                    fut.set_result((t, data))
             else:
                 write(msg)
 
         self.on_message = on_message
         write(msg)
-        result = await fut
+        t, last = await fut
         self.on_message = self._idle
-        return result
+        self.check_window(msg, n, n, total, last, "round trips")
+        return n / (t - t0)
 
     async def pipe(self, msg: Any, window: int, end: float) -> float:
         fut = self.loop.create_future()
         pc = time.perf_counter
         write = self.write
-        state = {"n": 0, "inflight": window, "rate": None}
+        n = total = 0
+        inflight = window  # the future resolves when it is back to 0: every message sent came back
+        t_end = None
         t0 = pc()
 
         def on_message(data: Any) -> None:
-            state["inflight"] -= 1
-            if state["rate"] is None:
-                state["n"] += 1
+            nonlocal n, total, inflight, t_end
+            inflight -= 1
+            total += len(data)
+            if t_end is None:
+                n += 1
                 t = pc()
                 if t >= end:
-                    state["rate"] = state["n"] / (t - t0)
+                    t_end = t
                 else:
                     write(msg)
-                    state["inflight"] += 1
-            if state["inflight"] == 0 and not fut.done():
-                fut.set_result(state["rate"])
+                    inflight += 1
+            if inflight == 0 and not fut.done():
+                fut.set_result(data)
 
         self.on_message = on_message
         for _ in range(window):
             write(msg)
-        result = await fut
+        last = await fut
         self.on_message = self._idle
-        return result
+        self.check_window(msg, window + n - 1, window + n - 1, total, last, "pipelined")
+        return n / (t_end - t0)
 
     async def close(self) -> None:
         pass
@@ -515,27 +575,37 @@ async def open_async(kind: str, port: int) -> Any:
         conn = CallbackConn(loop)
 
         class RawClient(asyncio.Protocol):
-            """Plain TCP: the echo server returns the bytes; a message is `size` bytes back."""
+            """Plain TCP: the echo server returns the bytes; a message is `size` bytes back.
+
+            Bytes are counted (``total``, one add per read) and compared with the bytes sent
+            after each window (``after_window``); what the loops get for each message is the
+            message as sent (``unit``), which stands for its length only."""
 
             def __init__(self) -> None:
                 self.size = 1
+                self.unit = b""
                 self.got = 0
+                self.sent = self.total = 0
 
             def connection_made(self, transport: Any) -> None:
                 self.transport = transport
 
             def data_received(self, data: bytes) -> None:
-                self.got += len(data)
+                n = len(data)
+                self.total += n
+                self.got += n
                 while self.got >= self.size:
                     self.got -= self.size
-                    conn.message(data)
+                    conn.message(self.unit)
 
         class RawBufClient(asyncio.BufferedProtocol):
             """The same with a receive buffer of our own (no allocation per read)."""
 
             def __init__(self) -> None:
                 self.size = 1
+                self.unit = b""
                 self.got = 0
+                self.sent = self.total = 0
                 self.buf = memoryview(bytearray(2**18))
 
             def connection_made(self, transport: Any) -> None:
@@ -545,10 +615,11 @@ async def open_async(kind: str, port: int) -> Any:
                 return self.buf
 
             def buffer_updated(self, nbytes: int) -> None:
+                self.total += nbytes
                 self.got += nbytes
                 while self.got >= self.size:
                     self.got -= self.size
-                    conn.message(None)
+                    conn.message(self.unit)
 
         factory = RawBufClient if kind == "raw_async_buf" else RawClient
         transport, proto = await loop.create_connection(factory, HOST, port)
@@ -556,13 +627,20 @@ async def open_async(kind: str, port: int) -> Any:
         def write(msg: Any) -> None:
             if isinstance(msg, str):
                 msg = msg.encode()
-            proto.size = len(msg)
+            proto.unit = msg
+            proto.size = size = len(msg)
+            proto.sent += size
             transport.write(msg)
+
+        def after_window() -> None:
+            if proto.total != proto.sent:
+                raise AssertionError(f"raw echo: {proto.sent} bytes sent so far, {proto.total} received")
 
         async def close() -> None:
             transport.close()
 
         conn.write = write
+        conn.after_window = after_window
         conn.check_got = lambda msg, got: None  # chunks, not messages: nothing to compare
         conn.close = close  # type: ignore[method-assign]
         return conn
@@ -610,26 +688,32 @@ def sync_client(kind: str, port: int, modes: list[tuple[str, str, int]], duratio
         sock = socket.create_connection((HOST, port), timeout=20)
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        buf = bytearray(2**20)
-        view = memoryview(buf)
+        view = memoryview(bytearray(2**20))
+        unit = view[:1]  # the current message's bytes, as received: what recv() returns
 
         def send(msg: Any) -> None:
             sock.sendall(msg.encode() if isinstance(msg, str) else msg)
 
-        state = {"size": 1}
-
         def recv() -> Any:
-            size = state["size"]
+            size = len(unit)
             got = 0
             while got < size:
-                n = sock.recv_into(view[got:size])
+                n = sock.recv_into(unit[got:])
                 if not n:
                     raise ConnectionError("server closed")
                 got += n
-            return None
+            return unit
 
         def set_size(msg: Any) -> None:
-            state["size"] = len(msg.encode() if isinstance(msg, str) else msg)
+            nonlocal unit
+            unit = view[:len(msg.encode() if isinstance(msg, str) else msg)]
+
+        def after_window() -> None:  # every byte sent came back (recv() took them), and no more
+            try:
+                extra = sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                return
+            raise AssertionError("raw echo: more bytes came back than were sent" if extra else "server closed")
 
         close = sock.close
         send_text, recv_text = send, recv
@@ -640,7 +724,7 @@ def sync_client(kind: str, port: int, modes: list[tuple[str, str, int]], duratio
         send = send_text = ws.send
         recv = recv_text = ws.recv
         close = ws.close
-        set_size = None
+        set_size = after_window = None
     elif kind == "websockets_sync":
         from websockets.sync.client import connect
 
@@ -648,7 +732,7 @@ def sync_client(kind: str, port: int, modes: list[tuple[str, str, int]], duratio
         send = send_text = ws.send
         recv = recv_text = ws.recv
         close = ws.close
-        set_size = None
+        set_size = after_window = None
     elif kind == "websocket_client":
         import websocket
 
@@ -657,7 +741,7 @@ def sync_client(kind: str, port: int, modes: list[tuple[str, str, int]], duratio
         send, send_text = ws.send_binary, ws.send
         recv = recv_text = ws.recv
         close = ws.close
-        set_size = None
+        set_size = after_window = None
     else:
         raise SystemExit(f"unknown client kind {kind}")
 
@@ -671,34 +755,42 @@ def sync_client(kind: str, port: int, modes: list[tuple[str, str, int]], duratio
         for key, mode, size in modes:
             msg = payload(mode, size)
             s, r = (send_text, recv_text) if isinstance(msg, str) else (send, recv)
+            # what the echo is compared with: raw TCP gets bytes back, even for text
+            expect = msg.encode() if kind == "raw_sync" and isinstance(msg, str) else msg
             if set_size:
                 set_size(msg)
             s(msg)
-            got = r()
-            if kind != "raw_sync":
-                check_echo(msg, got, "first echo")
+            check_echo(expect, r(), "first echo")
             for end_in, store in ((warmup, False), (duration, True)):
                 end = pc() + end_in
-                n = 0
+                n = total = 0
                 t0 = pc()
                 if mode == "pipe":
                     for _ in range(window):
                         s(msg)
                     while True:
-                        r()
+                        got = r()
                         n += 1
+                        total += len(got)
                         if (t := pc()) >= end:
                             break
                         s(msg)
                     for _ in range(window - 1):
-                        r()
+                        got = r()
+                        total += len(got)
+                    sent = window + n - 1
                 else:
                     while True:
                         s(msg)
-                        r()
+                        got = r()
                         n += 1
+                        total += len(got)
                         if (t := pc()) >= end:
                             break
+                    sent = n
+                if after_window:
+                    after_window()
+                check_window(expect, sent, sent, total, got, "pipelined" if mode == "pipe" else "round trips")
                 if store:
                     results[key] = n / (t - t0)
     finally:
@@ -706,6 +798,21 @@ def sync_client(kind: str, port: int, modes: list[tuple[str, str, int]], duratio
 
 
 # =============================================================== orchestration (parent)
+
+
+def server_hello(child: C.Child, timeout: float) -> tuple[int, str | None]:
+    """A server child's port, and the kn_sock implementation it reported (its ``IMPL`` line,
+    printed before ``PORT``; None if there was none)."""
+    impl = None
+    deadline = time.monotonic() + timeout
+    while True:
+        line = child.readline(max(deadline - time.monotonic(), 0.001))
+        if line.startswith("IMPL "):
+            impl = line[len("IMPL "):].strip()
+        elif line.startswith("PORT "):
+            return int(line.split()[1]), impl
+        elif line.startswith("ERROR"):
+            raise C.ChildError(f"{child.label}: {line}{child.stderr_tail()}")
 
 
 def main() -> None:
@@ -727,6 +834,7 @@ def main() -> None:
     ap.add_argument("--uvloop", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--cells", help='comma-separated cells to run, e.g. "64 B,64 KiB" (default: all)')
     ap.add_argument("--modes", help=argparse.SUPPRESS)
+    ap.add_argument("--impl", help=argparse.SUPPRESS)  # client: the kn_sock implementation its row claims
     args = C.parse_args(ap)
 
     if os.environ.get("BENCH_CPU"):
@@ -735,7 +843,8 @@ def main() -> None:
         return serve(args.serve, args.port, args.uvloop)
     if args.client:
         modes = [tuple(m) for m in json.loads(args.modes)]
-        return run_client(args.client, args.port, modes, args.duration, args.warmup, args.window, args.uvloop)
+        return run_client(args.client, args.port, modes, args.duration, args.warmup, args.window, args.uvloop,
+                          args.impl)
 
     C.install_parent_handlers()
     rounds = args.rounds or (1 if args.quick else 3)
@@ -762,22 +871,33 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
     if args.skip:
         chosen = [c for c in chosen if c.name not in args.skip.split(",")]
 
-    # --- what can run here
-    impl, has_sync, err = C.kn_probe(C.clean_env())
+    # --- what can run here; each kn_sock row's implementation as kn_sock picks it in the row's environment
+    probes: dict[tuple[tuple[str, str], ...], tuple[str | None, bool, str]] = {}
     runnable: list[Contestant] = []
     for c in chosen:
         missing = [m for m in c.requires if not C.module_available(m)]
         if missing:
             notes.append(f"{c.label}: skipped, {', '.join(missing)} not installed")
             continue
-        if c.name == "kn_cython" and impl != "cython":
-            notes.append(f"{c.label}: skipped, the Cython extension is not built ({err.strip() or impl})")
-            continue
-        if c.name == "kn_sync" and not has_sync:
-            notes.append(f"{c.label}: skipped, kn_sock.sync is not importable yet")
-            continue
-        if c.name in ("kn_uvloop", "kn_sync") and impl:
-            c.label += f" ({impl})"
+        if c.impl:
+            env = C.clean_env(**c.env)
+            key = tuple(sorted(env.items()))
+            if key not in probes:
+                probes[key] = C.kn_probe(env)
+            impl, has_sync, err = probes[key]
+            if impl is None:
+                notes.append(f"{c.label}: kn_sock does not import: {err.strip()}")
+                failures += 1
+                continue
+            if c.impl == "default":
+                c = replace(c, label=f"{c.label} ({impl})", impl=impl)
+            elif impl != c.impl:
+                why = "the Cython extension is not in use" if c.impl == "cython" else f"kn_sock runs its {impl} twin"
+                notes.append(f"{c.label}: skipped, {why} ({err.strip() or impl})")
+                continue
+            if c.server == "kn_sync" and not has_sync:
+                notes.append(f"{c.label}: skipped, kn_sock.sync is not importable yet")
+                continue
         runnable.append(c)
 
     print(f"# echo benchmark: {C.machine_line()}")
@@ -805,16 +925,24 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
     for c in list(runnable):
         child = pending[c.name]
         try:
-            ports[c.name] = int(child.expect("PORT ", timeout=30)[0])
-            servers[c.name] = child
+            port, server_impl = server_hello(child, timeout=30)
         except C.ChildError as exc:
             notes.append(f"{c.label}: server failed to start: {exc}")
             failures += 1
             child.kill()
             runnable.remove(c)
+            continue
+        if c.impl and server_impl != c.impl:
+            notes.append(f"{c.label}: skipped, its server runs kn_sock's {server_impl or 'unreported'} "
+                         f"implementation, not {c.impl}")
+            child.kill()
+            runnable.remove(c)
+            continue
+        ports[c.name] = port
+        servers[c.name] = child
 
     raw: dict[str, dict[str, list[float]]] = {c.name: {m[0]: [] for m in modes} for c in runnable}
-    impls: dict[str, set[str]] = {c.name: set() for c in runnable}
+    dropped: set[str] = set()  # rows skipped during the rounds (implementation not the one claimed)
     mode_arg = json.dumps(modes)
     client_budget = len(modes) * (duration + warmup) * 2 + 40
 
@@ -833,7 +961,7 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
             client = C.Child(
                 [__file__, "--client", c.client, "--port", str(ports[c.name]), "--modes", mode_arg,
                  "--duration", str(duration), "--warmup", str(warmup), "--window", str(args.window)]
-                + (["--uvloop"] if c.uvloop else []),
+                + (["--uvloop"] if c.uvloop else []) + (["--impl", c.impl] if c.impl else []),
                 env=env, label=f"{c.label} client",
             )
             try:
@@ -846,10 +974,14 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
             finally:
                 tail = client.stderr_tail()
                 client.kill()
+            if c.impl and res.get("impl") and res["impl"] != c.impl:  # (nothing was measured)
+                notes.append(f"{c.label}: skipped, its client ran kn_sock's {res['impl']} implementation, "
+                             f"not {c.impl}")
+                servers.pop(c.name).kill()
+                dropped.add(c.name)
+                continue
             for key, value in res["results"].items():
                 raw[c.name][key].append(value)
-            if res.get("impl"):
-                impls[c.name].add(res["impl"])
             if res.get("error"):
                 notes.append(f"{c.label}, round {rnd + 1}: {res['error']}{tail}")
                 failures += 1
@@ -861,12 +993,8 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
 
     for child in servers.values():
         child.kill()
-
-    for c in runnable:
-        if c.name == "kn_pure" and impls[c.name] - {"pure"}:
-            notes.append(f"{c.label}: client reported implementation {impls[c.name]}")
-        if c.name == "kn_cython" and impls[c.name] - {"cython"}:
-            notes.append(f"{c.label}: client reported implementation {impls[c.name]}")
+    runnable = [c for c in runnable if c.name not in dropped]
+    raw = {name: per for name, per in raw.items() if name not in dropped}
 
     med = {name: {k: C.median(v) for k, v in per.items()} for name, per in raw.items()}
     print()
@@ -874,7 +1002,8 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
     print()
     print("Cells: round trips/s (messages/s for 'pipe'), median of rounds; (x.xx) = ratio to the raw baseline")
     print("of the same group (raw asyncio for async rows, raw blocking socket for blocking rows).")
-    print("'vs picows': kn_sock / picows per column, same event loop (uvloop row vs picows+uvloop).")
+    print("'vs picows': kn_sock / picows per column; asyncio rows on the same event loop (uvloop rows vs picows +")
+    print("uvloop), the blocking row vs picows on the default asyncio loop (picows has no blocking API).")
     spread = spreads(raw)
     if spread:
         print(f"Largest spread between rounds (max/min): {spread}")
@@ -934,4 +1063,4 @@ def render(runnable: list[Contestant], modes: list[tuple[str, str, int]], med: d
 
 
 if __name__ == "__main__":
-    main()
+    C.run_main(main)

@@ -22,6 +22,7 @@ import statistics
 import sys
 import time
 import tracemalloc
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,6 +37,9 @@ from kn_sock.extensions.permessage_deflate import ClientDeflateFactory, ServerDe
 from kn_sock.protocol import CLIENT, SERVER, Protocol  # noqa: E402
 
 BATCH = 2000
+# websockets' serve() defaults (enable_server_permessage_deflate), used to build its extension
+# below and printed next to its figure.
+WS_WINDOW_BITS, WS_MEM_LEVEL = 12, 5
 
 
 def _time_per_op(fn: Callable[[], None], seconds: float, rounds: int) -> float:
@@ -101,8 +105,16 @@ def websockets_cases() -> tuple[Callable[[], None], Callable[[], None]] | None:
     return receive, send
 
 
-def deflate_memory() -> tuple[float, float | None]:
-    """KiB retained by one server connection's deflate state after one message each way."""
+def deflate_settings(ext: Any) -> str:
+    """The window and memLevel a negotiated kn_sock ``PerMessageDeflate`` actually uses."""
+    level = ext.compress_settings.get("memLevel", zlib.DEF_MEM_LEVEL)
+    windows = sorted({ext.local_max_window_bits, ext.remote_max_window_bits})
+    return f"window {'/'.join(map(str, windows))} bits, memLevel {level}"
+
+
+def deflate_memory() -> tuple[float, str, float | None]:
+    """KiB retained by one server connection's deflate state after one message each way,
+    the settings it ran with (read from the library), and websockets' KiB (None: not installed)."""
     payload = bytes(range(256)) * 64
 
     def measure(make: Callable[[], Any], use: Callable[[Any], None]) -> float:
@@ -130,16 +142,18 @@ def deflate_memory() -> tuple[float, float | None]:
         ext.compress(payload)
 
     kn = measure(kn_make, kn_use)
+    kn_settings = deflate_settings(kn_make())
     try:
         from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
         from websockets.frames import Frame, Opcode
     except ImportError:
-        return kn, None
+        return kn, kn_settings, None
 
     def ws_make() -> Any:
         # The settings websockets' serve() uses by default (enable_server_permessage_deflate).
         factory = ServerPerMessageDeflateFactory(
-            server_max_window_bits=12, client_max_window_bits=12, compress_settings={"memLevel": 5}
+            server_max_window_bits=WS_WINDOW_BITS, client_max_window_bits=WS_WINDOW_BITS,
+            compress_settings={"memLevel": WS_MEM_LEVEL},
         )
         return factory.process_request_params([("client_max_window_bits", None)], [])[1]
 
@@ -148,7 +162,7 @@ def deflate_memory() -> tuple[float, float | None]:
         ext.decode(Frame(Opcode.BINARY, incoming, rsv1=True))
         del out
 
-    return kn, measure(ws_make, ws_use)
+    return kn, kn_settings, measure(ws_make, ws_use)
 
 
 def main() -> int:
@@ -175,14 +189,15 @@ def main() -> int:
         rr = f"{ref[1] / rx:.1f}x" if ref else "-"
         tr = f"{ref[2] / tx:.1f}x" if ref else "-"
         print(f"| {name:<28} | {rx * 1e6:>11.3f} us | {rr:>19} | {tx * 1e6:.3f} us | {tr:>19} |")
-    kn_mem, ws_mem = deflate_memory()
+    kn_mem, kn_settings, ws_mem = deflate_memory()
     print()
     print("permessage-deflate state per connection after one message each way (defaults):")
-    print(f"  kn_sock:    {kn_mem:.1f} KiB (window 12 bits, memLevel 5)")
+    print(f"  kn_sock:    {kn_mem:.1f} KiB ({kn_settings})")
     if ws_mem is not None:
-        print(f"  websockets: {ws_mem:.1f} KiB (its serve() defaults: window 12 bits, memLevel 5)")
+        print(f"  websockets: {ws_mem:.1f} KiB "
+              f"(its serve() defaults: window {WS_WINDOW_BITS} bits, memLevel {WS_MEM_LEVEL})")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    C.run_main(main)

@@ -206,7 +206,7 @@ def bench_parse(quick: bool) -> None:
     except ImportError:
         pass
     rows = [(f"1 MiB of {len(frame)} B binary frames ({count} frames)", {k: v for k, v in measure(c, count).items()})]
-    print(f"\n## Frame parsing (frames/s; ratio to cython feed() / to the best peer)\n")
+    print("\n## Frame parsing (frames/s; ratio to cython feed() / to the best peer)\n")
     for label, res in rows:
         best = max((v for k, v in res.items() if not k.startswith("kn_sock")), default=None)
         print(label)
@@ -231,4 +231,4 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    C.run_main(main)

@@ -385,4 +385,10 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C: one line and 130, no traceback (main() closed the child's stdin)
+        if "--serve" in sys.argv[1:]:
+            os._exit(130)  # the server child got the Ctrl-C too: leave the word to the parent
+        sys.stderr.write("soak.py: interrupted\n")
+        sys.exit(130)

@@ -5,7 +5,9 @@
     python examples/json_rpc.py client [host] [port]  only the client
 
 Each request is one text message, ``{"jsonrpc": "2.0", "method": ..., "params": ..., "id": n}``;
-the answer carries the same ``id`` and either ``result`` or ``error`` (JSON-RPC 2.0 §5).
+the answer carries the same ``id`` and either ``result`` or ``error`` (JSON-RPC 2.0 §5). A
+request without ``id`` is a notification: it is run, and never answered (§4.1), not even with
+an error. Batches (a JSON array of requests) are not supported: answered "Invalid Request".
 Requests are handled concurrently, so answers may come back out of order: the client
 matches them by ``id``.
 """
@@ -13,9 +15,10 @@ matches them by ``id``.
 import asyncio
 import itertools
 import json
+import math
 import sys
 
-from kn_sock import async_connect_websocket, start_async_websocket_server
+from kn_sock import ConnectionClosed, async_connect_websocket, start_async_websocket_server
 
 # ------------------------------------------------------------------ server
 
@@ -29,7 +32,7 @@ async def echo(*args):
 
 
 async def sleep_then(seconds, value):
-    await asyncio.sleep(min(float(seconds), 1.0))
+    await asyncio.sleep(max(0.0, min(float(seconds), 1.0)))  # (max() also turns NaN into 0)
     return value
 
 
@@ -40,33 +43,67 @@ def error(code, message, id_=None):
     return {"jsonrpc": "2.0", "error": {"code": code, "message": message}, "id": id_}
 
 
+def not_json(name):
+    raise ValueError(f"{name} is not JSON")  # Python's json module would accept NaN and Infinity
+
+
+def valid_id(id_):
+    """JSON-RPC 2.0 §4: an id is a string, a number or null."""
+    if isinstance(id_, float):
+        return math.isfinite(id_)  # (1e999 parses as inf, which JSON cannot carry back)
+    return id_ is None or isinstance(id_, str) or (isinstance(id_, int) and not isinstance(id_, bool))
+
+
 async def dispatch(text):
-    """Answer one request (a dict to send), or None for a notification."""
+    """The answer to one request (a dict to send), or None: a notification (no "id") is never
+    answered (§4.1), even when it fails."""
     try:
-        request = json.loads(text)
-    except ValueError:
+        request = json.loads(text, parse_constant=not_json)
+    except (ValueError, RecursionError):  # (RecursionError: nested too deep)
         return error(-32700, "Parse error")
-    if not isinstance(request, dict) or request.get("jsonrpc") != "2.0" or "method" not in request:
-        return error(-32600, "Invalid Request", request.get("id") if isinstance(request, dict) else None)
+    if (
+        not isinstance(request, dict)  # (a batch, a JSON array, is not supported here)
+        or request.get("jsonrpc") != "2.0"
+        or not isinstance(request.get("method"), str)
+        or not isinstance(request.get("params", []), (list, dict))
+        or not valid_id(request.get("id"))
+    ):
+        id_ = request.get("id") if isinstance(request, dict) else None
+        return error(-32600, "Invalid Request", id_ if valid_id(id_) else None)
+    notification = "id" not in request
     id_ = request.get("id")
     method = METHODS.get(request["method"])
     if method is None:
-        return error(-32601, "Method not found", id_)
+        return None if notification else error(-32601, "Method not found", id_)
     params = request.get("params", [])
     try:
         result = await (method(**params) if isinstance(params, dict) else method(*params))
-    except TypeError as exc:
-        return error(-32602, f"Invalid params: {exc}", id_)
-    except Exception as exc:  # a bug in a method: report it, keep serving
-        return error(-32603, f"Internal error: {exc}", id_)
-    return None if "id" not in request else {"jsonrpc": "2.0", "result": result, "id": id_}
+    except Exception as exc:  # report it, keep serving
+        if notification:
+            print(f"notification {request['method']} failed: {exc!r}", file=sys.stderr, flush=True)
+            return None
+        if isinstance(exc, TypeError):  # wrong number, names or types of arguments
+            return error(-32602, f"Invalid params: {exc}", id_)
+        return error(-32603, f"Internal error: {exc}", id_)  # a bug in a method
+    return None if notification else {"jsonrpc": "2.0", "result": result, "id": id_}
 
 
 async def rpc_handler(websocket, path):
     async def answer(text):
-        response = await dispatch(text)
-        if response is not None:
-            await websocket.send_json(response)
+        # Whatever the request, this task ends normally: no "Task exception was never retrieved".
+        try:
+            response = await dispatch(text)
+            if response is None:
+                return
+            try:
+                reply = json.dumps(response, allow_nan=False)
+            except (TypeError, ValueError) as exc:  # a result JSON cannot carry (an overflow to inf)
+                reply = json.dumps(error(-32603, f"Internal error: {exc}", response["id"]))
+            await websocket.send(reply)
+        except ConnectionClosed:
+            pass  # the client left before its answer was ready
+        except Exception as exc:  # a bug in this example: say so, keep serving the others
+            print(f"request failed: {exc!r}", file=sys.stderr, flush=True)
 
     tasks = set()
     async for message in websocket:
@@ -89,7 +126,12 @@ class RpcClient:
 
     async def _read(self):
         async for message in self.ws:
-            response = json.loads(message)
+            try:
+                response = json.loads(message)
+            except ValueError:
+                continue
+            if not isinstance(response, dict):
+                continue
             future = self.pending.pop(response.get("id"), None)
             if future is not None and not future.done():
                 future.set_result(response)

@@ -110,6 +110,23 @@ def test_async_server_with_each_client(async_server: subprocess.Popen[str], port
     assert f"serving on ws://127.0.0.1:{port}/" in out and "server stopped" in out
 
 
+def test_blocking_server_port_0_prints_the_bound_port_and_echoes_empty_messages() -> None:
+    proc = start("blocking_server.py", "127.0.0.1", "0")
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line.startswith("serving on ws://127.0.0.1:") and ":0/" not in line, line
+        port = int(line.strip().rsplit(":", 1)[1].rstrip("/"))
+        with connect_websocket("127.0.0.1", port, open_timeout=5) as ws:
+            ws.send("")  # an empty message is a message: it does not end the connection
+            assert ws.recv(5) == "Echo: "
+            ws.send("again")
+            assert ws.recv(5) == "Echo: again"
+    finally:
+        code, _, err = stop(proc)
+    assert code == 0, err
+
+
 # ------------------------------------------------------------------ chat room
 
 
@@ -158,11 +175,22 @@ def test_json_rpc_server_and_client_apart(port: int) -> None:
             ws.send_json({"jsonrpc": "2.0", "method": "add", "params": {"a": 1}, "id": 7})
             answer = ws.recv_json(5)
             assert answer["id"] == 7 and answer["error"]["code"] == -32602
+            # notifications (no "id") are never answered, not even when they fail (JSON-RPC 2.0 §4.1)
+            ws.send_json({"jsonrpc": "2.0", "method": "nosuch"})
+            ws.send_json({"jsonrpc": "2.0", "method": "add", "params": [1]})
+            ws.send_json({"jsonrpc": "2.0", "method": "add", "params": [1, 2]})
+            # a method that is not a string: Invalid Request, and the server keeps serving
+            ws.send_json({"jsonrpc": "2.0", "method": ["x"], "id": 8})
+            assert ws.recv_json(5) == {"jsonrpc": "2.0", "error": {"code": -32600, "message": "Invalid Request"},
+                                       "id": 8}
+            ws.send_json({"jsonrpc": "2.0", "method": "add", "params": [2, 3], "id": 9})
+            assert ws.recv_json(5) == {"jsonrpc": "2.0", "result": 5, "id": 9}
         client = run("json_rpc.py", "client", "127.0.0.1", str(port))
         assert client.returncode == 0, client.stderr
         assert "add(2, 3) = 5" in client.stdout
     finally:
-        stop(server)
+        _, _, err = stop(server)
+    assert "Traceback" not in err and "never retrieved" not in err, err
 
 
 # ------------------------------------------------------------------ reconnecting client
