@@ -310,6 +310,7 @@ class FrameParser:
         "_frag_compressed",
         "_msg_size",
         "_scratch",
+        "_room",
         "_text_validator",
         "_text_checked",
         "_msg_validator",
@@ -345,6 +346,7 @@ class FrameParser:
         self._frag_compressed = False
         self._msg_size = 0
         self._scratch: bytearray | None = None
+        self._room = 0  # bytes buffer_updated may report: the last get_buffer's, 0 once used
         # Fail-fast UTF-8 check of the incomplete text frame at the head of ``_buf``: the
         # validator (None: no frame checked yet) and how many payload bytes it has seen.
         self._text_validator: Utf8Validator | None = None
@@ -387,13 +389,15 @@ class FrameParser:
             scratch = _READ_BUFFERS.buffer = bytearray(_READ_SIZE)
         self._scratch = scratch
         if self.last_frames > _FAIR_FRAMES:  # the last read was a flood of tiny frames
+            self._room = _FAIR_READ
             return memoryview(scratch)[:_FAIR_READ]
+        self._room = len(scratch)
         return memoryview(scratch)
 
     def buffer_updated(self, nbytes: int) -> list[Frame]:
         """Parse the ``nbytes`` just written into the buffer from ``get_buffer``."""
         scratch = self._scratch
-        if scratch is None or not 0 <= nbytes <= len(scratch):
+        if scratch is None or not 0 <= nbytes <= self._room:
             raise ValueError("nbytes out of range")
         return self.feed(memoryview(scratch)[:nbytes])  # (feed: the buffer no longer counts)
 
@@ -449,7 +453,7 @@ class FrameParser:
     def feed(self, data: BytesLike) -> list[Frame]:
         """Add bytes from the peer and return every frame they complete, in order."""
         self.last_frames = 0
-        self._scratch = None  # a buffer from get_buffer before this call no longer counts
+        self._room = 0  # a buffer from get_buffer before this call no longer counts
         if self.error is not None:
             return []
         buf = self._buf

@@ -7,8 +7,15 @@ import stat
 from typing import Any
 
 
+def _abstract(path: Any) -> bool:
+    """Linux's abstract socket names (a leading NUL) have no file."""
+    return isinstance(path, (str, bytes)) and path[:1] in ("\0", b"\0")
+
+
 def remove_stale_socket(path: Any) -> None:
     """Remove ``path`` if it is a socket file (a previous run's), before binding to it."""
+    if _abstract(path):
+        return
     try:
         if stat.S_ISSOCK(os.stat(path).st_mode):
             os.unlink(path)
@@ -16,9 +23,15 @@ def remove_stale_socket(path: Any) -> None:
         pass
 
 
-def socket_inode(path: Any) -> int:
-    """The inode of the socket file just bound at ``path`` (see ``remove_unix_socket``)."""
-    return os.stat(path).st_ino
+def socket_inode(path: Any) -> int | None:
+    """The inode of the socket file just bound at ``path`` (see ``remove_unix_socket``); None
+    for an abstract name (Linux, a leading NUL: no file) or a path that cannot be looked at."""
+    if not isinstance(path, (str, bytes, os.PathLike)) or _abstract(path):
+        return None
+    try:
+        return os.stat(path).st_ino
+    except (OSError, ValueError):
+        return None
 
 
 def remove_unix_socket(path: Any, inode: int) -> None:

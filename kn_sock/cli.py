@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import codecs
 import http
 import logging
 import os
@@ -384,27 +385,34 @@ class _Session:
         self.warned = False
 
     def _lines(self) -> Iterator[str]:
-        """stdin's lines, decoded as UTF-8 here: bytes that are not UTF-8 become U+FFFD (with
-        one warning), instead of killing the thread (strict decoding) or making send() fail
+        """stdin's lines, decoded here in stdin's encoding (UTF-8 by default): bytes that do
+        not decode become U+FFFD (with one warning), instead of killing the thread (strict decoding) or making send() fail
         (surrogateescape)."""
         stdin = sys.stdin
         if stdin is None:
             return
         buffer = getattr(stdin, "buffer", None)
         source: Iterator[Any] = iter(buffer) if buffer is not None else iter(stdin)
+        encoding = getattr(stdin, "encoding", None) if buffer is not None else None
+        try:
+            encoding = codecs.lookup(encoding).name if encoding else "utf-8"
+        except LookupError:
+            encoding = "utf-8"
         for raw in source:
             if isinstance(raw, str):  # a text stdin without a buffer (replaced by the caller)
+                encoding = "utf-8"
                 try:
                     raw = raw.encode("utf-8", "surrogateescape")
                 except UnicodeEncodeError:  # other lone surrogates: U+FFFD below
                     raw = raw.encode("utf-8", "surrogatepass")
             try:
-                yield raw.decode("utf-8")
+                yield raw.decode(encoding)
             except UnicodeDecodeError:
                 if not self.warned:
                     self.warned = True
-                    _err("warning: input is not valid UTF-8: the invalid bytes are sent as U+FFFD")
-                yield raw.decode("utf-8", "replace")
+                    shown = "UTF-8" if encoding == "utf-8" else encoding
+                    _err(f"warning: input is not valid {shown}: the invalid bytes are sent as U+FFFD")
+                yield raw.decode(encoding, "replace")
 
     def read_stdin(self) -> None:
         outcome: tuple[str, Any] = ("failed", "reading stdin stopped unexpectedly")

@@ -366,7 +366,8 @@ async def test_keepalive_ends_a_callback_connection_whose_peer_reads_nothing(cap
     async with serving(handler, compression=None, ping_interval=0.2, ping_timeout=0.2, close_timeout=0.5) as server:
         peer = await raw_client(server.port)
         try:
-            peer.send_frame(2, b"go")
+            for _ in range(200):  # past max_queue: they wait for the callback (audit 75)
+                peer.send_frame(2, b"go")
             await wait_until(lambda: bool(server_ws) and server_ws[0]._paused_for_write)
             await wait_until(lambda: server_ws[0].closed)
         finally:

@@ -1098,3 +1098,15 @@ async def test_unix_socket_served_and_its_file_removed_on_close(tmp_path):
         server.close()
         await server.wait_closed()
         assert os.path.exists(path)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract Unix socket names are Linux's")
+async def test_abstract_unix_socket_name(tmp_path):
+    """unix="\\0name" (no file): served, and closed cleanly (audit 75: ValueError after binding)."""
+    name = f"\0kn_sock_test_{os.getpid()}"
+    async with await start_async_websocket_server(None, None, echo, unix=name):
+        reader, writer = await asyncio.open_unix_connection(name)
+        writer.write(upgrade_request())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+        assert head.startswith(b"HTTP/1.1 101")
+        writer.close()

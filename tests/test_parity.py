@@ -422,6 +422,7 @@ def test_buffer_updated_without_a_fresh_buffer_fails_alike():
         assert p.buffer_updated(2) == [(2, True, False, b"")]
         with pytest.raises(ValueError, match="nbytes out of range"):
             p.buffer_updated(2)
+        assert p.buffer_updated(0) == []  # nothing read: fine (audit 75)
         buf = p.get_buffer(-1)
         buf[:2] = b"\x82\x00"
         del buf

@@ -14,6 +14,7 @@ import inspect
 import json
 import logging
 import os
+import sys
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
@@ -52,6 +53,17 @@ _SEND_YIELD_EVERY = 128
 #: (deflating costs ~6-18 ms per MiB): a task answering queued messages still lets the loop run.
 _DEFLATE_YIELD_UNIT = 4096
 _OPEN = State.OPEN
+#: ioctl request for the bytes a socket's kernel send queue holds (Linux: SIOCOUTQ, which is
+#: TIOCOUTQ's number); None elsewhere (see kernel_unsent).
+_SIOCOUTQ: int | None = None
+if sys.platform.startswith("linux"):
+    try:
+        import fcntl
+        import termios
+
+        _SIOCOUTQ = termios.TIOCOUTQ
+    except (ImportError, AttributeError):  # pragma: no cover
+        pass
 
 
 def tcp_transport(transport: Any) -> Any:
@@ -71,6 +83,18 @@ def unsent_bytes(transport: Any) -> int:
     if inner is not None and not inner.is_closing():
         size += inner.get_write_buffer_size()
     return size
+
+
+def kernel_unsent(transport: Any) -> int:
+    """Bytes the kernel still holds to send on the transport's socket (not yet acknowledged
+    by the peer; Linux's SIOCOUTQ), 0 where that cannot be known."""
+    if _SIOCOUTQ is None:
+        return 0
+    try:
+        fd = transport.get_extra_info("socket").fileno()
+        return int.from_bytes(fcntl.ioctl(fd, _SIOCOUTQ, b"\0\0\0\0"), sys.byteorder, signed=True)
+    except (AttributeError, OSError, ValueError):
+        return 0
 
 
 #: The read path (get_buffer / buffer_updated / _on_readable) and the coroutine API's hot calls
@@ -645,11 +669,12 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             self._write(proto.send_ping(payload, (None, time.perf_counter())))
             ka.ping_sent(now)
         elif action == "timeout":
-            if self._paused_reading or (self._paused_for_write and self._peer_reads()):
+            if self._peer_reads() if self._paused_for_write else self._paused_reading:
                 # Our own backpressure (max_queue, the application not reading; write_limit
                 # with an on_message callback, the peer reading slowly) stopped reading:
                 # the pong may be sitting unread, which says nothing about the peer: wait on.
-                # (A peer that reads nothing of our answers for a timeout is dead, though.)
+                # (A peer that reads nothing of our answers for a timeout is dead, though,
+                # however many of its messages wait for the callback meanwhile.)
                 ka.deferred(now)
             else:
                 logger.info("keepalive ping timeout on %s: closing with 1011", self.remote_address)
@@ -658,9 +683,11 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._schedule_keepalive()
 
     def _peer_reads(self) -> bool:
-        """Reading paused by ``_paused_for_write``: has the peer read any of our buffer since
-        the last look? (The first look says yes: it only sets the mark.)"""
-        unsent = unsent_bytes(self.transport)
+        """Reading paused by ``_paused_for_write``: has the peer read any of what we sent since
+        the last look? (The first look says yes: it only sets the mark.) The kernel's send
+        queue counts: it drains as the peer reads while the transport's buffer may not move."""
+        transport = self.transport
+        unsent = unsent_bytes(transport) + kernel_unsent(transport)
         last, self._ka_unsent = self._ka_unsent, unsent
         return last < 0 or unsent < last
 

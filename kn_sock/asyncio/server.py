@@ -387,8 +387,9 @@ class AsyncWebSocketServer:
         unix = kwargs.pop("unix", None)
         if unix is not None:
             self._server = await self.loop.create_unix_server(factory, unix, **kwargs)
-            if isinstance(unix, (str, bytes, os.PathLike)):
-                self._unix = (unix, socket_inode(unix))  # removed by close() (asyncio < 3.13 leaves it)
+            inode = socket_inode(unix)
+            if inode is not None:
+                self._unix = (unix, inode)  # removed by close() (asyncio < 3.13 leaves it)
         else:
             check_port(port)
             self._server = await self.loop.create_server(factory, host, port, **kwargs)
