@@ -36,7 +36,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Awaitable, Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
@@ -106,6 +106,18 @@ def serve(kind: str, deflate: bool) -> None:
     C.run_event_loop(serve_async(kind, deflate))
 
 
+
+def send_loop(conns: set[Any]) -> Callable[[], Awaitable[tuple[float, float, int]]]:
+    """The plain contestants' broadcast: ``await ws.send()`` to each connection in turn."""
+
+    async def broadcast() -> tuple[float, float, int]:
+        t0 = time.perf_counter()
+        for ws in list(conns):
+            await ws.send(MESSAGE)
+        return t0, time.perf_counter(), len(conns)
+
+    return broadcast
+
 async def serve_async(kind: str, deflate: bool) -> None:
     import asyncio
 
@@ -149,12 +161,7 @@ async def serve_async(kind: str, deflate: bool) -> None:
         port = server.port
 
         if not use_bcast:
-
-            async def broadcast() -> tuple[float, float, int]:
-                t0 = time.perf_counter()
-                for ws in list(conns):
-                    await ws.send(MESSAGE)
-                return t0, time.perf_counter(), len(conns)
+            broadcast = send_loop(conns)
 
         else:
             from kn_sock import broadcast as kn_broadcast
@@ -179,12 +186,7 @@ async def serve_async(kind: str, deflate: bool) -> None:
         port = server.sockets[0].getsockname()[1]
 
         if not use_bcast:
-
-            async def broadcast() -> tuple[float, float, int]:
-                t0 = time.perf_counter()
-                for ws in list(conns):
-                    await ws.send(MESSAGE)
-                return t0, time.perf_counter(), len(conns)
+            broadcast = send_loop(conns)
 
         else:
             from websockets.asyncio.server import broadcast as ws_broadcast
