@@ -106,7 +106,6 @@ def serve(kind: str, deflate: bool) -> None:
     C.run_event_loop(serve_async(kind, deflate))
 
 
-
 def send_loop(conns: set[Any]) -> Callable[[], Awaitable[tuple[float, float, int]]]:
     """The plain contestants' broadcast: ``await ws.send()`` to each connection in turn."""
 
@@ -117,6 +116,7 @@ def send_loop(conns: set[Any]) -> Callable[[], Awaitable[tuple[float, float, int
         return t0, time.perf_counter(), len(conns)
 
     return broadcast
+
 
 async def serve_async(kind: str, deflate: bool) -> None:
     import asyncio
