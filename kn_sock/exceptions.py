@@ -44,15 +44,34 @@ class WebSocketError(Exception):
 
 
 class ConnectionClosed(WebSocketError):
-    """The connection is closed; ``code`` and ``reason`` come from the peer's close frame."""
+    """The connection is closed; ``code`` and ``reason`` come from the peer's close frame.
 
-    def __init__(self, code: int = 1006, reason: str = "", message: str | None = None) -> None:
+    ``sent`` and ``rcvd`` are the ``(code, reason)`` of the close frames we sent and received
+    (None for one that was not), as websockets' ``sent`` / ``rcvd``: ``sent`` tells, say, that
+    we failed the connection with 1011 "keepalive ping timeout" when the peer sent no close.
+    """
+
+    def __init__(
+        self,
+        code: int = 1006,
+        reason: str = "",
+        message: str | None = None,
+        *,
+        sent: tuple[int, str] | None = None,
+        rcvd: tuple[int, str] | None = None,
+    ) -> None:
         self.code = code
         self.reason = reason
-        super().__init__(message or f"connection closed: code={code} reason={reason!r}")
+        self.sent = sent
+        self.rcvd = rcvd
+        if message is None:
+            message = f"connection closed: code={code} reason={reason!r}"
+            if sent is not None and rcvd is None:
+                message += f" (we sent {sent[0]} {sent[1]!r}; no close frame received)"
+        super().__init__(message)
 
     def __reduce__(self) -> Any:
-        return (type(self), (self.code, self.reason, str(self)))
+        return (type(self), (self.code, self.reason, str(self)), {"sent": self.sent, "rcvd": self.rcvd})
 
 
 class ConnectionClosedOK(ConnectionClosed):

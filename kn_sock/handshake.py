@@ -554,14 +554,15 @@ REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 MAX_REDIRECTS = 10
 
 
-def redirect_target(wsuri: WebSocketURI, exc: InvalidStatus) -> WebSocketURI | None:
+def redirect_target(wsuri: WebSocketURI, exc: InvalidStatus, *, unix: bool = False) -> WebSocketURI | None:
     """Where a 3xx answer to a connection to ``wsuri`` sends the client, or None if ``exc``
     is not a redirection. ``Location`` may be relative, ``ws``/``wss`` or ``http``/``https``
     (taken as ``ws``/``wss``).
 
     Raises:
-        InvalidHandshake: a redirection without a usable ``Location``, or from ``wss://`` to
-            a plain ``ws://`` URI (never downgrade TLS).
+        InvalidHandshake: a redirection without a usable ``Location``, from ``wss://`` to
+            a plain ``ws://`` URI (never downgrade TLS), or (``unix``: the client connects
+            to a Unix socket, whatever the URI's host) to another origin.
     """
     if exc.status not in REDIRECT_STATUSES:
         return None
@@ -577,6 +578,11 @@ def redirect_target(wsuri: WebSocketURI, exc: InvalidStatus) -> WebSocketURI | N
         raise InvalidHandshake(f"HTTP {exc.status} redirection to an invalid URI: {error}", exc.status, exc.headers, exc.body) from None
     if wsuri.secure and not new.secure:
         raise InvalidHandshake(f"refused to follow a redirection from {wsuri.uri} to insecure {new.uri}", exc.status, exc.headers, exc.body)
+    if unix and (new.secure, new.host.lower(), new.port) != (wsuri.secure, wsuri.host.lower(), wsuri.port):
+        raise InvalidHandshake(
+            f"refused to follow a redirection from {wsuri.uri} to another origin ({new.uri}) over a Unix socket",
+            exc.status, exc.headers, exc.body,
+        )
     return new
 
 

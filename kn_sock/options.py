@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
-__all__ = ["Options", "check_server_ssl", "make_options"]
+__all__ = ["Options", "check_client_transport", "check_server_ssl", "make_options"]
 
 
 @dataclass
@@ -83,6 +83,28 @@ def check_server_ssl(value: Any) -> None:
 
         if not isinstance(value, ssl.SSLContext):
             raise TypeError(f"ssl must be an ssl.SSLContext or None on a server, not {type(value).__name__}")
+
+
+def check_client_transport(opts: Options) -> None:
+    """A client's ``sock`` (a connected socket) and ``unix`` (a Unix socket path) options:
+    TypeError / ValueError unless at most one is given, of the right type, and ``sock`` not
+    with ``reconnect`` (which could not reopen it)."""
+    sock = opts.extra.get("sock")
+    unix = opts.extra.get("unix")
+    if sock is not None:
+        import socket
+
+        if not isinstance(sock, socket.socket):
+            raise TypeError(f"sock must be a socket.socket, not {type(sock).__name__}")
+        if unix is not None:
+            raise ValueError("sock and unix are exclusive")
+        if opts.reconnect is not False and opts.reconnect is not None:
+            raise ValueError("reconnect= cannot reopen a caller-supplied sock")
+    if unix is not None:
+        import os
+
+        if not isinstance(unix, (str, bytes, os.PathLike)):
+            raise TypeError(f"unix must be a path (str, bytes or os.PathLike), not {type(unix).__name__}")
 
 
 #: Longer timeouts are no limit (threading's waits refuse more than about 9e9 s).

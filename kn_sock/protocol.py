@@ -516,13 +516,15 @@ class Protocol:
         sent = self.close_sent
         code, reason = rcvd if rcvd is not None else (1006, "")
         if rcvd is not None and sent is not None and rcvd[0] in (1000, 1001, 1005) and sent[0] in (1000, 1001, 1005):
-            return ConnectionClosedOK(code, reason)
+            return ConnectionClosedOK(code, reason, sent=sent, rcvd=rcvd)
         error = self.error
         if error is None:
-            return ConnectionClosedError(code, reason)
+            return ConnectionClosedError(code, reason, sent=sent, rcvd=rcvd)
         # We failed the connection for the peer's bad input: say so, with the ProtocolError
         # (its close code and reason) as the cause.
-        exc = ConnectionClosedError(code, reason, f"connection failed by us: {error.reason} (code {error.code})")
+        exc = ConnectionClosedError(
+            code, reason, f"connection failed by us: {error.reason} (code {error.code})", sent=sent, rcvd=rcvd
+        )
         exc.__cause__ = error
         return exc
 

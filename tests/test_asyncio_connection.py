@@ -816,6 +816,10 @@ async def test_keepalive_timeout_client_side_closes_1011(backend):
         assert ws.closed
         assert await peer.read_close() == (1011, "keepalive ping timeout")
         await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+        with pytest.raises(ConnectionClosed) as info:  # it names keepalive as the cause
+            await ws.send("late")
+        assert info.value.code == 1006 and info.value.sent == (1011, "keepalive ping timeout")
+        assert "keepalive ping timeout" in str(info.value)
 
 
 async def test_keepalive_works_while_app_never_calls_recv(backend):

@@ -735,6 +735,9 @@ def test_keepalive_timeout_client_side(backend):
         opcode, payload = peers[0].recv_frame()
         assert opcode == 8 and payload[:2] == (1011).to_bytes(2, "big")
         peers[0].close()
+        with pytest.raises(ConnectionClosed) as info:  # it names keepalive as the cause
+            ws.send("late")
+        assert info.value.code == 1006 and info.value.sent == (1011, "keepalive ping timeout")
 
 
 @pytest.mark.parametrize("ping_timeout", [1.0, None])

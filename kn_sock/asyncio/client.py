@@ -12,7 +12,7 @@ from typing import Any, AsyncIterator, Generator, Literal, TypeVar, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
-from ..options import Options, make_options
+from ..options import Options, check_client_transport, make_options
 from ..protocol import CLIENT, Protocol, State
 from ..reconnect import ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
 from ..uri import WebSocketURI, parse_uri
@@ -97,7 +97,9 @@ async def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default") ->
         try:
             return await _open_once(wsuri, opts, timeout)
         except InvalidStatus as exc:
-            target = redirect_target(wsuri, exc)
+            if opts.extra.get("sock") is not None:  # a caller's socket goes to one place only
+                raise
+            target = redirect_target(wsuri, exc, unix=opts.extra.get("unix") is not None)
             if target is None:
                 raise
             logger.info("%s redirected (HTTP %d) to %s", wsuri.uri, exc.status, target.uri)
@@ -129,9 +131,15 @@ async def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) 
     try:
         async with _timeout(timeout):
             host = wsuri.host[1:-1] if wsuri.host.startswith("[") else wsuri.host
-            transport, ws = await loop.create_connection(
-                factory, host, wsuri.port, ssl=ssl or None, server_hostname=host if ssl else None
-            )
+            tls: dict[str, Any] = {"ssl": ssl, "server_hostname": host} if ssl else {}
+            sock = opts.extra.get("sock")
+            unix = opts.extra.get("unix")
+            if sock is not None:
+                transport, ws = await loop.create_connection(factory, sock=sock, **tls)
+            elif unix is not None:
+                transport, ws = await loop.create_unix_connection(factory, unix, **tls)
+            else:
+                transport, ws = await loop.create_connection(factory, host, wsuri.port, **tls)
             return await fut
     except BaseException as exc:
         if transport is not None:
@@ -191,7 +199,8 @@ class connect(Coroutine[Any, Any, _W]):
     def __init__(self, host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> None:
         """Validate the URI and options now; connect when awaited."""
         self.wsuri = parse_uri(host_or_uri, port, path)
-        self.options = make_options(options, allow=("ack",))
+        self.options = make_options(options, allow=("ack", "sock", "unix"))
+        check_client_transport(self.options)
         self.policy = ReconnectPolicy.from_option(self.options.reconnect)
         if self.options.extra.get("ack") and self.policy is None:
             raise ValueError("ack= needs reconnect=")
@@ -255,7 +264,9 @@ def async_connect_websocket(host_or_uri: str, port: int | None = None, path: str
     """Open an asyncio WebSocket client connection: ``await`` it or use ``async with``.
 
     Gives an ``AsyncWebSocket``; with ``reconnect=True`` (or a dict of ``ReconnectPolicy``
-    arguments) an ``AsyncReconnectingWebSocket`` with the same surface.
+    arguments) an ``AsyncReconnectingWebSocket`` with the same surface. Besides the options
+    of SPEC.md: ``unix`` (connect to this Unix socket path instead; the URI still gives
+    ``Host``, the path and TLS) or ``sock`` (an already connected socket to use).
 
     Raises:
         InvalidURI: (at once) the URI is not a valid ws:// or wss:// URI.

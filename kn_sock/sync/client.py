@@ -20,7 +20,7 @@ from typing import Any, Iterator, Literal, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidState, InvalidStatus
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
-from ..options import Options, make_options
+from ..options import Options, check_client_transport, make_options
 from ..protocol import CLIENT, Protocol, State
 from ..reconnect import ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
 from ..uri import WebSocketURI, parse_uri
@@ -57,7 +57,9 @@ def connect_websocket(
     worth retrying (e.g. 404) raises at once.
 
     Accepts ``connect_websocket("localhost", 8765)``, ``connect_websocket("localhost", 8765, "/chat")``
-    and ``connect_websocket("ws://localhost:8765/chat")`` / ``"wss://..."``.
+    and ``connect_websocket("ws://localhost:8765/chat")`` / ``"wss://..."``. Besides the
+    options of SPEC.md: ``unix`` (connect to this Unix socket path instead; the URI still
+    gives ``Host``, the path and TLS) or ``sock`` (an already connected socket to use).
 
     Raises:
         InvalidURI: the URI is not a valid ws:// or wss:// URI.
@@ -67,14 +69,13 @@ def connect_websocket(
         OSError: the TCP connection failed.
     """
     wsuri = parse_uri(host_or_uri, port, path)
-    opts = make_options(options, allow=("sock", "ack"))
+    opts = make_options(options, allow=("sock", "unix", "ack"))
+    check_client_transport(opts)
     policy = ReconnectPolicy.from_option(opts.reconnect)
     if policy is None:
         if opts.extra.get("ack"):
             raise ValueError("ack= needs reconnect=")
         return _open(wsuri, opts)
-    if opts.extra.get("sock") is not None:
-        raise ValueError("reconnect= cannot reopen a caller-supplied sock")
     ws = ReconnectingWebSocket(wsuri, opts, policy)
     ws._connect_first()
     return ws
@@ -120,7 +121,7 @@ def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default", attempt:
         try:
             return _open_once(wsuri, opts, timeout, attempt)
         except InvalidStatus as exc:
-            target = redirect_target(wsuri, exc)
+            target = redirect_target(wsuri, exc, unix=opts.extra.get("unix") is not None)
             if target is None:
                 raise
             logger.info("%s redirected (HTTP %d) to %s", wsuri.uri, exc.status, target.uri)
@@ -142,7 +143,11 @@ def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None, attemp
     sock: socket.socket | None = opts.extra.get("sock")
     try:
         if sock is None:
-            sock = socket.create_connection((host, wsuri.port), timeout=timeout)
+            unix = opts.extra.get("unix")
+            if unix is None:
+                sock = socket.create_connection((host, wsuri.port), timeout=timeout)
+            else:
+                sock = _unix_connect(unix, timeout)
             if attempt is not None:
                 attempt.started(sock)
         else:
@@ -196,6 +201,18 @@ def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None, attemp
     ws.response_headers = response.headers
     ws._start(hs.remainder)
     return ws
+
+
+def _unix_connect(path: Any, timeout: float | None) -> socket.socket:
+    """A stream socket connected to the Unix socket at ``path`` within ``timeout``."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(timeout)
+        sock.connect(path)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 def _set_timeout(sock: socket.socket, deadline: float | None) -> None:
