@@ -716,7 +716,10 @@ class Keepalive:
     and the next one goes out (pings keep flowing, as with websockets' ``ping_timeout=None``).
     """
 
-    __slots__ = ("interval", "timeout", "_next_ping", "_ping_at", "_payload", "_extended", "_recheck")
+    __slots__ = (
+        "interval", "timeout", "_next_ping", "_ping_at", "_payload", "_extended", "_recheck",
+        "_position", "_acked", "_behind",
+    )
 
     def __init__(self, interval: float | None, timeout: float | None, now: float) -> None:
         """Start counting from ``now``; ``interval=None`` disables keepalive."""
@@ -727,6 +730,12 @@ class Keepalive:
         self._payload: bytes | None = None  # the last keepalive ping's payload
         self._extended = False  # this ping's timeout already restarted by reading_resumed
         self._recheck: float | None = None  # the timeout came while our reading was paused: look again then
+        # Where the ping ends in the bytes we send (acknowledged + unsent when it was written),
+        # how many the peer had acknowledged at the last look, and whether the ping was still
+        # on its way then (see ping_in_flight); None: not known (not Linux, not TCP).
+        self._position: int | None = None
+        self._acked: int | None = None
+        self._behind = False
 
     def new_payload(self, pings: dict[bytes, Any]) -> bytes:
         """The payload for the next keepalive ping: fresh, not in the protocol's ``pings``.
@@ -754,11 +763,33 @@ class Keepalive:
             return self._ping_at + self.interval if self.interval else None
         return self._next_ping
 
-    def ping_sent(self, now: float) -> None:
-        """A keepalive ping went out at ``now``."""
+    def ping_sent(self, now: float, position: int | None = None, acked: int | None = None) -> None:
+        """A keepalive ping went out at ``now``: written up to byte ``position`` of the stream
+        we send, of which the peer had acknowledged ``acked`` (both None if not known)."""
         self._ping_at = now
         self._extended = False
         self._recheck = None
+        self._position = position
+        self._acked = acked
+        self._behind = False
+
+    def ping_in_flight(self, acked: int | None) -> bool:
+        """At a timeout, the peer having acknowledged ``acked`` bytes of ours: is the ping
+        still on its way to a peer that keeps reading what we sent before it? Then its pong
+        can't have come yet, which says nothing about the peer: the caller defers (a slow
+        reader of a large backlog is not failed for it, as it is by websockets). True also
+        once, at the first look after the ping got through, so the peer's application has a
+        timeout to read up to it. False for a peer that acknowledged nothing since the last
+        look (dead or stalled), or that had the ping already at the first look."""
+        position, last = self._position, self._acked
+        if position is None or last is None or acked is None:
+            return False
+        self._acked = acked
+        if acked < position:
+            self._behind = acked > last
+            return self._behind
+        behind, self._behind = self._behind, False
+        return behind
 
     def reading_resumed(self, now: float) -> None:
         """Our reading was paused (backpressure) and resumes at ``now``: the pong may still be

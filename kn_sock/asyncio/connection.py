@@ -14,12 +14,11 @@ import inspect
 import json
 import logging
 import os
-import sys
 import time
 from collections import deque
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 
-from .. import _backend
+from .. import _backend, _tcp
 from .._malloc import tune_malloc_once
 from ..exceptions import ConnectionClosed, InvalidState
 from ..http11 import Headers
@@ -53,19 +52,6 @@ _SEND_YIELD_EVERY = 128
 #: (deflating costs ~6-18 ms per MiB): a task answering queued messages still lets the loop run.
 _DEFLATE_YIELD_UNIT = 4096
 _OPEN = State.OPEN
-#: ioctl request for the bytes a socket's kernel send queue holds (Linux: SIOCOUTQ, which is
-#: TIOCOUTQ's number); None elsewhere (see kernel_unsent).
-_SIOCOUTQ: int | None = None
-if sys.platform.startswith("linux"):
-    try:
-        import fcntl
-        import termios
-
-        _SIOCOUTQ = termios.TIOCOUTQ
-    except (ImportError, AttributeError):  # pragma: no cover
-        pass
-
-
 def tcp_transport(transport: Any) -> Any:
     """The TCP transport under asyncio's TLS one (its private ``_ssl_protocol._transport``,
     3.10-3.13), else None (plain TCP, uvloop)."""
@@ -88,13 +74,7 @@ def unsent_bytes(transport: Any) -> int:
 def kernel_unsent(transport: Any) -> int:
     """Bytes the kernel still holds to send on the transport's socket (not yet acknowledged
     by the peer; Linux's SIOCOUTQ), 0 where that cannot be known."""
-    if _SIOCOUTQ is None:
-        return 0
-    try:
-        fd = transport.get_extra_info("socket").fileno()
-        return int.from_bytes(fcntl.ioctl(fd, _SIOCOUTQ, b"\0\0\0\0"), sys.byteorder, signed=True)
-    except (AttributeError, OSError, ValueError):
-        return 0
+    return _tcp.kernel_unsent(transport.get_extra_info("socket"))
 
 
 #: The read path (get_buffer / buffer_updated / _on_readable) and the coroutine API's hot calls
@@ -667,7 +647,12 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         if action == "ping":
             payload = ka.new_payload(proto.pings)
             self._write(proto.send_ping(payload, (None, time.perf_counter())))
-            ka.ping_sent(now)
+            sock = self.transport.get_extra_info("socket")
+            acked = _tcp.bytes_acked(sock)
+            if acked is None:
+                ka.ping_sent(now)
+            else:  # where the ping ends in what we send: see Keepalive.ping_in_flight
+                ka.ping_sent(now, acked + _tcp.kernel_unsent(sock) + unsent_bytes(self.transport), acked)
         elif action == "timeout":
             if self._peer_reads() if self._paused_for_write else self._paused_reading:
                 # Our own backpressure (max_queue, the application not reading; write_limit
@@ -675,6 +660,10 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 # the pong may be sitting unread, which says nothing about the peer: wait on.
                 # (A peer that reads nothing of our answers for a timeout is dead, though,
                 # however many of its messages wait for the callback meanwhile.)
+                ka.deferred(now)
+            elif ka.ping_in_flight(_tcp.bytes_acked(self.transport.get_extra_info("socket"))):
+                # The ping is behind our own data, which the peer is still reading.
+                logger.debug("keepalive ping on %s still on its way to a peer reading: waiting on", self.remote_address)
                 ka.deferred(now)
             else:
                 logger.info("keepalive ping timeout on %s: closing with 1011", self.remote_address)

@@ -47,6 +47,7 @@ from collections import deque
 from time import monotonic as _monotonic
 from typing import Any, Iterator
 
+from .. import _tcp
 from .._malloc import tune_malloc_once
 from ..exceptions import ConnectionClosed
 from ..frames import OP_BINARY, OP_TEXT
@@ -774,11 +775,19 @@ class WebSocket:
             if action == "ping":
                 payload = ka.new_payload(proto.pings)
                 self._write(proto.send_ping(payload, (None, now)))
-                ka.ping_sent(now)
+                acked = _tcp.bytes_acked(self._sock)
+                if acked is None:
+                    ka.ping_sent(now)
+                else:  # where the ping ends in what we send: see Keepalive.ping_in_flight
+                    ka.ping_sent(now, acked + _tcp.kernel_unsent(self._sock) + self._wbuf_size, acked)
             elif action == "timeout":
                 if self._read_paused:
                     # Our own backpressure (max_queue, the application not reading) stopped
                     # reading: the pong may be sitting unread, which says nothing about the peer.
+                    ka.deferred(now)
+                elif ka.ping_in_flight(_tcp.bytes_acked(self._sock)):
+                    # The ping is behind our own data, which the peer is still reading.
+                    logger.debug("keepalive ping on %s still on its way to a peer reading: waiting on", self.remote_address)
                     ka.deferred(now)
                 else:
                     logger.info("keepalive ping timeout on %s: closing with 1011", self.remote_address)

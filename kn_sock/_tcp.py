@@ -1,0 +1,54 @@
+"""What the kernel knows of a TCP socket's sending (Linux; None or 0 elsewhere): keepalive
+uses it to tell a peer still reading towards our ping from a dead one."""
+
+from __future__ import annotations
+
+import socket
+import struct
+import sys
+from typing import Any
+
+__all__ = ["bytes_acked", "kernel_unsent"]
+
+#: ioctl request for the bytes a socket's kernel send queue holds, sent or not but not yet
+#: acknowledged (Linux: SIOCOUTQ, which is TIOCOUTQ's number); None elsewhere.
+_SIOCOUTQ: int | None = None
+#: struct tcp_info: offset of tcpi_bytes_acked (u64, Linux 4.2+; after 26 u8/u32 fields and
+#: the u64 pacing rates), and the size asked for.
+_ACKED_AT = 120
+_INFO_SIZE = 128
+_TCP_INFO: int | None = getattr(socket, "TCP_INFO", None) if sys.platform.startswith("linux") else None
+if sys.platform.startswith("linux"):
+    try:
+        import fcntl
+        import termios
+
+        _SIOCOUTQ = termios.TIOCOUTQ
+    except (ImportError, AttributeError):  # pragma: no cover
+        pass
+
+
+def kernel_unsent(sock: Any) -> int:
+    """Bytes the kernel holds to send on ``sock`` (a socket object or None), not yet
+    acknowledged by the peer; 0 where that cannot be known."""
+    if _SIOCOUTQ is None or sock is None:
+        return 0
+    try:
+        return int.from_bytes(fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"), sys.byteorder, signed=True)
+    except (AttributeError, OSError, ValueError):
+        return 0
+
+
+def bytes_acked(sock: Any) -> int | None:
+    """How many bytes the peer's TCP has acknowledged on ``sock`` so far (it grows as the peer
+    reads once its receive buffer is full); None where that cannot be known."""
+    if _TCP_INFO is None or sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _INFO_SIZE)
+    except (AttributeError, OSError, ValueError, TypeError):
+        return None
+    if len(info) < _ACKED_AT + 8:  # a kernel before 4.2
+        return None
+    acked: int = struct.unpack_from("=Q", info, _ACKED_AT)[0]
+    return acked
