@@ -1168,6 +1168,7 @@ class AsyncCore:
         return self
 
     async def __anext__(self) -> Any:
+        """The next message; StopAsyncIteration once the connection is closed."""
         msg = await self.recv()
         if msg is None:
             raise StopAsyncIteration

@@ -2694,7 +2694,18 @@ cdef class AsyncCore:
         return self._try_send(message) == 1
 
     def send_nowait(self, message, compress=None):
-        """Send one whole message (str or bytes-like) now, without waiting (see _pure)."""
+        """Send one whole message (str or bytes-like) now, without waiting for the peer to read.
+
+        For ``on_message`` callbacks, which cannot await: the frame goes to the socket or, what
+        the kernel does not take, to the transport's buffer. While an ``on_message`` callback
+        is set, reading pauses whenever that buffer passes ``write_limit``, so answering from
+        the callback stays bounded; code sending in a loop outside it should ``await drain()``.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            InvalidState: not open yet, or another task is sending a fragmented message.
+            TypeError: not a str or bytes-like object.
+        """
         if compress is None and self._try_send(message) == 1:
             return
         self._send_nowait_slow(message, compress)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
-__all__ = ["Options", "check_client_transport", "check_server_ssl", "make_options"]
+__all__ = ["Options", "check_blocking_callables", "check_client_transport", "check_server_ssl", "make_options"]
 
 
 @dataclass
@@ -83,6 +83,23 @@ def check_server_ssl(value: Any) -> None:
 
         if not isinstance(value, ssl.SSLContext):
             raise TypeError(f"ssl must be an ssl.SSLContext or None on a server, not {type(value).__name__}")
+
+
+def check_blocking_callables(opts: Options, **callables: Any) -> None:
+    """The blocking API calls its callables (``process_request``, ``on_connect`` and those
+    given by name, e.g. ``handler``) and never awaits: TypeError for a coroutine function,
+    whose coroutine would never run."""
+    import inspect
+
+    named = {"process_request": opts.process_request, "on_connect": opts.on_connect, **callables}
+    for name, function in named.items():
+        if function is not None and (
+            inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(getattr(function, "__call__", None))
+        ):
+            raise TypeError(
+                f"{name} is a coroutine function, which the blocking API would never await: "
+                "use a plain function, or the asyncio API"
+            )
 
 
 def check_client_transport(opts: Options) -> None:

@@ -295,8 +295,11 @@ class Outbox:
             ConnectionClosedError: ``max_pending`` messages are waiting already.
         """
         if len(self.pending) + len(self.unacked) >= self.max_pending:
-            what = "unacknowledged or pending" if self.ack else "pending"
-            raise ConnectionClosedError(1006, "", f"disconnected and {self.max_pending} {what} messages are queued (max_pending)")
+            if self.ack is not None:  # (connected or not: sent messages wait for their ack)
+                raise ConnectionClosedError(
+                    1006, "", f"{self.max_pending} messages are unacknowledged or queued (max_pending): ack() some first"
+                )
+            raise ConnectionClosedError(1006, "", f"disconnected and {self.max_pending} pending messages are queued (max_pending)")
 
     def add(self, message: Any) -> None:
         """Queue ``message`` (already ``queueable``) for the next connection.

@@ -235,3 +235,14 @@ async def test_small_messages_in_order_to_a_peer_that_stops_reading() -> None:
 async def _send_all(ws: Any, messages: list[bytes]) -> None:
     for message in messages:
         await ws.send(message)
+
+
+def test_coroutine_methods_say_so_with_either_twin() -> None:
+    """``asyncio.iscoroutinefunction`` of ``send`` / ``recv`` is true with the Cython twin
+    too (C functions returning awaitables, marked), as with the pure twin's ``async def``s:
+    frameworks deciding whether to await a callable ask it (audit 78)."""
+    from kn_sock import AsyncWebSocket
+
+    for name in ("send", "recv"):
+        assert asyncio.iscoroutinefunction(getattr(AsyncWebSocket, name)), name
+    assert not asyncio.iscoroutinefunction(AsyncWebSocket.send_nowait)

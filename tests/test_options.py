@@ -125,3 +125,33 @@ async def test_one_origin_as_a_str_asyncio():
     finally:
         server.close()
         await asyncio.wait_for(server.wait_closed(), 5)
+
+
+def test_blocking_api_refuses_coroutine_functions():
+    """The blocking server and client never await: an ``async def`` handler, process_request
+    or on_connect raises TypeError at once (the server closed every connection with 1000,
+    the coroutine never run, a RuntimeWarning the only trace; audit 78)."""
+    import functools
+
+    from kn_sock import WebSocketServer, connect_websocket
+
+    async def handler(ws, address):
+        pass
+
+    async def hook(*args):
+        pass
+
+    class Handler:
+        async def __call__(self, ws, address):
+            pass
+
+    def plain(ws, address):
+        pass
+
+    for bad in (handler, functools.partial(handler), Handler()):
+        with pytest.raises(TypeError, match="handler is a coroutine function"):
+            WebSocketServer("127.0.0.1", 0, bad)
+    with pytest.raises(TypeError, match="process_request is a coroutine function"):
+        WebSocketServer("127.0.0.1", 0, plain, process_request=hook)
+    with pytest.raises(TypeError, match="on_connect is a coroutine function"):
+        connect_websocket("ws://127.0.0.1:9/", reconnect=True, on_connect=hook)

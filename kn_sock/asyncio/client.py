@@ -216,6 +216,7 @@ class connect(Coroutine[Any, Any, _W]):
         return ws
 
     def __await__(self) -> Generator[Any, None, _W]:
+        """Connect: ``ws = await async_connect_websocket(...)``."""
         return self._connect().__await__()
 
     def _driven(self) -> Any:
@@ -240,10 +241,12 @@ class connect(Coroutine[Any, Any, _W]):
             self._steps.close()
 
     async def __aenter__(self) -> _W:
+        """Connect; the connection, closed on exit."""
         self.ws = await self._connect()
         return self.ws
 
     async def __aexit__(self, *exc: Any) -> None:
+        """Close the connection on leaving the ``async with`` block."""
         if self.ws is not None:
             await self.ws.close()
 
@@ -616,6 +619,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
         return self
 
     async def __anext__(self) -> str | bytes:
+        """The next message; StopAsyncIteration once the connection is closed."""
         message = await self.recv()
         if message is None:
             raise StopAsyncIteration
@@ -687,9 +691,11 @@ class AsyncReconnectingWebSocket(ReconnectingState):
             await self._wait_change(None)
 
     async def __aenter__(self) -> "AsyncReconnectingWebSocket":
+        """The connection itself, closed on exit."""
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
+        """Close the connection (1000) on leaving the ``async with`` block."""
         await self.close()
 
     def __repr__(self) -> str:

@@ -82,6 +82,28 @@ def kernel_unsent(transport: Any) -> int:
 _AsyncCore = _backend.backend.AsyncCore
 
 
+def _mark_coroutine_functions(cls: type, names: tuple[str, ...]) -> None:
+    """The Cython twin's ``send`` / ``recv`` / ``__anext__`` are C functions returning
+    awaitables, not ``async def``: mark them, so that ``asyncio.iscoroutinefunction`` (and
+    ``inspect.iscoroutinefunction`` from 3.12) says what it says of the pure twin's."""
+    marker = getattr(asyncio.coroutines, "_is_coroutine", None)
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    for name in names:
+        function = cls.__dict__.get(name)
+        if function is None or inspect.iscoroutinefunction(function):
+            continue
+        try:
+            if marker is not None:
+                function._is_coroutine = marker
+            if mark is not None:
+                mark(function)
+        except (AttributeError, TypeError):  # pragma: no cover - not a Cython function (binding=False)
+            pass
+
+
+_mark_coroutine_functions(_AsyncCore, ("send", "recv", "__anext__"))
+
+
 class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
     """A WebSocket connection for asyncio (client or server side); every I/O method is awaited."""
 
@@ -1080,9 +1102,11 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 self._dispatch(proto.receive_eof())
 
     async def __aenter__(self) -> "AsyncWebSocket":
+        """The connection itself, closed on exit."""
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
+        """Close the connection (1000) on leaving the ``async with`` block."""
         await self.close()
 
     def __repr__(self) -> str:

@@ -558,9 +558,11 @@ class AsyncWebSocketServer:
             await self.wait_closed()
 
     async def __aenter__(self) -> "AsyncWebSocketServer":
+        """The server itself, closed on exit."""
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
+        """Close the server and wait until it is closed, on leaving the ``async with`` block."""
         self.close()
         await self.wait_closed()
 

@@ -20,7 +20,7 @@ from typing import Any, Iterator, Literal, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidState, InvalidStatus
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
-from ..options import Options, check_client_transport, make_options
+from ..options import Options, check_blocking_callables, check_client_transport, make_options
 from ..protocol import CLIENT, Protocol, State
 from ..reconnect import ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
 from ..uri import WebSocketURI, parse_uri
@@ -71,6 +71,7 @@ def connect_websocket(
     wsuri = parse_uri(host_or_uri, port, path)
     opts = make_options(options, allow=("sock", "unix", "ack"))
     check_client_transport(opts)
+    check_blocking_callables(opts)
     policy = ReconnectPolicy.from_option(opts.reconnect)
     if policy is None:
         if opts.extra.get("ack"):
@@ -594,9 +595,11 @@ class ReconnectingWebSocket(ReconnectingState):
             return self._cond.wait_for(lambda: self._final, timeout)
 
     def __enter__(self) -> "ReconnectingWebSocket":
+        """The connection itself, closed on exit."""
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        """Close the connection (1000) on leaving the ``with`` block."""
         self.close()
 
     def __repr__(self) -> str:

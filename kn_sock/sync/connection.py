@@ -1254,9 +1254,11 @@ class WebSocket:
             self._abort_locked()
 
     def __enter__(self) -> "WebSocket":
+        """The connection itself, closed on exit."""
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        """Close the connection (1000) on leaving the ``with`` block."""
         self.close()
 
     def __repr__(self) -> str:

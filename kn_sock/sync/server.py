@@ -30,7 +30,7 @@ from typing import Any, Callable, Iterator
 from .._unix import remove_stale_socket, remove_unix_socket, socket_inode
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
-from ..options import check_port, check_server_ssl, make_options
+from ..options import check_blocking_callables, check_port, check_server_ssl, make_options
 from ..protocol import SERVER, Protocol
 from .client import _set_timeout
 from .connection import _HAS_POLL, WebSocket
@@ -141,6 +141,7 @@ class WebSocketServer:
         self._grace = options.pop("shutdown_grace", SHUTDOWN_GRACE)
         self.options = make_options(options)
         check_server_ssl(self.options.ssl)
+        check_blocking_callables(self.options, handler=handler)
         if self._unix is None:
             check_port(port)
         self.handler = handler
@@ -616,9 +617,11 @@ class WebSocketServer:
             s.close()
 
     def __enter__(self) -> "WebSocketServer":
+        """The server itself, shut down on exit."""
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        """Shut the server down on leaving the ``with`` block."""
         self.shutdown()
 
     def __repr__(self) -> str:
