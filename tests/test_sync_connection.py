@@ -649,6 +649,34 @@ def test_ping_waiter_and_latency(backend):
             assert ws.recv(5) == "still fine"
 
 
+def test_ping_and_close_right_after_recv_are_not_held_for_a_tick(backend):
+    """After recv() the application keeps the socket for a reactor tick (HOLD_TICK, 10 ms):
+    a ping's pong and the peer's close frame waited for that tick, adding 10-20 ms to
+    ``latency`` and to ``close()`` (audit 77). ping() and close() give the socket back at once."""
+    import statistics
+
+    with running_server(echo, backend=backend, compression=None) as server:
+        rtts = []
+        with connect_websocket("127.0.0.1", server.port, backend=backend, ping_interval=None) as ws:
+            for _ in range(10):
+                ws.send("x")
+                assert ws.recv(5) == "x"
+                waiter = ws.ping()
+                assert waiter.wait(5)
+                rtts.append(waiter.rtt)
+        closes = []
+        for _ in range(5):
+            ws = connect_websocket("127.0.0.1", server.port, backend=backend, ping_interval=None)
+            ws.send("x")
+            assert ws.recv(5) == "x"
+            start = time.monotonic()
+            ws.close()
+            closes.append(time.monotonic() - start)
+            assert ws.close_code == 1000
+    assert statistics.median(rtts) < 0.005, rtts
+    assert statistics.median(closes) < 0.005, closes
+
+
 def test_ping_waiter_returns_false_when_connection_closes(backend):
     with raw_server() as srv:
         peers = []

@@ -1030,6 +1030,8 @@ class WebSocket:
                 payload = os.urandom(4)
             self._write(proto.send_ping(payload, (waiter, time.monotonic())))
             over = self._wbuf_size > self._write_limit
+            if self._held:
+                self._unhold_now()  # the reactor reads the pong, even if recv() is not called
         if over:
             self._drain()
         return waiter
@@ -1158,6 +1160,16 @@ class WebSocket:
                 self._reactor.unhold(self)
             self._update_interest()
 
+    def _unhold_now(self) -> None:
+        """Give a held socket back to the reactor at once rather than at its next tick
+        (``_lock`` held): an answer is awaited from the peer (a pong, its close frame) that no
+        application thread may be reading for; waiting for the tick added up to 10-20 ms to
+        a ping's round trip and to ``close()``."""
+        if self._held and not self._app_reading and not self._sock_done:
+            self._held = False
+            self._reactor.unhold(self)
+            self._update_interest()
+
     def _release_hold(self, now: float) -> None:
         """Reactor tick: give the socket back to the reactor if the application left it idle."""
         with self._lock:
@@ -1240,6 +1252,8 @@ class WebSocket:
                 self._arm_close_timer()
                 if proto.backlog is not None:
                     self._backlog_step()  # closing: the peer's close frame may be waiting there
+                if self._held:
+                    self._unhold_now()  # the reactor reads the peer's close frame
                 self._update_interest()
 
     def wait_closed(self, timeout: float | None = None) -> bool:
