@@ -165,8 +165,9 @@ class InvalidURI(WebSocketError, ValueError):
     """The URI is not a valid ws:// or wss:// URI."""
 
 
-class InvalidState(WebSocketError):
-    """The connection is not in a state that allows this operation (API misuse)."""
+class InvalidState(WebSocketError, RuntimeError):
+    """The connection is not in a state that allows this operation (API misuse: a second
+    concurrent ``recv()``, say); a RuntimeError too, as websockets' ``ConcurrencyError``."""
 
 
 _E = TypeVar("_E", bound=BaseException)

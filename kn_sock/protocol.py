@@ -699,6 +699,15 @@ def _truncate_reason(reason: str) -> str:
     return data[:123].decode("utf-8", "ignore")
 
 
+def exit_close_code(exc_type: Any) -> int:
+    """The close code for leaving a connection's ``with`` / ``async with`` block: 1000
+    normally, 1011 (internal error) on an exception, as websockets does, and 1001 (going away)
+    on a cancellation, KeyboardInterrupt or SystemExit (not errors of the application's)."""
+    if exc_type is None:
+        return 1000
+    return 1011 if issubclass(exc_type, Exception) else 1001
+
+
 #: The shortest wait before a deferred keepalive timeout is looked at again (``ping_timeout=0``
 #: with our reading paused would otherwise reschedule the check at once, again and again).
 _RECHECK_MIN = 0.05

@@ -49,11 +49,11 @@ async def test_async_with_form_closes_on_exit(backend):
             await ws.send(b"b")
             assert await ws.recv(timeout=TIMEOUT) == b"b"
         assert ws.closed and ws.transport is None and ws.close_code == 1000
-        # Also when the block raises.
+        # Also when the block raises: with 1011, as websockets (the echo server answers it).
         with pytest.raises(KeyError):
             async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
                 raise KeyError
-        assert ws.closed and ws.close_code == 1000
+        assert ws.closed and ws.close_code == 1011
 
 
 async def test_connection_object_is_its_own_context_manager(backend):

@@ -7,17 +7,17 @@ import asyncio
 import inspect
 import logging
 import ssl as ssl_module
-from collections.abc import Coroutine
-from typing import Any, AsyncIterator, Generator, Literal, TypeVar, overload
+from typing import Any, AsyncIterator, Literal, TypeVar, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
 from ..options import Options, check_client_transport, make_options
-from ..protocol import CLIENT, Protocol, State
+from ..protocol import CLIENT, Protocol, State, exit_close_code
 from ..reconnect import ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
 from ..uri import WebSocketURI, parse_uri
 from ._compat import cancelling
 from ._compat import timeout as _timeout
+from ._starter import Starter
 from .connection import AsyncWebSocket
 
 from .._types import Message  # annotations (resolvable at run time too, e.g. get_type_hints)
@@ -159,7 +159,7 @@ async def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) 
 _W = TypeVar("_W")  # what the connection is: AsyncWebSocket, or the reconnecting one
 
 
-class connect(Coroutine[Any, Any, _W]):
+class connect(Starter[_W]):
     """``async_connect_websocket(...)``: await it for a connection, or use it with ``async with``.
 
     It is also a coroutine (``send``/``throw``/``close``), so ``asyncio.create_task``,
@@ -205,50 +205,34 @@ class connect(Coroutine[Any, Any, _W]):
         if self.options.extra.get("ack") and self.policy is None:
             raise ValueError("ack= needs reconnect=")
         ClientHandshake.from_options(self.wsuri, self.options)  # bad subprotocols / headers / origin raise here
-        self.ws: Any = None
-        self._steps: Any = None  # the connection attempt, once driven as a coroutine (send/throw)
 
-    async def _connect(self) -> Any:
+    async def _start(self) -> Any:
         if self.policy is None:
-            return await _open(self.wsuri, self.options)
-        ws = AsyncReconnectingWebSocket(self.wsuri, self.options, self.policy)
-        await ws._connect_first()
-        return ws
+            ws = await _open(self.wsuri, self.options)
+            if self.options.on_connect is not None:
+                await _first_on_connect(ws, self.options.on_connect)
+            return ws
+        rws = AsyncReconnectingWebSocket(self.wsuri, self.options, self.policy)
+        await rws._connect_first()
+        return rws
 
-    def __await__(self) -> Generator[Any, None, _W]:
-        """Connect: ``ws = await async_connect_websocket(...)``."""
-        return self._connect().__await__()
+    @property
+    def ws(self) -> Any:
+        """The connection, once entered with ``async with``."""
+        return self._result
 
-    def _driven(self) -> Any:
-        steps = self._steps
-        if steps is None:
-            steps = self._steps = self._connect().__await__()
-        return steps
 
-    def send(self, value: Any) -> Any:
-        """Coroutine protocol: run the connection attempt to its next suspension."""
-        return self._driven().send(value)
-
-    def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:
-        """Coroutine protocol: raise ``typ`` inside the connection attempt."""
-        if val is None and tb is None:
-            return self._driven().throw(typ)
-        return self._driven().throw(typ, val, tb)  # the old three-argument form
-
-    def close(self) -> None:
-        """Coroutine protocol: abandon the connection attempt (a no-op if it never started)."""
-        if self._steps is not None:
-            self._steps.close()
-
-    async def __aenter__(self) -> _W:
-        """Connect; the connection, closed on exit."""
-        self.ws = await self._connect()
-        return self.ws
-
-    async def __aexit__(self, *exc: Any) -> None:
-        """Close the connection on leaving the ``async with`` block."""
-        if self.ws is not None:
-            await self.ws.close()
+async def _first_on_connect(ws: AsyncWebSocket, on_connect: Any) -> None:
+    """Without ``reconnect=``, ``on_connect(ws)`` runs once, after the first (only) connection:
+    if it raises, the connection is closed (1011) and the connect call raises it."""
+    try:
+        await _maybe_await(on_connect(ws))
+    except Exception:
+        await ws.close(1011, "on_connect failed")
+        raise
+    except BaseException:
+        ws.abort()
+        raise
 
 
 @overload
@@ -694,9 +678,10 @@ class AsyncReconnectingWebSocket(ReconnectingState):
         """The connection itself, closed on exit."""
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
-        """Close the connection (1000) on leaving the ``async with`` block."""
-        await self.close()
+    async def __aexit__(self, exc_type: Any, *exc: Any) -> None:
+        """Close the connection on leaving the ``async with`` block: 1000, or 1011 if it
+        raised (1001 if cancelled)."""
+        await self.close(exit_close_code(exc_type))
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed" if self._final else "reconnecting"

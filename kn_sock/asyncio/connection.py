@@ -24,7 +24,7 @@ from ..exceptions import ConnectionClosed, InvalidState
 from ..http11 import Headers
 from ..options import Options
 from ..protocol import INFLATE_BUDGET as _INFLATE_BUDGET
-from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State, control_payload
+from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State, control_payload, exit_close_code
 
 from .._types import Message  # annotations (resolvable at run time too, e.g. get_type_hints)
 
@@ -1024,15 +1024,20 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
     async def ping(self, data: bytes | str = b"") -> asyncio.Future[float]:
         """Send a ping; return a future resolving to the round-trip time when the pong arrives.
 
+        Without ``data``, a random payload. A pong answers its ping and every earlier one.
+
         Raises:
             ConnectionClosed: the connection is closing or closed.
+            ValueError: more than 125 bytes, or a ping with this payload is in flight.
         """
         proto = self.protocol
         if proto is None:
             raise InvalidState("the connection is not open")
         payload = control_payload(data)
-        while not payload or payload in proto.pings:
+        while not payload:  # (a given payload already in flight: ValueError, from send_ping)
             payload = os.urandom(4)
+            if payload in proto.pings:
+                payload = b""
         fut: asyncio.Future[float] = self._loop.create_future()
         self._write(proto.send_ping(payload, (fut, time.perf_counter())))
         if self._write_paused:
@@ -1105,9 +1110,10 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         """The connection itself, closed on exit."""
         return self
 
-    async def __aexit__(self, *exc: Any) -> None:
-        """Close the connection (1000) on leaving the ``async with`` block."""
-        await self.close()
+    async def __aexit__(self, exc_type: Any, *exc: Any) -> None:
+        """Close the connection on leaving the ``async with`` block: 1000, or 1011 if it
+        raised (1001 if cancelled)."""
+        await self.close(exit_close_code(exc_type))
 
     def __repr__(self) -> str:
         state = self.protocol.state.name if self.protocol is not None else "CONNECTING"

@@ -14,9 +14,10 @@ from ..handshake import ServerHandshake
 from ..options import Options, check_port, check_server_ssl, make_options
 from .._unix import remove_unix_socket, socket_inode
 from ..protocol import SERVER, Protocol
+from ._starter import Starter
 from .connection import AsyncWebSocket, tcp_transport, unsent_bytes
 
-__all__ = ["AsyncWebSocketServer", "start_async_websocket_server"]
+__all__ = ["AsyncWebSocketServer", "serve", "start_async_websocket_server"]
 
 logger = logging.getLogger("kn_sock")
 
@@ -567,11 +568,40 @@ class AsyncWebSocketServer:
         await self.wait_closed()
 
 
-async def start_async_websocket_server(
-    host: str | None, port: int | None, handler: Handler, **options: Any
-) -> AsyncWebSocketServer:
-    """Start an asyncio WebSocket server calling ``await handler(websocket, path)`` per connection."""
-    listen = {k: options.pop(k) for k in ("unix", "reuse_port", "reuse_address", "backlog", "sock") if k in options}
-    opts = make_options(options)
-    server = AsyncWebSocketServer(handler, opts)
-    return await server.start(host, port, **listen)
+class serve(Starter[AsyncWebSocketServer]):
+    """``start_async_websocket_server(...)``: await it for a started server, or use it with
+    ``async with`` (closed on exit), as websockets' ``serve()``; also a coroutine."""
+
+    def __init__(self, host: str | None, port: int | None, handler: Handler, **options: Any) -> None:
+        """Validate the options now; bind and listen when awaited."""
+        self.listen = {k: options.pop(k) for k in ("unix", "reuse_port", "reuse_address", "backlog", "sock") if k in options}
+        self.options = make_options(options)
+        self.host, self.port, self.handler = host, port, handler
+
+    async def _start(self) -> AsyncWebSocketServer:
+        server = AsyncWebSocketServer(self.handler, self.options)
+        return await server.start(self.host, self.port, **self.listen)
+
+
+def start_async_websocket_server(host: str | None, port: int | None, handler: Handler, **options: Any) -> serve:
+    """Start an asyncio WebSocket server calling ``await handler(websocket, path)`` per connection.
+
+    ``server = await start_async_websocket_server(...)`` (a started, listening server), or
+    ``async with start_async_websocket_server(...) as server:`` (closed on exit). Unknown or
+    invalid options raise at once (TypeError / ValueError); binding errors when awaited.
+    """
+    return serve(host, port, handler, **options)
+
+
+def _mark_coroutine_function(function: Any) -> None:
+    """SPEC.md calls it a coroutine: ``asyncio.iscoroutinefunction`` (and, from 3.12,
+    ``inspect.iscoroutinefunction``) say so of the function returning a ``Starter``."""
+    marker = getattr(asyncio.coroutines, "_is_coroutine", None)
+    if marker is not None:
+        function._is_coroutine = marker
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        mark(function)
+
+
+_mark_coroutine_function(start_async_websocket_server)

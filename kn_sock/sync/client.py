@@ -21,7 +21,7 @@ from typing import Any, Iterator, Literal, overload
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidState, InvalidStatus
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
 from ..options import Options, check_blocking_callables, check_client_transport, make_options
-from ..protocol import CLIENT, Protocol, State
+from ..protocol import CLIENT, Protocol, State, exit_close_code
 from ..reconnect import ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
 from ..uri import WebSocketURI, parse_uri
 from .connection import PongWaiter, WebSocket
@@ -76,10 +76,20 @@ def connect_websocket(
     if policy is None:
         if opts.extra.get("ack"):
             raise ValueError("ack= needs reconnect=")
-        return _open(wsuri, opts)
-    ws = ReconnectingWebSocket(wsuri, opts, policy)
-    ws._connect_first()
-    return ws
+        ws = _open(wsuri, opts)
+        if opts.on_connect is not None:  # runs once, after the first (only) connection
+            try:
+                opts.on_connect(ws)
+            except Exception:
+                ws.close(1011, "on_connect failed")
+                raise
+            except BaseException:
+                ws.abort()
+                raise
+        return ws
+    rws = ReconnectingWebSocket(wsuri, opts, policy)
+    rws._connect_first()
+    return rws
 
 
 connect = connect_websocket
@@ -598,9 +608,10 @@ class ReconnectingWebSocket(ReconnectingState):
         """The connection itself, closed on exit."""
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        """Close the connection (1000) on leaving the ``with`` block."""
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        """Close the connection on leaving the ``with`` block: 1000, or 1011 if it raised
+        (1001 for KeyboardInterrupt / SystemExit)."""
+        self.close(exit_close_code(exc_type))
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed" if self._final else "reconnecting"

@@ -54,7 +54,7 @@ from ..frames import OP_BINARY, OP_TEXT
 from ..http11 import Headers
 from ..options import Options
 from ..protocol import INFLATE_BUDGET as _INFLATE_BUDGET
-from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State, control_payload
+from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State, control_payload, exit_close_code
 from .reactor import EVENT_READ, EVENT_WRITE, HOLD_TICK, Timer, get_reactor
 
 from .._types import SyncMessage  # annotations (resolvable at run time too, e.g. get_type_hints)
@@ -1026,8 +1026,10 @@ class WebSocket:
         payload = control_payload(data)
         waiter = PongWaiter()
         with self._lock:
-            while not payload or payload in proto.pings:
+            while not payload:  # (a given payload already in flight: ValueError, from send_ping)
                 payload = os.urandom(4)
+                if payload in proto.pings:
+                    payload = b""
             self._write(proto.send_ping(payload, (waiter, time.monotonic())))
             over = self._wbuf_size > self._write_limit
             if self._held:
@@ -1271,9 +1273,10 @@ class WebSocket:
         """The connection itself, closed on exit."""
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        """Close the connection (1000) on leaving the ``with`` block."""
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        """Close the connection on leaving the ``with`` block: 1000, or 1011 if it raised
+        (1001 for KeyboardInterrupt / SystemExit)."""
+        self.close(exit_close_code(exc_type))
 
     def __repr__(self) -> str:
         return f"<WebSocket {self.side} {self.protocol.state.name} {self.remote_address}>"
