@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import sys
 from types import TracebackType
 from typing import Any
 
-__all__ = ["timeout", "cancelling"]
+__all__ = ["timeout", "cancelling", "mark_coroutine_function"]
 
 
 class _Timeout:
@@ -63,3 +64,20 @@ def cancelling(task: "asyncio.Task[Any] | None") -> bool:
     which cannot tell."""
     method = getattr(task, "cancelling", None)
     return bool(method()) if method is not None else False
+
+
+def mark_coroutine_function(function: Any) -> None:
+    """Have ``asyncio.iscoroutinefunction`` (and, from 3.12, ``inspect.iscoroutinefunction``)
+    say true of ``function``, which is not an ``async def`` but returns an awaitable: a Cython
+    function, or one returning a ``Starter``. (A C function without attributes is left alone.)"""
+    if inspect.iscoroutinefunction(function):
+        return
+    try:
+        marker = getattr(asyncio.coroutines, "_is_coroutine", None)
+        if marker is not None:
+            function._is_coroutine = marker
+        mark = getattr(inspect, "markcoroutinefunction", None)
+        if mark is not None:
+            mark(function)
+    except (AttributeError, TypeError):  # pragma: no cover
+        pass

@@ -25,6 +25,7 @@ from ..http11 import Headers
 from ..options import Options
 from ..protocol import INFLATE_BUDGET as _INFLATE_BUDGET
 from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State, control_payload, exit_close_code
+from ._compat import mark_coroutine_function
 
 from .._types import Message  # annotations (resolvable at run time too, e.g. get_type_hints)
 
@@ -82,26 +83,10 @@ def kernel_unsent(transport: Any) -> int:
 _AsyncCore = _backend.backend.AsyncCore
 
 
-def _mark_coroutine_functions(cls: type, names: tuple[str, ...]) -> None:
-    """The Cython twin's ``send`` / ``recv`` / ``__anext__`` are C functions returning
-    awaitables, not ``async def``: mark them, so that ``asyncio.iscoroutinefunction`` (and
-    ``inspect.iscoroutinefunction`` from 3.12) says what it says of the pure twin's."""
-    marker = getattr(asyncio.coroutines, "_is_coroutine", None)
-    mark = getattr(inspect, "markcoroutinefunction", None)
-    for name in names:
-        function = cls.__dict__.get(name)
-        if function is None or inspect.iscoroutinefunction(function):
-            continue
-        try:
-            if marker is not None:
-                function._is_coroutine = marker
-            if mark is not None:
-                mark(function)
-        except (AttributeError, TypeError):  # pragma: no cover - not a Cython function (binding=False)
-            pass
-
-
-_mark_coroutine_functions(_AsyncCore, ("send", "recv", "__anext__"))
+# The Cython twin's send / recv are C functions returning awaitables, not ``async def``s:
+# asyncio.iscoroutinefunction says of them what it says of the pure twin's.
+for _name in ("send", "recv"):
+    mark_coroutine_function(_AsyncCore.__dict__[_name])
 
 
 class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):

@@ -14,6 +14,7 @@ from ..handshake import ServerHandshake
 from ..options import Options, check_port, check_server_ssl, make_options
 from .._unix import remove_unix_socket, socket_inode
 from ..protocol import SERVER, Protocol
+from ._compat import mark_coroutine_function
 from ._starter import Starter
 from .connection import AsyncWebSocket, tcp_transport, unsent_bytes
 
@@ -593,15 +594,4 @@ def start_async_websocket_server(host: str | None, port: int | None, handler: Ha
     return serve(host, port, handler, **options)
 
 
-def _mark_coroutine_function(function: Any) -> None:
-    """SPEC.md calls it a coroutine: ``asyncio.iscoroutinefunction`` (and, from 3.12,
-    ``inspect.iscoroutinefunction``) say so of the function returning a ``Starter``."""
-    marker = getattr(asyncio.coroutines, "_is_coroutine", None)
-    if marker is not None:
-        function._is_coroutine = marker
-    mark = getattr(inspect, "markcoroutinefunction", None)
-    if mark is not None:
-        mark(function)
-
-
-_mark_coroutine_function(start_async_websocket_server)
+mark_coroutine_function(start_async_websocket_server)  # SPEC.md calls it a coroutine

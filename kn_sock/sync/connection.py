@@ -1156,10 +1156,9 @@ class WebSocket:
         return None would leave that EOF unread, however often they come, until close_timeout."""
         if self._sock_done:
             self._maybe_close_fd()
+        elif self._held:
+            self._unhold_now()
         elif not self._app_reading:
-            if self._held:
-                self._held = False
-                self._reactor.unhold(self)
             self._update_interest()
 
     def _unhold_now(self) -> None:
