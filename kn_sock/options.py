@@ -85,17 +85,17 @@ def check_server_ssl(value: Any) -> None:
             raise TypeError(f"ssl must be an ssl.SSLContext or None on a server, not {type(value).__name__}")
 
 
-def check_blocking_callables(opts: Options, **callables: Any) -> None:
-    """The blocking API calls its callables (``process_request``, ``on_connect`` and those
-    given by name, e.g. ``handler``) and never awaits: TypeError for a coroutine function,
-    whose coroutine would never run."""
+def check_blocking_callables(**callables: Any) -> None:
+    """The blocking API calls the callables given by name (the server's ``handler`` and
+    ``process_request``, the client's ``on_connect``; the other side's options are ignored)
+    and never awaits: TypeError for a coroutine function, whose coroutine would never run
+    (an instance whose ``__call__`` is one too; a class is called to make an instance)."""
     import inspect
 
-    named = {"process_request": opts.process_request, "on_connect": opts.on_connect, **callables}
-    for name, function in named.items():
-        if function is not None and (
-            inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(getattr(function, "__call__", None))
-        ):
+    for name, function in callables.items():
+        if function is None or isinstance(function, type):
+            continue
+        if inspect.iscoroutinefunction(function) or inspect.iscoroutinefunction(getattr(function, "__call__", None)):
             raise TypeError(
                 f"{name} is a coroutine function, which the blocking API would never await: "
                 "use a plain function, or the asyncio API"

@@ -113,6 +113,15 @@ def test_sync_client_over_unix_to_both_servers(tmp_path, backend):
         thread.join(TIMEOUT)
 
 
+def test_sync_client_takes_a_pathlike_unix_path(tmp_path, backend):
+    """socket.connect takes no PathLike: the blocking client raised TypeError (audit 80)."""
+    path = tmp_path / "p.sock"
+    with SyncUnixServer(str(path), backend):
+        with connect_websocket("ws://localhost/p", unix=path, backend=backend) as ws:
+            ws.send("hi")
+            assert ws.recv(TIMEOUT) == "/p hi"
+
+
 def test_sync_client_unix_path_missing(tmp_path):
     with pytest.raises(OSError):
         connect_websocket("ws://localhost/", unix=str(tmp_path / "none.sock"))

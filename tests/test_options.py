@@ -155,3 +155,17 @@ def test_blocking_api_refuses_coroutine_functions():
         WebSocketServer("127.0.0.1", 0, plain, process_request=hook)
     with pytest.raises(TypeError, match="on_connect is a coroutine function"):
         connect_websocket("ws://127.0.0.1:9/", reconnect=True, on_connect=hook)
+
+    # Not refused (audit 80): a class (called to make an instance, whatever its __call__), and
+    # the other side's options, which are ignored.
+    class HandlerClass:
+        def __init__(self, ws, address):
+            pass
+
+        async def __call__(self):
+            pass
+
+    WebSocketServer("127.0.0.1", 0, HandlerClass).shutdown()
+    WebSocketServer("127.0.0.1", 0, plain, on_connect=hook).shutdown()
+    with pytest.raises(OSError):  # (it goes as far as connecting)
+        connect_websocket("ws://127.0.0.1:9/", process_request=hook, open_timeout=2)

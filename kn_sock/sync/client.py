@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import ssl as ssl_module
 import threading
@@ -71,7 +72,7 @@ def connect_websocket(
     wsuri = parse_uri(host_or_uri, port, path)
     opts = make_options(options, allow=("sock", "unix", "ack"))
     check_client_transport(opts)
-    check_blocking_callables(opts)
+    check_blocking_callables(on_connect=opts.on_connect)
     policy = ReconnectPolicy.from_option(opts.reconnect)
     if policy is None:
         if opts.extra.get("ack"):
@@ -219,7 +220,7 @@ def _unix_connect(path: Any, timeout: float | None) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         sock.settimeout(timeout)
-        sock.connect(path)
+        sock.connect(os.fspath(path))  # (socket.connect takes no PathLike)
     except BaseException:
         sock.close()
         raise

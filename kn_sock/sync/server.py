@@ -141,7 +141,7 @@ class WebSocketServer:
         self._grace = options.pop("shutdown_grace", SHUTDOWN_GRACE)
         self.options = make_options(options)
         check_server_ssl(self.options.ssl)
-        check_blocking_callables(self.options, handler=handler)
+        check_blocking_callables(handler=handler, process_request=self.options.process_request)
         if self._unix is None:
             check_port(port)
         self.handler = handler
