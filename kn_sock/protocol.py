@@ -708,6 +708,11 @@ def exit_close_code(exc_type: Any) -> int:
     return 1011 if issubclass(exc_type, Exception) else 1001
 
 
+#: How many more ``ping_timeout``s a keepalive ping stuck behind our own unsent data may be
+#: given while the peer reads towards it (see Keepalive.ping_in_flight): a slow reader of a
+#: large backlog is waited for, up to (1 + BACKLOG_WAITS) x ping_timeout in all.
+BACKLOG_WAITS = 5
+
 #: The shortest wait before a deferred keepalive timeout is looked at again (``ping_timeout=0``
 #: with our reading paused would otherwise reschedule the check at once, again and again).
 _RECHECK_MIN = 0.05
@@ -727,7 +732,7 @@ class Keepalive:
 
     __slots__ = (
         "interval", "timeout", "_next_ping", "_ping_at", "_payload", "_extended", "_recheck",
-        "_position", "_acked", "_behind",
+        "_position", "_acked", "_behind", "_waits",
     )
 
     def __init__(self, interval: float | None, timeout: float | None, now: float) -> None:
@@ -745,6 +750,7 @@ class Keepalive:
         self._position: int | None = None
         self._acked: int | None = None
         self._behind = False
+        self._waits = 0  # timeouts this ping was given by ping_in_flight (at most BACKLOG_WAITS)
 
     def new_payload(self, pings: dict[bytes, Any]) -> bytes:
         """The payload for the next keepalive ping: fresh, not in the protocol's ``pings``.
@@ -781,6 +787,7 @@ class Keepalive:
         self._position = position
         self._acked = acked
         self._behind = False
+        self._waits = 0
 
     def ping_in_flight(self, acked: int | None) -> bool:
         """At a timeout, the peer having acknowledged ``acked`` bytes of ours: is the ping
@@ -789,16 +796,21 @@ class Keepalive:
         reader of a large backlog is not failed for it, as it is by websockets). True also
         once, at the first look after the ping got through, so the peer's application has a
         timeout to read up to it. False for a peer that acknowledged nothing since the last
-        look (dead or stalled), or that had the ping already at the first look."""
+        look (dead or stalled), or that had the ping already at the first look; and False
+        once the ping has had ``BACKLOG_WAITS`` timeouts more, however steadily the peer
+        trickles towards it (a peer reading one segment a timeout must not hold its
+        connection for hours without ever answering a ping)."""
         position, last = self._position, self._acked
-        if position is None or last is None or acked is None:
+        if position is None or last is None or acked is None or self._waits >= BACKLOG_WAITS:
             return False
         self._acked = acked
-        if acked < position:
-            self._behind = acked > last
-            return self._behind
-        behind, self._behind = self._behind, False
-        return behind
+        if acked < position:  # still on its way: wait while the peer reads towards it
+            wait = self._behind = acked > last
+        else:  # through: one more timeout if it was still on its way at the last look
+            wait, self._behind = self._behind, False
+        if wait:
+            self._waits += 1
+        return wait
 
     def reading_resumed(self, now: float) -> None:
         """Our reading was paused (backpressure) and resumes at ``now``: the pong may still be

@@ -132,6 +132,19 @@ def test_ping_in_flight_bookkeeping():
     assert not ka.ping_in_flight(None)
 
 
+def test_ping_in_flight_waits_a_bounded_number_of_timeouts():
+    """A peer trickling towards the ping (one segment a timeout) is given BACKLOG_WAITS more
+    timeouts, not hours (audit 80: still open after 22 timeouts)."""
+    from kn_sock.protocol import BACKLOG_WAITS
+
+    ka = Keepalive(1.0, 1.0, 0.0)
+    ka.ping_sent(1.0, position=10**9, acked=0)
+    assert all(ka.ping_in_flight(1460 * (i + 1)) for i in range(BACKLOG_WAITS))
+    assert not ka.ping_in_flight(1460 * (BACKLOG_WAITS + 1))
+    ka.ping_sent(2.0, position=10**9, acked=0)  # a new ping starts a new count
+    assert ka.ping_in_flight(1460)
+
+
 # --------------------------------------------------------------------------- both clients
 
 
