@@ -16,8 +16,8 @@ from typing import Any
 import pytest
 
 from kn_sock import async_connect_websocket, connect_websocket
-from kn_sock.handshake import ServerHandshake
 from kn_sock.protocol import Keepalive
+from sync_support import RawServer
 
 BACKLOG = 4 * 2**20  # read by the peer at ~3 MB/s: over a second behind which the ping waits
 OPTIONS: dict[str, Any] = dict(
@@ -32,10 +32,9 @@ class SlowPeer:
 
     def __init__(self, answers: bool) -> None:
         self.answers = answers
-        self.listener = socket.create_server(("127.0.0.1", 0))
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # (accepted sockets inherit it)
-        self.listener.settimeout(5)
-        self.port = self.listener.getsockname()[1]
+        self.server = RawServer()
+        self.server.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # (accepted sockets inherit it)
+        self.port = self.server.port
         self.read = 0  # payload bytes of data frames read
         self.pings = 0
         self.close_code: int | None = None
@@ -46,15 +45,10 @@ class SlowPeer:
 
     def _run(self) -> None:
         try:
-            conn, _ = self.listener.accept()
+            peer = self.server.accept_ws()
+            conn = self.conn = peer.sock
             conn.settimeout(10)
-            hs = ServerHandshake(compression=None)
-            request = None
-            while request is None:
-                request = hs.receive_data(conn.recv(65536))
-            conn.sendall(hs.accept(request))
-            self.buf = bytearray(hs.remainder)
-            self.conn = conn
+            self.buf = peer.buf
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
                 b0, b1 = self._take(2)
@@ -86,7 +80,7 @@ class SlowPeer:
             pass
         finally:
             self.done.set()
-            self.listener.close()
+            self.server.close()
 
     def _take(self, n: int) -> bytes:
         while len(self.buf) < n:
