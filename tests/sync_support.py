@@ -83,6 +83,8 @@ class RawPeer:
         self.sock = sock
         self.client = client
         self.buf = bytearray(pending)
+        self.chunk = 65536  # bytes asked of each recv()
+        self.pause = 0.0  # seconds slept before each recv(): a slow reader
 
     def send_frame(self, opcode: int, payload: bytes = b"", fin: bool = True) -> None:
         mask = os.urandom(4) if self.client else None
@@ -90,7 +92,9 @@ class RawPeer:
 
     def _read(self, n: int) -> bytes:
         while len(self.buf) < n:
-            data = self.sock.recv(65536)
+            if self.pause:
+                time.sleep(self.pause)
+            data = self.sock.recv(self.chunk)
             if not data:
                 raise EOFError
             self.buf += data
@@ -98,15 +102,19 @@ class RawPeer:
         del self.buf[:n]
         return out
 
-    def recv_frame(self) -> tuple[int, bytes]:
-        """Return (opcode, payload) of the next frame (frames from the peer are never masked here)."""
+    def recv_header(self) -> tuple[int, int, bytes | None]:
+        """Return (first byte, payload length, masking key or None) of the next frame."""
         b0, b1 = self._read(2)
         length = b1 & 0x7F
         if length == 126:
             (length,) = struct.unpack("!H", self._read(2))
         elif length == 127:
             (length,) = struct.unpack("!Q", self._read(8))
-        key = self._read(4) if b1 & 0x80 else None
+        return b0, length, self._read(4) if b1 & 0x80 else None
+
+    def recv_frame(self) -> tuple[int, bytes]:
+        """Return (opcode, payload) of the next frame (frames from the peer are never masked here)."""
+        b0, length, key = self.recv_header()
         payload = self._read(length)
         if key is not None:
             payload = bytes(b ^ key[i % 4] for i, b in enumerate(payload))

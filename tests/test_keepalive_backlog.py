@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-import struct
 import sys
 import threading
 import time
@@ -48,19 +47,13 @@ class SlowPeer:
             peer = self.server.accept_ws()
             conn = self.conn = peer.sock
             conn.settimeout(10)
-            self.buf = peer.buf
+            peer.chunk, peer.pause = 16384, 0.005
             deadline = time.monotonic() + 15
             while time.monotonic() < deadline:
-                b0, b1 = self._take(2)
-                length = b1 & 0x7F
-                if length == 126:
-                    (length,) = struct.unpack("!H", self._take(2))
-                elif length == 127:
-                    (length,) = struct.unpack("!Q", self._take(8))
-                key = self._take(4)
+                b0, length, key = peer.recv_header()
                 opcode = b0 & 0x0F
                 if opcode >= 8:
-                    payload = bytes(b ^ key[i % 4] for i, b in enumerate(self._take(length)))
+                    payload = bytes(b ^ key[i % 4] for i, b in enumerate(peer._read(length)))  # type: ignore[index]
                     if opcode == 9:
                         self.pings += 1
                         if self.answers:
@@ -71,7 +64,7 @@ class SlowPeer:
                     continue
                 while length:  # a data frame: skip its payload at the slow pace
                     n = min(length, 16384)
-                    self._take(n)
+                    peer._read(n)
                     length -= n
                     self.read += n
                 if self.read >= BACKLOG:
@@ -81,17 +74,6 @@ class SlowPeer:
         finally:
             self.done.set()
             self.server.close()
-
-    def _take(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            time.sleep(0.005)
-            data = self.conn.recv(16384)
-            if not data:
-                raise EOFError
-            self.buf += data
-        out = bytes(self.buf[:n])
-        del self.buf[:n]
-        return out
 
     def stop(self) -> None:
         conn = getattr(self, "conn", None)
