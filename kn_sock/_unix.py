@@ -1,10 +1,62 @@
-"""Unix socket files of the servers: a stale one removed before binding, ours after closing."""
+"""Unix sockets: the servers' socket files (a stale one removed before binding, ours after
+closing) and the clients' connect, which waits for room in a full listen backlog."""
 
 from __future__ import annotations
 
+import asyncio
 import os
+import socket
 import stat
+import struct
 from typing import Any
+
+# A non-blocking connect to a Unix listener whose backlog is full fails with EAGAIN (Linux)
+# where TCP would retransmit its SYN and wait; the clients wait too, within open_timeout.
+_RETRY_FIRST = 0.001
+_RETRY_MAX = 0.05
+
+
+def unix_connect(path: Any, timeout: float | None) -> socket.socket:
+    """A stream socket connected to the Unix socket at ``path`` within ``timeout`` seconds."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        target = os.fspath(path)  # (socket.connect takes no PathLike)
+        if timeout is None:
+            sock.connect(target)  # blocking: the kernel waits for room in the backlog
+        else:
+            # Blocking, bounded by SO_SNDTIMEO: Linux waits that long for room in a full backlog
+            # (a socket timeout would make it non-blocking: EAGAIN at once).
+            sec = int(timeout)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", sec, int((timeout - sec) * 1e6)))
+            try:
+                sock.connect(target)
+            except BlockingIOError:
+                raise socket.timeout("timed out") from None
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", 0, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+async def async_unix_connect(path: Any) -> socket.socket:
+    """A non-blocking stream socket connected to the Unix socket at ``path``; while the
+    listener's backlog is full, it retries (the caller bounds the wait)."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.setblocking(False)
+        target = os.fspath(path)
+        delay = _RETRY_FIRST
+        while True:
+            try:
+                sock.connect(target)
+                return sock
+            except BlockingIOError:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, _RETRY_MAX)
+    except BaseException:
+        sock.close()
+        raise
 
 
 def _abstract(path: Any) -> bool:

@@ -135,12 +135,12 @@ def raw_client(port: int, path: str = "/", timeout: float = 5.0, compression: st
 
 
 class RawServer:
-    """A listening socket on 127.0.0.1 whose peers are handled by hand."""
+    """A listening socket (on 127.0.0.1 unless given one) whose peers are handled by hand."""
 
-    def __init__(self) -> None:
-        self.sock = socket.create_server(("127.0.0.1", 0))
+    def __init__(self, sock: socket.socket | None = None) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0)) if sock is None else sock
         self.sock.settimeout(5)
-        self.port = self.sock.getsockname()[1]
+        self.port = self.sock.getsockname()[1] if sock is None else None
 
     def accept_ws(self, compression: str | None = None) -> RawPeer:
         conn, _ = self.sock.accept()

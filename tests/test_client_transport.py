@@ -5,14 +5,17 @@ the checks of the two options."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import threading
-from typing import Any
+import time
+from typing import Any, Iterator
 
 import pytest
 
 from asyncio_support import TIMEOUT
+from sync_support import RawServer
 from kn_sock import (
     InvalidHandshake,
     WebSocketServer,
@@ -131,6 +134,98 @@ def test_sync_client_unix_path_missing(tmp_path):
 async def test_async_client_unix_path_missing(tmp_path):
     with pytest.raises(OSError):
         await async_connect_websocket("ws://localhost/", unix=str(tmp_path / "none.sock"))
+
+
+@contextlib.contextmanager
+def full_unix_backlog(tmp_path: Any) -> Iterator[tuple[str, socket.socket, int]]:
+    """A Unix listener nobody accepts on, its backlog filled: (path, listener, connections held)."""
+    path = str(tmp_path / "full.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(0)
+    held = []
+    try:
+        for _ in range(8):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            held.append(s)
+            s.setblocking(False)
+            try:
+                s.connect(path)
+            except BlockingIOError:  # full (Linux); other systems may refuse instead
+                break
+        else:
+            pytest.skip("this system's Unix listen backlog does not fill")
+        yield path, listener, len(held) - 1
+    finally:
+        for s in held:
+            s.close()
+        listener.close()
+
+
+def _make_room(listener: socket.socket, held: int) -> RawServer:
+    """Accept and drop the connections filling the backlog; the next accepted is the client."""
+    listener.settimeout(TIMEOUT)
+    for _ in range(held):
+        listener.accept()[0].close()
+    return RawServer(listener)
+
+
+# (Linux refuses a non-blocking connect to a full backlog with EAGAIN where TCP would wait
+# for its SYN to be accepted: both clients wait, within open_timeout.)
+
+
+def test_sync_client_times_out_on_a_full_unix_backlog(tmp_path):
+    with full_unix_backlog(tmp_path) as (path, _, _):
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="opening handshake"):
+            connect_websocket("ws://localhost/", unix=path, open_timeout=0.3)
+        assert 0.25 < time.monotonic() - started < 0.3 + TIMEOUT
+
+
+@pytest.mark.asyncio
+async def test_async_client_times_out_on_a_full_unix_backlog(tmp_path):
+    with full_unix_backlog(tmp_path) as (path, _, _):
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="opening handshake"):
+            await async_connect_websocket("ws://localhost/", unix=path, open_timeout=0.3)
+        assert 0.25 < time.monotonic() - started < 0.3 + TIMEOUT
+
+
+def test_sync_client_waits_for_room_in_a_full_unix_backlog(tmp_path, backend):
+    with full_unix_backlog(tmp_path) as (path, listener, held):
+        result: dict[str, Any] = {}
+
+        def client() -> None:
+            result["ws"] = connect_websocket("ws://localhost/", unix=path, open_timeout=TIMEOUT, backend=backend)
+
+        thread = threading.Thread(target=client, daemon=True)
+        thread.start()
+        time.sleep(0.1)  # (no event tells the client has met the full backlog; if not yet, it passes anyway)
+        peer = _make_room(listener, held).accept_ws()
+        thread.join(TIMEOUT)
+        with result["ws"] as ws:
+            peer.send_frame(0x1, b"room")
+            assert ws.recv(TIMEOUT) == "room"
+            peer.send_frame(0x8, b"\x03\xe8")
+            assert ws.recv(TIMEOUT) is None
+            peer.close()  # (the server closes TCP first)
+
+
+@pytest.mark.asyncio
+async def test_async_client_waits_for_room_in_a_full_unix_backlog(tmp_path, backend):
+    with full_unix_backlog(tmp_path) as (path, listener, held):
+        task = asyncio.ensure_future(
+            async_connect_websocket("ws://localhost/", unix=path, open_timeout=TIMEOUT, backend=backend)
+        )
+        await asyncio.sleep(0.1)  # (as above)
+        assert not task.done()
+        peer = await asyncio.to_thread(lambda: _make_room(listener, held).accept_ws())
+        async with await asyncio.wait_for(task, TIMEOUT) as ws:
+            peer.send_frame(0x1, b"room")
+            assert await ws.recv(TIMEOUT) == "room"
+            peer.send_frame(0x8, b"\x03\xe8")
+            assert await ws.recv(TIMEOUT) is None
+            peer.close()  # (the server closes TCP first)
 
 
 @pytest.mark.asyncio

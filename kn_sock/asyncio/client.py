@@ -14,6 +14,7 @@ from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
 from ..options import Options, check_client_transport, make_options
 from ..protocol import CLIENT, Protocol, State, exit_close_code
 from ..reconnect import ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
+from .._unix import async_unix_connect
 from ..uri import WebSocketURI, parse_uri
 from ._compat import cancelling
 from ._compat import timeout as _timeout
@@ -137,7 +138,8 @@ async def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) 
             if sock is not None:
                 transport, ws = await loop.create_connection(factory, sock=sock, **tls)
             elif unix is not None:
-                transport, ws = await loop.create_unix_connection(factory, unix, **tls)
+                sock = await async_unix_connect(unix)  # (asyncio's own takes a full backlog for success)
+                transport, ws = await loop.create_unix_connection(factory, sock=sock, **tls)
             else:
                 transport, ws = await loop.create_connection(factory, host, wsuri.port, **tls)
             return await fut

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import ssl as ssl_module
 import threading
@@ -24,6 +23,7 @@ from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
 from ..options import Options, check_blocking_callables, check_client_transport, make_options
 from ..protocol import CLIENT, Protocol, State, exit_close_code
 from ..reconnect import ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
+from .._unix import unix_connect
 from ..uri import WebSocketURI, parse_uri
 from .connection import PongWaiter, WebSocket
 
@@ -159,7 +159,7 @@ def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None, attemp
             if unix is None:
                 sock = socket.create_connection((host, wsuri.port), timeout=timeout)
             else:
-                sock = _unix_connect(unix, timeout)
+                sock = unix_connect(unix, timeout)
             if attempt is not None:
                 attempt.started(sock)
         else:
@@ -213,18 +213,6 @@ def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None, attemp
     ws.response_headers = response.headers
     ws._start(hs.remainder)
     return ws
-
-
-def _unix_connect(path: Any, timeout: float | None) -> socket.socket:
-    """A stream socket connected to the Unix socket at ``path`` within ``timeout``."""
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        sock.settimeout(timeout)
-        sock.connect(os.fspath(path))  # (socket.connect takes no PathLike)
-    except BaseException:
-        sock.close()
-        raise
-    return sock
 
 
 def _set_timeout(sock: socket.socket, deadline: float | None) -> None:
