@@ -7,7 +7,9 @@ reads commands from its stdin and answers on stdout, one line each; when its std
 
 from __future__ import annotations
 
+import argparse
 import atexit
+import inspect
 import os
 import resource
 import select
@@ -55,6 +57,46 @@ def parse_args(ap: Any, argv: list[str] | None = None) -> Any:
     if unknown:
         print(f"note: ignored by this suite (for another one): {' '.join(unknown)}", flush=True)
     return args
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse type: a number of seconds above 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0: {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    """argparse type: a number of seconds, 0 or more."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")
+    return value
+
+
+def paired_ratio(values: list[float], bases: list[float]) -> float | None:
+    """The median of per-round ratios ``values[i] / bases[i]`` (rows run in the same rounds):
+    a noise burst in one round moves one ratio, not the baseline of every row."""
+    ratios = [v / b for v, b in zip(values, bases) if v and b]
+    return statistics.median(ratios) if ratios else None
 
 
 def known_ids(ap: Any, option: str, value: str | None, known: Any) -> str | None:
@@ -391,17 +433,51 @@ def module_available(name: str) -> bool:
         return False
 
 
+def foreign_extension() -> str:
+    """Where kn_sock's extension was loaded from, if not from the kn_sock package imported (an
+    editable install's import hook can hand another checkout's to a checkout without one); ""
+    when it is the package's own or not loaded. (Also run in ``kn_probe``'s child, as source.)"""
+    import os
+    import sys
+
+    import kn_sock
+
+    ext = sys.modules.get("kn_sock._speedups")
+    if ext is None or not getattr(ext, "__file__", None):
+        return ""
+    here = os.path.dirname(os.path.abspath(kn_sock.__file__))
+    there = os.path.dirname(os.path.abspath(ext.__file__))
+    return "" if os.path.samefile(here, there) else str(ext.__file__)
+
+
+def load_speedups() -> tuple[Any, str]:
+    """kn_sock's Cython twin for the in-process micro-benchmarks, which show both twins side by
+    side (so even under KN_SOCK_PURE=1): (the module, "") or (None, why it is not there)."""
+    try:
+        import kn_sock._speedups as speedups
+    except ImportError as exc:
+        return None, f"the Cython extension is not built ({exc})"
+    foreign = foreign_extension()
+    if foreign:
+        return None, f"the Cython extension loaded is another kn_sock's ({foreign})"
+    return speedups, ""
+
+
 def kn_probe(env: dict[str, str]) -> tuple[str | None, bool, str]:
     """In a child with ``env``: (kn_sock implementation or None, sync layer importable, error text)."""
-    code = (
+    code = inspect.getsource(foreign_extension) + (
         "import kn_sock._backend as b\n"
+        "impl = b.IMPLEMENTATION\n"
+        "if foreign_extension():\n"
+        "    impl = 'foreign'\n"
+        "    import sys; print('the extension is another kn_sock\\'s:', foreign_extension(), file=sys.stderr)\n"
         "try:\n"
         "    from kn_sock.sync import WebSocketServer, connect_websocket\n"
         "    s = 1\n"
         "except Exception as e:\n"
         "    s = 0\n"
         "    import sys; print('sync layer:', type(e).__name__, e, file=sys.stderr)\n"
-        "print(b.IMPLEMENTATION, s, b.IMPORT_ERROR or '')\n"
+        "print(impl, s, b.IMPORT_ERROR or '')\n"
     )
     try:
         r = subprocess.run([sys.executable, "-c", code], env=env, cwd=CHECKOUT or HERE, capture_output=True, text=True, timeout=30)

@@ -77,6 +77,8 @@ class Contestant:
 
 CONTESTANTS = [
     Contestant("raw_async", "raw asyncio (limit)", "async", "raw_async", "raw_async"),
+    Contestant("raw_async_uvloop", "raw asyncio + uvloop (limit)", "async", "raw_async", "raw_async", uvloop=True,
+               requires=("uvloop",)),
     Contestant("raw_async_buf", "raw asyncio BufferedProtocol", "async", "raw_async_buf", "raw_async_buf"),
     Contestant("kn_cython", "kn_sock asyncio (cython)", "async", "kn_async", "kn_async",
                env={"KN_SOCK_PURE": None}, picows_ref="picows", impl="cython"),
@@ -102,6 +104,14 @@ CONTESTANTS = [
 ]
 BY_NAME = {c.name: c for c in CONTESTANTS}
 BASELINE = {"async": "raw_async", "sync": "raw_sync"}
+UVLOOP_BASELINE = "raw_async_uvloop"  # the baseline of uvloop rows, when it ran
+
+
+def baseline_of(c: Contestant, ran: Any) -> str:
+    """The raw row ``c``'s ratios are to: raw asyncio on the same event loop, raw blocking sockets."""
+    if c.uvloop and c.group == "async" and UVLOOP_BASELINE in ran:
+        return UVLOOP_BASELINE
+    return BASELINE[c.group]
 
 
 def kn_implementation() -> str:
@@ -112,9 +122,12 @@ def kn_implementation() -> str:
     import kn_sock._backend as backend
 
     public = getattr(kn_sock, "IMPLEMENTATION", backend.IMPLEMENTATION)
-    if public == backend.IMPLEMENTATION:
-        return backend.IMPLEMENTATION
-    return f"{backend.IMPLEMENTATION}/kn_sock.IMPLEMENTATION={public}"
+    if public != backend.IMPLEMENTATION:
+        return f"{backend.IMPLEMENTATION}/kn_sock.IMPLEMENTATION={public}"
+    foreign = C.foreign_extension()
+    if foreign:  # e.g. another checkout's, through an editable install's import hook
+        return f"{backend.IMPLEMENTATION} from another kn_sock ({foreign})"
+    return backend.IMPLEMENTATION
 
 
 # =============================================================== servers (child processes)
@@ -586,6 +599,7 @@ async def open_async(kind: str, port: int) -> Any:
                 self.unit = b""
                 self.got = 0
                 self.sent = self.total = 0
+                self.batch: list[bytes] | None = None  # inside a read: the messages to write after it
 
             def connection_made(self, transport: Any) -> None:
                 self.transport = transport
@@ -594,9 +608,12 @@ async def open_async(kind: str, port: int) -> Any:
                 n = len(data)
                 self.total += n
                 self.got += n
+                self.batch = batch = []
                 while self.got >= self.size:
                     self.got -= self.size
                     conn.message(self.unit)
+                self.batch = None
+                flush(self.transport, batch)
 
         class RawBufClient(asyncio.BufferedProtocol):
             """The same with a receive buffer of our own (no allocation per read)."""
@@ -607,6 +624,7 @@ async def open_async(kind: str, port: int) -> Any:
                 self.got = 0
                 self.sent = self.total = 0
                 self.buf = memoryview(bytearray(2**18))
+                self.batch: list[bytes] | None = None
 
             def connection_made(self, transport: Any) -> None:
                 self.transport = transport
@@ -617,9 +635,19 @@ async def open_async(kind: str, port: int) -> Any:
             def buffer_updated(self, nbytes: int) -> None:
                 self.total += nbytes
                 self.got += nbytes
+                self.batch = batch = []
                 while self.got >= self.size:
                     self.got -= self.size
                     conn.message(self.unit)
+                self.batch = None
+                flush(self.transport, batch)
+
+        def flush(transport: Any, batch: list[bytes]) -> None:
+            """Write what one read's messages answered, in one write (pipelined: many)."""
+            if len(batch) == 1:
+                transport.write(batch[0])
+            elif batch:
+                transport.write(b"".join(batch))
 
         factory = RawBufClient if kind == "raw_async_buf" else RawClient
         transport, proto = await loop.create_connection(factory, HOST, port)
@@ -630,7 +658,10 @@ async def open_async(kind: str, port: int) -> Any:
             proto.unit = msg
             proto.size = size = len(msg)
             proto.sent += size
-            transport.write(msg)
+            if proto.batch is not None:
+                proto.batch.append(msg)
+            else:
+                transport.write(msg)
 
         def after_window() -> None:
             if proto.total != proto.sent:
@@ -818,10 +849,10 @@ def server_hello(child: C.Child, timeout: float) -> tuple[int, str | None]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: 0.2 s per cell, 1 round, fewer sizes")
-    ap.add_argument("--rounds", type=int, help="rounds (default 3; 1 with --quick)")
-    ap.add_argument("--duration", type=float, help="seconds per cell (default 0.6; 0.2 with --quick)")
-    ap.add_argument("--warmup", type=float, help="warm-up seconds before each cell (default 0.05)")
-    ap.add_argument("--window", type=int, default=100, help="messages in flight in the pipelined mode")
+    ap.add_argument("--rounds", type=C.positive_int, help="rounds (default 3; 1 with --quick)")
+    ap.add_argument("--duration", type=C.positive_float, help="seconds per cell (default 0.6; 0.2 with --quick)")
+    ap.add_argument("--warmup", type=C.non_negative_float, help="warm-up seconds before each cell (default 0.05)")
+    ap.add_argument("--window", type=C.positive_int, default=100, help="messages in flight in the pipelined mode")
     ap.add_argument("--only", help="comma-separated contestant ids (" + ",".join(BY_NAME) + ")")
     ap.add_argument("--skip", help="comma-separated contestant ids to leave out")
     ap.add_argument("--pin", choices=("same", "split", "none"), default="same",
@@ -879,6 +910,8 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
         if missing:
             notes.append(f"{c.label}: skipped, {', '.join(missing)} not installed")
             continue
+        if c.name == "websocket_client" and C.module_available("wsaccel"):  # it masks and validates in C then
+            c = replace(c, label=c.label.replace("websocket-client", "websocket-client + wsaccel"))
         if c.impl:
             env = C.clean_env(**c.env)
             key = tuple(sorted(env.items()))
@@ -941,13 +974,18 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
         ports[c.name] = port
         servers[c.name] = child
 
-    raw: dict[str, dict[str, list[float]]] = {c.name: {m[0]: [] for m in modes} for c in runnable}
+    # per round (None: no value that round), so that ratios pair the rows of one round
+    raw: dict[str, dict[str, list[float | None]]] = {c.name: {m[0]: [None] * rounds for m in modes} for c in runnable}
     dropped: set[str] = set()  # rows skipped during the rounds (implementation not the one claimed)
     mode_arg = json.dumps(modes)
     client_budget = len(modes) * (duration + warmup) * 2 + 40
 
+    step = max(1, len(runnable) // rounds)
     for rnd in range(rounds):
-        order = runnable if rnd % 2 == 0 else list(reversed(runnable))  # interleave, alternate order
+        # interleaved, each round starting further along: no row runs twice in a row across
+        # rounds, so one burst of noise cannot weigh on the same row in two rounds
+        start = (rnd * step) % max(1, len(runnable))
+        order = runnable[start:] + runnable[:start]
         for c in order:
             server = servers.get(c.name)
             if server is None:
@@ -970,7 +1008,7 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
             except C.ChildError as exc:
                 notes.append(f"{c.label}, round {rnd + 1}: client failed: {exc}")
                 failures += 1
-                res = {"results": {}, "error": "client failed", "impl": None}
+                res = {"results": {}, "impl": None}  # (counted once, here)
             finally:
                 tail = client.stderr_tail()
                 client.kill()
@@ -981,7 +1019,7 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
                 dropped.add(c.name)
                 continue
             for key, value in res["results"].items():
-                raw[c.name][key].append(value)
+                raw[c.name][key][rnd] = value
             if res.get("error"):
                 notes.append(f"{c.label}, round {rnd + 1}: {res['error']}{tail}")
                 failures += 1
@@ -998,15 +1036,20 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
 
     med = {name: {k: C.median(v) for k, v in per.items()} for name, per in raw.items()}
     print()
-    print(render(runnable, modes, med))
+    print(render(runnable, modes, med, raw))
     print()
     print("Cells: round trips/s (messages/s for 'pipe'), median of rounds; (x.xx) = ratio to the raw baseline")
-    print("of the same group (raw asyncio for async rows, raw blocking socket for blocking rows).")
-    print("'vs picows': kn_sock / picows per column; asyncio rows on the same event loop (uvloop rows vs picows +")
-    print("uvloop), the blocking row vs picows on the default asyncio loop (picows has no blocking API).")
+    print("of the same group and event loop (raw asyncio for async rows, raw asyncio + uvloop for uvloop rows")
+    print("when it ran, raw blocking socket for blocking rows). Ratios are medians of the ratios within each")
+    print("round. 'vs picows': kn_sock / picows per column, the same way; asyncio rows on the same event loop")
+    print("(uvloop rows vs picows + uvloop), the blocking row vs picows on the default asyncio loop (picows has")
+    print("no blocking API).")
     spread = spreads(raw)
     if spread:
-        print(f"Largest spread between rounds (max/min): {spread}")
+        print(f"Largest spread between rounds (max/min): {spread[0]}")
+        if spread[1] > NOISY and rounds >= 2:
+            print(f"warning: a row varied by more than {NOISY:.1f}x between rounds: this machine was busy; "
+                  "run again, or with more --rounds")
     for n in notes:
         print(f"note: {n}")
     print(f"total time {time.monotonic() - t_start:.0f} s")
@@ -1026,36 +1069,43 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
     return failures
 
 
-def spreads(raw: dict[str, dict[str, list[float]]]) -> str:
+#: A spread between rounds (max/min of one row's cell) above which the run is called noisy.
+NOISY = 1.3
+
+
+def spreads(raw: dict[str, dict[str, list[float | None]]]) -> tuple[str, float] | None:
+    """The largest max/min of one row's cell across rounds, described, and its value."""
     worst = None
     for name, per in raw.items():
-        for key, values in per.items():
+        for key, got in per.items():
+            values = [v for v in got if v is not None]
             if len(values) >= 2 and min(values) > 0:
                 s = max(values) / min(values)
                 if worst is None or s > worst[0]:
                     worst = (s, name, key)
-    return f"{worst[0]:.2f}x ({worst[1]}, {worst[2]})" if worst else ""
+    return (f"{worst[0]:.2f}x ({worst[1]}, {worst[2]})", worst[0]) if worst else None
 
 
-def render(runnable: list[Contestant], modes: list[tuple[str, str, int]], med: dict[str, dict[str, Any]]) -> str:
+def render(runnable: list[Contestant], modes: list[tuple[str, str, int]], med: dict[str, dict[str, Any]],
+           raw: dict[str, dict[str, list[float | None]]]) -> str:
     keys = [m[0] for m in modes]
     header = ["contestant", *keys, "vs picows"]
     rows = []
     for group in ("async", "sync"):
-        base = med.get(BASELINE[group])
         for c in runnable:
             if c.group != group:
                 continue
+            base_name = baseline_of(c, med)
+            base = raw.get(base_name)
             row = [c.label]
             for k in keys:
                 v = med[c.name].get(k)
-                r = v / base[k] if (v and base and base.get(k)) else None
-                row.append(C.fmt_rate(v) + (f" ({r:.2f})" if r is not None and c.name != BASELINE[group] else ""))
-            ref = med.get(c.picows_ref) if c.picows_ref else None
+                r = C.paired_ratio(raw[c.name][k], base[k]) if (base and c.name != base_name) else None
+                row.append(C.fmt_rate(v) + (f" ({r:.2f})" if r is not None else ""))
+            ref = raw.get(c.picows_ref) if c.picows_ref else None
             if c.name.startswith("kn_") and ref:
-                row.append("/".join(
-                    C.fmt_ratio(med[c.name][k] / ref[k]) if med[c.name].get(k) and ref.get(k) else "-" for k in keys
-                ))
+                ratios = [C.paired_ratio(raw[c.name][k], ref[k]) for k in keys]
+                row.append("/".join(C.fmt_ratio(r) if r is not None else "-" for r in ratios))
             else:
                 row.append("")
             rows.append(row)

@@ -32,9 +32,10 @@ if (ROOT / "kn_sock").is_dir():  # a checkout (installed: kn_sock/_benchmarks)
 
 import _common as C  # noqa: E402
 from kn_sock import _pure  # noqa: E402
-from kn_sock._backend import speedups  # noqa: E402
 from kn_sock.extensions.permessage_deflate import ClientDeflateFactory, ServerDeflateFactory  # noqa: E402
 from kn_sock.protocol import CLIENT, SERVER, Protocol  # noqa: E402
+
+speedups, NO_SPEEDUPS = C.load_speedups()  # (both twins in one process, whatever KN_SOCK_PURE says)
 
 BATCH = 2000
 # websockets' serve() defaults (enable_server_permessage_deflate), used to build its extension
@@ -175,6 +176,8 @@ def main() -> int:
     contestants: list[tuple[str, Any]] = []
     if speedups is not None:
         contestants.append(("kn_sock Protocol (cython)", kn_cases(speedups)))
+    else:
+        print(f"note: no Cython row: {NO_SPEEDUPS}")
     contestants.append(("kn_sock Protocol (pure)", kn_cases(_pure)))
     ws = websockets_cases()
     if ws is not None:

@@ -22,7 +22,8 @@ if os.path.isdir(os.path.join(ROOT, "kn_sock")):  # a checkout (installed: kn_so
 
 import _common as C  # noqa: E402
 from kn_sock import _pure  # noqa: E402
-from kn_sock._backend import speedups  # noqa: E402
+
+speedups, NO_SPEEDUPS = C.load_speedups()  # (both twins in one process, whatever KN_SOCK_PURE says)
 
 ROUNDS = 7
 TARGET = 0.02  # seconds per measurement
@@ -223,6 +224,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer sizes and rounds")
     quick = C.parse_args(parser, sys.argv[1:] if argv is None else argv).quick
     print(f"kn_sock speedups benchmark — cython {'loaded' if speedups else 'NOT loaded'}, Python {sys.version.split()[0]}")
+    if speedups is None:
+        print(f"note: no Cython rows: {NO_SPEEDUPS}")
     t0 = time.perf_counter()
     bench_mask(quick)
     bench_utf8(quick)

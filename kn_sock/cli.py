@@ -661,12 +661,42 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
         # (KN_SOCK_BENCH_SUITE: with several suites, an option or contestant id meant for
         # another one is ignored there, with a note; with one, it is an error, a typo.)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "KN_SOCK_BENCH_SUITE": str(len(chosen))}
-        rc = subprocess.call(cmd, env=env)  # stream its tables as they come
+        rc, stopped_by = _run_suite(cmd, env)  # streams its tables as they come
+        if stopped_by is not None:
+            _out(f"== {tag}: stopped by {signal.Signals(stopped_by).name}")
+            return 128 + stopped_by
         _out(f"== {tag}: {'done' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - t0:.1f} s")
         if rc != 0:
             status = EXIT_FAILURE
     _out(f"== {len(chosen)} suite(s) in {time.perf_counter() - started:.1f} s")
     return status
+
+
+def _run_suite(cmd: list[str], env: dict[str, str]) -> tuple[int, int | None]:
+    """Run one benchmark script: (its exit status, the signal that stopped us or None). SIGTERM
+    or SIGHUP sent to us is passed on (the script stops its servers and clients, then exits);
+    Ctrl-C reaches the script itself, through the terminal's process group."""
+    proc = subprocess.Popen(cmd, env=env)
+    stopped_by: list[int] = []
+
+    def forward(signum: int, frame: Any) -> None:
+        stopped_by.append(signum)
+        proc.send_signal(signum)
+
+    signals = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
+    previous = {sig: signal.signal(sig, forward) for sig in signals}
+    try:
+        rc = proc.wait()
+    except BaseException:  # Ctrl-C: the script got it too; give it a moment to clean up
+        try:
+            proc.wait(5)
+        except BaseException:
+            proc.kill()
+        raise
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return rc, (stopped_by[0] if stopped_by else None)
 
 
 def _per_suite_json(extra: Sequence[str], suite: str) -> list[str]:

@@ -369,6 +369,82 @@ def test_bench_scripts_refuse_unknown_options_and_contestants(script: str, args:
     assert "error:" in proc.stderr and "Traceback" not in proc.stderr
 
 
+@pytest.mark.parametrize(
+    "script, args",
+    [("bench_echo.py", ["--window", "0"]), ("bench_echo.py", ["--duration", "-1"]), ("bench_echo.py", ["--rounds", "0"]),
+     ("bench_conns.py", ["--conns", "abc"]), ("bench_conns.py", ["--concurrency", "0"])],
+)
+def test_bench_scripts_refuse_meaningless_numbers(script: str, args: list[str]) -> None:
+    """A usage error, not a hang or a table of nothing (audit 82)."""
+    path = ROOT / "benchmarks" / script
+    if not path.exists():
+        pytest.skip("no benchmarks/ in this checkout")
+    proc = subprocess.run([sys.executable, str(path), *args], capture_output=True, text=True, timeout=TIMEOUT)
+    assert proc.returncode == 2 and "error:" in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def _descendants(pid: int) -> set[int]:
+    """The processes below ``pid`` (from /proc)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+def test_bench_sigterm_stops_the_running_suite_and_its_processes() -> None:
+    """SIGTERM to ``kn-sock bench`` reaches the running script, which stops its servers and
+    clients (audit 82: the suite ran on to its end)."""
+    if not (ROOT / "benchmarks" / "bench_echo.py").exists():
+        pytest.skip("no benchmarks/ in this checkout")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "kn_sock", "bench", "--suite", "echo", "--only", "raw_async,kn_pure",
+         "--cells", "64 B", "--rounds", "3", "--duration", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+    )
+    try:
+        assert proc.stdout is not None
+        lines = []
+        while "round 1/3" not in (line := proc.stdout.readline()):  # a client is running now
+            assert line, "".join(lines)
+            lines.append(line)
+        below = _descendants(proc.pid)
+        assert below
+        started = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert time.monotonic() - started < 10, out
+        assert proc.returncode == 128 + signal.SIGTERM, out
+        assert "stopped by SIGTERM" in out
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in below) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in below)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
 def test_an_installed_package_carries_the_benchmarks(tmp_path: Path) -> None:
     """A wheel has no benchmarks/ beside the package: the build copies it into
     kn_sock/_benchmarks, where ``kn-sock bench`` finds it. Built here without the extension,
