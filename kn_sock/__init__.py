@@ -78,16 +78,18 @@ if TYPE_CHECKING:
     from .sync import WebSocket, WebSocketServer, connect_websocket, start_websocket_server
 
 
-def __getattr__(name: str) -> Any:
-    """Import the blocking / asyncio public names on first access (PEP 562)."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'kn_sock' has no attribute {name!r}")
-    import importlib
+if not TYPE_CHECKING:  # (type checkers would take any name, a typo too, for an Any from here)
 
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    def __getattr__(name: str) -> Any:
+        """Import the blocking / asyncio public names on first access (PEP 562)."""
+        module = _LAZY.get(name)
+        if module is None:
+            raise AttributeError(f"module 'kn_sock' has no attribute {name!r}")
+        import importlib
+
+        value = getattr(importlib.import_module(module), name)
+        globals()[name] = value
+        return value
 
 
 def __dir__() -> list[str]:

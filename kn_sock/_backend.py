@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import platform
 from types import ModuleType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 __all__ = ["IMPLEMENTATION", "backend", "pure", "speedups", "IMPORT_ERROR"]
 
@@ -42,4 +42,4 @@ else:
     else:
         backend = speedups
 
-IMPLEMENTATION: str = "cython" if backend is speedups else "pure"
+IMPLEMENTATION: Literal["cython", "pure"] = "cython" if backend is speedups else "pure"

@@ -23,7 +23,7 @@ import logging
 import os
 import sys
 import types
-from typing import Any, Iterable
+from typing import Any, Iterable, Literal
 
 from . import _backend
 from .frames import OP_BINARY, OP_TEXT
@@ -41,7 +41,7 @@ _OK, _SLOW, _NOT_OPEN, _BUSY = 0, 1, 2, 3
 _DIRECT = os.name == "posix"  # asyncio connections on plain sockets: one send_many() for all
 
 
-def broadcast(connections: Iterable[Any], message: Data, *, limit: int = DEFAULT_LIMIT, policy: str = "skip") -> list[Any]:
+def broadcast(connections: Iterable[Any], message: Data, *, limit: int = DEFAULT_LIMIT, policy: Literal["skip", "close"] = "skip") -> list[Any]:
     """Send ``message`` (str → text, bytes-like → binary) to every open connection, without waiting.
 
     Connections that are closing or closed are passed over silently (like

@@ -29,9 +29,10 @@ import logging
 import random as random_module
 import time
 from collections import deque
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus
+from .http11 import Headers
 
 logger = logging.getLogger("kn_sock")
 
@@ -351,6 +352,9 @@ class ReconnectingState:
     _final: bool
     connected: bool
     _outbox: Outbox
+    reconnects: int
+    last_close_code: int | None
+    close: Callable[..., Any]  # each client's own (the asyncio one's is a coroutine)
 
     def _init_state(self, max_pending: int, ack: Any) -> None:
         """Set the state both clients share (called from their ``__init__``)."""
@@ -451,7 +455,63 @@ class ReconnectingState:
         # marks the client closed and wakes recv() / wait_closed().
         self.close()
 
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("__"):
-            raise AttributeError(name)
-        return getattr(self._ws, name)
+    # The documented attributes of a connection (SPEC.md), read from the current one; typed
+    # here, where the rest of its surface comes through ``__getattr__``, which type checkers
+    # are not shown (a misspelt name would be an Any to them).
+
+    @property
+    def close_code(self) -> int | None:
+        """The current (or last) connection's ``close_code``."""
+        return self._ws.close_code  # type: ignore[no-any-return]
+
+    @property
+    def close_reason(self) -> str | None:
+        """The current (or last) connection's ``close_reason``."""
+        return self._ws.close_reason  # type: ignore[no-any-return]
+
+    @property
+    def subprotocol(self) -> str | None:
+        """The current connection's negotiated subprotocol, or None."""
+        return self._ws.subprotocol  # type: ignore[no-any-return]
+
+    @property
+    def extensions(self) -> list[str]:
+        """The current connection's negotiated extensions."""
+        return self._ws.extensions  # type: ignore[no-any-return]
+
+    @property
+    def path(self) -> str:
+        """The request path (with the query string)."""
+        return self._ws.path  # type: ignore[no-any-return]
+
+    @property
+    def request_headers(self) -> Headers:
+        """The current connection's opening request headers."""
+        return self._ws.request_headers  # type: ignore[no-any-return]
+
+    @property
+    def response_headers(self) -> Headers:
+        """The current connection's opening response headers."""
+        return self._ws.response_headers  # type: ignore[no-any-return]
+
+    @property
+    def remote_address(self) -> Any:
+        """The current connection's peer address."""
+        return self._ws.remote_address
+
+    @property
+    def local_address(self) -> Any:
+        """The current connection's own address."""
+        return self._ws.local_address
+
+    @property
+    def latency(self) -> float:
+        """The current connection's last ping round trip in seconds (0.0 before any)."""
+        return self._ws.latency  # type: ignore[no-any-return]
+
+    if not TYPE_CHECKING:
+
+        def __getattr__(self, name: str) -> Any:
+            if name.startswith("__"):
+                raise AttributeError(name)
+            return getattr(self._ws, name)

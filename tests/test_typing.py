@@ -19,8 +19,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 GOOD = '''
 import asyncio
+import threading
 from collections.abc import AsyncIterator
-from kn_sock import AsyncWebSocket, WebSocket, async_connect_websocket, connect_websocket
+from kn_sock import (
+    AsyncWebSocket, WebSocket, async_connect_websocket, connect_websocket, start_async_websocket_server,
+    start_websocket_server,
+)
 from kn_sock.asyncio.client import AsyncReconnectingWebSocket
 from kn_sock.sync.client import ReconnectingWebSocket
 
@@ -71,6 +75,25 @@ def fragments(ws: WebSocket, parts: list[bytes]) -> None:
     ws.send([b"a", bytearray(b"b"), memoryview(b"c")])  # mixed bytes-likes: fine at run time too
 
 
+def resilient_surface(rws: ReconnectingWebSocket) -> tuple[int | None, str | None, list[str], float, int]:
+    return rws.close_code, rws.subprotocol, rws.extensions, rws.latency, rws.reconnects
+
+
+async def served() -> int:
+    async def handler(ws: AsyncWebSocket, path: str) -> None:
+        await ws.send(path)
+
+    async with start_async_websocket_server("127.0.0.1", 0, handler) as server:
+        return server.port + len(server.sockets[0].getsockname())
+
+
+def blocking_server() -> None:
+    def handler(ws: WebSocket, address: tuple[str, int]) -> None:
+        ws.send(str(address))
+
+    start_websocket_server("127.0.0.1", 0, handler, threading.Event())
+
+
 async def afragments(ws: AsyncWebSocket) -> None:
     async def parts() -> AsyncIterator[str]:
         yield "a"
@@ -81,7 +104,7 @@ async def afragments(ws: AsyncWebSocket) -> None:
 '''
 
 BAD = '''
-from kn_sock import async_connect_websocket, connect_websocket
+from kn_sock import async_connect_websocket, connect_websocket, start_websocket_server
 
 
 def wrong() -> int:
@@ -107,6 +130,26 @@ def not_a_message() -> None:
 async def anot_a_message() -> None:
     ws = await async_connect_websocket("localhost", 8765)
     await ws.send(1.5)
+
+
+from kn_sock import connect_websockett  # a typo: no module __getattr__ makes it an Any
+
+
+async def forgot_await() -> None:
+    ws = async_connect_websocket("localhost", 8765)
+    await ws.send("hello")  # the connect call's coroutine send, not the connection's
+
+
+def resilient_typo() -> None:
+    rws = connect_websocket("localhost", 8765, reconnect=True)
+    rws.clsoe_code
+
+
+async def async_handler_for_blocking_server(ws: object, address: object) -> None: ...
+
+
+def blocking_server() -> None:
+    start_websocket_server("127.0.0.1", 0, async_handler_for_blocking_server, 5)
 '''
 
 
@@ -134,6 +177,13 @@ def test_connection_types_are_precise(tmp_path):
     assert 'Argument 1 to "text" has incompatible type "str | bytes | None"' in out
     assert 'Argument 1 to "send" of "WebSocket" has incompatible type "int"' in out
     assert 'Argument 1 to "send" of "AsyncWebSocket" has incompatible type "float"' in out
+    # audit 85: a misspelt name, a forgotten await, a reconnecting client's attribute typo, an
+    # async handler and a non-event given to the blocking server all passed
+    assert 'Module "kn_sock" has no attribute "connect_websockett"' in out
+    assert 'Argument 1 to "send" of "Starter" has incompatible type "str"; expected "None"' in out
+    assert '"ReconnectingWebSocket" has no attribute "clsoe_code"' in out
+    assert 'Argument 3 to "start_websocket_server" has incompatible type' in out
+    assert 'Argument 4 to "start_websocket_server" has incompatible type "int"' in out
 
 
 def test_annotations_resolve_at_run_time():

@@ -12,7 +12,7 @@ __all__ = ["Starter"]
 _T = TypeVar("_T")
 
 
-class Starter(Coroutine[Any, Any, _T]):
+class Starter(Coroutine[Any, None, _T]):
     """Runs ``_start()`` (a subclass's coroutine) when awaited, or when entered with
     ``async with``, which gives ``_start()``'s result and leaves through that result's own
     ``__aexit__`` (closing it). It is also a coroutine (``send``/``throw``/``close``), so
@@ -34,8 +34,9 @@ class Starter(Coroutine[Any, Any, _T]):
             steps = self._steps = self._start().__await__()
         return steps
 
-    def send(self, value: Any) -> Any:
-        """Coroutine protocol: run the start to its next suspension."""
+    def send(self, value: None, /) -> Any:
+        """Coroutine protocol: run the start to its next suspension (the event loop sends None;
+        typed so, a forgotten ``await`` before ``ws.send("...")`` is a type error)."""
         return self._driven().send(value)
 
     def throw(self, typ: Any, val: Any = None, tb: Any = None) -> Any:

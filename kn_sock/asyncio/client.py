@@ -200,28 +200,29 @@ class connect(Starter[_W]):
     ) -> None: ...
     def __init__(self, host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> None:
         """Validate the URI and options now; connect when awaited."""
-        self.wsuri = parse_uri(host_or_uri, port, path)
-        self.options = make_options(options, allow=("ack", "sock", "unix"))
-        check_client_transport(self.options)
-        self.policy = ReconnectPolicy.from_option(self.options.reconnect)
-        if self.options.extra.get("ack") and self.policy is None:
+        self._wsuri = parse_uri(host_or_uri, port, path)
+        self._options = make_options(options, allow=("ack", "sock", "unix"))
+        check_client_transport(self._options)
+        self._policy = ReconnectPolicy.from_option(self._options.reconnect)
+        if self._options.extra.get("ack") and self._policy is None:
             raise ValueError("ack= needs reconnect=")
-        ClientHandshake.from_options(self.wsuri, self.options)  # bad subprotocols / headers / origin raise here
+        ClientHandshake.from_options(self._wsuri, self._options)  # bad subprotocols / headers / origin raise here
 
     async def _start(self) -> Any:
-        if self.policy is None:
-            ws = await _open(self.wsuri, self.options)
-            if self.options.on_connect is not None:
-                await _first_on_connect(ws, self.options.on_connect)
+        if self._policy is None:
+            ws = await _open(self._wsuri, self._options)
+            if self._options.on_connect is not None:
+                await _first_on_connect(ws, self._options.on_connect)
             return ws
-        rws = AsyncReconnectingWebSocket(self.wsuri, self.options, self.policy)
+        rws = AsyncReconnectingWebSocket(self._wsuri, self._options, self._policy)
         await rws._connect_first()
         return rws
 
     @property
-    def ws(self) -> Any:
+    def ws(self) -> _W | None:
         """The connection, once entered with ``async with``."""
-        return self._result
+        result: _W | None = self._result
+        return result
 
 
 async def _first_on_connect(ws: AsyncWebSocket, on_connect: Any) -> None:

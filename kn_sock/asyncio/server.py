@@ -7,7 +7,7 @@ import inspect
 import logging
 import os
 import socket
-from typing import Any, Awaitable, Callable
+from typing import Any, Awaitable, Callable, Union
 
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
@@ -22,7 +22,8 @@ __all__ = ["AsyncWebSocketServer", "serve", "start_async_websocket_server"]
 
 logger = logging.getLogger("kn_sock")
 
-Handler = Callable[..., Awaitable[Any]]
+#: ``await handler(websocket, path)`` or ``await handler(websocket)``.
+Handler = Union[Callable[[AsyncWebSocket, str], Awaitable[Any]], Callable[[AsyncWebSocket], Awaitable[Any]]]
 
 #: How long a connection refused with an HTTP answer is read (and the bytes dropped) after
 #: the answer, waiting for the client to close (see ``_ServerOpening._answer``).
@@ -314,7 +315,7 @@ class AsyncWebSocketServer:
 
     def __init__(self, handler: Handler, options: Options, loop: asyncio.AbstractEventLoop | None = None) -> None:
         """Prepare the server; ``start()`` binds it."""
-        self.handler = handler
+        self.handler: Callable[..., Awaitable[Any]] = handler  # (its arity decides the call: _wants_path)
         self.options = options
         self.loop = loop or asyncio.get_running_loop()
         self.connections: set[AsyncWebSocket] = set()
@@ -419,7 +420,7 @@ class AsyncWebSocketServer:
                 self._server = await self.loop.create_server(factory, host, 0, **kwargs)
 
     @property
-    def sockets(self) -> tuple[Any, ...]:
+    def sockets(self) -> tuple[socket.socket, ...]:
         """The listening sockets (none once closing)."""
         return tuple(self._server.sockets) if self._server is not None and not self.closing else ()
 
@@ -575,13 +576,14 @@ class serve(Starter[AsyncWebSocketServer]):
 
     def __init__(self, host: str | None, port: int | None, handler: Handler, **options: Any) -> None:
         """Validate the options now; bind and listen when awaited."""
-        self.listen = {k: options.pop(k) for k in ("unix", "reuse_port", "reuse_address", "backlog", "sock") if k in options}
-        self.options = make_options(options)
-        self.host, self.port, self.handler = host, port, handler
+        # (private: a forgotten ``await`` must not leave a ``.port`` or ``.close()`` that seems to work)
+        self._listen = {k: options.pop(k) for k in ("unix", "reuse_port", "reuse_address", "backlog", "sock") if k in options}
+        self._options = make_options(options)
+        self._host, self._port, self._handler = host, port, handler
 
     async def _start(self) -> AsyncWebSocketServer:
-        server = AsyncWebSocketServer(self.handler, self.options)
-        return await server.start(self.host, self.port, **self.listen)
+        server = AsyncWebSocketServer(self._handler, self._options)
+        return await server.start(self._host, self._port, **self._listen)
 
 
 def start_async_websocket_server(host: str | None, port: int | None, handler: Handler, **options: Any) -> serve:

@@ -25,7 +25,8 @@ import ssl as ssl_module
 import sys
 import threading
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Union
+from typing import Protocol as _Interface
 
 from .._unix import remove_stale_socket, remove_unix_socket, socket_inode
 from ..exceptions import ConnectionClosed, InvalidHandshake
@@ -105,6 +106,16 @@ def _spawn(target: Callable[..., Any], args: tuple[Any, ...], stack_size: int | 
             threading.stack_size(old)
 
 
+#: ``handler(ws, address)`` or ``handler(ws)``, returning nothing (an ``async def`` is refused).
+Handler = Union[Callable[[WebSocket, Any], None], Callable[[WebSocket], None]]
+
+
+class EventLike(_Interface):
+    """What ``shutdown_event`` must offer: a ``threading.Event`` (or a multiprocessing one)."""
+
+    def is_set(self) -> bool: ...
+
+
 def _wants_address(handler: Callable[..., Any]) -> bool:
     """Tell whether ``handler`` takes ``(ws, address)`` (the documented form) or just ``(ws)``."""
     try:
@@ -131,7 +142,7 @@ class WebSocketServer:
             and ``shutdown_grace`` (seconds ``shutdown()`` waits for 1001 closing handshakes).
     """
 
-    def __init__(self, host: str | None, port: int | None, handler: Callable[..., Any], **options: Any) -> None:
+    def __init__(self, host: str | None, port: int | None, handler: Handler, **options: Any) -> None:
         """Bind and listen."""
         self._unix: str | None = options.pop("unix", None)
         self._unix_inode: int | None = None  # of the socket file we bound, removed by shutdown
@@ -144,7 +155,7 @@ class WebSocketServer:
         check_blocking_callables(handler=handler, process_request=self.options.process_request)
         if self._unix is None:
             check_port(port)
-        self.handler = handler
+        self.handler: Callable[..., Any] = handler  # (its arity decides the call: _wants_address)
         self._wants_address = _wants_address(handler)
         self._lock = threading.Lock()
         self.connections: set[WebSocket] = set()
@@ -160,7 +171,7 @@ class WebSocketServer:
         self._closed_all = False
         self._serving_ident: int | None = None
         self._stopped = threading.Event()
-        self._shutdown_event: Any = None
+        self._shutdown_event: EventLike | None = None
         self._accept_failures = 0  # accept() errors in a row (EMFILE...): logged once a run
         self._new_handshake()  # invalid options raise here, not in every connection
         self._wake_r, self._wake_w = socket.socketpair()
@@ -638,7 +649,7 @@ def _drain(sock: socket.socket) -> None:
 
 
 def start_websocket_server(
-    host: str | None, port: int | None, handler: Callable[..., Any], shutdown_event: Any = None, **options: Any
+    host: str | None, port: int | None, handler: Handler, shutdown_event: EventLike | None = None, **options: Any
 ) -> None:
     """Serve WebSocket connections, calling ``handler(ws, address)`` in a thread per connection.
 
