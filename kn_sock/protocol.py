@@ -812,6 +812,21 @@ class Keepalive:
             self._waits += 1
         return wait
 
+    def pong_may_be_unread(self, acked: int | None) -> bool:
+        """At a timeout while our own backpressure keeps us from reading, the peer having
+        acknowledged ``acked`` bytes of ours: could the pong be waiting in what we have not
+        read? True when that can't be told (``acked`` or the ping's position unknown), once
+        the peer's TCP has acknowledged the ping (its host has it: the answer may well be
+        behind the messages we hold back), and while the peer keeps acknowledging towards it
+        (``ping_in_flight``). False when it acknowledged nothing since the last look: the peer
+        or the path to it is gone (audit 81: a push-only handler never read again, so the
+        timeout was put off for as long as the peer stayed silent)."""
+        if acked is None or self._position is None:
+            return True
+        if acked >= self._position:
+            return True
+        return self.ping_in_flight(acked)
+
     def reading_resumed(self, now: float) -> None:
         """Our reading was paused (backpressure) and resumes at ``now``: the pong may still be
         behind what was left unread, so the ping's timeout counts from now, once per ping (a

@@ -14,9 +14,15 @@ from typing import Any
 
 import pytest
 
-from kn_sock import async_connect_websocket, connect_websocket
+from kn_sock import (
+    ConnectionClosed,
+    WebSocketServer,
+    async_connect_websocket,
+    connect_websocket,
+    start_async_websocket_server,
+)
 from kn_sock.protocol import Keepalive
-from sync_support import RawServer
+from sync_support import RawServer, raw_client
 
 BACKLOG = 4 * 2**20  # read by the peer at ~3 MB/s: over a second behind which the ping waits
 OPTIONS: dict[str, Any] = dict(
@@ -121,6 +127,24 @@ def test_ping_in_flight_waits_a_bounded_number_of_timeouts():
     assert ka.ping_in_flight(1460)
 
 
+def test_pong_may_be_unread_bookkeeping():
+    """While our reading is paused: the pong may be unread once the peer's TCP has the ping,
+    or while it acknowledges towards it; not when it acknowledges nothing (audit 81)."""
+    ka = Keepalive(1.0, 1.0, 0.0)
+    ka.ping_sent(1.0, position=1000, acked=10)
+    assert ka.pong_may_be_unread(1000)  # the peer's host has the ping
+    assert ka.pong_may_be_unread(5000)
+    ka.ping_sent(2.0, position=1000, acked=10)
+    assert ka.pong_may_be_unread(500)  # acknowledging towards it
+    assert not ka.pong_may_be_unread(500)  # nothing since: gone
+    ka.ping_sent(3.0, position=1000, acked=10)
+    assert not ka.pong_may_be_unread(10)  # nothing at all since the ping
+    ka.ping_sent(4.0)  # not known: as before, wait
+    assert ka.pong_may_be_unread(None)
+    ka.ping_sent(5.0, position=1000, acked=10)
+    assert ka.pong_may_be_unread(None)
+
+
 # --------------------------------------------------------------------------- both clients
 
 
@@ -171,3 +195,132 @@ async def test_async_client_waits_for_a_slow_reader_and_fails_a_silent_one(backe
         finally:
             ws.abort()
             await asyncio.to_thread(peer.stop)
+
+
+# --------------------------------------------------------------------------- our reading paused
+
+# A push-only handler never reads: once the client has sent more than max_queue messages,
+# reading stops (backpressure) and a pong could be sitting unread. Keepalive used to put its
+# timeout off for as long as that lasted, so a peer that vanished (or stopped reading) was
+# never failed (audit 81). Now a peer whose TCP acknowledges nothing of ours is failed with
+# 1011; one whose TCP takes everything is waited for (its pong may be unread).
+PUSH_OPTIONS: dict[str, Any] = dict(
+    compression=None, ping_interval=0.2, ping_timeout=0.3, max_queue=2, close_timeout=0.5
+)
+CHUNK = bytes(16384)
+
+
+def _stalled_client(port: int) -> Any:
+    """A client that fills the server's queue (10 messages, max_queue=2), then reads nothing."""
+    peer = raw_client(port)
+    for _ in range(10):
+        peer.send_frame(0x1, b"subscribe")
+    return peer
+
+
+def _reading_client(port: int, seconds: float) -> Any:
+    """The same, but reading (and discarding) all it gets for ``seconds``, not answering pings."""
+    peer = _stalled_client(port)
+    deadline = time.monotonic() + seconds
+    peer.sock.settimeout(0.05)
+    while time.monotonic() < deadline:
+        try:
+            if not peer.sock.recv(1 << 20):
+                break
+        except socket.timeout:
+            pass
+    return peer
+
+
+@needs_tcp_info
+@pytest.mark.timeout(30)
+def test_sync_server_push_only_fails_a_stalled_peer_and_keeps_a_reading_one(backend):
+    for reading in (False, True):
+        ended: list[BaseException] = []
+        done = threading.Event()
+
+        def handler(ws: Any, address: Any) -> None:
+            try:
+                while True:
+                    ws.send(CHUNK)
+            except ConnectionClosed as exc:
+                ended.append(exc)
+            finally:
+                done.set()
+
+        with WebSocketServer("127.0.0.1", 0, handler, backend=backend, **PUSH_OPTIONS) as server:
+            threading.Thread(target=server.serve_forever, daemon=True).start()
+            if reading:
+                peer = _reading_client(server.port, 1.5)  # ~5 timeouts of the first ping
+                assert not done.is_set(), f"a peer whose TCP reads all was failed: {ended}"
+            else:
+                peer = _stalled_client(server.port)
+                assert done.wait(10), "a stalled peer was kept while our reading was paused"
+                assert ended and ended[0].sent is not None and ended[0].sent[0] == 1011, ended
+            peer.close()
+            assert done.wait(10)
+
+
+@needs_tcp_info
+@pytest.mark.timeout(30)
+@pytest.mark.asyncio
+async def test_async_server_push_only_fails_a_stalled_peer_and_keeps_a_reading_one(backend):
+    for reading in (False, True):
+        ended: list[BaseException] = []
+        done = asyncio.Event()
+
+        async def handler(ws: Any, path: str) -> None:
+            try:
+                while True:
+                    await ws.send(CHUNK)
+            except ConnectionClosed as exc:
+                ended.append(exc)
+            finally:
+                done.set()
+
+        async with start_async_websocket_server("127.0.0.1", 0, handler, backend=backend, **PUSH_OPTIONS) as server:
+            if reading:
+                peer = await asyncio.to_thread(_reading_client, server.port, 1.5)
+                assert not done.is_set(), f"a peer whose TCP reads all was failed: {ended}"
+            else:
+                peer = await asyncio.to_thread(_stalled_client, server.port)
+                await asyncio.wait_for(done.wait(), 10)
+                assert ended and ended[0].sent is not None and ended[0].sent[0] == 1011, ended
+            peer.close()
+            await asyncio.wait_for(done.wait(), 10)
+
+
+@needs_tcp_info
+@pytest.mark.timeout(30)
+def test_sync_keepalive_timeout_behind_a_backlog_wakes_recv_and_send_at_once(backend):
+    """The peer takes nothing (its application stopped reading): the keepalive timeout ends
+    the connection at once, not close_timeout later while our close frame waits behind the
+    backlog (audit 81; the asyncio layer already did)."""
+    server = RawServer()
+    accepted: list[Any] = []
+    thread = threading.Thread(target=lambda: accepted.append(server.accept_ws()), daemon=True)
+    thread.start()
+    ws = connect_websocket("127.0.0.1", server.port, backend=backend, compression=None,
+                           ping_interval=0.2, ping_timeout=0.3, close_timeout=8)
+    send_ended = threading.Event()
+
+    def sender() -> None:
+        try:
+            while True:
+                ws.send(bytes(2**20))
+        except ConnectionClosed:
+            send_ended.set()
+
+    threading.Thread(target=sender, daemon=True).start()
+    started = time.monotonic()
+    try:
+        assert ws.recv(15) is None
+        assert time.monotonic() - started < 4, "recv() waited for close_timeout"
+        assert send_ended.wait(4)
+        assert ws.close_code == 1006
+    finally:
+        ws.abort()
+        thread.join(10)
+        for peer in accepted:
+            peer.close()
+        server.close()

@@ -661,16 +661,21 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             else:  # where the ping ends in what we send: see Keepalive.ping_in_flight
                 ka.ping_sent(now, acked + _tcp.kernel_unsent(sock) + unsent_bytes(self.transport), acked)
         elif action == "timeout":
-            if self._peer_reads() if self._paused_for_write else self._paused_reading:
-                # Our own backpressure (max_queue, the application not reading; write_limit
-                # with an on_message callback, the peer reading slowly) stopped reading:
-                # the pong may be sitting unread, which says nothing about the peer: wait on.
-                # (A peer that reads nothing of our answers for a timeout is dead, though,
-                # however many of its messages wait for the callback meanwhile.)
-                ka.deferred(now)
-            elif ka.ping_in_flight(_tcp.bytes_acked(self.transport.get_extra_info("socket"))):
-                # The ping is behind our own data, which the peer is still reading.
-                logger.debug("keepalive ping on %s still on its way to a peer reading: waiting on", self.remote_address)
+            acked = _tcp.bytes_acked(self.transport.get_extra_info("socket"))
+            if self._paused_for_write:
+                # Reading paused by write_limit while on_message answers from the read path:
+                # a peer that reads our answers is alive (its pong may be sitting unread), as is
+                # one whose TCP still takes the data queued before the ping.
+                wait = self._peer_reads() or ka.ping_in_flight(acked)
+            elif self._paused_reading:
+                # Our own backpressure (max_queue, the application not reading) stopped
+                # reading: the pong may be sitting unread, which says nothing about the peer,
+                # unless the peer's TCP has stopped acknowledging what we send.
+                wait = ka.pong_may_be_unread(acked)
+            else:  # the ping may be behind our own data, which the peer is still reading
+                wait = ka.ping_in_flight(acked)
+            if wait:
+                logger.debug("keepalive ping on %s may be answered yet: waiting on", self.remote_address)
                 ka.deferred(now)
             else:
                 logger.info("keepalive ping timeout on %s: closing with 1011", self.remote_address)

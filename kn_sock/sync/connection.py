@@ -781,18 +781,27 @@ class WebSocket:
                 else:  # where the ping ends in what we send: see Keepalive.ping_in_flight
                     ka.ping_sent(now, acked + _tcp.kernel_unsent(self._sock) + self._wbuf_size, acked)
             elif action == "timeout":
+                acked = _tcp.bytes_acked(self._sock)
                 if self._read_paused:
                     # Our own backpressure (max_queue, the application not reading) stopped
-                    # reading: the pong may be sitting unread, which says nothing about the peer.
-                    ka.deferred(now)
-                elif ka.ping_in_flight(_tcp.bytes_acked(self._sock)):
-                    # The ping is behind our own data, which the peer is still reading.
-                    logger.debug("keepalive ping on %s still on its way to a peer reading: waiting on", self.remote_address)
+                    # reading: the pong may be sitting unread, which says nothing about the
+                    # peer, unless the peer's TCP has stopped acknowledging what we send.
+                    wait = ka.pong_may_be_unread(acked)
+                else:  # the ping may be behind our own data, which the peer is still reading
+                    wait = ka.ping_in_flight(acked)
+                if wait:
+                    logger.debug("keepalive ping on %s may be answered yet: waiting on", self.remote_address)
                     ka.deferred(now)
                 else:
                     logger.info("keepalive ping timeout on %s: closing with 1011", self.remote_address)
                     proto.fail(1011, "keepalive ping timeout")
                     self._dispatch([Closed(1006, "")])
+                    if self._wbuf and not self._sock_done:
+                        # Our close frame waits behind data the peer has not taken for a whole
+                        # timeout: close now rather than after close_timeout, waking the
+                        # threads blocked in recv() / send() (audit 81: recv() returned None
+                        # close_timeout late; the asyncio layer's returns at once).
+                        self._finalize()
                     return
             self._schedule_keepalive()
 
