@@ -29,6 +29,7 @@ import logging
 import random as random_module
 import time
 from collections import deque
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable
 
 from .exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus
@@ -166,7 +167,7 @@ class ReconnectPolicy:
             return cls()
         if isinstance(value, cls):
             return value.copy()
-        if isinstance(value, dict):
+        if isinstance(value, Mapping):  # a dict (a TypedDict describing it too)
             return cls(**value)
         raise TypeError(f"reconnect must be a bool, a dict or a ReconnectPolicy, not {type(value).__name__}")
 

@@ -82,6 +82,9 @@ def test_from_option():
     template.next_delay()
     copy = ReconnectPolicy.from_option(template)
     assert copy is not template and copy.attempts == 0 and copy.max_attempts == 1
+    from types import MappingProxyType  # any mapping, as the annotations say (a TypedDict is a dict)
+
+    assert ReconnectPolicy.from_option(MappingProxyType({"max_delay": 3})).max_delay == 3.0
     with pytest.raises(TypeError):
         ReconnectPolicy.from_option({"initial": 1})
     with pytest.raises(TypeError):

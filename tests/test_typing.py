@@ -21,6 +21,7 @@ GOOD = '''
 import asyncio
 import threading
 from collections.abc import AsyncIterator
+from typing import TypedDict
 from kn_sock import (
     AsyncWebSocket, WebSocket, async_connect_websocket, connect_websocket, start_async_websocket_server,
     start_websocket_server,
@@ -61,6 +62,15 @@ async def aevery(ws: AsyncWebSocket) -> list[str | bytes]:
 
 async def aresilient() -> AsyncReconnectingWebSocket:
     return await async_connect_websocket("localhost", 8765, reconnect={"max_delay": 5.0})
+
+
+class Backoff(TypedDict, total=False):
+    initial_delay: float
+    max_delay: float
+
+
+def resilient_typed() -> ReconnectingWebSocket:
+    return connect_websocket("localhost", 8765, reconnect=Backoff(initial_delay=0.5))
 
 
 async def rtt(ws: AsyncWebSocket) -> float:

@@ -7,6 +7,7 @@ import asyncio
 import inspect
 import logging
 import ssl as ssl_module
+from collections.abc import Mapping
 from typing import Any, AsyncIterator, Literal, TypeVar, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus
@@ -185,7 +186,7 @@ class connect(Starter[_W]):
         port: int | None = None,
         path: str = "/",
         *,
-        reconnect: Literal[True] | dict[str, Any],
+        reconnect: Literal[True] | Mapping[str, Any] | ReconnectPolicy,
         **options: Any,
     ) -> None: ...
     @overload
@@ -195,7 +196,7 @@ class connect(Starter[_W]):
         port: int | None = None,
         path: str = "/",
         *,
-        reconnect: bool | dict[str, Any] | None,
+        reconnect: bool | Mapping[str, Any] | ReconnectPolicy | None,
         **options: Any,
     ) -> None: ...
     def __init__(self, host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> None:
@@ -244,11 +245,11 @@ def async_connect_websocket(
 ) -> connect[AsyncWebSocket]: ...
 @overload
 def async_connect_websocket(
-    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[True] | dict[str, Any], **options: Any
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[True] | Mapping[str, Any] | ReconnectPolicy, **options: Any
 ) -> connect[AsyncReconnectingWebSocket]: ...
 @overload
 def async_connect_websocket(
-    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: bool | dict[str, Any] | None, **options: Any
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: bool | Mapping[str, Any] | ReconnectPolicy | None, **options: Any
 ) -> connect[AsyncWebSocket | AsyncReconnectingWebSocket]: ...
 def async_connect_websocket(host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> connect[Any]:
     """Open an asyncio WebSocket client connection: ``await`` it or use ``async with``.

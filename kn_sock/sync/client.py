@@ -16,6 +16,7 @@ import socket
 import ssl as ssl_module
 import threading
 import time
+from collections.abc import Mapping
 from typing import Any, Iterator, Literal, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidState, InvalidStatus
@@ -40,11 +41,11 @@ def connect_websocket(
 ) -> WebSocket: ...
 @overload
 def connect_websocket(
-    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[True] | dict[str, Any], **options: Any
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[True] | Mapping[str, Any] | ReconnectPolicy, **options: Any
 ) -> ReconnectingWebSocket: ...
 @overload
 def connect_websocket(
-    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: bool | dict[str, Any] | None, **options: Any
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: bool | Mapping[str, Any] | ReconnectPolicy | None, **options: Any
 ) -> WebSocket | ReconnectingWebSocket: ...
 def connect_websocket(
     host_or_uri: str, port: int | None = None, path: str = "/", **options: Any
