@@ -14,6 +14,7 @@ from typing import Any
 # where TCP would retransmit its SYN and wait; the clients wait too, within open_timeout.
 _RETRY_FIRST = 0.001
 _RETRY_MAX = 0.05
+_NO_TIMEOUT = 2.0**31  # seconds: beyond a timeval's reach on every platform, no bound
 
 
 def unix_connect(path: Any, timeout: float | None) -> socket.socket:
@@ -21,13 +22,15 @@ def unix_connect(path: Any, timeout: float | None) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         target = os.fspath(path)  # (socket.connect takes no PathLike)
-        if timeout is None:
+        if timeout is None or timeout >= _NO_TIMEOUT:
             sock.connect(target)  # blocking: the kernel waits for room in the backlog
         else:
             # Blocking, bounded by SO_SNDTIMEO: Linux waits that long for room in a full backlog
-            # (a socket timeout would make it non-blocking: EAGAIN at once).
+            # (a socket timeout would make it non-blocking: EAGAIN at once). (0 would mean
+            # no bound: at least a microsecond.)
             sec = int(timeout)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", sec, int((timeout - sec) * 1e6)))
+            usec = max(int((timeout - sec) * 1e6), 0 if sec else 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", sec, usec))
             try:
                 sock.connect(target)
             except BlockingIOError:
