@@ -139,8 +139,12 @@ async def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) 
             if sock is not None:
                 transport, ws = await loop.create_connection(factory, sock=sock, **tls)
             elif unix is not None:
-                sock = await async_unix_connect(unix)  # (asyncio's own takes a full backlog for success)
-                transport, ws = await loop.create_unix_connection(factory, sock=sock, **tls)
+                usock = await async_unix_connect(unix)  # (asyncio's own takes a full backlog for success)
+                try:
+                    transport, ws = await loop.create_unix_connection(factory, sock=usock, **tls)
+                except BaseException:
+                    usock.close()  # (if asyncio had not: closing twice is harmless)
+                    raise
             else:
                 transport, ws = await loop.create_connection(factory, host, wsuri.port, **tls)
             return await fut
