@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import http
 import re
 from typing import Any
@@ -578,12 +579,31 @@ def redirect_target(wsuri: WebSocketURI, exc: InvalidStatus, *, unix: bool = Fal
         raise InvalidHandshake(f"HTTP {exc.status} redirection to an invalid URI: {error}", exc.status, exc.headers, exc.body) from None
     if wsuri.secure and not new.secure:
         raise InvalidHandshake(f"refused to follow a redirection from {wsuri.uri} to insecure {new.uri}", exc.status, exc.headers, exc.body)
-    if unix and (new.secure, new.host.lower(), new.port) != (wsuri.secure, wsuri.host.lower(), wsuri.port):
+    if unix and not same_origin(new, wsuri):
         raise InvalidHandshake(
             f"refused to follow a redirection from {wsuri.uri} to another origin ({new.uri}) over a Unix socket",
             exc.status, exc.headers, exc.body,
         )
     return new
+
+
+def same_origin(a: WebSocketURI, b: WebSocketURI) -> bool:
+    """Whether two URIs have the same origin: scheme (TLS or not), host and port."""
+    return (a.secure, a.host.lower(), a.port) == (b.secure, b.host.lower(), b.port)
+
+
+#: What a redirection to another origin does not carry (as browsers, curl, requests and
+#: websockets): credentials meant for the first server, which the next could collect.
+CREDENTIAL_HEADERS = frozenset({"authorization", "cookie", "proxy-authorization"})
+
+
+def redirect_options(opts: Any, old: WebSocketURI, new: WebSocketURI) -> Any:
+    """The connection options (``Options``) for following a redirection from ``old`` to
+    ``new``: the same, but without credential headers when ``new`` is another origin."""
+    if same_origin(old, new) or not opts.headers:
+        return opts
+    kept = [(name, value) for name, value in Headers(opts.headers).items() if name.lower() not in CREDENTIAL_HEADERS]
+    return dataclasses.replace(opts, headers=kept)
 
 
 #: A Host field value (RFC 9110 §7.2): uri-host [ ":" port ], the host an IP literal in

@@ -85,6 +85,19 @@ def check_server_ssl(value: Any) -> None:
             raise TypeError(f"ssl must be an ssl.SSLContext or None on a server, not {type(value).__name__}")
 
 
+def check_server_options(opts: Options) -> None:
+    """What a server checks beyond the shared options: ``ssl`` (TypeError unless an
+    ``ssl.SSLContext`` or None), and ``origin`` without ``origins``: a client's option, which a
+    server would ignore while admitting every Origin, so a one-letter slip for ``origins``
+    fails open (audit 87; websockets refuses it too). With ``origins`` given as well, one
+    dict of options serving both sides, it is ignored as documented."""
+    check_server_ssl(opts.ssl)
+    if opts.origin is not None and opts.origins is None:
+        raise TypeError(
+            "origin= is the Origin header a client sends; a server admits Origins with origins=[...]"
+        )
+
+
 def check_blocking_callables(**callables: Any) -> None:
     """The blocking API calls the callables given by name (the server's ``handler`` and
     ``process_request``, the client's ``on_connect``; the other side's options are ignored)

@@ -387,6 +387,31 @@ async def test_cancelling_a_connect_leaves_no_unretrieved_error(backend):
     assert errors == []
 
 
+async def test_a_redirect_to_another_origin_drops_credential_headers(backend):
+    """See the blocking client's test (audit 87)."""
+    credentials = {"Authorization": "Bearer secret", "Cookie": "session=abc", "X-Api-Key": "kept"}
+
+    async def report(ws, path):
+        headers = ws.request_headers
+        await ws.send(repr([headers.get("Authorization"), headers.get("Cookie"), headers.get("X-Api-Key")]))
+
+    async with serving(report, backend=backend) as target:
+
+        def hook(path, headers):
+            if path == "/same":
+                return 302, {"Location": "/here"}, b""
+            if path == "/other":
+                return 302, {"Location": f"ws://localhost:{target.port}/there"}, b""
+            return None
+
+        async with serving(report, backend=backend, process_request=hook) as server:
+            async with async_connect_websocket("127.0.0.1", server.port, "/same", headers=credentials) as ws:
+                assert await ws.recv(timeout=TIMEOUT) == repr(["Bearer secret", "session=abc", "kept"])
+            async with async_connect_websocket("127.0.0.1", server.port, "/other", headers=credentials) as ws:
+                assert ws.path == "/there"
+                assert await ws.recv(timeout=TIMEOUT) == repr([None, None, "kept"])
+
+
 async def test_redirects_are_followed(backend):
     """A 3xx with a Location (relative here) is followed, up to 10 times; then InvalidHandshake."""
 

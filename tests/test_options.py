@@ -127,6 +127,18 @@ async def test_one_origin_as_a_str_asyncio():
         await asyncio.wait_for(server.wait_closed(), 5)
 
 
+async def test_a_server_refuses_origin_without_origins():
+    """``origin=`` (the client's header) on a server, where ``origins=`` was meant, would admit
+    every Origin: refused (audit 87), unless ``origins`` is given too (one dict for both sides)."""
+    with pytest.raises(TypeError, match="origins="):
+        WebSocketServer("127.0.0.1", 0, lambda ws, address: None, origin="https://ok.example")
+    with pytest.raises(TypeError, match="origins="):
+        start_async_websocket_server("127.0.0.1", 0, lambda ws, path: None, origin="https://ok.example")
+    WebSocketServer(
+        "127.0.0.1", 0, lambda ws, address: None, origin="https://ok.example", origins=["https://ok.example"]
+    ).shutdown()
+
+
 def test_blocking_api_refuses_coroutine_functions():
     """The blocking server and client never await: an ``async def`` handler, process_request
     or on_connect raises TypeError at once (the server closed every connection with 1000,

@@ -214,6 +214,34 @@ def test_reset_during_the_handshake_is_invalid_handshake(reset):
         listener.close()
 
 
+CREDENTIALS = {"Authorization": "Bearer secret", "Cookie": "session=abc", "X-Api-Key": "kept"}
+
+
+def _report_credentials(ws, address):
+    headers = ws.request_headers
+    ws.send(repr([headers.get("Authorization"), headers.get("Cookie"), headers.get("X-Api-Key")]))
+
+
+def test_a_redirect_to_another_origin_drops_credential_headers():
+    """Authorization, Cookie and Proxy-Authorization from ``headers=`` go to the origin they
+    were meant for, not to wherever a 3xx points (audit 87; as websockets, curl, browsers)."""
+    with running_server(_report_credentials) as target:
+
+        def hook(path, headers):
+            if path == "/same":
+                return 302, {"Location": "/here"}, b""
+            if path == "/other":
+                return 302, {"Location": f"ws://localhost:{target.port}/there"}, b""
+            return None
+
+        with running_server(_report_credentials, process_request=hook) as server:
+            with connect_websocket("127.0.0.1", server.port, "/same", headers=CREDENTIALS) as ws:
+                assert ws.recv(5) == repr(["Bearer secret", "session=abc", "kept"])
+            with connect_websocket("127.0.0.1", server.port, "/other", headers=list(CREDENTIALS.items())) as ws:
+                assert ws.path == "/there"
+                assert ws.recv(5) == repr([None, None, "kept"])
+
+
 def test_redirects_are_followed():
     """A 3xx with a Location is followed (here to another path, then another server)."""
     with running_server(lambda ws, address: ws.send(ws.path)) as target:

@@ -11,7 +11,7 @@ from typing import Any, Awaitable, Callable, Union
 
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
-from ..options import Options, check_port, check_server_ssl, make_options
+from ..options import Options, check_port, check_server_options, make_options
 from .._unix import remove_unix_socket, socket_inode
 from ..protocol import SERVER, Protocol
 from ._compat import mark_coroutine_function
@@ -328,7 +328,7 @@ class AsyncWebSocketServer:
         #: TLS handshakes in progress: their tasks, and the sockets they run on.
         self._tls_pending: dict[asyncio.Task[None], socket.socket] = {}
         self._wants_path = _wants_path(handler)
-        check_server_ssl(options.ssl)
+        check_server_options(options)
         self._new_handshake()  # invalid options raise here, not in every connection_made
 
     def _new_handshake(self) -> ServerHandshake:
@@ -579,6 +579,7 @@ class serve(Starter[AsyncWebSocketServer]):
         # (private: a forgotten ``await`` must not leave a ``.port`` or ``.close()`` that seems to work)
         self._listen = {k: options.pop(k) for k in ("unix", "reuse_port", "reuse_address", "backlog", "sock") if k in options}
         self._options = make_options(options)
+        check_server_options(self._options)
         self._host, self._port, self._handler = host, port, handler
 
     async def _start(self) -> AsyncWebSocketServer:

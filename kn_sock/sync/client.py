@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from typing import Any, Iterator, Literal, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidState, InvalidStatus
-from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_target
+from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_options, redirect_target
 from ..options import Options, check_blocking_callables, check_client_transport, make_options
 from ..protocol import CLIENT, Protocol, State, exit_close_code
 from ..reconnect import ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
@@ -138,6 +138,7 @@ def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default", attempt:
             if target is None:
                 raise
             logger.info("%s redirected (HTTP %d) to %s", wsuri.uri, exc.status, target.uri)
+            opts = redirect_options(opts, wsuri, target)  # (another origin: no credential headers)
             wsuri = target
         if deadline is not None:
             timeout = deadline - time.monotonic()

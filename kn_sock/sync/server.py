@@ -31,7 +31,7 @@ from typing import Protocol as _Interface
 from .._unix import remove_stale_socket, remove_unix_socket, socket_inode
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
-from ..options import check_blocking_callables, check_port, check_server_ssl, make_options
+from ..options import check_blocking_callables, check_port, check_server_options, make_options
 from ..protocol import SERVER, Protocol
 from .client import _set_timeout
 from .connection import _HAS_POLL, WebSocket
@@ -151,7 +151,7 @@ class WebSocketServer:
         self._stack_size = options.pop("thread_stack_size", DEFAULT_THREAD_STACK_SIZE)
         self._grace = options.pop("shutdown_grace", SHUTDOWN_GRACE)
         self.options = make_options(options)
-        check_server_ssl(self.options.ssl)
+        check_server_options(self.options)
         check_blocking_callables(handler=handler, process_request=self.options.process_request)
         if self._unix is None:
             check_port(port)
