@@ -25,6 +25,7 @@ import logging
 import os
 import platform
 import queue
+import re
 import signal
 import socket
 import ssl
@@ -110,8 +111,18 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
     return EXIT_TERMINATED if isinstance(exc, _Terminated) else EXIT_INTERRUPTED
 
 
+#: C0 controls but TAB and LF, DEL and the C1 controls: what a peer's text must not send to
+#: a terminal (escape sequences rewrite the screen or the window title; CR overwrites a line).
+_CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str) -> str:
+    """``text`` with the control characters a terminal would act on shown escaped (``\\x1b``)."""
+    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 def _short(message: Any, limit: int = 60) -> str:
-    text = repr(message) if isinstance(message, (bytes, bytearray)) else str(message)
+    text = repr(message) if isinstance(message, (bytes, bytearray)) else _printable(str(message))
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
@@ -432,7 +443,9 @@ class _Session:
                 with self.cond:  # decided before it is shown (what is shown may prompt a send)
                     reply = self.sent > 0
                 text = repr(bytes(msg)) if isinstance(msg, (bytes, bytearray)) else msg
-                _out(f"< {text}" if self.decorate else text)
+                # On a terminal, a peer's control characters are shown, not obeyed (audit 87);
+                # piped, the text goes out as it came.
+                _out(f"< {_printable(text)}" if self.decorate else text)
                 with self.cond:
                     self.received += 1
                     if reply:

@@ -716,3 +716,17 @@ def test_serve_banner_for_every_interface(monkeypatch: pytest.MonkeyPatch, capsy
     monkeypatch.setattr(cli, "_serve_async", lambda args, tls, banner: banner(4321) or 0)
     assert cli.main(["serve", "--host", "", "--port", "0"]) == 0
     assert "echo server on ws://0.0.0.0:4321/" in capsys.readouterr().out
+
+
+def test_a_peers_control_characters_are_shown_not_obeyed_on_a_terminal() -> None:
+    """Escape sequences in a peer's text (window title, clear screen, CR overwriting a line)
+    are escaped where the CLI shows them on a terminal and in the ``serve -v`` log (audit 87);
+    tabs, newlines and other characters stay as they are."""
+    from kn_sock.cli import _printable, _short
+
+    hostile = "hi\x1b]0;PWNED\x07\x1b[2J\rover\x9b31m\x00\x7f"
+    shown = _printable(hostile)
+    assert not any(ch in shown for ch in "\x1b\x07\r\x9b\x00\x7f")
+    assert shown == "hi\\x1b]0;PWNED\\x07\\x1b[2J\\x0dover\\x9b31m\\x00\\x7f"
+    assert _printable("tab\tnew\nline é ☃") == "tab\tnew\nline é ☃"
+    assert "\x1b" not in _short("a\x1bb") and _short(b"\x1b") == repr(b"\x1b")
