@@ -578,10 +578,10 @@ def redirect_target(wsuri: WebSocketURI, exc: InvalidStatus, *, unix: bool = Fal
     except InvalidURI as error:
         raise InvalidHandshake(f"HTTP {exc.status} redirection to an invalid URI: {error}", exc.status, exc.headers, exc.body) from None
     if wsuri.secure and not new.secure:
-        raise InvalidHandshake(f"refused to follow a redirection from {wsuri.uri} to insecure {new.uri}", exc.status, exc.headers, exc.body)
+        raise InvalidHandshake(f"refused to follow a redirection from {wsuri.shown} to insecure {new.shown}", exc.status, exc.headers, exc.body)
     if unix and not same_origin(new, wsuri):
         raise InvalidHandshake(
-            f"refused to follow a redirection from {wsuri.uri} to another origin ({new.uri}) over a Unix socket",
+            f"refused to follow a redirection from {wsuri.shown} to another origin ({new.shown}) over a Unix socket",
             exc.status, exc.headers, exc.body,
         )
     return new

@@ -85,7 +85,9 @@ _STATUS_LINE_RE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7
 # OWS is stripped afterwards rather than in the pattern, which keeps matching linear.
 _HEADER_LINE_RE = re.compile(rb"(" + _TOKEN.encode() + rb"):([\t\x20-\x7e\x80-\xff]*)")
 _CONTENT_LENGTH_RE = re.compile(r"[0-9]{1,18}")
-_FORBIDDEN_VALUE_CHARS_RE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+#: Control characters (header injection) and what ISO-8859-1, the encoding of HTTP/1.1
+#: field values, cannot carry (caught when the headers are given, not in every handshake).
+_FORBIDDEN_VALUE_CHARS_RE = re.compile("[\x00-\x08\x0a-\x1f\x7f\u0100-\U0010ffff]")
 
 ExtensionParams = list[tuple[str, Union[str, None]]]
 HeadersLike = Union["Headers", Mapping[str, str], Iterable[tuple[str, str]], None]
@@ -186,13 +188,17 @@ class Headers(MutableMapping[str, str]):
         Raises:
             TypeError: if ``name`` or ``value`` is not a str.
             ValueError: if ``name`` is not a token or ``value`` contains control characters
-                (this prevents header injection through user-supplied headers).
+                (this prevents header injection through user-supplied headers) or characters
+                ISO-8859-1 cannot encode.
         """
         if not isinstance(name, str) or not isinstance(value, str):
             raise TypeError(f"header names and values must be str, got {name!r}: {value!r}")
         if not _TOKEN_RE.fullmatch(name):
             raise ValueError(f"invalid header name {name!r}")
-        if _FORBIDDEN_VALUE_CHARS_RE.search(value):
+        bad = _FORBIDDEN_VALUE_CHARS_RE.search(value)
+        if bad:
+            if ord(bad.group()) > 0xFF:
+                raise ValueError(f"header {name} is not encodable in ISO-8859-1: {value!r}")
             raise ValueError(f"invalid header value for {name}: {value!r}")
         self._append(name, value)
 

@@ -402,10 +402,10 @@ class ReconnectingState:
         session failed (True: close it 1011 and retry with backoff; a failed login, say) or
         the connection ended under it (False: its close code decides, as for any end)."""
         if isinstance(exc, ConnectionClosed) and not conn.open:
-            logger.info("connection to %s lost during on_connect", self._wsuri.uri)
+            logger.info("connection to %s lost during on_connect", self._wsuri.shown)
             return False
         # Not a session to send the queue on: the policy is reset only once on_connect succeeded.
-        logger.error("on_connect failed for %s: closing (1011), reconnecting", self._wsuri.uri, exc_info=exc)
+        logger.error("on_connect failed for %s: closing (1011), reconnecting", self._wsuri.shown, exc_info=exc)
         return True
 
     def _take_ended(self) -> Any:

@@ -75,6 +75,13 @@ class WebSocketURI:
         """The full URI, without credentials (safe to log)."""
         return f"{self.scheme}://{self.host_header}{self.path}"
 
+    @property
+    def shown(self) -> str:
+        """The URI for log lines and messages: :attr:`uri` with the query, which often carries
+        a token (browsers cannot set headers on a WebSocket), shown as ``?…``."""
+        path, sep, _ = self.path.partition("?")
+        return f"{self.scheme}://{self.host_header}{path}{'?…' if sep else ''}"
+
     def __str__(self) -> str:
         """Same as :attr:`uri`."""
         return self.uri
@@ -105,8 +112,27 @@ def parse_uri(host_or_uri: str, port: int | None = None, path: str = "/") -> Web
     if not isinstance(path, str):
         raise InvalidURI(f"expected a str path, got {type(path).__name__}")
     if "://" in host_or_uri:
-        return _parse_full(host_or_uri, port, path)
+        try:
+            return _parse_full(host_or_uri, port, path)
+        except InvalidURI as exc:
+            secret = _password(host_or_uri)
+            if not secret:
+                raise
+            # Error messages end up in logs and error trackers: not the password (audit 87).
+            message = str(exc)
+            for shown in (secret, repr(secret)[1:-1]):
+                message = message.replace(f":{shown}@", ":***@")
+            raise InvalidURI(message) from None
     return _parse_plain(host_or_uri, port, path)
+
+
+def _password(uri: str) -> str:
+    """The password of ``scheme://user:password@host...``, or ""."""
+    authority = uri.partition("://")[2]
+    for end in "/?#":
+        authority = authority.partition(end)[0]
+    userinfo, at, _ = authority.rpartition("@")
+    return userinfo.partition(":")[2] if at else ""
 
 
 def _parse_full(uri: str, port: int | None, path: str) -> WebSocketURI:

@@ -119,6 +119,17 @@ class TestHeaders:
         with pytest.raises(ValueError):
             Headers([(name, value)])
 
+    def test_values_iso_8859_1_cannot_encode_are_refused_when_given(self) -> None:
+        """Not in every handshake later (audit 87: a server made with such a header dropped
+        every connection)."""
+        assert Headers({"X": "café ÿ"})["X"] == "café ÿ"
+        with pytest.raises(ValueError, match="X-Greeting"):
+            Headers({"X-Greeting": "café ☃"})
+        from kn_sock import WebSocketServer
+
+        with pytest.raises(ValueError):
+            WebSocketServer("127.0.0.1", 0, lambda ws, address: None, headers={"X-Greeting": "☃"})
+
     def test_non_str_is_refused(self) -> None:
         with pytest.raises(TypeError):
             Headers({"X": 1})  # type: ignore[dict-item]

@@ -160,3 +160,22 @@ class TestPlainHostPortPath:
     def test_non_str_host_is_rejected(self) -> None:
         with pytest.raises(InvalidURI):
             parse_uri(b"localhost", 80)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "uri",
+    ["ws://alice:s3cret@example.com:99999/", "ftp://alice:s3cret@example.com/", "ws://alice:s3cret@[::1/x",
+     "ws://alice:s3cret@example.com/#frag"],
+)
+def test_invalid_uri_messages_do_not_show_the_password(uri: str) -> None:
+    """Error messages reach logs and error trackers (audit 87)."""
+    with pytest.raises(InvalidURI) as info:
+        parse_uri(uri)
+    assert "s3cret" not in str(info.value) and "alice:***@" in str(info.value)
+
+
+def test_shown_hides_the_query_and_credentials() -> None:
+    """What log lines and messages use (audit 87: ``?token=`` is a common way to authenticate)."""
+    uri = parse_uri("wss://alice:s3cret@example.com:8443/feed?token=T0K3N")
+    assert uri.shown == "wss://example.com:8443/feed?…"
+    assert parse_uri("ws://example.com/feed").shown == "ws://example.com/feed"

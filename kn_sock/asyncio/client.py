@@ -104,7 +104,7 @@ async def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default") ->
             target = redirect_target(wsuri, exc, unix=opts.extra.get("unix") is not None)
             if target is None:
                 raise
-            logger.info("%s redirected (HTTP %d) to %s", wsuri.uri, exc.status, target.uri)
+            logger.info("%s redirected (HTTP %d) to %s", wsuri.shown, exc.status, target.shown)
             opts = redirect_options(opts, wsuri, target)  # (another origin: no credential headers)
             wsuri = target
         if deadline is not None:
@@ -363,7 +363,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                 delay = policy.next_delay()
                 if delay is None:
                     raise
-                logger.info("connecting to %s failed (%s); retrying in %.3f s", self._wsuri.uri, exc, delay)
+                logger.info("connecting to %s failed (%s); retrying in %.3f s", self._wsuri.shown, exc, delay)
                 await asyncio.sleep(delay)
         policy.reset()
         self._ws = ws
@@ -385,7 +385,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
             if self._closing or not self._policy.should_reconnect(end_code(ws.protocol)):
                 self._final = True
                 raise
-            logger.info("connection to %s lost during on_connect: reconnecting", self._wsuri.uri)
+            logger.info("connection to %s lost during on_connect: reconnecting", self._wsuri.shown)
             connected = False
         except BaseException:
             self._final = True
@@ -407,10 +407,10 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                 if self._closing:
                     break
                 if not setup_failed and not self._policy.should_reconnect(code):
-                    logger.info("connection to %s closed with %d: not reconnecting", self._wsuri.uri, code)
+                    logger.info("connection to %s closed with %d: not reconnecting", self._wsuri.shown, code)
                     break
                 self._outbox.requeue()
-                logger.info("connection to %s lost (%d): reconnecting", self._wsuri.uri, code)
+                logger.info("connection to %s lost (%d): reconnecting", self._wsuri.shown, code)
                 new = await self._reconnect()
                 if new is None:
                     break
@@ -448,7 +448,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
             self._final = True
             self.connected = False
             if self._outbox.pending:
-                logger.warning("%d queued messages to %s dropped: closed for good", len(self._outbox), self._wsuri.uri)
+                logger.warning("%d queued messages to %s dropped: closed for good", len(self._outbox), self._wsuri.shown)
             self._notify()
 
     async def _reconnect(self) -> AsyncWebSocket | None:
@@ -457,9 +457,9 @@ class AsyncReconnectingWebSocket(ReconnectingState):
         while not self._closing:
             delay = policy.next_delay()
             if delay is None:
-                logger.warning("giving up reconnecting to %s after %d attempts", self._wsuri.uri, policy.attempts)
+                logger.warning("giving up reconnecting to %s after %d attempts", self._wsuri.shown, policy.attempts)
                 return None
-            logger.info("reconnecting to %s in %.3f s (attempt %d)", self._wsuri.uri, delay, policy.attempts)
+            logger.info("reconnecting to %s in %.3f s (attempt %d)", self._wsuri.shown, delay, policy.attempts)
             await asyncio.sleep(delay)
             if self._closing:
                 return None
@@ -467,11 +467,11 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                 ws = await _open(self._wsuri, self._opts)
             except Exception as exc:
                 if not retryable_error(exc):
-                    logger.warning("reconnecting to %s refused (%s): giving up", self._wsuri.uri, exc)
+                    logger.warning("reconnecting to %s refused (%s): giving up", self._wsuri.shown, exc)
                     return None
-                logger.info("reconnection attempt %d to %s failed: %s", policy.attempts, self._wsuri.uri, exc)
+                logger.info("reconnection attempt %d to %s failed: %s", policy.attempts, self._wsuri.shown, exc)
                 continue
-            logger.info("reconnected to %s", self._wsuri.uri)  # (the policy is reset once on_connect succeeded)
+            logger.info("reconnected to %s", self._wsuri.shown)  # (the policy is reset once on_connect succeeded)
             return ws
         return None
 
@@ -493,7 +493,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
             except ConnectionClosed:
                 pass  # died while draining: the frame was handed over, not re-sent
             except Exception:  # pragma: no cover - queueable() checked it; never end the client
-                logger.exception("queued message for %s could not be sent: dropped", self._wsuri.uri)
+                logger.exception("queued message for %s could not be sent: dropped", self._wsuri.shown)
         self.connected = True
 
     async def _wait_change(self, timeout: float | None) -> None:
@@ -694,4 +694,4 @@ class AsyncReconnectingWebSocket(ReconnectingState):
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed" if self._final else "reconnecting"
-        return f"<AsyncReconnectingWebSocket {self._wsuri.uri} {state} reconnects={self.reconnects}>"
+        return f"<AsyncReconnectingWebSocket {self._wsuri.shown} {state} reconnects={self.reconnects}>"

@@ -137,7 +137,7 @@ def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default", attempt:
             target = redirect_target(wsuri, exc, unix=opts.extra.get("unix") is not None)
             if target is None:
                 raise
-            logger.info("%s redirected (HTTP %d) to %s", wsuri.uri, exc.status, target.uri)
+            logger.info("%s redirected (HTTP %d) to %s", wsuri.shown, exc.status, target.shown)
             opts = redirect_options(opts, wsuri, target)  # (another origin: no credential headers)
             wsuri = target
         if deadline is not None:
@@ -291,7 +291,7 @@ class ReconnectingWebSocket(ReconnectingState):
                 delay = policy.next_delay()
                 if delay is None:
                     raise
-                logger.info("connecting to %s failed (%s); retrying in %.3f s", self._wsuri.uri, exc, delay)
+                logger.info("connecting to %s failed (%s); retrying in %.3f s", self._wsuri.shown, exc, delay)
                 time.sleep(delay)
         policy.reset()
         self._ws = ws
@@ -310,7 +310,7 @@ class ReconnectingWebSocket(ReconnectingState):
                 if self._closing or not self._policy.should_reconnect(end_code(ws.protocol)):
                     self._final = True
                     raise
-                logger.info("connection to %s lost during on_connect: reconnecting", self._wsuri.uri)
+                logger.info("connection to %s lost during on_connect: reconnecting", self._wsuri.shown)
                 connected = False
             except BaseException:
                 self._final = True
@@ -335,10 +335,10 @@ class ReconnectingWebSocket(ReconnectingState):
                     if self._closing:
                         return
                     if not setup_failed and not self._policy.should_reconnect(code):
-                        logger.info("connection to %s closed with %d: not reconnecting", self._wsuri.uri, code)
+                        logger.info("connection to %s closed with %d: not reconnecting", self._wsuri.shown, code)
                         return
                     self._outbox.requeue()
-                logger.info("connection to %s lost (%d): reconnecting", self._wsuri.uri, code)
+                logger.info("connection to %s lost (%d): reconnecting", self._wsuri.shown, code)
                 new = self._reconnect()
                 if new is None:
                     return
@@ -380,13 +380,13 @@ class ReconnectingWebSocket(ReconnectingState):
                 self._policy.reset()
                 self._flush(new)
         except BaseException:  # pragma: no cover - a bug: say so, and do not leave recv() hanging
-            logger.exception("reconnecting client for %s failed", self._wsuri.uri)
+            logger.exception("reconnecting client for %s failed", self._wsuri.shown)
         finally:
             with cond:
                 self._final = True
                 self.connected = False
                 if self._outbox.pending:
-                    logger.warning("%d queued messages to %s dropped: closed for good", len(self._outbox), self._wsuri.uri)
+                    logger.warning("%d queued messages to %s dropped: closed for good", len(self._outbox), self._wsuri.shown)
                 cond.notify_all()
 
     def _reconnect(self) -> WebSocket | None:
@@ -395,9 +395,9 @@ class ReconnectingWebSocket(ReconnectingState):
         while not self._closing:
             delay = policy.next_delay()
             if delay is None:
-                logger.warning("giving up reconnecting to %s after %d attempts", self._wsuri.uri, policy.attempts)
+                logger.warning("giving up reconnecting to %s after %d attempts", self._wsuri.shown, policy.attempts)
                 return None
-            logger.info("reconnecting to %s in %.3f s (attempt %d)", self._wsuri.uri, delay, policy.attempts)
+            logger.info("reconnecting to %s in %.3f s (attempt %d)", self._wsuri.shown, delay, policy.attempts)
             if self._stop.wait(delay):
                 return None
             with self._cond:
@@ -410,16 +410,16 @@ class ReconnectingWebSocket(ReconnectingState):
                 if self._closing:
                     return None  # close() cut the attempt short
                 if not retryable_error(exc):
-                    logger.warning("reconnecting to %s refused (%s): giving up", self._wsuri.uri, exc)
+                    logger.warning("reconnecting to %s refused (%s): giving up", self._wsuri.shown, exc)
                     return None
-                logger.info("reconnection attempt %d to %s failed: %s", policy.attempts, self._wsuri.uri, exc)
+                logger.info("reconnection attempt %d to %s failed: %s", policy.attempts, self._wsuri.shown, exc)
                 continue
             finally:
                 self._attempt = None
             if self._closing:  # close() came as the attempt succeeded
                 ws.close()
                 return None
-            logger.info("reconnected to %s", self._wsuri.uri)  # (the policy is reset once on_connect succeeded)
+            logger.info("reconnected to %s", self._wsuri.shown)  # (the policy is reset once on_connect succeeded)
             return ws
         return None
 
@@ -438,7 +438,7 @@ class ReconnectingWebSocket(ReconnectingState):
             try:
                 sent = ws._send_if_open(message)
             except Exception:  # pragma: no cover - queueable() checked it; never end the client
-                logger.exception("queued message for %s could not be sent: dropped", self._wsuri.uri)
+                logger.exception("queued message for %s could not be sent: dropped", self._wsuri.shown)
                 continue
             if not sent:
                 with cond:  # died again: back in front; the supervisor loop reconnects
@@ -606,4 +606,4 @@ class ReconnectingWebSocket(ReconnectingState):
 
     def __repr__(self) -> str:
         state = "connected" if self.connected else "closed" if self._final else "reconnecting"
-        return f"<ReconnectingWebSocket {self._wsuri.uri} {state} reconnects={self.reconnects}>"
+        return f"<ReconnectingWebSocket {self._wsuri.shown} {state} reconnects={self.reconnects}>"
