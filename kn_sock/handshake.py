@@ -87,6 +87,9 @@ _RESERVED_HEADERS = frozenset(
         "sec-websocket-extensions",
     }
 )
+#: Headers that frame a body, which an upgrade request and a 101 answer don't have: given
+#: through ``headers=``, a proxy in between could read a body where there is none (audit 87).
+_BODY_HEADERS = frozenset({"content-length", "transfer-encoding"})
 
 
 def _extra_headers(headers: HeadersLike) -> Headers:
@@ -105,6 +108,8 @@ def _extra_headers(headers: HeadersLike) -> Headers:
                 f"the {name} header is set by the handshake; use the subprotocols /"
                 " compression options instead"
             )
+        if name.lower() in _BODY_HEADERS:
+            raise ValueError(f"the {name} header frames a body, and an opening handshake has none")
     return extra
 
 
@@ -521,13 +526,18 @@ class ServerHandshake:
         to a HEAD request has no body (its ``Content-Length`` is the body's, RFC 9110 §9.3.2).
 
         Raises:
-            ValueError: if ``status`` is 101 or not a valid status code, or a header is invalid.
+            ValueError: if ``status`` is informational (1xx) or not a valid status code, a
+                header is invalid, or ``Transfer-Encoding`` is given.
         """
         if isinstance(body, str):
             body = body.encode("utf-8")
         if status == 101:
             raise ValueError("reject() cannot send 101 Switching Protocols")
+        if 100 <= status < 200:  # (an interim answer, after which the client waits for the real one)
+            raise ValueError(f"reject() cannot answer with an informational status ({status})")
         response = Headers(headers)
+        if "Transfer-Encoding" in response:  # the body goes out whole, with its Content-Length
+            raise ValueError("reject() sends the body whole: no Transfer-Encoding")
         response["Connection"] = "Upgrade, close" if "Upgrade" in response else "close"
         if body and "Content-Type" not in response:
             response["Content-Type"] = "text/plain; charset=utf-8"

@@ -601,6 +601,24 @@ class TestSection4_2Server:
         with pytest.raises(ValueError):
             ServerHandshake(extra_headers={"Sec-WebSocket-Accept": "x"})
 
+    @pytest.mark.parametrize("name", ["Content-Length", "Transfer-Encoding"])
+    def test_extra_headers_cannot_frame_a_body(self, name: str) -> None:
+        """A handshake has no body: a proxy told otherwise could desynchronise (audit 87)."""
+        with pytest.raises(ValueError, match="frames a body"):
+            ServerHandshake(extra_headers={name: "5"})
+        with pytest.raises(ValueError, match="frames a body"):
+            ClientHandshake(parse_uri("ws://h/"), extra_headers=[(name, "chunked")])
+
+    def test_reject_refuses_an_interim_status_and_transfer_encoding(self) -> None:
+        """process_request cannot answer 1xx (the client would wait for the real answer) nor
+        claim a chunked body that goes out whole (the server answers 500 instead; audit 87)."""
+        server = ServerHandshake()
+        for status in (100, 103, 199):
+            with pytest.raises(ValueError, match="informational"):
+                server.reject(status)
+        with pytest.raises(ValueError, match="Transfer-Encoding"):
+            server.reject(200, {"Transfer-Encoding": "chunked"}, b"x")
+
 
 
 def test_round_trip_with_real_permessage_deflate(monkeypatch: pytest.MonkeyPatch) -> None:
