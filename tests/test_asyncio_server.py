@@ -1110,3 +1110,29 @@ async def test_abstract_unix_socket_name(tmp_path):
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         assert head.startswith(b"HTTP/1.1 101")
         writer.close()
+
+
+async def test_out_of_file_descriptors_is_logged_once_a_second(caplog):
+    """CPython's accept loop logs EMFILE up to ``backlog`` times per readiness and retries as
+    often: a server's process out of descriptors wrote thousands of tracebacks a second
+    (audit 87). One a second gets through, with a count of the others."""
+    import errno
+    import logging
+
+    async def handler(ws, path):
+        pass
+
+    loop = asyncio.get_running_loop()
+    async with start_async_websocket_server("127.0.0.1", 0, handler):
+        with caplog.at_level(logging.ERROR, logger="asyncio"):
+            for _ in range(2):
+                for _ in range(50):
+                    loop.call_exception_handler({
+                        "message": "socket.accept() out of system resource",
+                        "exception": OSError(errno.EMFILE, "Too many open files"),
+                    })
+                loop.call_exception_handler({"message": "something else"})
+    records = [r for r in caplog.records if r.name == "asyncio"]
+    accept = [r for r in records if r.getMessage().startswith("socket.accept() out of system resource")]
+    assert len(accept) == 1, [r.getMessage()[:80] for r in records]
+    assert sum(r.getMessage().startswith("something else") for r in records) == 2
