@@ -8,7 +8,7 @@ import struct
 import sys
 from typing import Any
 
-__all__ = ["bytes_acked", "kernel_unsent"]
+__all__ = ["bytes_acked", "kernel_unsent", "retransmitting"]
 
 #: ioctl request for the bytes a socket's kernel send queue holds, sent or not but not yet
 #: acknowledged (Linux: SIOCOUTQ, which is TIOCOUTQ's number); None elsewhere.
@@ -52,3 +52,24 @@ def bytes_acked(sock: Any) -> int | None:
         return None
     acked: int = struct.unpack_from("=Q", info, _ACKED_AT)[0]
     return acked
+
+
+#: struct tcp_info: offset of tcpi_retransmits (RTO retransmissions of the oldest data not
+#: acknowledged, reset by an acknowledgement). (Not tcpi_probes: a zero-window probe stays
+#: counted for a while however promptly a live peer answers it.)
+_RETRANSMITS_AT = 2
+
+
+def retransmitting(sock: Any) -> bool | None:
+    """Whether the kernel is retransmitting data on ``sock`` that the peer has not
+    acknowledged within its timeout: the peer, or the path to it, has gone quiet (a peer whose
+    window is closed still answers). None where unknown."""
+    if _TCP_INFO is None or sock is None:
+        return None
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, _TCP_INFO, _RETRANSMITS_AT + 1)
+    except (AttributeError, OSError, ValueError, TypeError):
+        return None
+    if len(info) <= _RETRANSMITS_AT:
+        return None
+    return bool(info[_RETRANSMITS_AT])

@@ -4,10 +4,12 @@ closing) and the clients' connect, which waits for room in a full listen backlog
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import stat
 import struct
+import time
 from typing import Any
 
 # A non-blocking connect to a Unix listener whose backlog is full fails with EAGAIN (Linux)
@@ -22,19 +24,32 @@ def unix_connect(path: Any, timeout: float | None) -> socket.socket:
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
         target = os.fspath(path)  # (socket.connect takes no PathLike)
-        if timeout is None or timeout >= _NO_TIMEOUT:
-            sock.connect(target)  # blocking: the kernel waits for room in the backlog
-        else:
-            # Blocking, bounded by SO_SNDTIMEO: Linux waits that long for room in a full backlog
-            # (a socket timeout would make it non-blocking: EAGAIN at once). (0 would mean
-            # no bound: at least a microsecond.)
-            sec = int(timeout)
-            usec = max(int((timeout - sec) * 1e6), 0 if sec else 1)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", sec, usec))
+        bounded = timeout is not None and timeout < _NO_TIMEOUT
+        deadline = time.monotonic() + timeout if bounded else None  # type: ignore[operator]
+        while True:
+            if deadline is not None:
+                # Blocking, bounded by SO_SNDTIMEO: Linux waits that long for room in a full
+                # backlog (a socket timeout would make it non-blocking: EAGAIN at once). (0
+                # would mean no bound: at least a microsecond.)
+                left = max(deadline - time.monotonic(), 0.0)
+                sec = int(left)
+                usec = max(int((left - sec) * 1e6), 0 if sec else 1)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", sec, usec))
             try:
-                sock.connect(target)
+                sock.connect(target)  # unbounded: the kernel waits for room in the backlog
             except BlockingIOError:
                 raise socket.timeout("timed out") from None
+            try:
+                sock.getpeername()
+                break
+            except OSError as exc:
+                # A signal interrupted the kernel's wait and CPython, polling the socket as for
+                # a TCP connect in progress, took it for connected (audit 86): wait again.
+                if exc.errno != errno.ENOTCONN:
+                    raise
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise socket.timeout("timed out") from None
+        if deadline is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, struct.pack("@ll", 0, 0))
     except BaseException:
         sock.close()

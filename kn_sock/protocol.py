@@ -732,7 +732,7 @@ class Keepalive:
 
     __slots__ = (
         "interval", "timeout", "_next_ping", "_ping_at", "_payload", "_extended", "_recheck",
-        "_position", "_acked", "_behind", "_waits",
+        "_position", "_acked", "_behind", "_waits", "_still",
     )
 
     def __init__(self, interval: float | None, timeout: float | None, now: float) -> None:
@@ -751,6 +751,7 @@ class Keepalive:
         self._acked: int | None = None
         self._behind = False
         self._waits = 0  # timeouts this ping was given by ping_in_flight (at most BACKLOG_WAITS)
+        self._still = 0  # looks in a row, our reading paused, that found nothing more acknowledged
 
     def new_payload(self, pings: dict[bytes, Any]) -> bytes:
         """The payload for the next keepalive ping: fresh, not in the protocol's ``pings``.
@@ -788,6 +789,7 @@ class Keepalive:
         self._acked = acked
         self._behind = False
         self._waits = 0
+        self._still = 0
 
     def ping_in_flight(self, acked: int | None) -> bool:
         """At a timeout, the peer having acknowledged ``acked`` bytes of ours: is the ping
@@ -812,20 +814,29 @@ class Keepalive:
             self._waits += 1
         return wait
 
-    def pong_may_be_unread(self, acked: int | None) -> bool:
-        """At a timeout while our own backpressure keeps us from reading, the peer having
-        acknowledged ``acked`` bytes of ours: could the pong be waiting in what we have not
-        read? True when that can't be told (``acked`` or the ping's position unknown), once
-        the peer's TCP has acknowledged the ping (its host has it: the answer may well be
-        behind the messages we hold back), and while the peer keeps acknowledging towards it
-        (``ping_in_flight``). False when it acknowledged nothing since the last look: the peer
-        or the path to it is gone (audit 81: a push-only handler never read again, so the
-        timeout was put off for as long as the peer stayed silent)."""
+    def pong_may_be_unread(self, acked: int | None, retransmitting: bool | None = None) -> bool:
+        """At a timeout while our own backpressure keeps us from reading (the pong may be
+        waiting in what we hold back), the peer's TCP having acknowledged ``acked`` bytes of
+        ours, and ours ``retransmitting`` (data it does not acknowledge in time): wait on?
+
+        Yes when that can't be told (``acked`` or the ping's position unknown: as before), and
+        while the peer's TCP takes more of our data at each look, however slowly (a reader of
+        a large backlog; no cap, unlike ``ping_in_flight``: its pong may have come long ago).
+        No when it took nothing since the last look and ours goes unanswered: the peer or the
+        path to it is gone (audit 81: a push-only handler never read again, so the timeout
+        was put off for as long as the peer stayed silent). Its TCP answering but taking
+        nothing (a closed window) is let pass once, as a slow reader between two window
+        updates (audit 86: Linux reopens a full window in large steps); twice, it is stalled."""
         if acked is None or self._position is None:
             return True
-        if acked >= self._position:
+        last, self._acked = self._acked, acked
+        if last is None or acked > last:
+            self._still = 0
             return True
-        return self.ping_in_flight(acked)
+        if retransmitting:
+            return False
+        self._still += 1
+        return self._still < 2
 
     def reading_resumed(self, now: float) -> None:
         """Our reading was paused (backpressure) and resumes at ``now``: the pong may still be

@@ -506,6 +506,11 @@ class ReconnectingState:
         return self._ws.local_address
 
     @property
+    def side(self) -> str:
+        """``"client"``."""
+        return self._ws.side  # type: ignore[no-any-return]
+
+    @property
     def latency(self) -> float:
         """The current connection's last ping round trip in seconds (0.0 before any)."""
         return self._ws.latency  # type: ignore[no-any-return]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import signal
 import socket
 import threading
 import time
@@ -350,3 +351,21 @@ def test_transport_options_checked_at_once(options, error, words):
         with pytest.raises(error, match=words):
             async_connect_websocket("ws://localhost/", **options)
     assert not os.path.exists("x")
+
+
+@pytest.mark.skipif(not hasattr(signal, "setitimer"), reason="needs setitimer")
+def test_sync_client_waits_on_when_a_signal_interrupts_the_backlog_wait(tmp_path):
+    """A signal whose handler returns (SIGALRM here; SIGCHLD, SIGWINCH...) interrupting the
+    wait made CPython take the unconnected socket for connected: InvalidHandshake (ENOTCONN)
+    at once (audit 86). The wait goes on to open_timeout."""
+    previous = signal.signal(signal.SIGALRM, lambda *args: None)
+    try:
+        with full_unix_backlog(tmp_path) as (path, _, _):
+            signal.setitimer(signal.ITIMER_REAL, 0.1)
+            started = time.monotonic()
+            with pytest.raises(TimeoutError, match="opening handshake"):
+                connect_websocket("ws://localhost/", unix=path, open_timeout=0.5)
+            assert time.monotonic() - started > 0.45
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)

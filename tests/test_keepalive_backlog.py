@@ -128,19 +128,25 @@ def test_ping_in_flight_waits_a_bounded_number_of_timeouts():
 
 
 def test_pong_may_be_unread_bookkeeping():
-    """While our reading is paused: the pong may be unread once the peer's TCP has the ping,
-    or while it acknowledges towards it; not when it acknowledges nothing (audit 81)."""
+    """While our reading is paused: wait while the peer's TCP takes more of our data at each
+    look (no cap); fail at once when it took nothing and ours goes unanswered (gone, audit 81);
+    a closed window answered by its TCP passes once (a slow reader between two window
+    updates, audit 86), not twice (stalled)."""
     ka = Keepalive(1.0, 1.0, 0.0)
     ka.ping_sent(1.0, position=1000, acked=10)
-    assert ka.pong_may_be_unread(1000)  # the peer's host has the ping
-    assert ka.pong_may_be_unread(5000)
+    assert all(ka.pong_may_be_unread(10 + 100 * (i + 1), False) for i in range(20))  # no cap
+    assert ka.pong_may_be_unread(2100, False)  # past the ping, and still taking more
+    assert ka.pong_may_be_unread(2100, False)  # nothing more, its TCP answering: once
+    assert not ka.pong_may_be_unread(2100, False)  # twice: stalled
     ka.ping_sent(2.0, position=1000, acked=10)
-    assert ka.pong_may_be_unread(500)  # acknowledging towards it
-    assert not ka.pong_may_be_unread(500)  # nothing since: gone
+    assert not ka.pong_may_be_unread(10, True)  # nothing taken, ours unanswered: gone
     ka.ping_sent(3.0, position=1000, acked=10)
-    assert not ka.pong_may_be_unread(10)  # nothing at all since the ping
-    ka.ping_sent(4.0)  # not known: as before, wait
-    assert ka.pong_may_be_unread(None)
+    assert ka.pong_may_be_unread(20, True)  # anything taken shows a live peer
+    assert ka.pong_may_be_unread(20, False)
+    assert ka.pong_may_be_unread(30, False)  # progress resets the count
+    assert ka.pong_may_be_unread(30, False)
+    ka.ping_sent(4.0)  # not known (not Linux, not TCP): as before, wait
+    assert ka.pong_may_be_unread(None) and ka.pong_may_be_unread(None)
     ka.ping_sent(5.0, position=1000, acked=10)
     assert ka.pong_may_be_unread(None)
 
@@ -218,24 +224,27 @@ def _stalled_client(port: int) -> Any:
     return peer
 
 
-def _reading_client(port: int, seconds: float) -> Any:
-    """The same, but reading (and discarding) all it gets for ``seconds``, not answering pings."""
+def _reading_client(port: int, seconds: float, pace: float = 0.0) -> Any:
+    """The same, but reading (and discarding) what it gets for ``seconds``, not answering
+    pings: as fast as it comes, or (``pace``) 64 KiB every ``pace`` seconds."""
     peer = _stalled_client(port)
     deadline = time.monotonic() + seconds
     peer.sock.settimeout(0.05)
     while time.monotonic() < deadline:
         try:
-            if not peer.sock.recv(1 << 20):
+            if not peer.sock.recv(65536 if pace else 1 << 20):
                 break
         except socket.timeout:
             pass
+        if pace:
+            time.sleep(pace)
     return peer
 
 
 @needs_tcp_info
 @pytest.mark.timeout(30)
 def test_sync_server_push_only_fails_a_stalled_peer_and_keeps_a_reading_one(backend):
-    for reading in (False, True):
+    for reading in (False, True, "slowly"):
         ended: list[BaseException] = []
         done = threading.Event()
 
@@ -250,8 +259,8 @@ def test_sync_server_push_only_fails_a_stalled_peer_and_keeps_a_reading_one(back
 
         with WebSocketServer("127.0.0.1", 0, handler, backend=backend, **PUSH_OPTIONS) as server:
             threading.Thread(target=server.serve_forever, daemon=True).start()
-            if reading:
-                peer = _reading_client(server.port, 1.5)  # ~5 timeouts of the first ping
+            if reading:  # ~5 timeouts of the first ping; slowly: Linux reopens the window in steps (audit 86)
+                peer = _reading_client(server.port, 1.5, 0.1 if reading == "slowly" else 0.0)
                 assert not done.is_set(), f"a peer whose TCP reads all was failed: {ended}"
             else:
                 peer = _stalled_client(server.port)
@@ -265,7 +274,7 @@ def test_sync_server_push_only_fails_a_stalled_peer_and_keeps_a_reading_one(back
 @pytest.mark.timeout(30)
 @pytest.mark.asyncio
 async def test_async_server_push_only_fails_a_stalled_peer_and_keeps_a_reading_one(backend):
-    for reading in (False, True):
+    for reading in (False, True, "slowly"):
         ended: list[BaseException] = []
         done = asyncio.Event()
 
@@ -280,7 +289,7 @@ async def test_async_server_push_only_fails_a_stalled_peer_and_keeps_a_reading_o
 
         async with start_async_websocket_server("127.0.0.1", 0, handler, backend=backend, **PUSH_OPTIONS) as server:
             if reading:
-                peer = await asyncio.to_thread(_reading_client, server.port, 1.5)
+                peer = await asyncio.to_thread(_reading_client, server.port, 1.5, 0.1 if reading == "slowly" else 0.0)
                 assert not done.is_set(), f"a peer whose TCP reads all was failed: {ended}"
             else:
                 peer = await asyncio.to_thread(_stalled_client, server.port)

@@ -85,8 +85,8 @@ def fragments(ws: WebSocket, parts: list[bytes]) -> None:
     ws.send([b"a", bytearray(b"b"), memoryview(b"c")])  # mixed bytes-likes: fine at run time too
 
 
-def resilient_surface(rws: ReconnectingWebSocket) -> tuple[int | None, str | None, list[str], float, int]:
-    return rws.close_code, rws.subprotocol, rws.extensions, rws.latency, rws.reconnects
+def resilient_surface(rws: ReconnectingWebSocket) -> tuple[int | None, str | None, list[str], float, int, str]:
+    return rws.close_code, rws.subprotocol, rws.extensions, rws.latency, rws.reconnects, rws.side
 
 
 async def served() -> int:

@@ -583,7 +583,10 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 # Half-close after it instead and read (dropping everything: the parser has
                 # failed) until the peer's EOF, bounded by close_timeout below.
                 transport.write_eof()
-            else:
+            elif not transport.is_closing():
+                # Once only: asyncio's TLS transport closed a second time lets go of its TLS
+                # layer, and its abort() then does nothing; our close_timeout would wait for
+                # asyncio's 30 s TLS shutdown timeout (audit 86).
                 transport.close()
         # Bounded: a peer that neither reads our buffer nor closes TCP is dropped after close_timeout.
         self._arm_abort()
@@ -671,7 +674,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 # Our own backpressure (max_queue, the application not reading) stopped
                 # reading: the pong may be sitting unread, which says nothing about the peer,
                 # unless the peer's TCP has stopped acknowledging what we send.
-                wait = ka.pong_may_be_unread(acked)
+                wait = ka.pong_may_be_unread(acked, _tcp.retransmitting(self.transport.get_extra_info("socket")))
             else:  # the ping may be behind our own data, which the peer is still reading
                 wait = ka.ping_in_flight(acked)
             if wait:
@@ -680,6 +683,14 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             else:
                 logger.info("keepalive ping timeout on %s: closing with 1011", self.remote_address)
                 self._fail(1011, "keepalive ping timeout")
+                transport = self.transport
+                if transport is not None and unsent_bytes(transport) > 0:
+                    # Our close frame waits behind data the peer has not taken for a whole
+                    # timeout: drop the connection now, not close_timeout later, so that a
+                    # send() waiting for drain learns it at once (as recv() does).
+                    if self._close_handle is not None:
+                        self._close_handle.cancel()
+                    self._abort()
                 return
         self._schedule_keepalive()
 

@@ -786,7 +786,7 @@ class WebSocket:
                     # Our own backpressure (max_queue, the application not reading) stopped
                     # reading: the pong may be sitting unread, which says nothing about the
                     # peer, unless the peer's TCP has stopped acknowledging what we send.
-                    wait = ka.pong_may_be_unread(acked)
+                    wait = ka.pong_may_be_unread(acked, _tcp.retransmitting(self._sock))
                 else:  # the ping may be behind our own data, which the peer is still reading
                     wait = ka.ping_in_flight(acked)
                 if wait:
