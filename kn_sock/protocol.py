@@ -824,9 +824,11 @@ class Keepalive:
         a large backlog; no cap, unlike ``ping_in_flight``: its pong may have come long ago).
         No when it took nothing since the last look and ours goes unanswered: the peer or the
         path to it is gone (audit 81: a push-only handler never read again, so the timeout
-        was put off for as long as the peer stayed silent). Its TCP answering but taking
-        nothing (a closed window) is let pass once, as a slow reader between two window
-        updates (audit 86: Linux reopens a full window in large steps); twice, it is stalled."""
+        was put off for as long as the peer stayed silent). Otherwise, yes once its TCP has
+        the ping (an idle connection: the pong is most likely behind what we hold back); and
+        its TCP answering but taking nothing short of the ping (a closed window) is let pass
+        once, as a slow reader between two window updates (audit 86: Linux reopens a full
+        window in large steps), not twice: stalled."""
         if acked is None or self._position is None:
             return True
         last, self._acked = self._acked, acked
@@ -835,6 +837,8 @@ class Keepalive:
             return True
         if retransmitting:
             return False
+        if acked >= self._position:  # its TCP has the ping, and nothing of ours goes unanswered
+            return True
         self._still += 1
         return self._still < 2
 

@@ -136,8 +136,12 @@ def test_pong_may_be_unread_bookkeeping():
     ka.ping_sent(1.0, position=1000, acked=10)
     assert all(ka.pong_may_be_unread(10 + 100 * (i + 1), False) for i in range(20))  # no cap
     assert ka.pong_may_be_unread(2100, False)  # past the ping, and still taking more
-    assert ka.pong_may_be_unread(2100, False)  # nothing more, its TCP answering: once
-    assert not ka.pong_may_be_unread(2100, False)  # twice: stalled
+    assert all(ka.pong_may_be_unread(2100, False) for _ in range(5))  # it has the ping: the pong may be ours to read
+    assert not ka.pong_may_be_unread(2100, True)  # unless ours goes unanswered since
+    ka.ping_sent(1.5, position=1000, acked=10)
+    assert ka.pong_may_be_unread(500, False)
+    assert ka.pong_may_be_unread(500, False)  # short of the ping, nothing more, its TCP answering: once
+    assert not ka.pong_may_be_unread(500, False)  # twice: stalled
     ka.ping_sent(2.0, position=1000, acked=10)
     assert not ka.pong_may_be_unread(10, True)  # nothing taken, ours unanswered: gone
     ka.ping_sent(3.0, position=1000, acked=10)
