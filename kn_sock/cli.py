@@ -116,13 +116,17 @@ def _interrupted(exc: KeyboardInterrupt) -> int:
 _CONTROLS = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 
 
-def _printable(text: str) -> str:
+#: The same and TAB and LF, for a log line (a peer's LF would start a line of its own).
+_LOG_CONTROLS = re.compile("[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str, controls: re.Pattern[str] = _CONTROLS) -> str:
     """``text`` with the control characters a terminal would act on shown escaped (``\\x1b``)."""
-    return _CONTROLS.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return controls.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 def _short(message: Any, limit: int = 60) -> str:
-    text = repr(message) if isinstance(message, (bytes, bytearray)) else _printable(str(message))
+    text = repr(message) if isinstance(message, (bytes, bytearray)) else _printable(str(message), _LOG_CONTROLS)
     return text if len(text) <= limit else text[: limit - 1] + "…"
 
 

@@ -122,16 +122,21 @@ def parse_uri(host_or_uri: str, port: int | None = None, path: str = "/") -> Web
             message = str(exc)
             for shown in (secret, repr(secret)[1:-1]):
                 message = message.replace(f":{shown}@", ":***@")
+            if any(piece in message for piece in re.split(r"[/?#]", secret) if piece):
+                # A raw / ? or # in the password cut the authority short, and the parser's
+                # own words quote a piece of it (as a port, say): withhold them (audit 88).
+                message = f"{host_or_uri.replace(f':{secret}@', ':***@')!r}: not a valid WebSocket URI " \
+                    "(the details would show its password)"
             raise InvalidURI(message) from None
     return _parse_plain(host_or_uri, port, path)
 
 
 def _password(uri: str) -> str:
-    """The password of ``scheme://user:password@host...``, or ""."""
-    authority = uri.partition("://")[2]
-    for end in "/?#":
-        authority = authority.partition(end)[0]
-    userinfo, at, _ = authority.rpartition("@")
+    """The password of ``scheme://user:password@host...``, or "". (Up to the last ``@``, not
+    only within the authority: a URI that fails to parse may have a raw ``/``, ``?`` or ``#``
+    in its password, base64 say, which cuts the authority short; a query's ``@`` makes this
+    redact more than needed, never less.)"""
+    userinfo, at, _ = uri.partition("://")[2].rpartition("@")
     return userinfo.partition(":")[2] if at else ""
 
 

@@ -730,3 +730,5 @@ def test_a_peers_control_characters_are_shown_not_obeyed_on_a_terminal() -> None
     assert shown == "hi\\x1b]0;PWNED\\x07\\x1b[2J\\x0dover\\x9b31m\\x00\\x7f"
     assert _printable("tab\tnew\nline é ☃") == "tab\tnew\nline é ☃"
     assert "\x1b" not in _short("a\x1bb") and _short(b"\x1b") == repr(b"\x1b")
+    # In the log, a peer's LF would forge a line of its own (audit 88).
+    assert _short("hello\n127.0.0.1:1 closed") == "hello\\x0a127.0.0.1:1 closed"

@@ -127,6 +127,13 @@ async def test_one_origin_as_a_str_asyncio():
         await asyncio.wait_for(server.wait_closed(), 5)
 
 
+@pytest.mark.parametrize("options", [{"server_header": "\u2713"}, {"headers": {"X": "\u20ac"}}, {"server_header": "a\r\nb"}])
+def test_asyncio_server_start_refuses_bad_header_values_at_the_call(options):
+    """As the blocking server's constructor does, not only once awaited (audit 88)."""
+    with pytest.raises(ValueError):
+        start_async_websocket_server("127.0.0.1", 0, lambda ws, path: None, **options)
+
+
 async def test_a_server_refuses_origin_without_origins():
     """``origin=`` (the client's header) on a server, where ``origins=`` was meant, would admit
     every Origin: refused (audit 87), unless ``origins`` is given too (one dict for both sides)."""

@@ -165,7 +165,7 @@ class TestPlainHostPortPath:
 @pytest.mark.parametrize(
     "uri",
     ["ws://alice:s3cret@example.com:99999/", "ftp://alice:s3cret@example.com/", "ws://alice:s3cret@[::1/x",
-     "ws://alice:s3cret@example.com/#frag"],
+     "ws://alice:s3cret@example.com/#frag", "wss://alice:s3cret/b64+x@example.com/feed"],
 )
 def test_invalid_uri_messages_do_not_show_the_password(uri: str) -> None:
     """Error messages reach logs and error trackers (audit 87)."""

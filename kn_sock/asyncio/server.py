@@ -24,6 +24,17 @@ __all__ = ["AsyncWebSocketServer", "serve", "start_async_websocket_server"]
 logger = logging.getLogger("kn_sock")
 
 
+def _server_handshake(opts: Options) -> ServerHandshake:
+    """The opening handshake of one connection (invalid headers / subprotocols raise here)."""
+    return ServerHandshake(
+        subprotocols=opts.subprotocols,
+        origins=opts.origins,
+        extra_headers=opts.headers,
+        compression=opts.compression,
+        **({"server_header": opts.server_header} if opts.server_header else {}),
+    )
+
+
 class _AcceptErrorLimiter(logging.Filter):
     """Out of file descriptors, asyncio logs "socket.accept() out of system resource" up to
     ``backlog`` times per readiness of a listening socket, and retries as often (CPython's
@@ -369,14 +380,7 @@ class AsyncWebSocketServer:
         self._new_handshake()  # invalid options raise here, not in every connection_made
 
     def _new_handshake(self) -> ServerHandshake:
-        opts = self.options
-        return ServerHandshake(
-            subprotocols=opts.subprotocols,
-            origins=opts.origins,
-            extra_headers=opts.headers,
-            compression=opts.compression,
-            **({"server_header": opts.server_header} if opts.server_header else {}),
-        )
+        return _server_handshake(self.options)
 
     def _factory(self) -> AsyncWebSocket:
         ws = AsyncWebSocket(SERVER, self.options, self.loop)
@@ -618,6 +622,7 @@ class serve(Starter[AsyncWebSocketServer]):
         self._listen = {k: options.pop(k) for k in ("unix", "reuse_port", "reuse_address", "backlog", "sock") if k in options}
         self._options = make_options(options)
         check_server_options(self._options)
+        _server_handshake(self._options)  # (headers, server_header...: refused at the call, not when awaited)
         self._host, self._port, self._handler = host, port, handler
 
     async def _start(self) -> AsyncWebSocketServer:
