@@ -59,37 +59,30 @@ def parse_args(ap: Any, argv: list[str] | None = None) -> Any:
     return args
 
 
+def _checked(text: str, convert: Callable[[str], Any], kind: str, ok: Callable[[Any], bool], rule: str) -> Any:
+    """argparse type helper: ``convert(text)``, refused unless finite and ``ok``."""
+    try:
+        value = convert(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not {kind}: {text!r}") from None
+    if not ok(value) or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be {rule}: {text}")
+    return value
+
+
 def positive_int(text: str) -> int:
     """argparse type: an integer of at least 1."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1: {value}")
-    return value
+    return _checked(text, int, "an integer", lambda v: v >= 1, "at least 1")  # type: ignore[no-any-return]
 
 
 def positive_float(text: str) -> float:
     """argparse type: a number of seconds above 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value > 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be above 0: {text}")
-    return value
+    return _checked(text, float, "a number", lambda v: v > 0, "above 0")  # type: ignore[no-any-return]
 
 
 def non_negative_float(text: str) -> float:
     """argparse type: a number of seconds, 0 or more."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be 0 or more: {text}")
-    return value
+    return _checked(text, float, "a number", lambda v: v >= 0, "0 or more")  # type: ignore[no-any-return]
 
 
 def paired_ratio(values: list[float], bases: list[float]) -> float | None:

@@ -30,7 +30,7 @@ import random as random_module
 import time
 from collections import deque
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar, overload
 
 from .exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus
 from .http11 import Headers
@@ -340,6 +340,30 @@ class Outbox:
             self.pending, self.unacked = self.unacked, deque()
 
 
+_T = TypeVar("_T")
+
+
+class _Current(Generic[_T]):
+    """A reconnecting client's attribute read from its current connection, typed (what
+    ``__getattr__`` forwards is an Any to type checkers)."""
+
+    def __init__(self, doc: str) -> None:
+        self.__doc__ = doc
+        self._name = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self._name = name
+
+    @overload
+    def __get__(self, obj: None, objtype: type | None = None) -> "_Current[_T]": ...
+    @overload
+    def __get__(self, obj: object, objtype: type | None = None) -> _T: ...
+    def __get__(self, obj: object, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return getattr(obj._ws, self._name)  # type: ignore[attr-defined]
+
+
 class ReconnectingState:
     """State shared by the sync and asyncio reconnecting clients (their I/O differs, not this).
 
@@ -459,61 +483,17 @@ class ReconnectingState:
     # The documented attributes of a connection (SPEC.md), read from the current one; typed
     # here, where the rest of its surface comes through ``__getattr__``, which type checkers
     # are not shown (a misspelt name would be an Any to them).
-
-    @property
-    def close_code(self) -> int | None:
-        """The current (or last) connection's ``close_code``."""
-        return self._ws.close_code  # type: ignore[no-any-return]
-
-    @property
-    def close_reason(self) -> str | None:
-        """The current (or last) connection's ``close_reason``."""
-        return self._ws.close_reason  # type: ignore[no-any-return]
-
-    @property
-    def subprotocol(self) -> str | None:
-        """The current connection's negotiated subprotocol, or None."""
-        return self._ws.subprotocol  # type: ignore[no-any-return]
-
-    @property
-    def extensions(self) -> list[str]:
-        """The current connection's negotiated extensions."""
-        return self._ws.extensions  # type: ignore[no-any-return]
-
-    @property
-    def path(self) -> str:
-        """The request path (with the query string)."""
-        return self._ws.path  # type: ignore[no-any-return]
-
-    @property
-    def request_headers(self) -> Headers:
-        """The current connection's opening request headers."""
-        return self._ws.request_headers  # type: ignore[no-any-return]
-
-    @property
-    def response_headers(self) -> Headers:
-        """The current connection's opening response headers."""
-        return self._ws.response_headers  # type: ignore[no-any-return]
-
-    @property
-    def remote_address(self) -> Any:
-        """The current connection's peer address."""
-        return self._ws.remote_address
-
-    @property
-    def local_address(self) -> Any:
-        """The current connection's own address."""
-        return self._ws.local_address
-
-    @property
-    def side(self) -> str:
-        """``"client"``."""
-        return self._ws.side  # type: ignore[no-any-return]
-
-    @property
-    def latency(self) -> float:
-        """The current connection's last ping round trip in seconds (0.0 before any)."""
-        return self._ws.latency  # type: ignore[no-any-return]
+    close_code: _Current[int | None] = _Current("The current (or last) connection's ``close_code``.")
+    close_reason: _Current[str | None] = _Current("The current (or last) connection's ``close_reason``.")
+    subprotocol: _Current[str | None] = _Current("The current connection's negotiated subprotocol, or None.")
+    extensions: _Current[list[str]] = _Current("The current connection's negotiated extensions.")
+    path: _Current[str] = _Current("The request path (with the query string).")
+    request_headers: _Current[Headers] = _Current("The current connection's opening request headers.")
+    response_headers: _Current[Headers] = _Current("The current connection's opening response headers.")
+    remote_address: _Current[Any] = _Current("The current connection's peer address.")
+    local_address: _Current[Any] = _Current("The current connection's own address.")
+    side: _Current[str] = _Current('``"client"``.')
+    latency: _Current[float] = _Current("The current connection's last ping round trip in seconds (0.0 before any).")
 
     if not TYPE_CHECKING:
 
