@@ -5,7 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
-__all__ = ["Options", "check_blocking_callables", "check_client_transport", "check_server_ssl", "make_options"]
+__all__ = [
+    "Options", "check_blocking_callables", "check_client_transport", "check_server_options", "check_server_ssl",
+    "make_options",
+]
 
 
 @dataclass

@@ -163,3 +163,26 @@ def raw_server() -> Iterator[RawServer]:
         yield server
     finally:
         server.close()
+
+
+# Redirections and the credentials in ``headers=`` (both clients' tests).
+CREDENTIALS = {"Authorization": "Bearer secret", "Cookie": "session=abc", "X-Api-Key": "kept"}
+
+
+def credentials_seen(headers: Any) -> str:
+    """What a server reports of the credential headers it received."""
+    return repr([headers.get("Authorization"), headers.get("Cookie"), headers.get("X-Api-Key")])
+
+
+def credential_redirects(target_port: int) -> Callable[[str, Any], Any]:
+    """A ``process_request`` hook: ``/same`` redirects within the origin, ``/other`` to
+    ``localhost:target_port`` (another origin than 127.0.0.1)."""
+
+    def hook(path: str, headers: Any) -> Any:
+        if path == "/same":
+            return 302, {"Location": "/here"}, b""
+        if path == "/other":
+            return 302, {"Location": f"ws://localhost:{target_port}/there"}, b""
+        return None
+
+    return hook

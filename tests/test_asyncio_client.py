@@ -16,6 +16,7 @@ import websockets
 from websockets.asyncio.server import serve as ws_serve
 
 from asyncio_support import TIMEOUT, echo, make_tls_contexts, raw_server, serving, wait_until
+from sync_support import CREDENTIALS, credential_redirects, credentials_seen
 from kn_sock._pure import build_frame
 from kn_sock.reconnect import retryable_error
 from kn_sock import (
@@ -389,25 +390,15 @@ async def test_cancelling_a_connect_leaves_no_unretrieved_error(backend):
 
 async def test_a_redirect_to_another_origin_drops_credential_headers(backend):
     """See the blocking client's test (audit 87)."""
-    credentials = {"Authorization": "Bearer secret", "Cookie": "session=abc", "X-Api-Key": "kept"}
 
     async def report(ws, path):
-        headers = ws.request_headers
-        await ws.send(repr([headers.get("Authorization"), headers.get("Cookie"), headers.get("X-Api-Key")]))
+        await ws.send(credentials_seen(ws.request_headers))
 
     async with serving(report, backend=backend) as target:
-
-        def hook(path, headers):
-            if path == "/same":
-                return 302, {"Location": "/here"}, b""
-            if path == "/other":
-                return 302, {"Location": f"ws://localhost:{target.port}/there"}, b""
-            return None
-
-        async with serving(report, backend=backend, process_request=hook) as server:
-            async with async_connect_websocket("127.0.0.1", server.port, "/same", headers=credentials) as ws:
+        async with serving(report, backend=backend, process_request=credential_redirects(target.port)) as server:
+            async with async_connect_websocket("127.0.0.1", server.port, "/same", headers=CREDENTIALS) as ws:
                 assert await ws.recv(timeout=TIMEOUT) == repr(["Bearer secret", "session=abc", "kept"])
-            async with async_connect_websocket("127.0.0.1", server.port, "/other", headers=credentials) as ws:
+            async with async_connect_websocket("127.0.0.1", server.port, "/other", headers=CREDENTIALS) as ws:
                 assert ws.path == "/there"
                 assert await ws.recv(timeout=TIMEOUT) == repr([None, None, "kept"])
 

@@ -13,7 +13,7 @@ import pytest
 from kn_sock.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from kn_sock.reconnect import retryable_error
 from kn_sock.sync import connect_websocket
-from sync_support import raw_server, running_server
+from sync_support import CREDENTIALS, credential_redirects, credentials_seen, raw_server, running_server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -214,27 +214,15 @@ def test_reset_during_the_handshake_is_invalid_handshake(reset):
         listener.close()
 
 
-CREDENTIALS = {"Authorization": "Bearer secret", "Cookie": "session=abc", "X-Api-Key": "kept"}
-
-
 def _report_credentials(ws, address):
-    headers = ws.request_headers
-    ws.send(repr([headers.get("Authorization"), headers.get("Cookie"), headers.get("X-Api-Key")]))
+    ws.send(credentials_seen(ws.request_headers))
 
 
 def test_a_redirect_to_another_origin_drops_credential_headers():
     """Authorization, Cookie and Proxy-Authorization from ``headers=`` go to the origin they
     were meant for, not to wherever a 3xx points (audit 87; as websockets, curl, browsers)."""
     with running_server(_report_credentials) as target:
-
-        def hook(path, headers):
-            if path == "/same":
-                return 302, {"Location": "/here"}, b""
-            if path == "/other":
-                return 302, {"Location": f"ws://localhost:{target.port}/there"}, b""
-            return None
-
-        with running_server(_report_credentials, process_request=hook) as server:
+        with running_server(_report_credentials, process_request=credential_redirects(target.port)) as server:
             with connect_websocket("127.0.0.1", server.port, "/same", headers=CREDENTIALS) as ws:
                 assert ws.recv(5) == repr(["Bearer secret", "session=abc", "kept"])
             with connect_websocket("127.0.0.1", server.port, "/other", headers=list(CREDENTIALS.items())) as ws:
