@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
+from collections.abc import Mapping
 from typing import Any, Callable
 
 __all__ = [
@@ -176,10 +177,10 @@ def _check_number(name: str, value: Any, *, optional: bool, integer: bool = Fals
 _NAMES = frozenset(f.name for f in fields(Options)) - {"extra"}
 
 
-def make_options(options: dict[str, Any], *, allow: tuple[str, ...] = ()) -> Options:
+def make_options(options: Mapping[str, object], *, allow: tuple[str, ...] = ()) -> Options:
     """Build ``Options`` from keyword arguments, rejecting unknown names with TypeError."""
-    known = {}
-    extra = {}
+    known: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
     for key, value in options.items():
         if key in _NAMES:
             known[key] = value

@@ -126,6 +126,19 @@ def test_sync_client_takes_a_pathlike_unix_path(tmp_path, backend):
             assert ws.recv(TIMEOUT) == "/p hi"
 
 
+def test_sync_server_takes_a_pathlike_or_bytes_unix_path(tmp_path, backend):
+    """socket.bind takes no PathLike either: the blocking server raised TypeError when it bound
+    (the asyncio server takes both); the socket file is still removed at shutdown."""
+    for path in (tmp_path / "p.sock", os.fsencode(tmp_path / "b.sock")):
+        with SyncUnixServer(path, backend):  # type: ignore[arg-type]  (str in the helper)
+            with connect_websocket("ws://localhost/p", unix=path, backend=backend) as ws:
+                ws.send("hi")
+                assert ws.recv(TIMEOUT) == "/p hi"
+        assert not os.path.exists(path)
+    with pytest.raises(TypeError, match="unix must be a path"):
+        WebSocketServer(None, None, sync_echo, unix=3)  # type: ignore[arg-type]
+
+
 def test_sync_client_unix_path_missing(tmp_path):
     with pytest.raises(OSError):
         connect_websocket("ws://localhost/", unix=str(tmp_path / "none.sock"))

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,7 +20,11 @@ ROOT = Path(__file__).resolve().parent.parent
 
 GOOD = '''
 import asyncio
+import pathlib
+import socket
+import ssl
 import threading
+from typing import Any
 from collections.abc import AsyncIterator
 from typing import TypedDict
 from kn_sock import (
@@ -111,10 +116,40 @@ async def afragments(ws: AsyncWebSocket) -> None:
     await ws.send(parts())
     await ws.send(bytearray(b"x"))
     ws.send_nowait("x")
+
+
+def every_option(ctx: ssl.SSLContext, shared: dict[str, Any]) -> None:
+    # each entry point's documented options, with the value types docs/api.md gives them
+    connect_websocket(
+        "localhost", 8765, subprotocols=["chat"], compression=None, ping_interval=5, ping_timeout=None,
+        max_size=None, max_queue=4, write_limit=1024, open_timeout=1.5, close_timeout=2, ssl=True,
+        headers={"X-A": "1"}, origin="http://x", max_pending=10, on_connect=lambda ws: None,
+        user_agent="ua", unix=pathlib.Path("/tmp/s"), ack=lambda message: 1,
+    )
+    connect_websocket("localhost", 8765, reconnect={"max_delay": 5.0}, headers=[("X-A", "1")], ssl=ctx, **shared)
+    start_websocket_server(
+        "127.0.0.1", 0, lambda ws, address: None, None, subprotocols="chat", origins=["http://x", None],
+        process_request=lambda path, headers: (200, [], b"ok"), server_header="s", ssl=ctx, backlog=8,
+        reuse_port=True, thread_stack_size=1 << 20, shutdown_grace=0.5, unix=b"/tmp/s", **shared,
+    )
+
+
+async def aevery_option(ctx: ssl.SSLContext, shared: dict[str, Any]) -> None:
+    async def handler(ws: AsyncWebSocket, path: str) -> None: ...
+
+    async def on_connect(ws: AsyncWebSocket) -> None: ...
+
+    async with async_connect_websocket("localhost", 8765, on_connect=on_connect, sock=socket.socket(), ssl=ctx):
+        pass
+    async with start_async_websocket_server(
+        None, 0, handler, ssl=ctx, reuse_address=True, reuse_port=False, sock=socket.socket(), reconnect=True,
+        **shared,
+    ):
+        pass
 '''
 
 BAD = '''
-from kn_sock import async_connect_websocket, connect_websocket, start_websocket_server
+from kn_sock import async_connect_websocket, connect_websocket, start_async_websocket_server, start_websocket_server
 
 
 def wrong() -> int:
@@ -160,6 +195,20 @@ async def async_handler_for_blocking_server(ws: object, address: object) -> None
 
 def blocking_server() -> None:
     start_websocket_server("127.0.0.1", 0, async_handler_for_blocking_server, 5)
+
+
+def option_typo() -> None:
+    connect_websocket("localhost", 8765, ping_intreval=5)
+
+
+def option_type() -> None:
+    start_websocket_server("127.0.0.1", 0, lambda ws: None, None, max_size="1 MiB")
+
+
+async def client_option_on_a_server() -> None:
+    async def handler(ws: object, path: str) -> None: ...
+
+    await start_async_websocket_server("127.0.0.1", 0, handler, ack=True)
 '''
 
 
@@ -193,6 +242,10 @@ def test_connection_types_are_precise(tmp_path):
     assert 'Argument 1 to "send" of "Starter" has incompatible type "str"; expected "None"' in out
     assert '"ReconnectingWebSocket" has no attribute "clsoe_code"' in out
     assert 'Argument 3 to "start_websocket_server" has incompatible type' in out
+    # audit 85: options were ``**options: Any``: a misspelt option or a wrong value type passed
+    assert 'Unexpected keyword argument "ping_intreval" for overloaded function "connect_websocket"' in out
+    assert '"start_websocket_server" has incompatible type "str"; expected "int | None"' in out
+    assert 'Unexpected keyword argument "ack" for "start_async_websocket_server"' in out
     assert 'Argument 4 to "start_websocket_server" has incompatible type "int"' in out
 
 
@@ -208,3 +261,21 @@ def test_annotations_resolve_at_run_time():
     for function in (WebSocket.send, broadcast, ReconnectingWebSocket.send, AsyncReconnectingWebSocket.send,
                      AsyncCore.send, AsyncCore.send_nowait):
         assert "message" in typing.get_type_hints(function)
+
+
+def test_option_types_name_every_option():
+    """The TypedDicts typing the entry points' ``**options`` name every option each accepts at
+    run time (``Options``' fields plus each entry point's own), no more, no fewer."""
+    from dataclasses import fields
+
+    from kn_sock._types import AsyncServerOptions, ClientOptions, ServerOptions
+    from kn_sock.options import Options
+
+    shared = {f.name for f in fields(Options)} - {"extra"}
+
+    def keys(typed: Any) -> set[str]:
+        return set(typed.__required_keys__ | typed.__optional_keys__)
+
+    assert keys(ClientOptions) == shared - {"reconnect"} | {"sock", "unix", "ack"}  # reconnect: a parameter
+    assert keys(ServerOptions) == shared | {"unix", "backlog", "reuse_port", "thread_stack_size", "shutdown_grace"}
+    assert keys(AsyncServerOptions) == shared | {"unix", "backlog", "reuse_port", "reuse_address", "sock"}

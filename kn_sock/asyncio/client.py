@@ -22,7 +22,7 @@ from ._compat import timeout as _timeout
 from ._starter import Starter
 from .connection import AsyncWebSocket
 
-from .._types import Message  # annotations (resolvable at run time too, e.g. get_type_hints)
+from .._types import ClientOptions, Message, Unpack  # annotations (resolvable at run time too, e.g. get_type_hints)
 
 __all__ = ["async_connect_websocket", "connect", "AsyncReconnectingWebSocket"]
 
@@ -182,7 +182,7 @@ class connect(Starter[_W]):
         path: str = "/",
         *,
         reconnect: Literal[False] | None = False,
-        **options: Any,
+        **options: Unpack[ClientOptions],
     ) -> None: ...
     @overload
     def __init__(
@@ -192,7 +192,7 @@ class connect(Starter[_W]):
         path: str = "/",
         *,
         reconnect: Literal[True] | Mapping[str, Any] | ReconnectPolicy,
-        **options: Any,
+        **options: Unpack[ClientOptions],
     ) -> None: ...
     @overload
     def __init__(
@@ -202,7 +202,7 @@ class connect(Starter[_W]):
         path: str = "/",
         *,
         reconnect: bool | Mapping[str, Any] | ReconnectPolicy | None,
-        **options: Any,
+        **options: Unpack[ClientOptions],
     ) -> None: ...
     def __init__(self, host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> None:
         """Validate the URI and options now; connect when awaited."""
@@ -246,15 +246,15 @@ async def _first_on_connect(ws: AsyncWebSocket, on_connect: Any) -> None:
 
 @overload
 def async_connect_websocket(
-    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[False] | None = False, **options: Any
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[False] | None = False, **options: Unpack[ClientOptions]
 ) -> connect[AsyncWebSocket]: ...
 @overload
 def async_connect_websocket(
-    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[True] | Mapping[str, Any] | ReconnectPolicy, **options: Any
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[True] | Mapping[str, Any] | ReconnectPolicy, **options: Unpack[ClientOptions]
 ) -> connect[AsyncReconnectingWebSocket]: ...
 @overload
 def async_connect_websocket(
-    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: bool | Mapping[str, Any] | ReconnectPolicy | None, **options: Any
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: bool | Mapping[str, Any] | ReconnectPolicy | None, **options: Unpack[ClientOptions]
 ) -> connect[AsyncWebSocket | AsyncReconnectingWebSocket]: ...
 def async_connect_websocket(host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> connect[Any]:
     """Open an asyncio WebSocket client connection: ``await`` it or use ``async with``.

@@ -13,6 +13,7 @@ from typing import Any, Awaitable, Callable, Union
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
 from ..options import Options, check_port, check_server_options, make_options
+from .._types import AsyncServerOptions, Unpack  # annotations (resolvable at run time too)
 from .._unix import remove_unix_socket, socket_inode
 from ..protocol import SERVER, Protocol
 from ._compat import mark_coroutine_function
@@ -616,7 +617,7 @@ class serve(Starter[AsyncWebSocketServer]):
     """``start_async_websocket_server(...)``: await it for a started server, or use it with
     ``async with`` (closed on exit), as websockets' ``serve()``; also a coroutine."""
 
-    def __init__(self, host: str | None, port: int | None, handler: Handler, **options: Any) -> None:
+    def __init__(self, host: str | None, port: int | None, handler: Handler, **options: Unpack[AsyncServerOptions]) -> None:
         """Validate the options now; bind and listen when awaited."""
         # (private: a forgotten ``await`` must not leave a ``.port`` or ``.close()`` that seems to work)
         self._listen = {k: options.pop(k) for k in ("unix", "reuse_port", "reuse_address", "backlog", "sock") if k in options}
@@ -630,7 +631,7 @@ class serve(Starter[AsyncWebSocketServer]):
         return await server.start(self._host, self._port, **self._listen)
 
 
-def start_async_websocket_server(host: str | None, port: int | None, handler: Handler, **options: Any) -> serve:
+def start_async_websocket_server(host: str | None, port: int | None, handler: Handler, **options: Unpack[AsyncServerOptions]) -> serve:
     """Start an asyncio WebSocket server calling ``await handler(websocket, path)`` per connection.
 
     ``server = await start_async_websocket_server(...)`` (a started, listening server), or

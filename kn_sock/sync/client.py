@@ -28,7 +28,7 @@ from .._unix import unix_connect
 from ..uri import WebSocketURI, parse_uri
 from .connection import PongWaiter, WebSocket
 
-from .._types import SyncMessage  # annotations (resolvable at run time too, e.g. get_type_hints)
+from .._types import ClientOptions, SyncMessage, Unpack  # annotations (resolvable at run time too, e.g. get_type_hints)
 
 __all__ = ["connect_websocket", "connect", "ReconnectingWebSocket"]
 
@@ -37,15 +37,15 @@ logger = logging.getLogger("kn_sock")
 
 @overload
 def connect_websocket(
-    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[False] | None = False, **options: Any
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[False] | None = False, **options: Unpack[ClientOptions]
 ) -> WebSocket: ...
 @overload
 def connect_websocket(
-    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[True] | Mapping[str, Any] | ReconnectPolicy, **options: Any
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: Literal[True] | Mapping[str, Any] | ReconnectPolicy, **options: Unpack[ClientOptions]
 ) -> ReconnectingWebSocket: ...
 @overload
 def connect_websocket(
-    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: bool | Mapping[str, Any] | ReconnectPolicy | None, **options: Any
+    host_or_uri: str, port: int | None = None, path: str = "/", *, reconnect: bool | Mapping[str, Any] | ReconnectPolicy | None, **options: Unpack[ClientOptions]
 ) -> WebSocket | ReconnectingWebSocket: ...
 def connect_websocket(
     host_or_uri: str, port: int | None = None, path: str = "/", **options: Any

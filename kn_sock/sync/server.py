@@ -18,6 +18,7 @@ import contextlib
 import errno
 import inspect
 import logging
+import os
 import select
 import selectors
 import socket
@@ -28,6 +29,7 @@ import time
 from typing import Any, Callable, Iterator, Union
 from typing import Protocol as _Interface
 
+from .._types import ServerOptions, Unpack  # annotations (resolvable at run time too)
 from .._unix import remove_stale_socket, remove_unix_socket, socket_inode
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
@@ -142,9 +144,12 @@ class WebSocketServer:
             and ``shutdown_grace`` (seconds ``shutdown()`` waits for 1001 closing handshakes).
     """
 
-    def __init__(self, host: str | None, port: int | None, handler: Handler, **options: Any) -> None:
+    def __init__(self, host: str | None, port: int | None, handler: Handler, **options: Unpack[ServerOptions]) -> None:
         """Bind and listen."""
-        self._unix: str | None = options.pop("unix", None)
+        unix = options.pop("unix", None)
+        if unix is not None and not isinstance(unix, (str, bytes, os.PathLike)):
+            raise TypeError(f"unix must be a path (str, bytes or os.PathLike), not {type(unix).__name__}")
+        self._unix: str | bytes | None = None if unix is None else os.fspath(unix)  # (socket.bind takes no Path)
         self._unix_inode: int | None = None  # of the socket file we bound, removed by shutdown
         backlog = options.pop("backlog", 1024)
         reuse_port = options.pop("reuse_port", False)
@@ -649,7 +654,7 @@ def _drain(sock: socket.socket) -> None:
 
 
 def start_websocket_server(
-    host: str | None, port: int | None, handler: Handler, shutdown_event: EventLike | None = None, **options: Any
+    host: str | None, port: int | None, handler: Handler, shutdown_event: EventLike | None = None, **options: Unpack[ServerOptions]
 ) -> None:
     """Serve WebSocket connections, calling ``handler(ws, address)`` in a thread per connection.
 
