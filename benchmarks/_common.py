@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import atexit
 import inspect
+import json
 import os
 import resource
 import select
@@ -41,6 +42,24 @@ _CHILDREN: list["Child"] = []
 SUITE_ENV = "KN_SOCK_BENCH_SUITE"
 
 
+#: Set by ``kn-sock bench`` (several suites) to a file: each suite parses its arguments, appends
+#: what it ignored (a JSON list) and exits before running anything (``arguments_checked``), so
+#: that an option or contestant id every suite ignores, a typo, is an error before the run.
+CHECK_ENV = "KN_SOCK_BENCH_CHECK"
+#: What this suite ignored as another suite's: option names, and ``--only ID``-style ids.
+_IGNORED: list[str] = []
+
+
+def arguments_checked() -> None:
+    """After a script has checked its arguments: under ``kn-sock bench``'s check (CHECK_ENV),
+    report what it ignored and exit; otherwise return and let it run."""
+    path = os.environ.get(CHECK_ENV)
+    if path:
+        with open(path, "a", encoding="utf-8") as report:
+            report.write(json.dumps(_IGNORED) + "\n")
+        sys.exit(0)
+
+
 def _among_suites() -> bool:
     try:
         return int(os.environ.get(SUITE_ENV, "0")) > 1
@@ -55,7 +74,9 @@ def parse_args(ap: Any, argv: list[str] | None = None) -> Any:
         return ap.parse_args(argv)
     args, unknown = ap.parse_known_args(argv)
     if unknown:
-        print(f"note: ignored by this suite (for another one): {' '.join(unknown)}", flush=True)
+        _IGNORED.extend(token.split("=", 1)[0] for token in unknown if token.startswith("-"))
+        if not os.environ.get(CHECK_ENV):
+            print(f"note: ignored by this suite (for another one): {' '.join(unknown)}", flush=True)
     return args
 
 
@@ -102,7 +123,9 @@ def known_ids(ap: Any, option: str, value: str | None, known: Any) -> str | None
     if unknown:
         if not _among_suites():
             ap.error(f"--{option}: unknown contestant(s) {', '.join(unknown)} (known: {','.join(known)})")
-        print(f"note: --{option}: not contestants of this suite, ignored: {', '.join(unknown)}", flush=True)
+        _IGNORED.extend(f"--{option} {i}" for i in unknown)
+        if not os.environ.get(CHECK_ENV):
+            print(f"note: --{option}: not contestants of this suite, ignored: {', '.join(unknown)}", flush=True)
     return ",".join(i for i in ids if i in known) or ","  # (",": a selection that matches none)
 
 

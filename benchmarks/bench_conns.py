@@ -522,6 +522,7 @@ def main() -> None:
         return client_main(args.port, not args.raw, args.deflate, args.concurrency)
 
     args.only = C.known_ids(ap, "only", args.only, BY_NAME)
+    C.arguments_checked()
     C.install_parent_handlers()
     t_start = time.monotonic()
     limit = C.raise_nofile()

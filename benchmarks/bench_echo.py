@@ -889,6 +889,7 @@ def main() -> None:
             ap.error(f"--cells: none of {wanted} in {[m[0] for m in MODES_FULL]}")
     args.only = C.known_ids(ap, "only", args.only, BY_NAME)
     args.skip = C.known_ids(ap, "skip", args.skip, BY_NAME)
+    C.arguments_checked()
     if orchestrate(args, rounds, duration, warmup, modes):
         sys.exit(1)
 

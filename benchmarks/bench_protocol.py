@@ -171,6 +171,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
     args = C.parse_args(parser)
+    C.arguments_checked()
     seconds, rounds = (0.1, 1) if args.quick else (0.4, 5)
     rows: list[tuple[str, float, float]] = []
     contestants: list[tuple[str, Any]] = []

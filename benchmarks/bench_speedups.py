@@ -223,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="smoke run: fewer sizes and rounds")
     quick = C.parse_args(parser, sys.argv[1:] if argv is None else argv).quick
+    C.arguments_checked()
     print(f"kn_sock speedups benchmark — cython {'loaded' if speedups else 'NOT loaded'}, Python {sys.version.split()[0]}")
     if speedups is None:
         print(f"note: no Cython rows: {NO_SPEEDUPS}")

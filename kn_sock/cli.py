@@ -662,6 +662,11 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
     """Run the benchmark scripts (``benchmarks/``), one after the other."""
     root = benchmarks_dir()
     chosen = list(dict.fromkeys(args.suite or DEFAULT_SUITES))
+    if len(chosen) > 1:
+        problem = _check_suite_arguments(root, chosen, extra, args.quick)
+        if problem:
+            _err(f"error: {problem}")
+            return EXIT_USAGE
     status = EXIT_OK
     started = time.perf_counter()
     for i, name in enumerate(chosen, 1):
@@ -687,6 +692,45 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
             status = EXIT_FAILURE
     _out(f"== {len(chosen)} suite(s) in {time.perf_counter() - started:.1f} s")
     return status
+
+
+def _check_suite_arguments(root: Path, chosen: list[str], extra: Sequence[str], quick: bool) -> str | None:
+    """With several suites, each ignores the options and contestant ids of the others: have each
+    check the command line first (``KN_SOCK_BENCH_CHECK``; it exits before running anything), so
+    that a bad value, or a name that every suite ignores (a typo), is an error before the run."""
+    import json
+    import subprocess
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="kn_sock-bench-") as tmp:
+        report = os.path.join(tmp, "ignored.jsonl")
+        env = {**os.environ, "KN_SOCK_BENCH_SUITE": str(len(chosen)), "KN_SOCK_BENCH_CHECK": report}
+        for name in chosen:
+            script = root / SUITES[name]
+            if not script.exists():
+                return None  # (reported when it would run)
+            cmd = [sys.executable, str(script)] + (["--quick"] if quick else []) + _per_suite_json(extra, name)
+            try:
+                proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
+            except subprocess.TimeoutExpired:
+                return f"{name}: checking the arguments took over 120 s"
+            if proc.returncode != 0:
+                return f"{name}: " + (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+        try:
+            with open(report, encoding="utf-8") as lines:
+                ignored = [set(json.loads(line)) for line in lines]
+        except (OSError, ValueError):  # a script that does not take part in the check
+            return None
+    if len(ignored) == len(chosen):
+        # ignored everywhere: an option, or an id ("--only x") where each suite either does not
+        # take the option or does not know the id
+        everywhere = sorted(
+            item for item in set().union(*ignored)
+            if all(item in each or item.split(" ", 1)[0] in each for each in ignored)
+        )
+        if everywhere:
+            return f"not an option or contestant of any suite chosen: {', '.join(everywhere)}"
+    return None
 
 
 def _run_suite(cmd: list[str], env: dict[str, str]) -> tuple[int, int | None]:
@@ -786,8 +830,9 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="run the benchmarks; extra options go to the scripts", description=(
         "Runs the benchmark scripts of benchmarks/ one after the other. Extra options go to every "
         "script; with several suites, one that a script does not know (or a contestant id of "
-        "another suite's --only / --skip) is ignored there, with a note; --json FILE then writes one "
-        "file per suite (--json r.json: r.echo.json, r.conns.json, ...)."))
+        "another suite's --only / --skip) is ignored there, with a note, and one that no suite knows is "
+        "an error before any runs; --json FILE then writes one file per suite (--json r.json: "
+        "r.echo.json, r.conns.json, ...)."))
     p.add_argument("--suite", action="append", choices=list(SUITES),
                    help=f"repeatable (default: {' '.join(DEFAULT_SUITES)})")
     p.add_argument("--quick", action="store_true", help="the scripts' short smoke runs")

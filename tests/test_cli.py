@@ -355,6 +355,27 @@ def test_bench_quick_speedups_prints_a_table() -> None:
     assert proc.returncode != 0 and "unrecognized arguments: --quik" in proc.stderr
 
 
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--only", "kn_pure,typo"], "not an option or contestant of any suite chosen: --only typo"),
+        (["--quik"], "not an option or contestant of any suite chosen: --quik"),
+        (["--rounds", "0"], "echo: bench_echo.py: error: argument --rounds: must be at least 1: 0"),
+    ],
+)
+def test_bench_several_suites_check_the_arguments_first(args: list[str], message: str) -> None:
+    """With several suites, each ignored the others' options and ids, so a typo that every
+    suite ignored ran everything and exited 0 (audit 82's finding): the arguments are checked
+    by every suite first, and such a typo, or a bad value, is a usage error before any run."""
+    if not (ROOT / "benchmarks" / "bench_echo.py").exists():
+        pytest.skip("no benchmarks/ in this checkout")
+    proc = run_cli("bench", "--quick", "--suite", "speedups", "--suite", "echo", *args, timeout=60)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert message in proc.stderr
+    assert "== [1/2]" not in proc.stdout  # nothing ran
+
+
 @pytest.mark.parametrize(
     "script, args",
     [("bench_speedups.py", ["--bogus"]), ("bench_echo.py", ["--only", "nosuch"]), ("bench_conns.py", ["--only", "nosuch"])],
