@@ -40,10 +40,16 @@ __all__ = [
     "WebSocketServer",
     "connect_websocket",
     "WebSocket",
+    "ReconnectingWebSocket",
     "start_async_websocket_server",
     "AsyncWebSocketServer",
     "async_connect_websocket",
     "AsyncWebSocket",
+    "AsyncReconnectingWebSocket",
+    "ReconnectPolicy",
+    "ClientOptions",
+    "ServerOptions",
+    "AsyncServerOptions",
     "broadcast",
     "WebSocketError",
     "ConnectionClosed",
@@ -68,13 +74,22 @@ _LAZY = {
     "async_connect_websocket": "kn_sock.asyncio.client",
     "AsyncWebSocket": "kn_sock.asyncio.connection",
     "broadcast": "kn_sock.broadcast",
+    "ReconnectingWebSocket": "kn_sock.sync.client",
+    "AsyncReconnectingWebSocket": "kn_sock.asyncio.client",
+    "ReconnectPolicy": "kn_sock.reconnect",
+    "ClientOptions": "kn_sock._types",
+    "ServerOptions": "kn_sock._types",
+    "AsyncServerOptions": "kn_sock._types",
 }
 
 if TYPE_CHECKING:
-    from .asyncio.client import async_connect_websocket
+    from ._types import AsyncServerOptions, ClientOptions, ServerOptions
+    from .asyncio.client import AsyncReconnectingWebSocket, async_connect_websocket
     from .asyncio.connection import AsyncWebSocket
     from .asyncio.server import AsyncWebSocketServer, start_async_websocket_server
     from .broadcast import broadcast
+    from .reconnect import ReconnectPolicy
+    from .sync.client import ReconnectingWebSocket
     from .sync import WebSocket, WebSocketServer, connect_websocket, start_websocket_server
 
 

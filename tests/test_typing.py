@@ -31,8 +31,7 @@ from kn_sock import (
     AsyncWebSocket, WebSocket, async_connect_websocket, connect_websocket, start_async_websocket_server,
     start_websocket_server,
 )
-from kn_sock.asyncio.client import AsyncReconnectingWebSocket
-from kn_sock.sync.client import ReconnectingWebSocket
+from kn_sock import AsyncReconnectingWebSocket, ClientOptions, ReconnectingWebSocket, ReconnectPolicy
 
 
 def opened() -> WebSocket:
@@ -116,6 +115,15 @@ async def afragments(ws: AsyncWebSocket) -> None:
     await ws.send(parts())
     await ws.send(bytearray(b"x"))
     ws.send_nowait("x")
+
+
+def typed_dict_of_options() -> WebSocket:
+    opts: ClientOptions = {"ping_interval": 5, "compression": None, "headers": {"X-A": "1"}}
+    return connect_websocket("localhost", 8765, **opts)  # (mypy: with reconnect= too, Any)
+
+
+def policy() -> ReconnectingWebSocket:
+    return connect_websocket("localhost", 8765, reconnect=ReconnectPolicy(max_delay=5.0))
 
 
 def every_option(ctx: ssl.SSLContext, shared: dict[str, Any]) -> None:
