@@ -562,7 +562,10 @@ class Protocol:
             opcode = OP_BINARY
         if self.deflate is not None and compress is not False:
             data = message.encode("utf-8") if opcode == OP_TEXT else message
-            return self._frame(opcode, self.deflate.compress(data, True), True, True)
+            payload = self.deflate.compress_message(data)
+            if payload is None:  # incompressible: sent as it is (see compress_message)
+                return self._frame(opcode, data)
+            return self._frame(opcode, payload, True, True)
         masks = self._masks
         if masks is None and (t is bytes or t is str) and len(message) >= SPLIT_THRESHOLD:
             # Speed: a large unmasked frame goes out as header + the caller's own immutable

@@ -738,6 +738,27 @@ async def test_interop_websockets_client(backend):
             assert (info.value.rcvd.code, info.value.rcvd.reason) == (4002, "asked")
 
 
+async def test_interop_websockets_client_gets_an_incompressible_message_of_its_max_size(backend):
+    """websockets applies max_size to the compressed frame: an incompressible message of
+    exactly its max_size, compressed, came out longer and was refused with 1009 (audit 90).
+    It goes uncompressed now; compressed messages after it still inflate right."""
+    blob = os.urandom(2**20)
+
+    async def handler(websocket, path):
+        await websocket.send(blob)
+        await websocket.send("compressible " * 1000)
+        await websocket.send(blob[:40_000] * 2)  # compressible, by a reference 40 kB back (beyond the window)
+        await websocket.recv()
+
+    async with serving(handler, backend=backend) as server:
+        async with ws_connect(f"ws://127.0.0.1:{server.port}/", max_size=2**20) as client:
+            assert "permessage-deflate" in client.response.headers["Sec-WebSocket-Extensions"]
+            assert await asyncio.wait_for(client.recv(), TIMEOUT) == blob
+            assert await asyncio.wait_for(client.recv(), TIMEOUT) == "compressible " * 1000
+            assert await asyncio.wait_for(client.recv(), TIMEOUT) == blob[:40_000] * 2
+            await client.send("done")
+
+
 async def test_interop_websockets_client_handler_outcomes(backend):
     async def handler(websocket, path):
         if path == "/raise":

@@ -1125,6 +1125,30 @@ class TestPerMessageDeflate:
                 assert receiver.receive_data(frame) == [message]
                 assert type(message) is str or len(message) < 100 or len(decoded.payload) < len(message)
 
+    @pytest.mark.parametrize("bits", [9, 12, 15])
+    def test_incompressible_message_of_a_window_or_more_goes_uncompressed(self, backend: Any, bits: int) -> None:
+        """RFC 7692 §6: any message may go uncompressed. One that deflate does not shrink, as
+        long as the window or longer, does (the compressor then starts afresh: the peer has
+        not inflated it, so no later reference may point into it); shorter ones, and
+        compressible ones, are compressed; the receiver, keeping its context, inflates all."""
+        client_ext, server_ext = deflate_pair(server_max_window_bits=bits)
+        assert server_ext.local_max_window_bits == bits
+        client = make(backend, CLIENT, extensions=[client_ext])
+        server = make(backend, SERVER, extensions=[server_ext], max_size=None)
+        window = 1 << bits
+        text = "spam and eggs " * (window // 8)
+        random = os.urandom(window)
+        for message, compressed in [
+            (text, True), (random, False), (text, True), (random[: window - 1], True),
+            (random.hex(), True), (random + text.encode(), True), (os.urandom(3 * window), False), (text, True),
+        ]:
+            frame = server.send(message)
+            (decoded,) = decode(frame)
+            assert decoded.rsv == (4 if compressed else 0), (len(message), compressed)
+            if not compressed:
+                assert decoded.payload == (message if type(message) is bytes else message.encode())
+            assert client.receive_data(frame) == [message]
+
     def test_fragmented_compressed_messages(self, backend: Any) -> None:
         client, server = connected(backend, deflate=True)
         for sender, receiver in ((client, server), (server, client)):
@@ -1316,17 +1340,17 @@ class TestPerMessageDeflate:
     def test_message_of_exactly_max_size_is_accepted_whatever_its_compressed_length(
         self, backend: Any, level: int
     ) -> None:
+        # (kn_sock's own send() would send it uncompressed: compress_message; other peers don't)
         client_factory = ClientDeflateFactory(compress_settings={"level": level})
         response, server_ext = ServerDeflateFactory().accept_offer(client_factory.offer())  # type: ignore[misc]
-        client = make(backend, CLIENT, extensions=[client_factory.accept_response(response)])
+        client_ext = client_factory.accept_response(response)
         server = make(backend, SERVER, max_size=4096, extensions=[server_ext])
         message = os.urandom(4096)
-        frame = client.send(message)
-        assert len(decode(frame)[0].payload) > 4096  # incompressible: longer than max_size
-        assert server.receive_data(frame) == [message]
+        payload = client_ext.compress(message)
+        assert len(payload) > 4096  # incompressible: longer than max_size
+        assert server.receive_data(peer(server, OP_BINARY, payload, rsv=4)) == [message]
         # Still so when a proxy split it into tiny fragments.
-        frame = client.send(os.urandom(4096))
-        payload = decode(frame)[0].payload
+        payload = client_ext.compress(os.urandom(4096))
         data = peer(server, OP_BINARY, payload[:1], rsv=4, fin=False)
         data += b"".join(peer(server, OP_CONT, payload[i : i + 7], fin=False) for i in range(1, len(payload), 7))
         data += peer(server, OP_CONT, b"")

@@ -329,6 +329,24 @@ class PerMessageDeflate:
                 self._compressor = None
         return output
 
+    def compress_message(self, data: bytes | bytearray | memoryview) -> bytes | None:
+        """Deflate a whole message, or return None when it should go uncompressed.
+
+        A message at least as long as our window that deflate does not shrink (random bytes,
+        media, data compressed already) is better sent as it is (RFC 7692 §6: an endpoint may
+        send any message uncompressed): the peer skips inflating it, and its size limit sees
+        the message's own length, not deflate's overhead (websockets applies ``max_size`` to
+        the compressed frame, refusing an incompressible message of exactly ``max_size``).
+        The compressor starts afresh after it, so that it never refers back to bytes the peer
+        did not inflate; being that long, the message had filled the window, so no context
+        worth keeping is lost.
+        """
+        output = self.compress(data, True)
+        if len(output) >= len(data) >= 1 << max(9, self.local_max_window_bits):
+            self._compressor = None
+            return None
+        return output
+
 
 def _negotiated_failure(message: str) -> InvalidHandshake:
     return InvalidHandshake(f"permessage-deflate: {message}", status=400)
