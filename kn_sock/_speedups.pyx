@@ -143,7 +143,10 @@ cdef int _mask_key(object mask, unsigned char *key) except -1:
             raise ValueError("mask must be 4 bytes")
         memcpy(key, PyBytes_AS_STRING(mask), 4)
         return 0
-    _get_view(mask, &view)
+    try:
+        _get_view(mask, &view)
+    except BufferError:  # not contiguous (a strided memoryview): its bytes, as the pure twin
+        return _mask_key(bytes(memoryview(mask)), key)
     if view.len != 4:
         PyBuffer_Release(&view)
         raise ValueError("mask must be 4 bytes")
@@ -1472,7 +1475,7 @@ cdef class FrameParser:
                 continue
             # Top up the buffered head frame with just what it lacks, then go on in place.
             need = self._head_need()
-            if need == 0:
+            if need <= 0:  # (< 0: a stale get_buffer() view rewrote the buffered header)
                 self._parse_buffer(frames)
                 if self.error is None and self._pp == NULL:
                     # No room could be allocated up front for the large payload: buffer it
@@ -1627,7 +1630,7 @@ cdef class FrameParser:
         if payload is None:
             try:
                 payload = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>length)
-            except MemoryError:
+            except (MemoryError, OverflowError):  # (Overflow: within bytes' header of the maximum)
                 return False
         self._payload = payload
         self._pp = <unsigned char *>PyBytes_AS_STRING(payload)
@@ -2413,7 +2416,9 @@ def send_many(fds, data):
     cdef Py_ssize_t *out = NULL
     _get_view(data, &view)
     try:
-        count = len(fds)
+        # (converted first, by iteration as the pure twin: an ``__index__`` may change ``fds``)
+        indices = [PyNumber_Index(fd) for fd in fds]
+        count = len(indices)
         if count == 0:
             return []
         cfds = <long long *>PyMem_Malloc(count * sizeof(long long))
@@ -2421,7 +2426,7 @@ def send_many(fds, data):
         if cfds == NULL or out == NULL:
             raise MemoryError()
         for i in range(count):
-            cfds[i] = PyNumber_Index(fds[i])
+            cfds[i] = indices[i]
             if cfds[i] < 0:
                 raise ValueError("file descriptor cannot be a negative integer")
         with nogil:
@@ -2566,7 +2571,9 @@ cdef class AsyncCore:
         cdef Waiter waiter
         if frames:
             if len(frames) == 1 and error is None:
-                frame = <tuple>frames[0]
+                frame = <tuple?>frames[0]
+                if len(frame) != 4:
+                    raise TypeError("a parser's frames are 4-tuples")
                 opcode = frame[0]
                 if (
                     frame[1]
@@ -2829,6 +2836,8 @@ cdef class _Send:
         if self._state == 0:
             self._state = 2
             core = self._core
+            if core is None:
+                raise RuntimeError("not made by AsyncCore.send()")
             self._core = None  # a finished send keeps no connection alive
             message = self._message
             self._message = None
@@ -2932,6 +2941,8 @@ cdef class _Recv:
         if self._state == 0:
             self._state = 2
             core = self._core
+            if core is None:
+                raise RuntimeError("not made by AsyncCore.recv()")
             value = core._take_queued()
             if value is None:
                 waiter = core._new_waiter()

@@ -1507,3 +1507,72 @@ def test_recv_from_waits_without_a_buffer(backend, sockpair):
         tracemalloc.stop()
     assert held < 64 * 1024, held
     assert result == [b"next"]
+
+
+# --------------------------------------------------------------------------- audit 89 (ASan)
+
+
+def test_non_contiguous_mask_is_taken_as_its_bytes(backend):
+    """A strided 4-byte mask: the Cython twin raised BufferError, the pure one took it."""
+    mask = memoryview(b"aXbXcXdX")[::2]
+    assert backend.apply_mask(b"hello", mask) == naive_mask(b"hello", b"abcd")
+    buf = bytearray(b"hello")
+    backend.apply_mask_inplace(buf, mask)
+    assert bytes(buf) == naive_mask(b"hello", b"abcd")
+
+
+def test_send_many_when_an_index_changes_the_list(backend):
+    """A descriptor whose ``__index__`` empties the list: the Cython twin read past its end
+    (a segfault); both twins now take the descriptors as iterating the list gives them."""
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    try:
+        fds: list = []
+
+        class Shrinks:
+            def __index__(self) -> int:
+                fds.clear()
+                return a.fileno()
+
+        fds.extend([Shrinks(), a.fileno(), a.fileno(), a.fileno()])
+        assert backend.send_many(fds, b"x") == [1]
+        assert b.recv(10) == b"x"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_stale_get_buffer_view_rewriting_a_buffered_header(backend):
+    """Bytes written through a view handed out before the last buffer_updated() no longer
+    count, but they rewrote a partly buffered frame's length: the Cython twin then copied a
+    negative size (heap corruption). Now the parser goes on with what its buffer holds."""
+    p = backend.FrameParser(expect_mask=False, max_size=None)
+    view = p.get_buffer()
+    view[:14] = b"\x82\x7e\x01\x00" + b"A" * 10  # a 256-byte binary frame, 10 bytes of it
+    assert p.buffer_updated(14) == []
+    view[1:2] = b"\x05"  # stale: the buffered header now says 5 bytes
+    try:
+        p.feed(b"B" * 100)
+    except ProtocolError:
+        pass  # (whatever the rewritten bytes mean; no crash, no corruption)
+
+
+def test_declared_length_near_the_largest_is_buffered_not_an_overflow_error(backend):
+    """max_size=None and a 63-bit length within bytes' header of the largest: the Cython
+    twin's allocation raised OverflowError out of the parser (to recv() in the blocking
+    client); both twins buffer what arrives, as for any length they cannot allocate."""
+    p = backend.FrameParser(expect_mask=False, max_size=None)
+    header = b"\x82\x7f" + (2**63 - 1).to_bytes(8, "big")
+    assert p.feed(header + b"x" * 10) == []
+    assert p.error is None
+
+
+def test_private_awaitables_made_from_python_refuse_to_run():
+    """``_Send`` / ``_Recv`` made with ``__new__`` have no connection: stepping one crashed."""
+    speedups = pytest.importorskip("kn_sock._speedups")
+    for name in ("_Send", "_Recv"):
+        cls = getattr(speedups, name, None)
+        if cls is None:
+            continue
+        with pytest.raises(RuntimeError, match="not made by"):
+            cls.__new__(cls).send(None)
