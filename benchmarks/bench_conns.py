@@ -522,14 +522,16 @@ def main() -> None:
         return client_main(args.port, not args.raw, args.deflate, args.concurrency)
 
     args.only = C.known_ids(ap, "only", args.only, BY_NAME)
+    try:
+        counts = [C.positive_int(x) for x in (args.conns or "1000,5000").split(",")]
+    except argparse.ArgumentTypeError as exc:
+        ap.error(f"--conns: {exc}")
+    if args.quick:
+        counts = [200]
     C.arguments_checked()
     C.install_parent_handlers()
     t_start = time.monotonic()
     limit = C.raise_nofile()
-    try:
-        counts = [200] if args.quick else [C.positive_int(x) for x in (args.conns or "1000,5000").split(",")]
-    except argparse.ArgumentTypeError as exc:
-        ap.error(f"--conns: {exc}")
     rounds = max(args.rounds, 1)
     notes: list[str] = []
     failures = 0  # a contestant that crashed or reported an error (a skip is not one)

@@ -77,13 +77,13 @@ _LAZY = {
     "ReconnectingWebSocket": "kn_sock.sync.client",
     "AsyncReconnectingWebSocket": "kn_sock.asyncio.client",
     "ReconnectPolicy": "kn_sock.reconnect",
-    "ClientOptions": "kn_sock._types",
-    "ServerOptions": "kn_sock._types",
-    "AsyncServerOptions": "kn_sock._types",
+    "ClientOptions": "kn_sock._option_types",
+    "ServerOptions": "kn_sock._option_types",
+    "AsyncServerOptions": "kn_sock._option_types",
 }
 
 if TYPE_CHECKING:
-    from ._types import AsyncServerOptions, ClientOptions, ServerOptions
+    from ._option_types import AsyncServerOptions, ClientOptions, ServerOptions
     from .asyncio.client import AsyncReconnectingWebSocket, async_connect_websocket
     from .asyncio.connection import AsyncWebSocket
     from .asyncio.server import AsyncWebSocketServer, start_async_websocket_server

@@ -1246,6 +1246,9 @@ def send_many(fds: list, data: BytesLike) -> list:
         if os.name != "posix":  # pragma: no cover - Windows
             out.append(-_errno.ENOSYS)
             continue
+        if fd > 2**31 - 1:  # no such descriptor (os.fstat would raise OverflowError)
+            out.append(-_errno.EBADF)
+            continue
         try:
             if not _stat.S_ISSOCK(os.fstat(fd).st_mode):
                 out.append(-_errno.ENOTSOCK)

@@ -2403,6 +2403,16 @@ def write_message(sock, message, bint masked):
     return rest
 
 
+cdef object _fd_index(object fd):
+    """A descriptor for send_many: ValueError when negative, OverflowError beyond a long long."""
+    fd = PyNumber_Index(fd)
+    if fd < 0:
+        raise ValueError("file descriptor cannot be a negative integer")
+    if fd >= 2**63:
+        raise OverflowError("Python int too large to convert to C long")
+    return fd
+
+
 def send_many(fds, data):
     """Write ``data`` once to each non-blocking socket in ``fds`` (one pass, the GIL released).
 
@@ -2416,8 +2426,9 @@ def send_many(fds, data):
     cdef Py_ssize_t *out = NULL
     _get_view(data, &view)
     try:
-        # (converted first, by iteration as the pure twin: an ``__index__`` may change ``fds``)
-        indices = [PyNumber_Index(fd) for fd in fds]
+        # (converted first, by iteration and with the errors of the pure twin: an ``__index__``
+        # may change ``fds``)
+        indices = [_fd_index(fd) for fd in fds]
         count = len(indices)
         if count == 0:
             return []
@@ -2427,8 +2438,6 @@ def send_many(fds, data):
             raise MemoryError()
         for i in range(count):
             cfds[i] = indices[i]
-            if cfds[i] < 0:
-                raise ValueError("file descriptor cannot be a negative integer")
         with nogil:
             for i in range(count):
                 out[i] = kn_send_nb(cfds[i], <const char *>view.buf, view.len)

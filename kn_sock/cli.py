@@ -663,7 +663,10 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
     root = benchmarks_dir()
     chosen = list(dict.fromkeys(args.suite or DEFAULT_SUITES))
     if len(chosen) > 1:
-        problem = _check_suite_arguments(root, chosen, extra, args.quick)
+        problem, stopped_by = _check_suite_arguments(root, chosen, extra, args.quick)
+        if stopped_by is not None:
+            _out(f"== checking the arguments: stopped by {signal.Signals(stopped_by).name}")
+            return 128 + stopped_by
         if problem:
             _err(f"error: {problem}")
             return EXIT_USAGE
@@ -683,7 +686,7 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
         # (KN_SOCK_BENCH_SUITE: with several suites, an option or contestant id meant for
         # another one is ignored there, with a note; with one, it is an error, a typo.)
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "KN_SOCK_BENCH_SUITE": str(len(chosen))}
-        rc, stopped_by = _run_suite(cmd, env)  # streams its tables as they come
+        rc, stopped_by, _ = _run_suite(cmd, env)  # streams its tables as they come
         if stopped_by is not None:
             _out(f"== {tag}: stopped by {signal.Signals(stopped_by).name}")
             return 128 + stopped_by
@@ -694,12 +697,14 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
     return status
 
 
-def _check_suite_arguments(root: Path, chosen: list[str], extra: Sequence[str], quick: bool) -> str | None:
+def _check_suite_arguments(
+    root: Path, chosen: list[str], extra: Sequence[str], quick: bool
+) -> tuple[str | None, int | None]:
     """With several suites, each ignores the options and contestant ids of the others: have each
     check the command line first (``KN_SOCK_BENCH_CHECK``; it exits before running anything), so
-    that a bad value, or a name that every suite ignores (a typo), is an error before the run."""
+    that a bad value, or a name that every suite ignores (a typo), is an error before the run.
+    Returns (the problem or None, the signal that stopped the check or None)."""
     import json
-    import subprocess
     import tempfile
 
     with tempfile.TemporaryDirectory(prefix="kn_sock-bench-") as tmp:
@@ -708,19 +713,18 @@ def _check_suite_arguments(root: Path, chosen: list[str], extra: Sequence[str], 
         for name in chosen:
             script = root / SUITES[name]
             if not script.exists():
-                return None  # (reported when it would run)
+                return None, None  # (reported when it would run)
             cmd = [sys.executable, str(script)] + (["--quick"] if quick else []) + _per_suite_json(extra, name)
-            try:
-                proc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120)
-            except subprocess.TimeoutExpired:
-                return f"{name}: checking the arguments took over 120 s"
-            if proc.returncode != 0:
-                return f"{name}: " + (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
+            rc, stopped_by, err = _run_suite(cmd, env, check_timeout=_CHECK_TIMEOUT)
+            if stopped_by is not None:
+                return None, stopped_by
+            if rc != 0:
+                return f"{name}: " + (err.strip().splitlines() or [f"exit {rc}"])[-1], None
         try:
             with open(report, encoding="utf-8") as lines:
                 ignored = [set(json.loads(line)) for line in lines]
         except (OSError, ValueError):  # a script that does not take part in the check
-            return None
+            return None, None
     if len(ignored) == len(chosen):
         # ignored everywhere: an option, or an id ("--only x") where each suite either does not
         # take the option or does not know the id
@@ -729,15 +733,26 @@ def _check_suite_arguments(root: Path, chosen: list[str], extra: Sequence[str], 
             if all(item in each or item.split(" ", 1)[0] in each for each in ignored)
         )
         if everywhere:
-            return f"not an option or contestant of any suite chosen: {', '.join(everywhere)}"
-    return None
+            return f"not an option or contestant of any suite chosen: {', '.join(everywhere)}", None
+    return None, None
 
 
-def _run_suite(cmd: list[str], env: dict[str, str]) -> tuple[int, int | None]:
-    """Run one benchmark script: (its exit status, the signal that stopped us or None). SIGTERM
-    or SIGHUP sent to us is passed on (the script stops its servers and clients, then exits);
-    Ctrl-C reaches the script itself, through the terminal's process group."""
-    proc = subprocess.Popen(cmd, env=env)
+#: Seconds a suite may take to check its arguments (it only parses them).
+_CHECK_TIMEOUT = 120.0
+
+
+def _run_suite(cmd: list[str], env: dict[str, str], *, check_timeout: float | None = None) -> tuple[int, int | None, str]:
+    """Run one benchmark script: (its exit status, the signal that stopped us or None, its
+    stderr when checking). SIGTERM or SIGHUP sent to us is passed on (the script stops its
+    servers and clients, then exits); Ctrl-C reaches the script itself, through the terminal's
+    process group. With ``check_timeout`` (the argument check), its output is not shown, its
+    stderr is returned, and it is killed past the timeout."""
+    if check_timeout is None:
+        proc = subprocess.Popen(cmd, env=env, text=True)  # (text: no pipes, the type of check's)
+    else:
+        proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.PIPE, text=True)
+    err = ""
     stopped_by: list[int] = []
 
     def forward(signum: int, frame: Any) -> None:
@@ -747,7 +762,16 @@ def _run_suite(cmd: list[str], env: dict[str, str]) -> tuple[int, int | None]:
     signals = [getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name)]
     previous = {sig: signal.signal(sig, forward) for sig in signals}
     try:
-        rc = proc.wait()
+        if check_timeout is None:
+            rc = proc.wait()
+        else:
+            try:
+                err = proc.communicate(timeout=check_timeout)[1]
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                err = f"checking the arguments took over {check_timeout:g} s"
+            rc = proc.returncode
     except BaseException:  # Ctrl-C: the script got it too; give it a moment to clean up
         try:
             proc.wait(5)
@@ -757,7 +781,7 @@ def _run_suite(cmd: list[str], env: dict[str, str]) -> tuple[int, int | None]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return rc, (stopped_by[0] if stopped_by else None)
+    return rc, (stopped_by[0] if stopped_by else None), err
 
 
 def _per_suite_json(extra: Sequence[str], suite: str) -> list[str]:

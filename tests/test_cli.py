@@ -14,6 +14,7 @@ import struct
 import subprocess
 import sys
 import threading
+import tempfile
 import time
 from pathlib import Path
 from typing import Iterator
@@ -691,6 +692,42 @@ def test_connect_sigterm_closes_with_1001() -> None:
     assert proc.returncode == 143, err
     assert codes == [1001] and "Traceback" not in err
     assert "143" in run_cli("--help").stdout
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc"), reason="needs /proc")
+def test_bench_sigterm_during_the_argument_check(tmp_path: Path) -> None:
+    """SIGTERM while the suites check the arguments reaches the checking script too (audit 91:
+    it was left running, its temporary directory behind)."""
+    (tmp_path / "_common.py").write_text("")
+    hang = "import os, sys, time\nif os.environ.get('KN_SOCK_BENCH_CHECK'):\n    print('checking', flush=True, file=sys.stderr); time.sleep(60)\n"
+    for name in ("bench_echo.py", "bench_conns.py"):
+        (tmp_path / name).write_text(hang)
+    code = ("import sys; from pathlib import Path; from kn_sock import cli; "
+            f"cli.benchmarks_dir = lambda: Path({str(tmp_path)!r}); "
+            "sys.exit(cli.main(['bench', '--suite', 'echo', '--suite', 'conns']))")
+    before = set(os.listdir(tempfile.gettempdir()))
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 20
+        while not _descendants(proc.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        below = _descendants(proc.pid)
+        assert below
+        time.sleep(0.3)  # (the script's interpreter up, in its sleep)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=20)
+        assert proc.returncode == 128 + signal.SIGTERM, out
+        assert "stopped by SIGTERM" in out
+        deadline = time.monotonic() + 5
+        while any(_alive(pid) for pid in below) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(_alive(pid) for pid in below)
+        left = {n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("kn_sock-bench-")}
+        assert not left
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_bench_json_with_several_suites_writes_one_file_per_suite(

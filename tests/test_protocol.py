@@ -7,8 +7,10 @@ codec below, so the tests do not trust the code under test to check itself.
 
 from __future__ import annotations
 
+import array
 import gc
 import os
+import random
 import struct
 import weakref
 import zlib
@@ -1148,6 +1150,17 @@ class TestPerMessageDeflate:
             if not compressed:
                 assert decoded.payload == (message if type(message) is bytes else message.encode())
             assert client.receive_data(frame) == [message]
+
+    def test_compressible_typed_array_view_is_compressed(self, backend: Any) -> None:
+        """A memoryview of doubles: its len() counts items, an eighth of its bytes, so it
+        seemed incompressible and went uncompressed (audit 91)."""
+        client, server = connected(backend, deflate=True)
+        rng = random.Random(0)
+        values = array.array("d", [float(rng.randrange(100)) for _ in range(4096)])  # 32 KiB
+        frame = server.send(memoryview(values))
+        (decoded,) = decode(frame)
+        assert decoded.rsv == 4 and len(values) < len(decoded.payload) < len(values) * 8 // 2
+        assert client.receive_data(frame) == [values.tobytes()]
 
     def test_fragmented_compressed_messages(self, backend: Any) -> None:
         client, server = connected(backend, deflate=True)

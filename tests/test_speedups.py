@@ -1576,3 +1576,21 @@ def test_private_awaitables_made_from_python_refuse_to_run():
             continue
         with pytest.raises(RuntimeError, match="not made by"):
             cls.__new__(cls).send(None)
+
+
+@pytest.mark.parametrize(
+    "fds", [[-1, "A"], ["A", -1], [-(2**64)], [2**64], [2**63 - 1], [2**31], [0.5]], ids=str
+)
+def test_send_many_bad_descriptors_give_the_same_outcome_in_both_twins(fds):
+    """Audit 91: converting every descriptor before checking any made the Cython twin raise
+    TypeError where the pure one raised ValueError; a descriptor beyond int gave -EBADF from
+    one and OverflowError from the other."""
+    pure = pytest.importorskip("kn_sock._pure")
+    speedups = pytest.importorskip("kn_sock._speedups")
+    outcomes = []
+    for twin in (pure, speedups):
+        try:
+            outcomes.append(twin.send_many(fds, b"x"))
+        except Exception as exc:  # noqa: BLE001 - the outcome compared
+            outcomes.append((type(exc), str(exc)))
+    assert outcomes[0] == outcomes[1]

@@ -140,6 +140,7 @@ def every_option(ctx: ssl.SSLContext, shared: dict[str, Any]) -> None:
         process_request=lambda path, headers: (200, [], b"ok"), server_header="s", ssl=ctx, backlog=8,
         reuse_port=True, thread_stack_size=1 << 20, shutdown_grace=0.5, unix=b"/tmp/s", **shared,
     )
+    start_websocket_server("127.0.0.1", 0, lambda ws: None, None, ssl=False)  # (False: as None)
 
 
 async def aevery_option(ctx: ssl.SSLContext, shared: dict[str, Any]) -> None:
@@ -276,7 +277,7 @@ def test_option_types_name_every_option():
     run time (``Options``' fields plus each entry point's own), no more, no fewer."""
     from dataclasses import fields
 
-    from kn_sock._types import AsyncServerOptions, ClientOptions, ServerOptions
+    from kn_sock import AsyncServerOptions, ClientOptions, ServerOptions
     from kn_sock.options import Options
 
     shared = {f.name for f in fields(Options)} - {"extra"}
@@ -287,3 +288,15 @@ def test_option_types_name_every_option():
     assert keys(ClientOptions) == shared - {"reconnect"} | {"sock", "unix", "ack"}  # reconnect: a parameter
     assert keys(ServerOptions) == shared | {"unix", "backlog", "reuse_port", "thread_stack_size", "shutdown_grace"}
     assert keys(AsyncServerOptions) == shared | {"unix", "backlog", "reuse_port", "reuse_address", "sock"}
+
+
+def test_option_types_resolve_at_run_time():
+    """get_type_hints on the exported TypedDicts (pydantic, sphinx): their names were imported
+    for type checkers only (audit 91)."""
+    import typing
+
+    from kn_sock import AsyncServerOptions, ClientOptions, ServerOptions
+
+    for typed in (ClientOptions, ServerOptions, AsyncServerOptions):
+        hints = typing.get_type_hints(typed)
+        assert "headers" in hints and "ssl" in hints

@@ -22,7 +22,8 @@ from ._compat import timeout as _timeout
 from ._starter import Starter
 from .connection import AsyncWebSocket
 
-from .._types import ClientOptions, Message, Unpack  # annotations (resolvable at run time too, e.g. get_type_hints)
+from .._option_types import ClientOptions
+from .._types import Message, Unpack  # annotations (resolvable at run time too, e.g. get_type_hints)
 
 __all__ = ["async_connect_websocket", "connect", "AsyncReconnectingWebSocket"]
 

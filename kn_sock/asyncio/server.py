@@ -13,7 +13,8 @@ from typing import Any, Awaitable, Callable, Union
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
 from ..options import Options, check_port, check_server_options, make_options
-from .._types import AsyncServerOptions, Unpack  # annotations (resolvable at run time too)
+from .._option_types import AsyncServerOptions
+from .._types import Unpack  # annotations (resolvable at run time too)
 from .._unix import remove_unix_socket, socket_inode
 from ..protocol import SERVER, Protocol
 from ._compat import mark_coroutine_function

@@ -342,7 +342,8 @@ class PerMessageDeflate:
         worth keeping is lost.
         """
         output = self.compress(data, True)
-        if len(output) >= len(data) >= 1 << max(9, self.local_max_window_bits):
+        size = data.nbytes if type(data) is memoryview else len(data)  # (items of a typed array)
+        if len(output) >= size >= 1 << max(9, self.local_max_window_bits):
             self._compressor = None
             return None
         return output

@@ -28,7 +28,8 @@ from .._unix import unix_connect
 from ..uri import WebSocketURI, parse_uri
 from .connection import PongWaiter, WebSocket
 
-from .._types import ClientOptions, SyncMessage, Unpack  # annotations (resolvable at run time too, e.g. get_type_hints)
+from .._option_types import ClientOptions
+from .._types import SyncMessage, Unpack  # annotations (resolvable at run time too, e.g. get_type_hints)
 
 __all__ = ["connect_websocket", "connect", "ReconnectingWebSocket"]
 

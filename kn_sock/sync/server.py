@@ -29,7 +29,8 @@ import time
 from typing import Any, Callable, Iterator, Union
 from typing import Protocol as _Interface
 
-from .._types import ServerOptions, Unpack  # annotations (resolvable at run time too)
+from .._option_types import ServerOptions
+from .._types import Unpack  # annotations (resolvable at run time too)
 from .._unix import remove_stale_socket, remove_unix_socket, socket_inode
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
