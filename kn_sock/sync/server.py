@@ -52,14 +52,14 @@ _LINGER = 1.0
 #: How long a connection accepted just before ``shutdown()`` is given to read its 503.
 _SHUTDOWN_ANSWER_TIME = 0.1
 #: How long ``shutdown()`` waits for closing handshakes (1001) before dropping connections.
-SHUTDOWN_GRACE = 0.35
+SHUTDOWN_GRACE = 0.3
 #: What the whole shutdown may take beyond the grace (start_websocket_server: 0.5 s in all,
 #: with up to _EVENT_POLL before the event is seen).
 _SHUTDOWN_SLACK = 0.03
 #: The time dropping one connection is expected to take at shutdown (seconds; see _close_all).
 _DROP_COST = 0.0002
 #: How often ``serve_forever`` checks a ``shutdown_event``.
-_EVENT_POLL = 0.05
+_EVENT_POLL = 0.025
 
 #: The interpreter's switch interval while ``shutdown()`` runs (see ``_quick_gil_handoff``).
 _SHUTDOWN_SWITCH = 0.0001
