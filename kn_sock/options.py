@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
 from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
 from typing import Any, Callable
 
 __all__ = [
     "Options", "check_blocking_callables", "check_client_transport", "check_server_options", "check_server_ssl",
-    "make_options",
+    "check_unix_path", "make_options",
 ]
 
 
@@ -134,6 +134,12 @@ def check_client_transport(opts: Options) -> None:
             raise ValueError("sock and unix are exclusive")
         if opts.reconnect is not False and opts.reconnect is not None:
             raise ValueError("reconnect= cannot reopen a caller-supplied sock")
+    check_unix_path(unix)
+
+
+def check_unix_path(unix: object) -> None:
+    """A ``unix`` option (clients and servers): None or a path, str, bytes or os.PathLike
+    (TypeError otherwise)."""
     if unix is not None:
         import os
 

@@ -137,6 +137,8 @@ def test_sync_server_takes_a_pathlike_or_bytes_unix_path(tmp_path, backend):
         assert not os.path.exists(path)
     with pytest.raises(TypeError, match="unix must be a path"):
         WebSocketServer(None, None, sync_echo, unix=3)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="unix must be a path"):  # asyncio: at the call, not awaited
+        start_async_websocket_server(None, None, async_echo, unix=3)  # type: ignore[arg-type]
 
 
 def test_sync_client_unix_path_missing(tmp_path):

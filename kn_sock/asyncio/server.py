@@ -12,7 +12,7 @@ from typing import Any, Awaitable, Callable, Union
 
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
-from ..options import Options, check_port, check_server_options, make_options
+from ..options import Options, check_port, check_server_options, check_unix_path, make_options
 from .._option_types import AsyncServerOptions
 from .._types import Unpack  # annotations (resolvable at run time too)
 from .._unix import remove_unix_socket, socket_inode
@@ -622,6 +622,7 @@ class serve(Starter[AsyncWebSocketServer]):
         """Validate the options now; bind and listen when awaited."""
         # (private: a forgotten ``await`` must not leave a ``.port`` or ``.close()`` that seems to work)
         self._listen = {k: options.pop(k) for k in ("unix", "reuse_port", "reuse_address", "backlog", "sock") if k in options}
+        check_unix_path(self._listen.get("unix"))  # (at the call, as the blocking server)
         self._options = make_options(options)
         check_server_options(self._options)
         _server_handshake(self._options)  # (headers, server_header...: refused at the call, not when awaited)

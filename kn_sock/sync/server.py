@@ -34,7 +34,7 @@ from .._types import Unpack  # annotations (resolvable at run time too)
 from .._unix import remove_stale_socket, remove_unix_socket, socket_inode
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
-from ..options import check_blocking_callables, check_port, check_server_options, make_options
+from ..options import check_blocking_callables, check_port, check_server_options, check_unix_path, make_options
 from ..protocol import SERVER, Protocol
 from .client import _set_timeout
 from .connection import _HAS_POLL, WebSocket
@@ -148,8 +148,7 @@ class WebSocketServer:
     def __init__(self, host: str | None, port: int | None, handler: Handler, **options: Unpack[ServerOptions]) -> None:
         """Bind and listen."""
         unix = options.pop("unix", None)
-        if unix is not None and not isinstance(unix, (str, bytes, os.PathLike)):
-            raise TypeError(f"unix must be a path (str, bytes or os.PathLike), not {type(unix).__name__}")
+        check_unix_path(unix)
         self._unix: str | bytes | None = None if unix is None else os.fspath(unix)  # (socket.bind takes no Path)
         self._unix_inode: int | None = None  # of the socket file we bound, removed by shutdown
         backlog = options.pop("backlog", 1024)
