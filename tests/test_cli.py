@@ -424,6 +424,22 @@ def _descendants(pid: int) -> set[int]:
     return found
 
 
+def _terminate(proc: subprocess.Popen[str], below: set[int]) -> tuple[str, float]:
+    """SIGTERM to ``kn-sock bench``: it exits 143 saying so, and every process it had started
+    (``below``) is gone within 5 s. Returns its output and how long it took to exit."""
+    started = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=20)
+    seconds = time.monotonic() - started
+    assert proc.returncode == 128 + signal.SIGTERM, out
+    assert "stopped by SIGTERM" in out
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in below) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(_alive(pid) for pid in below)
+    return out, seconds
+
+
 def _alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -452,16 +468,8 @@ def test_bench_sigterm_stops_the_running_suite_and_its_processes() -> None:
             lines.append(line)
         below = _descendants(proc.pid)
         assert below
-        started = time.monotonic()
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
-        assert time.monotonic() - started < 10, out
-        assert proc.returncode == 128 + signal.SIGTERM, out
-        assert "stopped by SIGTERM" in out
-        deadline = time.monotonic() + 5
-        while any(_alive(pid) for pid in below) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(_alive(pid) for pid in below)
+        out, seconds = _terminate(proc, below)
+        assert seconds < 10, out
     finally:
         proc.kill()
         proc.wait()
@@ -715,14 +723,7 @@ def test_bench_sigterm_during_the_argument_check(tmp_path: Path) -> None:
         below = _descendants(proc.pid)
         assert below
         time.sleep(0.3)  # (the script's interpreter up, in its sleep)
-        proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=20)
-        assert proc.returncode == 128 + signal.SIGTERM, out
-        assert "stopped by SIGTERM" in out
-        deadline = time.monotonic() + 5
-        while any(_alive(pid) for pid in below) and time.monotonic() < deadline:
-            time.sleep(0.05)
-        assert not any(_alive(pid) for pid in below)
+        _terminate(proc, below)
         left = {n for n in set(os.listdir(tempfile.gettempdir())) - before if n.startswith("kn_sock-bench-")}
         assert not left
     finally:
