@@ -2403,6 +2403,15 @@ def write_message(sock, message, bint masked):
     return rest
 
 
+cdef list _foreign_frames(list frames):
+    """Frames from a parser other than ours (the pure twin's): ``_arrived`` reads them as
+    4-tuples without checks, so anything else is refused here, where they come in."""
+    for frame in frames:
+        if type(frame) is not tuple or len(<tuple>frame) != 4:
+            raise TypeError("a parser's frames are 4-tuples")
+    return frames
+
+
 cdef object _fd_index(object fd):
     """A descriptor for send_many: ValueError when negative, OverflowError beyond a long long."""
     fd = PyNumber_Index(fd)
@@ -2530,7 +2539,7 @@ cdef class AsyncCore:
             if (<FrameParser>parser).last_frames > _FAIR_FRAMES:
                 self._yield_reading()
         else:
-            frames = parser.buffer_updated(nbytes)
+            frames = _foreign_frames(parser.buffer_updated(nbytes))
             error = parser.error
             if parser.last_frames > _FAIR_FRAMES:
                 self._yield_reading()
@@ -2552,7 +2561,7 @@ cdef class AsyncCore:
                 error = (<FrameParser>parser).error
             else:  # the pure twin's parser
                 nbytes = _os.readv(self._fd, [parser.get_buffer(-1)])
-                frames = parser.buffer_updated(nbytes) if nbytes else None
+                frames = _foreign_frames(parser.buffer_updated(nbytes)) if nbytes else None
                 error = parser.error
         except (BlockingIOError, InterruptedError):
             return
@@ -2580,9 +2589,7 @@ cdef class AsyncCore:
         cdef Waiter waiter
         if frames:
             if len(frames) == 1 and error is None:
-                frame = <tuple?>frames[0]
-                if len(frame) != 4:
-                    raise TypeError("a parser's frames are 4-tuples")
+                frame = <tuple>frames[0]  # (4-tuples: ours, or checked by _foreign_frames)
                 opcode = frame[0]
                 if (
                     frame[1]

@@ -1594,3 +1594,20 @@ def test_send_many_bad_descriptors_give_the_same_outcome_in_both_twins(fds):
         except Exception as exc:  # noqa: BLE001 - the outcome compared
             outcomes.append((type(exc), str(exc)))
     assert outcomes[0] == outcomes[1]
+
+
+def test_async_core_refuses_a_foreign_parsers_malformed_frames(backend):
+    """A parser other than the twin's own handing ``AsyncCore`` frames that are not 4-tuples:
+    the Cython core read past the tuple (audit 89); both twins raise instead."""
+
+    class Parser:
+        error = None
+        last_frames = 1
+
+        def buffer_updated(self, nbytes: int) -> list:
+            return [(2,)]
+
+    core = backend.AsyncCore()
+    core._parser = Parser()
+    with pytest.raises((TypeError, ValueError)):
+        core.buffer_updated(1)
