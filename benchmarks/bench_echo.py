@@ -90,6 +90,11 @@ CONTESTANTS = [
                env={"KN_SOCK_PURE": None}, picows_ref="picows", impl="cython"),
     Contestant("kn_cb_uvloop", "kn_sock on_message + uvloop", "async", "kn_async_cb", "kn_async_cb",
                uvloop=True, requires=("uvloop",), picows_ref="picows_uvloop", impl="default"),
+    # Mixed pairs: one end kn_sock's coroutine API, the other picows' (compare with the picows row).
+    Contestant("kn_server_picows", "kn_sock server, picows client (cython)", "async", "kn_async", "picows",
+               env={"KN_SOCK_PURE": None}, requires=("picows",), picows_ref="picows", impl="cython"),
+    Contestant("kn_client_picows", "kn_sock client, picows server (cython)", "async", "picows", "kn_async",
+               env={"KN_SOCK_PURE": None}, requires=("picows",), picows_ref="picows", impl="cython"),
     Contestant("picows", "picows (callbacks)", "async", "picows", "picows", requires=("picows",)),
     Contestant("picows_uvloop", "picows + uvloop", "async", "picows", "picows", uvloop=True,
                requires=("picows", "uvloop")),
@@ -105,6 +110,11 @@ CONTESTANTS = [
 BY_NAME = {c.name: c for c in CONTESTANTS}
 BASELINE = {"async": "raw_async", "sync": "raw_sync"}
 UVLOOP_BASELINE = "raw_async_uvloop"  # the baseline of uvloop rows, when it ran
+
+
+def kn_end(kind: str) -> bool:
+    """Whether a server or client kind runs kn_sock (a mixed row's other end does not)."""
+    return kind.startswith("kn_")
 
 
 def baseline_of(c: Contestant, ran: Any) -> str:
@@ -966,7 +976,7 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
             child.kill()
             runnable.remove(c)
             continue
-        if c.impl and server_impl != c.impl:
+        if c.impl and kn_end(c.server) and server_impl != c.impl:
             notes.append(f"{c.label}: skipped, its server runs kn_sock's {server_impl or 'unreported'} "
                          f"implementation, not {c.impl}")
             child.kill()
@@ -1000,7 +1010,7 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
             client = C.Child(
                 [__file__, "--client", c.client, "--port", str(ports[c.name]), "--modes", mode_arg,
                  "--duration", str(duration), "--warmup", str(warmup), "--window", str(args.window)]
-                + (["--uvloop"] if c.uvloop else []) + (["--impl", c.impl] if c.impl else []),
+                + (["--uvloop"] if c.uvloop else []) + (["--impl", c.impl] if c.impl and kn_end(c.client) else []),
                 env=env, label=f"{c.label} client",
             )
             try:

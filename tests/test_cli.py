@@ -357,6 +357,26 @@ def test_bench_quick_speedups_prints_a_table() -> None:
 
 
 
+@pytest.mark.slow
+def test_bench_echo_mixed_rows_check_only_their_kn_sock_end() -> None:
+    """The mixed rows pair kn_sock with a picows end, which reports no kn_sock implementation:
+    only the kn_sock end is checked (with both ends checked, both rows were always skipped)."""
+    if not (ROOT / "benchmarks" / "bench_echo.py").exists():
+        pytest.skip("no benchmarks/ in this checkout")
+    pytest.importorskip("picows")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_echo.py"), "--quick", "--only",
+         "kn_server_picows,kn_client_picows", "--cells", "64 B", "--rounds", "1", "--duration", "0.1"],
+        capture_output=True, text=True, timeout=90, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for label in ("kn_sock server, picows client (cython)", "kn_sock client, picows server (cython)"):
+        row = re.search(rf"^\| {re.escape(label)} +\| [\d.]+k? ", proc.stdout, re.M)
+        skipped = f"{label}: skipped, the Cython extension is not in use" in proc.stdout
+        assert row or skipped, proc.stdout[-2000:]
+    assert "unreported" not in proc.stdout and "FAILED" not in proc.stdout, proc.stdout[-2000:]
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
