@@ -10,7 +10,9 @@ compression off everywhere. Modes:
 Contestants are interleaved and the whole set is repeated ``--rounds`` times; the table shows
 medians. Async rows are compared with a raw asyncio TCP echo, blocking rows with a raw blocking
 socket echo, and kn_sock rows also with picows (asyncio rows on the same event loop; the blocking
-row with picows on the default asyncio loop, picows having no blocking API).
+row with picows on the default asyncio loop, picows having no blocking API) and with websockets
+(as installed, with its C masking; the pure twin also with websockets' all-Python masking, the
+``websockets_py`` row).
 
     python benchmarks/bench_echo.py            # ~3 min
     python benchmarks/bench_echo.py --quick    # ~30 s smoke run
@@ -99,6 +101,9 @@ CONTESTANTS = [
     Contestant("picows_uvloop", "picows + uvloop", "async", "picows", "picows", uvloop=True,
                requires=("picows", "uvloop")),
     Contestant("websockets", "websockets (asyncio)", "async", "websockets", "websockets", requires=("websockets",)),
+    # websockets with its C masking turned off: framing and masking all in Python, like kn_sock's pure twin.
+    Contestant("websockets_py", "websockets (asyncio, no C speedups)", "async", "websockets_py", "websockets_py",
+               requires=("websockets",)),
     Contestant("aiohttp", "aiohttp", "async", "aiohttp", "aiohttp", requires=("aiohttp",)),
     Contestant("raw_sync", "raw blocking socket (limit)", "sync", "raw_sync", "raw_sync"),
     Contestant("kn_sync", "kn_sock sync", "sync", "kn_sync", "kn_sync", picows_ref="picows", impl="default"),
@@ -143,8 +148,23 @@ def kn_implementation() -> str:
 # =============================================================== servers (child processes)
 
 
+def without_websockets_speedups(kind: str) -> str:
+    """For ``websockets_py``: keep websockets' C masking from loading (its Python one is used
+    then, as where the extension is not built); the kind to run, ``websockets``."""
+    if kind != "websockets_py":
+        return kind
+    sys.modules["websockets.speedups"] = None  # type: ignore[assignment]  # (import fails: ImportError)
+    import websockets.frames
+    import websockets.utils
+
+    if websockets.frames.apply_mask is not websockets.utils.apply_mask:
+        raise RuntimeError("websockets still masks with its C speedups")
+    return "websockets"
+
+
 def serve(kind: str, port: int, use_uvloop: bool) -> None:
     C.exit_on_eof()
+    kind = without_websockets_speedups(kind)
     if kind == "raw_sync":
         return serve_raw_sync(port)
     if kind == "kn_sync":
@@ -330,6 +350,7 @@ def run_client(kind: str, port: int, modes: list[tuple[str, str, int]], duration
     # A kn_sock row checks its implementation first: on a mismatch nothing is measured, and the
     # parent, seeing "impl" differ from its claim, skips the row.
     impl = kn_implementation() if expect_impl else None
+    kind = without_websockets_speedups(kind)
     if impl == expect_impl:
         try:
             if kind in ("raw_sync", "kn_sync", "websockets_sync", "websocket_client"):
@@ -1054,7 +1075,11 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
     print("when it ran, raw blocking socket for blocking rows). Ratios are medians of the ratios within each")
     print("round. 'vs picows': kn_sock / picows per column, the same way; asyncio rows on the same event loop")
     print("(uvloop rows vs picows + uvloop), the blocking row vs picows on the default asyncio loop (picows has")
-    print("no blocking API).")
+    print("no blocking API). 'vs websockets': the same against websockets as installed (with its C masking)")
+    print("on the default loop, the blocking row against websockets.sync.")
+    if "kn_pure" in raw and "websockets_py" in raw:
+        print("kn_sock asyncio (pure) / websockets without its C speedups (both all Python), per column: "
+              + ratio_list(raw["kn_pure"], raw["websockets_py"], [m[0] for m in modes]))
     spread = spreads(raw)
     if spread:
         print(f"Largest spread between rounds (max/min): {spread[0]}")
@@ -1100,7 +1125,7 @@ def spreads(raw: dict[str, dict[str, list[float | None]]]) -> tuple[str, float] 
 def render(runnable: list[Contestant], modes: list[tuple[str, str, int]], med: dict[str, dict[str, Any]],
            raw: dict[str, dict[str, list[float | None]]]) -> str:
     keys = [m[0] for m in modes]
-    header = ["contestant", *keys, "vs picows"]
+    header = ["contestant", *keys, "vs picows", "vs websockets"]
     rows = []
     for group in ("async", "sync"):
         for c in runnable:
@@ -1113,14 +1138,24 @@ def render(runnable: list[Contestant], modes: list[tuple[str, str, int]], med: d
                 v = med[c.name].get(k)
                 r = C.paired_ratio(raw[c.name][k], base[k]) if (base and c.name != base_name) else None
                 row.append(C.fmt_rate(v) + (f" ({r:.2f})" if r is not None else ""))
-            ref = raw.get(c.picows_ref) if c.picows_ref else None
-            if c.name.startswith("kn_") and ref:
-                ratios = [C.paired_ratio(raw[c.name][k], ref[k]) for k in keys]
-                row.append("/".join(C.fmt_ratio(r) if r is not None else "-" for r in ratios))
-            else:
-                row.append("")
+            for ref_name in (c.picows_ref, websockets_ref(c)):
+                ref = raw.get(ref_name) if ref_name else None
+                row.append(ratio_list(raw[c.name], ref, keys) if c.name.startswith("kn_") and ref else "")
             rows.append(row)
     return C.table(header, rows)
+
+
+def websockets_ref(c: Contestant) -> str | None:
+    """The websockets row a kn_sock row is compared with: the same API family on the same loop."""
+    if c.uvloop or not c.name.startswith("kn_") or "picows" in (c.server, c.client):
+        return None
+    return "websockets" if c.group == "async" else "websockets_sync"
+
+
+def ratio_list(row: dict[str, list[float | None]], ref: dict[str, list[float | None]], keys: list[str]) -> str:
+    """``row`` / ``ref`` per column (medians of the ratios within each round), joined by ``/``."""
+    ratios = [C.paired_ratio(row[k], ref[k]) for k in keys]
+    return "/".join(C.fmt_ratio(r) if r is not None else "-" for r in ratios)
 
 
 if __name__ == "__main__":

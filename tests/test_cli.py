@@ -377,6 +377,24 @@ def test_bench_echo_mixed_rows_check_only_their_kn_sock_end() -> None:
     assert "unreported" not in proc.stdout and "FAILED" not in proc.stdout, proc.stdout[-2000:]
 
 
+@pytest.mark.slow
+def test_bench_echo_compares_the_pure_twin_with_an_all_python_websockets() -> None:
+    """``websockets_py`` runs websockets with its C masking kept from loading (the child checks
+    that its frames mask in Python), and a line gives kn_sock's pure twin against it."""
+    if not (ROOT / "benchmarks" / "bench_echo.py").exists():
+        pytest.skip("no benchmarks/ in this checkout")
+    pytest.importorskip("websockets")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_echo.py"), "--quick", "--only",
+         "kn_pure,websockets_py,websockets", "--cells", "64 B", "--rounds", "1", "--duration", "0.05"],
+        capture_output=True, text=True, timeout=90, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert re.search(r"^\| websockets \(asyncio, no C speedups\) +\| [\d.]+k? ", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^\| kn_sock asyncio \(pure\) .*\| [\d.]+ +\|$", proc.stdout, re.M), proc.stdout  # vs websockets
+    assert re.search(r"^kn_sock asyncio \(pure\) / websockets without its C speedups .*: [\d.]+$", proc.stdout, re.M)
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
