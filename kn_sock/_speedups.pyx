@@ -2014,6 +2014,7 @@ cdef inline bint _task_running(object loop) except -1:
     return _current_task(loop) is not None
 
 
+@cython.freelist(8)
 cdef class Waiter:
     """A future-like object (``asyncio.isfuture`` is true) that can resume its task inline.
 
