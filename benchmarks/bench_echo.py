@@ -1146,7 +1146,8 @@ def render(runnable: list[Contestant], modes: list[tuple[str, str, int]], med: d
 
 
 def websockets_ref(c: Contestant) -> str | None:
-    """The websockets row a kn_sock row is compared with: the same API family on the same loop."""
+    """The websockets row a kn_sock row is compared with: its group's, on the default loop (none for
+    uvloop rows and mixed rows)."""
     if c.uvloop or not c.name.startswith("kn_") or "picows" in (c.server, c.client):
         return None
     return "websockets" if c.group == "async" else "websockets_sync"
