@@ -357,19 +357,26 @@ def test_bench_quick_speedups_prints_a_table() -> None:
 
 
 
+def _quick_bench_echo(only: str, needs: str, duration: str) -> subprocess.CompletedProcess[str]:
+    """``bench_echo.py --quick`` for the rows ``only`` at 64 B, one round; skips without the
+    benchmarks or the peer module ``needs``; asserts exit 0."""
+    if not (ROOT / "benchmarks" / "bench_echo.py").exists():
+        pytest.skip("no benchmarks/ in this checkout")
+    pytest.importorskip(needs)
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_echo.py"), "--quick", "--only", only,
+         "--cells", "64 B", "--rounds", "1", "--duration", duration],
+        capture_output=True, text=True, timeout=90, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    return proc
+
+
 @pytest.mark.slow
 def test_bench_echo_mixed_rows_check_only_their_kn_sock_end() -> None:
     """The mixed rows pair kn_sock with a picows end, which reports no kn_sock implementation:
     only the kn_sock end is checked (with both ends checked, both rows were always skipped)."""
-    if not (ROOT / "benchmarks" / "bench_echo.py").exists():
-        pytest.skip("no benchmarks/ in this checkout")
-    pytest.importorskip("picows")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_echo.py"), "--quick", "--only",
-         "kn_server_picows,kn_client_picows", "--cells", "64 B", "--rounds", "1", "--duration", "0.1"],
-        capture_output=True, text=True, timeout=90, cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = _quick_bench_echo("kn_server_picows,kn_client_picows", "picows", "0.1")
     for label in ("kn_sock server, picows client (cython)", "kn_sock client, picows server (cython)"):
         row = re.search(rf"^\| {re.escape(label)} +\| [\d.]+k? ", proc.stdout, re.M)
         skipped = f"{label}: skipped, the Cython extension is not in use" in proc.stdout
@@ -381,15 +388,7 @@ def test_bench_echo_mixed_rows_check_only_their_kn_sock_end() -> None:
 def test_bench_echo_compares_the_pure_twin_with_an_all_python_websockets() -> None:
     """``websockets_py`` runs websockets with its C masking kept from loading (the child checks
     that its frames mask in Python), and a line gives kn_sock's pure twin against it."""
-    if not (ROOT / "benchmarks" / "bench_echo.py").exists():
-        pytest.skip("no benchmarks/ in this checkout")
-    pytest.importorskip("websockets")
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_echo.py"), "--quick", "--only",
-         "kn_pure,websockets_py,websockets", "--cells", "64 B", "--rounds", "1", "--duration", "0.05"],
-        capture_output=True, text=True, timeout=90, cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    proc = _quick_bench_echo("kn_pure,websockets_py,websockets", "websockets", "0.05")
     assert re.search(r"^\| websockets \(asyncio, no C speedups\) +\| [\d.]+k? ", proc.stdout, re.M), proc.stdout
     assert re.search(r"^\| kn_sock asyncio \(pure\) .*\| [\d.]+ +\|$", proc.stdout, re.M), proc.stdout  # vs websockets
     assert re.search(r"^kn_sock asyncio \(pure\) / websockets without its C speedups .*: [\d.]+$", proc.stdout, re.M)
