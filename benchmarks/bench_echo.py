@@ -1148,7 +1148,7 @@ def render(runnable: list[Contestant], modes: list[tuple[str, str, int]], med: d
 def websockets_ref(c: Contestant) -> str | None:
     """The websockets row a kn_sock row is compared with: its group's, on the default loop (none for
     uvloop rows and mixed rows)."""
-    if c.uvloop or not c.name.startswith("kn_") or "picows" in (c.server, c.client):
+    if c.uvloop or not c.name.startswith("kn_") or not (kn_end(c.server) and kn_end(c.client)):
         return None
     return "websockets" if c.group == "async" else "websockets_sync"
 

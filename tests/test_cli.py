@@ -356,7 +356,6 @@ def test_bench_quick_speedups_prints_a_table() -> None:
     assert proc.returncode != 0 and "unrecognized arguments: --quik" in proc.stderr
 
 
-
 def _quick_bench_echo(only: str, needs: str, duration: str) -> subprocess.CompletedProcess[str]:
     """``bench_echo.py --quick`` for the rows ``only`` at 64 B, one round; skips without the
     benchmarks or the peer module ``needs``; asserts exit 0."""
