@@ -1131,7 +1131,8 @@ class TestPerMessageDeflate:
     def test_incompressible_message_of_a_window_or_more_goes_uncompressed(self, backend: Any, bits: int) -> None:
         """RFC 7692 §6: any message may go uncompressed. One that deflate does not shrink, as
         long as the window or longer, does (the compressor then starts afresh: the peer has
-        not inflated it, so no later reference may point into it); shorter ones, and
+        not inflated it, so no later reference may point into it); so does one whose first
+        1 KiB does not shrink (the rest is then not deflated at all); shorter ones, and
         compressible ones, are compressed; the receiver, keeping its context, inflates all."""
         client_ext, server_ext = deflate_pair(server_max_window_bits=bits)
         assert server_ext.local_max_window_bits == bits
@@ -1142,7 +1143,11 @@ class TestPerMessageDeflate:
         random = os.urandom(window)
         for message, compressed in [
             (text, True), (random, False), (text, True), (random[: window - 1], True),
-            (random.hex(), True), (random + text.encode(), True), (os.urandom(3 * window), False), (text, True),
+            (random.hex(), True), (text.encode() + random, True), (os.urandom(3 * window), False), (text, True),
+            # Judged by its first 1 KiB (the probe): incompressible, though the whole is not.
+            (os.urandom(max(1024, window)) + text.encode() * 4, False),
+            # The probe shrinks (300 bytes alike), the whole does not: uncompressed too.
+            (b"a" * 300 + os.urandom(2**19), False), (text, True),
         ]:
             frame = server.send(message)
             (decoded,) = decode(frame)
