@@ -1167,6 +1167,16 @@ class TestPerMessageDeflate:
         assert decoded.rsv == 4 and len(values) < len(decoded.payload) < len(values) * 8 // 2
         assert client.receive_data(frame) == [values.tobytes()]
 
+    def test_incompressible_typed_array_view_goes_uncompressed(self, backend: Any) -> None:
+        """The 1 KiB probe of a typed array is its first 1 KiB of bytes, not 1,024 items."""
+        client, server = connected(backend, deflate=True)
+        values = array.array("q", os.urandom(8 * 2048))  # 16 KiB of random 64-bit integers
+        frame = server.send(memoryview(values))
+        (decoded,) = decode(frame)
+        assert decoded.rsv == 0 and decoded.payload == values.tobytes()
+        assert client.receive_data(frame) == [values.tobytes()]
+        assert client.receive_data(server.send("after it " * 100)) == ["after it " * 100]
+
     def test_fragmented_compressed_messages(self, backend: Any) -> None:
         client, server = connected(backend, deflate=True)
         for sender, receiver in ((client, server), (server, client)):
