@@ -65,6 +65,9 @@ _from_bytes = int.from_bytes
 #: never let run: sends "succeeded" for ever and every other connection froze), lets the loop
 #: run now and then. A task that suspends in ``recv()`` (an echo, a request/response) never pays.
 _SEND_YIELD_EVERY = 128
+#: A deflated send() counts once more towards _SEND_YIELD_EVERY per this many bytes (str:
+#: characters) of its message (kn_sock.asyncio.connection's figure; the Cython twin has it too).
+_DEFLATE_YIELD_UNIT = 4096
 #: A read (through the transport) that brought more frames than this reads no more until the
 #: next event loop iteration (``_yield_reading``): uvloop reads a socket up to 32 times in a
 #: row, so a peer flooding tiny frames or pings held the loop for tens of milliseconds
@@ -970,10 +973,12 @@ class AsyncCore:
     ``kn_sock.asyncio.connection.AsyncWebSocket`` (a ``BufferedProtocol``) inherits them, so
     with the Cython twin the event loop's two calls per read are C calls. Until the handshake
     is done (``_parser`` is None) bytes go to ``_handshake.data_received(self, data)``; then to
-    the parser: one whole uncompressed data message, with nothing queued (``_messages``), goes
+    the parser: one whole data message read alone, with nothing queued (``_messages``), goes
     to the ``_on_message`` callback when one is set (an exception it raises goes to
     ``self._callback_failed``), else to a waiting ``recv()`` (``_waiter``), whose task runs at
-    once (``Waiter.wake_now``); anything else goes to ``self._dispatch(protocol.receive_frames(...))``.
+    once (``Waiter.wake_now``) — a compressed one inflated by ``Protocol.receive_compressed``
+    when ``Protocol.can_take_compressed()`` — and anything else goes to
+    ``self._dispatch(protocol.receive_frames(...))``.
     ``_open`` is the protocol's OPEN state, set by the subclass.
     """
 
@@ -1027,7 +1032,18 @@ class AsyncCore:
         if frames:
             if len(frames) == 1 and parser.error is None:
                 opcode, fin, rsv1, payload = frames[0]
-                if fin and not rsv1 and (opcode == 2 or opcode == 1) and not self._messages and self.protocol.state is self._open:
+                if fin and (opcode == 2 or opcode == 1) and not self._messages and self.protocol.state is self._open:
+                    if rsv1:
+                        # Compressed: inflated here too, unless a message is in progress or
+                        # frames wait in the protocol's backlog (Protocol.can_take_compressed).
+                        proto = self.protocol
+                        if not proto.can_take_compressed():
+                            self._dispatch(proto.receive_frames(frames))  # type: ignore[attr-defined]
+                            return
+                        payload = proto.receive_compressed(opcode, payload)
+                        if type(payload) is list:  # it failed the connection: the events
+                            self._dispatch(payload)  # type: ignore[attr-defined]
+                            return
                     callback = self._on_message
                     if callback is not None:
                         try:
@@ -1040,6 +1056,9 @@ class AsyncCore:
                         self._waiter = None
                         waiter.resolve(payload)
                         waiter.wake_now()
+                        return
+                    if rsv1:
+                        self._dispatch([payload])  # type: ignore[attr-defined]
                         return
             self._dispatch(self.protocol.receive_frames(frames))  # type: ignore[attr-defined]
         elif parser.error is not None:
@@ -1077,10 +1096,11 @@ class AsyncCore:
             transport._fatal_error(exc, "Fatal error: protocol.buffer_updated() call failed.")
 
     def _send_now(self, message: object) -> bool:
-        """Write a whole str/bytes message as one uncompressed frame, if nothing stands in the
-        way (the connection open, no compression, no fragmented message being sent, no frames
-        held back in ``_cork``, no received message queued); True if written, False to take
-        ``send()``'s general path (which also raises every error). A large (64 KiB) unmasked
+        """Write a whole str/bytes message as one frame, if nothing stands in the way (the
+        connection open, no fragmented message being sent, no frames held back in ``_cork``,
+        no received message queued); True if written, False to take ``send()``'s general path
+        (which also raises every error). With permessage-deflate the frame is the one
+        ``Protocol.send`` makes (``compress_message``). A large (64 KiB) unmasked uncompressed
         frame goes as its header and the message's own bytes: one ``writev`` on an idle plain
         socket, the rest through the transport."""
         t = type(message)
@@ -1092,13 +1112,19 @@ class AsyncCore:
             proto is None
             or transport is None
             or proto.state is not self._open
-            or proto.deflate is not None
             or proto._send_frag_open
             or transport.is_closing()  # lost: send()'s general path lets the loop report it
         ):
             return False
         data = message.encode("utf-8") if t is str else message  # type: ignore[attr-defined]
         masks = proto._masks
+        if proto.deflate is not None:
+            # As Protocol.send frames it: deflated with RSV1, or as it is when incompressible.
+            payload = proto.deflate.compress_message(data)
+            rsv1 = payload is not None
+            frame = build_frame(1 if t is str else 2, payload if rsv1 else data, True, rsv1, masks() if masks is not None else None)  # type: ignore[arg-type]
+            self._twrite(memoryview(frame) if len(frame) > 65536 else frame)
+            return True
         size = len(data)  # type: ignore[arg-type]
         if masks is None and size >= _WM_SPLIT:
             header = _pack_10(0x81 if t is str else 0x82, 127, size)
@@ -1128,6 +1154,9 @@ class AsyncCore:
             TypeError: a message of another type.
         """
         if compress is None and self._send_now(message):  # speed: a whole message, now
+            if self.protocol.deflate is not None:
+                # Deflating is the costly part: it weighs towards the yield (as in _send_slow).
+                self._unyielded += len(message) // _DEFLATE_YIELD_UNIT  # type: ignore[arg-type]
             if self._write_paused:
                 await self._drain()  # type: ignore[attr-defined]
             else:

@@ -2286,6 +2286,7 @@ cdef enum:
     _WM_SPLIT = 65536        # unmasked payloads from this size go out after their header (no copy)
     _SEND_YIELD_EVERY = 128  # send() yields to the event loop after this many sends without suspending (see _pure)
     _FAIR_FRAMES = 128  # a read that brought more frames reads no more this loop iteration (see _pure)
+    _DEFLATE_YIELD_UNIT = 4096  # a deflated send counts once more towards the yield per this many (see _pure)
 
 
 cdef inline int _message_bytes(object message, const unsigned char **src, Py_ssize_t *n) except -1:
@@ -2307,15 +2308,15 @@ cdef list _split_rest(const unsigned char *hdr, Py_ssize_t sent, object message,
     of the header, then the payload (a bytes message's own bytes, never copied whole)."""
     if sent < 10:
         return [PyBytes_FromStringAndSize(<const char *>hdr + sent, 10 - sent),
-                message if op == 2 else PyBytes_FromStringAndSize(<const char *>src, n)]
-    if op == 2:
+                message if PyBytes_CheckExact(message) else PyBytes_FromStringAndSize(<const char *>src, n)]
+    if PyBytes_CheckExact(message):
         return [memoryview(message)[sent - 10:]]
     return [PyBytes_FromStringAndSize(<const char *>src + (sent - 10), n - (sent - 10))]
 
 
 cdef list _send_whole(int fd, int op, object message, const unsigned char *src, Py_ssize_t n,
                       const unsigned char *key, bint release, int *err):
-    """Frame one whole message (opcode ``op``, 1 or 2, of ``message``'s ``n`` bytes at ``src``;
+    """Frame one whole message (opcode ``op``, 1 or 2, plus 0x40 for RSV1, of ``message``'s ``n`` bytes at ``src``;
     masked with ``key`` unless NULL) and, when ``fd`` >= 0, write what that non-blocking socket
     takes now (the GIL released with ``release``, and for any large frame). A frame up to _WM_STACK bytes is built on the C stack; an
     unmasked payload from _WM_SPLIT on goes after its header without being copied.
@@ -2592,17 +2593,21 @@ cdef class AsyncCore:
             if len(frames) == 1 and error is None:
                 frame = <tuple>frames[0]  # (4-tuples: ours, or checked by _foreign_frames)
                 opcode = frame[0]
-                if (
-                    frame[1]
-                    and not frame[2]
-                    and (opcode == 2 or opcode == 1)
-                    and not self._messages
-                    and self.protocol.state is self._open
-                ):
+                if frame[1] and (opcode == 2 or opcode == 1) and not self._messages and self.protocol.state is self._open:
+                    message = frame[3]
+                    if frame[2]:  # compressed (see _pure)
+                        proto = self.protocol
+                        if not proto.can_take_compressed():
+                            self._dispatch(proto.receive_frames(frames))
+                            return 0
+                        message = proto.receive_compressed(opcode, message)
+                        if type(message) is list:  # it failed the connection: the events
+                            self._dispatch(message)
+                            return 0
                     callback = self._on_message
                     if callback is not None:
                         try:
-                            callback(frame[3])
+                            callback(message)
                         except Exception as exc:
                             self._callback_failed(exc)
                         return 0
@@ -2610,8 +2615,11 @@ cdef class AsyncCore:
                     if type(w) is Waiter and (<Waiter>w)._state == _W_PENDING:
                         waiter = <Waiter>w
                         self._waiter = None
-                        waiter._complete(_W_RESULT, frame[3])
+                        waiter._complete(_W_RESULT, message)
                         waiter._wake_now()
+                        return 0
+                    if frame[2]:
+                        self._dispatch([message])
                         return 0
             self._dispatch(self.protocol.receive_frames(frames))
         elif error is not None:
@@ -2742,8 +2750,6 @@ cdef class AsyncCore:
     cdef int _try_send(self, object message) except -1:
         cdef const unsigned char *src = NULL
         cdef Py_ssize_t n = 0
-        cdef unsigned char key[4]
-        cdef int err
         cdef int op
         if not (PyUnicode_CheckExact(message) or PyBytes_CheckExact(message)) or self._cork is not None or self._messages:
             return 0
@@ -2755,11 +2761,44 @@ cdef class AsyncCore:
             self._cproto = proto
             self._cdeflate = proto.deflate is not None
             self._cmasks = proto._masks
-        if self._cdeflate or proto.state is not self._open or proto._send_frag_open or transport.is_closing():
+        if proto.state is not self._open or proto._send_frag_open or transport.is_closing():
             return 0  # (closing: lost; send()'s general path lets the loop report it, as _pure)
+        if self._cdeflate:
+            return self._try_send_deflated(proto, transport, message)
         # (Encoded once the connection is known to be open: a str that cannot be encoded
         # fails as the general path fails, ConnectionClosed first.)
         op = _message_bytes(message, &src, &n)
+        return self._write_whole(transport, op, message, src, n)
+
+    cdef int _try_send_deflated(self, object proto, object transport, object message) except -1:
+        """``_try_send`` with permessage-deflate negotiated: the message as ``Protocol.send``
+        frames it (``compress_message``: RSV1 and deflated, or as it is when incompressible),
+        written as ``_try_send`` writes."""
+        cdef const unsigned char *src = NULL
+        cdef Py_ssize_t n = 0
+        cdef int op
+        if PyUnicode_CheckExact(message):
+            data = (<str>message).encode("utf-8")
+            op = 1
+        else:
+            data = message
+            op = 2
+        payload = proto.deflate.compress_message(data)
+        if payload is None:  # incompressible: sent as it is
+            payload = data
+        else:
+            op |= 0x40
+        if not PyBytes_CheckExact(payload):
+            payload = bytes(payload)
+        src = <const unsigned char *>PyBytes_AS_STRING(payload)
+        n = PyBytes_GET_SIZE(payload)
+        return self._write_whole(transport, op, payload, src, n)
+
+    cdef int _write_whole(self, object transport, int op, object message, const unsigned char *src, Py_ssize_t n) except -1:
+        """Write one whole message's frame (see ``_send_whole``): straight to the socket when
+        nothing waits in the transport, the rest through it. Returns 1."""
+        cdef unsigned char key[4]
+        cdef int err
         masks = self._cmasks
         if masks is not None:
             if masks is next_mask:
@@ -2859,6 +2898,8 @@ cdef class _Send:
             message = self._message
             self._message = None
             if self._compress is None and core._try_send(message) == 1:  # a whole message, now
+                if core._cdeflate:  # deflating is the costly part: it weighs towards the yield (see _pure)
+                    core._unyielded += <int>(len(message) // _DEFLATE_YIELD_UNIT)
                 if not core._write_paused:
                     core._unyielded += 1
                     if core._unyielded < _SEND_YIELD_EVERY:

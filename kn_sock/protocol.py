@@ -247,6 +247,33 @@ class Protocol:
             self._fail_with(self.parser.error, events)
         return events
 
+    def can_take_compressed(self) -> bool:
+        """Whether a whole compressed data frame (FIN, RSV1, text or binary) read alone may go
+        to ``receive_compressed`` instead of ``receive_frames``: open, nothing waiting in
+        ``backlog``, no message in progress (the I/O layers' fast path)."""
+        return (
+            self.state is State.OPEN
+            and self.deflate is not None
+            and self.backlog is None
+            and not self._part_opcode
+            and not self._early_done
+        )
+
+    def receive_compressed(self, opcode: int, payload: Any) -> Any:
+        """``receive_frames([(opcode, True, True, payload)])`` when ``can_take_compressed()``:
+        the message itself (str or bytes), or, when the frame fails the connection (1002,
+        1007, 1009), the list of events ``receive_frames`` would have returned."""
+        self._part_compressed = True  # (as _slow_frame leaves it)
+        try:
+            data = self.deflate.decompress(payload, True, self.max_size)  # type: ignore[union-attr]
+            return _decode_text(data) if opcode == OP_TEXT else data
+        except ProtocolError as exc:
+            events: list[Any] = []
+            self._pongs = 0
+            self._fail_with(exc, events)
+            self.batch_spent = 0
+            return events
+
     def _process(self, frames: list[Any]) -> list[Any]:
         """Turn frames into events; the fast path is one unfragmented uncompressed data frame."""
         room = self.batch_room

@@ -55,8 +55,8 @@ def make_core(backend: ModuleType, side: str = "client", **proto_options: Any) -
 
 
 def frames_of(data: bytes, side: str = "client") -> list[tuple[int, bool, bool, Any]]:
-    """Parse what a ``side`` endpoint wrote, as its peer would (pure parser)."""
-    parser = _pure.FrameParser(expect_mask=side == "client", max_size=None)
+    """Parse what a ``side`` endpoint wrote, as its peer would (pure parser; RSV1 allowed)."""
+    parser = _pure.FrameParser(expect_mask=side == "client", max_size=None, rsv1_allowed=True)
     return parser.feed(data)
 
 
@@ -110,8 +110,6 @@ def test_send_now_declines_and_writes_nothing(backend: ModuleType) -> None:
     core = make_core(backend)
     core.protocol.send_fragment(b"first", False)  # a fragmented message is open
     cases.append(core)
-    core = make_core(backend, extensions=[PerMessageDeflate(is_server=False)])  # compressed
-    cases.append(core)
     for core in cases:
         transport = core.transport
         assert core._send_now(b"x") is False
@@ -141,6 +139,45 @@ def _drain(sock: socket.socket) -> bytes:
 
 
 @pytest.mark.skipif(os.name != "posix", reason="direct writes are POSIX only")
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_send_now_with_deflate_frames_as_protocol_send(backend: ModuleType, side: str) -> None:
+    """permessage-deflate: ``_send_now`` writes the frame ``Protocol.send`` makes (deflated,
+    RSV1; as it is when incompressible), sharing the compression context with it; the peer
+    inflates them all, in order."""
+    core = make_core(backend, side, extensions=[PerMessageDeflate(is_server=side == "server")])
+    reference = Protocol(side, backend=backend, extensions=[PerMessageDeflate(is_server=side == "server")])
+    peer = Protocol("server" if side == "client" else "client", backend=backend, max_size=None,
+                    extensions=[PerMessageDeflate(is_server=side != "server")])
+    noise = os.urandom(40000)  # (its window: 15 bits, 32 KiB)
+    messages: list[Any] = ["", b"", "héllo ✓" * 20, b"spam " * 300, noise, "après " * 2000, noise, b"x" * 70000, "z"]
+    for i, message in enumerate(messages):
+        if i % 3 == 2:  # interleaved with the general path: one compression context
+            frame = core.protocol.send(message)
+            core.transport.write(frame)
+            expected = reference.send(message)
+        else:
+            assert core._send_now(message) is True
+            expected = reference.send(message)
+        if side == "server":  # (unmasked: byte for byte the same)
+            assert core.transport.writes[-1] == expected
+        [(opcode, fin, rsv1, _)] = frames_of(core.transport.writes[-1], side)
+        assert (opcode, fin) == ((1 if isinstance(message, str) else 2), True)
+        assert rsv1 == (message is not noise)
+    received = peer.receive_data(b"".join(core.transport.writes))
+    assert received == messages
+
+
+def test_send_now_with_deflate_raises_as_send(backend: ModuleType) -> None:
+    """A str that UTF-8 cannot encode fails in ``_send_now`` as in ``Protocol.send``, and
+    nothing is written."""
+    core = make_core(backend, "server", extensions=[PerMessageDeflate(is_server=True)])
+    with pytest.raises(UnicodeEncodeError):
+        core._send_now("lone \ud800 surrogate")
+    with pytest.raises(UnicodeEncodeError):
+        core.protocol.send("lone \ud800 surrogate")
+    assert core.transport.writes == []
+
+
 def test_send_now_on_a_socket_keeps_the_byte_order(backend: ModuleType) -> None:
     """Whatever part of a frame the socket takes directly, the rest follows via the transport;
     with bytes already waiting in the transport, everything goes behind them."""

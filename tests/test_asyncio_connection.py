@@ -14,6 +14,7 @@ import socket
 import sys
 import time
 import weakref
+import zlib
 from typing import Any
 
 import pytest
@@ -1594,3 +1595,92 @@ async def test_messages_dropped_while_closing_are_a_tail_never_a_gap(backend):
     numbers = [int(m) for m in got]
     assert numbers == list(range(len(numbers))), numbers  # a prefix of the stream
     assert ws.close_code == 1000
+
+
+# -- whole compressed frames read alone (AsyncCore's path for them: Protocol.receive_compressed)
+
+_NO_TAKEOVER = {"Sec-WebSocket-Extensions": "permessage-deflate; client_no_context_takeover; server_no_context_takeover"}
+
+
+def _deflated(data: bytes) -> bytes:
+    """One message deflated on its own (no context takeover), the 0x00 0x00 0xff 0xff tail off."""
+    compressor = zlib.compressobj(wbits=-15)
+    return (compressor.compress(data) + compressor.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+
+def _inflated(payload: bytes) -> bytes:
+    return zlib.decompressobj(wbits=-15).decompress(payload + b"\x00\x00\xff\xff")
+
+
+@pytest.mark.parametrize("mode", ["recv", "on_message"])
+async def test_whole_compressed_frames_each_read_alone(backend, mode):
+    """Compressed messages, one frame a read: text, binary and empty ones arrive whole and
+    in order, to a waiting recv() or to on_message, and one that arrives while nobody waits
+    is queued for the next recv()."""
+    got: list[Any] = []
+    gate = asyncio.Event()
+    conns: list[Any] = []
+
+    async def handler(websocket, path):
+        conns.append(websocket)
+        await gate.wait()
+        if mode == "on_message":
+            done = asyncio.Event()
+
+            def on_message(message):
+                got.append(message)
+                websocket.send_nowait(message)
+                if message == "end":
+                    done.set()
+
+            websocket.on_message = on_message
+            await done.wait()
+        else:
+            async for message in websocket:
+                got.append(message)
+                await websocket.send(message)
+                if message == "end":
+                    break
+
+    messages: list[Any] = ["queued first ✓" * 5, "héllo ✓" * 10, b"\x00\x01" * 50, "", b"", bytes(3000), "end"]
+    async with serving(handler, backend=backend, ping_interval=None) as server:
+        peer = await raw_client(server.port, headers=_NO_TAKEOVER)
+        await wait_until(lambda: bool(conns))
+        for i, message in enumerate(messages):
+            data = message.encode() if isinstance(message, str) else message
+            peer.writer.write(build_frame(1 if isinstance(message, str) else 2, _deflated(data), True, True, os.urandom(4)))
+            if i == 0:  # read while the handler does not wait yet: queued
+                await wait_until(lambda: bool(conns[0]._messages))
+                gate.set()
+            opcode, payload = await asyncio.wait_for(peer.read_frame(), TIMEOUT)
+            assert (opcode, _inflated(payload)) == ((1 if isinstance(message, str) else 2), data)
+        assert got == messages
+        peer.close()
+
+
+@pytest.mark.parametrize(
+    "opcode, payload, code",
+    [
+        (2, b"\xff\xff\xff\xff", 1002),  # not a deflate stream
+        (1, _deflated(b"ok \xff\xfe"), 1007),  # invalid UTF-8 once inflated
+        (2, _deflated(b"a" * 5000), 1009),  # past max_size once inflated
+    ],
+    ids=["bad-deflate", "bad-utf8", "too-big"],
+)
+async def test_whole_compressed_frame_read_alone_fails_with_the_rfc_code(backend, opcode, payload, code):
+    """A bad compressed frame read alone while recv() waits fails the connection with the
+    RFC's code, as any other path does; recv() then returns None."""
+    result = asyncio.get_running_loop().create_future()
+    conns: list[Any] = []
+
+    async def handler(websocket, path):
+        conns.append(websocket)
+        result.set_result((await websocket.recv(), websocket.close_code))
+
+    async with serving(handler, backend=backend, ping_interval=None, max_size=1000) as server:
+        peer = await raw_client(server.port, headers=_NO_TAKEOVER)
+        await wait_until(lambda: bool(conns) and conns[0]._waiter is not None)
+        peer.writer.write(build_frame(opcode, payload, True, True, os.urandom(4)))
+        assert (await peer.read_close())[0] == code
+        assert await asyncio.wait_for(result, TIMEOUT) == (None, 1006)
+        peer.close()
