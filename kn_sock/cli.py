@@ -646,6 +646,7 @@ SUITES = {
     "protocol": "bench_protocol.py",
     "echo": "bench_echo.py",
     "conns": "bench_conns.py",
+    "deflate": "bench_deflate.py",
 }
 DEFAULT_SUITES = ["speedups", "protocol", "echo"]
 

@@ -393,6 +393,25 @@ def test_bench_echo_compares_the_pure_twin_with_an_all_python_websockets() -> No
     assert re.search(r"^kn_sock asyncio \(pure\) / websockets without its C speedups .*: [\d.]+$", proc.stdout, re.M)
 
 
+@pytest.mark.slow
+def test_bench_deflate_negotiates_deflate_and_compares_with_websockets() -> None:
+    """``bench_deflate.py``: every row checks what it claims (permessage-deflate negotiated or
+    not, the kn_sock twin), echoes are checked, and rows get a ratio against websockets."""
+    if not (ROOT / "benchmarks" / "bench_deflate.py").exists():
+        pytest.skip("no benchmarks/ in this checkout")
+    pytest.importorskip("websockets")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_deflate.py"), "--quick", "--only",
+         "kn_cython,kn_pure,websockets,kn_cython_off", "--cells", "json 100 B,random 64 KiB", "--duration", "0.05"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "note:" not in proc.stdout.replace("note: kn_cython", ""), proc.stdout[-2000:]
+    for label in ("kn_sock (pure), deflate", "websockets, deflate", "kn_sock (Cython), off"):
+        assert re.search(rf"^\| {re.escape(label)} +\| [\d.]+k? +\| [\d.]+k? ", proc.stdout, re.M), proc.stdout
+    assert re.search(r"^\| kn_sock \(pure\), deflate .*\| [\d.]+ / [\d.]+ +\|$", proc.stdout, re.M), proc.stdout
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -415,7 +434,8 @@ def test_bench_several_suites_check_the_arguments_first(args: list[str], message
 
 @pytest.mark.parametrize(
     "script, args",
-    [("bench_speedups.py", ["--bogus"]), ("bench_echo.py", ["--only", "nosuch"]), ("bench_conns.py", ["--only", "nosuch"])],
+    [("bench_speedups.py", ["--bogus"]), ("bench_echo.py", ["--only", "nosuch"]), ("bench_conns.py", ["--only", "nosuch"]),
+     ("bench_deflate.py", ["--only", "nosuch"]), ("bench_deflate.py", ["--cells", "json 1 GiB"])],
 )
 def test_bench_scripts_refuse_unknown_options_and_contestants(script: str, args: list[str]) -> None:
     """A usage error (exit 2), not a silent run or an empty table (regression audit 57)."""
@@ -430,7 +450,8 @@ def test_bench_scripts_refuse_unknown_options_and_contestants(script: str, args:
 @pytest.mark.parametrize(
     "script, args",
     [("bench_echo.py", ["--window", "0"]), ("bench_echo.py", ["--duration", "-1"]), ("bench_echo.py", ["--rounds", "0"]),
-     ("bench_conns.py", ["--conns", "abc"]), ("bench_conns.py", ["--concurrency", "0"])],
+     ("bench_conns.py", ["--conns", "abc"]), ("bench_conns.py", ["--concurrency", "0"]),
+     ("bench_deflate.py", ["--rounds", "0"]), ("bench_deflate.py", ["--duration", "0"])],
 )
 def test_bench_scripts_refuse_meaningless_numbers(script: str, args: list[str]) -> None:
     """A usage error, not a hang or a table of nothing (audit 82)."""
