@@ -1177,6 +1177,59 @@ class TestPerMessageDeflate:
         assert client.receive_data(frame) == [values.tobytes()]
         assert client.receive_data(server.send("after it " * 100)) == ["after it " * 100]
 
+    @pytest.mark.parametrize(
+        "bad",
+        [None, (OP_BINARY, b"\xff\xff\xff\xff", 1002), (OP_TEXT, b"not utf-8 \xff", 1007), (OP_BINARY, b"z" * 5000, 1009)],
+        ids=["valid", "bad-deflate", "bad-utf8", "too-big"],
+    )
+    def test_receive_compressed_is_receive_frames(self, backend: Any, bad: Any) -> None:
+        """``receive_compressed`` (the I/O layers' path for a whole compressed frame read
+        alone) gives what ``receive_frames`` gives, events and close frame alike, and leaves
+        the protocol in the same state, sharing the decompression context."""
+        client_ext, _ = deflate_pair()
+        messages: list[Any] = ["tick ✓ " * 9, b"\x00" * 300, "", "tick ✓ " * 9, b"", b"\x07" * 3000]
+        payloads = [(OP_TEXT if isinstance(m, str) else OP_BINARY,
+                     client_ext.compress(m.encode() if isinstance(m, str) else m)) for m in messages]
+        if bad is not None:
+            opcode, data, _ = bad
+            payloads.insert(3, (opcode, client_ext.compress(data) if data != b"\xff\xff\xff\xff" else data))
+        outcomes = []
+        for fast in (False, True):
+            _, server_ext = deflate_pair()
+            server = make(backend, SERVER, extensions=[server_ext], max_size=4096)
+            events: list[Any] = []
+            for opcode, payload in payloads:
+                if server.state is not State.OPEN:
+                    break
+                if fast:
+                    assert server.can_take_compressed()
+                    got = server.receive_compressed(opcode, payload)
+                    events += got if type(got) is list else [got]
+                else:
+                    events += server.receive_frames([(opcode, True, True, payload)])
+            outcomes.append(([repr(e) for e in events], server.data_to_send(), server.state, server.close_sent, repr(server.error)))
+        assert outcomes[0] == outcomes[1]
+        if bad is None:
+            assert outcomes[0][0] == [repr(m) for m in messages]
+        else:
+            assert outcomes[0][0][3:] == ["Closed(1006, '')"] and outcomes[0][3][0] == bad[2]
+
+    def test_can_take_compressed_only_between_messages(self, backend: Any) -> None:
+        """Not with a fragmented message in progress, frames in the backlog, or once closing."""
+        client_ext, server_ext = deflate_pair()
+        server = make(backend, SERVER, extensions=[server_ext])
+        assert server.can_take_compressed()
+        assert server.receive_frames([(OP_TEXT, False, True, client_ext.compress(b"first half", False))]) == []
+        assert not server.can_take_compressed()  # a fragmented message is in progress
+        assert server.receive_frames([(0, True, False, client_ext.compress(b" and the rest", True))]) == ["first half and the rest"]
+        assert server.can_take_compressed()
+        server.backlog = [(OP_BINARY, True, False, b"waiting")]
+        assert not server.can_take_compressed()
+        server.backlog = None
+        server.send_close(1000)
+        assert not server.can_take_compressed()
+        assert not make(backend, SERVER).can_take_compressed()  # no deflate negotiated
+
     def test_fragmented_compressed_messages(self, backend: Any) -> None:
         client, server = connected(backend, deflate=True)
         for sender, receiver in ((client, server), (server, client)):
