@@ -406,9 +406,12 @@ def test_bench_deflate_negotiates_deflate_and_compares_with_websockets() -> None
         capture_output=True, text=True, timeout=120, cwd=ROOT,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert "note:" not in proc.stdout.replace("note: kn_cython", ""), proc.stdout[-2000:]
-    for label in ("kn_sock (pure), deflate", "websockets, deflate", "kn_sock (Cython), off"):
-        assert re.search(rf"^\| {re.escape(label)} +\| [\d.]+k? +\| [\d.]+k? ", proc.stdout, re.M), proc.stdout
+    notes = [line for line in proc.stdout.splitlines() if line.startswith("note:")]
+    # (Without the Cython extension, its rows are left out, saying so: checked, not measured.)
+    assert all(re.match(r"note: kn_cython(_off)?: server runs kn_sock pure, not cython$", n) for n in notes), notes
+    for label in ("kn_sock (pure), deflate", "websockets, deflate", "kn_sock (Cython), deflate", "kn_sock (Cython), off"):
+        row = re.search(rf"^\| {re.escape(label)} +\| [\d.]+k? +\| [\d.]+k? ", proc.stdout, re.M)
+        assert row or ("Cython" in label and notes), proc.stdout
     assert re.search(r"^\| kn_sock \(pure\), deflate .*\| [\d.]+ / [\d.]+ +\|$", proc.stdout, re.M), proc.stdout
 
 
