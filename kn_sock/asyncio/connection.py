@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 from .. import _backend, _tcp
 from .._malloc import tune_malloc_once
 from ..exceptions import ConnectionClosed, InvalidState
+from . import _timers
 from ..http11 import Headers
 from ..options import Options
 from ..protocol import INFLATE_BUDGET as _INFLATE_BUDGET
@@ -146,7 +147,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._unyielded = 0
         self._drain_waiter: asyncio.Future[None] | None = None
         self._keepalive: Keepalive | None = None
-        self._ka_handle: asyncio.TimerHandle | None = None
+        self._ka_handle: Any = None  # asyncio.TimerHandle or _timers.TimerHandle
         self._close_handle: asyncio.TimerHandle | None = None
         self._hs_buf: memoryview | None = None
         self._on_open: Callable[[], None] | None = None
@@ -644,7 +645,8 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         ka = self._keepalive
         if ka is None or ka.deadline is None:
             return
-        self._ka_handle = self._loop.call_at(ka.deadline, self._keepalive_tick)
+        # (Off asyncio's own loop: a scheduled timer costs its every iteration; see _timers.)
+        self._ka_handle = _timers.call_at(self._loop, ka.deadline, self._keepalive_tick)
 
     def _keepalive_tick(self) -> None:
         self._ka_handle = None
