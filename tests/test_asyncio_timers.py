@@ -1,7 +1,7 @@
 """``kn_sock.asyncio._timers``: keepalive timers kept off asyncio's own event loops.
 
-On asyncio's loops (``time.monotonic()``), ``call_at`` timers wait in one shared thread and run in
-their loop's thread when due, without entering the loop's timer heap (whose mere presence costs
+On asyncio's loops (``time.monotonic()``), ``call_at`` timers wait in the shared reactor thread
+(``kn_sock._reactor``) and run in their loop's thread when due, without entering the loop's timer heap (whose mere presence costs
 every iteration of the pure-Python loop); on other loops it is ``loop.call_at``.
 """
 
@@ -116,8 +116,7 @@ async def test_keepalive_runs_without_a_timer_on_the_loop() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="fork")
 def test_timers_work_in_a_forked_child() -> None:
-    """The parent's thread does not survive fork: the child gets a fresh one (its lock may
-    have been held at the fork)."""
+    """The parent's reactor thread does not survive fork: the child gets a fresh one."""
 
     async def one_timer() -> None:
         loop = asyncio.get_running_loop()

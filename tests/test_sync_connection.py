@@ -1062,7 +1062,7 @@ def test_server_first_frames_arrive_with_handshake(backend):
 def test_reactor_takes_the_socket_back_after_recv(backend):
     """After recv() returns, the thread keeps the socket briefly (lazy hand-back); then the
     reactor reads again, so pings keep being answered while the application is elsewhere."""
-    from kn_sock.sync.reactor import get_reactor
+    from kn_sock._reactor import get_reactor
 
     rtts = queue.Queue()
     release = threading.Event()

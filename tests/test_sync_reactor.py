@@ -1,4 +1,4 @@
-"""The shared reactor of the blocking layer: timers (kn_sock/sync/reactor.py).
+"""The shared reactor of the blocking layer: timers (kn_sock/_reactor.py).
 
 A cancelled timer must keep nothing alive: connections cancel their keepalive and close
 timers when they close, and those timers would otherwise pin every closed connection (and
@@ -14,7 +14,7 @@ import weakref
 
 import pytest
 
-from kn_sock.sync.reactor import _COMPACT_MIN, Reactor, get_reactor
+from kn_sock._reactor import _COMPACT_MIN, Reactor, get_reactor
 
 pytestmark = pytest.mark.timeout(30)
 

@@ -6,7 +6,7 @@ Design (threads and who touches the socket):
   application thread's own ``recv_into`` (a plain socket stays in blocking mode and every
   other call passes MSG_DONTWAIT; a TLS socket is non-blocking). Two parties may read it:
   an application thread inside ``recv()`` and the process's shared reactor thread
-  (:mod:`kn_sock.sync.reactor`). ``_read_lock`` says who: whoever holds it reads the socket
+  (:mod:`kn_sock._reactor`). ``_read_lock`` says who: whoever holds it reads the socket
   (``recv_into`` the parser's ``get_buffer()``) and feeds the parser. The reactor only ever
   *tries* to take it and never waits.
 - ``recv()`` first pops the message queue. When the queue is empty, the calling thread takes
@@ -55,7 +55,7 @@ from ..http11 import Headers
 from ..options import Options
 from ..protocol import INFLATE_BUDGET as _INFLATE_BUDGET
 from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State, control_payload, exit_close_code
-from .reactor import EVENT_READ, EVENT_WRITE, HOLD_TICK, Timer, get_reactor
+from .._reactor import EVENT_READ, EVENT_WRITE, HOLD_TICK, Timer, get_reactor
 
 from .._types import SyncMessage  # annotations (resolvable at run time too, e.g. get_type_hints)
 

@@ -5,7 +5,7 @@ which runs the opening handshake on a blocking socket whose timeout is what is l
 ``open_timeout`` (so a silent or trickling TCP peer holds it at most that long), then the
 user's ``handler(ws, address)``, then closes the connection (1000, or 1011 if the handler
 raised). Everything else (reading while the handler is not in ``recv()``, pings, keepalive,
-close timeouts) runs in the one shared reactor thread of :mod:`kn_sock.sync.reactor`.
+close timeouts) runs in the one shared reactor thread of :mod:`kn_sock._reactor`.
 
 Handler threads are daemon threads created with a small stack, ``thread_stack_size``
 (default 256 KiB; 0 or None keeps the interpreter's default), so that thousands of

@@ -8,7 +8,9 @@ a socket runs here, in one lazily started daemon thread:
   (answering pings, running the closing handshake, queueing messages up to ``max_queue``);
 - flushing write buffers that the sending threads left behind (they never wait for it
   unless more than ``write_limit`` bytes are pending);
-- timers: keepalive pings and their timeouts, ``close_timeout``.
+- timers: keepalive pings and their timeouts, ``close_timeout``; and the asyncio layer's
+  keepalive timers on asyncio's own loops, which it hands to their loop when due
+  (:mod:`kn_sock.asyncio._timers`).
 
 Thread safety: ``set_interest`` and ``call_at`` may be called from any thread. With
 epoll (Linux) an interest change made by another thread takes effect in the kernel at
