@@ -340,6 +340,48 @@ def timeout(delay: float) -> Any:
     return compat_timeout(delay)
 
 
+async def start_picows_echo(host: str, port: int, max_size: int) -> tuple[Any, int]:
+    """Child side: a picows echo server (text and binary frames back as they came, the close
+    handshake answered); returns (the server, its port)."""
+    from picows import WSListener, WSMsgType, ws_create_server
+
+    class PicowsEcho(WSListener):  # type: ignore[misc]
+        def on_ws_frame(self, transport: Any, frame: Any) -> None:
+            t = frame.msg_type
+            if t is WSMsgType.BINARY or t is WSMsgType.TEXT:
+                transport.send(t, frame.get_payload_as_memoryview())
+            elif t is WSMsgType.CLOSE:
+                transport.send_close(frame.get_close_code(), frame.get_close_message())
+                transport.disconnect()
+
+    server = await ws_create_server(lambda request: PicowsEcho(), host, port, max_frame_size=max_size)
+    return server, server.sockets[0].getsockname()[1]
+
+
+async def start_aiohttp_echo(host: str, port: int, compress: bool, max_size: int) -> tuple[Any, int]:
+    """Child side: an aiohttp echo server (text and binary messages back as they came;
+    permessage-deflate with ``compress``); returns (its runner, its port)."""
+    from aiohttp import WSMsgType, web
+
+    async def ws_handler(request: Any) -> Any:
+        ws = web.WebSocketResponse(compress=compress, max_msg_size=max_size, heartbeat=None)
+        await ws.prepare(request)
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                await ws.send_bytes(msg.data)
+            elif msg.type == WSMsgType.TEXT:
+                await ws.send_str(msg.data)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/", ws_handler)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    return runner, runner.addresses[0][1]
+
+
 def run_event_loop(main: Any, use_uvloop: bool = False) -> Any:
     if use_uvloop:
         import uvloop

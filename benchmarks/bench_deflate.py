@@ -103,40 +103,9 @@ async def serve(kind: str) -> None:
         server = await ws_serve(ws_handler, HOST, 0, ping_interval=None, max_size=MAX_SIZE)  # deflate: its default
         port = server.sockets[0].getsockname()[1]
     elif kind == "aiohttp":
-        from aiohttp import WSMsgType as AioType
-        from aiohttp import web
-
-        async def aio_handler(request: Any) -> Any:
-            ws = web.WebSocketResponse(compress=True, max_msg_size=MAX_SIZE, heartbeat=None)
-            await ws.prepare(request)
-            async for msg in ws:
-                if msg.type == AioType.TEXT:
-                    await ws.send_str(msg.data)
-                elif msg.type == AioType.BINARY:
-                    await ws.send_bytes(msg.data)
-            return ws
-
-        app = web.Application()
-        app.router.add_get("/", aio_handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, HOST, 0)
-        await site.start()
-        port = runner.addresses[0][1]
+        server, port = await C.start_aiohttp_echo(HOST, 0, True, MAX_SIZE)
     elif kind == "picows":
-        from picows import WSListener, WSMsgType, ws_create_server
-
-        class Echo(WSListener):  # type: ignore[misc]
-            def on_ws_frame(self, transport: Any, frame: Any) -> None:
-                t = frame.msg_type
-                if t is WSMsgType.BINARY or t is WSMsgType.TEXT:
-                    transport.send(t, frame.get_payload_as_memoryview())
-                elif t is WSMsgType.CLOSE:
-                    transport.send_close(frame.get_close_code(), frame.get_close_message())
-                    transport.disconnect()
-
-        server = await ws_create_server(lambda request: Echo(), HOST, 0, max_frame_size=MAX_SIZE)
-        port = server.sockets[0].getsockname()[1]
+        server, port = await C.start_picows_echo(HOST, 0, MAX_SIZE)
     else:
         raise SystemExit(f"unknown server kind {kind}")
     C.out(f"PORT {port}")

@@ -232,19 +232,7 @@ async def serve_async(kind: str, port: int) -> None:
         C.out(f"IMPL {kn_implementation()}")
 
     elif kind == "picows":
-        from picows import WSListener, WSMsgType, ws_create_server
-
-        class PicowsEcho(WSListener):
-            def on_ws_frame(self, transport: Any, frame: Any) -> None:
-                t = frame.msg_type
-                if t is WSMsgType.BINARY or t is WSMsgType.TEXT:
-                    transport.send(t, frame.get_payload_as_memoryview())
-                elif t is WSMsgType.CLOSE:
-                    transport.send_close(frame.get_close_code(), frame.get_close_message())
-                    transport.disconnect()
-
-        server = await ws_create_server(lambda request: PicowsEcho(), HOST, port, max_frame_size=MAX_SIZE)
-        bound = server.sockets[0].getsockname()[1]
+        server, bound = await C.start_picows_echo(HOST, port, MAX_SIZE)
 
     elif kind == "websockets":
         from websockets.asyncio.server import serve as ws_serve
@@ -257,25 +245,7 @@ async def serve_async(kind: str, port: int) -> None:
         bound = server.sockets[0].getsockname()[1]
 
     elif kind == "aiohttp":
-        from aiohttp import WSMsgType, web
-
-        async def ws_handler(request: Any) -> Any:
-            ws = web.WebSocketResponse(compress=False, max_msg_size=MAX_SIZE, heartbeat=None)
-            await ws.prepare(request)
-            async for msg in ws:
-                if msg.type == WSMsgType.BINARY:
-                    await ws.send_bytes(msg.data)
-                elif msg.type == WSMsgType.TEXT:
-                    await ws.send_str(msg.data)
-            return ws
-
-        app = web.Application()
-        app.router.add_get("/", ws_handler)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, HOST, port)
-        await site.start()
-        bound = runner.addresses[0][1]
+        server, bound = await C.start_aiohttp_echo(HOST, port, False, MAX_SIZE)
     else:
         raise SystemExit(f"unknown server kind {kind}")
 
