@@ -21,11 +21,11 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable
 from .. import _backend, _tcp
 from .._malloc import tune_malloc_once
 from ..exceptions import ConnectionClosed, InvalidState
-from . import _timers
 from ..http11 import Headers
 from ..options import Options
 from ..protocol import INFLATE_BUDGET as _INFLATE_BUDGET
 from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State, control_payload, exit_close_code
+from . import _timers
 from ._compat import mark_coroutine_function
 
 from .._types import Message  # annotations (resolvable at run time too, e.g. get_type_hints)
