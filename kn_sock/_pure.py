@@ -1060,7 +1060,10 @@ class AsyncCore:
                     if rsv1:
                         self._dispatch([payload])  # type: ignore[attr-defined]
                         return
-            self._dispatch(self.protocol.receive_frames(frames))  # type: ignore[attr-defined]
+            if parser.error is None:
+                self._dispatch(self.protocol.receive_frames(frames))  # type: ignore[attr-defined]
+            else:  # the frames before the error reach the application first
+                self._dispatch_then_fail(frames)  # type: ignore[attr-defined]
         elif parser.error is not None:
             self._dispatch(self.protocol.receive_frames(frames))  # type: ignore[attr-defined]
 

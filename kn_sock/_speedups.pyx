@@ -2621,7 +2621,10 @@ cdef class AsyncCore:
                     if frame[2]:
                         self._dispatch([message])
                         return 0
-            self._dispatch(self.protocol.receive_frames(frames))
+            if error is None:
+                self._dispatch(self.protocol.receive_frames(frames))
+            else:  # the frames before the error reach the application first (see _pure)
+                self._dispatch_then_fail(frames)
         elif error is not None:
             self._dispatch(self.protocol.receive_frames(frames))
         return 0

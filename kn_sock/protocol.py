@@ -227,9 +227,13 @@ class Protocol:
             return []
         return self.receive_frames(self.parser.feed(data))
 
-    def receive_frames(self, frames: list[Any]) -> list[Any]:
+    def receive_frames(self, frames: list[Any], hold_error: bool = False) -> list[Any]:
         """Process frames parsed elsewhere (by a parser fed through ``get_buffer``); the
-        ``backlog`` a ``batch_room`` left goes first (``receive_frames([])`` processes it)."""
+        ``backlog`` a ``batch_room`` left goes first (``receive_frames([])`` processes it).
+
+        ``hold_error``: a parser error that ended the read is not acted on yet (the connection
+        stays open), so the I/O layer can hand the messages before it to the application
+        first; the next ``receive_frames([])`` fails the connection."""
         if self.state is State.CLOSED or self.close_rcvd is not None:
             self.backlog = None
             return []
@@ -243,7 +247,7 @@ class Protocol:
                 self.backlog = None  # what followed a close frame (or an error) is dropped
             else:
                 return events  # (a parser error comes after the frames still waiting)
-        if self.parser.error is not None and self.state is not State.CLOSED:
+        if self.parser.error is not None and self.state is not State.CLOSED and not hold_error:
             self._fail_with(self.parser.error, events)
         return events
 

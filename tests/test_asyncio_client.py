@@ -262,6 +262,60 @@ async def test_server_protocol_error_fails_client_1002(backend):
             await ws.send("x")
 
 
+async def test_client_answers_messages_before_a_protocol_error_in_the_same_read(backend):
+    """The client side of the server test of the same name: a message, a ping and a bad
+    frame in one read; the application's echo and the pong go out before the close frame."""
+    async with raw_server() as (port, peers):
+        ws = await async_connect_websocket("127.0.0.1", port, backend=backend, compression=None)
+        peer = await asyncio.wait_for(peers.get(), TIMEOUT)
+
+        async def echo_loop() -> None:
+            async for message in ws:
+                await ws.send(message)
+
+        task = asyncio.create_task(echo_loop())
+        peer.send_frame(1, b"warm")
+        assert await asyncio.wait_for(peer.read_frame(), TIMEOUT) == (1, b"warm")
+        burst = build_frame(1, b"hello") + build_frame(9, b"p") + build_frame(4, b"")  # reserved opcode 4
+        peer.writer.write(burst)
+        got = [await asyncio.wait_for(peer.read_frame(), TIMEOUT) for _ in range(3)]
+        assert sorted(got[:2]) == [(1, b"hello"), (10, b"p")]  # (the pong may go first)
+        assert got[2][0] == 8 and struct.unpack("!H", got[2][1][:2])[0] == 1002
+        peer.writer.transport.abort()
+        await asyncio.wait_for(task, TIMEOUT)
+        assert ws.close_code == 1006 or ws.close_code == 1002
+
+
+async def test_client_answers_messages_that_came_with_the_handshake_before_failing(backend):
+    """A message and a bad frame right behind the server's handshake answer (Autobahn's
+    fuzzing server, 3.2): the application, which was not in recv() yet, gets one loop
+    iteration to take it and answer before the connection fails."""
+    first = build_frame(1, b"early") + bytes([0xA1, 0x00])  # FIN + RSV2, text, empty: 1002
+    async with raw_server(first_frames=first) as (port, peers):
+        async with async_connect_websocket("127.0.0.1", port, backend=backend, compression=None) as ws:
+            async for message in ws:  # straight in, as Autobahn's client driver
+                await ws.send(message)
+            peer = await asyncio.wait_for(peers.get(), TIMEOUT)
+            assert await asyncio.wait_for(peer.read_frame(), TIMEOUT) == (1, b"early")
+            assert await peer.read_close() == (1002, "reserved bits must be 0")
+            peer.writer.transport.abort()  # (the server closes TCP: the client waits for it)
+
+
+async def test_client_fails_at_once_when_the_application_does_not_read(backend):
+    """The one loop iteration above is all the error waits: an application busy elsewhere
+    finds the connection failed (1002 sent), the message before the error still queued."""
+    first = build_frame(2, b"kept") + bytes([0x83, 0x00])  # reserved opcode 3: 1002
+    async with raw_server(first_frames=first) as (port, peers):
+        ws = await async_connect_websocket("127.0.0.1", port, backend=backend, compression=None)
+        peer = await asyncio.wait_for(peers.get(), TIMEOUT)
+        assert await peer.read_close() == (1002, "reserved opcode 0x3")  # nobody called recv()
+        assert await ws.recv(timeout=TIMEOUT) == b"kept"
+        assert await ws.recv(timeout=TIMEOUT) is None
+        assert ws.close_code == 1006
+        with pytest.raises(ConnectionClosed):
+            await ws.send("late")
+
+
 async def test_server_invalid_utf8_fails_client_1007(backend):
     async with raw_server() as (port, peers):
         ws = await async_connect_websocket("127.0.0.1", port, backend=backend, compression=None)

@@ -454,6 +454,65 @@ async def test_one_bad_connection_does_not_disturb_others(backend):
             assert await good.recv(timeout=TIMEOUT) == "still here"
 
 
+async def _frames_until_close(peer: RawPeer) -> list[tuple[int, Any]]:
+    """Every frame the server sends up to its close frame: (opcode, payload), the close
+    frame as (8, close code)."""
+    got: list[tuple[int, Any]] = []
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            opcode, payload = await peer.read_frame()
+            if opcode == 8:
+                got.append((8, struct.unpack("!H", payload[:2])[0]))
+                return got
+            got.append((opcode, payload))
+
+
+def _masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    return _pure.build_frame(opcode, payload, fin, False, os.urandom(4))
+
+
+async def callback_echo(websocket: Any, path: str) -> None:
+    websocket.on_message = websocket.send_nowait
+    await websocket.wait_closed()
+
+
+@pytest.mark.parametrize("handler", [echo, callback_echo], ids=["recv", "on_message"])
+@pytest.mark.parametrize(
+    "burst, expected",
+    [
+        # A message, then a reserved opcode, in one read (Autobahn 4.1.3).
+        (_masked(1, b"hello") + _masked(5, b"bad") + _masked(9, b""), [(1, b"hello"), (8, 1002)]),
+        # A fragmented message, then a continuation with nothing to continue (5.15).
+        (
+            _masked(1, b"frag", fin=False) + _masked(0, b"ment") + _masked(0, b"stray", fin=False),
+            [(1, b"fragment"), (8, 1002)],
+        ),
+        # A ping, two messages, then a reserved bit (3.2): the pong and both echoes first.
+        (
+            _masked(9, b"p") + _masked(2, b"\x00\x01") + _masked(1, b"two") + b"\xc1\x80" + os.urandom(4),
+            [(10, b"p"), (2, b"\x00\x01"), (1, b"two"), (8, 1002)],
+        ),
+        # A message, then text that is not UTF-8.
+        (_masked(1, b"ok") + _masked(1, b"\xff"), [(1, b"ok"), (8, 1007)]),
+    ],
+    ids=["opcode", "continuation", "rsv", "utf8"],
+)
+async def test_messages_before_a_protocol_error_in_the_same_read_are_answered_first(backend, handler, burst, expected):
+    """What the peer sent before a bad frame is handled before the connection fails: a
+    handler waiting in recv() (or an on_message callback) answers it, and the answers go
+    out before the close frame, in the order the peer sent things (RFC 6455 §7.1.7 fails
+    the connection at the bad frame)."""
+    async with serving(handler, backend=backend, compression=None) as server:
+        peer = await raw_client(server.port)
+        # A first round trip: the handler is waiting for the next message when the burst comes.
+        peer.writer.write(_masked(1, b"warm"))
+        assert await peer.read_frame() == (1, b"warm")
+        peer.writer.write(burst)  # one write: one read on loopback
+        assert await _frames_until_close(peer) == expected
+        assert await peer.at_eof()
+        peer.close()
+
+
 # --------------------------------------------------------------------------- opening handshake (RFC 6455 §4.2)
 
 

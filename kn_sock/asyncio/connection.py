@@ -331,7 +331,11 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             self._schedule_keepalive()
         self._take_reading()
         if remainder:
-            self._dispatch(protocol.receive_data(remainder))
+            frames = protocol.parser.feed(remainder)
+            if protocol.parser.error is None:
+                self._dispatch(protocol.receive_frames(frames))
+            else:  # the frames before the error reach the application first
+                self._dispatch_then_fail(frames)
 
     def _take_reading(self) -> None:
         """On the default (selector) event loop and a plain socket: register ``_on_readable``
@@ -408,6 +412,31 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
 
     # ------------------------------------------------------------ event dispatch (hot path)
 
+    def _dispatch_then_fail(self, frames: list[Any]) -> None:
+        """A read ended in a protocol error after complete frames: what came before the error
+        is dispatched first (a task waiting in recv() runs at once and may answer, a ping is
+        answered), then the connection fails. The order the peer sent things in is kept on
+        the wire: an echo of the message goes out before the close frame (RFC 6455 §7.1.7
+        fails the connection at the bad frame, not before it; Autobahn's strict behaviour)."""
+        proto = self.protocol
+        assert proto is not None
+        self._dispatch(proto.receive_frames(frames, hold_error=True))
+        if self._messages and proto.state is State.OPEN:
+            # Queued, no task was waiting in recv(): one that is about to (its wake-up already
+            # scheduled, as a client's right after the handshake) gets them first, one loop
+            # iteration; the error waits no longer than that.
+            self._loop.call_soon(self._fail_held)
+        else:
+            self._fail_held()
+
+    def _fail_held(self) -> None:
+        """Act on the parser error ``_dispatch_then_fail`` held back (no-op once acted on)."""
+        proto = self.protocol
+        # (Frames left in the backlog: the error follows them, _backlog_step's receive_frames
+        # acts on it once they are dispatched.)
+        if proto is not None and proto.state is not State.CLOSED and proto.backlog is None and not self._in_backlog:
+            self._dispatch(proto.receive_frames([]))
+
     def _dispatch(self, events: list[Any]) -> None:
         messages = self._messages
         woken = None  # a recv() waiter completed here, resumed once everything below is done
@@ -415,6 +444,11 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         # peer) are held back and written together at the end (see _send_nowait_slow).
         batch = self._on_message is not None and self._cork is None and len(events) > 1
         if batch:
+            # What the protocol already owes (pongs to pings read before these messages) goes
+            # out before the callback's answers, in the order the peer sent things.
+            owed = self.protocol.data_to_send()  # type: ignore[union-attr]
+            if owed:
+                self._write(owed[0] if len(owed) == 1 else b"".join(owed))
             self._cork = []
             self._cork_size = 0
         for ev in events:
