@@ -245,3 +245,85 @@ def test_redirects_are_followed():
             with connect_websocket("127.0.0.1", server.port, "/old") as ws:
                 assert ws.path == "/new"
                 assert ws.recv(5) == "/new"
+
+
+# --------------------------------------------------------------------------- a bad frame behind good ones
+
+
+@pytest.mark.timeout(20)
+def test_client_answers_messages_that_came_with_the_handshake_before_failing(backend):
+    """A message and a bad frame right behind the server's handshake answer (Autobahn's
+    fuzzing server, 3.2): the application takes it and answers before the connection fails."""
+    from kn_sock._pure import build_frame
+
+    with raw_server() as srv:
+        peers = []
+
+        def serve():
+            conn, _ = srv.sock.accept()
+            conn.settimeout(5)
+            from kn_sock.handshake import ServerHandshake
+
+            hs = ServerHandshake(compression=None)
+            request = None
+            while request is None:
+                request = hs.receive_data(conn.recv(65536))
+            conn.sendall(hs.accept(request) + build_frame(1, b"early") + bytes([0xA1, 0x00]))
+            peers.append(conn)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        with connect_websocket("127.0.0.1", srv.port, backend=backend, compression=None, close_timeout=1) as ws:
+            got = []
+            for message in ws:
+                got.append(message)
+                ws.send(message)
+            assert got == ["early"]
+            assert ws.close_code == 1006
+            t.join(5)
+            conn = peers[0]
+            data = b""
+            while len(data) < 2 + 4 + 5 + 2 + 4 + 2:  # masked echo, then masked close 1002
+                chunk = conn.recv(4096)
+                if not chunk:
+                    break
+                data += chunk
+            conn.close()
+        assert data[0] == 0x81 and data[11] == 0x88, data  # the echo's frame first, then the close
+
+
+@pytest.mark.timeout(20)
+def test_client_fails_within_a_tick_when_the_application_does_not_read(backend):
+    """The error waits for the application no longer than a reactor tick: with nobody in
+    recv(), the close frame (1002) goes out anyway; the message stays queued."""
+    from kn_sock._pure import build_frame
+    from kn_sock.handshake import ServerHandshake
+
+    with raw_server() as srv:
+        peers = []
+
+        def serve():
+            conn, _ = srv.sock.accept()
+            conn.settimeout(5)
+            hs = ServerHandshake(compression=None)
+            request = None
+            while request is None:
+                request = hs.receive_data(conn.recv(65536))
+            conn.sendall(hs.accept(request) + build_frame(2, b"kept") + bytes([0x83, 0x00]))
+            peers.append(conn)
+
+        t = threading.Thread(target=serve)
+        t.start()
+        ws = connect_websocket("127.0.0.1", srv.port, backend=backend, compression=None, close_timeout=1)
+        try:
+            t.join(5)
+            conn = peers[0]
+            head = conn.recv(2)  # the close frame's header, without any recv() on our side
+            assert head[0] == 0x88
+            rest = conn.recv(64)
+            assert int.from_bytes(bytes(a ^ b for a, b in zip(rest[4:6], rest[0:2])), "big") == 1002
+            conn.close()
+            assert ws.recv(timeout=5) == b"kept"
+            assert ws.recv(timeout=5) is None
+        finally:
+            ws.close()

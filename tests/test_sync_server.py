@@ -844,3 +844,67 @@ def test_a_connection_accepted_as_shutdown_starts_gets_503(backend):
         theirs.close()
         server._closing = False
         server.shutdown()
+
+
+# --------------------------------------------------------------------------- a bad frame behind good ones
+
+
+def _frames_until_close(peer) -> list:
+    """Every frame the server sends up to its close frame: (opcode, payload), the close
+    frame as (8, close code)."""
+    got = []
+    while True:
+        opcode, payload = peer.recv_frame()
+        if opcode == 8:
+            got.append((8, int.from_bytes(payload[:2], "big")))
+            return got
+        got.append((opcode, payload))
+
+
+def _masked(opcode: int, payload: bytes, fin: bool = True) -> bytes:
+    from kn_sock._pure import build_frame
+
+    return build_frame(opcode, payload, fin, False, os.urandom(4))
+
+
+@pytest.mark.timeout(20)
+@pytest.mark.parametrize(
+    "burst, expected",
+    [
+        (_masked(1, b"hello") + _masked(5, b"bad") + _masked(9, b""), [(1, b"hello"), (8, 1002)]),
+        (
+            _masked(1, b"frag", fin=False) + _masked(0, b"ment") + _masked(0, b"stray", fin=False),
+            [(1, b"fragment"), (8, 1002)],
+        ),
+        (_masked(1, b"ok") + _masked(1, b"\xff"), [(1, b"ok"), (8, 1007)]),
+    ],
+    ids=["opcode", "continuation", "utf8"],
+)
+def test_messages_before_a_protocol_error_in_the_same_read_are_answered_first(backend, burst, expected):
+    """The handler, reading in recv(), gets the messages that came before a bad frame in the
+    same read, and its answers go out before the close frame (Autobahn 3.2 / 4.1.3 / 5.15
+    strict behaviour); its next recv() finds the connection failed."""
+    results: queue.Queue = queue.Queue()
+
+    def handler(ws, address):
+        got = []
+        while True:
+            message = ws.recv()
+            if message is None:
+                break
+            got.append(message)
+            ws.send(message)
+        results.put((got, ws.close_code))
+
+    with running_server(handler, backend=backend, compression=None) as server:
+        peer = raw_client(server.port)
+        try:
+            peer.sock.sendall(_masked(1, b"warm"))
+            assert peer.recv_frame() == (1, b"warm")
+            peer.sock.sendall(burst)  # one write: one read on loopback
+            assert _frames_until_close(peer) == expected
+            got, code = results.get(timeout=5)
+            assert got == ["warm"] + [p.decode() for op, p in expected if op == 1]
+            assert code == 1006  # failed by us, no close frame from the peer
+        finally:
+            peer.close()

@@ -149,6 +149,7 @@ class WebSocket:
         "_read_paused",
         "_dropping",
         "_backlog_later",
+        "_error_held",
         "_app_reading",
         "_held",
         "_held_since",
@@ -209,6 +210,7 @@ class WebSocket:
         self._max_queue = opts.max_queue
         self._read_paused = False
         self._dropping = False  # closing, a message was dropped: so is every later one
+        self._error_held = False  # a parser error waits for the messages before it (_hold_error)
         self._backlog_later = False  # the reactor goes on with protocol.backlog soon (reading paused)
         self._app_reading = False
         self._held = False
@@ -295,7 +297,12 @@ class WebSocket:
                 self._keepalive = Keepalive(opts.ping_interval, opts.ping_timeout, time.monotonic())
                 self._schedule_keepalive()
             if remainder:
-                self._dispatch(self.protocol.receive_data(remainder))
+                proto = self.protocol
+                frames = proto.parser.feed(remainder)
+                hold = bool(frames) and proto.parser.error is not None
+                self._dispatch(proto.receive_frames(frames, hold))
+                if hold:
+                    self._hold_error()
                 self._backlog_step()
             self._update_interest()
 
@@ -405,9 +412,48 @@ class WebSocket:
                 # answers cannot pile them up.
                 proto.hold_pongs = self._wbuf_size > self._write_limit
                 open_before = proto.state is _OPEN
-                self._dispatch(proto.receive_frames(got), open_before)
+                # Frames before a protocol error: their messages reach the application first
+                # (_hold_error), the error after them.
+                hold = bool(got) and open_before and self._parser.error is not None
+                self._dispatch(proto.receive_frames(got, hold), open_before)
+                if hold:
+                    self._hold_error()
+                elif self._error_held and proto.state is _CLOSED:
+                    self._error_held = False  # acted on by this read
                 if proto.backlog is not None:
                     self._backlog_step(proto.batch_spent if in_reactor else None)
+
+    def _hold_error(self) -> None:
+        """A read ended in a protocol error after complete frames (``_lock`` held): with their
+        messages queued, the connection fails once the application has taken them (its next
+        ``recv()`` finds the queue empty), or after ``HOLD_TICK`` at most, so an answer to them
+        can go out before the close frame, in the order the peer sent things (Autobahn's strict
+        behaviour); at once otherwise."""
+        proto = self.protocol
+        if proto.backlog is not None:
+            return  # the backlog's last receive_frames acts on the error (_backlog_step)
+        if self._messages and proto.state is _OPEN and not self._sock_done:
+            if not self._error_held:
+                self._error_held = True
+                self._reactor.call_at(time.monotonic() + HOLD_TICK, self._held_error_expired)
+        else:
+            self._fail_held()
+
+    def _fail_held(self) -> None:
+        """Act on the parser error ``_hold_error`` held back (``_lock`` held)."""
+        self._error_held = False
+        proto = self.protocol
+        if proto.state is not _CLOSED and proto.backlog is None and not self._sock_done:
+            self._dispatch(proto.receive_frames([]), proto.state is _OPEN)
+
+    def _held_error_expired(self) -> None:
+        """``HOLD_TICK`` after ``_hold_error`` (reactor thread): the application did not come
+        for the messages in time; the connection fails now."""
+        with self._lock:
+            if self._error_held:
+                self._fail_held()
+                if not self._sock_done:
+                    self._update_interest()
 
     def _read_py(self, flags: int) -> Any:
         """One read through the socket object (TLS; platforms without ``recv_from``), in the
@@ -1081,7 +1127,8 @@ class WebSocket:
                 self._app_reading = True
                 try:
                     if (not messages and not self._sock_done and self.protocol.state is _OPEN
-                            and self._wbuf_size <= self._write_limit and self.protocol.backlog is None):
+                            and self._wbuf_size <= self._write_limit and self.protocol.backlog is None
+                            and not self._error_held):
                         try:
                             got = self._parser.recv_from(self._sock, 0)
                         except _WOULD_BLOCK:
@@ -1155,6 +1202,13 @@ class WebSocket:
                 with self._lock:
                     if self.protocol.backlog is not None:
                         self._backlog_step()
+                continue
+            if self._error_held:
+                # The messages before a protocol error are taken: the connection fails now
+                # (the parser reads nothing more; _hold_error).
+                with self._lock:
+                    if self._error_held:
+                        self._fail_held()
                 continue
             self._read_once(deadline)
 
