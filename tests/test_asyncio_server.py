@@ -513,6 +513,41 @@ async def test_messages_before_a_protocol_error_in_the_same_read_are_answered_fi
         peer.close()
 
 
+async def test_compressed_messages_before_a_protocol_error_are_answered_first(backend):
+    """The same with permessage-deflate negotiated: two compressed messages (the protocol's
+    bounded inflating path), then a reserved opcode; both echoes go out before the close."""
+    import zlib
+
+    def deflated(data: bytes) -> bytes:
+        c = zlib.compressobj(wbits=-15)
+        return (c.compress(data) + c.flush(zlib.Z_SYNC_FLUSH))[:-4]
+
+    def masked_rsv1(opcode: int, payload: bytes) -> bytes:
+        return _pure.build_frame(opcode, payload, True, True, os.urandom(4))
+
+    async with serving(echo, backend=backend) as server:
+        peer = await raw_client(server.port, headers={"Sec-WebSocket-Extensions": "permessage-deflate"})
+        burst = masked_rsv1(1, deflated(b"one " * 50)) + masked_rsv1(2, deflated(b"two" * 100)) + _masked(3, b"")
+        peer.writer.write(burst)
+        got = []
+        inflate = zlib.decompressobj(wbits=-15)  # (one for all: the server may keep its context)
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                b0, b1 = await peer.reader.readexactly(2)
+                length = b1 & 0x7F
+                if length == 126:
+                    (length,) = struct.unpack("!H", await peer.reader.readexactly(2))
+                payload = await peer.reader.readexactly(length)
+                if b0 & 0x0F == 8:
+                    got.append((8, struct.unpack("!H", payload[:2])[0]))
+                    break
+                if b0 & 0x40:
+                    payload = inflate.decompress(payload + b"\x00\x00\xff\xff")
+                got.append((b0 & 0x0F, payload))
+        assert got == [(1, b"one " * 50), (2, b"two" * 100), (8, 1002)]
+        peer.close()
+
+
 # --------------------------------------------------------------------------- opening handshake (RFC 6455 §4.2)
 
 
