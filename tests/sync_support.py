@@ -142,14 +142,15 @@ class RawServer:
         self.sock.settimeout(5)
         self.port = self.sock.getsockname()[1] if sock is None else None
 
-    def accept_ws(self, compression: str | None = None) -> RawPeer:
+    def accept_ws(self, compression: str | None = None, first_frames: bytes = b"") -> RawPeer:
+        """Accept one client and answer its upgrade, ``first_frames`` in the same write."""
         conn, _ = self.sock.accept()
         conn.settimeout(5)
         hs = ServerHandshake(compression=compression)
         request = None
         while request is None:
             request = hs.receive_data(conn.recv(65536))
-        conn.sendall(hs.accept(request))
+        conn.sendall(hs.accept(request) + first_frames)
         return RawPeer(conn, False, hs.remainder)
 
     def close(self) -> None:

@@ -260,16 +260,7 @@ def test_client_answers_messages_that_came_with_the_handshake_before_failing(bac
         peers = []
 
         def serve():
-            conn, _ = srv.sock.accept()
-            conn.settimeout(5)
-            from kn_sock.handshake import ServerHandshake
-
-            hs = ServerHandshake(compression=None)
-            request = None
-            while request is None:
-                request = hs.receive_data(conn.recv(65536))
-            conn.sendall(hs.accept(request) + build_frame(1, b"early") + bytes([0xA1, 0x00]))
-            peers.append(conn)
+            peers.append(srv.accept_ws(first_frames=build_frame(1, b"early") + bytes([0xA1, 0x00])).sock)
 
         t = threading.Thread(target=serve)
         t.start()
@@ -297,20 +288,12 @@ def test_client_fails_within_a_tick_when_the_application_does_not_read(backend):
     """The error waits for the application no longer than a reactor tick: with nobody in
     recv(), the close frame (1002) goes out anyway; the message stays queued."""
     from kn_sock._pure import build_frame
-    from kn_sock.handshake import ServerHandshake
 
     with raw_server() as srv:
         peers = []
 
         def serve():
-            conn, _ = srv.sock.accept()
-            conn.settimeout(5)
-            hs = ServerHandshake(compression=None)
-            request = None
-            while request is None:
-                request = hs.receive_data(conn.recv(65536))
-            conn.sendall(hs.accept(request) + build_frame(2, b"kept") + bytes([0x83, 0x00]))
-            peers.append(conn)
+            peers.append(srv.accept_ws(first_frames=build_frame(2, b"kept") + bytes([0x83, 0x00])).sock)
 
         t = threading.Thread(target=serve)
         t.start()
