@@ -250,6 +250,15 @@ def test_redirects_are_followed():
 # --------------------------------------------------------------------------- a bad frame behind good ones
 
 
+def _accept_in_thread(srv, first_frames: bytes) -> tuple[threading.Thread, list]:
+    """Accept one client on ``srv`` in a thread, ``first_frames`` right behind the upgrade
+    answer; the accepted socket lands in the list."""
+    peers: list = []
+    t = threading.Thread(target=lambda: peers.append(srv.accept_ws(first_frames=first_frames).sock))
+    t.start()
+    return t, peers
+
+
 @pytest.mark.timeout(20)
 def test_client_answers_messages_that_came_with_the_handshake_before_failing(backend):
     """A message and a bad frame right behind the server's handshake answer (Autobahn's
@@ -257,13 +266,7 @@ def test_client_answers_messages_that_came_with_the_handshake_before_failing(bac
     from kn_sock._pure import build_frame
 
     with raw_server() as srv:
-        peers = []
-
-        def serve():
-            peers.append(srv.accept_ws(first_frames=build_frame(1, b"early") + bytes([0xA1, 0x00])).sock)
-
-        t = threading.Thread(target=serve)
-        t.start()
+        t, peers = _accept_in_thread(srv, build_frame(1, b"early") + bytes([0xA1, 0x00]))
         with connect_websocket("127.0.0.1", srv.port, backend=backend, compression=None, close_timeout=1) as ws:
             got = []
             for message in ws:
@@ -290,13 +293,7 @@ def test_client_fails_within_a_tick_when_the_application_does_not_read(backend):
     from kn_sock._pure import build_frame
 
     with raw_server() as srv:
-        peers = []
-
-        def serve():
-            peers.append(srv.accept_ws(first_frames=build_frame(2, b"kept") + bytes([0x83, 0x00])).sock)
-
-        t = threading.Thread(target=serve)
-        t.start()
+        t, peers = _accept_in_thread(srv, build_frame(2, b"kept") + bytes([0x83, 0x00]))
         ws = connect_websocket("127.0.0.1", srv.port, backend=backend, compression=None, close_timeout=1)
         try:
             t.join(5)

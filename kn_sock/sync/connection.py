@@ -418,8 +418,6 @@ class WebSocket:
                 self._dispatch(proto.receive_frames(got, hold), open_before)
                 if hold:
                     self._hold_error()
-                elif self._error_held and proto.state is _CLOSED:
-                    self._error_held = False  # acted on by this read
                 if proto.backlog is not None:
                     self._backlog_step(proto.batch_spent if in_reactor else None)
 
