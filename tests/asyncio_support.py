@@ -32,6 +32,12 @@ TIMEOUT = 5.0
 # --------------------------------------------------------------------------- waiting
 
 
+def default_loop() -> bool:
+    """True on asyncio's own event loop, False on uvloop (``KN_SOCK_TEST_LOOP=uvloop``):
+    for the few assertions about how kn_sock meets the loop rather than what it does."""
+    return "uvloop" not in type(asyncio.get_running_loop()).__module__
+
+
 async def wait_until(predicate: Callable[[], bool], timeout: float = TIMEOUT) -> None:
     """Wait (bounded) until ``predicate()`` holds; for states no event announces."""
     async with asyncio.timeout(timeout):

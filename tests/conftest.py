@@ -55,7 +55,7 @@ if sys.version_info < (3, 11):  # pragma: no cover - Python 3.10 only
 
     asyncio.Runner = _Runner  # type: ignore[attr-defined, misc]
 
-__all__ = ["BACKEND_IDS", "backend", "require_extension"]
+__all__ = ["BACKEND_IDS", "backend", "loop_name", "require_extension"]
 
 BACKEND_IDS = ["pure", "cython"]
 
@@ -80,3 +80,24 @@ def backend(request: pytest.FixtureRequest) -> ModuleType:
             pytest.fail(reason + " but KN_SOCK_REQUIRE_EXTENSION=1")
         pytest.skip(reason)
     return _backend.speedups
+
+
+def loop_name() -> str:
+    """The event loop the asyncio tests run on: ``KN_SOCK_TEST_LOOP`` (``asyncio``, the
+    default, or ``uvloop``)."""
+    name = os.environ.get("KN_SOCK_TEST_LOOP", "") or "asyncio"
+    if name not in ("asyncio", "uvloop"):
+        raise pytest.UsageError(f"KN_SOCK_TEST_LOOP={name!r}: expected asyncio or uvloop")
+    return name
+
+
+if loop_name() == "uvloop":
+    # The whole asyncio suite on uvloop (an ImportError here when it is not installed).
+    # pytest-asyncio's newer hook for this (pytest_asyncio_loop_factories) would rename every
+    # async test and is unknown to older versions: the policy fixture, deprecated, still works.
+    import uvloop
+
+    @pytest.fixture(scope="session")
+    def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+        """pytest-asyncio's loop policy: uvloop's."""
+        return uvloop.EventLoopPolicy()  # type: ignore[no-any-return]

@@ -1220,7 +1220,9 @@ async def test_abstract_unix_socket_name(tmp_path):
     """unix="\\0name" (no file): served, and closed cleanly (audit 75: ValueError after binding)."""
     name = f"\0kn_sock_test_{os.getpid()}"
     async with await start_async_websocket_server(None, None, echo, unix=name):
-        reader, writer = await asyncio.open_unix_connection(name)
+        sock = socket.socket(socket.AF_UNIX)  # (uvloop's create_unix_connection refuses such a name)
+        sock.connect(name)
+        reader, writer = await asyncio.open_unix_connection(sock=sock)
         writer.write(upgrade_request())
         head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
         assert head.startswith(b"HTTP/1.1 101")

@@ -17,12 +17,19 @@ from typing import Any
 
 import pytest
 
-from asyncio_support import TIMEOUT, echo, serving
+from asyncio_support import TIMEOUT, default_loop, echo, serving
 from kn_sock import async_connect_websocket
 from kn_sock.asyncio import _timers
 
 
+def asyncio_loop_only() -> None:
+    """Skip on uvloop (``KN_SOCK_TEST_LOOP=uvloop``): ``call_at`` is the loop's own there."""
+    if not default_loop():
+        pytest.skip("about asyncio's own loops (on uvloop, _timers.call_at is loop.call_at)")
+
+
 async def test_a_timer_runs_in_its_loop_when_due_and_stays_off_the_heap() -> None:
+    asyncio_loop_only()
     loop = asyncio.get_running_loop()
     ran: list[Any] = []
     done = asyncio.Event()
@@ -100,6 +107,7 @@ def test_other_loops_get_loop_call_at() -> None:
 async def test_keepalive_runs_without_a_timer_on_the_loop() -> None:
     """With keepalive on (the default), neither end keeps a timer on asyncio's loop, and pings
     still go out and come back (``latency``)."""
+    asyncio_loop_only()
     async with serving(echo, ping_interval=0.05, ping_timeout=1.0) as server:
         async with async_connect_websocket("127.0.0.1", server.port, ping_interval=0.05, ping_timeout=1.0) as ws:
             await ws.send("hello")

@@ -1,4 +1,4 @@
-"""kn_sock clients driving ``wstest -m fuzzingserver``: ``python client_driver.py async|sync URL AGENT``."""
+"""kn_sock clients driving ``wstest -m fuzzingserver``: ``python client_driver.py async|uvloop|sync URL AGENT``."""
 
 from __future__ import annotations
 
@@ -52,7 +52,11 @@ def run_sync(url: str, agent: str) -> None:
 
 if __name__ == "__main__":
     mode, url, agent = sys.argv[1:4]
-    if mode == "async":
+    if mode == "uvloop":
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    if mode in ("async", "uvloop"):
         asyncio.run(run_async(url, agent))
     else:
         run_sync(url, agent)

@@ -1,4 +1,4 @@
-"""kn_sock echo server for ``wstest -m fuzzingclient``: ``python echo_server.py async|sync PORTFILE``."""
+"""kn_sock echo server for ``wstest -m fuzzingclient``: ``python echo_server.py async|uvloop|sync PORTFILE``."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import sys
 OPTIONS = dict(max_size=2**25, max_queue=None, ping_interval=None, compression="deflate")
 
 
-def run_async(portfile: str) -> None:
-    """Serve with the asyncio layer until killed."""
+def run_async(portfile: str, use_uvloop: bool = False) -> None:
+    """Serve with the asyncio layer until killed (on uvloop's event loop with ``use_uvloop``)."""
     from kn_sock.asyncio.server import start_async_websocket_server
 
     async def handler(ws, path):  # type: ignore[no-untyped-def]
@@ -22,7 +22,16 @@ def run_async(portfile: str) -> None:
             f.write(str(server.port))
         await server.serve_forever()
 
+    if use_uvloop:
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     asyncio.run(main())
+
+
+def run_uvloop(portfile: str) -> None:
+    """Serve with the asyncio layer on uvloop until killed."""
+    run_async(portfile, use_uvloop=True)
 
 
 def run_sync(portfile: str) -> None:
@@ -40,4 +49,4 @@ def run_sync(portfile: str) -> None:
 
 
 if __name__ == "__main__":
-    {"async": run_async, "sync": run_sync}[sys.argv[1]](sys.argv[2])
+    {"async": run_async, "uvloop": run_uvloop, "sync": run_sync}[sys.argv[1]](sys.argv[2])

@@ -2,7 +2,8 @@
 # Run the Autobahn|Testsuite against kn_sock.
 #   tests/conformance/run_autobahn.sh [quick|full|deflate] [roles...]
 # quick: all but 9.* (performance), 12.* and 13.* (compression); deflate: only 12.* and 13.*.
-# roles: async-server sync-server async-client sync-client (default: all four)
+# roles: async-server sync-server async-client sync-client (default: all four), and
+#        uvloop-server uvloop-client (the asyncio layer on uvloop's event loop)
 # Environment: WSTEST_DIR (where ../shared/tools/autobahn/setup.sh builds wstest; built if missing),
 #              KN_SOCK_PURE=1 to test the pure twin, AUTOBAHN_OUT (reports folder).
 # Exit status 1 if any case FAILED (or a role did not complete).
