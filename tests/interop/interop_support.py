@@ -97,6 +97,10 @@ class NodeEchoServer:
         except (subprocess.TimeoutExpired, OSError):
             self.proc.kill()
             self.proc.wait(5)
+        finally:
+            for pipe in (self.proc.stdout, self.proc.stderr):
+                if pipe is not None:
+                    pipe.close()
 
 
 def fetch_node_close(port: int, conn_id: str) -> dict[str, Any] | None:
