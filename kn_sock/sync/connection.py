@@ -144,6 +144,7 @@ class WebSocket:
         "_lock",
         "_read_lock",
         "_send_lock",
+        "_asleep",
         "_messages",
         "_max_queue",
         "_read_paused",
@@ -206,6 +207,7 @@ class WebSocket:
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._send_lock = threading.Lock()
+        self._asleep = False  # _abort_asleep is running: _finalize leaves the reader asleep
         self._messages: deque[Any] = deque()
         self._max_queue = opts.max_queue
         self._read_paused = False
@@ -719,7 +721,10 @@ class WebSocket:
     # ------------------------------------------------------------ closing TCP (``_lock`` held)
 
     def _finalize(self) -> None:
-        """Close TCP (after one last flush attempt) and wake every waiter; idempotent."""
+        """Close TCP (after one last flush attempt) and wake every waiter; idempotent.
+
+        Within ``_abort_asleep``, a thread blocked on the socket is left asleep (``_wake_reader``).
+        """
         if self._sock_done:
             return
         if self._wbuf and not self._eof:
@@ -744,10 +749,8 @@ class WebSocket:
             # of the reactor's refers to a closed connection.
             self._held = False
             self._reactor.unhold(self)
-        try:
-            self._sock.shutdown(socket.SHUT_RDWR)  # wakes threads blocked on the socket
-        except OSError:
-            pass
+        if not self._asleep:
+            self._wake_reader()
         self._wbuf.clear()
         self._wbuf_size = 0
         self._maybe_close_fd()
@@ -757,6 +760,14 @@ class WebSocket:
         proto.pings.clear()
         proto.batch_room = None  # (a bound method of ours: a cycle keeping a closed connection alive)
         self._done.set()
+
+    def _wake_reader(self) -> None:
+        """Shut the socket down both ways: wakes a thread blocked on it (``_lock`` held)."""
+        if not self._fd_closed:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _maybe_close_fd(self) -> None:
         """Close the descriptor once no thread can still be polling it."""
@@ -774,6 +785,16 @@ class WebSocket:
         self._wbuf_size = 0
         self._close_after_flush = False
         self._finalize()
+
+    def _abort_asleep(self) -> None:
+        """``abort()``, leaving a thread blocked on the socket asleep until ``_wake_reader()``
+        (a server dropping many connections at once: see ``WebSocketServer._close_all_now``)."""
+        with self._lock:
+            self._asleep = True
+            try:
+                self._abort_locked()
+            finally:
+                self._asleep = False
 
     def _arm_close_timer(self) -> None:
         if self._close_timer is None and not self._sock_done:

@@ -620,16 +620,26 @@ class WebSocketServer:
         t0 = time.monotonic()
         for ws in conns:
             ws._start_close(1001)
-        # The grace ends early enough for the drop pass below to finish in time too: each drop
+        # The grace ends early enough for the drops below to finish in time too: each drop
         # wakes a handler thread that competes for the GIL (~0.1 ms a connection here, twice
         # that on a loaded machine: counted at 0.2 ms; SPEC: start_websocket_server returns
         # within 0.5 s; 1,500 silent peers took 0.51 s in a loaded CI run at 0.12 ms).
-        deadline = t0 + self._grace + _SHUTDOWN_SLACK - min(len(conns) * _DROP_COST, self._grace)
+        end = t0 + self._grace + _SHUTDOWN_SLACK
+        deadline = end - min(len(conns) * _DROP_COST, self._grace)
         for ws in conns:
             ws._done.wait(max(0.0, deadline - time.monotonic()))
-        for ws in conns:
-            if not ws._done.is_set():
-                ws.abort()
+        # Dropped in two passes: every connection first (~10 us each), then, in a thread of
+        # their own, the wake-ups of the handler threads blocked on their sockets, waited for
+        # until ``end`` at most. Woken one by one during the drops, those threads competed
+        # with them for the GIL, running their handlers' ends: 1,500 silent peers took 0.31 s
+        # here (0.03 s for the drops alone) and 0.53 s in a loaded CI run, over SPEC's 0.5 s.
+        dropped = [ws for ws in conns if not ws._done.is_set()]
+        for ws in dropped:
+            ws._abort_asleep()
+        if dropped:
+            waker = threading.Thread(target=_wake_readers, args=(dropped,), name="kn_sock-shutdown-wake", daemon=True)
+            waker.start()
+            waker.join(max(0.0, end - time.monotonic()))  # (past it, the wake-ups go on after we return)
         for s in (self._wake_r, self._wake_w):
             s.close()
 
@@ -643,6 +653,13 @@ class WebSocketServer:
 
     def __repr__(self) -> str:
         return f"<WebSocketServer {self.socket.getsockname() if not self._closed_all else 'closed'}>"
+
+
+def _wake_readers(dropped: list[WebSocket]) -> None:
+    """Wake the threads blocked reading the sockets of connections dropped at shutdown."""
+    for ws in dropped:
+        with ws._lock:
+            ws._wake_reader()
 
 
 def _drain(sock: socket.socket) -> None:
