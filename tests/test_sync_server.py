@@ -15,6 +15,7 @@ import threading
 import time
 
 import pytest
+from typing import Any
 
 import kn_sock.sync.server as server_module
 from kn_sock.exceptions import InvalidStatus
@@ -144,6 +145,37 @@ def test_shutdown_event_returns_within_half_a_second_with_many_silent_peers(back
                     break
                 got += chunk
             assert got.startswith(b"\x88\x02\x03\xe9")  # close 1001
+    finally:
+        for peer in peers:
+            peer.close()
+
+
+def test_a_shutdown_with_no_thread_to_be_had_wakes_the_dropped_handlers_itself(backend, monkeypatch):
+    """The wake-ups of dropped connections' handler threads run in a thread of their own;
+    when none can start, the shutdown does them itself: still in time, every peer dropped."""
+    import types
+
+    STARTS: list[str] = []
+
+    class NoThread(threading.Thread):
+        def start(self) -> None:
+            STARTS.append(self.name)
+            raise RuntimeError("can't start new thread")
+
+    port = free_port()
+    event = threading.Event()
+    handlers: list[Any] = []
+    server = _serve_in_thread(port, lambda ws, a: (handlers.append(ws), echo(ws, a)), event, backend=backend, ping_interval=None)
+    wait_for(lambda: _try_connect(port, backend=backend, ping_interval=None))  # listening
+    peers = [raw_client(port) for _ in range(3)]  # never answer the 1001: dropped
+    try:
+        # Their handler threads blocked reading (the case that needs a wake-up).
+        assert wait_for(lambda: len(handlers) == 4 and all(ws._read_lock.locked() for ws in handlers))
+        monkeypatch.setattr(server_module, "threading", types.SimpleNamespace(**{**vars(threading), "Thread": NoThread}))
+        assert _seconds_to_stop(server, event) < 0.5
+        assert STARTS == ["kn_sock-shutdown-wake"]
+        for peer in peers:
+            assert read_to_eof(peer.sock).startswith(b"\x88\x02\x03\xe9")  # close 1001, then the end
     finally:
         for peer in peers:
             peer.close()

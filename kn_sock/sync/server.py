@@ -638,8 +638,12 @@ class WebSocketServer:
             ws._abort_asleep()
         if dropped:
             waker = threading.Thread(target=_wake_readers, args=(dropped,), name="kn_sock-shutdown-wake", daemon=True)
-            waker.start()
-            waker.join(max(0.0, end - time.monotonic()))  # (past it, the wake-ups go on after we return)
+            try:
+                waker.start()
+            except RuntimeError:  # no thread to be had (out of resources, interpreter exiting)
+                _wake_readers(dropped)
+            else:
+                waker.join(max(0.0, end - time.monotonic()))  # (past it, the wake-ups go on after we return)
         for s in (self._wake_r, self._wake_w):
             s.close()
 
