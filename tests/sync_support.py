@@ -58,6 +58,14 @@ def bio_tls_client(port: int, context: Any, server_hostname: str, timeout: float
             incoming.write(raw.recv(65536))
 
 
+def free_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (bound, then released): for servers that
+    cannot be given port 0 (a child process told its port, nginx)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def read_to_eof(sock: Any, size: int = 4096) -> bytes:
     """Everything ``sock`` (a socket or a TLS socket) receives until the peer's EOF."""
     data = b""

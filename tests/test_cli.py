@@ -23,6 +23,7 @@ import pytest
 
 import kn_sock
 from asyncio_support import make_tls_contexts
+from sync_support import free_port
 
 pytestmark = pytest.mark.network
 
@@ -90,12 +91,6 @@ def server() -> Iterator[Server]:
     yield srv
     srv.stop()
 
-
-def free_port() -> int:
-    """A port that nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ------------------------------------------------------------------ --version, help

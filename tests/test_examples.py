@@ -18,17 +18,13 @@ from typing import Iterator
 import pytest
 
 from kn_sock import WebSocketServer, connect_websocket, start_async_websocket_server
+from sync_support import free_port
 
 pytestmark = pytest.mark.network
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 TIMEOUT = 15
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_listening(port: int, proc: subprocess.Popen[str]) -> None:

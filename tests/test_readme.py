@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from sync_support import free_port
+
 pytestmark = pytest.mark.network
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -56,11 +58,6 @@ def scenarios() -> list[Any]:
             out.append(pytest.param(None, [(code, line)], id=f"line-{line}"))
     return out
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_listening(port: int, alive: Any) -> None:

@@ -21,7 +21,7 @@ import kn_sock.sync.server as server_module
 from kn_sock.exceptions import InvalidStatus
 from kn_sock.handshake import ServerHandshake
 from kn_sock.sync import WebSocketServer, connect_websocket, start_websocket_server
-from sync_support import bio_tls_client, raw_client, read_to_eof, running_server, wait_for
+from sync_support import bio_tls_client, free_port, raw_client, read_to_eof, running_server, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -30,11 +30,6 @@ def echo(ws, address):
     for message in ws:
         ws.send(message)
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # ---------------------------------------------------------------- the documented example

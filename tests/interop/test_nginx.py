@@ -28,18 +28,12 @@ from typing import Any, AsyncIterator
 import pytest
 
 from interop_support import TIMEOUT, ThreadedSync
+from sync_support import free_port
 from kn_sock import WebSocketServer, async_connect_websocket, connect_websocket, start_async_websocket_server
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
 
 MIB = 2**20
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now (nginx cannot be told to listen on port 0)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def find_nginx() -> str:
