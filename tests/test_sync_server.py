@@ -126,20 +126,9 @@ def test_shutdown_event_returns_within_half_a_second_with_many_silent_peers(back
             peers.append(raw_client(port))  # handshake done; never reads nor answers
         assert _seconds_to_stop(server, event) < 0.5
         # Dropped: each peer reads our 1001 close frame, then the end of the stream (the
-        # last wake-ups may finish just after the return).
-        end = time.monotonic() + 10
+        # last wake-ups may finish just after the return; each read is bounded by 5 s).
         for peer in peers:
-            got = b""
-            while True:
-                peer.sock.settimeout(max(0.01, end - time.monotonic()))
-                try:
-                    chunk = peer.sock.recv(4096)
-                except ConnectionResetError:
-                    break
-                if not chunk:
-                    break
-                got += chunk
-            assert got.startswith(b"\x88\x02\x03\xe9")  # close 1001
+            assert read_to_eof(peer.sock).startswith(b"\x88\x02\x03\xe9")  # close 1001
     finally:
         for peer in peers:
             peer.close()

@@ -620,10 +620,10 @@ class WebSocketServer:
         t0 = time.monotonic()
         for ws in conns:
             ws._start_close(1001)
-        # The grace ends early enough for the drops below to finish in time too: each drop
+        # The grace ends early enough for the wake-ups below to finish by ``end`` too: each
         # wakes a handler thread that competes for the GIL (~0.1 ms a connection here, twice
         # that on a loaded machine: counted at 0.2 ms; SPEC: start_websocket_server returns
-        # within 0.5 s; 1,500 silent peers took 0.51 s in a loaded CI run at 0.12 ms).
+        # within 0.5 s).
         end = t0 + self._grace + _SHUTDOWN_SLACK
         deadline = end - min(len(conns) * _DROP_COST, self._grace)
         for ws in conns:

@@ -27,9 +27,10 @@ from typing import Any, AsyncIterator
 
 import pytest
 
+from asyncio_support import serving
 from interop_support import TIMEOUT, ThreadedSync
-from sync_support import free_port
-from kn_sock import WebSocketServer, async_connect_websocket, connect_websocket, start_async_websocket_server
+from sync_support import free_port, running_server
+from kn_sock import async_connect_websocket, connect_websocket
 
 pytestmark = [pytest.mark.network, pytest.mark.timeout(60)]
 
@@ -160,22 +161,11 @@ async def served(request: pytest.FixtureRequest, backend: Any) -> AsyncIterator[
     """A kn_sock server of the style in ``request.param`` (async / sync) on 127.0.0.1:0."""
     seen: dict[str, Any] = {"noted": threading.Event()}  # set by the handler once it ran
     if request.param == "async":
-        server = await start_async_websocket_server("127.0.0.1", 0, make_handler(seen, "async"), backend=backend)
-        try:
+        async with serving(make_handler(seen, "async"), backend=backend) as server:
             yield server, seen
-        finally:
-            server.close()
-            await asyncio.wait_for(server.wait_closed(), TIMEOUT)
     else:
-        sync_server = WebSocketServer("127.0.0.1", 0, make_handler(seen, "sync"), backend=backend)
-        thread = threading.Thread(target=sync_server.serve_forever, daemon=True)
-        thread.start()
-        try:
+        with running_server(make_handler(seen, "sync"), backend=backend) as sync_server:
             yield sync_server, seen
-        finally:
-            sync_server.shutdown()
-            await asyncio.to_thread(thread.join, TIMEOUT)
-            assert not thread.is_alive()
 
 
 @pytest.mark.parametrize("served", ["async", "sync"], indirect=True)

@@ -19,8 +19,8 @@ from typing import Any, AsyncIterator
 
 import pytest
 
+from asyncio_support import serving
 from sync_support import running_server
-from kn_sock import start_async_websocket_server
 
 websocket = pytest.importorskip("websocket", reason="websocket-client is not installed")
 
@@ -57,12 +57,8 @@ async def our_server(kind: str, backend: Any, seen: dict[str, Any]) -> AsyncIter
                     await ws.send(message)
             done.set_result((ws.close_code, ws.close_reason))
 
-        server = await start_async_websocket_server("127.0.0.1", 0, handler, **options)
-        try:
+        async with serving(handler, **options) as server:
             yield server.port
-        finally:
-            server.close()
-            await asyncio.wait_for(server.wait_closed(), TIMEOUT)
     else:
 
         def sync_handler(ws: Any, address: Any) -> None:
