@@ -91,13 +91,30 @@ def loop_name() -> str:
     return name
 
 
+def _loop_factories_hook() -> bool:
+    """True when pytest-asyncio takes its loops from the ``pytest_asyncio_loop_factories``
+    hook (1.5 and later), which replaces overriding the ``event_loop_policy`` fixture."""
+    try:
+        from pytest_asyncio import plugin
+    except ImportError:  # pragma: no cover - pytest-asyncio is in the test extra
+        return False
+    return hasattr(plugin, "PytestAsyncioSpecs")
+
+
 if loop_name() == "uvloop":
     # The whole asyncio suite on uvloop (an ImportError here when it is not installed).
-    # pytest-asyncio's newer hook for this (pytest_asyncio_loop_factories) would rename every
-    # async test and is unknown to older versions: the policy fixture, deprecated, still works.
     import uvloop
 
-    @pytest.fixture(scope="session")
-    def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
-        """pytest-asyncio's loop policy: uvloop's."""
-        return uvloop.EventLoopPolicy()  # type: ignore[no-any-return]
+    if _loop_factories_hook():
+
+        @pytest.hookimpl(optionalhook=True)
+        def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
+            """Every asyncio test's loop: uvloop's (a single factory: the test ids stay as they are)."""
+            return {"uvloop": uvloop.new_event_loop}
+
+    else:  # older pytest-asyncio: the policy fixture (deprecated by the hook above)
+
+        @pytest.fixture(scope="session")
+        def event_loop_policy() -> asyncio.AbstractEventLoopPolicy:
+            """pytest-asyncio's loop policy: uvloop's."""
+            return uvloop.EventLoopPolicy()  # type: ignore[no-any-return]
