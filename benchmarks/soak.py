@@ -1,9 +1,10 @@
-"""Soak test: many churning connections against a kn_sock asyncio server; does memory come back?
+"""Soak test: many churning connections against a kn_sock server; does memory come back?
 
-The server is a child process (``soak.py --serve``): kn_sock's asyncio echo server on
-127.0.0.1, port 0, permessage-deflate on (the default), plus a ``process_request`` hook
-answering ``GET /stats`` with its live connection / task / object counts (after a
-``gc.collect()``). The parent runs ``--conns`` client connections (kn_sock's asyncio client)
+The server is a child process (``soak.py --serve``): kn_sock's echo server on 127.0.0.1,
+port 0, permessage-deflate on (the default), ``--server asyncio`` (the default), ``uvloop``
+(the same on uvloop's loop) or ``sync`` (the blocking server: a thread per connection), plus a
+``process_request`` hook answering ``GET /stats`` with its live connection / handler (task
+or thread) / connection object counts (after a ``gc.collect()``). The parent runs ``--conns`` client connections (kn_sock's asyncio client)
 for ``--minutes``, each one looping: connect, echo messages of varied size and type for a
 random lifetime (5-40 s), then leave by a closing handshake (60 %), an abort (30 %) or an
 abort with a message still in flight (10 %); one connection in twenty is instead a raw TCP
@@ -17,13 +18,15 @@ Readings of the server, from /proc: VmRSS and open fds,
 - every ``--interval`` seconds (default 60) during the soak;
 - ``end``: after every client has left and the server reports no connection left.
 
-It fails (exit 1) when the end fds differ from the cold fds, when the server still holds
-connections, tasks or AsyncWebSocket objects, or when the end RSS exceeds the warm baseline by
-more than ``--rss-tolerance`` MiB (default 16). Loopback only; every loop is bounded and the
+It fails (exit 1) when the end fds differ from the warm fds (the blocking server's shared
+reactor opens its epoll and wake-up pair at the first connection, for the process's life),
+when the server still holds connections, handler tasks or threads, or connection objects, or
+when the end RSS exceeds the warm baseline by more than ``--rss-tolerance`` MiB (default 16). Loopback only; every loop is bounded and the
 server exits when the parent's pipe closes (or after minutes + 5).
 
     python benchmarks/soak.py                       # 1000 connections, 10 minutes
     python benchmarks/soak.py --minutes 3 --conns 1000
+    python benchmarks/soak.py --minutes 3 --server sync
 """
 
 from __future__ import annotations
@@ -47,8 +50,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path and os.path.isdir(os.path.join(ROOT, "kn_sock")):  # a checkout, not installed
     sys.path.insert(0, ROOT)
 
-from kn_sock import async_connect_websocket, start_async_websocket_server  # noqa: E402
-from kn_sock.asyncio.connection import AsyncWebSocket  # noqa: E402
+from kn_sock import (  # noqa: E402
+    AsyncWebSocket,
+    WebSocket,
+    WebSocketServer,
+    async_connect_websocket,
+    start_async_websocket_server,
+)
 
 MIB = 2**20
 
@@ -62,13 +70,38 @@ def raise_fd_limit() -> None:
 # --------------------------------------------------------------------------- the server (child)
 
 
-def serve(max_seconds: float) -> None:
+def _malloc_trim() -> Any:
+    """glibc's malloc_trim (hands free heap pages back, to tell retention from leaks), or None."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def _stats(path: str, connections: int, handlers: int, kind: type, trim: Any) -> Any:
+    """The ``/stats`` answer of either server: counts after a gc, ``connections`` and
+    ``handlers`` not counting the /stats request itself (nor its connection object, which
+    the asyncio server makes before the upgrade, the blocking one after)."""
+    gc.collect()
+    if path == "/stats?trim=1" and trim is not None:
+        trim(0)
+    body = {
+        "connections": connections,
+        "tasks": handlers,
+        "ws_objects": sum(1 for o in gc.get_objects() if isinstance(o, kind)) - (kind is AsyncWebSocket),
+        "gc_objects": len(gc.get_objects()),
+        "allocated_blocks": sys.getallocatedblocks(),
+    }
+    return 200, [("Content-Type", "application/json")], json.dumps(body).encode()
+
+
+def serve(max_seconds: float, kind: str) -> None:
     """Child process: the echo server; prints its port, exits on stdin EOF or after max_seconds."""
     raise_fd_limit()
-    try:
-        libc: Any = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc: no malloc_trim
-        libc = None
+    if kind == "sync":
+        serve_sync(max_seconds)
+        return
+    trim = _malloc_trim()
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -81,19 +114,8 @@ def serve(max_seconds: float) -> None:
         def process_request(path: str, headers: Any) -> Any:
             if not path.startswith("/stats"):
                 return None
-            gc.collect()
-            if path == "/stats?trim=1" and libc is not None:
-                libc.malloc_trim(0)  # hand free heap pages back, to tell retention from leaks
-            # Minus one: this /stats request is itself a connection (and an AsyncWebSocket).
-            body = {
-                "connections": len(server.connections) - 1,
-                "tasks": len(server.tasks),
-                "asyncio_tasks": len(asyncio.all_tasks()),
-                "AsyncWebSocket": sum(1 for o in gc.get_objects() if isinstance(o, AsyncWebSocket)) - 1,
-                "gc_objects": len(gc.get_objects()),
-                "allocated_blocks": sys.getallocatedblocks(),
-            }
-            return 200, [("Content-Type", "application/json")], json.dumps(body).encode()
+            # Minus one: this /stats request is itself one of the server's connections.
+            return _stats(path, len(server.connections) - 1, len(server.tasks), AsyncWebSocket, trim)
 
         def watch_stdin() -> None:
             sys.stdin.read()  # returns at EOF: the parent is gone
@@ -111,7 +133,46 @@ def serve(max_seconds: float) -> None:
         server.close()
         await asyncio.wait_for(server.wait_closed(), 15)
 
-    asyncio.run(main())
+    if kind == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())
+
+
+def serve_sync(max_seconds: float) -> None:
+    """``serve`` for the blocking server; its handler threads are counted by name."""
+    trim = _malloc_trim()
+
+    def echo(ws: Any, address: Any) -> None:
+        for message in ws:
+            ws.send(message)
+
+    def handler_threads() -> int:
+        return sum(1 for t in threading.enumerate() if t.name.startswith("kn_sock-handler-"))
+
+    def process_request(path: str, headers: Any) -> Any:
+        if not path.startswith("/stats"):
+            return None
+        # (This request is not in server.connections, which holds upgraded ones; minus its
+        # thread: a handler thread runs the handshake.)
+        return _stats(path, len(server.connections), handler_threads() - 1, WebSocket, trim)
+
+    server = WebSocketServer("127.0.0.1", 0, echo, process_request=process_request, backlog=4096)
+    stop = threading.Event()
+
+    def watch_stdin() -> None:
+        sys.stdin.read()  # returns at EOF: the parent is gone
+        stop.set()
+
+    threading.Thread(target=watch_stdin, daemon=True).start()
+    print(server.port, flush=True)
+    runner = threading.Thread(target=server.serve_forever, daemon=True)
+    runner.start()
+    stop.wait(max_seconds)
+    server.shutdown()
+    runner.join(15)
 
 
 # --------------------------------------------------------------------------- readings
@@ -260,12 +321,14 @@ async def warm_up(url: str, conns: int) -> None:
 
 
 async def settle(port: int, timeout: float = 60.0, trim: bool = False) -> dict[str, int]:
-    """Wait (bounded) until the server holds no connection; return its last /stats."""
+    """Wait (bounded) until the server holds no connection nor handler; return that /stats.
+    (The one that says so is the one returned: the blocking server's thread for an earlier
+    /stats may still be finishing its answer when a request follows at once.)"""
     deadline = time.monotonic() + timeout
     while True:
-        stats = await server_stats(port)
+        stats = await server_stats(port, trim=trim)
         if stats["connections"] == 0 and stats["tasks"] == 0 or time.monotonic() > deadline:
-            return await server_stats(port, trim=True) if trim else stats
+            return stats
         await asyncio.sleep(0.5)
 
 
@@ -275,7 +338,7 @@ def row(label: str, pid: int, stats: dict[str, int] | None, counters: Counters |
     if stats is not None:
         entry.update(
             server_conns=stats["connections"],
-            ws_objects=stats["AsyncWebSocket"],
+            ws_objects=stats["ws_objects"],
             py_blocks=stats["allocated_blocks"],
         )
     if counters is not None:
@@ -330,9 +393,9 @@ async def soak(args: argparse.Namespace, pid: int, port: int) -> int:
     )
     print(f"server at end: {stats}")
     problems = []
-    if end["fds"] != curve[0]["fds"]:
-        problems.append(f"fds {end['fds']} at the end vs {curve[0]['fds']} cold")
-    if stats["connections"] or stats["tasks"] or stats["AsyncWebSocket"]:
+    if end["fds"] != warm["fds"]:
+        problems.append(f"fds {end['fds']} at the end vs {warm['fds']} warm ({curve[0]['fds']} cold)")
+    if stats["connections"] or stats["tasks"] or stats["ws_objects"]:
         problems.append(f"server still holds {stats}")
     if end["rss_mib"] > warm["rss_mib"] + args.rss_tolerance:
         problems.append(f"RSS {end['rss_mib']} MiB at the end vs {warm['rss_mib']} MiB warm (+{args.rss_tolerance} allowed)")
@@ -343,7 +406,7 @@ async def soak(args: argparse.Namespace, pid: int, port: int) -> int:
     if args.json:
         with open(args.json, "w") as out:
             json.dump({"args": vars(args), "curve": curve, "counters": counters.__dict__, "problems": problems}, out, indent=2)
-    verdict = "ok (fds back to cold; RSS and Python blocks back to warm, both after malloc_trim)"
+    verdict = "ok (fds back to warm; RSS and Python blocks back to warm, both after malloc_trim)"
     print("LEAK CHECK: " + ("FAILED: " + "; ".join(problems) if problems else verdict))
     return 1 if problems else 0
 
@@ -355,16 +418,23 @@ def main() -> int:
     parser.add_argument("--interval", type=float, default=60.0, help="seconds between readings (default 60)")
     parser.add_argument("--rss-tolerance", type=float, default=16.0, help="MiB above warm allowed at the end")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--server", choices=("asyncio", "uvloop", "sync"), default="asyncio",
+        help="the server under test: asyncio (default), the same on uvloop, or the blocking server",
+    )
     parser.add_argument("--json", help="also write the curve and totals to this file")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--max-seconds", type=float, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.max_seconds or 3600)
+        serve(args.max_seconds or 3600, args.server)
         return 0
     raise_fd_limit()
     child = subprocess.Popen(
-        [sys.executable, os.path.abspath(__file__), "--serve", "--max-seconds", str(args.minutes * 60 + 300)],
+        [
+            sys.executable, os.path.abspath(__file__), "--serve", "--server", args.server,
+            "--max-seconds", str(args.minutes * 60 + 300),
+        ],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
@@ -372,7 +442,7 @@ def main() -> int:
     try:
         assert child.stdout is not None
         port = int(child.stdout.readline())
-        print(f"kn_sock soak: {args.conns} connections, {args.minutes} min, server pid {child.pid} port {port}")
+        print(f"kn_sock soak: {args.server} server, {args.conns} connections, {args.minutes} min, server pid {child.pid} port {port}")
         return asyncio.run(soak(args, child.pid, port))
     finally:
         if child.stdin is not None:

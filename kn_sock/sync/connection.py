@@ -286,7 +286,10 @@ class WebSocket:
 
     def _start(self, remainder: bytes = b"") -> None:
         """The handshake succeeded: go non-blocking, start keepalive, hand the socket to the reactor."""
-        tune_malloc_once()
+        if self.protocol.is_client:
+            # (Not for the server: its handler threads would each keep free memory in a malloc
+            # arena of their own under the raised threshold; see _malloc.py.)
+            tune_malloc_once()
         self._sock.setblocking(bool(self._nb))
         opts = self._opts
         with self._lock:
