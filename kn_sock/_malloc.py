@@ -14,7 +14,8 @@ malloc_trim() does not shrink the top of those. So the blocking server, a thread
 connection, does not call this (measured: 300 churning connections for 2-4 minutes left
 23-27 MiB behind after every one had gone, trimmed; untuned, nothing, and its 1 MiB echo was
 no slower: the server does not build masked frames). The asyncio layer (one thread) and the
-blocking client do, on their first connection.
+blocking client do, on their first connection; a program with many blocking clients, each in
+a thread of its own, may want to opt out for the same reason.
 
 Set ``KN_SOCK_MALLOC_TUNING=0`` to opt out. Non-glibc platforms are left alone.
 """
