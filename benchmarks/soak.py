@@ -4,11 +4,12 @@ The server is a child process (``soak.py --serve``): kn_sock's echo server on 12
 port 0, permessage-deflate on (the default), ``--server asyncio`` (the default), ``uvloop``
 (the same on uvloop's loop) or ``sync`` (the blocking server: a thread per connection), plus a
 ``process_request`` hook answering ``GET /stats`` with its live connection / handler (task
-or thread) / connection object counts (after a ``gc.collect()``). The parent runs ``--conns`` client connections (kn_sock's asyncio client)
-for ``--minutes``, each one looping: connect, echo messages of varied size and type for a
-random lifetime (5-40 s), then leave by a closing handshake (60 %), an abort (30 %) or an
-abort with a message still in flight (10 %); one connection in twenty is instead a raw TCP
-peer that sends half a handshake and drops (the junk a public server sees).
+or thread) / connection object counts (after a ``gc.collect()``). The parent runs ``--conns``
+client connections (kn_sock's asyncio client) for ``--minutes``, each one looping: connect,
+echo messages of varied size and type for a random lifetime (5-40 s), then leave by a closing
+handshake (60 %), an abort (30 %) or an abort with a message still in flight (10 %); one
+connection in twenty is instead a raw TCP peer that sends half a handshake and drops (the
+junk a public server sees).
 
 Readings of the server, from /proc: VmRSS and open fds,
 
@@ -18,11 +19,13 @@ Readings of the server, from /proc: VmRSS and open fds,
 - every ``--interval`` seconds (default 60) during the soak;
 - ``end``: after every client has left and the server reports no connection left.
 
-It fails (exit 1) when the end fds differ from the warm fds (the blocking server's shared
-reactor opens its epoll and wake-up pair at the first connection, for the process's life),
+It fails (exit 1) when the end fds differ from the warm fds (kn_sock's shared reactor thread,
+keepalive timers for both servers, opens its epoll and wake-up pair at the first connection,
+for the process's life),
 when the server still holds connections, handler tasks or threads, or connection objects, or
-when the end RSS exceeds the warm baseline by more than ``--rss-tolerance`` MiB (default 16). Loopback only; every loop is bounded and the
-server exits when the parent's pipe closes (or after minutes + 5).
+when the end RSS exceeds the warm baseline by more than ``--rss-tolerance`` MiB (default 16).
+Loopback only; every loop is bounded and the server exits when the parent's pipe closes (or
+after minutes + 5).
 
     python benchmarks/soak.py                       # 1000 connections, 10 minutes
     python benchmarks/soak.py --minutes 3 --conns 1000
