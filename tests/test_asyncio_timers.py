@@ -123,6 +123,7 @@ async def test_keepalive_runs_without_a_timer_on_the_loop() -> None:
 
 
 @pytest.mark.skipif(not hasattr(os, "fork") or sys.platform != "linux", reason="fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # 3.12+: forking is the point
 def test_timers_work_in_a_forked_child() -> None:
     """The parent's reactor thread does not survive fork: the child gets a fresh one."""
 

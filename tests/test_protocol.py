@@ -198,6 +198,7 @@ class TestMasking:
         assert len({f.mask for f in frames}) == len(frames)
         assert {f.payload for f in frames[:64]} == {b"same payload"}
 
+    @pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")  # 3.12+: forking is the point
     def test_masking_keys_span_pool_refills_and_are_not_shared_with_a_forked_child(self, backend: Any) -> None:
         client = make(backend, CLIENT)
         masks = [decode(client.send(b"x"))[0].mask for _ in range(600)]  # > 2 pools of 256 keys
