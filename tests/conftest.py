@@ -109,7 +109,7 @@ if loop_name() == "uvloop":
 
         @pytest.hookimpl(optionalhook=True)
         def pytest_asyncio_loop_factories(config: pytest.Config, item: pytest.Item) -> dict[str, object]:
-            """Every asyncio test's loop: uvloop's (a single factory: the test ids stay as they are)."""
+            """Every asyncio test's loop: uvloop's (one factory: pytest 8.4+ keeps the test ids as they are)."""
             return {"uvloop": uvloop.new_event_loop}
 
     else:  # older pytest-asyncio: the policy fixture (deprecated by the hook above)

@@ -289,7 +289,7 @@ class WebSocket:
         if self.protocol.is_client and threading.current_thread() is threading.main_thread():
             # Not for the server, nor for clients opened in threads of their own: each thread
             # would keep freed memory in a malloc arena of its own under the raised threshold
-            # (measured: 23-30 MiB left behind; see _malloc.py).
+            # (measured: 23-37 MiB left behind; see _malloc.py).
             tune_malloc_once()
         self._sock.setblocking(bool(self._nb))
         opts = self._opts
