@@ -82,6 +82,9 @@ CONTESTANTS = [
     Contestant("raw_async_uvloop", "raw asyncio + uvloop (limit)", "async", "raw_async", "raw_async", uvloop=True,
                requires=("uvloop",)),
     Contestant("raw_async_buf", "raw asyncio BufferedProtocol", "async", "raw_async_buf", "raw_async_buf"),
+    # Messages framed by a 4-byte length, each echoed once whole: the store-and-forward a
+    # message protocol's echo cannot avoid (the raw echoes answer each chunk as it comes).
+    Contestant("raw_async_msg", "raw asyncio, whole messages", "async", "raw_async_msg", "raw_async_msg"),
     Contestant("kn_cython", "kn_sock asyncio (cython)", "async", "kn_async", "kn_async",
                env={"KN_SOCK_PURE": None}, picows_ref="picows", impl="cython"),
     Contestant("kn_pure", "kn_sock asyncio (pure)", "async", "kn_async", "kn_async",
@@ -203,6 +206,39 @@ async def serve_async(kind: str, port: int) -> None:
                 self.transport.write(self.buf[:nbytes])
 
         server = await asyncio.get_running_loop().create_server(BufEcho, HOST, port)
+        bound = server.sockets[0].getsockname()[1]
+
+    elif kind == "raw_async_msg":
+
+        class MsgEcho(asyncio.Protocol):
+            """Collect each message (a 4-byte big-endian length, then its bytes) and write it
+            back once whole: one copy into the buffer, one write."""
+
+            def connection_made(self, transport: Any) -> None:
+                self.transport = transport
+                self.buf = bytearray()
+                self.need = 0  # length of the message being collected, its prefix included
+
+            def data_received(self, data: bytes) -> None:
+                buf = self.buf
+                buf += data
+                while True:
+                    if not self.need:
+                        if len(buf) < 4:
+                            return
+                        self.need = 4 + int.from_bytes(buf[:4], "big")
+                    need = self.need
+                    if len(buf) < need:
+                        return
+                    self.need = 0
+                    if len(buf) == need:  # the usual case: hand the buffer over, no copy
+                        self.transport.write(buf)
+                        self.buf = buf = bytearray()
+                    else:
+                        self.transport.write(buf[:need])
+                        del buf[:need]
+
+        server = await asyncio.get_running_loop().create_server(MsgEcho, HOST, port)
         bound = server.sockets[0].getsockname()[1]
 
     elif kind == "kn_async":
@@ -455,6 +491,7 @@ class CallbackConn:
         self.on_message: Any = self._idle
         self.last: Any = None
         self.after_window: Any = None  # raw TCP: checks the byte counts after each window
+        self.prefix = 0  # raw TCP with a length before each message: its size
 
     def _idle(self, data: Any) -> None:
         pass
@@ -476,7 +513,7 @@ class CallbackConn:
     def check_window(self, msg: Any, sent: int, received: int, total: int, last: Any, what: str) -> None:
         if self.after_window is not None:  # raw TCP: the bytes; a "message" is only a length
             self.after_window()
-            msg, last = (msg.encode() if isinstance(msg, str) else msg), None
+            msg, last = bytes(self.prefix) + (msg.encode() if isinstance(msg, str) else msg), None
         check_window(msg, sent, received, total, last, what)
 
     async def rt(self, msg: Any, end: float) -> float:
@@ -585,8 +622,10 @@ async def open_async(kind: str, port: int) -> Any:
 
         return CoroConn(ws.send_bytes, ws.receive_bytes, ws.send_str, ws.receive_str, close)
 
-    if kind in ("raw_async", "raw_async_buf"):
+    if kind in ("raw_async", "raw_async_buf", "raw_async_msg"):
         conn = CallbackConn(loop)
+        framed = kind == "raw_async_msg"  # each message goes with a 4-byte length, and comes back so
+        conn.prefix = 4 if framed else 0
 
         class RawClient(asyncio.Protocol):
             """Plain TCP: the echo server returns the bytes; a message is `size` bytes back.
@@ -656,6 +695,8 @@ async def open_async(kind: str, port: int) -> Any:
         def write(msg: Any) -> None:
             if isinstance(msg, str):
                 msg = msg.encode()
+            if framed:  # (the copy stands for the client's masking pass)
+                msg = len(msg).to_bytes(4, "big") + msg
             proto.unit = msg
             proto.size = size = len(msg)
             proto.sent += size
