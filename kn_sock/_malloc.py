@@ -10,12 +10,12 @@ reused. The cost: one ``mmap``/``munmap`` pair (``bytes(n)`` uses calloc, which 
 fresh pages) and a process whose heap may keep up to twice the threshold of freed memory.
 
 That is per malloc arena: glibc gives threads arenas of their own (up to 8 per core), and
-malloc_trim() does not shrink the top of those. So the blocking layer calls this only for a
-client opened on the main thread: not from the server, a thread per connection (measured: 300
-churning connections for 2-4 minutes left 23-27 MiB behind after every one had gone, trimmed;
-untuned, nothing, and its 1 MiB echo was no slower: the server does not build masked frames),
-nor from clients opened in threads of their own (64 such threads, 4 waves: 37 MiB above cold,
-trimmed, against 7 MiB untuned). The asyncio layer (one thread) calls it on its first connection.
+malloc_trim() does not shrink the top of those. So the tuning is done only from the main
+thread: a connection opened in any other (the blocking server's handler threads, clients
+opened in threads of their own, an event loop run in a thread) leaves malloc alone. Measured:
+the blocking server, 300 churning connections for 2-4 minutes, left 23-27 MiB behind after
+every one had gone, trimmed (untuned: nothing, and its 1 MiB echo was no slower: the server
+builds no masked frames); 64 client threads, 4 waves, 37 MiB above cold (untuned: 7 MiB).
 
 Set ``KN_SOCK_MALLOC_TUNING=0`` to opt out. Non-glibc platforms are left alone.
 """
@@ -25,6 +25,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import threading
 
 __all__ = ["tune_malloc_once", "THRESHOLD"]
 
@@ -33,9 +34,9 @@ _done = False
 
 
 def tune_malloc_once() -> None:
-    """Raise glibc's dynamic mmap threshold to ``THRESHOLD`` the first time it is called."""
+    """Raise glibc's dynamic mmap threshold to ``THRESHOLD`` the first time it is called on the main thread."""
     global _done
-    if _done:
+    if _done or threading.current_thread() is not threading.main_thread():
         return
     _done = True
     if os.environ.get("KN_SOCK_MALLOC_TUNING", "1") == "0":

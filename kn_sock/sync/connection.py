@@ -286,11 +286,7 @@ class WebSocket:
 
     def _start(self, remainder: bytes = b"") -> None:
         """The handshake succeeded: go non-blocking, start keepalive, hand the socket to the reactor."""
-        if self.protocol.is_client and threading.current_thread() is threading.main_thread():
-            # Not for the server, nor for clients opened in threads of their own: each thread
-            # would keep freed memory in a malloc arena of its own under the raised threshold
-            # (measured: 23-37 MiB left behind; see _malloc.py).
-            tune_malloc_once()
+        tune_malloc_once()  # (from the main thread only: the server's handler threads never do)
         self._sock.setblocking(bool(self._nb))
         opts = self._opts
         with self._lock:
