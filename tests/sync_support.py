@@ -1,7 +1,7 @@
 """Helpers shared by the blocking-layer tests (this module holds no tests itself).
 
 - ``running_server(handler, **options)``: a ``WebSocketServer`` on 127.0.0.1 port 0 serving
-  in a thread, shut down on exit;
+  in a thread, shut down on exit; ``echo``, the handler most tests serve;
 - ``raw_client(port)``: a TCP socket that completed the opening handshake by hand, with
   ``send_frame`` / ``recv_frame`` helpers (for peers that misbehave on purpose);
 - ``raw_server()``: a listening socket whose ``accept_ws()`` completes the server handshake
@@ -23,7 +23,13 @@ from kn_sock.handshake import ClientHandshake, ServerHandshake
 from kn_sock.sync import WebSocketServer
 from kn_sock.uri import parse_uri
 
-__all__ = ["running_server", "RawPeer", "raw_client", "raw_server", "wait_for"]
+__all__ = ["echo", "running_server", "RawPeer", "raw_client", "raw_server", "wait_for"]
+
+
+def echo(ws: Any, address: Any) -> None:
+    """A blocking server handler that sends every message back."""
+    for message in ws:
+        ws.send(message)
 
 
 @contextlib.contextmanager

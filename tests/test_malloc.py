@@ -46,14 +46,10 @@ def test_only_connections_opened_on_the_main_thread_tune_malloc(monkeypatch: pyt
 
     from kn_sock import _malloc, connect_websocket
 
-    from sync_support import raw_client, running_server
+    from sync_support import echo, raw_client, running_server
 
     monkeypatch.setattr(_malloc, "_done", False)
     monkeypatch.setenv("KN_SOCK_MALLOC_TUNING", "0")  # the decision is under test, not the effect
-
-    def echo(ws, address):  # type: ignore[no-untyped-def]
-        for message in ws:
-            ws.send(message)
 
     def one_client(port: int) -> None:
         with connect_websocket("127.0.0.1", port, compression=None) as ws:

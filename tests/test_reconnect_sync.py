@@ -15,17 +15,12 @@ from kn_sock import ConnectionClosed, WebSocket, _pure, connect_websocket
 from kn_sock.http11 import accept_key
 from kn_sock.sync import WebSocketServer
 from kn_sock.sync.client import ReconnectingWebSocket
-from sync_support import running_server, wait_for
+from sync_support import echo, running_server, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
 FAST = {"initial_delay": 0.01, "max_delay": 0.05}
 TIMEOUT = 5.0
-
-
-def echo(ws, address):
-    for message in ws:
-        ws.send(message)
 
 
 def first_closes_with(code, counter):

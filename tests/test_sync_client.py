@@ -13,17 +13,12 @@ import pytest
 from kn_sock.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
 from kn_sock.reconnect import retryable_error
 from kn_sock.sync import connect_websocket
-from sync_support import CREDENTIALS, credential_redirects, credentials_seen, raw_server, running_server
+from sync_support import CREDENTIALS, credential_redirects, credentials_seen, echo, raw_server, running_server
 
 pytestmark = pytest.mark.timeout(30)
 
 websockets_sync_client = pytest.importorskip("websockets.sync.client")
 websockets_sync_server = pytest.importorskip("websockets.sync.server")
-
-
-def echo(ws, address):
-    for message in ws:
-        ws.send(message)
 
 
 def test_host_port_and_uri_forms(backend):

@@ -22,14 +22,9 @@ from kn_sock.exceptions import ConnectionClosed
 from kn_sock.handshake import ClientHandshake
 from kn_sock.sync import connect_websocket
 from kn_sock.uri import parse_uri
-from sync_support import RawPeer, raw_client, raw_server, running_server, wait_for
+from sync_support import echo, raw_client, raw_server, RawPeer, running_server, wait_for
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def echo(ws, address):
-    for message in ws:
-        ws.send(message)
 
 
 # ---------------------------------------------------------------- messages (§5.6, §5.4)

@@ -21,15 +21,9 @@ import kn_sock.sync.server as server_module
 from kn_sock.exceptions import InvalidStatus
 from kn_sock.handshake import ServerHandshake
 from kn_sock.sync import WebSocketServer, connect_websocket, start_websocket_server
-from sync_support import bio_tls_client, free_port, raw_client, read_to_eof, running_server, wait_for
+from sync_support import bio_tls_client, echo, free_port, raw_client, read_to_eof, running_server, wait_for
 
 pytestmark = pytest.mark.timeout(30)
-
-
-def echo(ws, address):
-    for message in ws:
-        ws.send(message)
-
 
 
 # ---------------------------------------------------------------- the documented example
