@@ -98,6 +98,16 @@ def _stats(path: str, connections: int, handlers: int, kind: type, trim: Any) ->
     return 200, [("Content-Type", "application/json")], json.dumps(body).encode()
 
 
+def on_stdin_eof(callback: Any) -> None:
+    """Call ``callback()`` from a daemon thread once stdin ends (the parent is gone)."""
+
+    def watch() -> None:
+        sys.stdin.read()
+        callback()
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def serve(max_seconds: float, kind: str) -> None:
     """Child process: the echo server; prints its port, exits on stdin EOF or after max_seconds."""
     raise_fd_limit()
@@ -120,14 +130,10 @@ def serve(max_seconds: float, kind: str) -> None:
             # Minus one: this /stats request is itself one of the server's connections.
             return _stats(path, len(server.connections) - 1, len(server.tasks), AsyncWebSocket, trim)
 
-        def watch_stdin() -> None:
-            sys.stdin.read()  # returns at EOF: the parent is gone
-            loop.call_soon_threadsafe(lambda: stop.done() or stop.set_result(None))
-
         server = await start_async_websocket_server(
             "127.0.0.1", 0, echo, process_request=process_request, backlog=4096
         )
-        threading.Thread(target=watch_stdin, daemon=True).start()
+        on_stdin_eof(lambda: loop.call_soon_threadsafe(lambda: stop.done() or stop.set_result(None)))
         print(server.port, flush=True)
         try:
             await asyncio.wait_for(stop, max_seconds)
@@ -165,11 +171,7 @@ def serve_sync(max_seconds: float) -> None:
     server = WebSocketServer("127.0.0.1", 0, echo, process_request=process_request, backlog=4096)
     stop = threading.Event()
 
-    def watch_stdin() -> None:
-        sys.stdin.read()  # returns at EOF: the parent is gone
-        stop.set()
-
-    threading.Thread(target=watch_stdin, daemon=True).start()
+    on_stdin_eof(stop.set)
     print(server.port, flush=True)
     runner = threading.Thread(target=server.serve_forever, daemon=True)
     runner.start()
