@@ -10,7 +10,8 @@ arguments) ask this module three questions and do the waiting themselves:
   (server error, restart, try again later, bad gateway); never after 1000 / 1005 (a normal
   close), the permanent errors 1002, 1003, 1007-1010, or application codes (3000-4999),
   which only the application can interpret. A close the client itself started never
-  reconnects: the I/O layer knows that and does not ask.
+  reconnects: ``close()`` or ``abort()`` on the reconnecting client (the I/O layer knows that
+  and does not ask) or on its current connection (``ReconnectPolicy.reopens`` checks).
 - ``retryable_error(exc)``: a failed (re)connection attempt is retried after network errors
   (``OSError``: refused, reset, unreachable), timeouts, a handshake cut short, and HTTP
   statuses that say "later" (408, 429, 5xx); any other rejection (404, 403, a bad
@@ -42,6 +43,7 @@ __all__ = [
     "ReconnectPolicy",
     "RETRY_CODES",
     "PERMANENT_CODES",
+    "by_app",
     "end_code",
     "should_reconnect",
     "retryable_error",
@@ -71,6 +73,11 @@ def end_code(protocol: Any) -> int:
     if protocol.close_sent is not None:
         return protocol.close_sent[0]
     return 1006
+
+
+def by_app(conn: Any) -> str:
+    """" by the application" when the application closed ``conn`` itself (for log lines)."""
+    return " by the application" if conn._app_closed else ""
 
 
 def should_reconnect(code: int, retry_codes: frozenset[int] = RETRY_CODES) -> bool:
@@ -215,6 +222,11 @@ class ReconnectPolicy:
     def should_reconnect(self, code: int) -> bool:
         """True when a connection that ended with ``code`` should be reopened."""
         return code in self.retry_codes
+
+    def reopens(self, conn: Any) -> bool:
+        """True when ``conn``, a connection that has ended, should be reopened: its end is worth
+        a retry and the application did not end it itself (``close()`` or ``abort()`` on it)."""
+        return not conn._app_closed and self.should_reconnect(end_code(conn.protocol))
 
     def __repr__(self) -> str:
         return (

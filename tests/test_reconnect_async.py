@@ -190,6 +190,34 @@ async def test_no_reconnect_after_client_abort():
         await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
 
 
+@pytest.mark.parametrize("how", ["close 1001", "close 1011", "abort"])
+async def test_no_reconnect_after_the_application_ends_the_current_connection(backend, how, caplog):
+    """Closing (with any code) or aborting ``ws.connection`` itself is a close the client
+    started too (SPEC.md "Reconnection"): no reconnection (audit: 1001 / 1011 reconnected)."""
+    caplog.set_level("INFO", logger="kn_sock")
+    counter: list[int] = []
+
+    async def handler(ws, path):
+        counter.append(1)
+        await echo(ws, path)
+
+    async with serving(handler, backend=backend) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST)
+        await ws.send("x")
+        assert await ws.recv(TIMEOUT) == "x"
+        if how == "abort":
+            ws.connection.abort()
+        else:
+            await ws.connection.close(int(how.split()[1]))
+        assert await ws.recv(TIMEOUT) is None  # no reconnection will follow
+        assert ws.closed and not ws.connected and ws.reconnects == 0
+        with pytest.raises(ConnectionClosed):
+            await ws.send("late")
+        await asyncio.sleep(0.2)  # several backoff windows of FAST
+        assert len(counter) == 1
+    assert "by the application: not reconnecting" in caplog.text
+
+
 async def test_abort_during_backoff_stops_the_reconnection():
     counter: list[int] = []
 

@@ -184,6 +184,34 @@ def test_no_reconnect_after_client_abort():
         assert ws.wait_closed(0)
 
 
+@pytest.mark.parametrize("how", ["close 1001", "close 1011", "abort"])
+def test_no_reconnect_after_the_application_ends_the_current_connection(backend, how, caplog):
+    """Closing (with any code) or aborting ``ws.connection`` itself is a close the client
+    started too (SPEC.md "Reconnection"): no reconnection (audit: 1001 / 1011 reconnected)."""
+    caplog.set_level("INFO", logger="kn_sock")
+    counter: list[int] = []
+
+    def handler(ws, address):
+        counter.append(1)
+        echo(ws, address)
+
+    with running_server(handler, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST)
+        ws.send("x")
+        assert ws.recv(TIMEOUT) == "x"
+        if how == "abort":
+            ws.connection.abort()
+        else:
+            ws.connection.close(int(how.split()[1]))
+        assert ws.recv(TIMEOUT) is None  # no reconnection will follow
+        assert ws.closed and not ws.connected and ws.reconnects == 0
+        with pytest.raises(ConnectionClosed):
+            ws.send("late")
+        time.sleep(0.2)  # several backoff windows of FAST
+        assert len(counter) == 1
+    assert "by the application: not reconnecting" in caplog.text
+
+
 def test_abort_during_backoff_stops_the_reconnection():
     counter: list[int] = []
 

@@ -14,7 +14,7 @@ from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandsha
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_options, redirect_target
 from ..options import Options, check_client_transport, make_options
 from ..protocol import CLIENT, Protocol, State, exit_close_code
-from ..reconnect import ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
+from ..reconnect import ReconnectingState, ReconnectPolicy, by_app, end_code, queueable, retryable_error
 from .._unix import async_unix_connect
 from ..uri import WebSocketURI, parse_uri
 from ._compat import cancelling
@@ -346,7 +346,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
         proto = ws.protocol
         if proto is None or proto.state is State.OPEN and ws.transport is not None:
             return True
-        return not self._closing and proto.state is State.CLOSED and self._policy.should_reconnect(end_code(proto))
+        return not self._closing and proto.state is State.CLOSED and self._policy.reopens(ws)
 
     # ------------------------------------------------------------ connecting
 
@@ -383,7 +383,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                     await ws.wait_closed()
             except TimeoutError:  # pragma: no cover - the close timer fires first
                 pass
-            if self._closing or not self._policy.should_reconnect(end_code(ws.protocol)):
+            if self._closing or not self._policy.reopens(ws):
                 self._final = True
                 raise
             logger.info("connection to %s lost during on_connect: reconnecting", self._wsuri.shown)
@@ -407,8 +407,8 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                 code = self.last_close_code = end_code(ws.protocol)
                 if self._closing:
                     break
-                if not setup_failed and not self._policy.should_reconnect(code):
-                    logger.info("connection to %s closed with %d: not reconnecting", self._wsuri.shown, code)
+                if not setup_failed and not self._policy.reopens(ws):
+                    logger.info("connection to %s closed with %d%s: not reconnecting", self._wsuri.shown, code, by_app(ws))
                     break
                 self._outbox.requeue()
                 logger.info("connection to %s lost (%d): reconnecting", self._wsuri.shown, code)
@@ -439,7 +439,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                             self.reconnects += 1
                         self._notify()
                 if setup_failed:
-                    await new.close(1011, "on_connect failed")
+                    await new._close(1011, "on_connect failed")  # not the application's close: reconnect
                     continue
                 if lost:
                     continue
@@ -534,7 +534,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
             try:
                 await ws.send(message, compress)
             except ConnectionClosed:
-                if ws.transport is not None or not self._policy.should_reconnect(end_code(ws.protocol)):
+                if ws.transport is not None or not self._policy.reopens(ws):
                     raise
             return
         if self.connected and ws is not None and ws.protocol is not None and not self._will_reconnect(ws):

@@ -121,6 +121,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         "_own_reader",
         "_reader_off",
         "_ka_unsent",
+        "_app_closed",
     )
 
     def __init__(self, side: str, opts: Options, loop: asyncio.AbstractEventLoop) -> None:
@@ -169,6 +170,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._cork_size = 0
         self._own_reader = False  # the loop calls _on_readable for this socket (see _take_reading)
         self._reader_off = False  # ... and _pause_reading unregistered it
+        self._app_closed = False  # close() or abort() was called: a reconnecting client stops (reconnect.py)
         self._ka_unsent = -1  # unsent bytes when a keepalive timeout was deferred under _paused_for_write
 
     # ------------------------------------------------------------ public attributes
@@ -1112,6 +1114,11 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Run the closing handshake (bounded by ``close_timeout``), then close TCP."""
+        self._app_closed = True
+        await self._close(code, reason)
+
+    async def _close(self, code: int = 1000, reason: str = "") -> None:
+        """``close()`` as the library uses it: not a close the application asked for."""
         proto = self.protocol
         transport = self.transport
         if proto is None:
@@ -1130,6 +1137,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
 
     def abort(self) -> None:
         """Drop the TCP connection at once, without a closing handshake."""
+        self._app_closed = True
         self._fd = -1  # no more direct writes (see AsyncCore._send_now)
         if self.transport is not None:
             self.transport.abort()

@@ -23,7 +23,7 @@ from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandsha
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_options, redirect_target
 from ..options import Options, check_blocking_callables, check_client_transport, make_options
 from ..protocol import CLIENT, Protocol, State, exit_close_code
-from ..reconnect import ReconnectingState, ReconnectPolicy, end_code, queueable, retryable_error
+from ..reconnect import ReconnectingState, ReconnectPolicy, by_app, end_code, queueable, retryable_error
 from .._unix import unix_connect
 from ..uri import WebSocketURI, parse_uri
 from .connection import PongWaiter, WebSocket
@@ -273,7 +273,7 @@ class ReconnectingWebSocket(ReconnectingState):
         return (
             not self._closing
             and ws.protocol.state is State.CLOSED
-            and self._policy.should_reconnect(end_code(ws.protocol))
+            and self._policy.reopens(ws)
         )
 
     # ------------------------------------------------------------ connecting (supervisor thread)
@@ -308,7 +308,7 @@ class ReconnectingWebSocket(ReconnectingState):
                 # The connection ended under on_connect (a server answering 1013 "try again
                 # later", say): as after any retryable end, the supervisor reconnects.
                 ws.wait_closed(self._opts.close_timeout)  # how it ended decides
-                if self._closing or not self._policy.should_reconnect(end_code(ws.protocol)):
+                if self._closing or not self._policy.reopens(ws):
                     self._final = True
                     raise
                 logger.info("connection to %s lost during on_connect: reconnecting", self._wsuri.shown)
@@ -335,8 +335,8 @@ class ReconnectingWebSocket(ReconnectingState):
                     code = self.last_close_code = end_code(ws.protocol)
                     if self._closing:
                         return
-                    if not setup_failed and not self._policy.should_reconnect(code):
-                        logger.info("connection to %s closed with %d: not reconnecting", self._wsuri.shown, code)
+                    if not setup_failed and not self._policy.reopens(ws):
+                        logger.info("connection to %s closed with %d%s: not reconnecting", self._wsuri.shown, code, by_app(ws))
                         return
                     self._outbox.requeue()
                 logger.info("connection to %s lost (%d): reconnecting", self._wsuri.shown, code)
@@ -374,7 +374,7 @@ class ReconnectingWebSocket(ReconnectingState):
                                 self.reconnects += 1
                             cond.notify_all()
                 if setup_failed:
-                    new.close(1011, "on_connect failed")
+                    new._close(1011, "on_connect failed")  # not the application's close: reconnect
                     continue
                 if lost:
                     continue

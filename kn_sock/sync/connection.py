@@ -177,6 +177,7 @@ class WebSocket:
         "remote_address",
         "local_address",
         "latency",
+        "_app_closed",
     )
 
     def __init__(self, sock: socket.socket, protocol: Protocol, opts: Options) -> None:
@@ -184,6 +185,7 @@ class WebSocket:
         self.side = protocol.side
         self.protocol = protocol
         self._opts = opts
+        self._app_closed = False  # close() or abort() was called: a reconnecting client stops (reconnect.py)
         self._sock: Any = sock  # socket.socket or ssl.SSLSocket
         self._fd = sock.fileno()
         self._ssl = isinstance(sock, ssl_module.SSLSocket)
@@ -1321,6 +1323,11 @@ class WebSocket:
 
     def close(self, code: int = 1000, reason: str = "") -> None:
         """Run the closing handshake (bounded by ``close_timeout``), then close TCP."""
+        self._app_closed = True
+        self._close(code, reason)
+
+    def _close(self, code: int = 1000, reason: str = "") -> None:
+        """``close()`` as the library uses it: not a close the application asked for."""
         self._start_close(code, reason)
         self.wait_closed(self._opts.close_timeout)
         if not self._done.is_set():
@@ -1347,6 +1354,7 @@ class WebSocket:
 
     def abort(self) -> None:
         """Drop the TCP connection at once, without a closing handshake."""
+        self._app_closed = True
         with self._lock:
             self._abort_locked()
 
