@@ -691,6 +691,10 @@ def cmd_bench(args: argparse.Namespace, extra: Sequence[str]) -> int:
         if stopped_by is not None:
             _out(f"== {tag}: stopped by {signal.Signals(stopped_by).name}")
             return 128 + stopped_by
+        if rc == EXIT_USAGE and len(chosen) == 1:
+            # argparse's exit: the command line is wrong (the script said how, above), as
+            # with several suites, where the check above catches it before any run
+            return EXIT_USAGE
         _out(f"== {tag}: {'done' if rc == 0 else f'FAILED (exit {rc})'} in {time.perf_counter() - t0:.1f} s")
         if rc != 0:
             status = EXIT_FAILURE

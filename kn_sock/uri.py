@@ -192,7 +192,7 @@ def _parse_plain(host: str, port: int | None, path: str) -> WebSocketURI:
     final_port = host_port_port if host_port_port is not None else port
     if final_port is None:
         raise InvalidURI(
-            f"{host!r} has no port: use connect(host, port) or a ws:// / wss:// URI"
+            f"{host!r} has no port: give one (host, port or 'host:port'), or a ws:// / wss:// URI"
         )
     if "#" in path:
         raise InvalidURI(f"path {path!r}: fragment identifiers are not allowed")

@@ -430,6 +430,15 @@ def test_bench_several_suites_check_the_arguments_first(args: list[str], message
     assert "== [1/2]" not in proc.stdout  # nothing ran
 
 
+def test_bench_one_suite_with_a_bad_option_is_a_usage_error() -> None:
+    """Exit 2, as with several suites, not 1 as if the benchmark had failed (audit)."""
+    if not (ROOT / "benchmarks" / "bench_speedups.py").exists():
+        pytest.skip("no benchmarks/ in this checkout")
+    proc = run_cli("bench", "--suite", "speedups", "--bogus", timeout=60)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "unrecognized arguments: --bogus" in proc.stderr and "FAILED" not in proc.stdout
+
+
 @pytest.mark.parametrize(
     "script, args",
     [("bench_speedups.py", ["--bogus"]), ("bench_echo.py", ["--only", "nosuch"]), ("bench_conns.py", ["--only", "nosuch"]),
