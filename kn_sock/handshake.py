@@ -396,9 +396,10 @@ class ServerHandshake:
         """Validate the upgrade request and return the 101 response bytes.
 
         Raises:
-            InvalidHandshake: with ``status`` 405 (method not GET), 426 (no WebSocket
-                ``Upgrade`` or another ``Sec-WebSocket-Version``; ``headers`` say what to
-                use), 403 (``Origin`` not allowed) or 400 (any other bad upgrade).
+            InvalidHandshake: with ``status`` 405 (method not GET), 426 (no ``Upgrade``
+                header, or another ``Sec-WebSocket-Version``; ``headers`` say what to use),
+                403 (``Origin`` not allowed) or 400 (any other bad upgrade, an ``Upgrade``
+                to another protocol included).
         """
         self.request = request
         headers = request.headers
@@ -445,6 +446,8 @@ class ServerHandshake:
         except InvalidHeader as exc:
             raise _fail(str(exc), 400) from None
         if "websocket" not in upgrade:
+            if upgrade:  # an upgrade to another protocol (h2c, TLS/1.0): a bad upgrade here
+                raise _fail(f"unsupported Upgrade: {', '.join(upgrade)[:80]!r}; this endpoint speaks websocket", 400)
             # Typically a plain HTTP GET (a browser, a health check): say what is needed.
             raise _fail(
                 "this is a WebSocket endpoint; send an Upgrade: websocket request",

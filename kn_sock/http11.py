@@ -79,6 +79,9 @@ _REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN.encode() + rb") (/[\x21-\x7e]*) HTT
 _ABSOLUTE_LINE_RE = re.compile(
     rb"(" + _TOKEN.encode() + rb") ((?i:https?|wss?)://[\x21-\x2e\x30-\x3e\x40-\x7e]+)([/?][\x21-\x7e]*)? HTTP/([0-9])\.([0-9])"
 )
+#: The asterisk-form (``OPTIONS *``) and authority-form (``CONNECT host:port``) of RFC 9112
+#: §3.2.3-4: valid requests, which the handshake answers with 405 (not GET), not 400.
+_OTHER_FORM_LINE_RE = re.compile(rb"(OPTIONS) (\*) HTTP/([0-9])\.([0-9])|(CONNECT) ([\x21-\x2e\x30-\x7e]+:[0-9]+) HTTP/([0-9])\.([0-9])")
 # RFC 7230 §3.1.2 status-line; the reason phrase may be empty (and its SP is tolerated missing).
 _STATUS_LINE_RE = re.compile(rb"HTTP/([0-9])\.([0-9]) ([0-9]{3})(?: ([\t\x20-\x7e\x80-\xff]*))?")
 # RFC 7230 §3.2: field-name ":" OWS field-value OWS; field-value is VCHAR / obs-text / SP / HTAB.
@@ -455,12 +458,18 @@ class RequestParser(_HeadParser):
             method, path, major, minor = match.groups()
         else:
             absolute = _ABSOLUTE_LINE_RE.fullmatch(line)
-            if absolute is None:
-                raise InvalidHandshake(f"invalid HTTP request line: {_excerpt(line)}")
-            method, _, path, major, minor = absolute.groups()
-            path = path or b"/"
-            if path[:1] == b"?":
-                path = b"/" + path
+            if absolute is not None:
+                method, _, path, major, minor = absolute.groups()
+                path = path or b"/"
+                if path[:1] == b"?":
+                    path = b"/" + path
+            else:
+                other = _OTHER_FORM_LINE_RE.fullmatch(line)
+                if other is None:
+                    raise InvalidHandshake(f"invalid HTTP request line: {_excerpt(line)}")
+                method, path, major, minor = [g for g in other.groups() if g is not None]
+        if b"#" in path:  # no fragment in a request target (RFC 9112 §3.2; RFC 6455 §3)
+            raise InvalidHandshake(f"fragment identifier in the request target: {_excerpt(line)}")
         _check_version(major, minor)
         self._method = method.decode("ascii")
         self._path = path.decode("ascii")

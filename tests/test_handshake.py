@@ -442,8 +442,18 @@ class TestSection4_2Server:
         assert response.headers["Connection"] == "Upgrade, close"
         assert response.body == exc.body
 
-    def test_other_upgrade_is_426(self) -> None:
-        assert rejected(ServerHandshake(), upgrade_request(Upgrade="h2c")).status == 426
+    @pytest.mark.parametrize("upgrade", ["h2c", "TLS/1.0", "websocket/13", "foo, bar"])
+    def test_upgrade_to_another_protocol_is_400(self, upgrade: str) -> None:
+        """An upgrade request, bad for this endpoint: 400 (SPEC.md "Bad input"; RFC 6455
+        §4.2.1); 426 is for a plain GET, without Upgrade (audit: this was 426)."""
+        exc = rejected(ServerHandshake(), upgrade_request(Upgrade=upgrade))
+        assert exc.status == 400 and "unsupported Upgrade" in str(exc)
+
+    @pytest.mark.parametrize("head", [b"OPTIONS * HTTP/1.1", b"CONNECT 127.0.0.1:80 HTTP/1.1"])
+    def test_options_asterisk_and_connect_are_405(self, head: bytes) -> None:
+        server = ServerHandshake()
+        request = server.receive_data(head + b"\r\nHost: h\r\n\r\n")
+        assert request is not None and rejected(server, request).status == 405
 
     @pytest.mark.parametrize("version", ["8", "14", "13, 8", ""])
     def test_section_4_4_other_version_is_426_with_supported_version(self, version: str) -> None:

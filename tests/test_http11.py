@@ -185,6 +185,15 @@ class TestSection4_1RequestParsing:
         assert parse_request(REQUEST.replace(b"GET", b"POST", 1)).method == "POST"
 
     @pytest.mark.parametrize(
+        ("line", "method", "target"),
+        [(b"OPTIONS * HTTP/1.1", "OPTIONS", "*"), (b"CONNECT 127.0.0.1:80 HTTP/1.1", "CONNECT", "127.0.0.1:80")],
+    )
+    def test_asterisk_and_authority_forms_are_parsed_for_a_405(self, line: bytes, method: str, target: str) -> None:
+        """RFC 9112 §3.2.3-4: valid requests, so not 400; the handshake answers 405 (audit)."""
+        request = parse_request(line + b"\r\nHost: h\r\n\r\n")
+        assert (request.method, request.path) == (method, target)
+
+    @pytest.mark.parametrize(
         ("target", "path"),
         [
             (b"http://h/chat?x=1", "/chat?x=1"),
@@ -213,6 +222,10 @@ class TestSection4_1RequestParsing:
             b"GET /\x01 HTTP/1.1\r\n\r\n",
             b"G(T / HTTP/1.1\r\n\r\n",
             b"GET /\r\n\r\n",
+            b"GET * HTTP/1.1\r\n\r\n",
+            b"CONNECT h HTTP/1.1\r\n\r\n",
+            b"GET /chat#frag HTTP/1.1\r\n\r\n",  # no fragment in a request target (RFC 6455 §3)
+            b"GET http://h/chat#frag HTTP/1.1\r\n\r\n",
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
         ],
     )
