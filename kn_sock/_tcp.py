@@ -8,7 +8,7 @@ import struct
 import sys
 from typing import Any
 
-__all__ = ["bytes_acked", "kernel_unsent", "retransmitting"]
+__all__ = ["bytes_acked", "kernel_unsent", "reset_if_unsent", "retransmitting"]
 
 #: ioctl request for the bytes a socket's kernel send queue holds, sent or not but not yet
 #: acknowledged (Linux: SIOCOUTQ, which is TIOCOUTQ's number); None elsewhere.
@@ -37,6 +37,26 @@ def kernel_unsent(sock: Any) -> int:
         return int.from_bytes(fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"), sys.byteorder, signed=True)
     except (AttributeError, OSError, ValueError):
         return 0
+
+
+#: struct linger {l_onoff = 1, l_linger = 0}: close() sends a reset and frees the send queue.
+_LINGER_NONE = struct.pack("ii", 1, 0)
+
+
+def reset_if_unsent(sock: Any) -> None:
+    """Before dropping ``sock`` after a timeout (its peer did not finish the closing handshake
+    in time): if the kernel still holds bytes to send, make closing it send a TCP reset.
+
+    A peer that stopped reading leaves up to the kernel's send buffer (MiBs, autotuned) unsent;
+    a plain close() keeps them in an orphaned socket that the kernel retries for minutes. A
+    reset frees them at once (as nginx's ``reset_timedout_connection``). A peer that has taken
+    everything still gets an orderly FIN."""
+    if kernel_unsent(sock) <= 0:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_NONE)
+    except (AttributeError, OSError, ValueError):  # pragma: no cover - a closed socket
+        pass
 
 
 def bytes_acked(sock: Any) -> int | None:

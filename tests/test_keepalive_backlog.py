@@ -22,7 +22,7 @@ from kn_sock import (
     start_async_websocket_server,
 )
 from kn_sock.protocol import Keepalive
-from sync_support import RawServer, raw_client
+from sync_support import RawServer, raw_client, running_server
 
 BACKLOG = 4 * 2**20  # read by the peer at ~3 MB/s: over a second behind which the ping waits
 OPTIONS: dict[str, Any] = dict(
@@ -337,3 +337,70 @@ def test_sync_keepalive_timeout_behind_a_backlog_wakes_recv_and_send_at_once(bac
         for peer in accepted:
             peer.close()
         server.close()
+
+
+STALLED = dict(compression=None, ping_interval=0.2, ping_timeout=0.3, close_timeout=0.5)
+
+
+def read_until_reset(sock: socket.socket) -> int:
+    """Read what a dropped connection still delivers; the bytes read (raises on a clean EOF)."""
+    sock.settimeout(10)
+    got = 0
+    with pytest.raises(ConnectionResetError):
+        while True:
+            data = sock.recv(65536)
+            assert data, "an orderly FIN: what we had not sent stayed with the kernel"
+            got += len(data)
+    return got
+
+
+@needs_tcp_info
+@pytest.mark.timeout(30)
+def test_sync_server_resets_a_stalled_peer_it_drops(backend):
+    """A peer that stopped reading, dropped after a timeout with MiBs still in our kernel send
+    queue: a TCP reset frees them at once; a plain close left them to an orphaned socket that
+    the kernel retries for minutes (audit: 4 MB in FIN-WAIT-1)."""
+    ended = threading.Event()
+
+    def handler(ws: Any, address: Any) -> None:
+        try:
+            while True:
+                ws.send(bytes(2**20))
+        except ConnectionClosed:
+            ended.set()
+
+    with running_server(handler, backend=backend, **STALLED) as server:
+        peer = raw_client(server.port)
+        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            assert ended.wait(10)
+            assert read_until_reset(peer.sock) < 2**20
+        finally:
+            peer.close()
+
+
+@needs_tcp_info
+@pytest.mark.timeout(30)
+async def test_async_server_resets_a_stalled_peer_it_drops(backend):
+    """As above, for the asyncio server (dropped when its closing handshake times out)."""
+    ended = asyncio.Event()
+
+    async def handler(ws: Any, path: str) -> None:
+        try:
+            while True:
+                await ws.send(bytes(2**20))
+        except ConnectionClosed:
+            ended.set()
+
+    server = await start_async_websocket_server("127.0.0.1", 0, handler, backend=backend, **STALLED)
+    try:
+        peer = await asyncio.to_thread(raw_client, server.port)
+        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            await asyncio.wait_for(ended.wait(), 10)
+            assert await asyncio.to_thread(read_until_reset, peer.sock) < 2**20
+        finally:
+            peer.close()
+    finally:
+        server.close()
+        await asyncio.wait_for(server.wait_closed(), 10)

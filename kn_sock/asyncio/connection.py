@@ -670,9 +670,11 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
             self._close_handle = self._loop.call_later(timeout if timeout is not None else 10.0, self._abort)
 
     def _abort(self) -> None:
+        """The closing handshake timed out (``close_timeout``): drop the connection."""
         self._close_handle = None
         self._fd = -1  # no more direct writes (see AsyncCore._send_now)
         if self.transport is not None:
+            _tcp.reset_if_unsent(self.transport.get_extra_info("socket"))
             self.transport.abort()
 
     # ------------------------------------------------------------ keepalive

@@ -794,6 +794,7 @@ class WebSocket:
         with self._lock:
             self._asleep = True
             try:
+                _tcp.reset_if_unsent(self._sock)  # dropped at the shutdown's deadline: see _tcp
                 self._abort_locked()
             finally:
                 self._asleep = False
@@ -809,6 +810,7 @@ class WebSocket:
             self._close_timer = None
             if not self._sock_done:
                 logger.debug("closing handshake with %s timed out", self.remote_address)
+                _tcp.reset_if_unsent(self._sock)
                 self._abort_locked()
 
     # ------------------------------------------------------------ keepalive (reactor thread)
@@ -868,6 +870,7 @@ class WebSocket:
                         # timeout: close now rather than after close_timeout, waking the
                         # threads blocked in recv() / send() (audit 81: recv() returned None
                         # close_timeout late; the asyncio layer's returns at once).
+                        _tcp.reset_if_unsent(self._sock)
                         self._finalize()
                     return
             self._schedule_keepalive()
