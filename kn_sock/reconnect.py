@@ -76,7 +76,7 @@ def end_code(protocol: Any) -> int:
 
 
 def by_app(conn: Any) -> str:
-    """" by the application" when the application closed ``conn`` itself (for log lines)."""
+    """For log lines: ``" by the application"`` when the application ended ``conn`` itself."""
     return " by the application" if conn._app_closed else ""
 
 
