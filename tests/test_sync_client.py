@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from kn_sock.exceptions import InvalidHandshake, InvalidStatus, InvalidURI
+from kn_sock.exceptions import ConnectionClosedError, InvalidHandshake, InvalidStatus, InvalidURI
 from kn_sock.reconnect import retryable_error
 from kn_sock.sync import connect_websocket
 from sync_support import CREDENTIALS, credential_redirects, credentials_seen, echo, raw_server, running_server
@@ -302,3 +302,34 @@ def test_client_fails_within_a_tick_when_the_application_does_not_read(backend):
             assert ws.recv(timeout=5) is None
         finally:
             ws.close()
+
+
+@pytest.mark.parametrize("sender", ["fast path", "fragments"])
+def test_send_raises_when_the_peer_resets_mid_message_and_its_close_frame_is_kept(backend, sender):
+    """A peer that sends a close frame and resets the connection while we are writing a large
+    message: send() raises (it returned as if sent: audit), and the close frame, which arrived
+    before the reset (Linux keeps it readable), gives close_code (it was 1006)."""
+    from kn_sock._pure import build_frame
+
+    def peer() -> None:
+        sock = srv.accept_ws().sock
+        try:
+            sock.recv(4096)  # the start of our message, the rest unread: closing resets
+            sock.sendall(build_frame(8, struct.pack("!H", 1009) + b"too big", True, False, None))
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        finally:
+            sock.close()
+
+    with raw_server() as srv:
+        thread = threading.Thread(target=peer, daemon=True)
+        thread.start()
+        ws = connect_websocket("127.0.0.1", srv.port, backend=backend, compression=None, close_timeout=5)
+        started = time.monotonic()
+        message = bytes(32 * 2**20)
+        with pytest.raises(ConnectionClosedError) as info:
+            ws.send(message if sender == "fast path" else [message[: 2**24], message[2**24 :]])
+        assert info.value.code == 1009 and info.value.reason == "too big"
+        assert time.monotonic() - started < 3  # not close_timeout: the reset ends the stream
+        assert ws.recv(5) is None and ws.close_code == 1009
+        ws.close()
+        thread.join(5)

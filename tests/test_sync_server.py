@@ -18,7 +18,7 @@ import pytest
 from typing import Any
 
 import kn_sock.sync.server as server_module
-from kn_sock.exceptions import InvalidStatus
+from kn_sock.exceptions import ConnectionClosedError, InvalidStatus
 from kn_sock.handshake import ServerHandshake
 from kn_sock.sync import WebSocketServer, connect_websocket, start_websocket_server
 from sync_support import bio_tls_client, echo, free_port, raw_client, read_to_eof, running_server, wait_for
@@ -734,6 +734,22 @@ def test_tls(backend, tls_contexts):
             assert ws.ping().wait(5)
         with pytest.raises(ssl.SSLError):
             connect_websocket(f"wss://localhost:{server.port}/", open_timeout=2)  # untrusted certificate
+
+
+def test_tls_client_sending_a_message_over_max_size_gets_1009(backend, tls_contexts):
+    """Over TLS the failing server cannot half-close and keep reading, so the client's write
+    fails (reset) in the middle of its message: its send() raises, and the server's 1009,
+    which arrived before the reset, is still read (audit: send() returned, close_code 1006)."""
+    server_ctx, client_ctx = tls_contexts
+    with running_server(echo, ssl=server_ctx, backend=backend, max_size=2**20, compression=None) as server:
+        ws = connect_websocket(f"wss://localhost:{server.port}/", ssl=client_ctx, backend=backend, compression=None)
+        try:
+            with pytest.raises(ConnectionClosedError) as info:
+                ws.send(bytes(8 * 2**20))
+            assert info.value.code == 1009
+            assert ws.recv(5) is None and (ws.close_code, ws.closed) == (1009, True)
+        finally:
+            ws.abort()
 
 
 def test_tls_handshakes_leave_nothing_pending(tls_contexts):

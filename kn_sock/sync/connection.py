@@ -161,6 +161,7 @@ class WebSocket:
         "_write_limit",
         "_close_after_flush",
         "_half_closed",
+        "_write_dead",
         "_half_close_after_flush",
         "_eof",
         "_sock_done",
@@ -227,6 +228,7 @@ class WebSocket:
         self._close_after_flush = False
         self._half_closed = False
         self._half_close_after_flush = False
+        self._write_dead = False  # a write failed: the peer is gone, what it sent is read on
         self._eof = False
         self._sock_done = False
         self._fd_closed = False
@@ -713,10 +715,28 @@ class WebSocket:
                 self._half_close()
 
     def _connection_lost(self, exc: BaseException | None) -> None:
-        logger.debug("connection to %s lost: %s", self.remote_address, exc)
-        self._eof = True
+        """A write failed (reset, broken pipe): what we had to send is lost.
+
+        What the peer sent before it went is still readable (Linux keeps a reset connection's
+        received bytes): its close frame, say a 1009 for the message we were sending. So,
+        unless nothing more can be read, reading goes on (the reactor, or a thread in recv())
+        and the end of the stream closes the connection, bounded by the close timer; writes
+        meanwhile fail again at once and are dropped. A sender raises (see ``send``).
+        Reporting 1006 at once lost that close code over TLS, where a peer that fails the
+        connection cannot half-close it (audit).
+        """
         self._wbuf.clear()
         self._wbuf_size = 0
+        self._close_after_flush = self._half_close_after_flush = False
+        if self._write_dead:
+            return
+        logger.debug("connection to %s lost: %s", self.remote_address, exc)
+        if not self._eof and not self._read_paused:
+            self._write_dead = True
+            self._arm_close_timer()
+            self._update_interest()
+            return
+        self._eof = True
         self._dispatch(self.protocol.receive_eof())
         self._finalize()
 
@@ -891,10 +911,13 @@ class WebSocket:
         try:
             return self._send(message)
         except ConnectionClosed:
-            if self.protocol.state is not State.CLOSING or threading.get_ident() == self._reactor.ident:
+            if (
+                self.protocol.state is not State.CLOSING and not self._write_dead
+            ) or threading.get_ident() == self._reactor.ident:
                 raise
-        # Our close frame is out and the peer's answer awaited: how the connection ends
-        # (ConnectionClosedOK after a clean handshake) is not known yet. Wait for it (bounded
+        # Our close frame is out and the peer's answer awaited, or a write failed and what
+        # the peer sent before is being read: how the connection ends (ConnectionClosedOK
+        # after a clean handshake, the peer's 1009) is not known yet. Wait for it (bounded
         # by the close timer), as websockets does, rather than report 1006 now.
         self.wait_closed(self._opts.close_timeout)
         raise self.protocol.closed_exception()
@@ -919,7 +942,7 @@ class WebSocket:
                             rest = wm(self._sock, message, self._masked)
                         except OSError as exc:
                             self._connection_lost(exc)
-                            return
+                            raise proto.closed_exception() from None
                         if rest is None:
                             return
                         self._queue(rest)
@@ -957,6 +980,8 @@ class WebSocket:
             self._write_pair(data[0], data[1])
         else:
             self._write(data)
+        if self._write_dead:
+            raise proto.closed_exception()
 
     def _write_frame(self, frame: Any, message: Any, limit: int, close_code: int | None, direct: Any = None) -> int:
         """``broadcast()``'s hook: write ``frame`` (None: build this connection's own, masked,
@@ -1044,7 +1069,7 @@ class WebSocket:
             self._send_frame(lambda: proto.send_fragment(prev, True))
         except BaseException:
             with self._lock:
-                if proto._send_frag_open and proto.state is _OPEN and not self._sock_done:
+                if proto._send_frag_open and proto.state is _OPEN and not self._sock_done and not self._write_dead:
                     self._fail(1011, "error in fragmented message")
             raise
 
@@ -1060,6 +1085,8 @@ class WebSocket:
             if self._sock_done:
                 raise self.protocol.closed_exception()
             self._write(data)
+            if self._write_dead:
+                raise self.protocol.closed_exception()
             over = self._wbuf_size > self._write_limit
         if over:
             self._drain()
@@ -1071,6 +1098,8 @@ class WebSocket:
                 if self._sock_done:
                     raise self.protocol.closed_exception()
                 self._flush()
+                if self._write_dead:
+                    raise self.protocol.closed_exception()
                 if self._wbuf_size <= self._write_limit:
                     # What the reactor watches follows the buffer (no write interest once empty).
                     if not self._sock_done:
