@@ -877,6 +877,34 @@ def _tls_request(client_ctx: Any, port: int, request: bytes) -> Any:
     return sock
 
 
+def _slow_tls_then_silent(client_ctx: Any, port: int, tls_after: float) -> tuple[float, float]:
+    """TCP now, the TLS handshake ``tls_after`` seconds later, then nothing: (seconds from the
+    TCP connect to TLS up, to the server's drop)."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+    started = time.monotonic()
+    time.sleep(tls_after)
+    sock = client_ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    up = time.monotonic() - started
+    try:
+        sock.recv(4096)  # b"" or a reset: dropped
+    except OSError:
+        pass
+    ended = time.monotonic() - started
+    sock.close()
+    return up, ended
+
+
+async def test_wss_open_timeout_counts_the_tls_handshake_too(backend, tmp_path):
+    """open_timeout bounds the whole opening handshake, TLS included: a client whose TLS
+    handshake took most of it and that then sends nothing is dropped at open_timeout, not
+    open_timeout after TLS came up (audit: 1.95x)."""
+    server_ctx, client_ctx = make_tls_contexts(tmp_path)
+    async with serving(echo, backend=backend, ssl=server_ctx, open_timeout=1.0) as server:
+        up, ended = await asyncio.to_thread(_slow_tls_then_silent, client_ctx, server.port, 0.6)
+        assert 0.6 <= up < 1.0
+        assert ended < 1.4, ended
+
+
 async def test_wss_server_close_with_a_client_mid_handshake_is_bounded(backend, tmp_path):
     """TLS done, HTTP request incomplete, and the client never answers our close_notify: the
     503 goes out and the connection is dropped soon, not after asyncio's 30 s TLS shutdown

@@ -8,7 +8,12 @@ import sys
 from types import TracebackType
 from typing import Any
 
-__all__ = ["timeout", "cancelling", "mark_coroutine_function"]
+__all__ = ["timeout", "cancelling", "mark_coroutine_function", "TLS_NO_LIMIT"]
+
+#: ``ssl_handshake_timeout`` for "no limit of asyncio's own": without one, asyncio bounds a
+#: TLS handshake by 60 s, whatever ``open_timeout`` says (None: no limit; or more than 60 s).
+#: Finite, as uvloop turns it into milliseconds.
+TLS_NO_LIMIT = 1e9
 
 
 class _Timeout:

@@ -17,7 +17,7 @@ from ..protocol import CLIENT, Protocol, State, exit_close_code
 from ..reconnect import ReconnectingState, ReconnectPolicy, by_app, end_code, queueable, retryable_error
 from .._unix import async_unix_connect
 from ..uri import WebSocketURI, parse_uri
-from ._compat import cancelling
+from ._compat import TLS_NO_LIMIT, cancelling
 from ._compat import timeout as _timeout
 from ._starter import Starter
 from .connection import AsyncWebSocket
@@ -135,7 +135,8 @@ async def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) 
     try:
         async with _timeout(timeout):
             host = wsuri.host[1:-1] if wsuri.host.startswith("[") else wsuri.host
-            tls: dict[str, Any] = {"ssl": ssl, "server_hostname": host} if ssl else {}
+            # (open_timeout bounds the TLS handshake with the rest: asyncio's own limit, off)
+            tls: dict[str, Any] = {"ssl": ssl, "server_hostname": host, "ssl_handshake_timeout": TLS_NO_LIMIT} if ssl else {}
             sock = opts.extra.get("sock")
             unix = opts.extra.get("unix")
             if sock is not None:

@@ -17,7 +17,7 @@ from .._option_types import AsyncServerOptions
 from .._types import Unpack  # annotations (resolvable at run time too)
 from .._unix import remove_unix_socket, socket_inode
 from ..protocol import SERVER, Protocol
-from ._compat import mark_coroutine_function
+from ._compat import TLS_NO_LIMIT, mark_coroutine_function
 from ._starter import Starter
 from .connection import AsyncWebSocket, tcp_transport, unsent_bytes
 
@@ -111,7 +111,7 @@ def _accepting(task: asyncio.Task[Any]) -> bool:
 class _ServerOpening:
     """Per-connection opening handshake on the server side, bounded by ``open_timeout``."""
 
-    __slots__ = ("server", "hs", "timer", "task", "tls_task")
+    __slots__ = ("server", "hs", "timer", "task", "tls_task", "deadline")
 
     def __init__(self, server: "AsyncWebSocketServer") -> None:
         self.server = server
@@ -119,6 +119,7 @@ class _ServerOpening:
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
         self.tls_task: asyncio.Task[Any] | None = None  # TLS: the task that ran the TLS handshake
+        self.deadline: float | None = None  # TLS: open_timeout's end, counted from the TCP accept
 
     def connection_made(self, ws: AsyncWebSocket) -> None:
         server = self.server
@@ -132,7 +133,9 @@ class _ServerOpening:
         server.connections.add(ws)
         self.hs = server._new_handshake()
         if opts.open_timeout is not None:
-            self.timer = server.loop.call_later(opts.open_timeout, self._timeout, ws)
+            # After TLS, what is left of open_timeout (it was started anew: audit).
+            when = self.deadline if self.deadline is not None else server.loop.time() + opts.open_timeout
+            self.timer = server.loop.call_at(when, self._timeout, ws)
         if server.closing:
             self._reject(ws, InvalidHandshake("server is shutting down", status=503))
 
@@ -354,7 +357,9 @@ class _TLSAccept(asyncio.Protocol):
         # Nothing has been read yet (connection_made comes first): the duplicate takes over.
         transport.abort()  # type: ignore[attr-defined]
         if tls_sock is not None:
-            task = server.loop.create_task(server._start_tls(tls_sock))
+            timeout = server.options.open_timeout
+            deadline = None if timeout is None else server.loop.time() + timeout
+            task = server.loop.create_task(server._start_tls(tls_sock, deadline))
             server.tasks.add(task)
             server._tls_pending[task] = tls_sock
             task.add_done_callback(server._tls_done)
@@ -392,25 +397,26 @@ class AsyncWebSocketServer:
     def _tls_factory(self) -> _TLSAccept:
         return _TLSAccept(self)
 
-    async def _start_tls(self, sock: socket.socket) -> None:
-        """Run the TLS handshake of a new connection (bounded by ``open_timeout``); the
-        connection's protocol starts once it succeeds. A failure is logged (INFO) and dropped."""
+    async def _start_tls(self, sock: socket.socket, deadline: float | None) -> None:
+        """Run the TLS handshake of a new connection (bounded by ``open_timeout``, which ends
+        at ``deadline`` for the whole opening handshake); the connection's protocol starts
+        once it succeeds. A failure is logged (INFO) and dropped."""
         try:
             peer = sock.getpeername()
         except OSError:
             peer = None
-        timeout = self.options.open_timeout
         task = asyncio.current_task()
 
         def factory() -> AsyncWebSocket:
             ws = self._factory()
             ws._handshake.tls_task = task
+            ws._handshake.deadline = deadline
             return ws
 
+        # (asyncio wants a positive timeout: a deadline already past drops at its first check)
+        timeout = TLS_NO_LIMIT if deadline is None else max(deadline - self.loop.time(), 1e-3)
         try:
-            await self.loop.connect_accepted_socket(
-                factory, sock, ssl=self.options.ssl, ssl_handshake_timeout=timeout or None
-            )
+            await self.loop.connect_accepted_socket(factory, sock, ssl=self.options.ssl, ssl_handshake_timeout=timeout)
         except asyncio.CancelledError:
             sock.close()
             raise
