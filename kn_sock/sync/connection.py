@@ -734,6 +734,8 @@ class WebSocket:
         if not self._eof and not self._read_paused:
             self._write_dead = True
             self._arm_close_timer()
+            if self._held:
+                self._unhold_now()  # the reactor reads on now, not at its next tick
             self._update_interest()
             return
         self._eof = True
