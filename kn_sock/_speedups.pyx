@@ -1125,6 +1125,8 @@ cdef class FrameParser:
                 self._view_kind = 2
                 room = self._view_len = self._pl_len - self._pl_filled
                 dst = <char *>self._pp + self._pl_filled
+            elif flags == 0 and self._end == self._start and self.error is None:
+                return self._recv_idle(fd)
             else:
                 self._offer_tail(-1)
                 owner = self._buf
@@ -1149,6 +1151,36 @@ cdef class FrameParser:
                 raise ValueError("nbytes out of range")
             owner = None  # read done: the receive buffer may be recycled once parsed
             frames = self._updated(r)
+        return frames
+
+    cdef list _recv_idle(self, int fd):
+        """recv_from's blocking read with nothing buffered (a connection waiting for its next
+        message, typically in a thread of its own): into a page on the stack, parsed from
+        there, so that the wait holds no receive buffer (it held 128 KiB, a blocking server's
+        idle connection: audit). A small message still takes one read and one copy; the rest
+        of a larger one is read by the next call, into a buffer.
+
+        Returns the frames completed, or None at the end of the stream.
+        """
+        cdef unsigned char page[_MIN_READ]
+        cdef Py_ssize_t r
+        cdef list frames = []
+        self._view_len = 0
+        while True:
+            with nogil:
+                r = kn_recv(fd, <char *>page, _MIN_READ, 0)
+            if r != -EINTR:
+                break
+            PyErr_CheckSignals()
+        if r < 0:
+            _raise_errno(<int>-r)
+        if r == 0:
+            return None
+        self.last_frames = 0
+        self._consume(page, r, frames)
+        self._co_end(frames, False)
+        if self.error is None and (self._pp != NULL or self._end - self._start > 2):
+            self._check_partial(frames)
         return frames
 
     cdef list _recv_landing(self, int fd, int flags, object payload):
