@@ -111,11 +111,22 @@ class TestClientOffer:
 
 class TestClientAcceptResponse:
     def test_empty_response_means_15_bit_windows_with_context_takeover(self) -> None:
-        ext = ClientDeflateFactory().accept_response([])
+        ext = ClientDeflateFactory(client_max_window_bits=None).accept_response([])
         assert ext.name == "permessage-deflate"
         assert not ext.is_server
         assert (ext.local_max_window_bits, ext.remote_max_window_bits) == (15, 15)
         assert not ext.local_no_context_takeover and not ext.remote_no_context_takeover
+
+    def test_without_a_limit_from_the_server_the_default_client_compresses_with_12_bits(self) -> None:
+        """A limit is an upper bound (§7.1.2.2): offered without a value and not limited (an
+        aiohttp server), the client keeps its documented 12-bit window (audit: 15, ~140 KiB)."""
+        ext = ClientDeflateFactory().accept_response([])
+        assert (ext.local_max_window_bits, ext.remote_max_window_bits) == (12, 15)
+        message = os.urandom(2000) * 20
+        server = ServerDeflateFactory().accept_offer([])
+        assert server is not None
+        frame = ext.compress(message, True)
+        assert server[1].decompress(frame, True, None) == message
 
     def test_server_limits_both_windows(self) -> None:
         ext = ClientDeflateFactory().accept_response(
@@ -196,10 +207,11 @@ class TestClientAcceptResponse:
 
     @pytest.mark.parametrize("bits", range(8, 16))
     def test_7_1_2_every_valid_window_size(self, bits: int) -> None:
-        ext = ClientDeflateFactory().accept_response(
-            [("server_max_window_bits", str(bits)), ("client_max_window_bits", str(bits))]
-        )
+        response = [("server_max_window_bits", str(bits)), ("client_max_window_bits", str(bits))]
+        ext = ClientDeflateFactory(client_max_window_bits=15).accept_response(response)
         assert (ext.local_max_window_bits, ext.remote_max_window_bits) == (bits, bits)
+        ext = ClientDeflateFactory().accept_response(response)  # offered without a value
+        assert (ext.local_max_window_bits, ext.remote_max_window_bits) == (min(bits, 12), bits)
 
 
 # -- §7.1 Extension negotiation: the server answers an offer ---------------------------------

@@ -483,6 +483,11 @@ class ClientDeflateFactory:
             client_bits = 15
         else:
             client_bits = self.client_max_window_bits
+        if self.client_max_window_bits is True:
+            # A limit is an upper bound (§7.1.2.2): with none of our own, compress with the
+            # server side's default window, 12 bits (~30 KiB of compressor, not ~140 KiB), as
+            # documented, whatever the server allows (audit: aiohttp's servers allow 15).
+            client_bits = min(client_bits, _LOCAL_WINDOW_BITS)
 
         return PerMessageDeflate(
             is_server=False,
@@ -493,6 +498,11 @@ class ClientDeflateFactory:
             compress_settings=self.compress_settings,
             params=params,
         )
+
+
+#: The window a client compresses with when it offered ``client_max_window_bits`` without a
+#: value (the default): the server side's default ``server_max_window_bits``.
+_LOCAL_WINDOW_BITS = 12
 
 
 class ServerDeflateFactory:
