@@ -169,6 +169,26 @@ async def test_send_waits_for_a_fragmented_message_in_progress(backend):
             assert await ws.recv(timeout=TIMEOUT) == "other"
 
 
+async def test_send_from_the_iterable_of_its_own_fragmented_send_raises(backend):
+    """The task sending the fragmented message cannot wait for its end: InvalidState, and
+    the half-sent message fails the connection (1011) as any failing iterable does (audit:
+    a deadlock, as in websockets)."""
+    ws_box: list = []
+
+    async def parts():
+        yield "a"
+        yield "b"
+        await ws_box[0].send("inside")  # the fragmented message is open: this task's own
+
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            ws_box.append(ws)
+            with pytest.raises(InvalidState):
+                await asyncio.wait_for(ws.send(parts()), TIMEOUT)
+            await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+            assert ws.closed
+
+
 async def test_close_during_a_fragmented_send_runs_the_closing_handshake(backend):
     """close() from another task while a fragmented send is between fragments: the sender's
     next fragment raises ConnectionClosed, and the closing handshake completes (1000 both

@@ -110,6 +110,29 @@ def test_fragment_source_failing_midway_fails_the_connection_1011(backend, sourc
         peer.close()
 
 
+@pytest.mark.timeout(20)
+def test_send_from_the_iterable_of_its_own_fragmented_send_raises(backend):
+    """The thread sending the fragmented message holds the send lock: a send() from its
+    iterable raises InvalidState instead of waiting for ever (audit: a deadlock, for every
+    thread's send; websockets.sync raises ConcurrencyError), and the half-sent message fails
+    the connection (1011) as any failing iterable does. Other threads are not blocked."""
+    from kn_sock.exceptions import InvalidState
+
+    with running_server(echo, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend)
+
+        def parts():
+            yield "a"
+            yield "b"
+            ws.send("inside")  # the fragmented message is open: this thread's own
+
+        with pytest.raises(InvalidState):
+            ws.send(parts())
+        assert ws.wait_closed(5) and ws.closed
+        with pytest.raises(ConnectionClosed):
+            ws.send("after")  # returns at once: the send lock was released
+
+
 @pytest.mark.parametrize("source", ["bad-first-fragment", "raising-generator", "not-iterable"])
 def test_fragment_source_failing_before_any_fragment_leaves_the_connection_usable(backend, source):
     """One fragment is read ahead (the last one is sent with FIN): a source that fails

@@ -117,6 +117,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         "_drop_limit",
         "_dropping",
         "_frag_done",
+        "_frag_task",
         "_cork_size",
         "_own_reader",
         "_reader_off",
@@ -163,6 +164,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._dropping = False  # closing, a message was dropped: so is every later one
         self._handshake: Any = None
         self._frag_done: asyncio.Future[None] | None = None  # set while a fragmented message is sent
+        self._frag_task: Any = None  # ... by this task
         self._fd = -1  # plain (non-TLS) socket's descriptor: broadcast() may write to it directly
         # Frames held back while the application answers a backlog of received messages:
         # written together once it has caught up (see send), or at the next loop iteration.
@@ -923,6 +925,10 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         return 0
 
     async def _wait_fragmented(self) -> None:
+        if self._frag_done is not None and self._frag_task is asyncio.current_task():
+            # From the (async) iterable of this task's own fragmented send: waiting for its
+            # end would never end (audit: a deadlock; websockets' too).
+            raise InvalidState("send() called while this task sends a fragmented message (from its iterable)")
         while self._frag_done is not None:
             await asyncio.shield(self._frag_done)
 
@@ -935,6 +941,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         assert proto is not None
         it = fragments.__aiter__()
         self._frag_done = done = self._loop.create_future()
+        self._frag_task = asyncio.current_task()
         started = False
         try:
             try:
@@ -966,7 +973,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 self._fail(1011, "error in fragmented message")
             raise
         finally:
-            self._frag_done = None
+            self._frag_done = self._frag_task = None
             done.set_result(None)
 
     def _send_nowait_slow(self, message: Any, compress: bool | None) -> None:

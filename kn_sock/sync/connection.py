@@ -49,7 +49,7 @@ from typing import Any, Iterator
 
 from .. import _tcp
 from .._malloc import tune_malloc_once
-from ..exceptions import ConnectionClosed
+from ..exceptions import ConnectionClosed, InvalidState
 from ..frames import OP_BINARY, OP_TEXT
 from ..http11 import Headers
 from ..options import Options
@@ -144,6 +144,7 @@ class WebSocket:
         "_lock",
         "_read_lock",
         "_send_lock",
+        "_frag_thread",
         "_asleep",
         "_messages",
         "_max_queue",
@@ -210,6 +211,7 @@ class WebSocket:
         self._lock = threading.Lock()
         self._read_lock = threading.Lock()
         self._send_lock = threading.Lock()
+        self._frag_thread = 0  # the thread sending a fragmented message (holding _send_lock)
         self._asleep = False  # _abort_asleep is running: _finalize leaves the reader asleep
         self._messages: deque[Any] = deque()
         self._max_queue = opts.max_queue
@@ -958,6 +960,7 @@ class WebSocket:
                 with self._send_lock:  # over write_limit: drain like any sender, one at a time
                     self._drain()
                 return
+        self._check_not_in_fragments()
         with self._send_lock:
             if isinstance(message, (str, bytes, bytearray, memoryview)):
                 with self._lock:
@@ -1023,6 +1026,7 @@ class WebSocket:
         afterwards is not reported: the reconnecting client must not send them again).
         """
         proto = self.protocol
+        self._check_not_in_fragments()
         with self._send_lock:
             with self._lock:
                 if self._sock_done or proto.state is not _OPEN:
@@ -1049,6 +1053,12 @@ class WebSocket:
                 pass
         return True
 
+    def _check_not_in_fragments(self) -> None:
+        """Refuse a send from the iterable of this thread's own fragmented send, which holds
+        ``_send_lock``: waiting for it would never end (audit: a deadlock, for every sender)."""
+        if self._frag_thread and self._frag_thread == threading.get_ident():
+            raise InvalidState("send() called while this thread sends a fragmented message (from its iterable)")
+
     def _send_fragments(self, fragments: Any) -> None:
         """Send an iterable of str or bytes as one fragmented message (``_send_lock`` held).
 
@@ -1059,6 +1069,7 @@ class WebSocket:
         before the first fragment leaves the connection usable.
         """
         proto = self.protocol
+        self._frag_thread = threading.get_ident()
         try:
             it = iter(fragments)
             try:
@@ -1074,6 +1085,8 @@ class WebSocket:
                 if proto._send_frag_open and proto.state is _OPEN and not self._sock_done and not self._write_dead:
                     self._fail(1011, "error in fragmented message")
             raise
+        finally:
+            self._frag_thread = 0
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 §7.1.7): close frame, then close TCP (``_lock`` held)."""
