@@ -108,6 +108,7 @@ cdef class FrameParser:
     cdef _WritableRegion _get_region(self, Py_ssize_t sizehint)
     cdef list _buffer_updated(self, Py_ssize_t nbytes)
     cdef list _recv_idle(self, int fd)
+    cdef list _end_read(self, list frames)
     cdef list _recv_landing(self, int fd, int flags, object payload)
     cdef list _recv_frames(self, int fd, int flags)
     cdef int _offer_tail(self, Py_ssize_t sizehint) except -1

@@ -1178,10 +1178,7 @@ cdef class FrameParser:
             return None
         self.last_frames = 0
         self._consume(page, r, frames)
-        self._co_end(frames, False)
-        if self.error is None and (self._pp != NULL or self._end - self._start > 2):
-            self._check_partial(frames)
-        return frames
+        return self._end_read(frames)
 
     cdef list _recv_landing(self, int fd, int flags, object payload):
         """recv_from's read when nothing is buffered and the next frame is expected to carry
@@ -1250,6 +1247,12 @@ cdef class FrameParser:
                 self._consume(pp, pn, frames)
             if tn:
                 self._consume(<const unsigned char *>PyBytes_AS_STRING(tail), tn, frames)
+        return self._end_read(frames)
+
+    cdef list _end_read(self, list frames):
+        """The end of every read's parse: the coalescing of the call's last frames, and the
+        early checks of what is left partial (speed: only a call that ends inside a frame pays
+        for the early UTF-8 check). Returns ``frames``."""
         self._co_end(frames, False)
         if self.error is None and (self._pp != NULL or self._end - self._start > 2):
             self._check_partial(frames)
@@ -1268,11 +1271,7 @@ cdef class FrameParser:
         else:
             self._end += nbytes
             self._parse_buffer(frames)
-        # speed: only a call that ends inside a frame pays for the early UTF-8 check.
-        self._co_end(frames, False)
-        if self.error is None and (self._pp != NULL or self._end - self._start > 2):
-            self._check_partial(frames)
-        return frames
+        return self._end_read(frames)
 
     def feed(self, data):
         """Add bytes from the peer and return every frame they complete, in order."""
@@ -1293,11 +1292,7 @@ cdef class FrameParser:
                 self._consume(<const unsigned char *>view.buf, view.len, frames)
             finally:
                 PyBuffer_Release(&view)
-        # speed: only a call that ends inside a frame pays for the early UTF-8 check.
-        self._co_end(frames, False)
-        if self.error is None and (self._pp != NULL or self._end - self._start > 2):
-            self._check_partial(frames)
-        return frames
+        return self._end_read(frames)
 
     cdef int _check_partial(self, list frames) except -1:
         """A call ended inside a frame: the early checks of its payload (text, compressed text)."""
