@@ -501,6 +501,23 @@ cdef extern from *:
     int _MSG_DONTWAIT "KN_MSG_DONTWAIT"
 
 
+cdef Py_ssize_t _recv_retry(int fd, char *dst, Py_ssize_t room, int flags) except? -2:
+    """One recv(2) of at most ``room`` bytes into ``dst``, retried on EINTR (running signal
+    handlers, which may raise): what it read, 0 at the end of the stream, or -errno. The GIL
+    is released when it may wait (``flags`` 0) or copy long; a short non-blocking read keeps
+    it (speed, see _NOGIL_READ)."""
+    cdef Py_ssize_t r
+    while True:
+        if flags == 0 or room > _NOGIL_READ:
+            with nogil:
+                r = kn_recv(fd, dst, room, flags)
+        else:
+            r = kn_recv(fd, dst, room, flags)
+        if r != -EINTR:
+            return r
+        PyErr_CheckSignals()
+
+
 cdef int _raise_errno(int err) except -1:
     """Raise the OSError subclass ``socket.recv_into`` raises for ``err``."""
     raise OSError(err, _os.strerror(err))
@@ -1132,15 +1149,7 @@ cdef class FrameParser:
                 owner = self._buf
                 room = self._view_len
                 dst = <char *>self._bp + self._end
-            while True:
-                if flags == 0 or room > _NOGIL_READ:  # may wait, or a long copy
-                    with nogil:
-                        r = kn_recv(fd, dst, room, flags)
-                else:  # speed: a short non-blocking read keeps the GIL (see _NOGIL_READ)
-                    r = kn_recv(fd, dst, room, flags)
-                if r != -EINTR:
-                    break
-                PyErr_CheckSignals()
+            r = _recv_retry(fd, dst, room, flags)
             if r < 0:
                 self._view_len = 0
                 _raise_errno(<int>-r)
@@ -1166,12 +1175,7 @@ cdef class FrameParser:
         cdef Py_ssize_t r
         cdef list frames = []
         self._view_len = 0
-        while True:
-            with nogil:
-                r = kn_recv(fd, <char *>page, _MIN_READ, 0)
-            if r != -EINTR:
-                break
-            PyErr_CheckSignals()
+        r = _recv_retry(fd, <char *>page, _MIN_READ, 0)
         if r < 0:
             _raise_errno(<int>-r)
         if r == 0:
