@@ -101,6 +101,55 @@ def test_shutdown_event_returns_within_half_a_second_with_1001(backend):
         assert ws.close_code == 1001
 
 
+def test_shutdown_returns_after_the_handlers_ends_have_run(backend):
+    """What a handler does after its connection closed (a log line, clean-up) has run when
+    the server returns (audit: ``kn-sock serve --sync`` lost its last "closed" log lines)."""
+    port = free_port()
+    event = threading.Event()
+    ended = []
+
+    def handler(ws, address):
+        for msg in ws:
+            ws.send(msg)
+        time.sleep(0.05)  # the handler's own clean-up, after the close
+        ended.append(ws.close_code)
+
+    server = _serve_in_thread(port, handler, event, backend=backend)
+    clients = [wait_for(lambda: _try_connect(port, backend=backend)) for _ in range(3)]
+    for ws in clients:
+        ws.send("x")
+        assert ws.recv(5) == "x"
+    assert _seconds_to_stop(server, event) < 0.5
+    assert ended == [1001, 1001, 1001]
+
+
+def test_a_handler_shutting_its_server_down_is_not_waited_for(backend):
+    """shutdown() called from a handler: the server does not wait for that handler to end
+    (it is inside shutdown() itself), so it returns well before the grace."""
+    port = free_port()
+    box = {}
+    done = threading.Event()
+
+    def handler(ws, address):
+        ws.recv(5)
+        t0 = time.monotonic()
+        box["server"].shutdown()
+        box["took"] = time.monotonic() - t0
+        done.set()
+
+    with WebSocketServer("127.0.0.1", port, handler, backend=backend) as server:
+        box["server"] = server
+        serving = threading.Thread(target=server.serve_forever, daemon=True)
+        serving.start()
+        ws = connect_websocket("127.0.0.1", port, backend=backend)
+        ws.send("stop")
+        assert done.wait(5)
+        serving.join(5)
+        assert not serving.is_alive()
+        assert ws.recv(5) is None and ws.close_code == 1001
+    assert box["took"] < 0.15
+
+
 def test_shutdown_event_returns_within_half_a_second_with_many_silent_peers(backend):
     """1,500 peers that never answer the 1001: dropping them wakes as many handler threads,
     which compete for the GIL; the grace leaves time for that (audit: 0.57-0.72 s)."""

@@ -95,6 +95,10 @@ def _quick_gil_handoff() -> Iterator[None]:
                 sys.setswitchinterval(_switch_saved)
 
 
+#: ``ws``: the connection whose handler this thread runs (``shutdown()`` called from a handler).
+_handler_thread = threading.local()
+
+
 def _spawn(target: Callable[..., Any], args: tuple[Any, ...], stack_size: int | None, name: str) -> None:
     """Start a daemon thread with ``stack_size`` bytes of stack (the setting is process-wide, hence the lock)."""
     thread = threading.Thread(target=target, args=args, name=name, daemon=True)
@@ -163,7 +167,11 @@ class WebSocketServer:
         self.handler: Callable[..., Any] = handler  # (its arity decides the call: _wants_address)
         self._wants_address = _wants_address(handler)
         self._lock = threading.Lock()
+        #: Notified when a handler returns while shutting down (``_close_all`` waits for them).
+        self._handler_left = threading.Condition(self._lock)
         self.connections: set[WebSocket] = set()
+        #: Connections whose own handler called ``shutdown()``: not waited for.
+        self._in_shutdown: set[WebSocket] = set()
         self._pending: set[socket.socket] = set()
         #: The sockets of ``_pending`` past their TLS handshake, reading the upgrade request:
         #: they wait on ``_halt_r`` too (``_tls_wait``), which ``_close_all`` makes readable,
@@ -333,10 +341,13 @@ class WebSocketServer:
                 ws.wait_closed(self._grace)
                 ws.abort()
             else:
+                _handler_thread.ws = ws
                 self._run_handler(ws, address)
         finally:
             with self._lock:
                 self.connections.discard(ws)
+                if self._closing:
+                    self._handler_left.notify_all()
 
     def _handshake(self, sock: socket.socket, address: Any) -> WebSocket | None:
         """The opening handshake on ``sock`` (in ``_pending``): the connection, or None if refused.
@@ -560,6 +571,10 @@ class WebSocketServer:
         ``shutdown_grace`` (shortened with many connections, so dropping them fits too) are
         dropped. Waits for ``serve_forever`` to return."""
         self._closing = True
+        own = getattr(_handler_thread, "ws", None)
+        if own is not None:  # a handler stopping its server: _close_all does not wait for it
+            with self._lock:
+                self._in_shutdown.add(own)
         try:
             self._wake_w.send(b"\0")
         except OSError:
@@ -644,6 +659,14 @@ class WebSocketServer:
                 _wake_readers(dropped)
             else:
                 waker.join(max(0.0, end - time.monotonic()))  # (past it, the wake-ups go on after we return)
+        if conns:
+            # The handlers' ends (their code after the connection closed: logs, clean-up) run
+            # before we return, as far as the deadline allows (audit: the CLI's last log lines
+            # were lost at exit).
+            with self._handler_left:
+                self._handler_left.wait_for(
+                    lambda: self.connections <= self._in_shutdown, max(0.0, end - time.monotonic())
+                )
         for s in (self._wake_r, self._wake_w):
             s.close()
 
