@@ -1048,7 +1048,9 @@ class AsyncCore:
                     if callback is not None:
                         try:
                             callback(payload)
-                        except Exception as exc:
+                        except (KeyboardInterrupt, SystemExit):
+                            raise
+                        except BaseException as exc:  # CancelledError too (see AsyncWebSocket._feed_callback)
                             self._callback_failed(exc)  # type: ignore[attr-defined]
                         return
                     waiter = self._waiter

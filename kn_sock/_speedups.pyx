@@ -2639,7 +2639,9 @@ cdef class AsyncCore:
                     if callback is not None:
                         try:
                             callback(message)
-                        except Exception as exc:
+                        except (KeyboardInterrupt, SystemExit):
+                            raise
+                        except BaseException as exc:  # CancelledError too (see _pure's _feed_callback)
                             self._callback_failed(exc)
                         return 0
                     w = self._waiter

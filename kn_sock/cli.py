@@ -589,6 +589,9 @@ def _report_close(ws: Any, we_closed: bool) -> int:
         sent_code, sent_reason = proto.close_sent
         _err(f"error: connection closed by the client: {sent_code}" + (f", {sent_reason}" if sent_reason else ""))
         return EXIT_CLOSED
+    if proto.close_rcvd is None:  # no close frame: the TCP connection ended (1006)
+        _err(f"error: connection lost: {detail} (no close frame)")
+        return EXIT_CLOSED
     _err(f"error: connection closed by the server: {detail}")
     return EXIT_CLOSED
 

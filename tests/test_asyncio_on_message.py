@@ -121,6 +121,28 @@ async def test_a_failing_callback_closes_with_1011(caplog: pytest.LogCaptureFixt
     assert any("on_message" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
+async def test_a_callback_raising_cancelled_error_closes_with_1011(caplog: pytest.LogCaptureFixture) -> None:
+    """CancelledError (a cancelled future's result()) is a callback failure like any other:
+    it escaped into asyncio, which killed the transport (1006, nothing on "kn_sock")."""
+    async def failing(ws: Any, path: str) -> None:
+        def cancelled(message: Any) -> None:
+            fut = asyncio.get_running_loop().create_future()
+            fut.cancel()
+            fut.result()
+
+        ws.on_message = cancelled
+        await ws.wait_closed()
+
+    caplog.set_level(logging.ERROR, logger="kn_sock")
+    async with serving(failing) as server:
+        for _ in range(2):  # the first message of a read (fast path), then one queued first
+            async with async_connect_websocket("127.0.0.1", server.port) as ws:
+                await ws.send("trigger")
+                assert await asyncio.wait_for(ws.recv(), TIMEOUT) is None
+                assert (ws.close_code, ws.close_reason) == (1011, "on_message callback failed")
+    assert any("on_message" in r.getMessage() and r.exc_info for r in caplog.records)
+
+
 async def test_answers_cut_by_the_peers_close_are_no_failure(caplog: pytest.LogCaptureFixture) -> None:
     """The peer sends messages and closes at once: answering the last ones raises
     ConnectionClosed inside the callback, which is not logged as an error."""
@@ -195,6 +217,42 @@ async def test_answering_callback_stays_bounded_with_a_peer_that_does_not_read()
                 for _ in range(sent):
                     opcode, data = await peer.read_frame()
                     assert (opcode, data) == (2, payload)
+        finally:
+            peer.close()
+
+
+async def test_a_callback_set_over_write_limit_still_pauses_reading() -> None:
+    """The buffer passed write_limit before the callback was set (a big greeting): reading
+    pauses at once, as pause_writing would have made it (audit: answers to a peer that does
+    not read grew to hundreds of MB)."""
+    server_ws: list[Any] = []
+
+    async def handler(ws: Any, path: str) -> None:
+        server_ws.append(ws)
+        ws.send_nowait(bytes(8 << 20))  # far over write_limit: writing pauses, no callback yet
+        ws.on_message = ws.send_nowait
+        await ws.wait_closed()
+
+    async with serving(handler, compression=None, write_limit=65536, ping_interval=None) as server:
+        peer = await raw_client(server.port)
+        try:
+            await wait_until(lambda: bool(server_ws) and server_ws[0]._write_paused)
+            ws = server_ws[0]
+            assert ws._paused_for_write
+            start = ws.transport.get_write_buffer_size()
+            payload = bytes(60000)
+            for _ in range(100):  # 6 MB the server must not answer into its buffer
+                peer.send_frame(2, payload)
+                if peer.writer.transport.get_write_buffer_size() > 4 << 20:
+                    break
+                await asyncio.sleep(0)
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+                assert ws.transport.get_write_buffer_size() <= start + (1 << 20)
+            opcode, data = await asyncio.wait_for(peer.read_frame(), TIMEOUT * 3)
+            assert (opcode, len(data)) == (2, 8 << 20)
+            opcode, data = await asyncio.wait_for(peer.read_frame(), TIMEOUT * 3)
+            assert (opcode, data) == (2, payload)  # then the answers, once the peer reads
         finally:
             peer.close()
 
@@ -312,6 +370,13 @@ async def test_a_coroutine_function_is_refused_as_callback() -> None:
 
             with pytest.raises(TypeError, match="coroutine"):
                 ws.on_message = never_awaited
+
+            class AsyncCallable:
+                async def __call__(self, message: Any) -> None:
+                    pass
+
+            with pytest.raises(TypeError, match="coroutine"):  # (audit: every message dropped)
+                ws.on_message = AsyncCallable()
             assert ws.on_message is None
             await ws.send("still usable")
             assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "still usable"

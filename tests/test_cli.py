@@ -289,7 +289,7 @@ def test_connect_exit_code_when_server_closes_with_an_error() -> None:
     [
         ("1011", 3, "error: connection closed by the server: 1011 'boom'"),
         ("4000", 3, "error: connection closed by the server: 4000 'boom'"),
-        ("drop", 3, "error: connection closed by the server: 1006"),
+        ("drop", 3, "error: connection lost: 1006 (no close frame)"),
         ("1000", 0, "connection closed: 1000 'boom'"),
         ("1001", 0, "connection closed: 1001 'boom'"),
     ],

@@ -114,6 +114,23 @@ async def test_messages_received_before_a_reconnection_are_not_lost(backend):
         assert await ws.recv(TIMEOUT) is None
 
 
+async def test_on_message_is_refused_on_the_reconnecting_client_itself(backend):
+    """Set on the reconnecting client, on_message did nothing (messages still went to recv()):
+    it belongs to one connection, ``connection``."""
+    async with serving(echo, backend=backend) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST)
+        try:
+            with pytest.raises(AttributeError, match="connection"):
+                ws.on_message = print
+            assert ws.on_message is None  # read from the current connection
+            got = []
+            ws.connection.on_message = got.append
+            await ws.send("hi")
+            await wait_until(lambda: got == ["hi"])
+        finally:
+            await ws.close()
+
+
 @pytest.mark.parametrize("code", [1001, 1011, 1012, 1013, None], ids=lambda c: str(c or 1006))
 async def test_reconnects_after_retryable_close(backend, code):
     counter: list[int] = []

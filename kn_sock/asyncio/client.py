@@ -321,6 +321,20 @@ class AsyncReconnectingWebSocket(ReconnectingState):
       the previous connection ended), ``close_code`` / ``close_reason`` (the current one's).
     """
 
+    @property
+    def on_message(self) -> Any:
+        """The current connection's ``on_message`` (the callback style belongs to one
+        connection: set it on ``connection``, again in ``on_connect`` after each reconnection)."""
+        return self._ws.on_message
+
+    @on_message.setter
+    def on_message(self, callback: Any) -> None:
+        # Accepted silently, it did nothing: messages still went to recv() (audit).
+        raise AttributeError(
+            "a reconnecting client has no on_message of its own: set it on the current connection "
+            "(ws.connection.on_message, in on_connect so that it is set again after each reconnection)"
+        )
+
     def __init__(self, wsuri: WebSocketURI, opts: Options, policy: ReconnectPolicy) -> None:
         self._wsuri = wsuri
         self._opts = opts

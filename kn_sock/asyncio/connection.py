@@ -466,7 +466,9 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                     # queue for resume_writing: bounded by write_limit, not by one read.)
                     try:
                         callback(ev)
-                    except Exception as exc:
+                    except (KeyboardInterrupt, SystemExit):
+                        raise
+                    except BaseException as exc:  # (see _feed_callback)
                         self._callback_failed(exc)
                     continue
                 waiter = self._waiter
@@ -1028,11 +1030,18 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
     def on_message(self, callback: Callable[[Any], Any] | None) -> None:
         if callback is not None and not callable(callback):
             raise TypeError("on_message must be a callable or None")
-        if inspect.iscoroutinefunction(callback):
+        if inspect.iscoroutinefunction(callback) or inspect.iscoroutinefunction(getattr(callback, "__call__", None)):
+            # (An object whose __call__ is async too: every message was dropped, audit.)
             raise TypeError("on_message must be a plain function (it is called without being awaited), not a coroutine function")
         if callback is not None and self._waiter is not None and not self._waiter.done():
             raise InvalidState("recv() is being awaited: on_message cannot be set now")
         self._on_message = callback
+        if callback is not None and self._write_paused and not self._paused_for_write and self.transport is not None:
+            # The buffer passed write_limit before the callback was set (a large greeting, a
+            # broadcast): pause_writing came and went, so pause reading now, as it would have
+            # (audit: the callback's answers to a peer that does not read grew without bound).
+            self._paused_for_write = True
+            self._pause_reading()
         self._feed_callback()
         if self._paused_reading and self._on_message is not None:
             # On the next loop iteration: set from inside a callback, resuming now would
@@ -1048,10 +1057,14 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         while callback is not None and messages and self._on_message is callback and not self._paused_for_write:
             try:
                 callback(messages.popleft())
-            except Exception as exc:
+            except (KeyboardInterrupt, SystemExit):
+                raise  # stops the loop, as from any callback
+            except BaseException as exc:
+                # CancelledError too (a cancelled future's result()): it would otherwise
+                # escape into asyncio, which kills the transport without a close frame or a log.
                 self._callback_failed(exc)
 
-    def _callback_failed(self, exc: Exception) -> None:
+    def _callback_failed(self, exc: BaseException) -> None:
         """``on_message`` raised: log it and fail the connection with 1011.
 
         ``ConnectionClosed`` from this connection (an answer to a message that arrived just
