@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import gc
+import logging
 import mmap
 import os
 import socket
@@ -1706,3 +1707,15 @@ async def test_whole_compressed_frame_read_alone_fails_with_the_rfc_code(backend
         assert (await peer.read_close())[0] == code
         assert await asyncio.wait_for(result, TIMEOUT) == (None, 1006)
         peer.close()
+
+
+async def test_a_close_timeout_is_logged_at_info(caplog: pytest.LogCaptureFixture) -> None:
+    """docs/guide.md "Logging": timeouts at INFO (nothing was logged here)."""
+    caplog.set_level(logging.INFO, logger="kn_sock")
+    async with raw_server() as (port, peers):
+        ws = await async_connect_websocket("127.0.0.1", port, close_timeout=0.2, ping_interval=None)
+        peer = await asyncio.wait_for(peers.get(), TIMEOUT)
+        await asyncio.wait_for(ws.close(), TIMEOUT)  # the peer never answers
+        assert ws.close_code == 1006
+        peer.writer.transport.abort()
+    assert any("timed out (close_timeout)" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)

@@ -645,3 +645,30 @@ async def test_first_on_connect_failing_with_another_connections_closed_error_ra
         with pytest.raises(ConnectionClosed):
             await asyncio.wait_for(async_connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST,
                                                            on_connect=on_connect), 2)
+
+
+async def test_a_server_holding_tcp_open_after_its_close_delays_neither_reconnection_nor_the_end(backend):
+    """The server's close frame ends the connection for the decision: a server that then
+    keeps TCP open delayed the reconnection (1011) and recv()'s None (1000) by close_timeout."""
+    async with raw_server() as (port, peers):
+        ws = await async_connect_websocket(
+            "127.0.0.1", port, backend=backend, reconnect=FAST, close_timeout=8, ping_interval=None
+        )
+        held = []
+        try:
+            start = asyncio.get_running_loop().time()
+            first = await asyncio.wait_for(peers.get(), TIMEOUT)
+            held.append(first)
+            first.send_frame(8, (1011).to_bytes(2, "big"))  # then holds TCP open
+            second = await asyncio.wait_for(peers.get(), TIMEOUT)
+            held.append(second)
+            second.send_frame(1, b"second")
+            second.send_frame(8, (1000).to_bytes(2, "big"))  # likewise
+            assert await ws.recv(TIMEOUT) == "second"
+            assert await ws.recv(TIMEOUT) is None
+            assert asyncio.get_running_loop().time() - start < 3  # not close_timeout (8 s) each
+            assert ws.reconnects == 1 and ws.last_close_code == 1000
+        finally:
+            for peer in held:
+                peer.writer.transport.abort()
+        await asyncio.wait_for(ws.wait_closed(), TIMEOUT)

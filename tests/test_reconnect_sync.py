@@ -15,7 +15,7 @@ from kn_sock import ConnectionClosed, WebSocket, _pure, connect_websocket
 from kn_sock.http11 import accept_key
 from kn_sock.sync import WebSocketServer
 from kn_sock.sync.client import ReconnectingWebSocket
-from sync_support import echo, running_server, wait_for
+from sync_support import echo, raw_server, running_server, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -655,3 +655,32 @@ def test_first_on_connect_failing_with_another_connections_closed_error_raises(b
         with pytest.raises(ConnectionClosed):
             connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST, on_connect=on_connect)
         assert time.monotonic() - start < 2
+
+
+def test_a_server_holding_tcp_open_after_its_close_delays_neither_reconnection_nor_the_end(backend):
+    """The server's close frame ends the connection for the decision: a server that then
+    keeps TCP open delayed the reconnection (1011) and recv()'s None (1000) by close_timeout."""
+    peers = []
+    with raw_server() as srv:
+
+        def serve():
+            first = srv.accept_ws()
+            peers.append(first)
+            first.send_frame(8, (1011).to_bytes(2, "big"))  # then holds TCP open
+            second = srv.accept_ws()
+            peers.append(second)
+            second.send_frame(1, b"second")
+            second.send_frame(8, (1000).to_bytes(2, "big"))  # likewise
+
+        threading.Thread(target=serve, daemon=True).start()
+        ws = connect_websocket("127.0.0.1", srv.port, backend=backend, reconnect=FAST, close_timeout=8, ping_interval=None)
+        try:
+            start = time.monotonic()
+            assert ws.recv(TIMEOUT) == "second"
+            assert ws.recv(TIMEOUT) is None
+            assert time.monotonic() - start < 3  # not close_timeout (8 s) per connection
+            assert ws.reconnects == 1 and ws.last_close_code == 1000
+        finally:
+            for peer in peers:
+                peer.close()
+        assert ws.wait_closed(TIMEOUT)  # the last connection's TCP, now the server let go

@@ -80,6 +80,53 @@ def _raw_peer_and_client(srv, backend, **options):
     return peers[0], ws
 
 
+@pytest.mark.parametrize("stream", ["pings", "empty-continuations"])
+def test_recv_timeout_holds_while_the_peer_streams_frames_that_make_no_message(backend, stream):
+    """A peer sending without pause frames that complete no message keeps the socket
+    readable: recv(timeout) still raises in time (audit: it waited as long as the stream)."""
+    with raw_server() as srv:
+        peer, ws = _raw_peer_and_client(srv, backend)
+        stop = threading.Event()
+
+        def flood():
+            try:
+                if stream == "empty-continuations":
+                    peer.send_frame(1, b"", fin=False)  # a text message that never ends
+                if stream == "pings":
+                    frame = build_frame(9, b"", True, False, None)
+                else:  # continuations without FIN: the message goes on
+                    frame = build_frame(0, b"", False, False, None)
+                end = time.monotonic() + 10
+                while not stop.is_set() and time.monotonic() < end:
+                    peer.sock.sendall(frame * 64)
+            except OSError:
+                pass
+
+        flooder = threading.Thread(target=flood, daemon=True)
+        flooder.start()
+        try:
+            start = time.monotonic()
+            with pytest.raises(TimeoutError):
+                ws.recv(0.3)
+            assert time.monotonic() - start < 2.0
+        finally:
+            stop.set()
+            flooder.join(5)
+            ws.abort()
+            peer.close()
+
+
+def test_a_close_timeout_is_logged_at_info(backend, caplog):
+    """docs/guide.md "Logging": timeouts at INFO (it was DEBUG here, nothing in asyncio)."""
+    caplog.set_level(logging.INFO, logger="kn_sock")
+    with raw_server() as srv:
+        peer, ws = _raw_peer_and_client(srv, backend, close_timeout=0.2)
+        ws.close()  # the peer never answers
+        assert ws.close_code == 1006
+        peer.close()
+    assert any("timed out (close_timeout)" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
+
+
 @pytest.mark.parametrize("source", ["mixed-types", "raising-generator"])
 def test_fragment_source_failing_midway_fails_the_connection_1011(backend, source):
     """Half a message is out and no other one can follow it (RFC 6455 §5.4): the connection

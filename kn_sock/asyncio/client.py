@@ -395,7 +395,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
             # later", say): as after any retryable end, the supervisor reconnects.
             try:  # how it ended decides (the closing is bounded by close_timeout)
                 async with _timeout(None if self._opts.close_timeout is None else self._opts.close_timeout + 1):
-                    await ws.wait_closed()
+                    await ws._wait_ended()
             except TimeoutError:  # pragma: no cover - the close timer fires first
                 pass
             if self._closing or not self._policy.reopens(ws):
@@ -417,7 +417,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
             while True:
                 ws = self._ws
                 assert ws is not None
-                await ws.wait_closed()
+                await ws._wait_ended()  # the closing handshake, not TCP: a server may hold TCP open
                 self.connected = False
                 code = self.last_close_code = end_code(ws.protocol)
                 if self._closing:
@@ -695,9 +695,11 @@ class AsyncReconnectingWebSocket(ReconnectingState):
         self._notify()
 
     async def wait_closed(self) -> None:
-        """Wait until closed for good."""
+        """Wait until closed for good, the last connection's TCP included."""
         while not self._final:
             await self._wait_change(None)
+        if self._ws is not None:
+            await self._ws.wait_closed()
 
     async def __aenter__(self) -> "AsyncReconnectingWebSocket":
         """The connection itself, closed on exit."""

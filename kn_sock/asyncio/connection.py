@@ -123,6 +123,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         "_reader_off",
         "_ka_unsent",
         "_app_closed",
+        "_ended",
     )
 
     def __init__(self, side: str, opts: Options, loop: asyncio.AbstractEventLoop) -> None:
@@ -173,6 +174,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         self._own_reader = False  # the loop calls _on_readable for this socket (see _take_reading)
         self._reader_off = False  # ... and _pause_reading unregistered it
         self._app_closed = False  # close() or abort() was called: a reconnecting client stops (reconnect.py)
+        self._ended: asyncio.Future[None] | None = None  # made by _wait_ended, done at CLOSED
         self._ka_unsent = -1  # unsent bytes when a keepalive timeout was deferred under _paused_for_write
 
     # ------------------------------------------------------------ public attributes
@@ -507,6 +509,9 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 self._spend(proto.batch_spent)  # type: ignore[union-attr]
                 self._backlog_step()
             if proto.state is State.CLOSED:  # type: ignore[union-attr]
+                ended = self._ended
+                if ended is not None and not ended.done():
+                    ended.set_result(None)
                 self._after_closed()
         finally:
             if batch:
@@ -675,6 +680,13 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
 
     def _abort(self) -> None:
         """The closing handshake timed out (``close_timeout``): drop the connection."""
+        if self.transport is not None:
+            # (docs/guide.md "Logging": timeouts at INFO, as the blocking layer's.)
+            logger.info("closing the connection with %s timed out (close_timeout): dropping it", self.remote_address)
+        self._drop()
+
+    def _drop(self) -> None:
+        """Drop the connection after a timeout (resetting TCP if the peer left data unread)."""
         self._close_handle = None
         self._fd = -1  # no more direct writes (see AsyncCore._send_now)
         if self.transport is not None:
@@ -734,7 +746,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                     # send() waiting for drain learns it at once (as recv() does).
                     if self._close_handle is not None:
                         self._close_handle.cancel()
-                    self._abort()
+                    self._drop()
                 return
         self._schedule_keepalive()
 
@@ -1156,6 +1168,18 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
     async def wait_closed(self) -> None:
         """Wait until TCP is closed."""
         await asyncio.shield(self._closed_fut)
+
+    async def _wait_ended(self) -> None:
+        """Wait until the connection is CLOSED: its closing handshake over (or failed, or TCP
+        lost). TCP may still be closing, bounded by ``close_timeout``: a reconnecting client
+        decides from here, not after a server that keeps TCP open (audit: recv() returned None,
+        or the reconnection began, ``close_timeout`` late)."""
+        proto = self.protocol
+        if proto is None or proto.state is State.CLOSED or self._closed_fut.done():
+            return
+        if self._ended is None:
+            self._ended = self._loop.create_future()
+        await asyncio.wait((self._ended, self._closed_fut), return_when=asyncio.FIRST_COMPLETED)
 
     def abort(self) -> None:
         """Drop the TCP connection at once, without a closing handshake."""

@@ -307,7 +307,7 @@ class ReconnectingWebSocket(ReconnectingState):
                     raise
                 # The connection ended under on_connect (a server answering 1013 "try again
                 # later", say): as after any retryable end, the supervisor reconnects.
-                ws.wait_closed(self._opts.close_timeout)  # how it ended decides
+                ws._wait_ended()  # how it ended decides (bounded by close_timeout)
                 if self._closing or not self._policy.reopens(ws):
                     self._final = True
                     raise
@@ -329,7 +329,7 @@ class ReconnectingWebSocket(ReconnectingState):
             while True:
                 ws = self._ws
                 assert ws is not None
-                ws.wait_closed(None)
+                ws._wait_ended()  # the closing handshake, not TCP: a server may hold TCP open
                 with cond:
                     self.connected = False
                     code = self.last_close_code = end_code(ws.protocol)
@@ -592,9 +592,15 @@ class ReconnectingWebSocket(ReconnectingState):
             self._cond.notify_all()
 
     def wait_closed(self, timeout: float | None = None) -> bool:
-        """Wait until closed for good; True if it is."""
+        """Wait until closed for good, the last connection's TCP included; True if it is."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
-            return self._cond.wait_for(lambda: self._final, timeout)
+            if not self._cond.wait_for(lambda: self._final, timeout):
+                return False
+            ws = self._ws
+        if ws is None:
+            return True
+        return ws.wait_closed(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> "ReconnectingWebSocket":
         """The connection itself, closed on exit."""

@@ -168,6 +168,7 @@ class WebSocket:
         "_sock_done",
         "_fd_closed",
         "_done",
+        "_ended",
         "_keepalive",
         "_ka_timer",
         "_close_timer",
@@ -188,6 +189,7 @@ class WebSocket:
         self.protocol = protocol
         self._opts = opts
         self._app_closed = False  # close() or abort() was called: a reconnecting client stops (reconnect.py)
+        self._ended: threading.Event | None = None  # made by _wait_ended, set at CLOSED
         self._sock: Any = sock  # socket.socket or ssl.SSLSocket
         self._fd = sock.fileno()
         self._ssl = isinstance(sock, ssl_module.SSLSocket)
@@ -581,6 +583,8 @@ class WebSocket:
 
     def _after_closed(self) -> None:
         """CLOSED reached: close TCP now (server, failure, EOF) or wait for the server's EOF (client)."""
+        if self._ended is not None:
+            self._ended.set()
         if self._ka_timer is not None:
             self._ka_timer.cancel()
             self._ka_timer = None
@@ -785,6 +789,8 @@ class WebSocket:
                 tag[0]._set(None)
         proto.pings.clear()
         proto.batch_room = None  # (a bound method of ours: a cycle keeping a closed connection alive)
+        if self._ended is not None:
+            self._ended.set()
         self._done.set()
 
     def _wake_reader(self) -> None:
@@ -833,7 +839,7 @@ class WebSocket:
         with self._lock:
             self._close_timer = None
             if not self._sock_done:
-                logger.debug("closing handshake with %s timed out", self.remote_address)
+                logger.info("closing the connection with %s timed out (close_timeout): dropping it", self.remote_address)
                 _tcp.reset_if_unsent(self._sock)
                 self._abort_locked()
 
@@ -1256,6 +1262,7 @@ class WebSocket:
         """recv()'s wait (``_read_lock`` held): the queue's first message, read until one
         comes; None once the connection is closed."""
         messages = self._messages
+        read = False
         while True:
             if messages:
                 msg = messages.popleft()
@@ -1264,6 +1271,10 @@ class WebSocket:
                 return msg
             if self._sock_done or self.protocol.state is _CLOSED:
                 return None
+            if read and deadline is not None and _monotonic() >= deadline:
+                # A peer streaming frames that make no message (pings, empty continuations)
+                # keeps the socket readable: the wait alone never timed out (audit).
+                raise TimeoutError("no message received in time")
             if self.protocol.backlog is not None:
                 # Messages wait there (the reactor leaves a backlog for its next turn): they
                 # come before anything read from the socket.
@@ -1279,6 +1290,7 @@ class WebSocket:
                         self._fail_held()
                 continue
             self._read_once(deadline)
+            read = True
 
     def _after_recv_closed(self) -> None:
         """recv() found the connection closed (``_lock`` held): close the socket once done, else
@@ -1398,6 +1410,19 @@ class WebSocket:
         if timeout is not None:
             timeout += 0.5  # the reactor's close timer fires first; this only bounds a stuck wait
         return self._done.wait(timeout)
+
+    def _wait_ended(self) -> None:
+        """Wait until the connection is CLOSED: its closing handshake over (or failed, or TCP
+        lost). TCP may still be closing, bounded by ``close_timeout``: a reconnecting client
+        decides from here, not after a server that keeps TCP open (audit: recv() returned None,
+        or the reconnection began, ``close_timeout`` late)."""
+        with self._lock:
+            if self.protocol.state is _CLOSED or self._sock_done:
+                return
+            if self._ended is None:
+                self._ended = threading.Event()
+            ended = self._ended
+        ended.wait()
 
     def abort(self) -> None:
         """Drop the TCP connection at once, without a closing handshake."""
