@@ -672,3 +672,25 @@ async def test_a_server_holding_tcp_open_after_its_close_delays_neither_reconnec
             for peer in held:
                 peer.writer.transport.abort()
         await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+
+
+async def test_cancelled_during_on_connect_the_connect_call_returns_at_once(backend):
+    """A timeout around the connect call while on_connect runs: the connection is dropped
+    at once, as without reconnect= (it awaited a 1011 closing handshake, up to close_timeout,
+    against a server that does not answer one)."""
+    async with raw_server() as (port, peers):
+
+        async def slow(ws):
+            await asyncio.sleep(30)
+
+        start = asyncio.get_running_loop().time()
+        with pytest.raises((asyncio.TimeoutError, TimeoutError)):
+            await asyncio.wait_for(
+                async_connect_websocket(
+                    "127.0.0.1", port, backend=backend, reconnect=FAST, on_connect=slow, close_timeout=5, ping_interval=None
+                ),
+                0.3,
+            )
+        assert asyncio.get_running_loop().time() - start < 2
+        peer = await asyncio.wait_for(peers.get(), TIMEOUT)
+        assert await asyncio.wait_for(peer.reader.read(), TIMEOUT) == b""  # dropped: no close frame

@@ -403,9 +403,15 @@ class AsyncReconnectingWebSocket(ReconnectingState):
                 raise
             logger.info("connection to %s lost during on_connect: reconnecting", self._wsuri.shown)
             connected = False
-        except BaseException:
+        except Exception:
             self._final = True
             await ws.close(1011)
+            raise
+        except BaseException:
+            # Cancelled (a timeout around the connect call): drop it now, as without
+            # reconnect=; a closing handshake here waited up to close_timeout (audit).
+            self._final = True
+            ws.abort()
             raise
         self.connected = connected
         self._task = asyncio.get_running_loop().create_task(self._supervise())

@@ -313,9 +313,13 @@ class ReconnectingWebSocket(ReconnectingState):
                     raise
                 logger.info("connection to %s lost during on_connect: reconnecting", self._wsuri.shown)
                 connected = False
-            except BaseException:
+            except Exception:
                 self._final = True
                 ws.close(1011)
+                raise
+            except BaseException:  # KeyboardInterrupt...: drop it now, as without reconnect=
+                self._final = True
+                ws.abort()
                 raise
         self.connected = connected
         self._thread = threading.Thread(target=self._supervise, name="kn_sock-reconnect", daemon=True)
