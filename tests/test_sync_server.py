@@ -137,7 +137,8 @@ def test_a_handler_shutting_its_server_down_is_not_waited_for(backend):
         box["took"] = time.monotonic() - t0
         done.set()
 
-    with WebSocketServer("127.0.0.1", port, handler, backend=backend) as server:
+    # A long grace: were the handler waited for, shutdown() would take it (~2 s) in all.
+    with WebSocketServer("127.0.0.1", port, handler, backend=backend, shutdown_grace=2.0) as server:
         box["server"] = server
         serving = threading.Thread(target=server.serve_forever, daemon=True)
         serving.start()
@@ -147,7 +148,7 @@ def test_a_handler_shutting_its_server_down_is_not_waited_for(backend):
         serving.join(5)
         assert not serving.is_alive()
         assert ws.recv(5) is None and ws.close_code == 1001
-    assert box["took"] < 0.15
+    assert box["took"] < 1.0
 
 
 def test_shutdown_event_returns_within_half_a_second_with_many_silent_peers(backend):
