@@ -121,25 +121,32 @@ async def test_a_failing_callback_closes_with_1011(caplog: pytest.LogCaptureFixt
     assert any("on_message" in r.getMessage() and r.exc_info for r in caplog.records)
 
 
-async def test_a_callback_raising_cancelled_error_closes_with_1011(caplog: pytest.LogCaptureFixture) -> None:
+@pytest.mark.parametrize("where", ["read", "batch", "queued"])
+async def test_a_callback_raising_cancelled_error_closes_with_1011(caplog: pytest.LogCaptureFixture, where: str) -> None:
     """CancelledError (a cancelled future's result()) is a callback failure like any other:
-    it escaped into asyncio, which killed the transport (1006, nothing on "kn_sock")."""
+    it escaped into asyncio, which killed the transport (1006, nothing on "kn_sock"). On each
+    path a message takes to the callback: alone in its read (the fast path), several in one
+    read (``_dispatch``), queued before the callback is set (``_feed_callback``)."""
     async def failing(ws: Any, path: str) -> None:
         def cancelled(message: Any) -> None:
             fut = asyncio.get_running_loop().create_future()
             fut.cancel()
             fut.result()
 
+        if where == "queued":
+            await wait_until(lambda: bool(ws._messages))
         ws.on_message = cancelled
         await ws.wait_closed()
 
     caplog.set_level(logging.ERROR, logger="kn_sock")
-    async with serving(failing) as server:
-        for _ in range(2):  # the first message of a read (fast path), then one queued first
-            async with async_connect_websocket("127.0.0.1", server.port) as ws:
-                await ws.send("trigger")
-                assert await asyncio.wait_for(ws.recv(), TIMEOUT) is None
-                assert (ws.close_code, ws.close_reason) == (1011, "on_message callback failed")
+    async with serving(failing, compression=None) as server:
+        peer = await raw_client(server.port)
+        try:
+            count = 3 if where == "batch" else 1
+            peer.writer.write(b"".join(build_frame(1, b"trigger", True, False, os.urandom(4)) for _ in range(count)))
+            assert await peer.read_close() == (1011, "on_message callback failed")
+        finally:
+            peer.close()
     assert any("on_message" in r.getMessage() and r.exc_info for r in caplog.records)
 
 

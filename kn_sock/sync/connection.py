@@ -789,8 +789,6 @@ class WebSocket:
                 tag[0]._set(None)
         proto.pings.clear()
         proto.batch_room = None  # (a bound method of ours: a cycle keeping a closed connection alive)
-        if self._ended is not None:
-            self._ended.set()
         self._done.set()
 
     def _wake_reader(self) -> None:
