@@ -81,6 +81,10 @@ _KNOWN_PARAMS = frozenset(
 
 # RFC 7692 §7.1.2: window bits are 8..15, written as plain decimal (no sign, no leading 0).
 _WINDOW_BITS = {str(bits): bits for bits in range(8, 16)}
+#: The window each side compresses with unless told otherwise: the server's default
+#: ``server_max_window_bits`` / ``client_max_window_bits``, and what a client that offered
+#: ``client_max_window_bits`` without a value (the default) uses.
+_DEFAULT_WINDOW_BITS = 12
 
 # Memory-lean defaults (see the module docstring): under ~80 KiB per connection.
 DEFAULT_COMPRESS_SETTINGS: dict[str, Any] = {"memLevel": 4}
@@ -487,7 +491,7 @@ class ClientDeflateFactory:
             # A limit is an upper bound (§7.1.2.2): with none of our own, compress with the
             # server side's default window, 12 bits (~30 KiB of compressor, not ~140 KiB), as
             # documented, whatever the server allows (audit: aiohttp's servers allow 15).
-            client_bits = min(client_bits, _LOCAL_WINDOW_BITS)
+            client_bits = min(client_bits, _DEFAULT_WINDOW_BITS)
 
         return PerMessageDeflate(
             is_server=False,
@@ -498,11 +502,6 @@ class ClientDeflateFactory:
             compress_settings=self.compress_settings,
             params=params,
         )
-
-
-#: The window a client compresses with when it offered ``client_max_window_bits`` without a
-#: value (the default): the server side's default ``server_max_window_bits``.
-_LOCAL_WINDOW_BITS = 12
 
 
 class ServerDeflateFactory:
@@ -530,8 +529,8 @@ class ServerDeflateFactory:
         *,
         server_no_context_takeover: bool = False,
         client_no_context_takeover: bool = False,
-        server_max_window_bits: int | None = 12,
-        client_max_window_bits: int | None = 12,
+        server_max_window_bits: int | None = _DEFAULT_WINDOW_BITS,
+        client_max_window_bits: int | None = _DEFAULT_WINDOW_BITS,
         require_client_max_window_bits: bool = False,
         compress_settings: dict[str, Any] | None = None,
     ) -> None:
