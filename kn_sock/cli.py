@@ -650,6 +650,7 @@ SUITES = {
     "echo": "bench_echo.py",
     "conns": "bench_conns.py",
     "deflate": "bench_deflate.py",
+    "server": "bench_server.py",
 }
 DEFAULT_SUITES = ["speedups", "protocol", "echo"]
 

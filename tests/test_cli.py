@@ -410,6 +410,67 @@ def test_bench_deflate_negotiates_deflate_and_compares_with_websockets() -> None
     assert re.search(r"^\| kn_sock \(pure\), deflate .*\| [\d.]+ / [\d.]+ +\|$", proc.stdout, re.M), proc.stdout
 
 
+@pytest.mark.slow
+def test_bench_server_loads_every_server_alike() -> None:
+    """``bench_server.py``: one load generator, many connections, against each server; kn_sock
+    rows get a ratio to the raw echo of their group and one against picows / websockets."""
+    if not (ROOT / "benchmarks" / "bench_server.py").exists():
+        pytest.skip("no benchmarks/ in this checkout")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_server.py"), "--quick", "--only",
+         "raw_async,kn_pure,kn_cython,raw_sync,kn_sync", "--conns", "1,3", "--duration", "0.1", "--warmup", "0"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    for label in ("kn_sock asyncio (pure)", "kn_sock sync (", "kn_sock asyncio (cython)"):
+        row = re.search(rf"^\| {re.escape(label)}.*\| [\d.]+k? \([\d.]+\) +\| [\d.]+k? \([\d.]+\) +\|", proc.stdout, re.M)
+        assert row or (label.endswith("(cython)") and "the Cython extension is not in use" in proc.stdout), proc.stdout
+    assert re.search(r"^\| raw asyncio echo \(limit\) +\| [\d.]+k? +\| [\d.]+k? +\|", proc.stdout, re.M), proc.stdout
+
+
+def test_bench_server_load_checks_the_echoes() -> None:
+    """The load generator fails a server that echoes the wrong bytes (here: the masked frame as
+    it came, after a proper handshake), rather than counting them."""
+    if not (ROOT / "benchmarks" / "bench_server.py").exists():
+        pytest.skip("no benchmarks/ in this checkout")
+    import base64
+    import hashlib
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(TIMEOUT)
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.settimeout(TIMEOUT)
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += conn.recv(4096)
+            key = re.search(rb"Sec-WebSocket-Key: (\S+)", request).group(1)  # type: ignore[union-attr]
+            accept = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")
+            while data := conn.recv(4096):
+                conn.sendall(data)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    stdin, keep_open = os.pipe()  # (a benchmark child exits when its stdin closes)
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, str(ROOT / "benchmarks" / "bench_server.py"), "--load", "kn_async", "--port",
+             str(listener.getsockname()[1]), "--conns", "1", "--duration", "0.1", "--warmup", "0"],
+            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+        )
+        out, err = proc.communicate(timeout=60)
+    finally:
+        listener.close()
+        os.close(stdin)
+        os.close(keep_open)
+    assert "RESULT " in out, err[-2000:]
+    assert '"results": {}' in out and "echo mismatch" in out, out
+
+
 @pytest.mark.parametrize(
     "args, message",
     [
@@ -442,7 +503,8 @@ def test_bench_one_suite_with_a_bad_option_is_a_usage_error() -> None:
 @pytest.mark.parametrize(
     "script, args",
     [("bench_speedups.py", ["--bogus"]), ("bench_echo.py", ["--only", "nosuch"]), ("bench_conns.py", ["--only", "nosuch"]),
-     ("bench_deflate.py", ["--only", "nosuch"]), ("bench_deflate.py", ["--cells", "json 1 GiB"])],
+     ("bench_deflate.py", ["--only", "nosuch"]), ("bench_deflate.py", ["--cells", "json 1 GiB"]),
+     ("bench_server.py", ["--only", "nosuch"])],
 )
 def test_bench_scripts_refuse_unknown_options_and_contestants(script: str, args: list[str]) -> None:
     """A usage error (exit 2), not a silent run or an empty table (regression audit 57)."""
@@ -458,7 +520,8 @@ def test_bench_scripts_refuse_unknown_options_and_contestants(script: str, args:
     "script, args",
     [("bench_echo.py", ["--window", "0"]), ("bench_echo.py", ["--duration", "-1"]), ("bench_echo.py", ["--rounds", "0"]),
      ("bench_conns.py", ["--conns", "abc"]), ("bench_conns.py", ["--concurrency", "0"]),
-     ("bench_deflate.py", ["--rounds", "0"]), ("bench_deflate.py", ["--duration", "0"])],
+     ("bench_deflate.py", ["--rounds", "0"]), ("bench_deflate.py", ["--duration", "0"]),
+     ("bench_server.py", ["--conns", "0"]), ("bench_server.py", ["--conns", "abc"]), ("bench_server.py", ["--size", "0"])],
 )
 def test_bench_scripts_refuse_meaningless_numbers(script: str, args: list[str]) -> None:
     """A usage error, not a hang or a table of nothing (audit 82)."""
