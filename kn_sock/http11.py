@@ -75,9 +75,10 @@ _TOKEN_RE = re.compile(_TOKEN)
 # RFC 7230 §3.1.1 request-line; origin-form target: visible ASCII starting with "/".
 _REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN.encode() + rb") (/[\x21-\x7e]*) HTTP/([0-9])\.([0-9])")
 #: The absolute-form of a request target (RFC 9112 §3.2.2), which a server must accept:
-#: scheme "://" authority, then the origin-form (path and query) it stands for, if any.
+#: scheme "://" authority, then the origin-form (path and query) it stands for, if any. (No
+#: "#" in the authority either: a fragment there is refused, as one in the path is.)
 _ABSOLUTE_LINE_RE = re.compile(
-    rb"(" + _TOKEN.encode() + rb") ((?i:https?|wss?)://[\x21-\x2e\x30-\x3e\x40-\x7e]+)([/?][\x21-\x7e]*)? HTTP/([0-9])\.([0-9])"
+    rb"(" + _TOKEN.encode() + rb") ((?i:https?|wss?)://[\x21\x22\x24-\x2e\x30-\x3e\x40-\x7e]+)([/?][\x21-\x7e]*)? HTTP/([0-9])\.([0-9])"
 )
 #: The asterisk-form (``OPTIONS *``) and authority-form (``CONNECT host:port``) of RFC 9112
 #: §3.2.3-4: valid requests, which the handshake answers with 405 (not GET), not 400.

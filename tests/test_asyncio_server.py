@@ -716,6 +716,45 @@ async def test_process_request_failure_is_500(backend, caplog):
         assert status == 500
 
 
+async def test_process_request_raising_cancelled_error_is_500(backend, caplog):
+    """A hook that awaits a future someone else cancelled raises CancelledError: the hook's
+    failure, 500 and logged at once, as any exception (audit: nothing until open_timeout)."""
+
+    async def hook(path, headers):
+        fut = asyncio.get_running_loop().create_future()
+        fut.cancel()
+        await fut
+
+    async with serving(echo, backend=backend, process_request=hook, open_timeout=30) as server:
+        status, _, _ = await asyncio.wait_for(http_exchange(server.port, upgrade_request()), 5)
+        assert status == 500
+    assert "process_request failed" in caplog.text
+
+
+async def test_process_request_cancelled_at_open_timeout_is_no_failure(backend, caplog):
+    """open_timeout ending the handshake cancels the hook: that cancellation is ours, not the
+    hook's failure (no 500, no "process_request failed")."""
+    entered = asyncio.Event()
+    cancelled = asyncio.Event()
+
+    async def hook(path, headers):
+        entered.set()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.set()
+            raise
+
+    async with serving(echo, backend=backend, process_request=hook, open_timeout=0.3) as server:
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(upgrade_request())
+        await asyncio.wait_for(entered.wait(), TIMEOUT)
+        await asyncio.wait_for(cancelled.wait(), TIMEOUT)
+        assert await asyncio.wait_for(reader.read(), TIMEOUT) == b""  # dropped, unanswered
+        writer.close()
+    assert "process_request failed" not in caplog.text
+
+
 async def test_process_request_bad_answer_is_500_not_a_hang(backend):
     def hook(path, headers):
         return 101, [], b""  # cannot be sent as a plain HTTP answer

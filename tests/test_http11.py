@@ -226,6 +226,8 @@ class TestSection4_1RequestParsing:
             b"CONNECT h HTTP/1.1\r\n\r\n",
             b"GET /chat#frag HTTP/1.1\r\n\r\n",  # no fragment in a request target (RFC 6455 §3)
             b"GET http://h/chat#frag HTTP/1.1\r\n\r\n",
+            b"GET http://h#frag HTTP/1.1\r\n\r\n",  # right after the authority too (audit)
+            b"GET ws://h:80#x HTTP/1.1\r\n\r\n",
             b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n",
         ],
     )

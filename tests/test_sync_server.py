@@ -9,6 +9,7 @@ import queue
 import shutil
 import signal
 import socket
+import sys
 import ssl
 import subprocess
 import threading
@@ -519,6 +520,38 @@ def test_process_request_health_check():
         with connect_websocket(f"ws://127.0.0.1:{server.port}/chat") as ws:
             ws.send("upgraded")
             assert ws.recv(5) == "upgraded"
+
+
+def test_process_request_raising_system_exit_is_500(caplog):
+    """SystemExit in a hook only ends its thread: it is the hook's failure (500, logged), not a
+    client left without an answer and a socket left open (audit)."""
+
+    def hook(path, headers):
+        sys.exit(3)
+
+    with running_server(echo, process_request=hook) as server:
+        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
+        data = read_to_eof(raw)
+        raw.close()
+        assert data.startswith(b"HTTP/1.1 500 ")
+    assert "process_request failed" in caplog.text
+
+
+def test_handler_raising_system_exit_closes_1011(caplog):
+    """A handler's SystemExit ends only its thread: the connection is closed 1011 and the
+    failure logged, as for any exception (it was left open)."""
+
+    def handler(ws, address):
+        ws.recv()
+        sys.exit(3)
+
+    with running_server(handler) as server:
+        with connect_websocket(f"ws://127.0.0.1:{server.port}/") as ws:
+            ws.send("go")
+            assert ws.recv(5) is None
+            assert ws.close_code == 1011
+    assert "connection handler failed" in caplog.text
 
 
 @pytest.mark.parametrize(

@@ -108,16 +108,25 @@ def _accepting(task: asyncio.Task[Any]) -> bool:
     )
 
 
+def _cancelling() -> bool:
+    """Whether the current task has been asked to cancel (Python 3.11+; False before, where
+    only our own flags tell)."""
+    task = asyncio.current_task()
+    cancelling = getattr(task, "cancelling", None)
+    return bool(cancelling()) if cancelling is not None else False
+
+
 class _ServerOpening:
     """Per-connection opening handshake on the server side, bounded by ``open_timeout``."""
 
-    __slots__ = ("server", "hs", "timer", "task", "tls_task", "deadline")
+    __slots__ = ("server", "hs", "timer", "task", "cancelled", "tls_task", "deadline")
 
     def __init__(self, server: "AsyncWebSocketServer") -> None:
         self.server = server
         self.hs: ServerHandshake | None = None
         self.timer: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+        self.cancelled = False  # process_request's task cancelled by us (the server closing, the client gone)
         self.tls_task: asyncio.Task[Any] | None = None  # TLS: the task that ran the TLS handshake
         self.deadline: float | None = None  # TLS: open_timeout's end, counted from the TCP accept
 
@@ -179,10 +188,16 @@ class _ServerOpening:
                 if isinstance(body, str):
                     body = body.encode("utf-8")
                 response = self.hs.reject(int(status), headers, body or b"")
-        except Exception:
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) and (self.cancelled or _cancelling()):
+                raise  # our cancellation (see shut_down), or the loop's: not the hook's failure
+            # Anything else the hook raises is its failure, CancelledError included (from a
+            # future it awaited that someone else cancelled): 500, not silence until open_timeout.
             logger.exception("process_request failed")
             if self.hs is not None:
                 self._reject(ws, InvalidHandshake("process_request failed", status=500))
+            if not isinstance(exc, (Exception, asyncio.CancelledError)):
+                raise  # KeyboardInterrupt, SystemExit: answered, and on their way
             return
         if ws.transport is None:
             return
@@ -205,6 +220,7 @@ class _ServerOpening:
                 current = None
             if task is current:
                 return  # the hook closed the server itself: its answer goes out (else a 503)
+            self.cancelled = True
             task.cancel()
         transport = ws.transport
         if transport is not None:
@@ -327,6 +343,7 @@ class _ServerOpening:
             self.timer.cancel()
             self.timer = None
         if self.task is not None and not self.task.done():
+            self.cancelled = True
             self.task.cancel()
         self.server.connections.discard(ws)
 

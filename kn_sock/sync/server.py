@@ -324,7 +324,7 @@ class WebSocketServer:
             logger.info("opening handshake with %s timed out", address)
         except OSError as exc:
             logger.info("opening handshake with %s failed: %s", address, exc)
-        except Exception:
+        except BaseException:  # (in this thread, SystemExit would leave the socket open)
             logger.exception("opening handshake with %s failed", address)
         finally:
             with self._lock:
@@ -515,7 +515,7 @@ class WebSocketServer:
             # failure too: answer 500 rather than drop the client without a word.
             status, headers, body = answer
             response = hs.reject(int(status), headers, body or b"")
-        except Exception:
+        except BaseException:  # (SystemExit too: in this thread it would only end the thread, unanswered)
             logger.exception("process_request failed")
             raise InvalidHandshake("process_request failed", status=500) from None
         self._answer(sock, response, deadline)
@@ -556,7 +556,7 @@ class WebSocketServer:
                 code = 1011
             else:  # the peer went away while the handler was sending: not a server error
                 logger.debug("connection %s closed during the handler: %s", address, exc)
-        except Exception:
+        except BaseException:  # SystemExit too: it only ends this thread, leaving the connection open
             logger.exception("connection handler failed for %s", address)
             code = 1011
         try:
