@@ -26,6 +26,7 @@ from operator import index as _operator_index
 from typing import Any, Union
 
 from .exceptions import InvalidState, PayloadTooBig, ProtocolError, detached
+from .options import checked_timeout
 
 from ._types import Data, Message  # annotations (resolvable at run time too, e.g. get_type_hints)
 
@@ -1182,6 +1183,8 @@ class AsyncCore:
         msg = self._take_queued()
         if msg is not None:
             return msg
+        if timeout is not None:
+            timeout = checked_timeout(timeout)  # (before a waiter is taken: it raises)
         waiter = self._new_waiter()
         if waiter is None:
             return None

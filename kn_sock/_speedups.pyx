@@ -35,6 +35,7 @@ import warnings as _warnings
 from collections import deque as _deque
 
 from .exceptions import InvalidState, PayloadTooBig, ProtocolError
+from .options import checked_timeout as _checked_timeout
 
 cdef extern from "Python.h":
     ctypedef struct PyTypeObject:
@@ -2697,17 +2698,19 @@ cdef class AsyncCore:
         msg = self._take_queued()
         if msg is not None:
             return msg
+        timeout = _checked_timeout(timeout)  # (before a waiter is taken: it raises)
         waiter = self._new_waiter()
         if waiter is None:
             return None
-        handle = self._loop.call_later(timeout, _timeout_waiter, waiter)
+        handle = self._loop.call_later(timeout, _timeout_waiter, waiter) if timeout is not None else None
         try:
             return await waiter
         except BaseException:  # cancelled (or closed): a message handed over must not be lost
             self._recv_cancelled(<Waiter>waiter)
             raise
         finally:
-            handle.cancel()
+            if handle is not None:
+                handle.cancel()
             if self._waiter is waiter:
                 self._waiter = None
 

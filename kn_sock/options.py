@@ -51,15 +51,24 @@ class Options:
             value = getattr(self, name)
             if isinstance(value, float) and value.is_integer():
                 setattr(self, name, int(value))  # 32.0 as 32
-            _check_number(name, getattr(self, name), optional=name in ("max_size", "max_queue"), integer=True)
+            _check_number(name, getattr(self, name), optional=name in ("max_size", "max_queue"), integer=True,
+                          minimum=1 if name == "max_queue" else 0)
         if self.ssl is False:
             self.ssl = None
-        if self.max_queue is not None and self.max_queue < 1:
-            raise ValueError("max_queue must be >= 1 or None")
+
         if isinstance(self.subprotocols, str):
             self.subprotocols = [self.subprotocols]
         if isinstance(self.origins, str):
             self.origins = [self.origins]  # one origin, as one subprotocol
+        if self.origins is not None:
+            try:
+                self.origins = list(self.origins)
+            except TypeError:
+                raise TypeError(f"origins must be a list of str (or None for no Origin header), not "
+                                f"{type(self.origins).__name__}") from None
+            for origin in self.origins:
+                if origin is not None and not isinstance(origin, str):
+                    raise TypeError(f"origins must hold str or None, not {type(origin).__name__}")
         for name in ("on_connect", "process_request"):
             if getattr(self, name) is not None and not callable(getattr(self, name)):
                 raise TypeError(f"{name} must be callable or None, not {type(getattr(self, name)).__name__}")
@@ -151,6 +160,49 @@ def check_unix_path(unix: object) -> None:
 _TIMEOUT_MAX = 1e9
 
 
+def check_listen_options(listen: Mapping[Any, Any]) -> None:
+    """A server's listening options, checked when the server is made (not when it binds, nor in
+    its accept loop): ``backlog`` an int >= 0, ``reuse_port`` / ``reuse_address`` a bool or
+    None, ``sock`` a listening ``socket.socket``, ``thread_stack_size`` (blocking server) 0 /
+    None (the system's) or an int of at least 32 KiB, ``shutdown_grace`` seconds >= 0."""
+    if listen.get("backlog") is not None:
+        _check_number("backlog", listen["backlog"], optional=False, integer=True)
+    for name in ("reuse_port", "reuse_address"):
+        value = listen.get(name)
+        if value is not None and not isinstance(value, bool):
+            raise TypeError(f"{name} must be a bool or None, not {type(value).__name__}")
+    if listen.get("sock") is not None:
+        import socket
+
+        if not isinstance(listen["sock"], socket.socket):
+            raise TypeError(f"sock must be a socket.socket, not {type(listen['sock']).__name__}")
+    if "thread_stack_size" in listen:
+        size = listen["thread_stack_size"]
+        _check_number("thread_stack_size", size, optional=True, integer=True)
+        if size and size < 32768:
+            raise ValueError(f"thread_stack_size must be 0 (the system's), or at least 32768 bytes, not {size}")
+    if "shutdown_grace" in listen:
+        _check_number("shutdown_grace", listen["shutdown_grace"], optional=False)
+
+
+def check_handler(handler: Any) -> None:
+    """An asyncio server's handler must be callable (a coroutine function, in practice): TypeError
+    at the call, rather than a 1011 and a log line for every connection."""
+    if not callable(handler):
+        raise TypeError(f"handler must be an async function, not {type(handler).__name__}")
+
+
+def checked_timeout(timeout: Any) -> float | None:
+    """A ``recv(timeout=)`` that is not None: seconds (0 or less: only a message already there),
+    or None when longer than ``_TIMEOUT_MAX`` (inf: no limit). TypeError for what is not a
+    number, ValueError for NaN (both layers alike: one ignored it, the other raised from deep inside)."""
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)):
+        raise TypeError(f"timeout must be a number of seconds or None, not {type(timeout).__name__}")
+    if timeout != timeout:
+        raise ValueError("timeout must be a number of seconds or None, not nan")
+    return None if timeout > _TIMEOUT_MAX else timeout
+
+
 def check_port(port: Any) -> None:
     """A server's port number must be 0-65535 (0: any free one); else ValueError.
 
@@ -168,16 +220,16 @@ def check_port(port: Any) -> None:
         raise ValueError(f"port {port} out of range 0-65535")
 
 
-def _check_number(name: str, value: Any, *, optional: bool, integer: bool = False) -> None:
-    """Raise TypeError / ValueError unless ``value`` is a number >= 0 (None if ``optional``)."""
+def _check_number(name: str, value: Any, *, optional: bool, integer: bool = False, minimum: int = 0) -> None:
+    """Raise TypeError / ValueError unless ``value`` is a number >= ``minimum`` (None if ``optional``)."""
     if value is None and optional:
         return
     kinds = (int,) if integer else (int, float)
     if isinstance(value, bool) or not isinstance(value, kinds):
         what = "an int" if integer else "a number of seconds"
         raise TypeError(f"{name} must be {what}{' or None' if optional else ''}, not {type(value).__name__}")
-    if not value >= 0:  # (NaN too)
-        raise ValueError(f"{name} must be >= 0{' or None' if optional else ''}, not {value!r}")
+    if not value >= minimum:  # (NaN too)
+        raise ValueError(f"{name} must be >= {minimum}{' or None' if optional else ''}, not {value!r}")
 
 
 _NAMES = frozenset(f.name for f in fields(Options)) - {"extra"}

@@ -626,13 +626,18 @@ class Protocol:
         else:
             opcode = OP_TEXT if is_text else OP_BINARY
             compressed = self.deflate is not None and compress is not False
+        # The frame first, the state after: a fragment that cannot be encoded (a lone
+        # surrogate) changes nothing, so the layers can tell whether part of a message is out.
+        if compressed:
+            data = message.encode("utf-8") if is_text else message
+            frame = self._frame(opcode, self.deflate.compress(data, fin), fin, opcode != OP_CONT)
+        else:
+            frame = self._frame(opcode, message, fin)
+        if opcode != OP_CONT:
             self._send_frag_text = is_text
             self._send_frag_compressed = compressed
         self._send_frag_open = not fin
-        if compressed:
-            data = message.encode("utf-8") if is_text else message
-            return self._frame(opcode, self.deflate.compress(data, fin), fin, opcode != OP_CONT)
-        return self._frame(opcode, message, fin)
+        return frame
 
     def send_ping(self, data: bytes | str = b"", tag: Any = None) -> bytes:
         """Return a ping frame and remember it so the matching pong can be reported.

@@ -147,6 +147,47 @@ async def test_fragmented_send_that_fails_midway_fails_the_connection(backend, f
             await ws.send("more")
 
 
+async def test_recv_timeout_nan_inf_and_not_a_number(backend):
+    """As in the blocking layer: NaN is a ValueError (the default loop ignored it: a recv that
+    could wait for ever; uvloop raised from its timer), inf or a huge number no limit, a str a
+    TypeError; the connection stays usable (no waiter left behind)."""
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            with pytest.raises(ValueError, match="not nan"):
+                await ws.recv(float("nan"))
+            with pytest.raises(TypeError, match="not str"):
+                await ws.recv("1")  # type: ignore[arg-type]
+            for timeout in (float("inf"), 1e10):
+                await ws.send("x")
+                assert await ws.recv(timeout) == "x"
+            await ws.send("y")
+            assert await ws.recv(TIMEOUT) == "y"
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+async def test_fragment_that_cannot_be_encoded(backend, compression):
+    """A lone surrogate in a fragment: as the first one, nothing went out and the connection
+    stays usable (every later send() raised InvalidState); as a later one, 1011 (audit)."""
+    seen = asyncio.get_running_loop().create_future()
+
+    async def handler(websocket, path):
+        async for message in websocket:
+            await websocket.send(message)
+        seen.set_result(websocket.close_code)
+
+    async with serving(handler, backend=backend, compression=compression) as server:
+        ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend, compression=compression)
+        with pytest.raises(UnicodeEncodeError):
+            await ws.send(["\ud800", "a"])
+        await ws.send("probe")
+        assert await ws.recv(TIMEOUT) == "probe"
+        with pytest.raises(UnicodeEncodeError):
+            await ws.send(["a", "\ud800"])
+        assert await asyncio.wait_for(seen, TIMEOUT) == 1011
+        with pytest.raises(ConnectionClosed):
+            await ws.send("more")
+
+
 async def test_send_waits_for_a_fragmented_message_in_progress(backend):
     """Another task's send() waits for the fragmented message instead of failing (as websockets)."""
     gate = asyncio.Event()

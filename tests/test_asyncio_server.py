@@ -716,6 +716,28 @@ async def test_process_request_failure_is_500(backend, caplog):
         assert status == 500
 
 
+async def test_server_repr(backend):
+    server = await start_async_websocket_server("127.0.0.1", 0, echo, backend=backend)
+    assert repr(server) == f"<AsyncWebSocketServer ('127.0.0.1', {server.port})>"
+    server.close()
+    assert repr(server) == "<AsyncWebSocketServer closed>"
+    await server.wait_closed()
+
+
+async def test_handler_that_is_not_async_is_named_in_the_log(backend, caplog):
+    """A plain function passes the call (it may return an awaitable); one that returns None
+    fails its connection 1011 with a line that says what is wrong."""
+
+    def handler(ws, path):
+        return None
+
+    async with serving(handler, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            assert await ws.recv(TIMEOUT) is None
+            assert ws.close_code == 1011
+    assert "the handler must be an async function (async def): it returned NoneType" in caplog.text
+
+
 async def test_process_request_raising_cancelled_error_is_500(backend, caplog):
     """A hook that awaits a future someone else cancelled raises CancelledError: the hook's
     failure, 500 and logged at once, as any exception (audit: nothing until open_timeout)."""

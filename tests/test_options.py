@@ -50,7 +50,21 @@ SERVER_BAD = BAD + [
     ({"subprotocols": 123}, TypeError),
     ({"server_header": 5}, TypeError),
     ({"origins": 123}, TypeError),
+    ({"origins": [1]}, TypeError),  # audit: accepted, then every client refused 403
     ({"ssl": True}, TypeError),  # a server needs a context with its certificate
+    ({"backlog": "x"}, TypeError),  # audit: accepted by the blocking server, raised when awaited (asyncio)
+    ({"backlog": -5}, ValueError),
+    ({"reuse_port": "yes"}, TypeError),
+]
+#: The blocking server's own options: audit, accepted, then the accept loop died
+#: (thread_stack_size) or shutdown() hung (shutdown_grace).
+BLOCKING_SERVER_BAD = [
+    ({"thread_stack_size": -1}, ValueError),
+    ({"thread_stack_size": 1}, ValueError),
+    ({"thread_stack_size": "x"}, TypeError),
+    ({"shutdown_grace": "x"}, TypeError),
+    ({"shutdown_grace": -1}, ValueError),
+    ({"shutdown_grace": math.nan}, ValueError),
 ]
 
 
@@ -78,7 +92,7 @@ def test_unbounded_timeouts_and_whole_float_sizes():
     assert opts.ssl is None
 
 
-@pytest.mark.parametrize("options, error", SERVER_BAD, ids=_ids(SERVER_BAD))
+@pytest.mark.parametrize("options, error", SERVER_BAD + BLOCKING_SERVER_BAD, ids=_ids(SERVER_BAD + BLOCKING_SERVER_BAD))
 def test_blocking_server_refuses_invalid_options_when_made(options, error):
     with pytest.raises(error):
         WebSocketServer("127.0.0.1", 0, lambda ws, address: None, **options).shutdown()
@@ -89,6 +103,32 @@ async def test_asyncio_server_refuses_invalid_options_when_started(options, erro
     with pytest.raises(error):
         server = await start_async_websocket_server("127.0.0.1", 0, lambda ws, path: None, **options)
         server.close()
+
+
+@pytest.mark.parametrize(
+    "options, error",
+    SERVER_BAD + [({"sock": 5}, TypeError), ({"handler": None}, TypeError), ({"handler": 5}, TypeError)],
+    ids=_ids(SERVER_BAD) + ["sock=5", "handler=None", "handler=5"],
+)
+def test_asyncio_server_refuses_invalid_options_at_the_call(options, error):
+    """Before it is awaited (docs/api.md: "invalid options raise at once"): audit, a bad backlog
+    raised when awaited, a handler that is not callable failed every connection with 1011."""
+    options = dict(options)
+    handler = options.pop("handler", lambda ws, path: None)
+    with pytest.raises(error):
+        start_async_websocket_server("127.0.0.1", 0, handler, **options)
+
+
+def test_max_queue_says_its_minimum():
+    with pytest.raises(ValueError, match="max_queue must be >= 1 or None, not -1"):
+        make_options({"max_queue": -1})
+
+
+def test_blocking_server_stack_size_and_grace_that_are_fine():
+    server = WebSocketServer("127.0.0.1", 0, lambda ws, address: None, thread_stack_size=0, shutdown_grace=math.inf)
+    server.shutdown()
+    server = WebSocketServer("127.0.0.1", 0, lambda ws, address: None, thread_stack_size=65536, shutdown_grace=0)
+    server.shutdown()
 
 
 @pytest.mark.parametrize("options, error", BAD, ids=_ids(BAD))

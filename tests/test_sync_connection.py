@@ -127,6 +127,41 @@ def test_a_close_timeout_is_logged_at_info(backend, caplog):
     assert any("timed out (close_timeout)" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
 
 
+def test_recv_timeout_nan_inf_and_not_a_number(backend):
+    """As in the asyncio layer: NaN is a ValueError (it was one from select(), "Invalid value NaN"),
+    inf or a huge number no limit (OverflowError: timestamp out of range), a str a TypeError;
+    the connection stays usable."""
+    with running_server(echo) as server:
+        with connect_websocket(f"ws://127.0.0.1:{server.port}/", backend=backend) as ws:
+            with pytest.raises(ValueError, match="not nan"):
+                ws.recv(float("nan"))
+            with pytest.raises(TypeError, match="not str"):
+                ws.recv("1")  # type: ignore[arg-type]
+            for timeout in (float("inf"), 1e10):
+                ws.send("x")
+                assert ws.recv(timeout) == "x"
+
+
+@pytest.mark.parametrize("compression", [None, "deflate"])
+def test_fragment_that_cannot_be_encoded(backend, compression):
+    """A lone surrogate in a fragment raises UnicodeEncodeError. As the first fragment, nothing
+    went out and the connection stays usable (it was failed 1011); as a later one, half a
+    message is out and the connection fails 1011 (the next send went out after half a message,
+    which the peer refused 1002) (audit)."""
+    with running_server(echo, compression=compression) as server:
+        with connect_websocket(f"ws://127.0.0.1:{server.port}/", backend=backend, compression=compression) as ws:
+            with pytest.raises(UnicodeEncodeError):
+                ws.send(["\ud800", "a"])
+            ws.send("probe")
+            assert ws.recv(5) == "probe" and ws.open
+            with pytest.raises(UnicodeEncodeError):
+                ws.send(["a", "\ud800"])
+            assert ws.closed
+            with pytest.raises(ConnectionClosed):
+                ws.send("next")
+            assert ws.recv(5) is None
+
+
 @pytest.mark.parametrize("source", ["mixed-types", "raising-generator"])
 def test_fragment_source_failing_midway_fails_the_connection_1011(backend, source):
     """Half a message is out and no other one can follow it (RFC 6455 §5.4): the connection

@@ -12,7 +12,15 @@ from typing import Any, Awaitable, Callable, Union
 
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
-from ..options import Options, check_port, check_server_options, check_unix_path, make_options
+from ..options import (
+    Options,
+    check_handler,
+    check_listen_options,
+    check_port,
+    check_server_options,
+    check_unix_path,
+    make_options,
+)
 from .._option_types import AsyncServerOptions
 from .._types import Unpack  # annotations (resolvable at run time too)
 from .._unix import remove_unix_socket, socket_inode
@@ -498,6 +506,11 @@ class AsyncWebSocketServer:
             raise RuntimeError("the server is not listening on TCP")
         return self._port
 
+    def __repr__(self) -> str:
+        sockets = self.sockets
+        where = sockets[0].getsockname() if sockets else ("closed" if self.closing else "not listening")
+        return f"<AsyncWebSocketServer {where}>"
+
     def _start_handler(self, ws: AsyncWebSocket) -> None:
         task = self.loop.create_task(self._run_handler(ws))
         self.tasks.add(task)
@@ -507,10 +520,11 @@ class AsyncWebSocketServer:
         code = 1000
         cancelled: asyncio.CancelledError | None = None
         try:
-            if self._wants_path:
-                await self.handler(ws, ws.path)
-            else:
-                await self.handler(ws)
+            running = self.handler(ws, ws.path) if self._wants_path else self.handler(ws)
+            if not inspect.isawaitable(running):
+                raise TypeError(f"the handler must be an async function (async def): it returned "
+                                f"{type(running).__name__}, not an awaitable")
+            await running
         except asyncio.CancelledError as exc:
             cancelled = exc  # closed with 1001, then the cancellation goes on (asyncio's rule)
             code = 1001
@@ -646,6 +660,8 @@ class serve(Starter[AsyncWebSocketServer]):
         # (private: a forgotten ``await`` must not leave a ``.port`` or ``.close()`` that seems to work)
         self._listen = {k: options.pop(k) for k in ("unix", "reuse_port", "reuse_address", "backlog", "sock") if k in options}
         check_unix_path(self._listen.get("unix"))  # (at the call, as the blocking server)
+        check_listen_options(self._listen)
+        check_handler(handler)
         self._options = make_options(options)
         check_server_options(self._options)
         _server_handshake(self._options)  # (headers, server_header...: refused at the call, not when awaited)

@@ -52,7 +52,7 @@ from .._malloc import tune_malloc_once
 from ..exceptions import ConnectionClosed, InvalidState
 from ..frames import OP_BINARY, OP_TEXT
 from ..http11 import Headers
-from ..options import Options
+from ..options import Options, checked_timeout
 from ..protocol import INFLATE_BUDGET as _INFLATE_BUDGET
 from ..protocol import Closed, Keepalive, Ping, Pong, Protocol, State, control_payload, exit_close_code
 from .._reactor import EVENT_READ, EVENT_WRITE, HOLD_TICK, Timer, get_reactor
@@ -1221,6 +1221,8 @@ class WebSocket:
                     if self._sock_done or self.protocol.state is _CLOSED:
                         with self._lock:
                             self._after_recv_closed()
+        if timeout is not None:
+            timeout = checked_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._read_lock.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
             raise TimeoutError("no message received in time")

@@ -34,7 +34,14 @@ from .._types import Unpack  # annotations (resolvable at run time too)
 from .._unix import remove_stale_socket, remove_unix_socket, socket_inode
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
-from ..options import check_blocking_callables, check_port, check_server_options, check_unix_path, make_options
+from ..options import (
+    check_blocking_callables,
+    check_listen_options,
+    check_port,
+    check_server_options,
+    check_unix_path,
+    make_options,
+)
 from ..protocol import SERVER, Protocol
 from .client import _set_timeout
 from .connection import _HAS_POLL, WebSocket
@@ -53,6 +60,8 @@ _LINGER = 1.0
 _SHUTDOWN_ANSWER_TIME = 0.1
 #: How long ``shutdown()`` waits for closing handshakes (1001) before dropping connections.
 SHUTDOWN_GRACE = 0.3
+#: A longer shutdown_grace is as good as no limit (threading's waits refuse more than ~9e9 s).
+_GRACE_MAX = 1e9
 #: What the whole shutdown may take beyond the grace (start_websocket_server: 0.5 s in all,
 #: with up to _EVENT_POLL before the event is seen).
 _SHUTDOWN_SLACK = 0.03
@@ -155,10 +164,13 @@ class WebSocketServer:
         check_unix_path(unix)
         self._unix: str | bytes | None = None if unix is None else os.fspath(unix)  # (socket.bind takes no Path)
         self._unix_inode: int | None = None  # of the socket file we bound, removed by shutdown
-        backlog = options.pop("backlog", 1024)
-        reuse_port = options.pop("reuse_port", False)
-        self._stack_size = options.pop("thread_stack_size", DEFAULT_THREAD_STACK_SIZE)
-        self._grace = options.pop("shutdown_grace", SHUTDOWN_GRACE)
+        listen: dict[str, Any] = {k: options.pop(k) for k in ("backlog", "reuse_port", "thread_stack_size",  # type: ignore[misc]
+                                                             "shutdown_grace") if k in options}
+        check_listen_options(listen)  # (here, not in the accept loop or in shutdown(): audit)
+        backlog: int = 1024 if listen.get("backlog") is None else listen["backlog"]
+        reuse_port = bool(listen.get("reuse_port"))
+        self._stack_size: int | None = listen.get("thread_stack_size", DEFAULT_THREAD_STACK_SIZE)
+        self._grace: float = min(listen.get("shutdown_grace", SHUTDOWN_GRACE), _GRACE_MAX)
         self.options = make_options(options)
         check_server_options(self.options)
         check_blocking_callables(handler=handler, process_request=self.options.process_request)
