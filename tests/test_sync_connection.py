@@ -127,6 +127,25 @@ def test_a_close_timeout_is_logged_at_info(backend, caplog):
     assert any("timed out (close_timeout)" in r.getMessage() and r.levelno == logging.INFO for r in caplog.records)
 
 
+@pytest.mark.parametrize("delay", [0.0, 0.05])
+def test_protocol_error_then_half_close_still_gets_our_close_frame(backend, delay):
+    """A message, a frame with a reserved opcode, then the peer's FIN (a half-close: it still
+    reads): the message is delivered, then our 1002 close frame goes out before TCP closes, as
+    in the asyncio layer (audit: the error held back for the message was dropped at EOF)."""
+    with raw_server() as srv:
+        peer, ws = _raw_peer_and_client(srv, backend)
+        peer.sock.sendall(build_frame(1, b"a", True, False, None) + build_frame(3, b"", True, False, None))
+        peer.sock.shutdown(socket.SHUT_WR)
+        time.sleep(delay)  # (the application comes for the message later: the error is held)
+        assert ws.recv(5) == "a"
+        assert ws.recv(5) is None
+        opcode, payload = peer.recv_frame()
+        assert opcode == 8 and payload[:2] == (1002).to_bytes(2, "big")
+        with pytest.raises(EOFError):
+            peer.recv_frame()
+        peer.close()
+
+
 def test_recv_timeout_nan_inf_and_not_a_number(backend):
     """As in the asyncio layer: NaN is a ValueError (it was one from select(), "Invalid value NaN"),
     inf or a huge number no limit (OverflowError: timestamp out of range), a str a TypeError;

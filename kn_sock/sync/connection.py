@@ -411,6 +411,11 @@ class WebSocket:
             got = [(OP_TEXT if t is str else OP_BINARY, True, False, got)]
         elif got is None:
             with self._lock:
+                if self._error_held:
+                    # A protocol error held back for the messages before it, then the end of
+                    # the stream: fail first, so that our close frame (1002...) goes out before
+                    # TCP ends, to a peer that only half-closed (audit: it was never sent).
+                    self._fail_held()
                 self._eof = True
                 self._dispatch(self.protocol.receive_eof())
             return
