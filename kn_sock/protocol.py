@@ -126,7 +126,7 @@ class Protocol:
     __slots__ = (
         "__weakref__", "side", "is_client", "backend", "max_size", "subprotocol", "extensions",
         "deflate", "parser", "_build", "_validator_cls", "_masks", "state", "_out", "_parts",
-        "_part_opcode", "_part_compressed", "_validator", "_send_frag_open", "_send_frag_compressed",
+        "_part_opcode", "_part_compressed", "_validator", "_send_frag_open", "_send_frag_started", "_send_frag_compressed",
         "_send_frag_text", "_early_done", "close_rcvd", "close_sent", "close_rcvd_then_sent", "close_transport", "failed",
         "error", "eof_received", "pings", "hold_pongs", "_held_pong", "_pongs", "batch_room", "batch_bytes",
         "batch_spent", "backlog",
@@ -180,7 +180,10 @@ class Protocol:
         # Payload bytes of the incomplete compressed text frame inflated early (OP_EARLY).
         self._early_done = 0
         # Outgoing fragmented message.
+        #: A fragmented message is being sent, or reserved (``begin_fragments``): whole
+        #: messages must wait. ``_send_frag_started``: its first fragment is out.
         self._send_frag_open = False
+        self._send_frag_started = False
         self._send_frag_text = False
         self._send_frag_compressed = False
         # Closing handshake.
@@ -605,6 +608,27 @@ class Protocol:
             return (_frame_header(opcode, len(data)), data)  # type: ignore[return-value]
         return self._build(opcode, message, True, False, masks() if masks is not None else None)
 
+    def begin_fragments(self) -> None:
+        """Reserve the connection for a fragmented message before its first fragment is known
+        (the I/O layers read their iterable one item ahead): whole messages wait, or raise
+        ``InvalidState`` from the sender's own iterable, from now on, not from the first
+        fragment on. ``abandon_fragments`` undoes it if no fragment goes out.
+
+        Raises:
+            ConnectionClosed: the connection is closing or closed.
+            InvalidState: a fragmented message is being sent already.
+        """
+        self._check_open()
+        if self._send_frag_open:
+            raise InvalidState("a fragmented message is being sent")
+        self._send_frag_open = True
+
+    def abandon_fragments(self) -> None:
+        """End a reservation (``begin_fragments``) under which no fragment went out; a
+        fragmented message already started stays open (the layers fail the connection)."""
+        if not self._send_frag_started:
+            self._send_frag_open = False
+
     def send_fragment(self, message: Any, fin: bool, compress: bool | None = None) -> bytes:
         """Return one frame of a fragmented message (the first fragment fixes text or binary).
 
@@ -618,7 +642,7 @@ class Protocol:
             message = _contiguous(message, "fragment")
         elif type(message) is not str:
             message = str.__str__(message)  # its text, not str() of it (an enum member: "Cmd.X")
-        if self._send_frag_open:
+        if self._send_frag_started:
             if is_text != self._send_frag_text:
                 raise TypeError("all fragments of a message must be of the same type")
             opcode = OP_CONT
@@ -636,7 +660,7 @@ class Protocol:
         if opcode != OP_CONT:
             self._send_frag_text = is_text
             self._send_frag_compressed = compressed
-        self._send_frag_open = not fin
+        self._send_frag_open = self._send_frag_started = not fin
         return frame
 
     def send_ping(self, data: bytes | str = b"", tag: Any = None) -> bytes:

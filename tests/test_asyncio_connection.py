@@ -188,6 +188,36 @@ async def test_fragment_that_cannot_be_encoded(backend, compression):
             await ws.send("more")
 
 
+@pytest.mark.parametrize("at", [0, 1])
+async def test_send_before_the_first_fragment_is_out(backend, at):
+    """The iterable is read one item ahead: until its first fragment went out, a send() from
+    it slipped ahead of the fragmented message, and so did other tasks' (audit). Now its own
+    raises InvalidState, as later on, and another task's waits for the whole message."""
+    from kn_sock.exceptions import InvalidState
+
+    seen = []
+    other: list[asyncio.Task[None]] = []
+
+    async def parts():
+        for i in range(3):
+            if i == at:
+                try:
+                    await ws.send("inside")
+                except InvalidState:
+                    seen.append("InvalidState")
+                other.append(asyncio.ensure_future(ws.send("other")))
+                await asyncio.sleep(0.01)
+            yield str(i)
+
+    async with serving(echo, backend=backend) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            await ws.send(parts())
+            await asyncio.wait_for(other[0], TIMEOUT)
+            assert seen == ["InvalidState"]
+            assert await ws.recv(TIMEOUT) == "012"
+            assert await ws.recv(TIMEOUT) == "other"
+
+
 async def test_send_waits_for_a_fragmented_message_in_progress(backend):
     """Another task's send() waits for the fragmented message instead of failing (as websockets)."""
     gate = asyncio.Event()

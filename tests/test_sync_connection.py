@@ -11,6 +11,7 @@ import mmap
 import os
 import queue
 import socket
+import struct
 import threading
 import time
 import weakref
@@ -232,6 +233,135 @@ def test_send_from_the_iterable_of_its_own_fragmented_send_raises(backend):
         assert ws.wait_closed(5) and ws.closed
         with pytest.raises(ConnectionClosed):
             ws.send("after")  # returns at once: the send lock was released
+
+
+@pytest.mark.parametrize("size", [5, 8_000_000])
+@pytest.mark.parametrize("at", [0, 1])
+def test_send_from_the_iterable_before_its_first_fragment_raises(backend, at, size):
+    """The iterable is read one item ahead: before the first fragment goes out, a send() from
+    it raised nothing and went out ahead of the fragmented message, or, over write_limit,
+    waited for the send lock its own thread held: a deadlock that close() did not end (audit).
+    It raises InvalidState at any point now; the connection stays usable if nothing went out."""
+    from kn_sock.exceptions import InvalidState
+
+    with running_server(echo, backend=backend, max_size=None) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend, max_size=None)
+        seen = []
+
+        def parts():
+            for i in range(3):
+                if i == at:
+                    try:
+                        ws.send("x" * size)
+                    except InvalidState:
+                        seen.append("InvalidState")
+                yield str(i)
+
+        done = threading.Event()
+        thread = threading.Thread(target=lambda: (ws.send(parts()), done.set()), daemon=True)
+        thread.start()
+        assert done.wait(10), "deadlock"
+        assert seen == ["InvalidState"]
+        assert ws.recv(5) == "012"  # the fragmented message, and nothing ahead of it
+        ws.close()
+
+
+def test_senders_waiting_behind_a_fragmented_message_get_connection_closed_when_it_drops(backend):
+    """Threads waiting for a fragmented message to end, whose connection is reset under it,
+    get ConnectionClosed, the documented outcome, not InvalidState (audit: 1 in 3 runs)."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+
+    def peer():
+        from kn_sock.handshake import ServerHandshake
+
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.settimeout(5)
+            hs = ServerHandshake(compression=None)
+            request = None
+            while request is None:
+                request = hs.receive_data(conn.recv(65536))
+            conn.sendall(hs.accept(request))
+            got = 0
+            while got < 100_000:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                got += len(data)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            conn.close()  # a reset
+
+    threading.Thread(target=peer, daemon=True).start()
+
+    def fragments():
+        for _ in range(100_000):
+            yield b"f" * 2000
+
+    try:
+        for _ in range(30):
+            ws = connect_websocket("127.0.0.1", listener.getsockname()[1], backend=backend, compression=None,
+                                   ping_interval=None, close_timeout=2)
+            outcomes: dict[int, str] = {}
+
+            def run(i: int) -> None:
+                try:
+                    while True:
+                        ws.send(fragments() if i == 0 else "hello")
+                except ConnectionClosed:
+                    outcomes[i] = "ConnectionClosed"
+                except Exception as exc:
+                    outcomes[i] = repr(exc)
+
+            threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(4)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(10)
+            assert not any(t.is_alive() for t in threads)
+            assert outcomes == dict.fromkeys(range(4), "ConnectionClosed")
+            ws.abort()
+    finally:
+        listener.close()
+
+
+def test_fragment_senders_get_connection_closed_ok_after_a_clean_close(backend):
+    """A sender of fragmented messages whose connection closes cleanly (our close(), answered
+    at once) gets ConnectionClosedOK, not the ConnectionClosedError 1006 it built while the
+    closing handshake was under way (audit: 2-5% of runs)."""
+    from kn_sock.exceptions import ConnectionClosedOK
+
+    def handler(ws, address):
+        for _ in ws:
+            pass
+
+    with running_server(handler, backend=backend, max_size=None) as server:
+        for _ in range(40):
+            ws = connect_websocket("127.0.0.1", server.port, backend=backend, compression=None, close_timeout=3)
+            outcomes: dict[int, str] = {}
+
+            def run(i: int) -> None:
+                message = ["f" * 100, "g" * 100] if i % 2 else "s" * 1000
+                try:
+                    while True:
+                        ws.send(message)
+                except ConnectionClosedOK:
+                    outcomes[i] = "OK"
+                except ConnectionClosed as exc:
+                    outcomes[i] = repr(exc)
+
+            threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(4)]
+            for t in threads:
+                t.start()
+            time.sleep(0.002)
+            ws.close()
+            for t in threads:
+                t.join(10)
+            assert ws.close_code == 1000
+            assert outcomes == dict.fromkeys(range(4), "OK")
 
 
 @pytest.mark.parametrize("source", ["bad-first-fragment", "raising-generator", "not-iterable"])

@@ -954,6 +954,9 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         proto = self.protocol
         assert proto is not None
         it = fragments.__aiter__()
+        # Reserved from now on, while the iterable is read ahead: other tasks' whole messages
+        # wait for this one, this task's raise InvalidState (they slipped ahead: audit).
+        proto.begin_fragments()
         self._frag_done = done = self._loop.create_future()
         self._frag_task = asyncio.current_task()
         started = False
@@ -987,6 +990,7 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
                 self._fail(1011, "error in fragmented message")
             raise
         finally:
+            proto.abandon_fragments()
             self._frag_done = self._frag_task = None
             done.set_result(None)
 

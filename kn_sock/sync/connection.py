@@ -924,9 +924,15 @@ class WebSocket:
         try:
             return self._send(message)
         except ConnectionClosed:
-            if (
-                self.protocol.state is not State.CLOSING and not self._write_dead
-            ) or threading.get_ident() == self._reactor.ident:
+            if threading.get_ident() == self._reactor.ident:
+                raise
+            state = self.protocol.state
+            if state is _CLOSED:
+                # Ended meanwhile (the peer's close came while this sender waited for a lock):
+                # how it ended is known now, and the exception raised while CLOSING is stale
+                # (audit: a 1006 "no close frame received" after a clean close).
+                raise self.protocol.closed_exception() from None
+            if state is not State.CLOSING and not self._write_dead:
                 raise
         # Our close frame is out and the peer's answer awaited, or a write failed and what
         # the peer sent before is being read: how the connection ends (ConnectionClosedOK
@@ -939,6 +945,10 @@ class WebSocket:
         proto = self.protocol
         t = type(message)
         if t is bytes or t is str:
+            if self._frag_thread:
+                # This thread's fragmented send reads its iterable ahead of its first fragment:
+                # draining under _send_lock, which it holds, would never end (audit).
+                self._check_not_in_fragments()
             # Speed: a whole message needs only _lock (frames are written whole under it);
             # _send_lock matters only while another thread sends a fragmented message.
             # (acquire/release: ~80 ns less than ``with`` on 3.11, whose __exit__ packs a tuple.)
@@ -987,6 +997,10 @@ class WebSocket:
     def _frame_and_write(self, message: Any) -> None:
         """The frame(s) of one whole message through the protocol, then to the socket (``_lock`` held)."""
         proto = self.protocol
+        if self._sock_done or self._write_dead:
+            # Lost, possibly in the middle of another thread's fragmented message, which is
+            # then still open in the protocol: ConnectionClosed, not InvalidState (audit).
+            raise proto.closed_exception()
         data = proto.send(message)
         if self._sock_done:
             raise proto.closed_exception()
@@ -1078,6 +1092,12 @@ class WebSocket:
         before the first fragment leaves the connection usable.
         """
         proto = self.protocol
+        with self._lock:
+            if self._sock_done or self._write_dead:
+                raise proto.closed_exception()
+            # Reserved from now on, while the iterable is read ahead: other threads' whole
+            # messages wait for this one, this thread's raise InvalidState (not slip ahead).
+            proto.begin_fragments()
         self._frag_thread = threading.get_ident()
         try:
             it = iter(fragments)
@@ -1091,11 +1111,13 @@ class WebSocket:
             self._send_frame(lambda: proto.send_fragment(prev, True))
         except BaseException:
             with self._lock:
-                if proto._send_frag_open and proto.state is _OPEN and not self._sock_done and not self._write_dead:
+                if proto._send_frag_started and proto.state is _OPEN and not self._sock_done and not self._write_dead:
                     self._fail(1011, "error in fragmented message")
             raise
         finally:
             self._frag_thread = 0
+            with self._lock:
+                proto.abandon_fragments()
 
     def _fail(self, code: int, reason: str) -> None:
         """Fail the connection (RFC 6455 §7.1.7): close frame, then close TCP (``_lock`` held)."""
