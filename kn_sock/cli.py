@@ -831,6 +831,11 @@ def _parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     version = f"kn_sock {__version__} ({IMPLEMENTATION}) Python {platform.python_version()}"
+    if IMPLEMENTATION == "pure":  # why, so that an install that fell back without a word shows it
+        from ._backend import IMPORT_ERROR
+
+        if IMPORT_ERROR:
+            version += f" [pure: {IMPORT_ERROR}]"
     parser.add_argument("--version", action="version", version=version)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     p = sub.add_parser("serve", help="run an echo server", description="Echo server; logs connections on stderr.")

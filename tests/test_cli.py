@@ -7,6 +7,7 @@ Every subprocess has a timeout, and every server started here is stopped (SIGTER
 from __future__ import annotations
 
 import os
+import platform
 import re
 import signal
 import socket
@@ -106,7 +107,7 @@ def test_version_under_forced_pure_twin() -> None:
     env = {**os.environ, "KN_SOCK_PURE": "1"}
     proc = subprocess.run([sys.executable, "-m", "kn_sock", "--version"], capture_output=True, text=True,
                           timeout=TIMEOUT, env=env)
-    assert "(pure)" in proc.stdout
+    assert "(pure)" in proc.stdout and "[pure: KN_SOCK_PURE is set]" in proc.stdout
 
 
 def test_help_documents_exit_codes() -> None:
@@ -630,6 +631,9 @@ def test_an_installed_package_carries_the_benchmarks(tmp_path: Path) -> None:
     assert where.startswith(str(tmp_path)) and impl == "pure"
     assert bench_dir == str(tmp_path / "kn_sock" / "_benchmarks")
     assert reason == "the C extension is not built (installed without a C compiler or Cython)"
+    version = subprocess.run([sys.executable, "-S", "-m", "kn_sock", "--version"], cwd=tmp_path, env=env,
+                             capture_output=True, text=True, timeout=TIMEOUT)
+    assert version.stdout.rstrip().endswith(f"(pure) Python {platform.python_version()} [pure: {reason}]"), version.stdout
     proc = subprocess.run(
         [sys.executable, "-m", "kn_sock", "bench", "--quick", "--suite", "speedups"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60,

@@ -91,6 +91,47 @@ def test_messages_received_before_a_reconnection_are_not_lost(backend):
         assert ws.recv(TIMEOUT) is None
 
 
+def test_a_reconnection_between_recv_s_reads_keeps_the_order(backend):
+    """recv() looks at the ended connections' messages, then at the current connection: a
+    reconnection in between (the supervisor thread's, forced here at that point) made the new
+    connection's first message overtake the old one's unread ones (audit)."""
+    from collections import deque
+
+    counter: list[int] = []
+    drop = threading.Event()
+
+    def handler(ws, address):
+        counter.append(1)
+        if len(counter) == 1:
+            ws.send("old1")
+            ws.send("old2")
+            drop.wait(TIMEOUT)
+            ws.close(1012)
+            return
+        ws.send("new1")
+        ws.wait_closed(TIMEOUT)
+
+    with running_server(handler, backend=backend) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=FAST, compression=None)
+        assert wait_for(lambda: len(ws._ws._messages) == 2)
+        app = threading.current_thread()
+
+        class SwitchedHere(deque):  # the application thread loses the GIL right after this test
+            armed = True
+
+            def __bool__(self) -> bool:
+                value = len(self) > 0
+                if threading.current_thread() is app and SwitchedHere.armed:
+                    SwitchedHere.armed = False
+                    drop.set()
+                    wait_for(lambda: ws.reconnects == 1 and ws._ws._messages)
+                return value
+
+        ws._ended = SwitchedHere(ws._ended)
+        assert [ws.recv(TIMEOUT), ws.recv(TIMEOUT), ws.recv(TIMEOUT)] == ["old1", "old2", "new1"]
+        ws.close()
+
+
 def test_reconnects_promptly_while_recv_is_polled(backend):
     """recv(timeout) called more often than the reactor's hold tick, on a connection that the
     server closed (1001): the server's EOF is still read and the client reconnects after its

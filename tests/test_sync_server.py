@@ -819,6 +819,70 @@ def test_tls(backend, tls_contexts):
             connect_websocket(f"wss://localhost:{server.port}/", open_timeout=2)  # untrusted certificate
 
 
+def _read_to_tls_end(sock: ssl.SSLSocket) -> bytes:
+    """Read until the peer ends the TLS session: with its close_notify, or SSLEOFError (the
+    socket must have ``suppress_ragged_eofs=False``) when TCP ends without one."""
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_tls_sessions_end_with_close_notify(backend, tls_contexts):
+    """RFC 6455 §7.1.1: close "the TLS session, if applicable" (RFC 8446 §6.1: close_notify),
+    as the asyncio layer does; the blocking layer closed TCP under it (audit), which a strict
+    peer reads as a truncation. Both sides: our server, then our client."""
+    from kn_sock._pure import build_frame
+    from kn_sock.handshake import ClientHandshake
+    from kn_sock.uri import parse_uri
+
+    server_ctx, client_ctx = tls_contexts
+    with running_server(echo, ssl=server_ctx, backend=backend) as server:
+        raw = client_ctx.wrap_socket(socket.create_connection(("127.0.0.1", server.port), timeout=5),
+                                     server_hostname="localhost", suppress_ragged_eofs=False)
+        hs = ClientHandshake(parse_uri("127.0.0.1", server.port, "/"), compression=None)
+        raw.sendall(hs.data_to_send())
+        while hs.receive_data(raw.recv(65536)) is None:
+            pass
+        raw.sendall(build_frame(8, (1000).to_bytes(2, "big"), True, False, os.urandom(4)))
+        assert _read_to_tls_end(raw) == b"\x88\x02\x03\xe8"  # our close frame back, then close_notify
+        raw.close()
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(5)
+    got: list[Any] = []
+
+    def peer() -> None:
+        conn, _ = listener.accept()
+        with server_ctx.wrap_socket(conn, server_side=True, suppress_ragged_eofs=False) as tls:
+            tls.settimeout(5)
+            shs = ServerHandshake(compression=None)
+            request = None
+            while request is None:
+                request = shs.receive_data(tls.recv(65536))
+            tls.sendall(shs.accept(request))
+            frame = b""
+            while len(frame) < 8:  # the client's close frame (masked: 8 bytes)
+                frame += tls.recv(8 - len(frame))
+            tls.sendall(b"\x88\x02\x03\xe8")
+            try:
+                tls.unwrap()  # our close_notify, then the client's (a TCP end without it: SSLError)
+                got.append("close_notify")
+            except (ssl.SSLError, OSError) as exc:
+                got.append(exc)
+
+    thread = threading.Thread(target=peer, daemon=True)
+    thread.start()
+    try:
+        ws = connect_websocket(f"wss://localhost:{listener.getsockname()[1]}/", ssl=client_ctx, backend=backend,
+                               compression=None, close_timeout=1)
+        ws.close()
+        thread.join(5)
+    finally:
+        listener.close()
+    assert got == ["close_notify"], got
+
+
 def test_tls_client_sending_a_message_over_max_size_gets_1009(backend, tls_contexts):
     """Over TLS the failing server cannot half-close and keep reading, so the client's write
     fails (reset) in the middle of its message: its send() raises, and the server's 1009,

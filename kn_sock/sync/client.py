@@ -503,11 +503,15 @@ class ReconnectingWebSocket(ReconnectingState):
         deadline = None if timeout is None else time.monotonic() + timeout
         cond = self._cond
         while True:
+            # _ws first: the supervisor queues an ended connection in _ended before it replaces
+            # _ws (both under cond), so a new _ws seen here has its predecessor's messages in
+            # _ended below (audit: read the other way round, a reconnection in between let the
+            # new connection's first message overtake them).
+            ws = self._ws
             message = None
             if self._ended:  # what ended connections received comes first, in order
                 with cond:
                     message = self._take_ended()
-            ws = self._ws
             if message is None and ws is self._settling and not self._final and threading.get_ident() != self._settling_runner:
                 # on_connect is running with this new connection: what it brings first is
                 # on_connect's to read; wait until it returns.

@@ -150,6 +150,7 @@ class WebSocket:
         "_max_queue",
         "_read_paused",
         "_dropping",
+        "_aborting",
         "_backlog_later",
         "_error_held",
         "_app_reading",
@@ -219,6 +220,7 @@ class WebSocket:
         self._max_queue = opts.max_queue
         self._read_paused = False
         self._dropping = False  # closing, a message was dropped: so is every later one
+        self._aborting = False  # dropped (abort(), a timeout): no TLS close_notify
         self._error_held = False  # a parser error waits for the messages before it (_hold_error)
         self._backlog_later = False  # the reactor goes on with protocol.backlog soon (reading paused)
         self._app_reading = False
@@ -784,6 +786,8 @@ class WebSocket:
             # of the reactor's refers to a closed connection.
             self._held = False
             self._reactor.unhold(self)
+        if self._ssl and not self._aborting and not self._wbuf and not self._write_dead and not self._fd_closed:
+            self._close_notify()
         if not self._asleep:
             self._wake_reader()
         self._wbuf.clear()
@@ -795,6 +799,17 @@ class WebSocket:
         proto.pings.clear()
         proto.batch_room = None  # (a bound method of ours: a cycle keeping a closed connection alive)
         self._done.set()
+
+    def _close_notify(self) -> None:
+        """TLS: end the session with a close_notify before TCP closes (RFC 6455 §7.1.1: close
+        "the TLS session, if applicable"; RFC 8446 §6.1), as the asyncio layer does. The socket
+        does not block: the peer's own close_notify is not awaited."""
+        assert self._io_lock is not None
+        with self._io_lock:
+            try:
+                self._sock.unwrap()
+            except (OSError, ValueError):  # (SSLWantReadError: ours is out, the peer's not in yet)
+                pass
 
     def _wake_reader(self) -> None:
         """Shut the socket down both ways: wakes a thread blocked on it (``_lock`` held)."""
@@ -815,6 +830,7 @@ class WebSocket:
             pass
 
     def _abort_locked(self) -> None:
+        self._aborting = True
         self._eof = True
         self._wbuf.clear()
         self._wbuf_size = 0
