@@ -47,6 +47,7 @@ class ClientOptions(_SharedOptions, total=False):
     """A client's options (``reconnect`` is a parameter of its own, which picks the return type)."""
 
     ssl: bool | SSLContext | None
+    proxy: str | bool | None
     sock: socket.socket | None
     unix: str | bytes | PathLike[str] | PathLike[bytes] | None
     ack: bool | Callable[[Any], int]

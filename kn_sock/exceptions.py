@@ -8,6 +8,7 @@
     │   └── ConnectionClosedError      … abnormally (1006) or with an error code
     ├── InvalidHandshake               the opening handshake failed (client or server side)
     │   ├── InvalidStatus              client: the server answered with a non-101 status
+    │   ├── InvalidProxyStatus         client: the HTTP proxy refused the tunnel (``proxy=``)
     │   └── InvalidHeader              a header is missing or has a bad value
     ├── ProtocolError                  the peer broke RFC 6455 / 7692; carries the close code
     │   └── PayloadTooBig              a message exceeded ``max_size`` (close code 1009)
@@ -31,6 +32,7 @@ __all__ = [
     "ConnectionClosedError",
     "InvalidHandshake",
     "InvalidStatus",
+    "InvalidProxyStatus",
     "InvalidHeader",
     "ProtocolError",
     "PayloadTooBig",
@@ -125,6 +127,17 @@ class InvalidStatus(InvalidHandshake):
     @property
     def status_code(self) -> int:
         """The HTTP status of the answer (the same as ``status``)."""
+        return self.status
+
+
+class InvalidProxyStatus(InvalidHandshake):
+    """Client side: the HTTP proxy (``proxy=``) answered CONNECT with a status other than 2xx
+    (407: it wants credentials, ``http://user:password@proxy:port``); ``status``, ``headers``
+    and ``body`` are its answer's."""
+
+    @property
+    def status_code(self) -> int:
+        """The HTTP status of the proxy's answer (the same as ``status``)."""
         return self.status
 
 

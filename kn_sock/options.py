@@ -129,11 +129,18 @@ def check_blocking_callables(**callables: Any) -> None:
 
 
 def check_client_transport(opts: Options) -> None:
-    """A client's ``sock`` (a connected socket) and ``unix`` (a Unix socket path) options:
-    TypeError / ValueError unless at most one is given, of the right type, and ``sock`` not
-    with ``reconnect`` (which could not reopen it)."""
+    """A client's ``sock`` (a connected socket), ``unix`` (a Unix socket path) and ``proxy``
+    (an HTTP proxy) options: TypeError / ValueError unless at most one is given, of the right
+    type, and ``sock`` not with ``reconnect`` (which could not reopen it)."""
     sock = opts.extra.get("sock")
     unix = opts.extra.get("unix")
+    proxy = opts.extra.get("proxy")
+    if proxy is not None and proxy is not False:
+        from .proxy import check_proxy
+
+        check_proxy(proxy)
+        if sock is not None or unix is not None:
+            raise ValueError("proxy cannot be used with sock or unix")
     if sock is not None:
         import socket
 

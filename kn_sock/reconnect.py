@@ -33,7 +33,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar, overload
 
-from .exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus
+from .exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidProxyStatus, InvalidStatus
 from .http11 import Headers
 
 logger = logging.getLogger("kn_sock")
@@ -87,7 +87,7 @@ def should_reconnect(code: int, retry_codes: frozenset[int] = RETRY_CODES) -> bo
 
 def retryable_error(exc: BaseException) -> bool:
     """True when a failed connection attempt (``exc``) is worth another attempt."""
-    if isinstance(exc, InvalidStatus):
+    if isinstance(exc, (InvalidStatus, InvalidProxyStatus)):  # (the proxy's 502 / 503: the server's unreachable for now)
         return exc.status >= 500 or exc.status in _RETRY_STATUSES
     if isinstance(exc, InvalidHandshake):
         # Only a handshake cut short by the network (a server going down mid-handshake): the

@@ -285,7 +285,7 @@ def test_option_types_name_every_option():
     def keys(typed: Any) -> set[str]:
         return set(typed.__required_keys__ | typed.__optional_keys__)
 
-    assert keys(ClientOptions) == shared - {"reconnect"} | {"sock", "unix", "ack"}  # reconnect: a parameter
+    assert keys(ClientOptions) == shared - {"reconnect"} | {"sock", "unix", "ack", "proxy"}  # reconnect: a parameter
     assert keys(ServerOptions) == shared | {"unix", "backlog", "reuse_port", "thread_stack_size", "shutdown_grace"}
     assert keys(AsyncServerOptions) == shared | {"unix", "backlog", "reuse_port", "reuse_address", "sock"}
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import socket
 import ssl as ssl_module
 from collections.abc import Mapping
 from typing import Any, AsyncIterator, Literal, TypeVar, overload
@@ -14,6 +15,7 @@ from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandsha
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_options, redirect_target
 from ..options import Options, check_client_transport, make_options
 from ..protocol import CLIENT, Protocol, State, exit_close_code
+from ..proxy import ConnectAnswer, ProxyURI, connect_request, proxy_for
 from ..reconnect import ReconnectingState, ReconnectPolicy, by_app, end_code, queueable, retryable_error
 from .._unix import async_unix_connect
 from ..uri import WebSocketURI, parse_uri
@@ -115,6 +117,38 @@ async def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default") ->
     raise InvalidHandshake(f"more than {MAX_REDIRECTS} redirections")
 
 
+async def _tunnel(loop: asyncio.AbstractEventLoop, proxy: ProxyURI, wsuri: WebSocketURI, opts: Options) -> socket.socket:
+    """Connect to the HTTP proxy and ask it for a tunnel to ``wsuri``'s server (CONNECT); the
+    socket, to hand to ``create_connection`` (bounded by the caller's ``open_timeout``)."""
+    infos = await loop.getaddrinfo(proxy.host, proxy.port, type=socket.SOCK_STREAM)
+    error: OSError | None = None
+    for family, type_, proto, _, address in infos:
+        sock = socket.socket(family, type_, proto)
+        try:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        break
+    else:
+        raise error or OSError(f"cannot resolve the proxy {proxy.shown}")
+    try:
+        answer = ConnectAnswer(proxy)
+        await loop.sock_sendall(sock, connect_request(proxy, wsuri, opts.user_agent))
+        while not answer.feed(await loop.sock_recv(sock, 65536)):
+            pass
+    except BaseException:
+        sock.close()
+        raise
+    logger.debug("tunnel to %s:%d through %s", wsuri.host, wsuri.port, proxy.shown)
+    return sock
+
+
 async def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) -> AsyncWebSocket:
     """One connection attempt: TCP (+ TLS) and the opening handshake with ``wsuri``."""
     loop = asyncio.get_running_loop()
@@ -147,6 +181,13 @@ async def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None) 
                     transport, ws = await loop.create_unix_connection(factory, sock=usock, **tls)
                 except BaseException:
                     usock.close()  # (if asyncio had not: closing twice is harmless)
+                    raise
+            elif (proxy := proxy_for(wsuri, opts.extra.get("proxy"))) is not None:
+                psock = await _tunnel(loop, proxy, wsuri, opts)
+                try:
+                    transport, ws = await loop.create_connection(factory, sock=psock, **tls)
+                except BaseException:
+                    psock.close()
                     raise
             else:
                 transport, ws = await loop.create_connection(factory, host, wsuri.port, **tls)
@@ -209,7 +250,7 @@ class connect(Starter[_W]):
     def __init__(self, host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> None:
         """Validate the URI and options now; connect when awaited."""
         self._wsuri = parse_uri(host_or_uri, port, path)
-        self._options = make_options(options, allow=("ack", "sock", "unix"))
+        self._options = make_options(options, allow=("ack", "sock", "unix", "proxy"))
         check_client_transport(self._options)
         self._policy = ReconnectPolicy.from_option(self._options.reconnect)
         if self._options.extra.get("ack") and self._policy is None:

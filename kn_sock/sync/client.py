@@ -23,6 +23,7 @@ from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandsha
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_options, redirect_target
 from ..options import Options, check_blocking_callables, check_client_transport, make_options
 from ..protocol import CLIENT, Protocol, State, exit_close_code
+from ..proxy import ConnectAnswer, ProxyURI, connect_request, proxy_for
 from ..reconnect import ReconnectingState, ReconnectPolicy, by_app, end_code, queueable, retryable_error
 from .._unix import unix_connect
 from ..uri import WebSocketURI, parse_uri
@@ -72,7 +73,7 @@ def connect_websocket(
         OSError: the TCP connection failed.
     """
     wsuri = parse_uri(host_or_uri, port, path)
-    opts = make_options(options, allow=("sock", "unix", "ack"))
+    opts = make_options(options, allow=("sock", "unix", "ack", "proxy"))
     check_client_transport(opts)
     check_blocking_callables(on_connect=opts.on_connect)
     policy = ReconnectPolicy.from_option(opts.reconnect)
@@ -148,6 +149,18 @@ def _open(wsuri: WebSocketURI, opts: Options, timeout: Any = "default", attempt:
     raise InvalidHandshake(f"more than {MAX_REDIRECTS} redirections")
 
 
+def _tunnel(sock: socket.socket, proxy: ProxyURI, wsuri: WebSocketURI, opts: Options, deadline: float | None) -> None:
+    """Ask the HTTP proxy connected on ``sock`` for a tunnel to ``wsuri``'s server (CONNECT)."""
+    answer = ConnectAnswer(proxy)
+    _set_timeout(sock, deadline)
+    sock.sendall(connect_request(proxy, wsuri, opts.user_agent))
+    while True:
+        _set_timeout(sock, deadline)
+        if answer.feed(sock.recv(65536)):
+            logger.debug("tunnel to %s:%d through %s", wsuri.host, wsuri.port, proxy.shown)
+            return
+
+
 def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None, attempt: _Attempt | None = None) -> WebSocket:
     """One connection attempt: TCP (+ TLS) and the opening handshake with ``wsuri``."""
     if timeout is not None and timeout <= 0:  # (a socket timeout of 0 means non-blocking)
@@ -159,12 +172,17 @@ def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None, attemp
     try:
         if sock is None:
             unix = opts.extra.get("unix")
-            if unix is None:
+            proxy = proxy_for(wsuri, opts.extra.get("proxy"))
+            if proxy is not None:
+                sock = socket.create_connection((proxy.host, proxy.port), timeout=timeout)
+            elif unix is None:
                 sock = socket.create_connection((host, wsuri.port), timeout=timeout)
             else:
                 sock = unix_connect(unix, timeout)
             if attempt is not None:
                 attempt.started(sock)
+            if proxy is not None:
+                _tunnel(sock, proxy, wsuri, opts, deadline)
         else:
             sock.settimeout(timeout)
         if sock.family in (socket.AF_INET, socket.AF_INET6):
