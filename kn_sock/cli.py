@@ -38,7 +38,7 @@ from typing import Any, Callable, Iterator, Sequence
 
 from . import __version__
 from ._backend import IMPLEMENTATION
-from .exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI, WebSocketError
+from .exceptions import ConnectionClosed, InvalidHandshake, InvalidProxyStatus, InvalidStatus, InvalidURI, WebSocketError
 from .options import Options
 
 __all__ = ["main", "EXIT_OK", "EXIT_FAILURE", "EXIT_USAGE", "EXIT_CLOSED", "EXIT_INTERRUPTED", "EXIT_TERMINATED"]
@@ -291,6 +291,8 @@ def _open_client(args: argparse.Namespace, shown: str) -> Any:
         options["subprotocols"] = args.subprotocol
     if args.max_size is not None:
         options["max_size"] = args.max_size or None  # 0: no limit
+    if args.proxy:
+        options["proxy"] = True if args.proxy == "env" else args.proxy
     try:
         secure = parse_uri(args.uri).secure
         if secure:
@@ -304,6 +306,9 @@ def _open_client(args: argparse.Namespace, shown: str) -> Any:
         raise CLIError(hide(f"invalid URI: {exc}"), EXIT_USAGE) from None
     except InvalidStatus as exc:
         raise CLIError(f"{shown}: the server refused the WebSocket upgrade: HTTP {_status(exc.status)}") from None
+    except InvalidProxyStatus as exc:
+        hint = " (credentials: --proxy http://user:password@host:port)" if exc.status == 407 else ""
+        raise CLIError(f"{shown}: the proxy refused the tunnel: HTTP {_status(exc.status)}{hint}") from None
     except InvalidHandshake as exc:
         raise CLIError(hide(f"{shown}: opening handshake failed: {exc}")) from None
     except ssl.SSLCertVerificationError as exc:
@@ -863,6 +868,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("-k", "--insecure", action="store_true", help="wss:// without certificate checks (ignored for ws://)")
     p.add_argument("--subprotocol", action="append", metavar="NAME", help="offer a subprotocol (repeatable)")
     p.add_argument("--no-compression", action="store_true", help="do not offer permessage-deflate")
+    p.add_argument("--proxy", metavar="URL", help="connect through this HTTP proxy, http://[user:password@]host:port "
+                                                  "(CONNECT), or 'env' for the *_proxy / no_proxy variables")
     p = sub.add_parser("demo", help="echo server and client in one process, with throughput")
     p.add_argument("--seconds", type=_positive, default=1.0, help="per message size (default 1 s)")
     p = sub.add_parser("bench", help="run the benchmarks; extra options go to the scripts", description=(

@@ -148,6 +148,23 @@ def test_serve_sync_echo() -> None:
     assert code == 0 and "Traceback" not in err and "server stopped" in err
 
 
+def test_connect_through_a_proxy(server: Server) -> None:
+    from proxy_support import ConnectProxy
+
+    with ConnectProxy() as proxy:
+        proc = run_cli("connect", server.uri, "--proxy", proxy.url, input="tunnelled\n")
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.splitlines() == ["tunnelled"]
+        assert proxy.requests and proxy.requests[0].startswith(b"CONNECT 127.0.0.1:")
+    with ConnectProxy(credentials="Basic x") as proxy:
+        proc = run_cli("connect", server.uri, "--proxy", proxy.url, input="")
+        assert proc.returncode == 1
+        assert_one_line_error(proc, "the proxy refused the tunnel: HTTP 407", "--proxy http://user:password@")
+    proc = run_cli("connect", server.uri, "--proxy", "socks5://127.0.0.1:1", input="")
+    assert proc.returncode == 2
+    assert_one_line_error(proc, "invalid URI", "socks5")
+
+
 def test_connect_commands_ping_close_and_escape(server: Server) -> None:
     proc = run_cli("connect", server.uri, input="//slash\n/ping\n/close 4000 done\nnot sent\n")
     assert proc.returncode == 0, proc.stderr
