@@ -38,8 +38,8 @@ def _warn_pure(exc: BaseException) -> None:
     warnings.warn(
         f"kn_sock: the C extension could not be built ({why}); installing the pure-Python "
         "fallback, which works but is slower (`kn-sock --version` says which one runs). With a "
-        "compiler and the Python headers, reinstall with `pip install --no-cache-dir --force-reinstall "
-        "kn_sock`; set KN_SOCK_BUILD_EXTENSION=yes to make this an error.",
+        "compiler and the Python headers, reinstall from the source with `pip install --no-cache-dir "
+        "--force-reinstall <checkout or sdist>`; set KN_SOCK_BUILD_EXTENSION=yes to make this an error.",
         RuntimeWarning,
         stacklevel=1,
     )

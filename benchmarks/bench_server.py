@@ -8,7 +8,7 @@ bytes. It is lighter than any WebSocket client, so the server is what limits the
 servers are ``bench_echo.py``'s (``--serve KIND``), compression off; by default the server and the
 load generator each get a CPU of their own (``--pin split``).
 
-    python benchmarks/bench_server.py             # ~1 min
+    python benchmarks/bench_server.py             # ~2 min
     python benchmarks/bench_server.py --quick     # ~15 s smoke run
     python benchmarks/bench_server.py --conns 10,100,500 --only kn_cython,picows,raw_async
 

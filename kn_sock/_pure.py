@@ -1179,12 +1179,13 @@ class AsyncCore:
             TimeoutError: no message within ``timeout`` seconds (the connection stays usable).
             InvalidState: another coroutine is already waiting in ``recv``, or messages go to
                 an ``on_message`` callback.
+            ValueError / TypeError: ``timeout`` is NaN / not a number.
         """
+        if timeout is not None:
+            timeout = checked_timeout(timeout)  # (first: a bad one raises, a message queued or not)
         msg = self._take_queued()
         if msg is not None:
             return msg
-        if timeout is not None:
-            timeout = checked_timeout(timeout)  # (before a waiter is taken: it raises)
         waiter = self._new_waiter()
         if waiter is None:
             return None

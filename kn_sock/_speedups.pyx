@@ -2686,6 +2686,7 @@ cdef class AsyncCore:
             TimeoutError: no message within ``timeout`` seconds (the connection stays usable).
             InvalidState: another coroutine is already waiting in ``recv``, or messages go to
                 an ``on_message`` callback.
+            ValueError / TypeError: ``timeout`` is NaN / not a number.
         """
         if timeout is not None:
             return self._recv_timeout(timeout)
@@ -2695,10 +2696,10 @@ cdef class AsyncCore:
 
     async def _recv_timeout(self, timeout):
         """recv() with a timeout."""
+        timeout = _checked_timeout(timeout)  # (first: a bad one raises, a message queued or not)
         msg = self._take_queued()
         if msg is not None:
             return msg
-        timeout = _checked_timeout(timeout)  # (before a waiter is taken: it raises)
         waiter = self._new_waiter()
         if waiter is None:
             return None

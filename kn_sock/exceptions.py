@@ -12,7 +12,7 @@
     │   └── InvalidHeader              a header is missing or has a bad value
     ├── ProtocolError                  the peer broke RFC 6455 / 7692; carries the close code
     │   └── PayloadTooBig              a message exceeded ``max_size`` (close code 1009)
-    ├── InvalidURI                     not a ws:// or wss:// URI
+    ├── InvalidURI                     not a ws:// or wss:// URI (or not an HTTP proxy URL)
     └── InvalidState                   the API was misused (e.g. send before the handshake)
 
 Every ``ProtocolError`` carries ``code`` (the RFC 6455 close code to answer with) and every

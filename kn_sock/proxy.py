@@ -5,7 +5,7 @@ once the proxy answers 2xx, the TCP connection is a tunnel to the server, in whi
 (``wss://``) and the opening handshake run as on a direct connection. ``proxy=None`` (the
 default) connects directly; ``proxy=True`` takes the proxy from the environment (``wss_proxy`` /
 ``https_proxy`` for ``wss://``, ``ws_proxy`` / ``http_proxy`` for ``ws://``, then ``all_proxy``;
-``no_proxy`` lists the hosts reached directly), as websockets does; a string is the proxy's URL,
+``no_proxy`` lists the hosts reached directly); a string is the proxy's URL,
 ``http://[user:password@]host[:port]`` (credentials go as ``Proxy-Authorization: Basic``).
 """
 
@@ -78,8 +78,9 @@ def proxy_for(wsuri: WebSocketURI, proxy: Any) -> ProxyURI | None:
         return None
     if proxy is not True:
         return parse_proxy(proxy)
-    host = f"[{wsuri.host}]" if ":" in wsuri.host else wsuri.host
-    if urllib.request.proxy_bypass(f"{host}:{wsuri.port}"):  # no_proxy
+    # no_proxy; an IPv6 host unbracketed, so that "::1" in the list matches, as curl, requests
+    # and websockets read it (bracketed, only "[::1]" did).
+    if urllib.request.proxy_bypass(f"{wsuri.host}:{wsuri.port}"):
         return None
     proxies = urllib.request.getproxies()  # the *_proxy environment variables
     if wsuri.secure:
@@ -103,12 +104,23 @@ def connect_request(proxy: ProxyURI, wsuri: WebSocketURI, user_agent: str | None
     return build_request("CONNECT", target, headers)
 
 
+class _ConnectResponseParser(ResponseParser):
+    """A response to CONNECT: a 2xx one has no body, whatever its Content-Length or
+    Transfer-Encoding say (RFC 9110 §9.3.6: the client MUST ignore them); what follows it is
+    the tunnel's."""
+
+    def _expected_body_length(self) -> int | None:
+        if 200 <= self._status < 300:
+            return 0
+        return super()._expected_body_length()
+
+
 class ConnectAnswer:
     """The proxy's answer to CONNECT, fed as it arrives."""
 
     def __init__(self, proxy: ProxyURI) -> None:
         self._proxy = proxy
-        self._parser = ResponseParser()
+        self._parser = _ConnectResponseParser()
 
     def feed(self, data: bytes) -> bool:
         """Consume ``data``; True once the proxy accepted (the tunnel is open), False until its
@@ -118,8 +130,10 @@ class ConnectAnswer:
             InvalidProxyStatus: the proxy refused (407: it wants credentials).
             InvalidHandshake: a malformed answer, or data in the tunnel before our first bytes.
         """
-        if not data:
-            raise InvalidHandshake(f"the proxy {self._proxy.shown} closed the connection before answering CONNECT")
+        if not data:  # (EOFError as the cause: a network failure, which reconnecting clients retry)
+            raise InvalidHandshake(
+                f"the proxy {self._proxy.shown} closed the connection before answering CONNECT"
+            ) from EOFError("EOF")
         response = self._parser.feed(data)
         if response is None:
             return False

@@ -14,12 +14,15 @@ class ConnectProxy:
         credentials: the ``Proxy-Authorization`` value it requires (else 407), or None.
         refuse: a status to answer every request with (e.g. 403, 502), or None.
         silent: accept, read the request, and never answer.
+        drop_first: close the first requests' connections without an answer.
     """
 
-    def __init__(self, credentials: str | None = None, refuse: int | None = None, silent: bool = False) -> None:
+    def __init__(self, credentials: str | None = None, refuse: int | None = None, silent: bool = False,
+                 drop_first: int = 0) -> None:
         self.credentials = credentials
         self.refuse = refuse
         self.silent = silent
+        self.drop_first = drop_first  # requests closed without an answer before serving
         self.requests: list[bytes] = []
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
@@ -50,6 +53,9 @@ class ConnectProxy:
             return
         self.requests.append(head)
         if self.silent:
+            return
+        if len(self.requests) <= self.drop_first:
+            conn.close()
             return
         lines = head.split(b"\r\n")
         method, target, _ = lines[0].split(b" ", 2)

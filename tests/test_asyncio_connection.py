@@ -162,6 +162,16 @@ async def test_recv_timeout_nan_inf_and_not_a_number(backend):
                 assert await ws.recv(timeout) == "x"
             await ws.send("y")
             assert await ws.recv(TIMEOUT) == "y"
+            await ws.send("queued")
+            await asyncio.wait_for(await ws.ping(), TIMEOUT)  # (the echo came before the pong)
+            with pytest.raises(ValueError, match="not nan"):  # a message queued or not (audit)
+                await ws.recv(float("nan"))
+            assert await ws.recv(TIMEOUT) == "queued"
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, reconnect=True) as rws:
+            with pytest.raises(ValueError, match="not nan"):  # the reconnecting client too (audit)
+                await rws.recv(float("nan"))
+            with pytest.raises(TypeError, match="not bool"):
+                await rws.recv(True)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("compression", [None, "deflate"])

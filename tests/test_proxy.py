@@ -65,6 +65,8 @@ def test_connect_answer_split_refused_and_early_data():
         ConnectAnswer(parse_proxy("h:1")).feed(b"HTTP/1.1 200 OK\r\n\r\nHTTP/1.1 101")
     with pytest.raises(InvalidHandshake, match="closed the connection"):
         ConnectAnswer(parse_proxy("h:1")).feed(b"")
+    # RFC 9110 §9.3.6: a 2xx answer's Content-Length is ignored (audit: waited for a body)
+    assert ConnectAnswer(parse_proxy("h:1")).feed(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n") is True
 
 
 def test_proxy_from_the_environment(monkeypatch):
@@ -80,6 +82,9 @@ def test_proxy_from_the_environment(monkeypatch):
     assert proxy_for(ws, "http://p3:1").host == "p3"  # given: used whatever the environment says
     monkeypatch.setenv("no_proxy", "example.com")
     assert proxy_for(ws, True) is None and proxy_for(wss, True) is None
+    monkeypatch.setenv("no_proxy", "localhost,127.0.0.1,::1")  # IPv6 unbracketed, as curl (audit)
+    assert proxy_for(parse_uri("ws://[::1]:8765/"), True) is None
+    assert proxy_for(parse_uri("ws://[::2]:8765/"), True).host == "p1"
 
 
 @pytest.mark.parametrize("options, error", [({"proxy": 5}, TypeError), ({"proxy": "socks5://h:1"}, InvalidURI),
@@ -200,6 +205,31 @@ async def test_asyncio_client_proxy_refusing_or_silent(backend):
             await async_connect_websocket("127.0.0.1", 9, backend=backend, proxy=proxy.url, open_timeout=0.3)
         with pytest.raises(asyncio.TimeoutError):  # a cancellation in the tunnel's wait
             await asyncio.wait_for(async_connect_websocket("127.0.0.1", 9, backend=backend, proxy=proxy.url), 0.3)
+
+
+def test_proxy_dropping_before_answering_is_a_network_failure(backend):
+    """EOFError as the cause, as a server's drop mid-handshake: reconnecting clients retry it
+    (audit: raised after one attempt, no cause)."""
+    with ConnectProxy(drop_first=2) as proxy, running_server(echo, backend=backend) as server:
+        with pytest.raises(InvalidHandshake, match="before answering CONNECT") as info:
+            connect_websocket("127.0.0.1", server.port, backend=backend, proxy=proxy.url)
+        assert isinstance(info.value.__cause__, EOFError)
+        with connect_websocket("127.0.0.1", server.port, backend=backend, proxy=proxy.url,
+                               reconnect={"initial_delay": 0.01}) as ws:
+            ws.send("third time")
+            assert ws.recv(TIMEOUT) == "third time"
+        assert len(proxy.requests) == 3
+
+
+async def test_asyncio_proxy_dropping_before_answering_is_retried(backend):
+    with ConnectProxy(drop_first=1) as proxy:
+        async with serving(async_echo, backend=backend) as server:
+            ws = await async_connect_websocket("127.0.0.1", server.port, backend=backend, proxy=proxy.url,
+                                               reconnect={"initial_delay": 0.01})
+            await ws.send("second time")
+            assert await ws.recv(TIMEOUT) == "second time"
+            await ws.close()
+        assert len(proxy.requests) == 2
 
 
 async def test_reconnecting_client_reconnects_through_the_proxy(backend):

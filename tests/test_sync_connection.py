@@ -160,6 +160,16 @@ def test_recv_timeout_nan_inf_and_not_a_number(backend):
             for timeout in (float("inf"), 1e10):
                 ws.send("x")
                 assert ws.recv(timeout) == "x"
+            ws.send("queued")
+            assert ws.ping().wait(5)  # (the echo came before the pong: it is queued)
+            with pytest.raises(ValueError, match="not nan"):  # a message queued or not (audit)
+                ws.recv(float("nan"))
+            assert ws.recv(5) == "queued"
+        with connect_websocket(f"ws://127.0.0.1:{server.port}/", backend=backend, reconnect=True) as rws:
+            with pytest.raises(ValueError, match="not nan"):  # the reconnecting client too (audit)
+                rws.recv(float("nan"))
+            with pytest.raises(TypeError, match="not bool"):
+                rws.recv(True)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("compression", [None, "deflate"])

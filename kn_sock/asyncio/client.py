@@ -13,7 +13,7 @@ from typing import Any, AsyncIterator, Literal, TypeVar, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_options, redirect_target
-from ..options import Options, check_client_transport, make_options
+from ..options import Options, check_client_transport, checked_timeout, make_options
 from ..protocol import CLIENT, Protocol, State, exit_close_code
 from ..proxy import ConnectAnswer, ProxyURI, connect_request, proxy_for
 from ..reconnect import ReconnectingState, ReconnectPolicy, by_app, end_code, queueable, retryable_error
@@ -305,10 +305,14 @@ def async_connect_websocket(host_or_uri: str, port: int | None = None, path: str
     Gives an ``AsyncWebSocket``; with ``reconnect=True`` (or a dict of ``ReconnectPolicy``
     arguments) an ``AsyncReconnectingWebSocket`` with the same surface. Besides the options
     of SPEC.md: ``unix`` (connect to this Unix socket path instead; the URI still gives
-    ``Host``, the path and TLS) or ``sock`` (an already connected socket to use).
+    ``Host``, the path and TLS), ``sock`` (an already connected socket to use) or ``proxy``
+    (an HTTP proxy to tunnel through, ``"http://[user:password@]host[:port]"``, or True for the
+    ``*_proxy`` environment variables; see :mod:`kn_sock.proxy`).
 
     Raises:
-        InvalidURI: (at once) the URI is not a valid ws:// or wss:// URI.
+        InvalidURI: (at once) the URI is not a valid ws:// or wss:// URI (or ``proxy`` not an
+            HTTP proxy URL).
+        InvalidProxyStatus: the proxy refused the tunnel (``status``; 407: credentials).
         TypeError: (at once) an unknown option.
         InvalidStatus / InvalidHandshake: the server refused the upgrade (with reconnect on:
             a refusal that is not worth retrying, see ``retryable_error``).
@@ -616,7 +620,10 @@ class AsyncReconnectingWebSocket(ReconnectingState):
 
         Raises:
             TimeoutError: no message within ``timeout`` seconds.
+            ValueError / TypeError: ``timeout`` is NaN / not a number.
         """
+        if timeout is not None:
+            timeout = checked_timeout(timeout)
         loop = asyncio.get_running_loop()
         deadline = None if timeout is None else loop.time() + timeout
         while True:

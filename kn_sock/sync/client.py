@@ -21,7 +21,7 @@ from typing import Any, Iterator, Literal, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidState, InvalidStatus
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_options, redirect_target
-from ..options import Options, check_blocking_callables, check_client_transport, make_options
+from ..options import Options, check_blocking_callables, check_client_transport, checked_timeout, make_options
 from ..protocol import CLIENT, Protocol, State, exit_close_code
 from ..proxy import ConnectAnswer, ProxyURI, connect_request, proxy_for
 from ..reconnect import ReconnectingState, ReconnectPolicy, by_app, end_code, queueable, retryable_error
@@ -63,11 +63,14 @@ def connect_websocket(
     Accepts ``connect_websocket("localhost", 8765)``, ``connect_websocket("localhost", 8765, "/chat")``
     and ``connect_websocket("ws://localhost:8765/chat")`` / ``"wss://..."``. Besides the
     options of SPEC.md: ``unix`` (connect to this Unix socket path instead; the URI still
-    gives ``Host``, the path and TLS) or ``sock`` (an already connected socket to use).
+    gives ``Host``, the path and TLS), ``sock`` (an already connected socket to use) or
+    ``proxy`` (an HTTP proxy to tunnel through, ``"http://[user:password@]host[:port]"``, or
+    True for the ``*_proxy`` environment variables; see :mod:`kn_sock.proxy`).
 
     Raises:
-        InvalidURI: the URI is not a valid ws:// or wss:// URI.
+        InvalidURI: the URI is not a valid ws:// or wss:// URI (or ``proxy`` not an HTTP proxy URL).
         InvalidStatus: the server answered with another status than 101 (``status`` tells which).
+        InvalidProxyStatus: the proxy refused the tunnel (``status``; 407: credentials).
         InvalidHandshake: any other failure of the opening handshake.
         TimeoutError: the connection and handshake took longer than ``open_timeout``.
         OSError: the TCP connection failed.
@@ -517,7 +520,10 @@ class ReconnectingWebSocket(ReconnectingState):
 
         Raises:
             TimeoutError: no message within ``timeout`` seconds.
+            ValueError / TypeError: ``timeout`` is NaN / not a number.
         """
+        if timeout is not None:
+            timeout = checked_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         cond = self._cond
         while True:

@@ -1220,7 +1220,10 @@ class WebSocket:
 
         Raises:
             TimeoutError: no message within ``timeout`` seconds (the connection stays usable).
+            ValueError / TypeError: ``timeout`` is NaN / not a number.
         """
+        if timeout is not None:
+            timeout = checked_timeout(timeout)
         messages = self._messages
         if messages:
             try:
@@ -1264,8 +1267,6 @@ class WebSocket:
                     if self._sock_done or self.protocol.state is _CLOSED:
                         with self._lock:
                             self._after_recv_closed()
-        if timeout is not None:
-            timeout = checked_timeout(timeout)
         deadline = None if timeout is None else time.monotonic() + timeout
         if not self._read_lock.acquire(True, -1 if timeout is None else max(timeout, 0.0)):
             raise TimeoutError("no message received in time")
