@@ -936,16 +936,12 @@ def main() -> None:
         sys.exit(1)
 
 
-def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: list[tuple[str, str, int]]) -> int:
-    """Run the contestants, print the table; the number of failures (a skip is not one)."""
-    t_start = time.monotonic()
-    notes: list[str] = []
+def select_runnable(chosen: list[Contestant], notes: list[str]) -> tuple[list[Contestant], int]:
+    """The contestants of ``chosen`` that can run here, and the number of failures: a peer not
+    installed is skipped with a note; each kn_sock row's implementation is probed in the row's
+    environment (a "default" row is labelled with it; a row whose claim does not hold is
+    skipped, one whose kn_sock does not import fails). Also ``bench_server.py``'s."""
     failures = 0
-    chosen = [c for c in CONTESTANTS if not args.only or c.name in args.only.split(",")]
-    if args.skip:
-        chosen = [c for c in chosen if c.name not in args.skip.split(",")]
-
-    # --- what can run here; each kn_sock row's implementation as kn_sock picks it in the row's environment
     probes: dict[tuple[tuple[str, str], ...], tuple[str | None, bool, str]] = {}
     runnable: list[Contestant] = []
     for c in chosen:
@@ -975,47 +971,26 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
                 notes.append(f"{c.label}: skipped, kn_sock.sync is not importable yet")
                 continue
         runnable.append(c)
+    return runnable, failures
+
+
+def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: list[tuple[str, str, int]]) -> int:
+    """Run the contestants, print the table; the number of failures (a skip is not one)."""
+    t_start = time.monotonic()
+    notes: list[str] = []
+    chosen = [c for c in CONTESTANTS if not args.only or c.name in args.only.split(",")]
+    if args.skip:
+        chosen = [c for c in chosen if c.name not in args.skip.split(",")]
+    runnable, failures = select_runnable(chosen, notes)
 
     print(f"# echo benchmark: {C.machine_line()}")
     print(f"# {rounds} round(s), {duration} s per cell after {warmup} s warm-up, pipelined window {args.window}, "
           f"{len(runnable)} contestants, compression off, CPU placement: {args.pin}", flush=True)
 
     # --- servers: one per contestant, started together, kept for all rounds
-    servers: dict[str, C.Child] = {}
-
-    cpus = sorted(os.sched_getaffinity(0))
-    server_cpu = client_cpu = None
-    if args.pin == "same":
-        server_cpu = client_cpu = str(cpus[-1])
-    elif args.pin == "split" and len(cpus) >= 2:
-        server_cpu, client_cpu = str(cpus[0]), str(cpus[1])
-
-    def start_server(c: Contestant) -> C.Child | None:
-        env = C.clean_env(**c.env, BENCH_CPU=server_cpu)
-        child = C.Child([__file__, "--serve", c.server, "--port", "0"] + (["--uvloop"] if c.uvloop else []),
-                        env=env, label=f"{c.label} server")
-        return child
-
-    pending = {c.name: start_server(c) for c in runnable}
-    ports: dict[str, int] = {}
-    for c in list(runnable):
-        child = pending[c.name]
-        try:
-            port, server_impl = server_hello(child, timeout=30)
-        except C.ChildError as exc:
-            notes.append(f"{c.label}: server failed to start: {exc}")
-            failures += 1
-            child.kill()
-            runnable.remove(c)
-            continue
-        if c.impl and kn_end(c.server) and server_impl != c.impl:
-            notes.append(f"{c.label}: skipped, its server runs kn_sock's {server_impl or 'unreported'} "
-                         f"implementation, not {c.impl}")
-            child.kill()
-            runnable.remove(c)
-            continue
-        ports[c.name] = port
-        servers[c.name] = child
+    server_cpu, client_cpu = cpu_placement(args.pin, notes)
+    servers, ports, failed = start_servers(runnable, server_cpu, notes)
+    failures += failed
 
     # per round (None: no value that round), so that ratios pair the rows of one round
     raw: dict[str, dict[str, list[float | None]]] = {c.name: {m[0]: [None] * rounds for m in modes} for c in runnable}
@@ -1091,15 +1066,7 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
     if "kn_pure" in raw and "websockets_py" in raw:
         print("kn_sock asyncio (pure) / websockets without its C speedups (both all Python), per column: "
               + ratio_list(raw["kn_pure"], raw["websockets_py"], [m[0] for m in modes]))
-    spread = spreads(raw)
-    if spread:
-        print(f"Largest spread between rounds (max/min): {spread[0]}")
-        if spread[1] > NOISY and rounds >= 2:
-            print(f"warning: a row varied by more than {NOISY:.1f}x between rounds: this machine was busy; "
-                  "run again, or with more --rounds")
-    for n in notes:
-        print(f"note: {n}")
-    print(f"total time {time.monotonic() - t_start:.0f} s")
+    report_end(raw, rounds, notes, t_start)
 
     if args.json:
         with open(args.json, "w") as f:
@@ -1114,6 +1081,65 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, modes: l
     if failures:
         print(f"FAILED: {failures} contestant run(s) failed (see the notes)")
     return failures
+
+
+def cpu_placement(pin: str, notes: list[str]) -> tuple[str | None, str | None]:
+    """``--pin``: the CPUs (as ``BENCH_CPU`` values) of the servers and of the clients: the same
+    one ("same"), one each ("split", where there are two), or the scheduler's (None)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if pin == "same":
+        return str(cpus[-1]), str(cpus[-1])
+    if pin == "split":
+        if len(cpus) >= 2:
+            return str(cpus[0]), str(cpus[1])
+        notes.append("--pin split: one CPU only here, servers and clients share it")
+    return None, None
+
+
+def start_servers(runnable: list[Contestant], server_cpu: str | None,
+                  notes: list[str]) -> tuple[dict[str, C.Child], dict[str, int], int]:
+    """Start every row's server (this script's ``--serve``), all together: (the children, their
+    ports, failures). A server that fails to start, or whose kn_sock is not the implementation
+    its row claims, is left out of ``runnable`` with a note."""
+    pending = {c.name: C.Child([__file__, "--serve", c.server, "--port", "0"] + (["--uvloop"] if c.uvloop else []),
+                               env=C.clean_env(**c.env, BENCH_CPU=server_cpu), label=f"{c.label} server")
+               for c in runnable}
+    servers: dict[str, C.Child] = {}
+    ports: dict[str, int] = {}
+    failures = 0
+    for c in list(runnable):
+        child = pending[c.name]
+        try:
+            port, server_impl = server_hello(child, timeout=30)
+        except C.ChildError as exc:
+            notes.append(f"{c.label}: server failed to start: {exc}")
+            failures += 1
+            child.kill()
+            runnable.remove(c)
+            continue
+        if c.impl and kn_end(c.server) and server_impl != c.impl:
+            notes.append(f"{c.label}: skipped, its server runs kn_sock's {server_impl or 'unreported'} "
+                         f"implementation, not {c.impl}")
+            child.kill()
+            runnable.remove(c)
+            continue
+        ports[c.name] = port
+        servers[c.name] = child
+    return servers, ports, failures
+
+
+def report_end(raw: dict[str, dict[str, list[float | None]]], rounds: int, notes: list[str], t_start: float) -> None:
+    """After the table: the largest spread between rounds (a warning when noisy), the notes,
+    the total time."""
+    spread = spreads(raw)
+    if spread:
+        print(f"Largest spread between rounds (max/min): {spread[0]}")
+        if spread[1] > NOISY and rounds >= 2:
+            print(f"warning: a row varied by more than {NOISY:.1f}x between rounds: this machine was busy; "
+                  "run again, or with more --rounds")
+    for n in notes:
+        print(f"note: {n}")
+    print(f"total time {time.monotonic() - t_start:.0f} s")
 
 
 #: A spread between rounds (max/min of one row's cell) above which the run is called noisy.

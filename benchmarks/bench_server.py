@@ -253,37 +253,10 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, conns: l
     """Run the servers under the load, print the table; the number of failures (a skip is not one)."""
     t_start = time.monotonic()
     notes: list[str] = []
-    failures = 0
     chosen = [c for c in CONTESTANTS if not args.only or c.name in args.only.split(",")]
     if args.skip:
         chosen = [c for c in chosen if c.name not in args.skip.split(",")]
-    runnable = []
-    probes: dict[tuple[tuple[str, str], ...], tuple[str | None, bool, str]] = {}
-    for c in chosen:
-        missing = [m for m in c.requires if not C.module_available(m)]
-        if missing:
-            notes.append(f"{c.label}: skipped, {', '.join(missing)} not installed")
-            continue
-        if c.impl:
-            env = C.clean_env(**c.env)
-            key = tuple(sorted(env.items()))
-            if key not in probes:
-                probes[key] = C.kn_probe(env)
-            impl, has_sync, err = probes[key]
-            if impl is None:
-                notes.append(f"{c.label}: kn_sock does not import: {err.strip()}")
-                failures += 1
-                continue
-            if c.impl == "default":
-                c = replace(c, label=f"{c.label} ({impl})", impl=impl)
-            elif impl != c.impl:
-                why = "the Cython extension is not in use" if c.impl == "cython" else f"kn_sock runs its {impl} twin"
-                notes.append(f"{c.label}: skipped, {why} ({err.strip() or impl})")
-                continue
-            if c.server == "kn_sync" and not has_sync:
-                notes.append(f"{c.label}: skipped, kn_sock.sync is not importable yet")
-                continue
-        runnable.append(c)
+    runnable, failures = E.select_runnable(chosen, notes)
 
     load_kind = "uvloop" if C.module_available("uvloop") else "asyncio"
     print(f"# server benchmark: {C.machine_line()}")
@@ -291,38 +264,14 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, conns: l
           f"connections: {', '.join(map(str, conns))}, load generator on {load_kind}, compression off, "
           f"CPU placement: {args.pin}", flush=True)
 
-    cpus = sorted(os.sched_getaffinity(0))
-    server_cpu = load_cpu = None
-    if args.pin == "same":
-        server_cpu = load_cpu = str(cpus[-1])
-    elif args.pin == "split" and len(cpus) >= 2:
-        server_cpu, load_cpu = str(cpus[0]), str(cpus[1])
-    elif args.pin == "split":
-        notes.append("--pin split: one CPU only here, server and load generator share it")
+    server_cpu, load_cpu = E.cpu_placement(args.pin, notes)
+    servers, ports, failed = E.start_servers(runnable, server_cpu, notes)
+    failures += failed
 
-    servers: dict[str, C.Child] = {}
-    ports: dict[str, int] = {}
-    for c in runnable:
-        servers[c.name] = C.Child([E.__file__, "--serve", c.server, "--port", "0"] + (["--uvloop"] if c.uvloop else []),
-                                  env=C.clean_env(**c.env, BENCH_CPU=server_cpu), label=f"{c.label} server")
-    for c in list(runnable):
-        child = servers[c.name]
-        try:
-            port, server_impl = E.server_hello(child, timeout=30)
-        except C.ChildError as exc:
-            notes.append(f"{c.label}: server failed to start: {exc}")
-            failures += 1
-        else:
-            if not c.impl or server_impl == c.impl:
-                ports[c.name] = port
-                continue
-            notes.append(f"{c.label}: skipped, its server runs kn_sock's {server_impl or 'unreported'} "
-                         f"implementation, not {c.impl}")
-        servers.pop(c.name).kill()
-        runnable.remove(c)
-
-    keys = [str(n) for n in conns]
-    raw: dict[str, dict[str, list[float | None]]] = {c.name: {k: [None] * rounds for k in keys} for c in runnable}
+    # the table's columns, as bench_echo's modes: (key, kind, connections)
+    columns = [(f"{n} conns", "conns", n) for n in conns]
+    raw: dict[str, dict[str, list[float | None]]] = {c.name: {k: [None] * rounds for k, _, _ in columns}
+                                                     for c in runnable}
     budget = len(conns) * (duration + warmup + 10) + 60 + sum(conns) / 50
     step = max(1, len(runnable) // rounds)
     for rnd in range(rounds):
@@ -337,7 +286,7 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, conns: l
                 servers.pop(c.name).kill()
                 continue
             client = C.Child([__file__, "--load", c.server, "--port", str(ports[c.name]), "--conns",
-                              ",".join(keys), "--size", str(args.size), "--duration", str(duration),
+                              ",".join(map(str, conns)), "--size", str(args.size), "--duration", str(duration),
                               "--warmup", str(warmup)],
                              env=C.clean_env(BENCH_CPU=load_cpu), label=f"{c.label} load")
             try:
@@ -349,50 +298,26 @@ def orchestrate(args: Any, rounds: int, duration: float, warmup: float, conns: l
             finally:
                 tail = client.stderr_tail()
                 client.kill()
-            for key, value in res["results"].items():
-                raw[c.name][key][rnd] = value
+            for n, value in res["results"].items():
+                raw[c.name][f"{n} conns"][rnd] = value
             if res.get("error"):
                 notes.append(f"{c.label}, round {rnd + 1}: {res['error']}{tail}")
                 failures += 1
-            cells = " ".join(f"{k} conns={C.fmt_rate(v)}" for k, v in res["results"].items())
+            cells = " ".join(f"{n} conns={C.fmt_rate(v)}" for n, v in res["results"].items())
             print(f"  round {rnd + 1}/{rounds} {c.label:40s} {cells}", flush=True)
     for child in servers.values():
         child.kill()
 
     med = {name: {k: C.median(v) for k, v in per.items()} for name, per in raw.items()}
-    header = ["server", *(f"{k} conns" for k in keys), "vs picows", "vs websockets"]
-    rows = []
-    for group in ("async", "sync"):
-        for c in runnable:
-            if c.group != group:
-                continue
-            base_name = E.baseline_of(c, med)
-            base = raw.get(base_name)
-            row = [c.label]
-            for k in keys:
-                r = C.paired_ratio(raw[c.name][k], base[k]) if (base and c.name != base_name) else None
-                row.append(C.fmt_rate(med[c.name][k]) + (f" ({r:.2f})" if r is not None else ""))
-            for ref_name in (c.picows_ref, E.websockets_ref(c)):
-                ref = raw.get(ref_name) if ref_name else None
-                row.append(E.ratio_list(raw[c.name], ref, keys) if c.name.startswith("kn_") and ref else "")
-            rows.append(row)
     print()
-    print(C.table(header, rows))
+    print(E.render(runnable, columns, med, raw))
     print()
     print("Cells: echoes/s over all connections, median of rounds; (x.xx) = ratio to the raw echo server of the")
     print("same group and event loop (raw asyncio for async rows, raw asyncio + uvloop for uvloop rows when it")
     print("ran, raw blocking sockets with a thread per connection for blocking rows), the median of the ratios")
     print("within each round. 'vs picows' / 'vs websockets': kn_sock / that server per column, the same way")
     print("(uvloop rows vs picows + uvloop; the blocking row vs picows on the default loop and websockets.sync).")
-    spread = E.spreads(raw)
-    if spread:
-        print(f"Largest spread between rounds (max/min): {spread[0]}")
-        if spread[1] > E.NOISY and rounds >= 2:
-            print(f"warning: a row varied by more than {E.NOISY:.1f}x between rounds: this machine was busy; "
-                  "run again, or with more --rounds")
-    for n in notes:
-        print(f"note: {n}")
-    print(f"total time {time.monotonic() - t_start:.0f} s")
+    E.report_end(raw, rounds, notes, t_start)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": C.machine_line(), "rounds": rounds, "duration": duration, "size": args.size,
