@@ -279,42 +279,32 @@ def test_send_from_the_iterable_before_its_first_fragment_raises(backend, at, si
 def test_senders_waiting_behind_a_fragmented_message_get_connection_closed_when_it_drops(backend):
     """Threads waiting for a fragmented message to end, whose connection is reset under it,
     get ConnectionClosed, the documented outcome, not InvalidState (audit: 1 in 3 runs)."""
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(5)
-
-    def peer():
-        from kn_sock.handshake import ServerHandshake
-
-        while True:
-            try:
-                conn, _ = listener.accept()
-            except OSError:
-                return
-            conn.settimeout(5)
-            hs = ServerHandshake(compression=None)
-            request = None
-            while request is None:
-                request = hs.receive_data(conn.recv(65536))
-            conn.sendall(hs.accept(request))
-            got = 0
-            while got < 100_000:
-                data = conn.recv(65536)
-                if not data:
-                    break
-                got += len(data)
-            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            conn.close()  # a reset
-
-    threading.Thread(target=peer, daemon=True).start()
 
     def fragments():
         for _ in range(100_000):
             yield b"f" * 2000
 
-    try:
+    with raw_server() as srv:
+
+        def peer():
+            while True:
+                try:
+                    conn = srv.accept_ws().sock
+                except OSError:
+                    return
+                got = 0
+                while got < 100_000:
+                    data = conn.recv(65536)
+                    if not data:
+                        break
+                    got += len(data)
+                conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()  # a reset
+
+        threading.Thread(target=peer, daemon=True).start()
         for _ in range(30):
-            ws = connect_websocket("127.0.0.1", listener.getsockname()[1], backend=backend, compression=None,
-                                   ping_interval=None, close_timeout=2)
+            ws = connect_websocket("127.0.0.1", srv.port, backend=backend, compression=None, ping_interval=None,
+                                   close_timeout=2)
             outcomes: dict[int, str] = {}
 
             def run(i: int) -> None:
@@ -334,8 +324,6 @@ def test_senders_waiting_behind_a_fragmented_message_get_connection_closed_when_
             assert not any(t.is_alive() for t in threads)
             assert outcomes == dict.fromkeys(range(4), "ConnectionClosed")
             ws.abort()
-    finally:
-        listener.close()
 
 
 def test_fragment_senders_get_connection_closed_ok_after_a_clean_close(backend):
