@@ -276,6 +276,33 @@ def test_send_from_the_iterable_before_its_first_fragment_raises(backend, at, si
         ws.close()
 
 
+def _send_until_closed(ws, message_for, expected, then=None, n=4):
+    """``n`` threads send ``message_for(i)`` (called anew each time if callable: a generator) in a
+    loop until send() raises; ``then()`` runs once they started. Each thread's outcome: the name
+    of ``expected`` if it raised that, else a repr."""
+    outcomes: dict[int, str] = {}
+
+    def run(i: int) -> None:
+        message = message_for(i)
+        try:
+            while True:
+                ws.send(message() if callable(message) else message)
+        except expected:
+            outcomes[i] = expected.__name__
+        except Exception as exc:
+            outcomes[i] = repr(exc)
+
+    threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(n)]
+    for t in threads:
+        t.start()
+    if then is not None:
+        then()
+    for t in threads:
+        t.join(10)
+    assert not any(t.is_alive() for t in threads)
+    return outcomes
+
+
 def test_senders_waiting_behind_a_fragmented_message_get_connection_closed_when_it_drops(backend):
     """Threads waiting for a fragmented message to end, whose connection is reset under it,
     get ConnectionClosed, the documented outcome, not InvalidState (audit: 1 in 3 runs)."""
@@ -305,23 +332,7 @@ def test_senders_waiting_behind_a_fragmented_message_get_connection_closed_when_
         for _ in range(30):
             ws = connect_websocket("127.0.0.1", srv.port, backend=backend, compression=None, ping_interval=None,
                                    close_timeout=2)
-            outcomes: dict[int, str] = {}
-
-            def run(i: int) -> None:
-                try:
-                    while True:
-                        ws.send(fragments() if i == 0 else "hello")
-                except ConnectionClosed:
-                    outcomes[i] = "ConnectionClosed"
-                except Exception as exc:
-                    outcomes[i] = repr(exc)
-
-            threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(4)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join(10)
-            assert not any(t.is_alive() for t in threads)
+            outcomes = _send_until_closed(ws, lambda i: fragments if i == 0 else "hello", ConnectionClosed)
             assert outcomes == dict.fromkeys(range(4), "ConnectionClosed")
             ws.abort()
 
@@ -339,27 +350,10 @@ def test_fragment_senders_get_connection_closed_ok_after_a_clean_close(backend):
     with running_server(handler, backend=backend, max_size=None) as server:
         for _ in range(40):
             ws = connect_websocket("127.0.0.1", server.port, backend=backend, compression=None, close_timeout=3)
-            outcomes: dict[int, str] = {}
-
-            def run(i: int) -> None:
-                message = ["f" * 100, "g" * 100] if i % 2 else "s" * 1000
-                try:
-                    while True:
-                        ws.send(message)
-                except ConnectionClosedOK:
-                    outcomes[i] = "OK"
-                except ConnectionClosed as exc:
-                    outcomes[i] = repr(exc)
-
-            threads = [threading.Thread(target=run, args=(i,), daemon=True) for i in range(4)]
-            for t in threads:
-                t.start()
-            time.sleep(0.002)
-            ws.close()
-            for t in threads:
-                t.join(10)
+            outcomes = _send_until_closed(ws, lambda i: ["f" * 100, "g" * 100] if i % 2 else "s" * 1000,
+                                          ConnectionClosedOK, then=lambda: (time.sleep(0.002), ws.close()))
             assert ws.close_code == 1000
-            assert outcomes == dict.fromkeys(range(4), "OK")
+            assert outcomes == dict.fromkeys(range(4), "ConnectionClosedOK")
 
 
 @pytest.mark.parametrize("source", ["bad-first-fragment", "raising-generator", "not-iterable"])

@@ -499,6 +499,13 @@ def test_open_timeout_drops_trickling_client():
         raw.close()
 
 
+def http_answer(port: int, request: bytes) -> bytes:
+    """Send ``request`` on a new connection and read the answer to EOF."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+        raw.sendall(request)
+        return read_to_eof(raw)
+
+
 def test_process_request_health_check():
     def process_request(path, headers):
         if path == "/health":
@@ -508,10 +515,7 @@ def test_process_request_health_check():
         return None
 
     with running_server(echo, process_request=process_request) as server:
-        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-        raw.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = read_to_eof(raw)
-        raw.close()
+        data = http_answer(server.port, b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
         assert data.startswith(b"HTTP/1.1 200 ")
         assert data.endswith(b"\r\n\r\nOK\n")
         with pytest.raises(InvalidStatus) as info:
@@ -530,10 +534,7 @@ def test_process_request_raising_system_exit_is_500(caplog):
         sys.exit(3)
 
     with running_server(echo, process_request=hook) as server:
-        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-        raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
-        data = read_to_eof(raw)
-        raw.close()
+        data = http_answer(server.port, b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
         assert data.startswith(b"HTTP/1.1 500 ")
     assert "process_request failed" in caplog.text
 
@@ -562,10 +563,7 @@ def test_handler_raising_system_exit_closes_1011(caplog):
 def test_process_request_bad_answer_is_500(answer, caplog):
     """A hook answer that cannot be sent is the hook's failure: 500, as the asyncio server."""
     with running_server(echo, process_request=lambda path, headers: answer) as server:
-        raw = socket.create_connection(("127.0.0.1", server.port), timeout=5)
-        raw.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
-        data = read_to_eof(raw)
-        raw.close()
+        data = http_answer(server.port, b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n")
         assert data.startswith(b"HTTP/1.1 500 ")
     assert "process_request failed" in caplog.text
 
