@@ -1017,9 +1017,7 @@ class WebSocket:
             # Lost, possibly in the middle of another thread's fragmented message, which is
             # then still open in the protocol: ConnectionClosed, not InvalidState (audit).
             raise proto.closed_exception()
-        data = proto.send(message)
-        if self._sock_done:
-            raise proto.closed_exception()
+        data = proto.send(message)  # (no I/O: _sock_done cannot change meanwhile, _lock held)
         if type(data) is tuple:  # large frame: header, then the payload (no copy)
             self._write_pair(data[0], data[1])
         else:
