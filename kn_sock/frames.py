@@ -76,7 +76,7 @@ def parse_close(payload: bytes) -> tuple[int, str]:
     """
     n = len(payload)
     if n == 0:
-        return CloseCode.NO_STATUS_RCVD, ""
+        return 1005, ""  # a plain int, as every other code (CloseCode members compare equal)
     if n == 1:
         raise ProtocolError("close frame payload of 1 byte", 1002)
     (code,) = _unpack_code(payload)

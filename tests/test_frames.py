@@ -101,6 +101,7 @@ class TestParseClose:
         assert parse_close(b"") == (1005, "")
         proto, (closed,) = receive_close(backend, side, b"")
         assert (closed.code, closed.reason, closed.error) == (1005, "", None)
+        assert type(closed.code) is int  # a plain int, as for every other code (websockets too)
         assert reply_payload(proto) == b""  # an empty close gets an empty reply
 
     @pytest.mark.parametrize("side", [CLIENT, SERVER])
