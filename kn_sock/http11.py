@@ -709,13 +709,17 @@ def parse_subprotocols(values: Iterable[str]) -> list[str]:
     """Parse ``Sec-WebSocket-Protocol`` values (case preserved, RFC 6455 §4.1 item 10).
 
     Raises:
-        InvalidHeader: (status 400) if an element is not a token.
+        InvalidHeader: (status 400) if an element is not a token, or if the header is there
+            with no element at all (``""``, ``","``).
     """
+    values = list(values)
     protocols = []
     for item in _split_list(values):
         if not _TOKEN_RE.fullmatch(item):
             raise InvalidHeader(f"invalid subprotocol {item!r} in Sec-WebSocket-Protocol")
         protocols.append(item)
+    if values and not protocols:  # 1#token: present, so at least one (RFC 9110 §5.6.1)
+        raise InvalidHeader(f"empty Sec-WebSocket-Protocol header: {', '.join(values)!r}")
     return protocols
 
 
@@ -735,8 +739,9 @@ def parse_extensions(values: Iterable[str]) -> list[tuple[str, ExtensionParams]]
 
     Raises:
         InvalidHeader: (status 400) on bad syntax, including a quoted value that is not a
-            token once unquoted.
+            token once unquoted, and a header that is there with no element (``""``, ``","``).
     """
+    values = list(values)
     extensions: list[tuple[str, ExtensionParams]] = []
     for value in values:
         pos = 0
@@ -755,6 +760,8 @@ def parse_extensions(values: Iterable[str]) -> list[tuple[str, ExtensionParams]]
             if pos < len(value) and value[pos] != ",":
                 raise InvalidHeader(f"invalid Sec-WebSocket-Extensions header: {value!r}")
             extensions.append((name, params))
+    if values and not extensions:  # 1#extension: present, so at least one (RFC 9110 §5.6.1)
+        raise InvalidHeader(f"empty Sec-WebSocket-Extensions header: {', '.join(values)!r}")
     return extensions
 
 

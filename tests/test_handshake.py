@@ -340,6 +340,13 @@ class TestSection4_1ClientValidatesResponse:
         exc = client_error(hs, response_to(hs, Sec_WebSocket_Extensions=value))
         assert isinstance(exc, InvalidHeader)
 
+    @pytest.mark.parametrize("name", ["Sec-WebSocket-Extensions", "Sec-WebSocket-Protocol"])
+    @pytest.mark.parametrize("value", ["", ","])
+    def test_item_5_6_a_list_header_with_no_element_is_refused(self, name: str, value: str) -> None:
+        hs = client(subprotocols=["chat"])
+        exc = client_error(hs, response_to(hs, **{name.replace("-", "_"): value}))
+        assert isinstance(exc, InvalidHeader) and "empty" in str(exc)
+
     def test_item_6_unoffered_subprotocol_is_refused(self) -> None:
         hs = client(subprotocols=["chat"])
         exc = client_error(hs, response_to(hs, Sec_WebSocket_Protocol="superchat"))
@@ -510,6 +517,13 @@ class TestSection4_2Server:
         request = upgrade_request(Origin="https://good.example")
         request.headers.add("Origin", "https://good.example")
         assert rejected(server, request).status == 400
+
+    @pytest.mark.parametrize("name", ["Sec-WebSocket-Extensions", "Sec-WebSocket-Protocol"])
+    @pytest.mark.parametrize("value", ["", ",", " , "])
+    def test_a_list_header_with_no_element_is_400(self, name: str, value: str) -> None:
+        request = upgrade_request()
+        request.headers.add(name, value)
+        assert rejected(ServerHandshake(subprotocols=["chat"]), request).status == 400
 
     def test_subprotocol_server_preference_wins(self) -> None:
         server = ServerHandshake(subprotocols=["superchat", "chat"])

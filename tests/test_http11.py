@@ -483,6 +483,18 @@ class TestSection4_2_1HeaderLists:
             parse_extensions([value])
         assert info.value.status == 400
 
+    @pytest.mark.parametrize("values", [[""], [","], [" , ", ""]])
+    def test_a_header_with_no_element_is_400(self, values: list[str]) -> None:
+        # Both are 1# lists (RFC 6455 §9.1, §11.3.4): "", "," are invalid (RFC 9110 §5.6.1.2).
+        for parse in (parse_extensions, parse_subprotocols):
+            with pytest.raises(InvalidHeader, match="empty") as info:
+                parse(values)
+            assert info.value.status == 400
+        # An empty line beside a real element is only an empty list element.
+        assert parse_extensions([*values, "x"]) == [("x", [])]
+        assert parse_subprotocols([*values, "chat"]) == ["chat"]
+        assert parse_extensions([]) == [] and parse_subprotocols([]) == []
+
     def test_build_extension_round_trip(self) -> None:
         params = [("client_max_window_bits", None), ("server_max_window_bits", "12")]
         value = build_extension("permessage-deflate", params)
