@@ -2,7 +2,7 @@
 
 Exit codes (also in ``kn-sock --help`` and docs/guide.md):
 
-    0    success (for ``connect``: we closed, or the server closed with 1000 / 1001)
+    0    success (for ``connect``: we closed, or the server closed with 1000 / 1001 / no code)
     1    could not connect or serve: refused, DNS, timeout, TLS, handshake rejected
          (the HTTP status is shown), port in use, unreadable certificate; a benchmark failed
     2    bad command line, including an invalid URI
@@ -56,7 +56,7 @@ EXIT_TERMINATED = 143  # 128 + SIGTERM
 DEFAULT_LINGER = 2.0
 #: ``connect``: once as many messages came back as were sent, wait this long for stragglers.
 _QUIET = 0.1
-_NORMAL_CLOSE = (1000, 1001)
+_NORMAL_CLOSE = (1000, 1001, 1005)  # as ConnectionClosedOK
 
 
 class CLIError(Exception):
@@ -575,8 +575,8 @@ def _connect(args: argparse.Namespace) -> int:
 def _report_close(ws: Any, we_closed: bool) -> int:
     """Print how the connection ended; the exit code says how, not when input ended.
 
-    0 when we started the closing handshake or the server closed with 1000 / 1001; 3 when
-    the server closed with another code, the connection was lost (1006), or the client
+    0 when we started the closing handshake or the server closed with 1000 / 1001 / no code
+    (1005); 3 when the server closed with another code, the connection was lost (1006), or the client
     library failed it (a message over max_size: 1009, invalid UTF-8: 1007, keepalive: 1011).
     """
     code, reason = ws.close_code, ws.close_reason

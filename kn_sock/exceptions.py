@@ -4,7 +4,7 @@
 
     WebSocketError                     base of everything kn_sock raises on purpose
     ├── ConnectionClosed               the connection is closed (send on a closed socket, …)
-    │   ├── ConnectionClosedOK         … after a normal closing handshake (1000 / 1001)
+    │   ├── ConnectionClosedOK         … after a normal closing handshake (1000 / 1001, or no code: 1005)
     │   └── ConnectionClosedError      … abnormally (1006) or with an error code
     ├── InvalidHandshake               the opening handshake failed (client or server side)
     │   ├── InvalidStatus              client: the server answered with a non-101 status
@@ -77,7 +77,7 @@ class ConnectionClosed(WebSocketError):
 
 
 class ConnectionClosedOK(ConnectionClosed):
-    """The connection was closed normally (1000 or 1001)."""
+    """The connection was closed normally (1000 or 1001, or a close frame with no code: 1005)."""
 
 
 class ConnectionClosedError(ConnectionClosed):

@@ -345,6 +345,11 @@ class Outbox:
             unacked.popleft()
         return n
 
+    def drop(self) -> None:
+        """Closed for good: forget every message, queued or unacknowledged."""
+        self.pending.clear()
+        self.unacked.clear()
+
     def requeue(self) -> None:
         """Disconnected: unacknowledged messages go back in front of the pending ones, in order."""
         if self.unacked:
@@ -432,6 +437,13 @@ class ReconnectingState:
             dropped = len(ended.popleft()._messages or ())
             held -= dropped
             logger.warning("%d messages received before a reconnection dropped: recv() did not take them", dropped)
+
+    def _drop_outbox(self) -> None:
+        """Closed for good: say how many queued messages are lost, and let them go (``pending``
+        is 0 from then on)."""
+        if self._outbox.pending:
+            logger.warning("%d queued messages to %s dropped: closed for good", len(self._outbox), self._wsuri.shown)
+        self._outbox.drop()
 
     def _setup_failed(self, exc: Exception, conn: Any) -> bool:
         """``on_connect(conn)`` raised ``exc`` on a reconnection: log it, and tell whether the

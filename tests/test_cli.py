@@ -310,6 +310,7 @@ def test_connect_exit_code_when_server_closes_with_an_error() -> None:
         ("drop", 3, "error: connection lost: 1006 (no close frame)"),
         ("1000", 0, "connection closed: 1000 'boom'"),
         ("1001", 0, "connection closed: 1001 'boom'"),
+        ("1005", 0, "connection closed: 1005"),  # a close frame with no code: normal too
     ],
 )
 def test_connect_exit_code_after_end_of_input_depends_on_how_the_connection_ended(
@@ -325,7 +326,7 @@ def test_connect_exit_code_after_end_of_input_depends_on_how_the_connection_ende
         if end == "drop":
             ws.abort()
         else:
-            ws.close(int(end), "boom")
+            ws.close(int(end), "" if end == "1005" else "boom")
 
     with WebSocketServer("127.0.0.1", 0, handler) as srv:
         threading.Thread(target=srv.serve_forever, daemon=True).start()

@@ -349,7 +349,24 @@ async def test_max_pending_overflow_raises():
     with pytest.raises(ConnectionClosed):
         await ws.send("overflow")
     await ws.close()
-    assert ws.closed
+    assert ws.closed and ws.pending == 0  # close() drops them (audit: they stayed counted)
+
+
+async def test_messages_dropped_for_good_are_no_longer_pending(caplog):
+    """Given up with messages queued: logged, and ``pending`` is 0 (audit: it kept counting them)."""
+    server = await start_async_websocket_server("127.0.0.1", 0, echo)
+    ws = await async_connect_websocket(
+        "127.0.0.1", server.port, reconnect={"initial_delay": 0.3, "max_attempts": 1, "jitter": None}
+    )
+    server.close()
+    await server.wait_closed()
+    await wait_until(lambda: not ws.connected)
+    for i in range(3):
+        await ws.send(str(i))
+    assert ws.pending == 3
+    assert await ws.recv(TIMEOUT) is None  # the one attempt is refused: closed for good
+    assert ws.closed and ws.pending == 0
+    assert "3 queued messages" in caplog.text and "dropped: closed for good" in caplog.text
 
 
 async def test_recv_and_iteration_continue_across_reconnections():

@@ -321,7 +321,22 @@ def test_max_pending_overflow_raises():
     with pytest.raises(ConnectionClosed):
         ws.send("overflow")
     ws.close()
-    assert ws.closed
+    assert ws.closed and ws.pending == 0  # close() drops them (audit: they stayed counted)
+
+
+def test_messages_dropped_for_good_are_no_longer_pending(caplog):
+    """Given up with messages queued: logged, and ``pending`` is 0 (audit: it kept counting them)."""
+    with running_server(echo) as server:
+        ws = connect_websocket(
+            "127.0.0.1", server.port, reconnect={"initial_delay": 0.3, "max_attempts": 1, "jitter": None}
+        )
+    assert wait_for(lambda: not ws.connected)
+    for i in range(3):
+        ws.send(str(i))
+    assert ws.pending == 3
+    assert ws.recv(TIMEOUT) is None  # the one attempt is refused: closed for good
+    assert ws.closed and ws.pending == 0
+    assert "3 queued messages" in caplog.text and "dropped: closed for good" in caplog.text
 
 
 def test_iteration_continues_and_on_connect_runs_each_time():

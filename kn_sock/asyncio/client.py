@@ -514,8 +514,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
         finally:
             self._final = True
             self.connected = False
-            if self._outbox.pending:
-                logger.warning("%d queued messages to %s dropped: closed for good", len(self._outbox), self._wsuri.shown)
+            self._drop_outbox()
             self._notify()
 
     async def _reconnect(self) -> AsyncWebSocket | None:
@@ -727,6 +726,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
             await ws.close(code, reason)
         self._final = True
         self.connected = False
+        self._drop_outbox()  # (already done, unless this runs in the supervisor's own task)
         self._notify()
 
     def abort(self) -> None:
@@ -746,6 +746,7 @@ class AsyncReconnectingWebSocket(ReconnectingState):
             task.cancel()  # a reconnection under way (backoff, handshake) stops here
         self._final = True
         self.connected = False
+        self._drop_outbox()
         self._notify()
 
     async def wait_closed(self) -> None:

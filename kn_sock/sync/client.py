@@ -411,8 +411,7 @@ class ReconnectingWebSocket(ReconnectingState):
             with cond:
                 self._final = True
                 self.connected = False
-                if self._outbox.pending:
-                    logger.warning("%d queued messages to %s dropped: closed for good", len(self._outbox), self._wsuri.shown)
+                self._drop_outbox()
                 cond.notify_all()
 
     def _reconnect(self) -> WebSocket | None:
@@ -621,6 +620,7 @@ class ReconnectingWebSocket(ReconnectingState):
         with self._cond:
             self._final = True
             self.connected = False
+            self._drop_outbox()  # (the reconnecting thread may be asleep in its backoff)
             self._cond.notify_all()
 
     def wait_closed(self, timeout: float | None = None) -> bool:
