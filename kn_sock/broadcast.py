@@ -60,7 +60,9 @@ def broadcast(connections: Iterable[Any], message: Data, *, limit: int = DEFAULT
 
     Returns:
         The connections that did not get the message because they were too slow (or busy
-        with a fragmented message); each is logged on the ``kn_sock`` logger.
+        with a fragmented message). Logged on the ``kn_sock`` logger: at INFO when a
+        connection is closed, or starts being skipped, and when it takes messages again; the
+        skips in between at DEBUG.
 
     Raises:
         TypeError: ``message`` is neither str nor bytes-like.
@@ -99,12 +101,22 @@ def broadcast(connections: Iterable[Any], message: Data, *, limit: int = DEFAULT
             status = ws._write_frame(shared, None, limit, close_code, direct)
         if status == _SLOW or status == _BUSY:
             left_out.append(ws)
-            if status == _BUSY:
-                logger.info("broadcast: skipped %s, busy sending a fragmented message", ws.remote_address)
-            elif close_code is not None:
+            if status == _SLOW and close_code is not None:
                 logger.info("broadcast: closed %s with %d: over %d unsent bytes", ws.remote_address, close_code, limit)
             else:
-                logger.info("broadcast: skipped %s: over %d unsent bytes", ws.remote_address, limit)
+                # One INFO line when a connection starts missing messages and one when it takes
+                # them again; the skips in between at DEBUG (a stalled client of a busy feed
+                # would otherwise log every message).
+                why = "busy sending a fragmented message" if status == _BUSY else f"over {limit} unsent bytes"
+                skipped = proto.skipped_broadcasts
+                proto.skipped_broadcasts = skipped + 1
+                if skipped:
+                    logger.debug("broadcast: skipped %s: %s", ws.remote_address, why)
+                else:
+                    logger.info("broadcast: skipped %s: %s (the next skips are logged at DEBUG)", ws.remote_address, why)
+        elif status == _OK and proto.skipped_broadcasts:
+            logger.info("broadcast: %s takes messages again, %d skipped", ws.remote_address, proto.skipped_broadcasts)
+            proto.skipped_broadcasts = 0
     if direct:
         assert shared is not None
         size = len(shared)

@@ -129,7 +129,7 @@ class Protocol:
         "_part_opcode", "_part_compressed", "_validator", "_send_frag_open", "_send_frag_started", "_send_frag_compressed",
         "_send_frag_text", "_early_done", "close_rcvd", "close_sent", "close_rcvd_then_sent", "close_transport", "failed",
         "error", "eof_received", "pings", "hold_pongs", "_held_pong", "_pongs", "batch_room", "batch_bytes",
-        "batch_spent", "backlog",
+        "batch_spent", "backlog", "skipped_broadcasts",
     )  # memory: one connection's state without a per-instance __dict__
 
     def __init__(
@@ -172,6 +172,7 @@ class Protocol:
         self._masks = self.backend.next_mask if self.is_client else None
         self.state = State.OPEN
         self._out: list[bytes] = []
+        self.skipped_broadcasts = 0  # broadcast(): messages skipped since it last took one (logging)
         # Incoming fragmented message.
         self._parts: list[bytes | bytearray] = []
         self._part_opcode = 0

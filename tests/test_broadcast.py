@@ -4,6 +4,8 @@ skipped or closed without delaying the others or growing server memory past the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import socket
 import threading
 import time
@@ -106,6 +108,42 @@ async def test_stalled_client_is_left_out_without_delaying_the_others(policy):
         slow_sock.close()
         for ws in fast:
             await ws.close()
+
+
+@pytest.mark.asyncio
+async def test_a_stalled_client_is_logged_when_skipping_starts_and_ends(caplog):
+    """One INFO line when a connection starts being skipped, one when it takes messages again,
+    DEBUG in between (audit: a line per message, ~1,000 lines/s from one stalled feed client)."""
+    caplog.set_level(logging.DEBUG, logger="kn_sock")
+    conns, handler = collecting_server()
+    limit, message = 64 * 1024, b"x" * 16 * 1024
+    async with serving(handler, compression=None) as server:
+        sock = await asyncio.to_thread(stalled_client, server.port)
+        await wait_until(lambda: len(conns) == 1)
+        (ws,) = conns
+        skipped = 0
+        for _ in range(200):
+            if broadcast(conns, message, limit=limit):
+                skipped += 1
+                if skipped == 5:
+                    break
+            await asyncio.sleep(0)
+        assert skipped == 5
+        unsent = ws.transport.get_write_buffer_size
+
+        def drain() -> None:  # read until the server's buffer has gone out
+            sock.settimeout(0.2)
+            with contextlib.suppress(socket.timeout):
+                while True:
+                    sock.recv(1 << 16)
+
+        while unsent():
+            await asyncio.to_thread(drain)
+        assert broadcast(conns, message, limit=limit) == []
+        sock.close()
+    lines = [(r.levelno, r.getMessage()) for r in caplog.records if r.getMessage().startswith("broadcast:")]
+    assert [level for level, _ in lines] == [logging.INFO] + [logging.DEBUG] * 4 + [logging.INFO]
+    assert "over 65536 unsent bytes" in lines[0][1] and lines[-1][1].endswith("takes messages again, 5 skipped")
 
 
 @pytest.mark.asyncio
