@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
 # cython: initializedcheck=False, nonecheck=False, overflowcheck=False
-# cython: embedsignature=True, binding=True, auto_pickle=False
+# cython: embedsignature=False, binding=True, auto_pickle=False
 #
 # ^ Every Cython directive of kn_sock, in one place. setup.py only adds the developer switch
 #   KN_SOCK_CYTHON_ANNOTATE=1 (annotate=True).
@@ -2720,6 +2720,7 @@ cdef class AsyncCore:
         return self
 
     def __anext__(self):
+        """The next message; StopAsyncIteration once the connection is closed."""
         cdef _Recv op = _Recv.__new__(_Recv)  # speed: see _Recv
         op._core = self
         op._stop = True

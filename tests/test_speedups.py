@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import array
 import errno
+import inspect
 import os
 import random
 import socket
@@ -884,6 +885,17 @@ def test_same_public_names(backend):
     )
     assert backend.Frame is tuple
     assert backend.OP_EARLY == -1
+
+
+def test_docstrings_read_the_same_in_both_twins(backend):
+    """``help()`` / ``inspect.getdoc`` of what users call on a connection: the text of the pure
+    twin's docstring, not a generated signature line first (audit), and no method without one."""
+    from kn_sock import _pure
+
+    for name in ("recv", "send", "send_nowait", "__aiter__", "__anext__", "get_buffer", "buffer_updated"):
+        ours, pure = (inspect.getdoc(getattr(twin.AsyncCore, name)) for twin in (backend, _pure))
+        assert ours and pure and ours.splitlines()[0] == pure.splitlines()[0], name
+        assert "timeout" in str(inspect.signature(backend.AsyncCore.recv))
 
 
 # --------------------------------------------------------------------------- send_many
