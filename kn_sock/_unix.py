@@ -4,6 +4,7 @@ closing) and the clients' connect, which waits for room in a full listen backlog
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import os
 import socket
@@ -83,14 +84,35 @@ def _abstract(path: Any) -> bool:
 
 
 def remove_stale_socket(path: Any) -> None:
-    """Remove ``path`` if it is a socket file (a previous run's), before binding to it."""
+    """Remove ``path`` if it is a stale socket file (a previous run's), before binding to it.
+
+    Raises:
+        OSError: EADDRINUSE when a server still listens on it (a connect succeeds): removing
+            its file would leave it running, unreachable (websockets.sync refuses too).
+    """
     if _abstract(path):
         return
     try:
-        if stat.S_ISSOCK(os.stat(path).st_mode):
-            os.unlink(path)
+        if not stat.S_ISSOCK(os.stat(path).st_mode):
+            return  # not a socket: binding fails on it, as it should
     except FileNotFoundError:
-        pass
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.setblocking(False)  # a full backlog: EAGAIN at once, which means alive too
+    try:
+        probe.connect(os.fspath(path))
+    except (ConnectionRefusedError, FileNotFoundError):
+        pass  # nobody listens: stale
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EWOULDBLOCK, errno.EINPROGRESS):
+            raise OSError(errno.EADDRINUSE, f"a server is listening on {os.fsdecode(path)!r} already") from None
+        return  # (EACCES, say): leave the file alone; binding reports the problem
+    else:
+        raise OSError(errno.EADDRINUSE, f"a server is listening on {os.fsdecode(path)!r} already")
+    finally:
+        probe.close()
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def socket_inode(path: Any) -> int | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import os
 import socket
@@ -1302,6 +1303,26 @@ async def test_unix_socket_served_and_its_file_removed_on_close(tmp_path):
         server.close()
         await server.wait_closed()
         assert os.path.exists(path)
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
+async def test_a_live_servers_unix_socket_is_not_taken_over(tmp_path):
+    """A second server on the path of one still listening raises EADDRINUSE (asyncio alone
+    removes the file and binds: the first would run on, unreachable); a stale file is replaced."""
+    path = str(tmp_path / "ws.sock")
+    async with await start_async_websocket_server(None, None, echo, unix=path):
+        with pytest.raises(OSError) as info:
+            await start_async_websocket_server(None, None, echo, unix=path)
+        assert info.value.errno == errno.EADDRINUSE
+        reader, writer = await asyncio.open_unix_connection(path)  # the first one still serves it
+        writer.write(upgrade_request())
+        assert (await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)).startswith(b"HTTP/1.1 101")
+        writer.close()
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(path)  # a crashed run's file: nobody listens
+    async with await start_async_websocket_server(None, None, echo, unix=path):
+        reader, writer = await asyncio.open_unix_connection(path)
+        writer.close()
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="abstract Unix socket names are Linux's")

@@ -778,6 +778,90 @@ def test_unix_socket(tmp_path):
     assert not os.path.exists(path)
 
 
+def _ipv6_loopback() -> None:
+    try:
+        with socket.create_server(("::1", 0), family=socket.AF_INET6):
+            pass
+    except OSError as exc:
+        pytest.skip(f"cannot bind ::1: {exc}")
+
+
+def _resolving(monkeypatch, name: str, addresses: list[str]) -> None:
+    """getaddrinfo(name) gives ``addresses`` (as /etc/hosts' ``::1 localhost`` does)."""
+    real = socket.getaddrinfo
+
+    def fake(host, port, *args, **kwargs):
+        if host != name:
+            return real(host, port, *args, **kwargs)
+        return [info for a in addresses for info in real(a, port, *args, **kwargs)]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+
+
+def test_a_host_with_several_addresses_is_served_on_all_of_them(monkeypatch):
+    """``localhost`` is often ``::1`` and ``127.0.0.1``: both listen, on one port, as in the
+    asyncio server (audit: only the first, so 127.0.0.1 clients were refused on Debian)."""
+    _ipv6_loopback()
+    _resolving(monkeypatch, "dual.kn-sock.test", ["::1", "127.0.0.1"])
+    with WebSocketServer("dual.kn-sock.test", 0, echo) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        assert [s.getsockname()[0] for s in server.sockets] == ["::1", "127.0.0.1"]
+        assert {s.getsockname()[1] for s in server.sockets} == {server.port}
+        for uri in (f"ws://127.0.0.1:{server.port}/", f"ws://[::1]:{server.port}/"):
+            with connect_websocket(uri) as ws:
+                ws.send(uri)
+                assert ws.recv(5) == uri
+
+
+@pytest.mark.parametrize("taken", [1, 99])
+def test_port_0_taken_on_another_address_draws_another_port(monkeypatch, caplog, taken):
+    """Port 0 on several addresses: a port another program holds on one of them is drawn again
+    (audit: host=None then listened on IPv4 only); after 5 draws, the addresses it got stay,
+    logged. A port asked for and taken raises."""
+    _ipv6_loopback()
+    _resolving(monkeypatch, "dual.kn-sock.test", ["127.0.0.1", "::1"])
+    real, refused = socket.create_server, []
+
+    def create_server(address, *, family=socket.AF_INET, **kwargs):
+        if family == socket.AF_INET6 and len(refused) < taken:
+            refused.append(address)
+            raise OSError(errno.EADDRINUSE, "Address already in use")
+        return real(address, family=family, **kwargs)
+
+    monkeypatch.setattr(socket, "create_server", create_server)
+    with WebSocketServer("dual.kn-sock.test", 0, echo) as server:
+        if taken == 1:
+            assert len(server.sockets) == 2 and {s.getsockname()[1] for s in server.sockets} == {server.port}
+        else:
+            assert len(refused) == 5 and [s.family for s in server.sockets] == [socket.AF_INET]
+            assert f"port {server.port} is taken on ::1" in caplog.text
+        with pytest.raises(OSError) as info:
+            WebSocketServer("dual.kn-sock.test", server.port, echo)
+        assert info.value.errno == errno.EADDRINUSE
+
+
+@pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
+def test_a_live_servers_unix_socket_is_not_taken_over_a_stale_one_is(tmp_path):
+    """A second server on the path of one still listening raises EADDRINUSE, as websockets.sync
+    (audit: it removed the file, and the first ran on, unreachable); a stale file is replaced."""
+    path = str(tmp_path / "ws.sock")
+    with running_server(echo, unix=path):
+        with pytest.raises(OSError) as info:
+            WebSocketServer(None, None, echo, unix=path)
+        assert info.value.errno == errno.EADDRINUSE
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(path)  # the first one still serves it
+        with connect_websocket("ws://localhost/", sock=sock) as ws:
+            ws.send("still here")
+            assert ws.recv(5) == "still here"
+    with socket.socket(socket.AF_UNIX) as dead:
+        dead.bind(path)  # a crashed run's file: nobody listens
+    with running_server(echo, unix=path):
+        sock = socket.socket(socket.AF_UNIX)
+        sock.connect(path)
+        sock.close()
+
+
 @pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
 def test_unix_socket_file_bound_by_another_server_since_is_left_alone(tmp_path):
     path = str(tmp_path / "ws.sock")

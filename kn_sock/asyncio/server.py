@@ -23,7 +23,7 @@ from ..options import (
 )
 from .._option_types import AsyncServerOptions
 from .._types import Unpack  # annotations (resolvable at run time too)
-from .._unix import remove_unix_socket, socket_inode
+from .._unix import remove_stale_socket, remove_unix_socket, socket_inode
 from ..protocol import SERVER, Protocol
 from ._compat import TLS_NO_LIMIT, mark_coroutine_function
 from ._starter import Starter
@@ -464,6 +464,7 @@ class AsyncWebSocketServer:
         _limit_accept_errors()
         unix = kwargs.pop("unix", None)
         if unix is not None:
+            remove_stale_socket(unix)  # (asyncio would remove a live server's file too)
             self._server = await self.loop.create_unix_server(factory, unix, **kwargs)
             inode = socket_inode(unix)
             if inode is not None:

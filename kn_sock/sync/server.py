@@ -143,6 +143,80 @@ def _wants_address(handler: Callable[..., Any]) -> bool:
     return len([p for p in params if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]) >= 2
 
 
+#: port 0 on several addresses: how many ports to try before keeping the addresses one got.
+_PORT_DRAWS = 5
+
+
+def _port_number(port: int | str | None) -> int:
+    """The port as a number: None → 0, digits or a service name (``"http"``) resolved."""
+    if not port:
+        return 0
+    if isinstance(port, int):
+        return port
+    return int(socket.getaddrinfo(None, port, socket.AF_INET, socket.SOCK_STREAM, 0, socket.AI_PASSIVE)[0][4][1])
+
+
+def _tcp_addresses(host: str | None, port: int) -> list[tuple[int, tuple[Any, ...]]]:
+    """The ``(family, sockaddr)`` pairs to listen on, as asyncio's servers do: every address of
+    ``host`` (``localhost`` is often ``::1`` and ``127.0.0.1``), or for None / ``""`` all
+    interfaces, IPv4 and (where the machine has it) IPv6, IPv4 clients keeping plain IPv4
+    addresses."""
+    if not host:
+        addresses: list[tuple[int, tuple[Any, ...]]] = [(socket.AF_INET, ("0.0.0.0", port))]
+        if socket.has_ipv6:
+            addresses.append((socket.AF_INET6, ("::", port)))
+        return addresses
+    addresses = []
+    for family, _, _, _, sockaddr in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE):
+        if family in (socket.AF_INET, socket.AF_INET6) and (family, sockaddr) not in addresses:
+            addresses.append((family, sockaddr))
+    return addresses
+
+
+def _listen_on_all(
+    addresses: list[tuple[int, tuple[Any, ...]]], port: int, backlog: int, reuse_port: bool, last_draw: bool
+) -> list[socket.socket]:
+    """Listening sockets on every address, one port for all (port 0: the first one's).
+
+    An address whose family the machine lacks (no IPv6) is left out, logged at DEBUG. With
+    port 0, a port taken on another address gives [] (draw another), except on the last
+    draw, which keeps the addresses it got (logged). Raises the error when no address can be
+    bound, or when the port asked for is taken.
+    """
+    listeners: list[socket.socket] = []
+    chosen = port
+    error: OSError | None = None
+    try:
+        for family, sockaddr in addresses:
+            try:
+                sock = socket.create_server(
+                    (sockaddr[0], chosen, *sockaddr[2:]), family=family, backlog=backlog, reuse_port=reuse_port
+                )
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    if port or not listeners:
+                        raise  # the port asked for is taken
+                    if not last_draw:
+                        for listener in listeners:
+                            listener.close()
+                        return []  # port 0: that port is taken on this address; draw again
+                    logger.warning("port %d is taken on %s: not listening there", chosen, sockaddr[0])
+                else:
+                    logger.debug("not listening on %s: %s", sockaddr[0], exc)  # e.g. no IPv6 here
+                error = error or exc
+                continue
+            listeners.append(sock)
+            chosen = sock.getsockname()[1]
+    except BaseException:
+        for listener in listeners:
+            listener.close()
+        raise
+    if not listeners:
+        assert error is not None
+        raise error
+    return listeners
+
+
 class WebSocketServer:
     """A listening blocking WebSocket server calling ``handler(ws, address)`` in a thread per connection.
 
@@ -227,26 +301,13 @@ class WebSocketServer:
                 sock.close()
                 raise
             return [sock]
-        if not host:
-            # All interfaces: IPv4 and, where the machine has it, IPv6 on the same port (two
-            # sockets, as asyncio's servers; IPv4 clients keep plain IPv4 addresses).
-            sock = socket.create_server(("0.0.0.0", port or 0), family=socket.AF_INET, backlog=backlog, reuse_port=reuse_port)
-            if socket.has_ipv6:
-                try:
-                    six = socket.create_server(
-                        ("::", sock.getsockname()[1]), family=socket.AF_INET6, backlog=backlog, reuse_port=reuse_port
-                    )
-                except OSError as exc:
-                    if port and exc.errno == errno.EADDRINUSE:  # the port asked for is taken on IPv6
-                        sock.close()
-                        raise
-                    logger.debug("listening on IPv4 only: %s", exc)  # no IPv6 here
-                else:
-                    return [sock, six]
-            return [sock]
-        infos = socket.getaddrinfo(host, port or 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
-        family, _, _, _, sockaddr = infos[0]
-        return [socket.create_server(sockaddr, family=family, backlog=backlog, reuse_port=reuse_port)]
+        number = _port_number(port)
+        addresses = _tcp_addresses(host, number)
+        for draw in range(_PORT_DRAWS):
+            listeners = _listen_on_all(addresses, number, backlog, reuse_port, last_draw=draw == _PORT_DRAWS - 1)
+            if listeners:
+                return listeners
+        raise AssertionError("unreachable: the last draw keeps what it could bind")  # pragma: no cover
 
     # ------------------------------------------------------------ properties
 
