@@ -70,6 +70,8 @@ class ConnectionClosed(WebSocketError):
             message = f"connection closed: code={code} reason={reason!r}"
             if sent is not None and rcvd is None:
                 message += f" (we sent {sent[0]} {sent[1]!r}; no close frame received)"
+            elif sent is None and rcvd is None and code == 1006:
+                message += " (no close frame received or sent)"
         super().__init__(message)
 
     def __reduce__(self) -> Any:

@@ -270,7 +270,8 @@ class ClientHandshake:
             try:
                 self._validate(response)
             except InvalidHandshake as exc:
-                exc.status = response.status  # client side: the server's status (101 here)
+                # Client side: the server's answer (a 101 whose headers are wrong, here).
+                exc.status, exc.headers, exc.body = response.status, response.headers, response.body
                 raise
         except InvalidHandshake as exc:
             self._error = exc

@@ -129,7 +129,7 @@ class Protocol:
         "_part_opcode", "_part_compressed", "_validator", "_send_frag_open", "_send_frag_started", "_send_frag_compressed",
         "_send_frag_text", "_early_done", "close_rcvd", "close_sent", "close_rcvd_then_sent", "close_transport", "failed",
         "error", "eof_received", "pings", "hold_pongs", "_held_pong", "_pongs", "batch_room", "batch_bytes",
-        "batch_spent", "backlog", "skipped_broadcasts",
+        "batch_spent", "backlog", "skipped_broadcasts", "lost_cause",
     )  # memory: one connection's state without a per-instance __dict__
 
     def __init__(
@@ -173,6 +173,7 @@ class Protocol:
         self.state = State.OPEN
         self._out: list[bytes] = []
         self.skipped_broadcasts = 0  # broadcast(): messages skipped since it last took one (logging)
+        self.lost_cause: BaseException | None = None  # why TCP ended before the closing handshake
         # Incoming fragmented message.
         self._parts: list[bytes | bytearray] = []
         self._part_opcode = 0
@@ -481,9 +482,16 @@ class Protocol:
                 break
         return acked
 
-    def receive_eof(self) -> list[Any]:
+    def receive_eof(self, cause: BaseException | None = None) -> list[Any]:
         """The peer closed TCP: the connection is CLOSED (1006 unless a close frame came first;
-        the frames still in ``backlog`` are processed first, as far as ``batch_room`` allows)."""
+        the frames still in ``backlog`` are processed first, as far as ``batch_room`` allows).
+
+        ``cause``: what the I/O layer saw (``EOFError`` for the end of the stream, the
+        ``OSError`` of a reset), the ``__cause__`` of ``closed_exception()`` when no close
+        frame came (as websockets; ``detached``: its traceback would hold the reader's frames).
+        """
+        if cause is not None:
+            self.note_lost(cause)
         events: list[Any] = []
         if self.backlog is not None:
             # What the queue has room for; the rest is dropped (an abnormal end: the bound on
@@ -502,6 +510,11 @@ class Protocol:
         self.close_transport = True
         events.append(Closed(1006, ""))
         return events
+
+    def note_lost(self, cause: BaseException) -> None:
+        """Keep what ended TCP before the closing handshake (the first only) for ``receive_eof``."""
+        if self.state is not State.CLOSED and self.lost_cause is None:
+            self.lost_cause = detached(cause)
 
     def data_to_send(self) -> list[bytes]:
         """Return (and forget) the frames the protocol wants written: pongs, close frames."""
@@ -554,7 +567,10 @@ class Protocol:
             return ConnectionClosedOK(code, reason, sent=sent, rcvd=rcvd)
         error = self.error
         if error is None:
-            return ConnectionClosedError(code, reason, sent=sent, rcvd=rcvd)
+            closed = ConnectionClosedError(code, reason, sent=sent, rcvd=rcvd)
+            if rcvd is None:
+                closed.__cause__ = self.lost_cause  # the reset, the end of the stream (or None)
+            return closed
         # We failed the connection for the peer's bad input: say so, with the ProtocolError
         # (its close code and reason) as the cause.
         exc = ConnectionClosedError(

@@ -12,6 +12,7 @@ import logging
 import mmap
 import os
 import socket
+import struct
 import sys
 import time
 import weakref
@@ -30,7 +31,15 @@ from asyncio_support import (
     stalled_client,
     wait_until,
 )
-from kn_sock import AsyncWebSocket, ConnectionClosed, InvalidState, async_connect_websocket, start_async_websocket_server
+from kn_sock import (
+    AsyncWebSocket,
+    ConnectionClosed,
+    ConnectionClosedError,
+    InvalidState,
+    ProtocolError,
+    async_connect_websocket,
+    start_async_websocket_server,
+)
 from kn_sock._pure import build_frame
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(20)]
@@ -806,6 +815,34 @@ async def test_peer_close_without_code_is_1005(backend):
         assert (opcode, payload) == (8, b"")
         peer.close()
         await asyncio.wait_for(ws.wait_closed(), TIMEOUT)
+
+
+@pytest.mark.parametrize("end", ["error", "reset", "fin"])
+async def test_the_closed_exception_has_what_ended_the_connection_as_its_cause(backend, end):
+    """After the end, send() raises ConnectionClosedError whose ``__cause__`` is the
+    ProtocolError we failed the connection for, or the peer's reset / the end of the stream
+    when no close frame came (as websockets; audit: None)."""
+    async with raw_server() as (port, peers):
+        ws = await async_connect_websocket("127.0.0.1", port, backend=backend, compression=None, ping_interval=None)
+        peer = await peers.get()
+        if end == "error":
+            peer.send_frame(3, b"")
+        elif end == "reset":
+            sock = peer.writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            peer.writer.transport.abort()
+        else:
+            peer.writer.write_eof()
+        assert await ws.recv(timeout=TIMEOUT) is None
+        with pytest.raises(ConnectionClosedError) as info:
+            await ws.send("x")
+        cause = info.value.__cause__
+        if end == "error":
+            assert isinstance(cause, ProtocolError) and cause.code == 1002
+        else:
+            assert isinstance(cause, ConnectionResetError if end == "reset" else EOFError)
+            assert "no close frame received or sent" in str(info.value)
+        peer.close()
 
 
 async def test_client_close_is_bounded_by_close_timeout(backend):

@@ -305,7 +305,8 @@ class TestSection4_1ClientValidatesResponse:
         hs = client()
         exc = client_error(hs, response_to(hs, Sec_WebSocket_Accept=value))
         assert isinstance(exc, InvalidHeader) and "Sec-WebSocket-Accept" in str(exc)
-        assert exc.status == 101  # client side: the server's status (docs/api.md)
+        assert exc.status == 101  # client side: the server's answer (docs/api.md)
+        assert exc.headers["Upgrade"] == "websocket" and exc.body == b""  # (audit: headers left [])
 
     def test_item_4_repeated_accept_is_refused(self) -> None:
         hs = client()

@@ -19,7 +19,7 @@ import weakref
 import pytest
 
 from kn_sock._pure import build_frame
-from kn_sock.exceptions import ConnectionClosed
+from kn_sock.exceptions import ConnectionClosed, ConnectionClosedError, ProtocolError
 from kn_sock.handshake import ClientHandshake
 from kn_sock.sync import connect_websocket
 from kn_sock.uri import parse_uri
@@ -144,6 +144,32 @@ def test_protocol_error_then_half_close_still_gets_our_close_frame(backend, dela
         assert opcode == 8 and payload[:2] == (1002).to_bytes(2, "big")
         with pytest.raises(EOFError):
             peer.recv_frame()
+        peer.close()
+
+
+@pytest.mark.parametrize("end", ["error", "reset", "fin"])
+def test_the_closed_exception_has_what_ended_the_connection_as_its_cause(backend, end):
+    """After the end, send() raises ConnectionClosedError whose ``__cause__`` is the
+    ProtocolError we failed the connection for (audit: None in this layer), or the peer's
+    reset / the end of the stream when no close frame came (as websockets)."""
+    with raw_server() as srv:
+        peer, ws = _raw_peer_and_client(srv, backend)
+        if end == "error":
+            peer.sock.sendall(build_frame(3, b"", True, False, None))
+        elif end == "reset":
+            peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            peer.sock.close()
+        else:
+            peer.sock.shutdown(socket.SHUT_WR)
+        assert ws.recv(5) is None
+        with pytest.raises(ConnectionClosedError) as info:
+            ws.send("x")
+        cause = info.value.__cause__
+        if end == "error":
+            assert isinstance(cause, ProtocolError) and cause.code == 1002
+        else:
+            assert isinstance(cause, ConnectionResetError if end == "reset" else EOFError)
+            assert "no close frame received or sent" in str(info.value)
         peer.close()
 
 

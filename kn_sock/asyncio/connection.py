@@ -238,14 +238,14 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
     def eof_received(self) -> bool:
         """The peer closed its side: the connection is over (1006 unless a close frame came)."""
         if self.protocol is not None:
-            self._dispatch(self.protocol.receive_eof())
+            self._dispatch(self.protocol.receive_eof(EOFError("the peer closed TCP without a close frame")))
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
         """TCP is gone: wake every waiter."""
         proto = self.protocol
         if proto is not None and proto.state is not State.CLOSED:
-            self._dispatch(proto.receive_eof())
+            self._dispatch(proto.receive_eof(exc))
         self.transport = None
         self._cork = None
         for handle in (self._ka_handle, self._close_handle):

@@ -347,7 +347,8 @@ class WebSocket:
                     got = self._read_py(self._nb)
             except _WOULD_BLOCK:
                 return
-            except (OSError, ValueError):  # ValueError: the socket object was closed (fileno -1)
+            except (OSError, ValueError) as exc:  # ValueError: the socket object was closed (fileno -1)
+                self._read_failed(exc)
                 got = None
             self._feed(got, True)
             if self._parser.last_frames > _FAIR_FRAMES:
@@ -419,7 +420,7 @@ class WebSocket:
                     # TCP ends, to a peer that only half-closed (audit: it was never sent).
                     self._fail_held()
                 self._eof = True
-                self._dispatch(self.protocol.receive_eof())
+                self._dispatch(self.protocol.receive_eof(EOFError("the peer closed TCP without a close frame")))
             return
         if got or self._parser.error is not None:
             with self._lock:
@@ -727,6 +728,11 @@ class WebSocket:
             elif self._half_close_after_flush:
                 self._half_close()
 
+    def _read_failed(self, exc: Exception) -> None:
+        """A read raised, the end of the stream for ``_feed``: keep a network error as the cause."""
+        if isinstance(exc, OSError):
+            self.protocol.note_lost(exc)
+
     def _connection_lost(self, exc: BaseException | None) -> None:
         """A write failed (reset, broken pipe): what we had to send is lost.
 
@@ -743,6 +749,8 @@ class WebSocket:
         self._close_after_flush = self._half_close_after_flush = False
         if self._write_dead:
             return
+        if isinstance(exc, OSError):
+            self.protocol.note_lost(exc)  # (the cause, even if reading goes on to the end)
         logger.debug("connection to %s lost: %s", self.remote_address, exc)
         if not self._eof and not self._read_paused:
             self._write_dead = True
@@ -752,7 +760,7 @@ class WebSocket:
             self._update_interest()
             return
         self._eof = True
-        self._dispatch(self.protocol.receive_eof())
+        self._dispatch(self.protocol.receive_eof(exc))
         self._finalize()
 
     # ------------------------------------------------------------ closing TCP (``_lock`` held)
@@ -947,7 +955,8 @@ class WebSocket:
                 # Ended meanwhile (the peer's close came while this sender waited for a lock):
                 # how it ended is known now, and the exception raised while CLOSING is stale
                 # (audit: a 1006 "no close frame received" after a clean close).
-                raise self.protocol.closed_exception() from None
+                closed = self.protocol.closed_exception()
+                raise closed from closed.__cause__  # (the ProtocolError or network error, if any)
             if state is not State.CLOSING and not self._write_dead:
                 raise
         # Our close frame is out and the peer's answer awaited, or a write failed and what
@@ -981,7 +990,8 @@ class WebSocket:
                             rest = wm(self._sock, message, self._masked)
                         except OSError as exc:
                             self._connection_lost(exc)
-                            raise proto.closed_exception() from None
+                            closed = proto.closed_exception()
+                            raise closed from closed.__cause__
                         if rest is None:
                             return
                         self._queue(rest)
@@ -1249,7 +1259,8 @@ class WebSocket:
                             got = self._parser.recv_from(self._sock, 0)
                         except _WOULD_BLOCK:
                             got = []
-                        except (OSError, ValueError):  # as in _read_once
+                        except (OSError, ValueError) as exc:  # as in _read_once
+                            self._read_failed(exc)
                             got = None
                         t = type(got)
                         if (t is bytes or t is str) and self.protocol.state is _OPEN:
@@ -1389,7 +1400,8 @@ class WebSocket:
             return
         except _WOULD_BLOCK:
             return
-        except (OSError, ValueError):  # ValueError: the socket object was closed (fileno -1)
+        except (OSError, ValueError) as exc:  # ValueError: the socket object was closed (fileno -1)
+            self._read_failed(exc)
             got = None
         self._feed(got)
         if self._parser.last_frames > _FAIR_FRAMES:
