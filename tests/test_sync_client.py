@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import sys
 import threading
 import time
 
@@ -333,3 +334,62 @@ def test_send_raises_when_the_peer_resets_mid_message_and_its_close_frame_is_kep
         assert ws.recv(5) is None and ws.close_code == 1009
         ws.close()
         thread.join(5)
+
+
+# ---------------------------------------------------------------- a host with several addresses
+
+
+def _resolving_to(monkeypatch, name: str, addresses: list[tuple[str, int]]) -> None:
+    real = socket.getaddrinfo
+
+    def fake(host, port, *args, **kwargs):
+        if host != name:
+            return real(host, port, *args, **kwargs)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", address) for address in addresses]
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="127.0.0.2-4 and SYNs dropped by a full backlog: Linux")
+def test_open_timeout_bounds_all_the_addresses_together(monkeypatch):
+    """Three addresses that never answer the SYN (full accept queues): TimeoutError at
+    open_timeout, not three times it (audit: each address had its own timeout)."""
+    keep = []
+    try:
+        port = 0
+        for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4"):
+            listener = socket.create_server((ip, port), backlog=0)
+            port = listener.getsockname()[1]
+            keep.append(listener)
+            for _ in range(8):  # fill the accept queue: later SYNs are dropped
+                filler = socket.socket()
+                filler.setblocking(False)
+                try:
+                    filler.connect((ip, port))
+                except BlockingIOError:
+                    pass
+                keep.append(filler)
+        _resolving_to(monkeypatch, "three.kn-sock.test", [(ip, port) for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4")])
+        start = time.monotonic()
+        with pytest.raises(TimeoutError):
+            connect_websocket(f"ws://three.kn-sock.test:{port}/", open_timeout=1.0)
+        assert time.monotonic() - start < 2.0  # (3 s before)
+    finally:
+        for sock in keep:
+            sock.close()
+
+
+def test_the_next_address_is_tried_and_the_first_error_raised(monkeypatch):
+    """An address that refuses is passed over for the next (as socket.create_connection);
+    when every one fails, the first one's error is raised."""
+    closed = socket.create_server(("127.0.0.1", 0))
+    dead_port = closed.getsockname()[1]
+    closed.close()
+    with running_server(echo) as server:
+        _resolving_to(monkeypatch, "two.kn-sock.test", [("127.0.0.1", dead_port), ("127.0.0.1", server.port)])
+        with connect_websocket("ws://two.kn-sock.test/", open_timeout=5) as ws:
+            ws.send("second")
+            assert ws.recv(5) == "second"
+    _resolving_to(monkeypatch, "none.kn-sock.test", [("127.0.0.1", dead_port), ("127.0.0.1", dead_port)])
+    with pytest.raises(ConnectionRefusedError):
+        connect_websocket("ws://none.kn-sock.test/", open_timeout=5)
