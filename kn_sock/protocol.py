@@ -557,7 +557,18 @@ class Protocol:
             raise self.closed_exception()
 
     def closed_exception(self) -> ConnectionClosed:
-        """The ConnectionClosed exception describing how the connection ended."""
+        """The ConnectionClosed exception describing how the connection ended.
+
+        Its ``__cause__`` is the ProtocolError we failed the connection for, or the network
+        error (``EOFError``) that ended TCP before a close frame came; and whatever exception
+        it is raised while handling is not shown with it (``__suppress_context__``, as
+        ``raise ... from``): it says all there is.
+        """
+        exc = self._closed_exception()
+        exc.__suppress_context__ = True
+        return exc
+
+    def _closed_exception(self) -> ConnectionClosed:
         if self.state is State.CONNECTING:
             return ConnectionClosedError(1006, "", "connection is not open yet")
         rcvd = self.close_rcvd

@@ -152,25 +152,35 @@ def test_the_closed_exception_has_what_ended_the_connection_as_its_cause(backend
     """After the end, send() raises ConnectionClosedError whose ``__cause__`` is the
     ProtocolError we failed the connection for (audit: None in this layer), or the peer's
     reset / the end of the stream when no close frame came (as websockets)."""
-    with raw_server() as srv:
-        peer, ws = _raw_peer_and_client(srv, backend)
-        if end == "error":
-            peer.sock.sendall(build_frame(3, b"", True, False, None))
-        elif end == "reset":
-            peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-            peer.sock.close()
-        else:
-            peer.sock.shutdown(socket.SHUT_WR)
-        assert ws.recv(5) is None
-        with pytest.raises(ConnectionClosedError) as info:
-            ws.send("x")
-        cause = info.value.__cause__
-        if end == "error":
-            assert isinstance(cause, ProtocolError) and cause.code == 1002
-        else:
-            assert isinstance(cause, ConnectionResetError if end == "reset" else EOFError)
-            assert "no close frame received or sent" in str(info.value)
-        peer.close()
+    gc.collect()
+    gc.disable()  # and the exception keeps nothing in a cycle (the review: send() did)
+    try:
+        with raw_server() as srv:
+            peer, ws = _raw_peer_and_client(srv, backend)
+            if end == "error":
+                peer.sock.sendall(build_frame(3, b"", True, False, None))
+            elif end == "reset":
+                peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                peer.sock.close()
+            else:
+                peer.sock.shutdown(socket.SHUT_WR)
+            assert ws.recv(5) is None
+            with pytest.raises(ConnectionClosedError) as info:
+                ws.send("x")
+            cause = info.value.__cause__
+            if end == "error":
+                assert isinstance(cause, ProtocolError) and cause.code == 1002
+            else:
+                assert isinstance(cause, ConnectionResetError if end == "reset" else EOFError)
+                assert "no close frame received or sent" in str(info.value)
+            assert info.value.__suppress_context__  # (as raise ... from)
+            peer.close()
+            assert ws.wait_closed(5)
+            ref = weakref.ref(ws)
+            del ws, info, cause
+            assert wait_for(lambda: ref() is None, 2)
+    finally:
+        gc.enable()
 
 
 def test_recv_timeout_nan_inf_and_not_a_number(backend):

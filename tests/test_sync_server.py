@@ -840,6 +840,28 @@ def test_port_0_taken_on_another_address_draws_another_port(monkeypatch, caplog,
         assert info.value.errno == errno.EADDRINUSE
 
 
+def test_an_address_that_cannot_be_bound_raises_unless_its_family_is_missing(monkeypatch):
+    """An address of the host that is not this machine's raises, as in asyncio (the review:
+    it was left out quietly); IPv6 missing (EADDRNOTAVAIL on ``::1``, EAFNOSUPPORT) only
+    leaves the IPv6 addresses out."""
+    _resolving(monkeypatch, "elsewhere.kn-sock.test", ["127.0.0.1", "192.0.2.1"])  # TEST-NET-1
+    with pytest.raises(OSError) as info:
+        WebSocketServer("elsewhere.kn-sock.test", 0, echo)
+    assert info.value.errno == errno.EADDRNOTAVAIL
+    _resolving(monkeypatch, "dual.kn-sock.test", ["::1", "127.0.0.1"])
+    real = socket.create_server
+
+    def no_ipv6(address, *, family=socket.AF_INET, **kwargs):
+        if family == socket.AF_INET6:
+            raise OSError(errno.EADDRNOTAVAIL, "Cannot assign requested address")
+        return real(address, family=family, **kwargs)
+
+    monkeypatch.setattr(socket, "create_server", no_ipv6)
+    for host in ("dual.kn-sock.test", None):
+        with WebSocketServer(host, 0, echo) as server:
+            assert [s.family for s in server.sockets] == [socket.AF_INET]
+
+
 @pytest.mark.skipif(not hasattr(socket, "AF_UNIX"), reason="no Unix sockets")
 def test_a_live_servers_unix_socket_is_not_taken_over_a_stale_one_is(tmp_path):
     """A second server on the path of one still listening raises EADDRINUSE, as websockets.sync

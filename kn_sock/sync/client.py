@@ -242,8 +242,8 @@ def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None, attemp
 def _tcp_connect(host: str, port: int, deadline: float | None) -> socket.socket:
     """``socket.create_connection`` with one deadline for all of the host's addresses (which
     gives each its own timeout: a host with three unreachable addresses took three times
-    ``open_timeout``; audit). Raises the first address's error when none connects."""
-    errors: list[OSError] = []
+    ``open_timeout``; audit). Raises the last address's error when none connects, as it does."""
+    last: OSError | None = None
     for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
         sock = socket.socket(family, kind, proto)
         try:
@@ -255,12 +255,15 @@ def _tcp_connect(host: str, port: int, deadline: float | None) -> socket.socket:
             raise
         except OSError as exc:
             sock.close()
-            errors.append(exc)
+            last = exc
         except BaseException:
             sock.close()
             raise
-    if errors:
-        raise errors[0]
+    if last is not None:
+        try:
+            raise last
+        finally:
+            last = None  # (its traceback holds this frame: no cycle through the local)
     raise OSError(f"getaddrinfo({host!r}) gave no address")
 
 

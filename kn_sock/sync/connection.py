@@ -955,8 +955,9 @@ class WebSocket:
                 # Ended meanwhile (the peer's close came while this sender waited for a lock):
                 # how it ended is known now, and the exception raised while CLOSING is stale
                 # (audit: a 1006 "no close frame received" after a clean close).
-                closed = self.protocol.closed_exception()
-                raise closed from closed.__cause__  # (the ProtocolError or network error, if any)
+                # (Its __cause__ is the ProtocolError or network error, if any. Not kept in a
+                # local: this frame, in its traceback, would keep the connection in a cycle.)
+                raise self.protocol.closed_exception()
             if state is not State.CLOSING and not self._write_dead:
                 raise
         # Our close frame is out and the peer's answer awaited, or a write failed and what
@@ -990,8 +991,7 @@ class WebSocket:
                             rest = wm(self._sock, message, self._masked)
                         except OSError as exc:
                             self._connection_lost(exc)
-                            closed = proto.closed_exception()
-                            raise closed from closed.__cause__
+                            raise proto.closed_exception()  # (with its cause: see send)
                         if rest is None:
                             return
                         self._queue(rest)

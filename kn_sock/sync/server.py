@@ -145,10 +145,13 @@ def _wants_address(handler: Callable[..., Any]) -> bool:
 
 #: port 0 on several addresses: how many ports to try before keeping the addresses one got.
 _PORT_DRAWS = 5
+#: Binding errors meaning "no such address family here": that address is left out.
+_NO_FAMILY = frozenset({errno.EAFNOSUPPORT, errno.EPROTONOSUPPORT})
 
 
 def _port_number(port: int | str | None) -> int:
-    """The port as a number: None → 0, digits or a service name (``"http"``) resolved."""
+    """The port as a number: None → 0, digits or a service name (``"http"``) resolved (TCP
+    service numbers are the same for every family: asking for IPv4's is enough)."""
     if not port:
         return 0
     if isinstance(port, int):
@@ -178,7 +181,8 @@ def _listen_on_all(
 ) -> list[socket.socket]:
     """Listening sockets on every address, one port for all (port 0: the first one's).
 
-    An address whose family the machine lacks (no IPv6) is left out, logged at DEBUG. With
+    An address whose family the machine lacks (no IPv6: the socket cannot be made, or ``::1``
+    is not there) is left out, logged at DEBUG; other errors raise, as in asyncio. With
     port 0, a port taken on another address gives [] (draw another), except on the last
     draw, which keeps the addresses it got (logged). Raises the error when no address can be
     bound, or when the port asked for is taken.
@@ -201,8 +205,10 @@ def _listen_on_all(
                             listener.close()
                         return []  # port 0: that port is taken on this address; draw again
                     logger.warning("port %d is taken on %s: not listening there", chosen, sockaddr[0])
+                elif exc.errno in _NO_FAMILY or family == socket.AF_INET6 and exc.errno == errno.EADDRNOTAVAIL:
+                    logger.debug("not listening on %s: %s", sockaddr[0], exc)  # no IPv6 here (as asyncio)
                 else:
-                    logger.debug("not listening on %s: %s", sockaddr[0], exc)  # e.g. no IPv6 here
+                    raise  # (an address of the host that is not this machine's, say: as asyncio)
                 error = error or exc
                 continue
             listeners.append(sock)
