@@ -201,3 +201,20 @@ def credential_redirects(target_port: int) -> Callable[[str, Any], Any]:
         return None
 
     return hook
+
+
+def resolving(monkeypatch: Any, name: str, addresses: list[str | tuple[str, int]]) -> None:
+    """``socket.getaddrinfo(name, port)`` gives ``addresses`` in order (as /etc/hosts' ``::1
+    localhost`` line does): an IP with the port asked for, or an ``(ip, port)`` pair as is."""
+    real = socket.getaddrinfo
+
+    def fake(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+        if host != name:
+            return real(host, port, *args, **kwargs)
+        infos = []
+        for address in addresses:
+            ip, port_of = (address, port) if isinstance(address, str) else address
+            infos += real(ip, port_of, *args, **kwargs)
+        return infos
+
+    monkeypatch.setattr(socket, "getaddrinfo", fake)

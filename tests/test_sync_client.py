@@ -14,7 +14,7 @@ import pytest
 from kn_sock.exceptions import ConnectionClosedError, InvalidHandshake, InvalidStatus, InvalidURI
 from kn_sock.reconnect import retryable_error
 from kn_sock.sync import connect_websocket
-from sync_support import CREDENTIALS, credential_redirects, credentials_seen, echo, raw_server, running_server
+from sync_support import CREDENTIALS, credential_redirects, credentials_seen, echo, raw_server, resolving, running_server
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -339,17 +339,6 @@ def test_send_raises_when_the_peer_resets_mid_message_and_its_close_frame_is_kep
 # ---------------------------------------------------------------- a host with several addresses
 
 
-def _resolving_to(monkeypatch, name: str, addresses: list[tuple[str, int]]) -> None:
-    real = socket.getaddrinfo
-
-    def fake(host, port, *args, **kwargs):
-        if host != name:
-            return real(host, port, *args, **kwargs)
-        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", address) for address in addresses]
-
-    monkeypatch.setattr(socket, "getaddrinfo", fake)
-
-
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="127.0.0.2-4 and SYNs dropped by a full backlog: Linux")
 def test_open_timeout_bounds_all_the_addresses_together(monkeypatch):
     """Three addresses that never answer the SYN (full accept queues): TimeoutError at
@@ -369,7 +358,7 @@ def test_open_timeout_bounds_all_the_addresses_together(monkeypatch):
                 except BlockingIOError:
                     pass
                 keep.append(filler)
-        _resolving_to(monkeypatch, "three.kn-sock.test", [(ip, port) for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4")])
+        resolving(monkeypatch, "three.kn-sock.test", [(ip, port) for ip in ("127.0.0.2", "127.0.0.3", "127.0.0.4")])
         start = time.monotonic()
         with pytest.raises(TimeoutError):
             connect_websocket(f"ws://three.kn-sock.test:{port}/", open_timeout=1.0)
@@ -386,10 +375,10 @@ def test_the_next_address_is_tried_and_the_first_error_raised(monkeypatch):
     dead_port = closed.getsockname()[1]
     closed.close()
     with running_server(echo) as server:
-        _resolving_to(monkeypatch, "two.kn-sock.test", [("127.0.0.1", dead_port), ("127.0.0.1", server.port)])
+        resolving(monkeypatch, "two.kn-sock.test", [("127.0.0.1", dead_port), ("127.0.0.1", server.port)])
         with connect_websocket("ws://two.kn-sock.test/", open_timeout=5) as ws:
             ws.send("second")
             assert ws.recv(5) == "second"
-    _resolving_to(monkeypatch, "none.kn-sock.test", [("127.0.0.1", dead_port), ("127.0.0.1", dead_port)])
+    resolving(monkeypatch, "none.kn-sock.test", [("127.0.0.1", dead_port), ("127.0.0.1", dead_port)])
     with pytest.raises(ConnectionRefusedError):
         connect_websocket("ws://none.kn-sock.test/", open_timeout=5)

@@ -22,7 +22,7 @@ import kn_sock.sync.server as server_module
 from kn_sock.exceptions import ConnectionClosedError, InvalidStatus
 from kn_sock.handshake import ServerHandshake
 from kn_sock.sync import WebSocketServer, connect_websocket, start_websocket_server
-from sync_support import bio_tls_client, echo, free_port, raw_client, read_to_eof, running_server, wait_for
+from sync_support import bio_tls_client, echo, free_port, raw_client, read_to_eof, resolving, running_server, wait_for
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -786,23 +786,11 @@ def _ipv6_loopback() -> None:
         pytest.skip(f"cannot bind ::1: {exc}")
 
 
-def _resolving(monkeypatch, name: str, addresses: list[str]) -> None:
-    """getaddrinfo(name) gives ``addresses`` (as /etc/hosts' ``::1 localhost`` does)."""
-    real = socket.getaddrinfo
-
-    def fake(host, port, *args, **kwargs):
-        if host != name:
-            return real(host, port, *args, **kwargs)
-        return [info for a in addresses for info in real(a, port, *args, **kwargs)]
-
-    monkeypatch.setattr(socket, "getaddrinfo", fake)
-
-
 def test_a_host_with_several_addresses_is_served_on_all_of_them(monkeypatch):
     """``localhost`` is often ``::1`` and ``127.0.0.1``: both listen, on one port, as in the
     asyncio server (audit: only the first, so 127.0.0.1 clients were refused on Debian)."""
     _ipv6_loopback()
-    _resolving(monkeypatch, "dual.kn-sock.test", ["::1", "127.0.0.1"])
+    resolving(monkeypatch, "dual.kn-sock.test", ["::1", "127.0.0.1"])
     with WebSocketServer("dual.kn-sock.test", 0, echo) as server:
         threading.Thread(target=server.serve_forever, daemon=True).start()
         assert [s.getsockname()[0] for s in server.sockets] == ["::1", "127.0.0.1"]
@@ -819,7 +807,7 @@ def test_port_0_taken_on_another_address_draws_another_port(monkeypatch, caplog,
     (audit: host=None then listened on IPv4 only); after 5 draws, the addresses it got stay,
     logged. A port asked for and taken raises."""
     _ipv6_loopback()
-    _resolving(monkeypatch, "dual.kn-sock.test", ["127.0.0.1", "::1"])
+    resolving(monkeypatch, "dual.kn-sock.test", ["127.0.0.1", "::1"])
     real, refused = socket.create_server, []
 
     def create_server(address, *, family=socket.AF_INET, **kwargs):
@@ -844,11 +832,11 @@ def test_an_address_that_cannot_be_bound_raises_unless_its_family_is_missing(mon
     """An address of the host that is not this machine's raises, as in asyncio (the review:
     it was left out quietly); IPv6 missing (EADDRNOTAVAIL on ``::1``, EAFNOSUPPORT) only
     leaves the IPv6 addresses out."""
-    _resolving(monkeypatch, "elsewhere.kn-sock.test", ["127.0.0.1", "192.0.2.1"])  # TEST-NET-1
+    resolving(monkeypatch, "elsewhere.kn-sock.test", ["127.0.0.1", "192.0.2.1"])  # TEST-NET-1
     with pytest.raises(OSError) as info:
         WebSocketServer("elsewhere.kn-sock.test", 0, echo)
     assert info.value.errno == errno.EADDRNOTAVAIL
-    _resolving(monkeypatch, "dual.kn-sock.test", ["::1", "127.0.0.1"])
+    resolving(monkeypatch, "dual.kn-sock.test", ["::1", "127.0.0.1"])
     real = socket.create_server
 
     def no_ipv6(address, *, family=socket.AF_INET, **kwargs):
