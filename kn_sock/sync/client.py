@@ -249,6 +249,7 @@ def _tcp_connect(host: str, port: int, deadline: float | None) -> socket.socket:
         try:
             _set_timeout(sock, deadline)
             sock.connect(sockaddr)
+            last = None  # (an earlier address's error: its traceback holds this frame, a cycle)
             return sock
         except socket.timeout:  # the deadline has come: no time for the other addresses
             sock.close()
@@ -263,7 +264,7 @@ def _tcp_connect(host: str, port: int, deadline: float | None) -> socket.socket:
         try:
             raise last
         finally:
-            last = None  # (its traceback holds this frame: no cycle through the local)
+            last = None  # (as above)
     raise OSError(f"getaddrinfo({host!r}) gave no address")
 
 
