@@ -559,8 +559,8 @@ class Protocol:
     def closed_exception(self) -> ConnectionClosed:
         """The ConnectionClosed exception describing how the connection ended.
 
-        Its ``__cause__`` is the ProtocolError we failed the connection for, or the network
-        error (``EOFError``) that ended TCP before a close frame came; and whatever exception
+        Its ``__cause__`` is the ProtocolError we failed the connection for, or what ended
+        TCP before a close frame came (an ``OSError``, or ``EOFError``); and whatever exception
         it is raised while handling is not shown with it (``__suppress_context__``, as
         ``raise ... from``): it says all there is.
         """
