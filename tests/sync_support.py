@@ -218,3 +218,18 @@ def resolving(monkeypatch: Any, name: str, addresses: list[str | tuple[str, int]
         return infos
 
     monkeypatch.setattr(socket, "getaddrinfo", fake)
+
+
+def assert_ended_by(closed: BaseException, end: str) -> None:
+    """``closed`` (a ConnectionClosedError) has what ended the connection as its cause: the
+    ProtocolError we failed it for (``end="error"``, a 1002), the peer's ``"reset"``, or its
+    ``"fin"`` with no close frame (both layers' tests)."""
+    from kn_sock.exceptions import ProtocolError
+
+    cause = closed.__cause__
+    if end == "error":
+        assert isinstance(cause, ProtocolError) and cause.code == 1002
+    else:
+        assert isinstance(cause, ConnectionResetError if end == "reset" else EOFError)
+        assert "no close frame received or sent" in str(closed)
+    assert closed.__suppress_context__  # (as raise ... from)

@@ -335,17 +335,21 @@ async def test_server_restart_same_port_every_message_once_in_order(caplog):
         await asyncio.wait_for(server.wait_closed(), TIMEOUT)
 
 
-async def test_max_pending_overflow_raises():
+async def _three_queued_while_down(reconnect, **options):
+    """A reconnecting client whose server has gone, with 3 messages queued."""
     server = await start_async_websocket_server("127.0.0.1", 0, echo)
-    port = server.port
-    ws = await async_connect_websocket("127.0.0.1", port, reconnect={"initial_delay": 0.05, "max_delay": 0.05},
-                                       max_pending=3)
+    ws = await async_connect_websocket("127.0.0.1", server.port, reconnect=reconnect, **options)
     server.close()
     await server.wait_closed()
     await wait_until(lambda: not ws.connected)
     for i in range(3):
         await ws.send(str(i))
     assert ws.pending == 3
+    return ws
+
+
+async def test_max_pending_overflow_raises():
+    ws = await _three_queued_while_down({"initial_delay": 0.05, "max_delay": 0.05}, max_pending=3)
     with pytest.raises(ConnectionClosed):
         await ws.send("overflow")
     await ws.close()
@@ -354,16 +358,7 @@ async def test_max_pending_overflow_raises():
 
 async def test_messages_dropped_for_good_are_no_longer_pending(caplog):
     """Given up with messages queued: logged, and ``pending`` is 0 (audit: it kept counting them)."""
-    server = await start_async_websocket_server("127.0.0.1", 0, echo)
-    ws = await async_connect_websocket(
-        "127.0.0.1", server.port, reconnect={"initial_delay": 0.3, "max_attempts": 1, "jitter": None}
-    )
-    server.close()
-    await server.wait_closed()
-    await wait_until(lambda: not ws.connected)
-    for i in range(3):
-        await ws.send(str(i))
-    assert ws.pending == 3
+    ws = await _three_queued_while_down({"initial_delay": 0.3, "max_attempts": 1, "jitter": None})
     assert await ws.recv(TIMEOUT) is None  # the one attempt is refused: closed for good
     assert ws.closed and ws.pending == 0
     assert "3 queued messages" in caplog.text and "dropped: closed for good" in caplog.text
