@@ -110,6 +110,8 @@ def _extra_headers(headers: HeadersLike) -> Headers:
             )
         if name.lower() in _BODY_HEADERS:
             raise ValueError(f"the {name} header frames a body, and an opening handshake has none")
+    if len(extra.get_all("Host")) > 1:
+        raise ValueError("the Host header given more than once (a request has one, RFC 9112 §3.2)")
     return extra
 
 
@@ -203,7 +205,7 @@ class ClientHandshake:
         ``wsuri``; built before connecting, so that bad subprotocols, headers, ``origin`` or
         ``user_agent`` raise ValueError at once, not behind a network error."""
         kwargs: dict[str, Any] = {}
-        if opts.user_agent:
+        if opts.user_agent is not None:  # ("" sends an empty one)
             kwargs["user_agent"] = opts.user_agent
         return cls(
             wsuri,

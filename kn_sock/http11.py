@@ -130,9 +130,15 @@ class Headers(MutableMapping[str, str]):
         if isinstance(headers, Headers):
             self._items = list(headers._items)
             return
-        pairs = headers.items() if isinstance(headers, Mapping) else headers
-        for name, value in pairs:
-            self.add(name, value)
+        if isinstance(headers, Mapping):
+            for name, value in headers.items():
+                self.add(name, value)
+            return
+        for pair in headers:
+            # (A str is iterable too: "ab" would unpack as a pair, "X: 1" fail to unpack.)
+            if isinstance(pair, (str, bytes)) or not isinstance(pair, (tuple, list)) or len(pair) != 2:
+                raise TypeError(f"headers must be a mapping or (name, value) pairs, got the item {pair!r}")
+            self.add(pair[0], pair[1])
 
     @classmethod
     def _trusted(cls, pairs: list[tuple[str, str]]) -> Headers:

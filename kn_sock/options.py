@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any, Callable
+
+from .uri import WebSocketURI, parse_uri
 
 __all__ = [
     "Options", "check_blocking_callables", "check_client_transport", "check_server_options", "check_server_ssl",
-    "check_unix_path", "make_options",
+    "check_unix_path", "client_uri", "make_options",
 ]
 
 
@@ -151,6 +153,18 @@ def check_client_transport(opts: Options) -> None:
         if opts.reconnect is not False and opts.reconnect is not None:
             raise ValueError("reconnect= cannot reopen a caller-supplied sock")
     check_unix_path(unix)
+
+
+def client_uri(host_or_uri: str, port: int | None, path: str, opts: Options) -> WebSocketURI:
+    """Where a client connects: ``parse_uri`` of its arguments, made ``wss`` by ``ssl=`` in the
+    ``(host, port)`` form (so that ``Host`` leaves out port 443, not 80); ``ssl=`` with a
+    ``ws://`` URI is a ValueError (as websockets), since the URI says no TLS."""
+    wsuri = parse_uri(host_or_uri, port, path)
+    if opts.ssl is not None and not wsuri.secure:
+        if "://" in host_or_uri:
+            raise ValueError(f"ssl= asks for TLS but {wsuri.shown} is a ws:// URI: use wss://")
+        wsuri = replace(wsuri, secure=True)
+    return wsuri
 
 
 def check_unix_path(unix: object) -> None:

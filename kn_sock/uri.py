@@ -34,7 +34,7 @@ _RESOURCE_SAFE = frozenset(
 _HEX_DIGITS = frozenset(bytes([b]) for b in b"0123456789ABCDEFabcdef")
 # A DNS name or IPv4 address after IDNA encoding (RFC 3986 reg-name, minus pct-encoding).
 _REG_NAME_RE = re.compile(r"[A-Za-z0-9\-._~]+")
-_PORT_RE = re.compile(r"[0-9]{1,5}")
+_PORT_RE = re.compile(r"[0-9]+")  # RFC 3986 §3.2.3: any number of digits (leading zeros)
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*")
 
 
@@ -160,7 +160,11 @@ def _parse_full(uri: str, port: int | None, path: str) -> WebSocketURI:
     if "@" in authority:
         raw_user_info, _, authority = authority.rpartition("@")
         user, _, password = raw_user_info.partition(":")
-        user_info = (urllib.parse.unquote(user), urllib.parse.unquote(password))
+        try:
+            user_info = (urllib.parse.unquote(user, errors="strict"), urllib.parse.unquote(password, errors="strict"))
+        except UnicodeDecodeError:
+            # (Not replaced by U+FFFD: that would send other credentials than the URI's.)
+            raise InvalidURI(f"{uri!r}: the user name or password is not UTF-8 once %-decoded") from None
     host, uri_port = _split_host_port(authority, uri)
     if uri_port is not None and port is not None and uri_port != port:
         raise InvalidURI(f"{uri!r}: port {port} conflicts with the port in the URI")
@@ -219,9 +223,10 @@ def _split_host_port(authority: str, source: str) -> tuple[str, int | None]:
     if not port_text:
         # RFC 3986 §3.2.3: an empty port ("host:") means the default port.
         return host, None
-    if not _PORT_RE.fullmatch(port_text):
+    digits = port_text.lstrip("0") or "0"
+    if not _PORT_RE.fullmatch(port_text) or len(digits) > 5:
         raise InvalidURI(f"{source!r}: invalid port {port_text!r}")
-    return host, _check_port(int(port_text), source)
+    return host, _check_port(int(digits), source)
 
 
 def _check_ipv6(host: str, source: str) -> str:

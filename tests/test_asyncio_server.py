@@ -1122,6 +1122,29 @@ async def test_server_close_with_an_unread_large_answer_is_bounded(backend):
     writer.close()
 
 
+async def test_wss_with_host_port_and_ssl(backend, tmp_path):
+    """The ``(host, port)`` form with ``ssl=``: wss (the guide's ``ssl=True`` way)."""
+    server_ctx, client_ctx = make_tls_contexts(tmp_path)
+    async with serving(echo, backend=backend, ssl=server_ctx) as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, ssl=client_ctx) as ws:
+            await ws.send("secure")
+            assert await ws.recv(timeout=TIMEOUT) == "secure"
+
+
+async def test_empty_user_agent_and_server_header_are_sent_empty(backend):
+    """``""`` is the value given, not "use the default" (websockets sends it too; audit 29U)."""
+    seen = []
+
+    async def handler(websocket, path):
+        seen.append(websocket.request_headers.get_all("User-Agent"))
+
+    async with serving(handler, backend=backend, server_header="") as server:
+        async with async_connect_websocket("127.0.0.1", server.port, backend=backend, user_agent="") as ws:
+            assert ws.response_headers.get_all("Server") == [""]
+            assert await ws.recv(timeout=TIMEOUT) is None
+    assert seen == [[""]]
+
+
 async def test_wss_echo(backend, tmp_path):
     server_ctx, client_ctx = make_tls_contexts(tmp_path)
     async with serving(echo, backend=backend, ssl=server_ctx) as server:

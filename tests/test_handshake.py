@@ -188,6 +188,26 @@ class TestSection4_1ClientRequest:
         assert headers["User-Agent"] == "me/1"
         assert "User-Agent" not in client(user_agent=None).request.headers
 
+    def test_options_empty_user_agent_is_sent_empty(self) -> None:
+        """``user_agent=""`` is the value given (websockets' too), not the default (audit 29U)."""
+        from kn_sock.options import make_options
+
+        hs = ClientHandshake.from_options(parse_uri("ws://h/"), make_options({"user_agent": ""}))
+        assert hs.request.headers.get_all("User-Agent") == [""]
+        assert ClientHandshake.from_options(parse_uri("ws://h/"), make_options({})).request.headers["User-Agent"].startswith("kn_sock/")
+
+    def test_extra_headers_one_host(self) -> None:
+        """A request has one Host (RFC 9112 §3.2; our server answers two with 400)."""
+        assert client(extra_headers={"Host": "other"}).request.headers.get_all("Host") == ["other"]
+        with pytest.raises(ValueError, match="Host header given more than once"):
+            client(extra_headers=[("Host", "a"), ("host", "b")])
+
+    @pytest.mark.parametrize("headers", [["ab"], ["X-Token: abc"], [("X", "1", "2")], [b"ab"], [None]])
+    def test_extra_headers_items_must_be_pairs(self, headers: list[Any]) -> None:
+        """A str in the list is not a pair ("ab" unpacked as a: b; audit 29U)."""
+        with pytest.raises(TypeError, match="pairs"):
+            client(extra_headers=headers)
+
     def test_extra_headers_add_or_replace_defaults(self) -> None:
         hs = client(extra_headers=[("X-Token", "1"), ("x-token", "2"), ("User-Agent", "custom")])
         headers = hs.request.headers

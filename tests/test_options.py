@@ -228,3 +228,23 @@ def test_blocking_api_refuses_coroutine_functions():
     WebSocketServer("127.0.0.1", 0, plain, on_connect=hook).shutdown()
     with pytest.raises(OSError):  # (it goes as far as connecting)
         connect_websocket("ws://127.0.0.1:9/", process_request=hook, open_timeout=2)
+
+
+@pytest.mark.parametrize(("port", "host_header"), [(443, "example.com"), (80, "example.com:80"), (8443, "example.com:8443")])
+def test_ssl_with_host_and_port_is_wss_for_the_host_header(port, host_header):
+    """``connect_websocket(host, port, ssl=...)`` is ``wss://``: Host leaves out 443, not 80
+    (RFC 6455 §4.1: the port only when not the scheme's default; audit 29U)."""
+    from kn_sock.options import client_uri
+
+    wsuri = client_uri("example.com", port, "/", make_options({"ssl": True}))
+    assert wsuri.secure and wsuri.host_header == host_header
+    assert not client_uri("example.com", port, "/", make_options({"ssl": False})).secure
+
+
+def test_ssl_with_a_ws_uri_is_refused_at_the_call():
+    """The URI says no TLS; ssl= says TLS (websockets: ValueError too). Nothing connects."""
+    with pytest.raises(ValueError, match="use wss://"):
+        connect_websocket("ws://127.0.0.1:9/", ssl=True)
+    with pytest.raises(ValueError, match="use wss://"):
+        async_connect_websocket("ws://127.0.0.1:9/", ssl=True)
+    assert async_connect_websocket("wss://127.0.0.1:9/", ssl=True) is not None  # (not awaited: no connection)

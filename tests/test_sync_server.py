@@ -911,6 +911,29 @@ def test_tls(backend, tls_contexts):
             connect_websocket(f"wss://localhost:{server.port}/", open_timeout=2)  # untrusted certificate
 
 
+def test_tls_with_host_port_and_ssl(backend, tls_contexts):
+    """The ``(host, port)`` form with ``ssl=``: wss (the guide's ``ssl=True`` way)."""
+    server_ctx, client_ctx = tls_contexts
+    with running_server(echo, ssl=server_ctx, backend=backend) as server:
+        with connect_websocket("localhost", server.port, ssl=client_ctx, backend=backend) as ws:
+            ws.send("over TLS")
+            assert ws.recv(5) == "over TLS"
+
+
+def test_empty_user_agent_and_server_header_are_sent_empty(backend):
+    """``""`` is the value given, not "use the default" (websockets sends it too; audit 29U)."""
+    seen = []
+
+    def handler(ws, address):
+        seen.append(ws.request_headers.get_all("User-Agent"))
+
+    with running_server(handler, server_header="", backend=backend) as server:
+        with connect_websocket("127.0.0.1", server.port, user_agent="", backend=backend) as ws:
+            assert ws.response_headers.get_all("Server") == [""]
+            ws.recv(5)
+    assert seen == [[""]]
+
+
 def _read_to_tls_end(sock: ssl.SSLSocket) -> bytes:
     """Read until the peer ends the TLS session: with its close_notify, or SSLEOFError (the
     socket must have ``suppress_ragged_eofs=False``) when TCP ends without one."""

@@ -94,6 +94,20 @@ class TestSection3WsUri:
         assert "cret" not in repr(wsuri)
         assert wsuri.uri == "wss://h/"
 
+    def test_port_may_have_leading_zeros(self) -> None:
+        """RFC 3986 §3.2.3: ``port = *DIGIT`` (websockets takes them too)."""
+        assert parse_uri("ws://h:000080/").port == 80
+        assert parse_uri("wss://h:" + "0" * 40 + "443/").host_header == "h"
+        with pytest.raises(InvalidURI, match="port"):
+            parse_uri("ws://h:" + "9" * 5000 + "/")
+
+    @pytest.mark.parametrize("uri", ["ws://u:%FF@h/", "ws://%E9:s3cret@h/"])
+    def test_user_info_must_be_utf8_once_decoded(self, uri: str) -> None:
+        """Not U+FFFD in place of the byte: other credentials than the URI's would be sent."""
+        with pytest.raises(InvalidURI, match="UTF-8") as info:
+            parse_uri(uri)
+        assert "%FF" not in str(info.value) and "s3cret" not in str(info.value)
+
     def test_port_argument_fills_in_a_missing_port(self) -> None:
         assert parse_uri("ws://h/x", 9000).port == 9000
         with pytest.raises(InvalidURI, match="conflicts"):

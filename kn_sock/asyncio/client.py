@@ -13,12 +13,12 @@ from typing import Any, AsyncIterator, Literal, TypeVar, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidStatus
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_options, redirect_target
-from ..options import Options, check_client_transport, checked_timeout, make_options
+from ..options import Options, check_client_transport, checked_timeout, client_uri, make_options
 from ..protocol import CLIENT, Protocol, State, exit_close_code
 from ..proxy import ConnectAnswer, ProxyURI, connect_request, proxy_for
 from ..reconnect import ReconnectingState, ReconnectPolicy, by_app, end_code, queueable, retryable_error
 from .._unix import async_unix_connect
-from ..uri import WebSocketURI, parse_uri
+from ..uri import WebSocketURI
 from ._compat import TLS_NO_LIMIT, cancelling
 from ._compat import timeout as _timeout
 from ._starter import Starter
@@ -249,8 +249,8 @@ class connect(Starter[_W]):
     ) -> None: ...
     def __init__(self, host_or_uri: str, port: int | None = None, path: str = "/", **options: Any) -> None:
         """Validate the URI and options now; connect when awaited."""
-        self._wsuri = parse_uri(host_or_uri, port, path)
         self._options = make_options(options, allow=("ack", "sock", "unix", "proxy"))
+        self._wsuri = client_uri(host_or_uri, port, path, self._options)
         check_client_transport(self._options)
         self._policy = ReconnectPolicy.from_option(self._options.reconnect)
         if self._options.extra.get("ack") and self._policy is None:

@@ -41,7 +41,7 @@ def _server_handshake(opts: Options) -> ServerHandshake:
         origins=opts.origins,
         extra_headers=opts.headers,
         compression=opts.compression,
-        **({"server_header": opts.server_header} if opts.server_header else {}),
+        **({"server_header": opts.server_header} if opts.server_header is not None else {}),
     )
 
 

@@ -21,12 +21,12 @@ from typing import Any, Iterator, Literal, overload
 
 from ..exceptions import ConnectionClosed, ConnectionClosedError, InvalidHandshake, InvalidState, InvalidStatus
 from ..handshake import MAX_REDIRECTS, ClientHandshake, redirect_options, redirect_target
-from ..options import Options, check_blocking_callables, check_client_transport, checked_timeout, make_options
+from ..options import Options, check_blocking_callables, check_client_transport, checked_timeout, client_uri, make_options
 from ..protocol import CLIENT, Protocol, State, exit_close_code
 from ..proxy import ConnectAnswer, ProxyURI, connect_request, proxy_for
 from ..reconnect import ReconnectingState, ReconnectPolicy, by_app, end_code, queueable, retryable_error
 from .._unix import unix_connect
-from ..uri import WebSocketURI, parse_uri
+from ..uri import WebSocketURI
 from .connection import PongWaiter, WebSocket
 
 from .._option_types import ClientOptions
@@ -75,8 +75,8 @@ def connect_websocket(
         TimeoutError: the connection and handshake took longer than ``open_timeout``.
         OSError: the TCP connection failed.
     """
-    wsuri = parse_uri(host_or_uri, port, path)
     opts = make_options(options, allow=("sock", "unix", "ack", "proxy"))
+    wsuri = client_uri(host_or_uri, port, path, opts)
     check_client_transport(opts)
     check_blocking_callables(on_connect=opts.on_connect)
     policy = ReconnectPolicy.from_option(opts.reconnect)

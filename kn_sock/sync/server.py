@@ -519,7 +519,7 @@ class WebSocketServer:
 
     def _new_handshake(self) -> ServerHandshake:
         opts = self.options
-        kwargs: dict[str, Any] = {"server_header": opts.server_header} if opts.server_header else {}
+        kwargs: dict[str, Any] = {"server_header": opts.server_header} if opts.server_header is not None else {}
         return ServerHandshake(
             subprotocols=opts.subprotocols,
             origins=opts.origins,
