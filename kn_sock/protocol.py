@@ -723,7 +723,8 @@ class Protocol:
     def send_close(self, code: int = 1000, reason: str = "") -> bytes:
         """Start the closing handshake: return the close frame and go CLOSING.
 
-        Returns b"" when the handshake has already started or the connection is closed.
+        Returns b"" when the handshake has already started or the connection is closed. In the
+        middle of a fragmented message (its first fragment sent), the code is 1011.
 
         Raises:
             ValueError: an invalid code or a reason over 123 bytes.
@@ -731,6 +732,11 @@ class Protocol:
         payload = build_close(code, reason)
         if self.state is not State.OPEN:
             return b""
+        if self._send_frag_started:
+            # Half a message is out (another thread or task is between its fragments): a
+            # normal code would tell the peer it got everything (websockets: 1011 too; audit).
+            code, reason = 1011, "close during fragmented message"
+            payload = build_close(code, reason)
         self.close_sent = (code, reason)
         self.state = State.CLOSING
         return self._frame(OP_CLOSE, payload)

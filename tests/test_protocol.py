@@ -573,6 +573,21 @@ class TestClose:
             client.send_close(1000, "x" * 124)
         assert client.state is State.OPEN
 
+    def test_send_close_between_our_fragments_is_1011(self, backend: Any) -> None:
+        """Half a message is out: not the normal code asked for, which would tell the peer it
+        got everything (websockets: 1011 too); a reserved, unstarted one changes nothing."""
+        client = make(backend, CLIENT)
+        client.begin_fragments()
+        client.abandon_fragments()
+        client.send_fragment("a", False)
+        (frame,) = decode(client.send_close(1001, "bye"))
+        assert frame.payload == close_payload(1011, "close during fragmented message")
+        assert client.close_sent == (1011, "close during fragmented message")
+        server = make(backend, SERVER)
+        server.send_fragment(b"a", True)
+        (frame,) = decode(server.send_close(1001, "bye"))
+        assert frame.payload == close_payload(1001, "bye")
+
     def test_send_close_1005_sends_an_empty_close(self, backend: Any) -> None:
         server = make(backend, SERVER)
         (frame,) = decode(server.send_close(1005))
