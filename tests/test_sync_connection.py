@@ -1510,3 +1510,31 @@ def test_keepalive_failure_wakes_a_blocking_recv_on_a_held_socket(backend, monke
         opcode, payload = peer.recv_frame()
         assert opcode == 8 and payload[:2] == (1011).to_bytes(2, "big")
         peer.close()
+
+
+def test_queue_emptied_while_reading_pauses_does_not_leave_reading_paused(backend):
+    """The reader appends the max_queue-th message, then takes _lock to pause reading; a
+    recv() that empties the queue in between sees no pause to undo. Reading stayed paused with
+    nothing queued: pings went unanswered until the next recv() (audit 29S; the test holds
+    _lock, as a sending thread does, to open that window)."""
+    go = threading.Event()
+
+    def handler(ws, address):
+        for i in range(3):
+            ws.send(f"m{i}")
+        go.wait(5)
+        ws.send("m3")
+        for _ in ws:
+            pass
+
+    with running_server(handler, backend=backend, compression=None) as server:
+        ws = connect_websocket("127.0.0.1", server.port, backend=backend, compression=None, max_queue=4,
+                               ping_interval=None)
+        with ws:
+            wait_for(lambda: len(ws._messages) == 3)
+            with ws._lock:
+                go.set()
+                wait_for(lambda: len(ws._messages) == 4)  # the reader now waits for _lock
+                assert [ws.recv(timeout=1) for _ in range(4)] == ["m0", "m1", "m2", "m3"]
+            assert ws.ping().wait(5)  # read by the reactor: this thread is not in recv()
+            assert not ws._read_paused

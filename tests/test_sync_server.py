@@ -1211,3 +1211,45 @@ def test_messages_before_a_protocol_error_in_the_same_read_are_answered_first(ba
             assert code == 1006  # failed by us, no close frame from the peer
         finally:
             peer.close()
+
+
+def test_shutdown_waits_for_a_connection_upgraded_past_its_snapshot(backend, monkeypatch):
+    """A handshake past its point of no return (101 sent) whose connection is not yet in
+    ``connections`` when shutdown() takes its list: shutdown() returned at once and the
+    connection closed a whole grace later (audit 29S). Now it waits for it, and the
+    connection is sent 1001 and dropped by the same deadline as the others."""
+    reached, go = threading.Event(), threading.Event()
+    real = server_module.Protocol
+
+    def slow_protocol(*args, **kwargs):  # built between the 101 and connections.add()
+        reached.set()
+        go.wait(5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(server_module, "Protocol", slow_protocol)
+    server = WebSocketServer("127.0.0.1", 0, lambda ws: ws.recv(), backend=backend, compression=None)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    peer = raw_client(server.port)  # never answers the close frame
+    assert reached.wait(5)
+    stopping = threading.Thread(target=server.shutdown)
+    t0 = time.monotonic()
+    stopping.start()
+    wait_for(lambda: server._drop_at is not None)  # its list is taken, without this connection
+    go.set()
+    stopping.join(5)
+    took = time.monotonic() - t0
+    assert not stopping.is_alive() and took < 1.0
+    assert peer.recv_frame() == (0x8, (1001).to_bytes(2, "big"))
+    peer.sock.settimeout(0.2)  # dropped by the time shutdown() returned
+    assert read_to_eof(peer.sock) == b""
+    peer.close()
+
+
+def test_wait_closed_keeps_the_callers_timeout(backend):
+    """``wait_closed(timeout)`` waited ``timeout`` + 0.5 s (a margin meant for close()'s own
+    wait; audit 29S)."""
+    with running_server(echo, backend=backend) as server:
+        with connect_websocket("127.0.0.1", server.port, backend=backend) as ws:
+            t0 = time.monotonic()
+            assert ws.wait_closed(0.05) is False
+            assert time.monotonic() - t0 < 0.4

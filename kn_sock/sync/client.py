@@ -661,8 +661,7 @@ class ReconnectingWebSocket(ReconnectingState):
             ws = self._ws
         if ws is None:
             return True
-        # (Its own wait_closed() adds a margin to the timeout: this one keeps the caller's.)
-        return ws._done.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return ws.wait_closed(None if deadline is None else max(0.0, deadline - time.monotonic()))
 
     def __enter__(self) -> "ReconnectingWebSocket":
         """The connection itself, closed on exit."""

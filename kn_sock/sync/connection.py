@@ -409,7 +409,7 @@ class WebSocket:
                 max_queue = self._max_queue
                 if max_queue is not None and len(messages) >= max_queue:
                     with self._lock:
-                        self._read_paused = True
+                        self._pause_for_queue()
                 return
             got = [(OP_TEXT if t is str else OP_BINARY, True, False, got)]
         elif got is None:
@@ -526,9 +526,18 @@ class WebSocket:
             self._write(data)
         max_queue = self._max_queue
         if max_queue is not None and len(messages) >= max_queue:
-            self._read_paused = True
+            self._pause_for_queue()
         if proto.state is _CLOSED:
             self._after_closed()
+
+    def _pause_for_queue(self) -> None:
+        """Reading pauses: ``max_queue`` messages wait (``_lock`` held). recv() takes messages
+        without the lock and resumes only a pause it sees, so look again once the flag is set:
+        a queue emptied meanwhile (by a recv() that saw no pause) would leave reading paused
+        with nothing queued, pings unanswered until the next recv() (audit 29S)."""
+        self._read_paused = True
+        if len(self._messages) <= (self._max_queue or 1) // 4 and self.protocol.backlog is None:
+            self._read_paused = False
 
     def _queue_room(self) -> int:
         """``Protocol.batch_room``: the messages the queue can still take (at least one); no
@@ -552,7 +561,10 @@ class WebSocket:
             open_before = proto.state is _OPEN
             if open_before and max_queue is not None and len(messages) >= max_queue:
                 self._read_paused = True
-                return
+                if len(messages) > max_queue // 4:
+                    return
+                self._read_paused = False  # taken meanwhile (see _pause_for_queue): go on
+                continue
             if spent is not None and spent >= _INFLATE_BUDGET:
                 if not self._backlog_later:
                     self._backlog_later = True
@@ -964,7 +976,7 @@ class WebSocket:
         # the peer sent before is being read: how the connection ends (ConnectionClosedOK
         # after a clean handshake, the peer's 1009) is not known yet. Wait for it (bounded
         # by the close timer), as websockets does, rather than report 1006 now.
-        self.wait_closed(self._opts.close_timeout)
+        self._wait_done(self._opts.close_timeout)
         raise self.protocol.closed_exception()
 
     def _send(self, message: Any) -> None:
@@ -1442,7 +1454,7 @@ class WebSocket:
     def _close(self, code: int = 1000, reason: str = "") -> None:
         """``close()`` as the library uses it: not a close the application asked for."""
         self._start_close(code, reason)
-        self.wait_closed(self._opts.close_timeout)
+        self._wait_done(self._opts.close_timeout)
         if not self._done.is_set():
             self.abort()
 
@@ -1460,10 +1472,13 @@ class WebSocket:
                 self._update_interest()
 
     def wait_closed(self, timeout: float | None = None) -> bool:
-        """Wait until TCP is closed; True if it is."""
-        if timeout is not None:
-            timeout += 0.5  # the reactor's close timer fires first; this only bounds a stuck wait
+        """Wait until TCP is closed (at most ``timeout`` seconds); True if it is."""
         return self._done.wait(timeout)
+
+    def _wait_done(self, close_timeout: float | None) -> bool:
+        """``wait_closed`` as our close paths use it: the reactor's close timer ends the
+        connection at ``close_timeout``; the wait is longer, only to bound a stuck one."""
+        return self._done.wait(None if close_timeout is None else close_timeout + 0.5)
 
     def _wait_ended(self) -> None:
         """Wait until the connection is CLOSED: its closing handshake over (or failed, or TCP

@@ -265,6 +265,12 @@ class WebSocketServer:
         #: Connections whose own handler called ``shutdown()``: not waited for.
         self._in_shutdown: set[WebSocket] = set()
         self._pending: set[socket.socket] = set()
+        #: Handshakes past their point of no return (out of ``_pending``), their connections
+        #: not yet in ``connections``: ``_close_all`` waits for them too.
+        self._upgrading = 0
+        #: When ``_close_all`` drops the connections still open (None until it runs): one
+        #: that comes in after its snapshot closes by then too, not a grace later.
+        self._drop_at: float | None = None
         #: The sockets of ``_pending`` past their TLS handshake, reading the upgrade request:
         #: they wait on ``_halt_r`` too (``_tls_wait``), which ``_close_all`` makes readable,
         #: so that they get their 503 (shutting the socket down under a TLS read would
@@ -414,10 +420,12 @@ class WebSocketServer:
         with self._lock:
             closing = self._closing
             self.connections.add(ws)
+            self._upgrading -= 1
+            drop_at = self._drop_at
         try:
             if closing:
                 ws._start_close(1001)
-                ws.wait_closed(self._grace)
+                ws.wait_closed(self._grace if drop_at is None else max(0.0, drop_at - time.monotonic()))
                 ws.abort()
             else:
                 _handler_thread.ws = ws
@@ -560,28 +568,36 @@ class WebSocketServer:
                 if not closing:
                     self._pending.discard(sock)
                     self._tls_left(sock)
+                    self._upgrading += 1  # (until _serve_connection adds the connection)
             if closing:
                 raise InvalidHandshake("server is shutting down", status=503)
         except InvalidHandshake as exc:
             logger.info("rejected opening handshake from %s: HTTP %d %s", address, exc.status, exc)
             self._answer(sock, hs.reject_from(exc), deadline)
             return None
-        _set_timeout(sock, deadline)
-        sock.sendall(response)
-        proto = Protocol(
-            SERVER,
-            max_size=opts.max_size,
-            extensions=hs.extensions,
-            subprotocol=hs.subprotocol,
-            backend=opts.backend,
-        )
-        ws = WebSocket(sock, proto, opts)
-        ws.path = request.path
-        ws.request_headers = request.headers
-        ws.response_headers = hs.response_headers  # type: ignore[assignment]
-        request.headers.compact()  # memory: idle connections keep one bytes object each
-        ws.response_headers.compact()
-        ws._start(hs.remainder)
+        try:
+            _set_timeout(sock, deadline)
+            sock.sendall(response)
+            proto = Protocol(
+                SERVER,
+                max_size=opts.max_size,
+                extensions=hs.extensions,
+                subprotocol=hs.subprotocol,
+                backend=opts.backend,
+            )
+            ws = WebSocket(sock, proto, opts)
+            ws.path = request.path
+            ws.request_headers = request.headers
+            ws.response_headers = hs.response_headers  # type: ignore[assignment]
+            request.headers.compact()  # memory: idle connections keep one bytes object each
+            ws.response_headers.compact()
+            ws._start(hs.remainder)
+        except BaseException:
+            with self._lock:
+                self._upgrading -= 1
+                if self._closing:
+                    self._handler_left.notify_all()
+            raise
         return ws
 
     def _process_request(self, sock: socket.socket, hs: ServerHandshake, hook: Any, request: Any, deadline: Any) -> bool:
@@ -712,14 +728,16 @@ class WebSocketServer:
             except OSError:
                 pass
         t0 = time.monotonic()
-        for ws in conns:
-            ws._start_close(1001)
         # The grace ends early enough for the wake-ups below to finish by ``end`` too: each
         # wakes a handler thread that competes for the GIL (~0.1 ms a connection here, twice
         # that on a loaded machine: counted at 0.2 ms; SPEC: start_websocket_server returns
         # within 0.5 s).
         end = t0 + self._grace + _SHUTDOWN_SLACK
         deadline = end - min(len(conns) * _DROP_COST, self._grace)
+        with self._lock:
+            self._drop_at = deadline
+        for ws in conns:
+            ws._start_close(1001)
         for ws in conns:
             ws._done.wait(max(0.0, deadline - time.monotonic()))
         # Dropped in two passes: every connection first (~10 us each), then, in a thread of
@@ -738,14 +756,14 @@ class WebSocketServer:
                 _wake_readers(dropped)
             else:
                 waker.join(max(0.0, end - time.monotonic()))  # (past it, the wake-ups go on after we return)
-        if conns:
-            # The handlers' ends (their code after the connection closed: logs, clean-up) run
-            # before we return, as far as the deadline allows (audit: the CLI's last log lines
-            # were lost at exit).
-            with self._handler_left:
-                self._handler_left.wait_for(
-                    lambda: self.connections <= self._in_shutdown, max(0.0, end - time.monotonic())
-                )
+        # The handlers' ends (their code after the connection closed: logs, clean-up) run
+        # before we return, as far as the deadline allows (audit: the CLI's last log lines
+        # were lost at exit), and connections that came in past the snapshot above (their
+        # handshake past its point of no return: audit 29S) close by then too.
+        with self._handler_left:
+            self._handler_left.wait_for(
+                lambda: self.connections <= self._in_shutdown and not self._upgrading, max(0.0, end - time.monotonic())
+            )
         for s in (self._wake_r, self._wake_w):
             s.close()
 
