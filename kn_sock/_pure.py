@@ -303,8 +303,8 @@ class FrameParser:
 
     __slots__ = (
         "expect_mask",
-        "max_size",
-        "compressed_max_size",
+        "_max_size",
+        "_compressed_max_size",
         "rsv1_allowed",
         "decode_text",
         "early_compressed_text",
@@ -335,10 +335,7 @@ class FrameParser:
         early_compressed_text: bool = False,
     ) -> None:
         """Create a parser for one direction of one connection."""
-        for limit in (max_size, compressed_max_size):
-            if limit is not None:
-                operator.index(limit)  # an integer (TypeError otherwise, as the Cython twin)
-        self.expect_mask = expect_mask
+        self.expect_mask = bool(expect_mask)  # (a bint in the Cython twin)
         self.max_size = max_size
         self.compressed_max_size = compressed_max_size
         self.rsv1_allowed = rsv1_allowed
@@ -368,6 +365,28 @@ class FrameParser:
         #: Frames the last feed / buffer_updated / recv_from call parsed (merged ones
         #: included): the I/O layers' measure of the work one read brought (fairness).
         self.last_frames = 0
+
+    @property
+    def max_size(self) -> int | None:
+        """Largest uncompressed message in bytes; None means no limit."""
+        return self._max_size
+
+    @max_size.setter
+    def max_size(self, value: int | None) -> None:
+        if value is not None:
+            operator.index(value)  # an integer (TypeError otherwise, as the Cython twin)
+        self._max_size = value
+
+    @property
+    def compressed_max_size(self) -> int | None:
+        """Limit on the compressed bytes of an RSV1 message (None: ``max_size`` applies)."""
+        return self._compressed_max_size
+
+    @compressed_max_size.setter
+    def compressed_max_size(self, value: int | None) -> None:
+        if value is not None:
+            operator.index(value)
+        self._compressed_max_size = value
 
     @property
     def buffered(self) -> int:
@@ -629,9 +648,9 @@ class FrameParser:
     def _check_size(self, opcode: int, rsv1: bool, length: int) -> None:
         """Refuse a data frame that would take its message past the limit (close code 1009)."""
         compressed = rsv1 if opcode else self._frag_compressed
-        limit = self.max_size
-        if compressed and self.compressed_max_size is not None:
-            limit = self.compressed_max_size
+        limit = self._max_size
+        if compressed and self._compressed_max_size is not None:
+            limit = self._compressed_max_size
         if limit is not None:
             # A compressed message is inflated frame by frame (the decompressor bounds the
             # inflated total by max_size), so its compressed bytes are bounded per frame.

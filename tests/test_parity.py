@@ -411,6 +411,30 @@ def test_off_contract_arguments_fail_alike(case):
     assert pure[0] in ("BufferError", "TypeError", "ValueError")
 
 
+def _set(obj, name, value):
+    setattr(obj, name, value)
+    return obj
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        lambda m: _set(m.FrameParser(expect_mask=False), "max_size", 1.5).feed(b"\x82\x02ab"),
+        lambda m: _set(m.FrameParser(expect_mask=False), "max_size", "5").feed(b"\x82\x02ab"),
+        lambda m: _set(m.FrameParser(expect_mask=False), "compressed_max_size", 2.5),
+        lambda m: [f[:4] for f in _set(m.FrameParser(expect_mask=False), "max_size", 1).feed(b"\x82\x02ab")],
+        lambda m: [f[:4] for f in m.FrameParser(expect_mask=None).feed(b"\x82\x02ab")],  # type: ignore[arg-type]
+        lambda m: [f[:4] for f in m.FrameParser(expect_mask="yes").feed(b"\x82\x82abcd\x00\x00")],  # type: ignore[arg-type]
+        lambda m: (m.FrameParser(expect_mask=[]).expect_mask, m.FrameParser(expect_mask=1).expect_mask),  # type: ignore[arg-type]
+    ],
+)
+def test_limits_set_later_and_truthy_expect_mask_alike(case):
+    """A limit assigned after construction is checked as the constructor's (pure took 1.5 as
+    a float limit); ``expect_mask`` is taken for its truth (pure compared the object: every
+    frame failed with 1002) (audit 29P)."""
+    assert _outcome(case, P) == _outcome(case, S)
+
+
 def test_buffer_updated_without_a_fresh_buffer_fails_alike():
     """A buffer from get_buffer counts for one buffer_updated, and none after a feed (audit 71:
     pure parsed the old buffer again, a duplicated message)."""
