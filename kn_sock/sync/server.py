@@ -697,6 +697,14 @@ class WebSocketServer:
                 return
             self._closed_all = True
             conns = list(self.connections)
+            # The grace ends early enough for the wake-ups below to finish by ``end`` too: each
+            # wakes a handler thread that competes for the GIL (~0.1 ms a connection here, twice
+            # that on a loaded machine: counted at 0.2 ms; SPEC: start_websocket_server returns
+            # within 0.5 s). A connection that comes in after this list is dropped by the same
+            # ``deadline`` (``_drop_at``, set with the list).
+            t0 = time.monotonic()
+            end = t0 + self._grace + _SHUTDOWN_SLACK
+            deadline = self._drop_at = end - min(len(conns) * _DROP_COST, self._grace)
             # Plain TCP: only the reading side, so that the woken thread answers 503 (as the
             # asyncio server does). TLS past its handshake: left alone, woken through
             # ``_halt_r`` (_tls_wait). TLS still in its handshake: both sides (no answer can
@@ -727,15 +735,6 @@ class WebSocketServer:
                 socket.socket.shutdown(sock, how)
             except OSError:
                 pass
-        t0 = time.monotonic()
-        # The grace ends early enough for the wake-ups below to finish by ``end`` too: each
-        # wakes a handler thread that competes for the GIL (~0.1 ms a connection here, twice
-        # that on a loaded machine: counted at 0.2 ms; SPEC: start_websocket_server returns
-        # within 0.5 s).
-        end = t0 + self._grace + _SHUTDOWN_SLACK
-        deadline = end - min(len(conns) * _DROP_COST, self._grace)
-        with self._lock:
-            self._drop_at = deadline
         for ws in conns:
             ws._start_close(1001)
         for ws in conns:
