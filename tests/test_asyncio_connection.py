@@ -25,6 +25,7 @@ from asyncio_support import (
     TIMEOUT,
     default_loop,
     echo,
+    make_tls_contexts,
     raw_client,
     raw_server,
     serving,
@@ -838,6 +839,24 @@ async def test_the_closed_exception_has_what_ended_the_connection_as_its_cause(b
         with pytest.raises(ConnectionClosedError) as info:
             await ws.send("x")
         assert_ended_by(info.value, end)
+        peer.close()
+
+
+async def test_a_tls_peer_ending_tcp_without_close_notify_is_an_eof_cause(backend, tmp_path):
+    """No close frame, no close_notify, just TCP's end: EOFError as the cause on every loop
+    (uvloop's TLS transport reports it with connection_lost(None) alone: the cause was None)."""
+    server_ctx, client_ctx = make_tls_contexts(tmp_path)
+    async with raw_server(ssl=server_ctx) as (port, peers):
+        ws = await async_connect_websocket("127.0.0.1", port, backend=backend, compression=None, ping_interval=None,
+                                           ssl=client_ctx)
+        peer = await peers.get()
+        fd = peer.writer.get_extra_info("socket").fileno()
+        with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as dup:  # (uvloop's socket has no shutdown())
+            dup.shutdown(socket.SHUT_WR)  # under TLS: no close_notify
+        assert await ws.recv(timeout=TIMEOUT) is None
+        with pytest.raises(ConnectionClosedError) as info:
+            await ws.send("x")
+        assert_ended_by(info.value, "fin")
         peer.close()
 
 
