@@ -9,7 +9,7 @@ from typing import Any, Callable
 from .uri import WebSocketURI, parse_uri
 
 __all__ = [
-    "Options", "check_blocking_callables", "check_client_transport", "check_server_options", "check_server_ssl",
+    "BACKLOG", "Options", "check_blocking_callables", "check_client_transport", "check_server_options", "check_server_ssl",
     "check_unix_path", "client_uri", "make_options",
 ]
 
@@ -176,6 +176,10 @@ def check_unix_path(unix: object) -> None:
         if not isinstance(unix, (str, bytes, os.PathLike)):
             raise TypeError(f"unix must be a path (str, bytes or os.PathLike), not {type(unix).__name__}")
 
+
+#: Servers' listen backlog unless given (asyncio's own default, 100, made a burst of 1,000
+#: connections, clients reconnecting after a restart say, wait seconds for SYN retries).
+BACKLOG = 1024
 
 #: Longer timeouts are no limit (threading's waits refuse more than about 9e9 s).
 _TIMEOUT_MAX = 1e9

@@ -1386,3 +1386,22 @@ async def test_out_of_file_descriptors_is_logged_once_a_second(caplog):
     accept = [r for r in records if r.getMessage().startswith("socket.accept() out of system resource")]
     assert len(accept) == 1, [r.getMessage()[:80] for r in records]
     assert sum(r.getMessage().startswith("something else") for r in records) == 2
+
+
+@pytest.mark.parametrize("given", [None, 16])
+async def test_listen_backlog_defaults_to_1024(backend, monkeypatch, given):
+    """asyncio's own default (100) made a burst of 1,000 connections wait seconds for SYN
+    retries; the blocking server listens with 1024 (audit 29X)."""
+    loop = asyncio.get_running_loop()
+    seen = []
+    real = loop.create_server
+
+    async def spy(*args, **kwargs):
+        seen.append(kwargs.get("backlog"))
+        return await real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "create_server", spy)
+    options = {} if given is None else {"backlog": given}
+    async with serving(echo, backend=backend, **options):
+        pass
+    assert seen == [1024 if given is None else given]

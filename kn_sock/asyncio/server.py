@@ -13,6 +13,7 @@ from typing import Any, Awaitable, Callable, Union
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
 from ..options import (
+    BACKLOG,
     Options,
     check_handler,
     check_listen_options,
@@ -462,6 +463,8 @@ class AsyncWebSocketServer:
         # silent client is dropped after open_timeout there too).
         factory: Callable[[], asyncio.BaseProtocol] = self._factory if self.options.ssl is None else self._tls_factory
         _limit_accept_errors()
+        if kwargs.get("backlog") is None:
+            kwargs["backlog"] = BACKLOG
         unix = kwargs.pop("unix", None)
         if unix is not None:
             remove_stale_socket(unix)  # (asyncio would remove a live server's file too)

@@ -35,6 +35,7 @@ from .._unix import remove_stale_socket, remove_unix_socket, socket_inode
 from ..exceptions import ConnectionClosed, InvalidHandshake
 from ..handshake import ServerHandshake
 from ..options import (
+    BACKLOG,
     check_blocking_callables,
     check_listen_options,
     check_port,
@@ -247,7 +248,7 @@ class WebSocketServer:
         listen: dict[str, Any] = {k: options.pop(k) for k in ("backlog", "reuse_port", "thread_stack_size",  # type: ignore[misc]
                                                              "shutdown_grace") if k in options}
         check_listen_options(listen)  # (here, not in the accept loop or in shutdown(): audit)
-        backlog: int = 1024 if listen.get("backlog") is None else listen["backlog"]
+        backlog: int = BACKLOG if listen.get("backlog") is None else listen["backlog"]
         reuse_port = bool(listen.get("reuse_port"))
         self._stack_size: int | None = listen.get("thread_stack_size", DEFAULT_THREAD_STACK_SIZE)
         self._grace: float = min(listen.get("shutdown_grace", SHUTDOWN_GRACE), _GRACE_MAX)
