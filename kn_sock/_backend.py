@@ -11,16 +11,22 @@ import platform
 from types import ModuleType
 from typing import TYPE_CHECKING, Literal
 
-__all__ = ["IMPLEMENTATION", "backend", "pure", "speedups", "IMPORT_ERROR"]
+__all__ = ["IMPLEMENTATION", "backend", "pure", "pure_requested", "speedups", "IMPORT_ERROR"]
 
 from . import _pure as pure
 
 speedups: ModuleType | None = None
 IMPORT_ERROR: str | None = None
 
+def pure_requested() -> bool:
+    """True when ``KN_SOCK_PURE`` asks for the pure twin: set to anything but empty, ``0``,
+    ``false``, ``no`` or ``off`` (any case)."""
+    return os.environ.get("KN_SOCK_PURE", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 if TYPE_CHECKING:
     backend = pure
-elif os.environ.get("KN_SOCK_PURE", "") not in ("", "0"):
+elif pure_requested():
     backend = pure
     IMPORT_ERROR = "KN_SOCK_PURE is set"
 elif platform.python_implementation() != "CPython":
@@ -37,7 +43,8 @@ else:
         if any((here / f"_speedups{suffix}").exists() for suffix in importlib.machinery.EXTENSION_SUFFIXES):
             IMPORT_ERROR = str(exc)
         else:  # Python's own words would be about a "partially initialized module"
-            IMPORT_ERROR = "the C extension is not built (installed without a C compiler or Cython)"
+            IMPORT_ERROR = ("the C extension is not built (installed without a C compiler or Cython,"
+                            " or with KN_SOCK_BUILD_EXTENSION=no)")
         backend = pure
     else:
         backend = speedups

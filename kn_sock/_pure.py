@@ -302,7 +302,7 @@ class FrameParser:
     """
 
     __slots__ = (
-        "expect_mask",
+        "_expect_mask",
         "_max_size",
         "_compressed_max_size",
         "rsv1_allowed",
@@ -335,7 +335,7 @@ class FrameParser:
         early_compressed_text: bool = False,
     ) -> None:
         """Create a parser for one direction of one connection."""
-        self.expect_mask = bool(expect_mask)  # (a bint in the Cython twin)
+        self.expect_mask = expect_mask
         self.max_size = max_size
         self.compressed_max_size = compressed_max_size
         self.rsv1_allowed = rsv1_allowed
@@ -365,6 +365,15 @@ class FrameParser:
         #: Frames the last feed / buffer_updated / recv_from call parsed (merged ones
         #: included): the I/O layers' measure of the work one read brought (fairness).
         self.last_frames = 0
+
+    @property
+    def expect_mask(self) -> bool:
+        """True on a server (client frames must be masked), False on a client."""
+        return self._expect_mask
+
+    @expect_mask.setter
+    def expect_mask(self, value: bool) -> None:
+        self._expect_mask = bool(value)  # (a bint in the Cython twin)
 
     @property
     def max_size(self) -> int | None:
@@ -637,10 +646,10 @@ class FrameParser:
                 raise ProtocolError("expected a continuation frame", 1002)
         else:
             raise ProtocolError(f"reserved opcode {opcode:#x}", 1002)
-        if masked != self.expect_mask:
+        if masked != self._expect_mask:
             raise ProtocolError(
                 "incorrect masking: client frames must be masked"
-                if self.expect_mask
+                if self._expect_mask
                 else "incorrect masking: server frames must not be masked",
                 1002,
             )

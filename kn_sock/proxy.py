@@ -61,7 +61,11 @@ def parse_proxy(url: str) -> ProxyURI:
         raise InvalidURI("a proxy URL is http://host:port, without a path")
     user_info = None
     if parts.username is not None:
-        user_info = (urllib.parse.unquote(parts.username), urllib.parse.unquote(parts.password or ""))
+        try:
+            user_info = (urllib.parse.unquote(parts.username, errors="strict"),
+                         urllib.parse.unquote(parts.password or "", errors="strict"))
+        except UnicodeDecodeError:  # (not U+FFFD in place of the bytes: other credentials; as ws:// URIs)
+            raise InvalidURI("the proxy URL's user name or password is not UTF-8 once %-decoded") from None
     return ProxyURI(host, port or 80, user_info)
 
 

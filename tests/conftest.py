@@ -66,7 +66,9 @@ def require_extension() -> bool:
 
 
 def _forced_pure() -> bool:
-    return os.environ.get("KN_SOCK_PURE", "") not in ("", "0")
+    from kn_sock._backend import pure_requested
+
+    return pure_requested()
 
 
 @pytest.fixture(params=BACKEND_IDS, ids=BACKEND_IDS)

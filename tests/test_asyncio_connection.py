@@ -842,21 +842,31 @@ async def test_the_closed_exception_has_what_ended_the_connection_as_its_cause(b
         peer.close()
 
 
-async def test_a_tls_peer_ending_tcp_without_close_notify_is_an_eof_cause(backend, tmp_path):
-    """No close frame, no close_notify, just TCP's end: EOFError as the cause on every loop
-    (uvloop's TLS transport reports it with connection_lost(None) alone: the cause was None)."""
+@pytest.mark.parametrize("when", ["open", "closing"])
+async def test_a_tls_peer_ending_tcp_without_close_notify_is_an_eof_cause(backend, tmp_path, when):
+    """No close frame, no close_notify, just TCP's end (while open, or while our close frame
+    awaits its answer): EOFError as the cause on every loop (uvloop's TLS transport reports it
+    with connection_lost(None) alone: the cause was None)."""
     server_ctx, client_ctx = make_tls_contexts(tmp_path)
     async with raw_server(ssl=server_ctx) as (port, peers):
         ws = await async_connect_websocket("127.0.0.1", port, backend=backend, compression=None, ping_interval=None,
                                            ssl=client_ctx)
         peer = await peers.get()
+        closing = None
+        if when == "closing":
+            closing = asyncio.ensure_future(ws.close())
+            assert (await peer.read_frame())[0] == 8
         fd = peer.writer.get_extra_info("socket").fileno()
         with socket.fromfd(fd, socket.AF_INET, socket.SOCK_STREAM) as dup:  # (uvloop's socket has no shutdown())
             dup.shutdown(socket.SHUT_WR)  # under TLS: no close_notify
+        if closing is not None:
+            await asyncio.wait_for(closing, TIMEOUT)
         assert await ws.recv(timeout=TIMEOUT) is None
         with pytest.raises(ConnectionClosedError) as info:
             await ws.send("x")
-        assert_ended_by(info.value, "fin")
+        assert info.value.__cause__.__class__ is EOFError
+        if when == "open":
+            assert_ended_by(info.value, "fin")
         peer.close()
 
 

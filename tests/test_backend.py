@@ -12,7 +12,9 @@ from kn_sock import _backend
 
 
 def _forced_pure() -> bool:
-    return os.environ.get("KN_SOCK_PURE", "") not in ("", "0")
+    from kn_sock._backend import pure_requested
+
+    return pure_requested()
 
 
 def test_extension_loaded_when_required():
@@ -55,7 +57,9 @@ def test_without_kn_sock_pure():
         pytest.skip("extension not built")
     code = "from kn_sock import _backend; print(_backend.IMPLEMENTATION)"
     assert _run(code) == "cython"
-    assert _run(code, KN_SOCK_PURE="0") == "cython"
+    for off in ("0", "false", "No", " off "):  # (audit 29K: "false" forced the pure twin)
+        assert _run(code, KN_SOCK_PURE=off) == "cython"
+    assert _run(code, KN_SOCK_PURE="yes") == "pure"
 
 
 @pytest.mark.parametrize("pure_env", ["", "1"])

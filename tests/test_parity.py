@@ -426,6 +426,7 @@ def _set(obj, name, value):
         lambda m: [f[:4] for f in m.FrameParser(expect_mask=None).feed(b"\x82\x02ab")],  # type: ignore[arg-type]
         lambda m: [f[:4] for f in m.FrameParser(expect_mask="yes").feed(b"\x82\x82abcd\x00\x00")],  # type: ignore[arg-type]
         lambda m: (m.FrameParser(expect_mask=[]).expect_mask, m.FrameParser(expect_mask=1).expect_mask),  # type: ignore[arg-type]
+        lambda m: [f[:2] for f in _set(m.FrameParser(expect_mask=False), "expect_mask", "yes").feed(b"\x82\x82abcd\x00\x00")],
     ],
 )
 def test_limits_set_later_and_truthy_expect_mask_alike(case):

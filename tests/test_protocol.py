@@ -574,19 +574,23 @@ class TestClose:
         assert client.state is State.OPEN
 
     def test_send_close_between_our_fragments_is_1011(self, backend: Any) -> None:
-        """Half a message is out: not the normal code asked for, which would tell the peer it
-        got everything (websockets: 1011 too); a reserved, unstarted one changes nothing."""
+        """Half a message is out: not 1000, which would tell the peer its purpose was fulfilled
+        (websockets: 1011 too); a reserved, unstarted one changes nothing; other codes stay."""
         client = make(backend, CLIENT)
         client.begin_fragments()
         client.abandon_fragments()
         client.send_fragment("a", False)
-        (frame,) = decode(client.send_close(1001, "bye"))
+        (frame,) = decode(client.send_close(1000, "bye"))
         assert frame.payload == close_payload(1011, "close during fragmented message")
         assert client.close_sent == (1011, "close during fragmented message")
         server = make(backend, SERVER)
         server.send_fragment(b"a", True)
-        (frame,) = decode(server.send_close(1001, "bye"))
-        assert frame.payload == close_payload(1001, "bye")
+        (frame,) = decode(server.send_close(1000, "bye"))
+        assert frame.payload == close_payload(1000, "bye")
+        server = make(backend, SERVER)
+        server.send_fragment(b"a", False)
+        (frame,) = decode(server.send_close(1001, "going away"))  # says why itself (SPEC: shutdown sends 1001)
+        assert frame.payload == close_payload(1001, "going away")
 
     def test_send_close_1005_sends_an_empty_close(self, backend: Any) -> None:
         server = make(backend, SERVER)

@@ -46,6 +46,14 @@ def test_parse_proxy_refuses(url):
         parse_proxy(url)
 
 
+@pytest.mark.parametrize("url", ["http://u:%FF@h:3128", "http://%E9:s3cret@h:3128"])
+def test_parse_proxy_refuses_credentials_not_utf8(url):
+    """Not U+FFFD in place of the bytes (other credentials than the URL's), as ws:// URIs."""
+    with pytest.raises(InvalidURI, match="UTF-8") as info:
+        parse_proxy(url)
+    assert "s3cret" not in str(info.value) and "%FF" not in str(info.value)
+
+
 def test_connect_request():
     wsuri = parse_uri("wss://[::1]:8443/chat")
     assert connect_request(parse_proxy("http://u:p@h:1"), wsuri, "ua/1") == (

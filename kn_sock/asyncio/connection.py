@@ -245,9 +245,10 @@ class AsyncWebSocket(_AsyncCore, asyncio.BufferedProtocol):
         """TCP is gone: wake every waiter."""
         proto = self.protocol
         if proto is not None and proto.state is not State.CLOSED:
-            if exc is None and proto.state is State.OPEN:
-                # Lost while open, not by us (abort() and our failures reach CLOSED first),
-                # with no eof_received: uvloop's TLS transport ending without close_notify.
+            if exc is None and (proto.state is State.OPEN or self._close_handle is not None):
+                # Lost with no eof_received (uvloop's TLS transport ending without close_notify)
+                # and not by us: abort() and our failures reach CLOSED first, and _drop (the
+                # close timer, while CLOSING) has let go of _close_handle.
                 exc = EOFError("the peer closed TCP without a close frame")
             self._dispatch(proto.receive_eof(exc))
         self.transport = None
