@@ -94,6 +94,38 @@ def test_open_timeout_zero_is_a_timeout():
             connect_websocket("127.0.0.1", srv.port, open_timeout=0)
 
 
+def test_open_timeout_bounds_a_slow_name_lookup(monkeypatch):
+    """A resolver that does not answer: TimeoutError at open_timeout, as the asyncio client
+    (getaddrinfo took its own time, 5 s per attempt and DNS server)."""
+    real = socket.getaddrinfo
+    release = threading.Event()
+
+    def slow(host, *args, **kwargs):
+        if host == "slow.invalid":
+            if kwargs.get("flags", args[4] if len(args) > 4 else 0) & socket.AI_NUMERICHOST:  # (port, family, type, proto, flags)
+                raise socket.gaierror(socket.EAI_NONAME, "not a number")
+            release.wait(5)
+        return real("127.0.0.1" if host == "slow.invalid" else host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    start = time.monotonic()
+    try:
+        with pytest.raises(TimeoutError):
+            connect_websocket("ws://slow.invalid:9/", open_timeout=0.3)
+        assert time.monotonic() - start < 2
+    finally:
+        release.set()
+
+
+def test_a_failed_name_lookup_raises_its_error(monkeypatch):
+    def failing(host, *args, **kwargs):
+        raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", failing)
+    with pytest.raises(socket.gaierror):
+        connect_websocket("ws://nowhere.invalid:9/", open_timeout=1)
+
+
 def test_server_closing_during_handshake():
     with raw_server() as srv:
 

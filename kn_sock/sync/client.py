@@ -244,7 +244,7 @@ def _tcp_connect(host: str, port: int, deadline: float | None) -> socket.socket:
     gives each its own timeout: a host with three unreachable addresses took three times
     ``open_timeout``; audit). Raises the last address's error when none connects, as it does."""
     last: OSError | None = None
-    for family, kind, proto, _, sockaddr in socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM):
+    for family, kind, proto, _, sockaddr in _resolve(host, port, deadline):
         sock = socket.socket(family, kind, proto)
         try:
             _set_timeout(sock, deadline)
@@ -266,6 +266,38 @@ def _tcp_connect(host: str, port: int, deadline: float | None) -> socket.socket:
         finally:
             last = None  # (as above)
     raise OSError(f"getaddrinfo({host!r}) gave no address")
+
+
+def _resolve(host: str, port: int, deadline: float | None) -> list[Any]:
+    """``getaddrinfo`` bounded by ``deadline`` (a resolver that does not answer took its own
+    time, 5 s per attempt and server, past ``open_timeout``, which the asyncio client bounds):
+    a name is resolved in a thread of its own, left to end by itself if the deadline comes."""
+    try:  # an IP address: no lookup, no thread
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+    except socket.gaierror:
+        pass
+    if deadline is None:
+        return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM)
+    outcome: list[Any] = []
+    done = threading.Event()
+
+    def lookup() -> None:
+        try:
+            outcome.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
+        except BaseException as exc:  # (handed to the caller)
+            outcome.append(exc)
+        done.set()
+
+    threading.Thread(target=lookup, name=f"kn_sock-resolve-{host}", daemon=True).start()
+    if not done.wait(max(0.0, deadline - time.monotonic())):
+        raise socket.timeout(f"timed out resolving {host!r}")
+    result = outcome.pop()
+    if isinstance(result, BaseException):
+        try:
+            raise result
+        finally:
+            result = None  # (its traceback holds this frame: no cycle)
+    return result  # type: ignore[no-any-return]
 
 
 def _set_timeout(sock: socket.socket, deadline: float | None) -> None:
