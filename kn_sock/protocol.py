@@ -724,7 +724,7 @@ class Protocol:
         """Start the closing handshake: return the close frame and go CLOSING.
 
         Returns b"" when the handshake has already started or the connection is closed. In the
-        middle of a fragmented message (its first fragment sent), 1000 becomes 1011.
+        middle of a fragmented message (its first fragment sent), 1000 / 1005 become 1011.
 
         Raises:
             ValueError: an invalid code or a reason over 123 bytes.
@@ -732,10 +732,10 @@ class Protocol:
         payload = build_close(code, reason)
         if self.state is not State.OPEN:
             return b""
-        if code == 1000 and self._send_frag_started:
+        if (code == 1000 or code == 1005) and self._send_frag_started:
             # Half a message is out (another thread or task is between its fragments): 1000
-            # would tell the peer its purpose was fulfilled (websockets: 1011 too; audit). Other
-            # codes say why themselves (a server's shutdown sends 1001 as SPEC says).
+            # (or no code) would tell the peer its purpose was fulfilled (websockets: 1011 too;
+            # audit). Other codes say why themselves (a server's shutdown: 1001, as SPEC says).
             code, reason = 1011, "close during fragmented message"
             payload = build_close(code, reason)
         self.close_sent = (code, reason)

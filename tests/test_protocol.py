@@ -591,6 +591,10 @@ class TestClose:
         server.send_fragment(b"a", False)
         (frame,) = decode(server.send_close(1001, "going away"))  # says why itself (SPEC: shutdown sends 1001)
         assert frame.payload == close_payload(1001, "going away")
+        server = make(backend, SERVER)
+        server.send_fragment(b"a", False)
+        (frame,) = decode(server.send_close(1005))  # no code: as normal as 1000 to the peer
+        assert frame.payload == close_payload(1011, "close during fragmented message")
 
     def test_send_close_1005_sends_an_empty_close(self, backend: Any) -> None:
         server = make(backend, SERVER)

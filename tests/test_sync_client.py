@@ -117,6 +117,41 @@ def test_open_timeout_bounds_a_slow_name_lookup(monkeypatch):
         release.set()
 
 
+def test_a_lookup_failing_after_open_timeout_leaves_no_cycle(monkeypatch):
+    """The late error, kept by the lookup thread with its traceback (which holds that thread's
+    frame, whose cell holds the error's list), was a cycle (audit 29Q)."""
+    import gc
+
+    real = socket.getaddrinfo
+    release = threading.Event()
+
+    def slow(host, *args, **kwargs):
+        if host == "slow.invalid":
+            if kwargs.get("flags", args[4] if len(args) > 4 else 0) & socket.AI_NUMERICHOST:
+                raise socket.gaierror(socket.EAI_NONAME, "not a number")
+            release.wait(5)
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return real(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        with pytest.raises(TimeoutError):
+            connect_websocket("ws://slow.invalid:9/", open_timeout=0.1)
+        (lookup,) = [t for t in threading.enumerate() if t.name == "kn_sock-resolve-slow.invalid"]
+        release.set()
+        lookup.join(5)
+        gc.collect()
+        assert not [o for o in gc.garbage if isinstance(o, socket.gaierror)]
+    finally:
+        release.set()
+        gc.garbage.clear()
+        gc.set_debug(0)
+        gc.enable()
+
+
 def test_a_failed_name_lookup_raises_its_error(monkeypatch):
     def failing(host, *args, **kwargs):
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")

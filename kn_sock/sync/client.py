@@ -284,8 +284,8 @@ def _resolve(host: str, port: int, deadline: float | None) -> list[Any]:
     def lookup() -> None:
         try:
             outcome.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
-        except BaseException as exc:  # (handed to the caller)
-            outcome.append(exc)
+        except BaseException as exc:  # (handed to the caller; without its traceback, which holds
+            outcome.append(exc.with_traceback(None))  # this frame, whose cell holds outcome: a cycle)
         done.set()
 
     threading.Thread(target=lookup, name=f"kn_sock-resolve-{host}", daemon=True).start()
