@@ -565,6 +565,16 @@ class ServerHandshake:
             body = _error_body(str(exc))
         return self.reject(exc.status, exc.headers, body)
 
+    def hand_over(self, ws: Any, request: Request) -> None:
+        """Give the connection ``ws`` what it keeps of the accepted ``request``: ``path``,
+        ``request_headers`` and ``response_headers``, both compacted (memory: idle connections
+        keep one bytes object each)."""
+        ws.path = request.path
+        ws.request_headers = request.headers
+        ws.response_headers = self.response_headers
+        request.headers.compact()
+        ws.response_headers.compact()
+
 
 #: Redirections a client follows (RFC 6455 §4.1 lets it: 3xx "MAY be redirected"), and how many.
 REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})

@@ -132,6 +132,13 @@ class Protocol:
         "batch_spent", "backlog", "skipped_broadcasts", "lost_cause",
     )  # memory: one connection's state without a per-instance __dict__
 
+    @classmethod
+    def after(cls, side: str, hs: Any, opts: Any) -> "Protocol":
+        """The protocol of a connection whose opening handshake ``hs`` (a ``ClientHandshake`` or
+        ``ServerHandshake``) succeeded, with the connection options ``opts`` (``Options``)."""
+        return cls(side, max_size=opts.max_size, extensions=hs.extensions, subprotocol=hs.subprotocol,
+                   backend=opts.backend)
+
     def __init__(
         self,
         side: str,

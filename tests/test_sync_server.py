@@ -1221,12 +1221,14 @@ def test_shutdown_waits_for_a_connection_upgraded_past_its_snapshot(backend, mon
     reached, go = threading.Event(), threading.Event()
     real = server_module.Protocol
 
-    def slow_protocol(*args, **kwargs):  # built between the 101 and connections.add()
-        reached.set()
-        go.wait(5)
-        return real(*args, **kwargs)
+    class SlowProtocol(real):  # type: ignore[valid-type,misc]
+        @classmethod
+        def after(cls, *args, **kwargs):  # built between the 101 and connections.add()
+            reached.set()
+            go.wait(5)
+            return real.after(*args, **kwargs)
 
-    monkeypatch.setattr(server_module, "Protocol", slow_protocol)
+    monkeypatch.setattr(server_module, "Protocol", SlowProtocol)
     server = WebSocketServer("127.0.0.1", 0, lambda ws: ws.recv(), backend=backend, compression=None)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     peer = raw_client(server.port)  # never answers the close frame

@@ -66,13 +66,7 @@ class _ClientOpening:
         if response is None:
             return
         ws.response_headers = response.headers
-        proto = Protocol(
-            CLIENT,
-            max_size=self.opts.max_size,
-            extensions=hs.extensions,
-            subprotocol=hs.subprotocol,
-            backend=self.opts.backend,
-        )
+        proto = Protocol.after(CLIENT, hs, self.opts)
         remainder = hs.remainder
         self.hs = None
         ws._handshake = None  # (ws -> this -> fut -> ws: a cycle keeping a closed client alive)

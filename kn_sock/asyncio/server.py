@@ -329,19 +329,8 @@ class _ServerOpening:
             self.timer.cancel()
             self.timer = None
         ws.transport.write(response)
-        ws.path = request.path
-        ws.request_headers = request.headers
-        ws.response_headers = hs.response_headers  # type: ignore[assignment]  # set by accept()
-        request.headers.compact()  # memory: idle connections keep one bytes object each
-        ws.response_headers.compact()
-        opts = self.server.options
-        proto = Protocol(
-            SERVER,
-            max_size=opts.max_size,
-            extensions=hs.extensions,
-            subprotocol=hs.subprotocol,
-            backend=opts.backend,
-        )
+        hs.hand_over(ws, request)
+        proto = Protocol.after(SERVER, hs, self.server.options)
         remainder = hs.remainder
         self.hs = None
         ws.start(proto, remainder)

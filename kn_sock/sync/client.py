@@ -216,14 +216,7 @@ def _open_once(wsuri: WebSocketURI, opts: Options, timeout: float | None, attemp
         except OSError as exc:
             # A reset (or a TLS alert) mid-handshake: the same error as the asyncio client's.
             raise InvalidHandshake(f"connection closed during the opening handshake: {exc}") from exc
-        proto = Protocol(
-            CLIENT,
-            max_size=opts.max_size,
-            extensions=hs.extensions,
-            subprotocol=hs.subprotocol,
-            backend=opts.backend,
-        )
-        ws = WebSocket(sock, proto, opts)
+        ws = WebSocket(sock, Protocol.after(CLIENT, hs, opts), opts)
     except socket.timeout:
         if sock is not None:
             sock.close()

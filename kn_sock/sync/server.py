@@ -579,19 +579,8 @@ class WebSocketServer:
         try:
             _set_timeout(sock, deadline)
             sock.sendall(response)
-            proto = Protocol(
-                SERVER,
-                max_size=opts.max_size,
-                extensions=hs.extensions,
-                subprotocol=hs.subprotocol,
-                backend=opts.backend,
-            )
-            ws = WebSocket(sock, proto, opts)
-            ws.path = request.path
-            ws.request_headers = request.headers
-            ws.response_headers = hs.response_headers  # type: ignore[assignment]
-            request.headers.compact()  # memory: idle connections keep one bytes object each
-            ws.response_headers.compact()
+            ws = WebSocket(sock, Protocol.after(SERVER, hs, opts), opts)
+            hs.hand_over(ws, request)
             ws._start(hs.remainder)
         except BaseException:
             with self._lock:
