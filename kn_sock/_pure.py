@@ -263,6 +263,13 @@ class Utf8Validator:
         return True
 
 
+def _limit(value: int | None) -> int | None:
+    """A size limit as given: None or an integer (TypeError otherwise, as the Cython twin)."""
+    if value is not None:
+        operator.index(value)
+    return value
+
+
 class FrameParser:
     """Resumable RFC 6455 §5 frame parser, fed arbitrary chunks of the byte stream.
 
@@ -382,9 +389,7 @@ class FrameParser:
 
     @max_size.setter
     def max_size(self, value: int | None) -> None:
-        if value is not None:
-            operator.index(value)  # an integer (TypeError otherwise, as the Cython twin)
-        self._max_size = value
+        self._max_size = _limit(value)
 
     @property
     def compressed_max_size(self) -> int | None:
@@ -393,9 +398,7 @@ class FrameParser:
 
     @compressed_max_size.setter
     def compressed_max_size(self, value: int | None) -> None:
-        if value is not None:
-            operator.index(value)
-        self._compressed_max_size = value
+        self._compressed_max_size = _limit(value)
 
     @property
     def buffered(self) -> int:
